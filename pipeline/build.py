@@ -1,0 +1,103 @@
+"""`tans build`: ingest the configured datasets, fix the manifest, run the driver on Ray."""
+from __future__ import annotations
+
+import hashlib
+import io
+
+from pipeline.config import BuildConfig
+from pipeline.driver import BuildSummary, Driver
+from pipeline.errors import ConfigError, DatasetError
+from pipeline.executor import RayExecutor, start_ray
+from pipeline.ingest import ingest, source_filesystem
+from pipeline.tracking import Tracker
+from zoo_schema.manifest import Manifest, ensure_manifest
+from zoo_schema.store import ZooStore, open_store
+
+
+def dataset_sources(root: str, s3=None) -> list[str]:
+    """Every dataset below `root`: each sub-folder (ImageFolder) and each .parquet file."""
+    import pyarrow.fs as pafs
+    fs, path = source_filesystem(root, s3)
+    info = fs.get_file_info(path)
+    if info.type != pafs.FileType.Directory:
+        raise DatasetError(f"--datasets {root} is not a directory; it should hold one folder per dataset")
+    prefix = root.rstrip("/")
+    out = []
+    for f in sorted(fs.get_file_info(pafs.FileSelector(path)), key=lambda f: f.path):
+        name = f.path.rsplit("/", 1)[-1]
+        if name.startswith("."):
+            continue
+        if f.type == pafs.FileType.Directory or name.endswith(".parquet"):
+            out.append(f"{prefix}/{name}")
+    if not out:
+        raise DatasetError(f"--datasets {root} holds no dataset folders; generate the built-in "
+                           "ones with `tans datasets synth --out DIR` or add ImageFolder directories")
+    return out
+
+
+def base_weights_entry(store: ZooStore, config: BuildConfig) -> dict:
+    """The manifest's base-weights entry; a weights file is copied into the zoo as safetensors."""
+    spec = config.arch.base_weights
+    if spec == "random":
+        return {"kind": "random", "seed": config.arch.base_seed, "id": f"random-seed{config.arch.base_seed}"}
+    import torch
+    from safetensors.torch import load as st_load, save as st_save
+    fs, path = source_filesystem(spec, config.s3)
+    try:
+        with fs.open_input_stream(path) as fh:
+            raw = fh.read()
+    except (OSError, FileNotFoundError) as e:
+        raise ConfigError(f"arch.base_weights {spec} cannot be read ({e}); pass an OFA supernet "
+                          "state_dict file (.safetensors or .pth) or 'random'") from None
+    if spec.endswith(".safetensors"):
+        state = st_load(raw)
+    else:
+        state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state)
+    from workers.ofa_space import build_supernet
+    try:
+        build_supernet(config.arch.width).load_state_dict(state)
+    except RuntimeError as e:
+        raise ConfigError(f"arch.base_weights {spec} does not fit the OFA MobileNetV3 supernet at "
+                          f"width {config.arch.width}: {str(e).splitlines()[0]}") from None
+    blob = st_save({k: v.contiguous() for k, v in state.items()})
+    sha = hashlib.sha256(blob).hexdigest()
+    key = f"base/{sha}.safetensors"
+    store.write_bytes(key, blob, create_only=True)
+    return {"kind": "file", "key": key, "sha256": sha, "id": f"sha256:{sha[:16]}"}
+
+
+def wanted_manifest(store: ZooStore, config: BuildConfig) -> Manifest:
+    from workers.ofa_space import DEPTHS, EXPANDS, KERNELS
+    size = config.train.image_size
+    return Manifest(width=config.arch.width, kernels=list(KERNELS), expands=list(EXPANDS),
+                    depths=list(DEPTHS), noise_seed=config.arch.noise_seed,
+                    noise_shape=[config.arch.noise_batch, 3, size, size],
+                    base_weights=base_weights_entry(store, config))
+
+
+def ingest_all(store: ZooStore, config: BuildConfig, log=print) -> None:
+    for root in config.datasets:
+        for source in dataset_sources(root, config.s3):
+            report = ingest(store, source, settings=config.ingest, s3=config.s3)
+            state = "already in the zoo" if report.already_present else f"{report.images} images"
+            skipped = f", {len(report.skipped)} files skipped" if report.skipped else ""
+            log(f"dataset {report.name}: {state}{skipped} -> {', '.join(report.dataset_ids)}")
+
+
+def run_build(config: BuildConfig, log=print, ray_num_cpus: int | None = None) -> BuildSummary:
+    store = open_store(config.zoo, config.s3)
+    ingest_all(store, config, log)
+    manifest = ensure_manifest(store, wanted_manifest(store, config))
+    start_ray(config.address, num_cpus=ray_num_cpus)
+    executor = RayExecutor(store.uri, config.s3, config.resources)
+    tracker = Tracker(config.mlflow, {"zoo": store.uri, "max_jobs": config.max_jobs,
+                                      "strategy": config.strategy, "seed": config.seed,
+                                      "epochs": config.train.epochs,
+                                      "image_size": config.train.image_size})
+    log(f"building zoo {store.uri}: up to {config.max_jobs} jobs, strategy {config.strategy}, "
+        f"{config.resources.max_in_flight} in flight; MLflow at {tracker.uri}")
+    summary = Driver(config, store, manifest, executor, tracker, log).run()
+    log(f"build stopped ({summary.stop_reason}): {summary.finished} finished, {summary.failed} failed "
+        f"in {summary.seconds:.0f}s; the zoo holds {summary.zoo_results} results")
+    return summary

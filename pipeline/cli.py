@@ -1,0 +1,111 @@
+"""The `tans` command line."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from pipeline.errors import TansError
+
+
+def _build(args) -> int:
+    from pipeline.build import run_build
+    from pipeline.config import load_config
+    overrides = {"zoo": args.zoo, "max_jobs": args.max_jobs, "strategy": args.strategy,
+                 "seed": args.seed, "address": args.address,
+                 "datasets": args.datasets and [args.datasets],
+                 "train.epochs": args.epochs, "train.image_size": args.image_size,
+                 "resources.max_in_flight": args.max_in_flight,
+                 "mlflow.tracking_uri": args.mlflow_uri}
+    config = load_config(args.config, overrides)
+    summary = run_build(config)
+    return 0 if summary.finished or summary.zoo_results else 1
+
+
+def _status(args) -> int:
+    from pipeline.status import format_status, zoo_status
+    from zoo_schema.store import S3Settings, open_store
+    status = zoo_status(open_store(args.zoo, S3Settings(endpoint_url=args.s3_endpoint)))
+    print(json.dumps(status, indent=1) if args.json else format_status(status))
+    return 0
+
+
+def _datasets_add(args) -> int:
+    from pipeline.ingest import IngestSettings, ingest
+    from zoo_schema.store import S3Settings, open_store
+    s3 = S3Settings(endpoint_url=args.s3_endpoint)
+    store = open_store(args.zoo, s3)
+    for source in args.sources:
+        report = ingest(store, source, name=args.name if len(args.sources) == 1 else None,
+                        settings=IngestSettings(split_seed=args.split_seed), s3=s3)
+        state = "already in the zoo" if report.already_present else "ingested"
+        print(f"{source}: {report.images} images {state} as {', '.join(report.dataset_ids)}; "
+              f"{len(report.skipped)} files skipped")
+        for fname, reason in report.skipped[:20]:
+            print(f"  skipped {fname}: {reason}")
+    return 0
+
+
+def _datasets_synth(args) -> int:
+    from pipeline.synth import generate
+    names = generate(args.out, count=args.count, seed=args.seed)
+    print(f"wrote {len(names)} datasets to {args.out}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tans", description="Task-adaptive network search: build "
+                                "model zoos on Ray and retrieve pretrained networks for new datasets.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("build", help="build (or continue building) a model zoo on Ray")
+    b.add_argument("--config", help="TOML build config (all keys optional)")
+    b.add_argument("--zoo", help="zoo URI: a local directory or s3://bucket/prefix")
+    b.add_argument("--datasets", help="directory (or s3:// prefix) whose sub-folders are datasets")
+    b.add_argument("--max-jobs", type=int, help="total jobs the zoo should hold")
+    b.add_argument("--epochs", type=int)
+    b.add_argument("--image-size", type=int)
+    b.add_argument("--strategy", help="acquisition strategy (random)")
+    b.add_argument("--seed", type=int)
+    b.add_argument("--max-in-flight", type=int, help="fine-tuning jobs running at once")
+    b.add_argument("--address", help="Ray cluster address; default starts a local Ray")
+    b.add_argument("--mlflow-uri", help="MLflow tracking URI (default sqlite:///./mlflow.db)")
+    b.set_defaults(func=_build)
+
+    s = sub.add_parser("status", help="show what a zoo holds")
+    s.add_argument("zoo")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--s3-endpoint", help="S3 endpoint URL (or AWS_ENDPOINT_URL)")
+    s.set_defaults(func=_status)
+
+    d = sub.add_parser("datasets", help="add datasets to a zoo, or generate the built-in ones")
+    dsub = d.add_subparsers(dest="datasets_command", required=True)
+    a = dsub.add_parser("add", help="ingest ImageFolder directories or Parquet files into a zoo")
+    a.add_argument("sources", nargs="+", help="local path or s3:// URI of each dataset")
+    a.add_argument("--zoo", required=True)
+    a.add_argument("--name", help="dataset name (one source only); default: the folder name")
+    a.add_argument("--split-seed", type=int, default=0)
+    a.add_argument("--s3-endpoint")
+    a.set_defaults(func=_datasets_add)
+    g = dsub.add_parser("synth", help="write the built-in datasets (offline, deterministic)")
+    g.add_argument("--out", required=True)
+    g.add_argument("--count", type=int)
+    g.add_argument("--seed", type=int, default=0)
+    g.set_defaults(func=_datasets_synth)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except TansError as e:
+        print(f"tans: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tans: interrupted; run the same command again to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""The build driver: a thin composition of a policy, a store and an executor.
+
+Each `step()` fills the free worker slots with the policy's proposals, waits for one
+outcome and records it. All state is re-derivable from the zoo (results and failure
+journal), so stopping anywhere and running the build again continues it.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from pipeline.config import BuildConfig
+from pipeline.policy import Pair, create_policy
+from pipeline.state import read_state, record_failure, write_journal
+from workers.job import JobSpec
+from zoo_schema.manifest import Manifest
+from zoo_schema.records import DatasetRecord, ResultRecord
+from zoo_schema.store import ZooStore
+
+
+@dataclass
+class BuildSummary:
+    finished: int = 0
+    failed: int = 0
+    zoo_results: int = 0
+    zoo_failed: int = 0
+    seconds: float = 0.0
+    stop_reason: str = ""
+    failures: list = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class Driver:
+    def __init__(self, config: BuildConfig, store: ZooStore, manifest: Manifest, executor,
+                 tracker=None, log=print):
+        self.config, self.store, self.manifest = config, store, manifest
+        self.executor, self.tracker, self.log = executor, tracker, log
+        self.policy = create_policy(config.strategy, config.seed)
+        self.state = read_state(store)
+        self.datasets: dict[str, DatasetRecord] = {d.dataset_id: d for d in self.state.datasets}
+        self.results: list[ResultRecord] = list(self.state.results)
+        self.given_up: set[Pair] = {(f.dataset_id, f.arch) for f in self.state.failures}
+        self.pending: set[Pair] = set()
+        self.summary = BuildSummary()
+        self._started = time.monotonic()
+        write_journal(store, "builds", {"event": "start", "max_jobs": config.max_jobs,
+                                        "strategy": config.strategy, "results": len(self.results)})
+
+    def spec_for(self, pair: Pair) -> JobSpec:
+        dataset = self.datasets[pair[0]]
+        m = self.manifest
+        return JobSpec(dataset_id=dataset.dataset_id, dataset_sha256=dataset.content_sha256,
+                       num_classes=dataset.num_classes, arch=pair[1], train=self.config.train,
+                       width=m.width, base_weights=m.base_weights, noise_seed=m.noise_seed,
+                       noise_shape=tuple(m.noise_shape))
+
+    @property
+    def used_budget(self) -> int:
+        return len(self.results) + len(self.given_up)
+
+    def _fill(self) -> None:
+        free = self.config.resources.max_in_flight - self.executor.in_flight
+        left = self.config.max_jobs - self.used_budget - self.executor.in_flight
+        n = min(free, left)
+        if n <= 0:
+            return
+        done = {(r.dataset_id, r.arch) for r in self.results}
+        current = self.state.__class__(list(self.datasets.values()), self.results, self.state.failures)
+        for pair in self.policy.propose(current, n, exclude=done | self.pending | self.given_up):
+            self.executor.submit(self.spec_for(pair))
+            self.pending.add(pair)
+
+    def _record(self, spec: JobSpec, outcome) -> None:
+        pair = (spec.dataset_id, spec.arch)
+        self.pending.discard(pair)
+        if isinstance(outcome, ResultRecord):
+            self.results.append(outcome)
+            self.summary.finished += 1
+            if self.tracker:
+                self.tracker.log_result(spec, outcome)
+            self.log(f"[{self.used_budget}/{self.config.max_jobs}] {spec.dataset_id} {spec.arch} "
+                     f"acc={outcome.accuracy:.3f} params={outcome.params / 1e6:.2f}M "
+                     f"flops={outcome.flops / 1e6:.1f}M latency={outcome.latency_ms:.1f}ms "
+                     f"({outcome.train_seconds:.1f}s train){self._eta()}")
+        else:
+            failure = record_failure(self.store, spec.job_id, spec.dataset_id, spec.arch, outcome)
+            self.given_up.add(pair)
+            self.summary.failed += 1
+            self.summary.failures.append(failure.error)
+            if self.tracker:
+                self.tracker.log_failure(spec, failure.error)
+            self.log(f"[{self.used_budget}/{self.config.max_jobs}] FAILED {spec.dataset_id} "
+                     f"{spec.arch}: {failure.error.splitlines()[-1]}")
+
+    def _eta(self) -> str:
+        done = self.summary.finished + self.summary.failed
+        left = self.config.max_jobs - self.used_budget
+        if done == 0 or left <= 0:
+            return ""
+        per_job = (time.monotonic() - self._started) / done
+        return f" eta {per_job * left / 60:.1f} min"
+
+    def step(self, timeout: float | None = None) -> bool:
+        """Dispatch what fits, record at least one outcome; False once the build is over."""
+        if not self.datasets:
+            self.summary.stop_reason = "no datasets in the zoo"
+            return False
+        self._fill()
+        if self.executor.in_flight == 0:
+            self.summary.stop_reason = ("job budget reached" if self.used_budget >= self.config.max_jobs
+                                        else "no untrained pairs left")
+            return False
+        for spec, outcome in self.executor.wait(timeout):
+            self._record(spec, outcome)
+        return True
+
+    def run(self) -> BuildSummary:
+        while self.step():
+            pass
+        return self.finish()
+
+    def finish(self) -> BuildSummary:
+        s = self.summary
+        s.seconds = time.monotonic() - self._started
+        s.zoo_results = len(self.results)
+        s.zoo_failed = len(self.given_up)
+        write_journal(self.store, "builds", {"event": "stop", **s.as_dict()})
+        if self.tracker:
+            self.tracker.finish(s.as_dict())
+        return s

@@ -1,0 +1,73 @@
+"""Executors run job specs somewhere and report each one's outcome.
+
+Contract: `submit(spec)` starts a job; `wait(timeout)` returns the outcomes finished so
+far, at least one unless the timeout passes or nothing is in flight, each as
+(spec, ResultRecord) or (spec, exception). A job's exception is an outcome, never raised.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from pipeline.config import ResourceSettings
+from workers.job import JobSpec
+from zoo_schema.records import ResultRecord
+from zoo_schema.store import S3Settings
+
+Outcome = tuple[JobSpec, "ResultRecord | BaseException"]
+
+
+def start_ray(address: str = "", num_cpus: int | None = None, num_gpus: int | None = None):
+    """Connect to a Ray cluster at `address`, or start a local one bound to 127.0.0.1."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # local Ray on loopback
+    import ray
+    if ray.is_initialized():
+        return ray
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+                 log_to_driver=True, configure_logging=False)
+    return ray
+
+
+def _run_remote(spec: JobSpec, zoo_uri: str, s3: S3Settings, threads: int):
+    from workers.finetune import run_job
+    return run_job(spec, zoo_uri, s3, threads=threads)
+
+
+@dataclass
+class RayExecutor:
+    zoo_uri: str
+    s3: S3Settings
+    resources: ResourceSettings
+
+    def __post_init__(self):
+        import ray
+        self._ray = ray
+        self._task = ray.remote(_run_remote).options(
+            num_cpus=self.resources.num_cpus, num_gpus=self.resources.num_gpus,
+            max_retries=self.resources.max_attempts - 1, retry_exceptions=False)
+        self._pending: dict = {}
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    def submit(self, spec: JobSpec) -> None:
+        threads = max(1, int(self.resources.num_cpus))
+        ref = self._task.remote(spec, self.zoo_uri, self.s3, threads)
+        self._pending[ref] = spec
+
+    def wait(self, timeout: float | None = None) -> list[Outcome]:
+        if not self._pending:
+            return []
+        ready, _ = self._ray.wait(list(self._pending), num_returns=1, timeout=timeout)
+        outcomes = []
+        for ref in ready:
+            spec = self._pending.pop(ref)
+            try:
+                outcomes.append((spec, self._ray.get(ref)))
+            except Exception as e:  # noqa: BLE001 - a failed job is an outcome, not a crash
+                outcomes.append((spec, e.cause if getattr(e, "cause", None) else e))
+        return outcomes

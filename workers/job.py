@@ -1,0 +1,52 @@
+"""What one fine-tuning job is: its frozen spec and its deterministic id.
+
+The id hashes everything that determines the result (dataset content, arch, training
+settings, seed, base weights, functional-embedding noise), so writing the same job twice
+is recognisably the same job, and its result row can be written create-only.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Fine-tuning settings (paper B.2 defaults; epochs and image size are small on CPU)."""
+
+    epochs: int = 2
+    image_size: int = 32
+    batch_size: int = 32
+    lr: float = 1e-2
+    momentum: float = 0.9
+    weight_decay: float = 4e-5
+    seed: int = 0
+    latency_repeats: int = 20
+    mixed_precision: bool = True  # only takes effect on CUDA
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    dataset_id: str
+    dataset_sha256: str
+    num_classes: int
+    arch: str
+    train: TrainSettings
+    width: float
+    base_weights: dict
+    noise_seed: int
+    noise_shape: tuple[int, ...]
+
+    @property
+    def job_id(self) -> str:
+        blob = json.dumps(dataclasses.asdict(self), sort_keys=True, default=list)
+        return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+    @property
+    def result_key(self) -> str:
+        return f"results/dataset={self.dataset_id}/{self.job_id}.parquet"
+
+    def checkpoint_key(self, sha256: str) -> str:
+        return f"checkpoints/{self.job_id}/{sha256}.safetensors"

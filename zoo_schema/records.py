@@ -1,0 +1,98 @@
+"""The zoo's records, declared once as frozen dataclasses; the Parquet schemas derive from them.
+
+Files written from these schemas carry `tans.schema_version` in their key-value metadata
+and are plain Parquet, readable by pandas, DuckDB and Polars without tans installed.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+TOPOLOGY_LEN = 45
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    """One ingested dataset (after splitting datasets of more than 20 classes)."""
+
+    dataset_id: str
+    name: str
+    num_classes: int
+    class_names: list[str]
+    num_train: int
+    num_test: int
+    source: str
+    content_sha256: str
+    split_seed: int
+    skipped_files: int
+    created_at: str
+
+
+@dataclass(frozen=True)
+class ResultRecord:
+    """One finished fine-tuning job. Writing its row is the job's commit."""
+
+    job_id: str
+    dataset_id: str
+    arch: str
+    topology: list[int]
+    accuracy: float
+    params: int
+    flops: int
+    latency_ms: float
+    latency_device: str
+    functional_embedding: list[float]
+    checkpoint_uri: str
+    checkpoint_sha256: str
+    num_classes: int
+    epochs: int
+    image_size: int
+    train_seconds: float
+    epoch_losses: list[float]
+    epoch_accuracies: list[float]
+    base_weights: str
+    created_at: str
+
+
+_ARROW_TYPES: dict[str, pa.DataType] = {
+    "str": pa.string(),
+    "int": pa.int64(),
+    "float": pa.float64(),
+    "list[str]": pa.list_(pa.string()),
+    "list[float]": pa.list_(pa.float64()),
+}
+# Public columns with a narrower type than the default mapping (DESIGN.md).
+_OVERRIDES: dict[str, pa.DataType] = {
+    "topology": pa.list_(pa.int32()),
+    "functional_embedding": pa.list_(pa.float32()),
+}
+
+
+def arrow_schema(record_type: type) -> pa.Schema:
+    """The Parquet schema of a record type, with the schema version in its metadata."""
+    fields = [pa.field(f.name, _OVERRIDES.get(f.name) or _ARROW_TYPES[f.type], nullable=False)
+              for f in dataclasses.fields(record_type)]  # f.type is the annotation's text
+    return pa.schema(fields, metadata={"tans.schema_version": str(SCHEMA_VERSION),
+                                       "tans.record": record_type.__name__})
+
+
+def to_table(records: list) -> pa.Table:
+    """Records of one type as an Arrow table with that type's schema."""
+    if not records:
+        raise ValueError("to_table needs at least one record")
+    schema = arrow_schema(type(records[0]))
+    columns = {f.name: [getattr(r, f.name) for r in records] for f in dataclasses.fields(records[0])}
+    return pa.table(columns, schema=schema)
+
+
+def from_table(record_type: type, table: pa.Table) -> list:
+    """Rows of a table as records; columns the record does not know are ignored."""
+    names = [f.name for f in dataclasses.fields(record_type)]
+    missing = [n for n in names if n not in table.column_names]
+    if missing:
+        raise ValueError(f"table lacks columns {missing} of {record_type.__name__}")
+    rows = table.select(names).to_pylist()
+    return [record_type(**row) for row in rows]

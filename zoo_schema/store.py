@@ -1,0 +1,288 @@
+"""The zoo store: one small interface over a local directory or an S3 prefix.
+
+Contract (checked for both backends by tests/test_store_contract.py):
+- keys are relative, '/'-separated, made of safe segments; nothing escapes the zoo's root;
+- `write_bytes(key, data, create_only=True)` is atomic and exactly-once: it returns False
+  and changes nothing when the key exists (local: hard-link of a temp file; S3:
+  `If-None-Match: *`), so a second writer of the same result is a no-op;
+- a plain write replaces the object atomically; a reader never sees half an object;
+- `list(prefix)` returns every key below a prefix, sorted;
+- errors of reachability and credentials are `StorageError`s that say what to check,
+  and never carry the credentials themselves.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.errors import StorageError
+
+_SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=+-]*$")
+
+
+def check_key(key: str) -> str:
+    """Refuse keys that could escape the zoo root or hold odd characters."""
+    parts = key.split("/")
+    bad = [p for p in parts if not _SEGMENT.match(p) or p in (".", "..")]
+    if not key or bad:
+        raise StorageError(f"refusing zoo key {key!r}: segments {bad} are not plain names "
+                           "(letters, digits, _ . = + -; no '..', no leading '/')")
+    return key
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """Where S3 is. Credentials are never here: they come from the environment / AWS chain."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+
+
+class ZooStore:
+    """A zoo at one URI. Use `open_store(uri)`; the backend methods are below."""
+
+    uri: str
+
+    # -- backend primitives -------------------------------------------------------------
+    def read_bytes(self, key: str) -> bytes:
+        raise NotImplementedError
+
+    def write_bytes(self, key: str, data: bytes, create_only: bool = False) -> bool:
+        raise NotImplementedError
+
+    def exists(self, key: str) -> bool:
+        raise NotImplementedError
+
+    def list(self, prefix: str) -> list[str]:
+        raise NotImplementedError
+
+    def delete(self, key: str) -> None:
+        raise NotImplementedError
+
+    def arrow_filesystem(self):
+        """(pyarrow filesystem, base path) for reading the zoo with pyarrow.dataset."""
+        raise NotImplementedError
+
+    # -- typed helpers, shared by all backends ------------------------------------------
+    def uri_of(self, key: str) -> str:
+        return f"{self.uri.rstrip('/')}/{check_key(key)}"
+
+    def key_of(self, uri: str) -> str:
+        """The key of a URI inside this zoo (the inverse of uri_of)."""
+        prefix = self.uri.rstrip("/") + "/"
+        if not uri.startswith(prefix):
+            raise StorageError(f"{uri} is not inside the zoo at {self.uri}")
+        return check_key(uri[len(prefix):])
+
+    def read_json(self, key: str):
+        return json.loads(self.read_bytes(key))
+
+    def write_json(self, key: str, obj, create_only: bool = False) -> bool:
+        data = json.dumps(obj, indent=1, sort_keys=True).encode()
+        return self.write_bytes(key, data, create_only=create_only)
+
+    def read_table(self, key: str) -> pa.Table:
+        return pq.read_table(io.BytesIO(self.read_bytes(key)))
+
+    def write_table(self, key: str, table: pa.Table, create_only: bool = False) -> bool:
+        sink = io.BytesIO()
+        pq.write_table(table, sink, compression="zstd")
+        return self.write_bytes(key, sink.getvalue(), create_only=create_only)
+
+
+class LocalStore(ZooStore):
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).expanduser().resolve()
+        self.uri = str(self.root)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StorageError(f"cannot create zoo directory {self.root}: {e.strerror}; "
+                               "pass a writable --zoo path") from e
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def read_bytes(self, key: str) -> bytes:
+        path = self._path(key)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{key} is not in the zoo at {self.uri}") from None
+
+    def write_bytes(self, key: str, data: bytes, create_only: bool = False) -> bool:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".tmp-{uuid.uuid4().hex}"
+        tmp.write_bytes(data)
+        try:
+            if create_only:
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    return False
+            else:
+                os.replace(tmp, path)
+            return True
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).exists()
+
+    def list(self, prefix: str) -> list[str]:
+        base = self._path(prefix)
+        if not base.is_dir():
+            return []
+        keys = [p.relative_to(self.root).as_posix() for p in base.rglob("*")
+                if p.is_file() and not p.name.startswith(".tmp-")]
+        return sorted(keys)
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def arrow_filesystem(self):
+        import pyarrow.fs as pafs
+        return pafs.LocalFileSystem(), str(self.root)
+
+
+class S3Store(ZooStore):
+    """s3://bucket/prefix through boto3 (create-only puts) and pyarrow.fs (dataset reads)."""
+
+    def __init__(self, uri: str, settings: S3Settings | None = None):
+        import boto3
+        from botocore.config import Config
+
+        self.settings = settings or S3Settings()
+        rest = uri[len("s3://"):]
+        self.bucket, _, prefix = rest.partition("/")
+        if not self.bucket:
+            raise StorageError(f"zoo URI {uri!r} names no bucket; use s3://BUCKET/PREFIX")
+        self.prefix = prefix.strip("/")
+        self.uri = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+        endpoint = self.settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+        self.endpoint_url = endpoint
+        self.region = self.settings.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        self.client = boto3.client(
+            "s3", endpoint_url=endpoint, region_name=self.region,
+            config=Config(retries={"max_attempts": 5, "mode": "standard"},
+                          connect_timeout=5, read_timeout=30))
+        self._check_reachable()
+
+    def _full(self, key: str) -> str:
+        check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _fail(self, action: str, key: str, e: Exception) -> StorageError:
+        from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+        where = f"s3://{self.bucket}/{self._full(key) if key else self.prefix}"
+        endpoint = self.endpoint_url or "AWS default endpoint"
+        if isinstance(e, NoCredentialsError):
+            return StorageError(f"no AWS credentials found to {action} {where}; set "
+                                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or an AWS profile")
+        if isinstance(e, EndpointConnectionError):
+            return StorageError(f"cannot reach S3 endpoint {endpoint} to {action} {where}; "
+                                "check the endpoint (s3.endpoint_url / AWS_ENDPOINT_URL) and that "
+                                "the service is up")
+        if isinstance(e, ClientError):
+            code = e.response.get("Error", {}).get("Code", "")
+            if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"):
+                return StorageError(f"S3 at {endpoint} refused our credentials ({code}) to "
+                                    f"{action} {where}; check AWS_ACCESS_KEY_ID / "
+                                    "AWS_SECRET_ACCESS_KEY or the profile in use")
+            if code == "NoSuchBucket":
+                return StorageError(f"bucket {self.bucket!r} does not exist at {endpoint}; "
+                                    f"create it first (aws s3 mb s3://{self.bucket})")
+            return StorageError(f"S3 error {code} to {action} {where} at {endpoint}")
+        return StorageError(f"S3 failure to {action} {where} at {endpoint}: {type(e).__name__}")
+
+    def _check_reachable(self) -> None:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except Exception as e:  # noqa: BLE001 - mapped to a StorageError that says what to do
+            from botocore.exceptions import ClientError
+            if isinstance(e, ClientError) and e.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket"):
+                raise StorageError(f"bucket {self.bucket!r} does not exist at "
+                                   f"{self.endpoint_url or 'AWS'}; create it first "
+                                   f"(aws s3 mb s3://{self.bucket})") from None
+            raise self._fail("open", "", e) from None
+
+    def read_bytes(self, key: str) -> bytes:
+        from botocore.exceptions import ClientError
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._full(key))["Body"].read()
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise FileNotFoundError(f"{key} is not in the zoo at {self.uri}") from None
+            raise self._fail("read", key, e) from None
+        except Exception as e:  # noqa: BLE001
+            raise self._fail("read", key, e) from None
+
+    def write_bytes(self, key: str, data: bytes, create_only: bool = False) -> bool:
+        from botocore.exceptions import ClientError
+        extra = {"IfNoneMatch": "*"} if create_only else {}
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._full(key), Body=data, **extra)
+            return True
+        except ClientError as e:
+            code = e.response.get("Error", {}).get("Code")
+            if create_only and code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                return False
+            raise self._fail("write", key, e) from None
+        except Exception as e:  # noqa: BLE001
+            raise self._fail("write", key, e) from None
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._full(key))
+            return True
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise self._fail("stat", key, e) from None
+        except Exception as e:  # noqa: BLE001
+            raise self._fail("stat", key, e) from None
+
+    def list(self, prefix: str) -> list[str]:
+        full = self._full(prefix).rstrip("/") + "/"
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        keys = []
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+                keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
+        except Exception as e:  # noqa: BLE001
+            raise self._fail("list", prefix, e) from None
+        return sorted(keys)
+
+    def delete(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._full(key))
+        except Exception as e:  # noqa: BLE001
+            raise self._fail("delete", key, e) from None
+
+    def arrow_filesystem(self):
+        import pyarrow.fs as pafs
+        scheme = "https"
+        endpoint = None
+        if self.endpoint_url:
+            scheme, _, endpoint = self.endpoint_url.partition("://")
+        fs = pafs.S3FileSystem(endpoint_override=endpoint, scheme=scheme, region=self.region)
+        return fs, f"{self.bucket}/{self.prefix}".rstrip("/")
+
+
+def open_store(uri: str, s3: S3Settings | None = None) -> ZooStore:
+    """The store for a zoo URI: `s3://bucket/prefix` or a local path (`file://` allowed)."""
+    if uri.startswith("s3://"):
+        return S3Store(uri, s3)
+    if "://" in uri and not uri.startswith("file://"):
+        raise StorageError(f"unsupported zoo URI {uri!r}: use a local path or s3://bucket/prefix")
+    return LocalStore(uri[len("file://"):] if uri.startswith("file://") else uri)
