@@ -217,8 +217,9 @@ class S3Store(ZooStore):
 
     def read_bytes(self, key: str) -> bytes:
         from botocore.exceptions import ClientError
+        full = self._full(key)
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._full(key))["Body"].read()
+            return self.client.get_object(Bucket=self.bucket, Key=full)["Body"].read()
         except ClientError as e:
             if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 raise FileNotFoundError(f"{key} is not in the zoo at {self.uri}") from None
@@ -229,8 +230,9 @@ class S3Store(ZooStore):
     def write_bytes(self, key: str, data: bytes, create_only: bool = False) -> bool:
         from botocore.exceptions import ClientError
         extra = {"IfNoneMatch": "*"} if create_only else {}
+        full = self._full(key)
         try:
-            self.client.put_object(Bucket=self.bucket, Key=self._full(key), Body=data, **extra)
+            self.client.put_object(Bucket=self.bucket, Key=full, Body=data, **extra)
             return True
         except ClientError as e:
             code = e.response.get("Error", {}).get("Code")
@@ -242,8 +244,9 @@ class S3Store(ZooStore):
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
+        full = self._full(key)
         try:
-            self.client.head_object(Bucket=self.bucket, Key=self._full(key))
+            self.client.head_object(Bucket=self.bucket, Key=full)
             return True
         except ClientError as e:
             if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
@@ -253,7 +256,7 @@ class S3Store(ZooStore):
             raise self._fail("stat", key, e) from None
 
     def list(self, prefix: str) -> list[str]:
-        full = self._full(prefix).rstrip("/") + "/"
+        full = self._full(prefix) + "/"
         strip = len(self.prefix) + 1 if self.prefix else 0
         keys = []
         try:
@@ -264,8 +267,9 @@ class S3Store(ZooStore):
         return sorted(keys)
 
     def delete(self, key: str) -> None:
+        full = self._full(key)
         try:
-            self.client.delete_object(Bucket=self.bucket, Key=self._full(key))
+            self.client.delete_object(Bucket=self.bucket, Key=full)
         except Exception as e:  # noqa: BLE001
             raise self._fail("delete", key, e) from None
 

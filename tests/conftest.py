@@ -1,0 +1,98 @@
+"""Shared fixtures: a real S3 endpoint (moto server on 127.0.0.1), a real local Ray,
+and small real image datasets from the built-in suite."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+# Dummy credentials for the local S3 endpoint; set before Ray starts so workers inherit them.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MotoServer:
+    """`moto_server` as a real HTTP process on loopback; the test stops it."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                                      "-p", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return self
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("moto server did not start")
+
+    def stop(self):
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+    def bucket(self, name: str) -> str:
+        import boto3
+        boto3.client("s3", endpoint_url=self.url).create_bucket(Bucket=name)
+        return name
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    server = MotoServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, request):
+    name = "t-" + "".join(c for c in request.node.name.lower() if c.isalnum())[:40]
+    return s3_server.bucket(name)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray for the session, on loopback, with two logical GPUs."""
+    import ray
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, configure_logging=False,
+             log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+TINY = {"hue-6": 12, "shapes-clean": 10, "digits-sklearn": 0, "glyphs-digits-clean": 10}
+
+
+@pytest.fixture(scope="session")
+def tiny_datasets(tmp_path_factory):
+    """Four small real image datasets in the ImageFolder layout (built-in generators)."""
+    from pipeline import synth
+    out = tmp_path_factory.mktemp("datasets")
+    specs = {s.name: s for s in synth.suite()}
+    for name, per_class in TINY.items():
+        synth.write_dataset(dataclasses.replace(specs[name], per_class=per_class), out, seed=0)
+    # scikit-learn's digits are 1797 images; keep 12 per class to stay small
+    for cls_dir in (out / "digits-sklearn").iterdir():
+        for f in sorted(cls_dir.iterdir())[12:]:
+            f.unlink()
+    return out

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from pipeline.errors import ConfigError
+from workers.ofa_space import Arch, build_subnet, build_supernet, feature_dim, penultimate, sample_arch
+
+
+def test_arch_id_round_trip_and_topology_zeroes_inactive_blocks():
+    ks = [3, 5, 7, 3] * 5
+    es = [3, 4, 6, 4] * 5
+    arch = Arch.from_config(ks, es, [2, 3, 4, 2, 3])
+    assert arch.id == "d23423-k35357357335357-e34346346434346"
+    assert Arch.parse(arch.id) == arch
+    topo = arch.topology()
+    assert len(topo) == 45 and topo[40:] == [2, 3, 4, 2, 3]
+    assert topo[2:4] == [0, 0] and topo[20 + 2:20 + 4] == [0, 0]  # unit 1 uses 2 of 4 slots
+    assert topo[8:12] == [3, 5, 7, 3]
+
+
+def test_configs_differing_only_in_inactive_slots_share_an_id():
+    a = Arch.from_config([3] * 20, [3] * 20, [2] * 5)
+    b = Arch.from_config([7, 7, 7, 7] * 5, [3, 3, 6, 6] * 5, [2] * 5)
+    assert Arch.from_config([3, 3, 7, 7] * 5, [3, 3, 6, 6] * 5, [2] * 5) == a
+    assert a != b
+
+
+@pytest.mark.parametrize("bad", ["d12345-k3-e3", "d22222-k33-e33", "nonsense"])
+def test_bad_arch_ids(bad):
+    with pytest.raises(ConfigError):
+        Arch.parse(bad)
+
+
+@pytest.mark.parametrize("width", [1.0, 1.2])
+def test_subnet_has_weights_of_supernet_and_right_penultimate(width):
+    torch.manual_seed(0)
+    supernet = build_supernet(width)
+    arch = sample_arch(random.Random(3))
+    net = build_subnet(supernet, arch, num_classes=7).eval()
+    assert torch.equal(net.first_conv.conv.weight, supernet.first_conv.conv.weight)
+    x = torch.randn(2, 3, 32, 32)
+    assert net(x).shape == (2, 7)
+    assert penultimate(net, x).shape == (2, feature_dim(width))
+    assert len(net.blocks) == 1 + sum(arch.depths)

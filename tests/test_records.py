@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import io
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from zoo_schema.records import SCHEMA_VERSION, ResultRecord, arrow_schema, from_table, to_table
+
+PUBLIC = ["job_id", "dataset_id", "arch", "topology", "accuracy", "params", "flops", "latency_ms",
+          "functional_embedding", "checkpoint_uri", "checkpoint_sha256", "created_at"]
+
+
+def record(**kw):
+    base = dict(job_id="j1", dataset_id="d1", arch="a", topology=[3] * 45, accuracy=0.5, params=10,
+                flops=20, latency_ms=1.5, latency_device="cpu", functional_embedding=[0.25] * 4,
+                checkpoint_uri="/z/c", checkpoint_sha256="00", num_classes=2, epochs=1, image_size=32,
+                train_seconds=1.0, epoch_losses=[1.0], epoch_accuracies=[0.5], base_weights="random-seed0",
+                created_at="2026-01-01T00:00:00")
+    base.update(kw)
+    return ResultRecord(**base)
+
+
+def test_schema_has_public_columns_types_and_version(tmp_path):
+    schema = arrow_schema(ResultRecord)
+    assert set(PUBLIC) <= set(schema.names)
+    assert schema.field("topology").type == pa.list_(pa.int32())
+    assert schema.field("functional_embedding").type == pa.list_(pa.float32())
+    assert schema.metadata[b"tans.schema_version"] == str(SCHEMA_VERSION).encode()
+    path = tmp_path / "r.parquet"
+    pq.write_table(to_table([record(), record(job_id="j2", accuracy=0.9)]), path)
+    assert pq.read_schema(path).metadata[b"tans.schema_version"] == str(SCHEMA_VERSION).encode()
+    # readable without tans: DuckDB sees the public columns
+    rows = duckdb.sql(f"select job_id, accuracy, len(topology) from '{path}' order by job_id").fetchall()
+    assert rows == [("j1", 0.5, 45), ("j2", 0.9, 45)]
+
+
+def test_round_trip():
+    recs = [record(), record(job_id="j2")]
+    sink = io.BytesIO()
+    pq.write_table(to_table(recs), sink)
+    assert from_table(ResultRecord, pq.read_table(io.BytesIO(sink.getvalue()))) == recs
