@@ -1,0 +1,124 @@
+"""Integration: real builds on a local Ray (logical GPUs), real OFA fine-tuning on real
+images, the zoo on local disk and on an S3 endpoint, MLflow in a sqlite store."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+
+from pipeline.build import run_build
+from pipeline.config import load_config
+from pipeline.state import read_failures, read_results
+from pipeline.status import format_status, zoo_status
+from workers.finetune import evaluate, load_checkpoint, load_tensors
+from zoo_schema.manifest import read_manifest
+from zoo_schema.store import S3Settings, open_store
+
+
+def config(zoo, data, tmp_path, **kw):
+    overrides = {"zoo": zoo, "datasets": [str(data)], "max_jobs": 5, "train.epochs": 1,
+                 "train.latency_repeats": 3, "resources.num_gpus": 0.5,
+                 "mlflow.tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    overrides.update(kw)
+    return load_config(None, overrides)
+
+
+def check_zoo(store, expected_jobs):
+    results = read_results(store)
+    assert len(results) == expected_jobs
+    assert len({r.job_id for r in results}) == expected_jobs
+    manifest = read_manifest(store)
+    torch.set_num_threads(1)
+    for r in results:
+        assert len(r.topology) == 45 and 0.0 <= r.accuracy <= 1.0
+        assert r.params > 0 and r.flops > 0 and r.latency_ms > 0
+        assert len(r.functional_embedding) == 1280
+        blob = store.read_bytes(store.key_of(r.checkpoint_uri))
+        assert hashlib.sha256(blob).hexdigest() == r.checkpoint_sha256
+        model = load_checkpoint(store, r, manifest.width)
+        xt, yt = load_tensors(store, r.dataset_id, "test", r.image_size)
+        assert evaluate(model, xt, yt) == pytest.approx(r.accuracy, abs=1e-9)
+    return results
+
+
+def mlflow_job_runs(tmp_path):
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tans")
+    return client.search_runs([exp.experiment_id], "tags.`tans.kind` = 'job'")
+
+
+def test_local_build_resume_and_status(ray_cluster, tiny_datasets, tmp_path, capsys):
+    zoo = str(tmp_path / "zoo")
+    summary = run_build(config(zoo, tiny_datasets, tmp_path))
+    assert (summary.finished, summary.failed, summary.stop_reason) == (5, 0, "job budget reached")
+    store = open_store(zoo)
+    results = check_zoo(store, 5)
+    assert len({r.dataset_id for r in results}) == 4  # the random strategy spreads over datasets
+
+    runs = mlflow_job_runs(tmp_path)
+    assert len(runs) == 5
+    assert {r.data.tags["tans.job_id"] for r in runs} == {r.job_id for r in results}
+    history = runs[0].data.metrics
+    assert "test_accuracy" in history and "train_loss" in history and "latency_ms" in history
+
+    # the same command again: nothing to do, nothing trained twice
+    again = run_build(config(zoo, tiny_datasets, tmp_path))
+    assert (again.finished, again.zoo_results) == (0, 5)
+    # a larger budget continues the same build
+    more = run_build(config(zoo, tiny_datasets, tmp_path, max_jobs=6))
+    assert (more.finished, more.zoo_results) == (1, 6)
+    assert {r.job_id for r in read_results(store)} >= {r.job_id for r in results}
+
+    status = zoo_status(store)
+    assert status["finished_jobs"] == 6 and status["datasets"] == 4
+    row = next(r for r in status["per_dataset"] if r["jobs"])
+    assert row["pareto_front"] >= 1 and row["best_accuracy"] is not None
+    text = format_status(status)
+    assert "hue-6" in text and "6 finished jobs" in text
+    json.dumps(status)
+
+
+def test_build_with_zoo_on_s3(ray_cluster, tiny_datasets, tmp_path, s3_server, s3_bucket):
+    zoo = f"s3://{s3_bucket}/zoo"
+    cfg = config(zoo, tiny_datasets, tmp_path, max_jobs=3, **{"s3.endpoint_url": s3_server.url})
+    summary = run_build(cfg)
+    assert summary.finished == 3
+    store = open_store(zoo, S3Settings(endpoint_url=s3_server.url))
+    results = check_zoo(store, 3)
+    assert all(r.checkpoint_uri.startswith(f"s3://{s3_bucket}/zoo/checkpoints/") for r in results)
+    # the results are one Hive-partitioned Parquet dataset, readable with plain pyarrow
+    import pyarrow.dataset as pads
+    fs, base = store.arrow_filesystem()
+    table = pads.dataset(f"{base}/results", filesystem=fs, format="parquet", partitioning="hive").to_table()
+    assert sorted(table["job_id"].to_pylist()) == sorted(r.job_id for r in results)
+    assert len(mlflow_job_runs(tmp_path)) == 3
+
+
+def test_failed_job_is_recorded_and_build_goes_on(ray_cluster, tiny_datasets, tmp_path):
+    zoo = str(tmp_path / "zoo")
+    store = open_store(zoo)
+    from pipeline.ingest import ingest
+    ingest(store, str(tiny_datasets / "hue-6"))
+    ingest(store, str(tiny_datasets / "shapes-clean"))
+    for key in store.list("data/shapes-clean/train"):  # the worker will find no training data
+        store.delete(key)
+    summary = run_build(config(zoo, tiny_datasets, tmp_path, datasets=[], max_jobs=4))
+    assert summary.failed == 2 and summary.finished == 2
+    failures = read_failures(store)
+    assert {f.dataset_id for f in failures} == {"shapes-clean"}
+    assert all("no train data for dataset 'shapes-clean'" in f.error for f in failures)
+    assert {r.dataset_id for r in read_results(store)} == {"hue-6"}
+    assert zoo_status(store)["failed_jobs"] == 2
+    failed_runs = [r for r in mlflow_job_runs(tmp_path) if r.info.status == "FAILED"]
+    assert len(failed_runs) == 2
+
+
+def test_manifest_conflict_is_refused(ray_cluster, tiny_datasets, tmp_path):
+    from pipeline.errors import ZooConflictError
+    zoo = str(tmp_path / "zoo")
+    run_build(config(zoo, tiny_datasets, tmp_path, max_jobs=0))
+    with pytest.raises(ZooConflictError, match="width: zoo has 1.0, build asks 1.2"):
+        run_build(config(zoo, tiny_datasets, tmp_path, max_jobs=0, **{"arch.width": 1.2}))
