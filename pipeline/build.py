@@ -7,8 +7,9 @@ import io
 from pipeline.config import BuildConfig
 from pipeline.driver import BuildSummary, Driver
 from pipeline.errors import ConfigError, DatasetError
-from pipeline.executor import RayExecutor, start_ray
+from pipeline.executor import RayExecutor, ReplayExecutor, start_ray
 from pipeline.ingest import ingest, source_filesystem
+from pipeline.prior import profile_pool
 from pipeline.tracking import Tracker
 from zoo_schema.manifest import Manifest, ensure_manifest
 from zoo_schema.store import ZooStore, open_store
@@ -73,7 +74,8 @@ def wanted_manifest(store: ZooStore, config: BuildConfig) -> Manifest:
     return Manifest(width=config.arch.width, kernels=list(KERNELS), expands=list(EXPANDS),
                     depths=list(DEPTHS), noise_seed=config.arch.noise_seed,
                     noise_shape=[config.arch.noise_batch, 3, size, size],
-                    base_weights=base_weights_entry(store, config))
+                    base_weights=base_weights_entry(store, config),
+                    pool_seed=config.arch.pool_seed, pool_size=config.arch.pool_size)
 
 
 def ingest_all(store: ZooStore, config: BuildConfig, log=print) -> None:
@@ -85,18 +87,48 @@ def ingest_all(store: ZooStore, config: BuildConfig, log=print) -> None:
             log(f"dataset {report.name}: {state}{skipped} -> {', '.join(report.dataset_ids)}")
 
 
-def run_build(config: BuildConfig, log=print, ray_num_cpus: int | None = None) -> BuildSummary:
-    store = open_store(config.zoo, config.s3)
+REPLAY_COPIES = ("datasets", "features", "pool")
+
+
+def seed_replay_zoo(target: ZooStore, source: ZooStore) -> Manifest:
+    """A replay target starts with the source's manifest, datasets, features and profiles."""
+    from zoo_schema.manifest import MANIFEST_KEY, read_manifest
+    manifest = read_manifest(source)
+    if manifest is None:
+        raise ConfigError(f"replay source {source.uri} has no manifest; is it a tans zoo?")
+    target.write_bytes(MANIFEST_KEY, source.read_bytes(MANIFEST_KEY), create_only=True)
+    for prefix in REPLAY_COPIES:
+        for key in source.list(prefix):
+            if not target.exists(key):
+                target.write_bytes(key, source.read_bytes(key))
+    return ensure_manifest(target, manifest)
+
+
+def make_executor(config: BuildConfig, store: ZooStore, log=print, ray_num_cpus: int | None = None):
+    """(executor, manifest): Ray for real training, or replay of an evaluated zoo."""
+    if config.executor.startswith("replay:"):
+        source = open_store(config.executor[len("replay:"):], config.s3)
+        manifest = seed_replay_zoo(store, source)
+        return ReplayExecutor(source, store), manifest
+    if config.executor != "ray":
+        raise ConfigError(f"unknown executor {config.executor!r}; use 'ray' or 'replay:ZOO_URI'")
     ingest_all(store, config, log)
     manifest = ensure_manifest(store, wanted_manifest(store, config))
     start_ray(config.address, num_cpus=ray_num_cpus)
-    executor = RayExecutor(store.uri, config.s3, config.resources)
+    return RayExecutor(store.uri, config.s3, config.resources), manifest
+
+
+def run_build(config: BuildConfig, log=print, ray_num_cpus: int | None = None, tracking: bool = True) -> BuildSummary:
+    store = open_store(config.zoo, config.s3)
+    executor, manifest = make_executor(config, store, log, ray_num_cpus)
+    profile_pool(store, manifest, config.train.image_size, log)  # hypervolumes need it, any strategy
     tracker = Tracker(config.mlflow, {"zoo": store.uri, "max_jobs": config.max_jobs,
                                       "strategy": config.strategy, "seed": config.seed,
-                                      "epochs": config.train.epochs,
-                                      "image_size": config.train.image_size})
+                                      "executor": config.executor, "epochs": config.train.epochs,
+                                      "image_size": config.train.image_size}) if tracking else None
     log(f"building zoo {store.uri}: up to {config.max_jobs} jobs, strategy {config.strategy}, "
-        f"{config.resources.max_in_flight} in flight; MLflow at {tracker.uri}")
+        f"executor {config.executor}, {config.resources.max_in_flight} in flight"
+        + (f"; MLflow at {tracker.uri}" if tracker else ""))
     summary = Driver(config, store, manifest, executor, tracker, log).run()
     log(f"build stopped ({summary.stop_reason}): {summary.finished} finished, {summary.failed} failed "
         f"in {summary.seconds:.0f}s; the zoo holds {summary.zoo_results} results")

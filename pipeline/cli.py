@@ -12,7 +12,7 @@ def _build(args) -> int:
     from pipeline.build import run_build
     from pipeline.config import load_config
     overrides = {"zoo": args.zoo, "max_jobs": args.max_jobs, "strategy": args.strategy,
-                 "seed": args.seed, "address": args.address,
+                 "seed": args.seed, "address": args.address, "executor": args.executor,
                  "datasets": args.datasets and [args.datasets],
                  "train.epochs": args.epochs, "train.image_size": args.image_size,
                  "resources.max_in_flight": args.max_in_flight,
@@ -65,7 +65,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--max-jobs", type=int, help="total jobs the zoo should hold")
     b.add_argument("--epochs", type=int)
     b.add_argument("--image-size", type=int)
-    b.add_argument("--strategy", help="acquisition strategy (random)")
+    b.add_argument("--strategy", help="acquisition strategy: pareto (default) or random")
+    b.add_argument("--executor", help="ray (default), or replay:ZOO to answer jobs from an evaluated zoo")
     b.add_argument("--seed", type=int)
     b.add_argument("--max-in-flight", type=int, help="fine-tuning jobs running at once")
     b.add_argument("--address", help="Ray cluster address; default starts a local Ray")

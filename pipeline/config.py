@@ -23,6 +23,8 @@ class ArchSettings:
     base_seed: int = 0              # seed of the random base weights
     noise_seed: int = 0             # functional-embedding noise (fixed in the manifest)
     noise_batch: int = 8
+    pool_size: int = 100            # candidate architectures of the zoo (paper: 100 per dataset)
+    pool_seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -40,17 +42,35 @@ class MlflowSettings:
 
 
 @dataclass(frozen=True)
+class ParetoSettings:
+    n_init_per_dataset: int = 3     # random pairs per dataset before the predictor (paper: 5-6)
+    retrain_every: int = 64         # N_train: retrain S_zoo every this many results
+    mc_samples: int = 10            # MC-dropout samples per candidate
+    max_candidates: int = 1000      # |C_t|: a seeded subset of the untrained pairs is scored
+
+
+@dataclass(frozen=True)
+class StopSettings:
+    max_worker_hours: float = 0.0   # summed fine-tuning hours of the zoo's jobs; 0 = no limit
+    min_hv_gain: float = 0.0        # stop when mean normalized hypervolume gains less than this
+    hv_window: int = 32             # ... over the last this many results; 0 gain = never stop
+
+
+@dataclass(frozen=True)
 class BuildConfig:
     zoo: str = "./zoo"
     datasets: list[str] = field(default_factory=list)  # dirs whose sub-folders are datasets
     max_jobs: int = 64              # total jobs (finished + failed) the zoo should hold
-    strategy: str = "random"
+    strategy: str = "pareto"        # "pareto" (paper Algorithm 1) or "random"
     seed: int = 0
     address: str = ""               # Ray address; empty starts a local Ray
+    executor: str = "ray"           # "ray", or "replay:ZOO_URI" to answer jobs from an evaluated zoo
     train: TrainSettings = TrainSettings()
     arch: ArchSettings = ArchSettings()
     resources: ResourceSettings = ResourceSettings()
     ingest: IngestSettings = IngestSettings()
+    pareto: ParetoSettings = ParetoSettings()
+    stop: StopSettings = StopSettings()
     s3: S3Settings = S3Settings()
     mlflow: MlflowSettings = MlflowSettings()
 
@@ -63,6 +83,10 @@ class BuildConfig:
             (self.resources.max_in_flight >= 1, "resources.max_in_flight must be >= 1"),
             (self.resources.max_attempts >= 1, "resources.max_attempts must be >= 1"),
             (self.arch.width in (1.0, 1.2), "arch.width must be 1.0 or 1.2"),
+            (self.arch.pool_size >= 1, "arch.pool_size must be >= 1"),
+            (self.pareto.retrain_every >= 1, "pareto.retrain_every must be >= 1"),
+            (self.pareto.mc_samples >= 1, "pareto.mc_samples must be >= 1"),
+            (self.stop.hv_window >= 1, "stop.hv_window must be >= 1"),
             (0 < self.ingest.test_fraction < 1, "ingest.test_fraction must be between 0 and 1"),
             (2 <= self.ingest.max_classes, "ingest.max_classes must be >= 2"),
         ]

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 from pipeline.config import BuildConfig
 from pipeline.policy import Pair, create_policy
-from pipeline.state import read_state, record_failure, write_journal
+from pipeline.state import ZooState, read_state, record_failure, write_journal
+from workers.ofa_space import arch_pool
 from workers.job import JobSpec
 from zoo_schema.manifest import Manifest
 from zoo_schema.records import DatasetRecord, ResultRecord
@@ -37,13 +38,18 @@ class Driver:
                  tracker=None, log=print):
         self.config, self.store, self.manifest = config, store, manifest
         self.executor, self.tracker, self.log = executor, tracker, log
-        self.policy = create_policy(config.strategy, config.seed)
+        pool = [a.id for a in arch_pool(manifest.pool_seed, manifest.pool_size)]
+        self.policy = create_policy(config.strategy, config.seed, pool, store=store, manifest=manifest,
+                                    config=config, log=log)
         self.state = read_state(store)
         self.datasets: dict[str, DatasetRecord] = {d.dataset_id: d for d in self.state.datasets}
         self.results: list[ResultRecord] = list(self.state.results)
-        self.given_up: set[Pair] = {(f.dataset_id, f.arch) for f in self.state.failures}
+        self.failures = list(self.state.failures)
+        self.given_up: set[Pair] = {(f.dataset_id, f.arch) for f in self.failures}
         self.pending: set[Pair] = set()
         self.summary = BuildSummary()
+        self._stop: str | None = None
+        self._profiles = None
         self._started = time.monotonic()
         write_journal(store, "builds", {"event": "start", "max_jobs": config.max_jobs,
                                         "strategy": config.strategy, "results": len(self.results)})
@@ -66,9 +72,9 @@ class Driver:
         n = min(free, left)
         if n <= 0:
             return
-        done = {(r.dataset_id, r.arch) for r in self.results}
-        current = self.state.__class__(list(self.datasets.values()), self.results, self.state.failures)
-        for pair in self.policy.propose(current, n, exclude=done | self.pending | self.given_up):
+        current = ZooState(list(self.datasets.values()), self.results, self.failures)
+        universe = self.executor.universe() if hasattr(self.executor, "universe") else None
+        for pair in self.policy.propose(current, n, pending=set(self.pending), universe=universe):
             self.executor.submit(self.spec_for(pair))
             self.pending.add(pair)
 
@@ -86,6 +92,7 @@ class Driver:
                      f"({outcome.train_seconds:.1f}s train){self._eta()}")
         else:
             failure = record_failure(self.store, spec.job_id, spec.dataset_id, spec.arch, outcome)
+            self.failures.append(failure)
             self.given_up.add(pair)
             self.summary.failed += 1
             self.summary.failures.append(failure.error)
@@ -102,15 +109,38 @@ class Driver:
         per_job = (time.monotonic() - self._started) / done
         return f" eta {per_job * left / 60:.1f} min"
 
+    def hv_history(self) -> list[float]:
+        from pipeline.acquisition import hv_history
+        from pipeline.prior import profile_pool
+        if self._profiles is None:
+            self._profiles = profile_pool(self.store, self.manifest, self.config.train.image_size, self.log)
+        return hv_history(self.results, self._profiles, sorted(self.datasets))
+
+    def _stop_reason(self) -> str | None:
+        """A termination condition other than the job budget, once it holds."""
+        stop = self.config.stop
+        hours = sum(r.train_seconds for r in self.results) / 3600
+        if stop.max_worker_hours > 0 and hours >= stop.max_worker_hours:
+            return f"worker-hour budget reached ({hours:.2f} h of fine-tuning)"
+        if stop.min_hv_gain > 0 and len(self.results) > stop.hv_window:
+            history = self.hv_history()
+            gain = history[-1] - history[-1 - stop.hv_window]
+            if gain < stop.min_hv_gain:
+                return (f"hypervolume gain {gain:.4f} over the last {stop.hv_window} results is "
+                        f"below {stop.min_hv_gain}")
+        return None
+
     def step(self, timeout: float | None = None) -> bool:
         """Dispatch what fits, record at least one outcome; False once the build is over."""
         if not self.datasets:
             self.summary.stop_reason = "no datasets in the zoo"
             return False
-        self._fill()
+        self._stop = self._stop or self._stop_reason()
+        if not self._stop:
+            self._fill()
         if self.executor.in_flight == 0:
-            self.summary.stop_reason = ("job budget reached" if self.used_budget >= self.config.max_jobs
-                                        else "no untrained pairs left")
+            self.summary.stop_reason = self._stop or (
+                "job budget reached" if self.used_budget >= self.config.max_jobs else "no untrained pairs left")
             return False
         for spec, outcome in self.executor.wait(timeout):
             self._record(spec, outcome)

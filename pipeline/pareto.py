@@ -1,5 +1,17 @@
-"""Pareto fronts over (accuracy up, latency down, parameters down)."""
+"""Pareto fronts and hypervolumes over (accuracy up, latency down, parameters down).
+
+Hypervolumes follow the paper (eq. 9-10): latency and parameters are min-max normalized
+over the zoo's arch pool (fixed per zoo, so values compare across rounds and datasets),
+and pygmo computes the volume in minimization form over (1 - accuracy, latency, params)
+against the fixed reference point REF. `normalized` divides by the reference box, so a
+dataset's hypervolume lies in [0, 1].
+"""
 from __future__ import annotations
+
+import numpy as np
+
+REF = np.array([1.1, 1.1, 1.1])
+REF_VOLUME = float(np.prod(REF))
 
 
 def dominates(a: tuple[float, float, float], b: tuple[float, float, float]) -> bool:
@@ -9,6 +21,60 @@ def dominates(a: tuple[float, float, float], b: tuple[float, float, float]) -> b
 
 
 def front_indices(points: list[tuple[float, float, float]]) -> list[int]:
-    """Indices of the non-dominated points."""
+    """Indices of the non-dominated (accuracy, latency, params) points."""
     return [i for i, p in enumerate(points)
             if not any(dominates(q, p) for j, q in enumerate(points) if j != i)]
+
+
+class Normalizer:
+    """Min-max normalization of latency and params over the pool (paper A.1)."""
+
+    def __init__(self, lat_min: float, lat_max: float, par_min: float, par_max: float):
+        self.lat = (lat_min, max(lat_max - lat_min, 1e-12))
+        self.par = (par_min, max(par_max - par_min, 1e-12))
+
+    def objectives(self, accuracy, latency, params) -> np.ndarray:
+        """Minimization objectives [n, 3]: (1 - accuracy, normalized latency, normalized params)."""
+        acc = np.atleast_1d(np.asarray(accuracy, dtype=float))
+        lat = np.clip((np.atleast_1d(np.asarray(latency, dtype=float)) - self.lat[0]) / self.lat[1], 0, 1)
+        par = np.clip((np.atleast_1d(np.asarray(params, dtype=float)) - self.par[0]) / self.par[1], 0, 1)
+        return np.stack(np.broadcast_arrays(1.0 - np.clip(acc, 0, 1), lat, par), axis=1)
+
+
+def nondominated(points: np.ndarray) -> np.ndarray:
+    """The rows of a minimization point set that no other row dominates (duplicates kept once)."""
+    if len(points) <= 1:
+        return points
+    points = np.unique(points, axis=0)
+    le = (points[:, None, :] <= points[None, :, :]).all(-1)
+    lt = (points[:, None, :] < points[None, :, :]).any(-1)
+    dominated = (le & lt).any(0)
+    return points[~dominated]
+
+
+def hypervolume(points: np.ndarray) -> float:
+    """Volume dominated by minimization points inside the reference box."""
+    import pygmo
+    if len(points) == 0:
+        return 0.0
+    return float(pygmo.hypervolume(nondominated(np.asarray(points, dtype=float))).compute(REF))
+
+
+def normalized_hypervolume(points: np.ndarray) -> float:
+    return hypervolume(points) / REF_VOLUME
+
+
+def gains(front: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Hypervolume added by each candidate point alone: HV(front + c) - HV(front)."""
+    import pygmo
+    front = nondominated(np.asarray(front, dtype=float).reshape(-1, 3))
+    base = hypervolume(front)
+    out = np.zeros(len(candidates))
+    if len(front):
+        weakly = (front[None, :, :] <= candidates[:, None, :]).all(-1).any(1)
+    else:
+        weakly = np.zeros(len(candidates), dtype=bool)
+    for i in np.flatnonzero(~weakly):
+        pts = np.vstack([front, candidates[i]])
+        out[i] = pygmo.hypervolume(pts).compute(REF) - base
+    return out

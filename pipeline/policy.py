@@ -11,7 +11,6 @@ from typing import Callable
 
 from pipeline.errors import ConfigError
 from pipeline.state import ZooState
-from workers.ofa_space import sample_arch
 
 Pair = tuple[str, str]  # (dataset_id, arch id)
 POLICIES: dict[str, Callable] = {}
@@ -24,41 +23,53 @@ def register(name: str):
     return wrap
 
 
-def create_policy(name: str, seed: int, **kwargs):
+def create_policy(name: str, seed: int, pool: list[str], **kwargs):
+    import pipeline.acquisition  # noqa: F401 - registers "pareto"
     if name not in POLICIES:
         raise ConfigError(f"unknown strategy {name!r}; valid strategies: {', '.join(sorted(POLICIES))}")
-    return POLICIES[name](seed=seed, **kwargs)
+    return POLICIES[name](seed=seed, pool=pool, **kwargs)
+
+
+def taken_pairs(state: ZooState, pending: set[Pair]) -> set[Pair]:
+    """Pairs not to propose again: finished, in flight, or given up after failing."""
+    return ({(r.dataset_id, r.arch) for r in state.results} | set(pending)
+            | {(f.dataset_id, f.arch) for f in state.failures})
 
 
 @register("random")
 class RandomPolicy:
-    """The paper's baseline zoo: random architectures, spread evenly over the datasets.
+    """The paper's baseline zoo: random pool architectures, spread evenly over the datasets.
 
-    Proposal k goes to the k-th dataset of a seeded shuffle of the datasets (reshuffled
-    every round), with an arch drawn from a generator seeded by (seed, k). The sequence is
-    fixed by the seed, and pairs already done, pending or given up on are skipped, so an
-    interrupted build proposes exactly what an uninterrupted one would have.
+    Each dataset walks its own seeded permutation of the arch pool; round r gives every
+    dataset (in a seeded order) its r-th arch. The sequence is fixed by the seed and
+    visits every (dataset, pool arch) pair once; pairs already done, pending, given up or
+    outside `universe` are skipped, so an interrupted build proposes exactly what an
+    uninterrupted one would have.
     """
 
-    def __init__(self, seed: int = 0):
+    def __init__(self, seed: int, pool: list[str], **_):
         self.seed = seed
+        self.pool = list(pool)
 
-    def propose(self, state: ZooState, n: int, exclude: set[Pair]) -> list[Pair]:
+    def sequence(self, dataset_ids: list[str]):
+        perms = {}
+        for d in dataset_ids:
+            perms[d] = list(self.pool)
+            random.Random(f"{self.seed}:perm:{d}").shuffle(perms[d])
+        for r in range(len(self.pool)):
+            order = list(dataset_ids)
+            random.Random(f"{self.seed}:round:{r}").shuffle(order)
+            for d in order:
+                yield d, perms[d][r]
+
+    def propose(self, state: ZooState, n: int, pending: set[Pair] = frozenset(),
+                universe: set[Pair] | None = None) -> list[Pair]:
         dataset_ids = sorted(d.dataset_id for d in state.datasets)
-        if not dataset_ids or n <= 0:
-            return []
-        taken = set(exclude)
+        taken = taken_pairs(state, pending)
         out: list[Pair] = []
-        k = 0
-        limit = len(exclude) + 50 * (n + len(dataset_ids))  # random pairs rarely collide
-        order: list[str] = []
-        while len(out) < n and k < limit:
-            if k % len(dataset_ids) == 0:
-                order = list(dataset_ids)
-                random.Random(f"{self.seed}:round:{k // len(dataset_ids)}").shuffle(order)
-            pair = (order[k % len(dataset_ids)], sample_arch(random.Random(f"{self.seed}:arch:{k}")).id)
-            if pair not in taken:
-                taken.add(pair)
+        for pair in self.sequence(dataset_ids):
+            if len(out) >= n:
+                break
+            if pair not in taken and (universe is None or pair in universe):
                 out.append(pair)
-            k += 1
         return out

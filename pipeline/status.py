@@ -7,9 +7,34 @@ from zoo_schema.manifest import read_manifest
 from zoo_schema.store import ZooStore
 
 
+def hypervolumes(store: ZooStore, state) -> tuple[dict[str, float], list[dict]]:
+    """Per-dataset normalized hypervolume now, and the mean over datasets as the zoo grew.
+
+    Derived from the results (commit order) and the pool profiles cached in the zoo; empty
+    when no build has profiled the pool yet.
+    """
+    from pipeline.acquisition import hv_history, normalizer_for, point_of
+    from pipeline.pareto import normalized_hypervolume
+    from pipeline.prior import PROFILES_KEY, ArchProfile, Prior
+    import numpy as np
+    if not store.exists(PROFILES_KEY) or not state.results:
+        return {}, []
+    profiles = {r["arch"]: ArchProfile(**r) for r in store.read_table(PROFILES_KEY).to_pylist()}
+    norm, prior = normalizer_for(profiles), Prior({}, profiles)
+    per_dataset = {}
+    for d in state.datasets:
+        pts = [point_of(r, norm, prior) for r in state.results if r.dataset_id == d.dataset_id]
+        per_dataset[d.dataset_id] = normalized_hypervolume(np.array(pts)) if pts else 0.0
+    history = hv_history(state.results, profiles, [d.dataset_id for d in state.datasets])
+    step = max(1, len(history) // 20)
+    marks = sorted(set(range(step - 1, len(history), step)) | {len(history) - 1})
+    return per_dataset, [{"results": i + 1, "mean_hypervolume": round(history[i], 5)} for i in marks]
+
+
 def zoo_status(store: ZooStore) -> dict:
     state = read_state(store)
     manifest = read_manifest(store)
+    hv, hv_history = hypervolumes(store, state)
     failed_ids = {f.job_id for f in state.failures} - state.done_ids
     rows = []
     for d in state.datasets:
@@ -22,18 +47,21 @@ def zoo_status(store: ZooStore) -> dict:
             "best_accuracy": max((r.accuracy for r in results), default=None),
             "mean_accuracy": (sum(r.accuracy for r in results) / len(results)) if results else None,
             "pareto_front": len(front_indices(points)),
+            "hypervolume": round(hv[d.dataset_id], 5) if d.dataset_id in hv else None,
         })
     return {"zoo": store.uri, "datasets": len(state.datasets), "finished_jobs": len(state.results),
             "failed_jobs": len(failed_ids), "architectures": len({r.arch for r in state.results}),
             "base_weights": manifest.base_weights["id"] if manifest else None,
-            "per_dataset": rows}
+            "mean_hypervolume": round(sum(hv.values()) / len(hv), 5) if hv else None,
+            "hypervolume_history": hv_history, "per_dataset": rows}
 
 
 def format_status(status: dict) -> str:
     lines = [f"zoo {status['zoo']}: {status['datasets']} datasets, {status['finished_jobs']} finished "
              f"jobs ({status['architectures']} architectures), {status['failed_jobs']} failed; "
              f"base weights {status['base_weights']}", ""]
-    header = f"{'dataset':34} {'cls':>3} {'train':>5} {'test':>5} {'jobs':>4} {'fail':>4} {'best':>6} {'mean':>6} {'front':>5}"
+    header = (f"{'dataset':34} {'cls':>3} {'train':>5} {'test':>5} {'jobs':>4} {'fail':>4} "
+              f"{'best':>6} {'mean':>6} {'front':>5} {'hv':>6}")
     lines += [header, "-" * len(header)]
 
     def pct(v):
@@ -41,5 +69,9 @@ def format_status(status: dict) -> str:
     for r in status["per_dataset"]:
         lines.append(f"{r['dataset_id'][:34]:34} {r['classes']:>3} {r['train']:>5} {r['test']:>5} "
                      f"{r['jobs']:>4} {r['failed']:>4} {pct(r['best_accuracy']):>6} "
-                     f"{pct(r['mean_accuracy']):>6} {r['pareto_front']:>5}")
+                     f"{pct(r['mean_accuracy']):>6} {r['pareto_front']:>5} {pct(r['hypervolume']):>6}")
+    if status["hypervolume_history"]:
+        lines += ["", "mean normalized hypervolume as the zoo grew:"]
+        lines += ["  " + "  ".join(f"{h['results']}:{h['mean_hypervolume']:.3f}"
+                                   for h in status["hypervolume_history"])]
     return "\n".join(lines)

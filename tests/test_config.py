@@ -8,7 +8,7 @@ from pipeline.errors import ConfigError
 
 def test_defaults_need_no_file():
     c = load_config(None)
-    assert c.strategy == "random" and c.train.lr == 1e-2 and c.train.batch_size == 32
+    assert c.strategy == "pareto" and c.pareto.mc_samples == 10 and c.train.lr == 1e-2 and c.train.batch_size == 32
     assert c.train.weight_decay == 4e-5 and c.train.momentum == 0.9 and c.ingest.max_classes == 20
 
 

@@ -9,6 +9,7 @@ from pipeline import synth
 from pipeline.errors import ConfigError
 from pipeline.policy import RandomPolicy, create_policy
 from pipeline.state import ZooState
+from workers.ofa_space import arch_pool
 from zoo_schema.records import DatasetRecord
 
 
@@ -48,16 +49,31 @@ def _state(n):
     return ZooState(ds, [], [])
 
 
-def test_random_policy_is_deterministic_spreads_and_skips_excluded():
+POOL = [a.id for a in arch_pool(0, 5)]
+
+
+def test_arch_pool_is_distinct_and_prefix_stable():
+    pool = [a.id for a in arch_pool(0, 40)]
+    assert len(set(pool)) == 40 and pool[:5] == POOL
+
+
+def test_random_policy_is_deterministic_spreads_and_skips_pending():
     state = _state(4)
-    first = RandomPolicy(seed=1).propose(state, 8, exclude=set())
-    assert first == RandomPolicy(seed=1).propose(state, 8, exclude=set())
-    assert first != RandomPolicy(seed=2).propose(state, 8, exclude=set())
+    first = RandomPolicy(1, POOL).propose(state, 8)
+    assert first == RandomPolicy(1, POOL).propose(state, 8)
+    assert first != RandomPolicy(2, POOL).propose(state, 8)
     assert sorted(d for d, _ in first) == ["d0", "d0", "d1", "d1", "d2", "d2", "d3", "d3"]
-    # a resumed build with the first three done continues the same sequence
-    assert RandomPolicy(seed=1).propose(state, 5, exclude=set(first[:3])) == first[3:]
+    assert all(a in POOL for _, a in first)
+    # a resumed build with the first three in flight continues the same sequence
+    assert RandomPolicy(1, POOL).propose(state, 5, pending=set(first[:3])) == first[3:]
+    # the sequence is exhaustive: every (dataset, pool arch) pair exactly once
+    everything = RandomPolicy(1, POOL).propose(state, 100)
+    assert len(everything) == 20 == len(set(everything))
+    # a universe restricts it (the replay executor's pool)
+    universe = set(everything[::2])
+    assert set(RandomPolicy(1, POOL).propose(state, 100, universe=universe)) == universe
 
 
 def test_unknown_strategy_lists_valid_ones():
     with pytest.raises(ConfigError, match="unknown strategy 'bayes'; valid strategies: .*random"):
-        create_policy("bayes", seed=0)
+        create_policy("bayes", seed=0, pool=POOL)

@@ -94,6 +94,23 @@ def sample_arch(rng: random.Random) -> Arch:
     return Arch.from_config(ks, es, ds)
 
 
+def arch_pool(seed: int, size: int) -> list[Arch]:
+    """The zoo's candidate architectures: `size` distinct seeded random archs.
+
+    Prefix-stable: the pool of size 30 is the first 30 of the pool of size 100 (same seed).
+    """
+    pool: list[Arch] = []
+    seen: set[str] = set()
+    i = 0
+    while len(pool) < size:
+        arch = sample_arch(random.Random(f"{seed}:pool:{i}"))
+        i += 1
+        if arch.id not in seen:
+            seen.add(arch.id)
+            pool.append(arch)
+    return pool
+
+
 def build_supernet(width: float):
     """The full OFA MobileNetV3 supernet of the paper's space at a width multiplier."""
     from ofa.imagenet_classification.elastic_nn.networks import OFAMobileNetV3

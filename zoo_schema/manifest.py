@@ -25,7 +25,9 @@ class Manifest:
     depths: list[int]
     noise_seed: int
     noise_shape: list[int]
-    base_weights: dict  # {"id", "kind": "random"|"file", "seed" | "key", "sha256", "source"}
+    base_weights: dict  # {"id", "kind": "random"|"file", "seed" | "key", "sha256"}
+    pool_seed: int = 0   # the candidate architectures: workers.ofa_space.arch_pool(seed, size)
+    pool_size: int = 100
     schema_version: int = SCHEMA_VERSION
     created_at: str = field(default="", compare=False)
 

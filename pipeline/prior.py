@@ -1,0 +1,129 @@
+"""What is known about a (dataset, arch) pair before training it, cached in the zoo.
+
+- Dataset features: the base supernet's largest subnet (base weights, frozen) embeds n
+  sampled training images per class; the feature is [mean, std] of their penultimate
+  outputs. Cached in `features/<dataset_id>.parquet`, so a dataset is embedded once.
+- Arch profiles: for every architecture of the zoo's pool, with the base weights:
+  parameters, FLOPs, batch-1 latency on the driver's device, and the functional
+  embedding (penultimate output for the manifest's noise, paper A.1). Cached in
+  `pool/profiles.parquet`. Latency and parameters of a candidate are thus known without
+  training, and one measurement serves every dataset, so hypervolumes are comparable.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from workers.ofa_space import Arch, arch_pool
+from zoo_schema.manifest import Manifest
+from zoo_schema.store import ZooStore
+
+PROFILES_KEY = "pool/profiles.parquet"
+
+
+@dataclass(frozen=True)
+class ArchProfile:
+    arch: str
+    params: int
+    flops: int
+    latency_ms: float
+    functional_embedding: list[float]
+
+
+@dataclass
+class Prior:
+    """Dataset features and arch profiles, as arrays the acquisition policy can index."""
+
+    features: dict[str, np.ndarray]
+    profiles: dict[str, ArchProfile]
+
+    def bounds(self) -> tuple[float, float, float, float]:
+        lat = [p.latency_ms for p in self.profiles.values()]
+        par = [p.params for p in self.profiles.values()]
+        return min(lat), max(lat), min(par), max(par)
+
+
+def profile_pool(store: ZooStore, manifest: Manifest, image_size: int, log=print) -> dict[str, ArchProfile]:
+    """The pool's arch profiles, computed once and cached in the zoo."""
+    if store.exists(PROFILES_KEY):
+        rows = store.read_table(PROFILES_KEY).to_pylist()
+        cached = {r["arch"]: ArchProfile(**r) for r in rows}
+        wanted = [a.id for a in arch_pool(manifest.pool_seed, manifest.pool_size)]
+        if set(wanted) <= set(cached):
+            return {a: cached[a] for a in wanted}
+    import torch
+    from workers.finetune import count_flops, functional_embedding, load_base_supernet, measure_latency_ms
+    from workers.ofa_space import build_subnet
+    torch.set_num_threads(1)
+    pool = arch_pool(manifest.pool_seed, manifest.pool_size)
+    log(f"profiling the {len(pool)} pool architectures (params, FLOPs, latency, functional embedding)")
+    supernet = load_base_supernet(store, manifest.width, manifest.base_weights)
+    device = torch.device("cpu")
+    profiles = {}
+    for arch in pool:
+        model = build_subnet(supernet, arch, num_classes=10).eval()
+        profiles[arch.id] = ArchProfile(
+            arch=arch.id, params=sum(p.numel() for p in model.parameters()),
+            flops=count_flops(model, image_size),
+            latency_ms=measure_latency_ms(model, image_size, device, repeats=10),
+            functional_embedding=functional_embedding(model, manifest.noise_seed, manifest.noise_shape, device))
+    table = pa.Table.from_pylist([p.__dict__ for p in profiles.values()])
+    store.write_table(PROFILES_KEY, table)
+    return profiles
+
+
+def dataset_feature(store: ZooStore, manifest: Manifest, dataset_id: str, image_size: int,
+                    per_class: int = 10, subnet=None) -> np.ndarray:
+    """[mean, std] of frozen base-subnet features of `per_class` train images per class (cached)."""
+    key = f"features/{dataset_id}.parquet"
+    backbone = f"ofa-max:{manifest.base_weights['id']}:{image_size}:{per_class}"
+    if store.exists(key):
+        row = store.read_table(key).to_pylist()[0]
+        if row["backbone"] == backbone:
+            return np.asarray(row["vector"], dtype=np.float32)
+    import torch
+    from pipeline.ingest import load_split
+    from workers.finetune import decode_images
+    from workers.ofa_space import penultimate
+    images, labels = load_split(store, dataset_id, "train")
+    by_class: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(label, []).append(i)
+    rng = random.Random(f"features:{dataset_id}")
+    chosen = [i for idx in by_class.values() for i in rng.sample(idx, min(per_class, len(idx)))]
+    x = torch.from_numpy(decode_images([images[i] for i in chosen], image_size))
+    subnet = subnet if subnet is not None else _max_subnet(store, manifest)
+    with torch.no_grad():
+        feats = penultimate(subnet, x).numpy()
+    vector = np.concatenate([feats.mean(0), feats.std(0)]).astype(np.float32)
+    store.write_table(key, pa.table({"dataset_id": [dataset_id], "backbone": [backbone],
+                                     "vector": [vector.tolist()]}))
+    return vector
+
+
+def _max_subnet(store: ZooStore, manifest: Manifest):
+    """The largest subnet with the base weights: the frozen feature backbone."""
+    from workers.finetune import load_base_supernet
+    supernet = load_base_supernet(store, manifest.width, manifest.base_weights)
+    supernet.set_max_net()
+    return supernet.get_active_subnet(preserve_weight=True).eval()
+
+
+def load_prior(store: ZooStore, manifest: Manifest, dataset_ids: list[str], image_size: int,
+               log=print) -> Prior:
+    """Features of every dataset and profiles of every pool arch, computing what is missing."""
+    profiles = profile_pool(store, manifest, image_size, log)
+    subnet = None
+    features = {}
+    for d in dataset_ids:
+        if subnet is None and not store.exists(f"features/{d}.parquet"):
+            subnet = _max_subnet(store, manifest)
+        features[d] = dataset_feature(store, manifest, d, image_size, subnet=subnet)
+    return Prior(features, profiles)
+
+
+def topology_of(arch_id: str) -> list[int]:
+    return Arch.parse(arch_id).topology()
