@@ -1,0 +1,220 @@
+"""Efficient zoo construction vs random sampling, by replay over a really evaluated pool.
+
+1. The pool: 20 built-in datasets x 30 pool architectures, every pair really fine-tuned on
+   the local Ray (`bench/acquisition_pool.toml`; cached in bench/.cache, resumed if cut).
+2. Replay: for each strategy and seed, `tans build --executor replay:POOL` (the same
+   driver, policy and store code as a Ray build) up to 60% of the pool, 4 jobs in flight.
+   At budgets of 10%..60% it records the mean over datasets of the normalized hypervolume
+   (a dataset's hypervolume over its whole pool's hypervolume, so 1.0 = the full pool).
+3. `jobs_to_match_random_final`: the fraction of random's 60% budget that Pareto needs
+   to reach random's mean normalized hypervolume at 60% (goal <= 0.6).
+4. One proposal step at the paper's scale (140 datasets x 100 archs, 750 results, 8
+   pending), timed on synthetic features (goal < 1 s).
+
+    python bench/acquisition.py [--seeds 5] [--in-flight 4]
+
+Writes bench/.cache/acquisition.png; the last line is the figures as one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.chdir(ROOT)
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
+import numpy as np  # noqa: E402
+
+POOL_CONFIG = "bench/acquisition_pool.toml"
+BUDGETS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+
+
+def log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def build_pool():
+    """The evaluated pool (built once; a rerun resumes or does nothing)."""
+    from pipeline import synth
+    from pipeline.build import run_build
+    from pipeline.config import load_config
+    from pipeline.state import read_state
+    from zoo_schema.store import open_store
+    config = load_config(POOL_CONFIG)
+    data = Path(config.datasets[0])
+    if not data.exists():
+        synth.generate(data, count=20, seed=0)
+    store = open_store(config.zoo)
+    if len(read_state(store).results) < config.max_jobs:
+        run_build(config, log=log)
+        import ray
+        ray.shutdown()
+    stops = [store.read_json(k) for k in store.list("journal/builds")]
+    seconds = sum(s.get("seconds", 0) for s in stops if s.get("event") == "stop")
+    return config, store, seconds
+
+
+def replay_curves(config, source, strategy: str, seed: int, in_flight: int, max_jobs: int):
+    """Per-dataset normalized hypervolume history of one replayed construction."""
+    from pipeline.build import run_build
+    from pipeline.config import load_config
+    from pipeline.prior import profile_pool
+    from pipeline.state import read_state
+    from zoo_schema.manifest import read_manifest
+    from zoo_schema.store import open_store
+    target = Path(tempfile.mkdtemp(prefix=f"tans-replay-{strategy}-{seed}-"))
+    cfg = load_config(POOL_CONFIG, {"zoo": str(target / "zoo"), "datasets": [], "strategy": strategy,
+                                    "seed": seed, "max_jobs": max_jobs,
+                                    "executor": f"replay:{source.uri}",
+                                    "resources.max_in_flight": in_flight})
+    started = time.perf_counter()
+    run_build(cfg, log=lambda line: None, tracking=False)
+    seconds = time.perf_counter() - started
+    store = open_store(cfg.zoo)
+    state = read_state(store)
+    profiles = profile_pool(store, read_manifest(store), cfg.train.image_size)
+    return state, profiles, seconds
+
+
+def normalized_history(state, profiles, full_hv: dict[str, float]) -> np.ndarray:
+    """Mean over datasets of hv(D)/hv_full(D) after each result (commit order)."""
+    from pipeline.acquisition import normalizer_for, point_of
+    from pipeline.pareto import normalized_hypervolume
+    from pipeline.prior import Prior
+    norm, prior = normalizer_for(profiles), Prior({}, profiles)
+    points: dict[str, list] = {d: [] for d in full_hv}
+    current = {d: 0.0 for d in full_hv}
+    out = []
+    for r in sorted(state.results, key=lambda r: (r.created_at, r.job_id)):
+        points[r.dataset_id].append(point_of(r, norm, prior))
+        current[r.dataset_id] = normalized_hypervolume(np.array(points[r.dataset_id])) / full_hv[r.dataset_id]
+        out.append(float(np.mean(list(current.values()))))
+    return np.array(out)
+
+
+def time_paper_scale_step() -> dict:
+    from pipeline.acquisition import ParetoPolicy
+    from pipeline.config import ParetoSettings
+    from pipeline.prior import ArchProfile, Prior
+    from pipeline.state import ZooState
+    from workers.ofa_space import arch_pool
+    from zoo_schema.records import DatasetRecord, ResultRecord
+    rng = np.random.default_rng(0)
+    pool = [a.id for a in arch_pool(0, 100)]
+    datasets = [f"d{i:03d}" for i in range(140)]
+    prior = Prior({d: rng.normal(size=2560).astype(np.float32) for d in datasets},
+                  {a: ArchProfile(a, int(rng.integers(2e6, 6e6)), 1, float(rng.uniform(5, 20)),
+                                  rng.normal(size=1280).tolist()) for a in pool})
+    pairs = []
+    for r in range(100):  # round robin: every dataset gets its initial pairs first
+        for i, d in enumerate(datasets):
+            pairs.append((d, pool[(r * 37 + i * 11) % 100]))
+
+    def record(d, a, n):
+        return ResultRecord(f"j{n:05d}", d, a, [0] * 45, float(rng.uniform(0.1, 0.95)), 1, 1, 1.0, "cpu",
+                            [0.0], "x", "0", 2, 1, 32, 1.0, [1.0], [0.5], "b", f"t{n:05d}")
+    results = [record(d, a, n) for n, (d, a) in enumerate(pairs[:750])]
+    state = ZooState([DatasetRecord(d, d, 2, ["a", "b"], 8, 2, "x", "s", 0, 0, "t") for d in datasets],
+                     results, [])
+    pending = set(pairs[750:758])
+    policy = ParetoPolicy(0, pool, prior=prior, settings=ParetoSettings(n_init_per_dataset=5),
+                          log=lambda line: None)
+    started = time.perf_counter()
+    policy.propose(state, 1, pending=pending)
+    with_training = time.perf_counter() - started
+    steps = []
+    for _ in range(5):
+        started = time.perf_counter()
+        policy.propose(state, 1, pending=pending)
+        steps.append(time.perf_counter() - started)
+    return {"paper_scale_step_seconds": round(float(np.median(steps)), 3),
+            "paper_scale_step_with_retrain_seconds": round(with_training, 3),
+            "paper_scale_candidates_scored": len(policy.last_scores)}
+
+
+def plot(curves: dict, path: Path, pool_size: int) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for strategy, runs in curves.items():
+        arr = np.stack(runs)
+        x = np.arange(1, arr.shape[1] + 1) / pool_size * 100
+        mean, std = arr.mean(0), arr.std(0)
+        ax.plot(x, mean, label=strategy)
+        ax.fill_between(x, mean - std, mean + std, alpha=0.2)
+    ax.set_xlabel("jobs (% of the evaluated pool)")
+    ax.set_ylabel("mean normalized hypervolume")
+    ax.set_title("zoo construction by replay: Pareto vs random")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--in-flight", type=int, default=4)
+    args = ap.parse_args()
+
+    from pipeline.acquisition import normalizer_for, point_of
+    from pipeline.pareto import normalized_hypervolume
+    from pipeline.prior import Prior, load_prior
+    from pipeline.state import read_state
+    from zoo_schema.manifest import read_manifest
+
+    config, source, pool_seconds = build_pool()
+    state = read_state(source)
+    dataset_ids = sorted(d.dataset_id for d in state.datasets)
+    prior = load_prior(source, read_manifest(source), dataset_ids, config.train.image_size, log)
+    norm = normalizer_for(prior.profiles)
+    full_hv = {d: normalized_hypervolume(np.array([point_of(r, norm, Prior({}, prior.profiles))
+                                                   for r in state.results if r.dataset_id == d]))
+               for d in dataset_ids}
+    pool_size = len(state.results)
+    max_jobs = int(round(BUDGETS[-1] * pool_size))
+
+    curves: dict[str, list] = {"random": [], "pareto": []}
+    replay_seconds = {"random": [], "pareto": []}
+    for strategy in curves:
+        for seed in range(args.seeds):
+            st, profiles, seconds = replay_curves(config, source, strategy, seed, args.in_flight, max_jobs)
+            curves[strategy].append(normalized_history(st, profiles, full_hv)[:max_jobs])
+            replay_seconds[strategy].append(seconds)
+            log(f"{strategy} seed {seed}: {curves[strategy][-1][-1]:.4f} at {max_jobs} jobs ({seconds:.1f}s)")
+
+    table = {}
+    for strategy, runs in curves.items():
+        arr = np.stack(runs)
+        table[strategy] = {f"{int(b * 100)}%": round(float(arr[:, int(round(b * pool_size)) - 1].mean()), 4)
+                           for b in BUDGETS}
+    random_final = float(np.stack(curves["random"])[:, max_jobs - 1].mean())
+    pareto_mean = np.stack(curves["pareto"]).mean(0)
+    reached = np.flatnonzero(pareto_mean >= random_final)
+    match = (int(reached[0]) + 1) / max_jobs if len(reached) else None
+
+    out_png = ROOT / "bench" / ".cache" / "acquisition.png"
+    plot(curves, out_png, pool_size)
+    figures = {
+        "pool_pairs": pool_size, "pool_datasets": len(dataset_ids), "pool_build_seconds": round(pool_seconds),
+        "seeds": args.seeds, "in_flight": args.in_flight,
+        "mean_normalized_hypervolume": table,
+        "jobs_to_match_random_final": round(match, 3) if match is not None else None,
+        "goal_jobs_to_match": "<= 0.6",
+        "replay_seconds_per_run": {k: round(float(np.mean(v)), 1) for k, v in replay_seconds.items()},
+        **time_paper_scale_step(), "goal_step_seconds": "< 1",
+        "plot": str(out_png.relative_to(ROOT)),
+    }
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
