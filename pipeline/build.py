@@ -9,6 +9,7 @@ from pipeline.driver import BuildSummary, Driver
 from pipeline.errors import ConfigError, DatasetError
 from pipeline.executor import RayExecutor, ReplayExecutor, start_ray
 from pipeline.ingest import ingest, source_filesystem
+from pipeline.lease import Lease
 from pipeline.prior import profile_pool
 from pipeline.tracking import Tracker
 from zoo_schema.manifest import Manifest, ensure_manifest
@@ -119,17 +120,34 @@ def make_executor(config: BuildConfig, store: ZooStore, log=print, ray_num_cpus:
 
 
 def run_build(config: BuildConfig, log=print, ray_num_cpus: int | None = None, tracking: bool = True) -> BuildSummary:
+    """Build (or continue building) the zoo of `config`; one driver per zoo (a lease)."""
     store = open_store(config.zoo, config.s3)
-    executor, manifest = make_executor(config, store, log, ray_num_cpus)
-    profile_pool(store, manifest, config.train.image_size, log)  # hypervolumes need it, any strategy
-    tracker = Tracker(config.mlflow, {"zoo": store.uri, "max_jobs": config.max_jobs,
-                                      "strategy": config.strategy, "seed": config.seed,
-                                      "executor": config.executor, "epochs": config.train.epochs,
-                                      "image_size": config.train.image_size}) if tracking else None
-    log(f"building zoo {store.uri}: up to {config.max_jobs} jobs, strategy {config.strategy}, "
-        f"executor {config.executor}, {config.resources.max_in_flight} in flight"
-        + (f"; MLflow at {tracker.uri}" if tracker else ""))
-    summary = Driver(config, store, manifest, executor, tracker, log).run()
+    lease = Lease(store, ttl=config.lease_seconds, log=log).acquire()
+    try:
+        executor, manifest = make_executor(config, store, log, ray_num_cpus)
+        profile_pool(store, manifest, config.train.image_size, log)  # hypervolumes need it, any strategy
+        tracker = Tracker(config.mlflow, {"zoo": store.uri, "max_jobs": config.max_jobs,
+                                          "strategy": config.strategy, "seed": config.seed,
+                                          "executor": config.executor, "epochs": config.train.epochs,
+                                          "image_size": config.train.image_size}) if tracking else None
+        log(f"building zoo {store.uri}: up to {config.max_jobs} jobs, strategy {config.strategy}, "
+            f"executor {config.executor}, {config.resources.max_in_flight} in flight"
+            + (f"; MLflow at {tracker.uri}" if tracker else ""))
+        summary = Driver(config, store, manifest, executor, tracker, log, lease=lease).run()
+    finally:
+        lease.release()
     log(f"build stopped ({summary.stop_reason}): {summary.finished} finished, {summary.failed} failed "
         f"in {summary.seconds:.0f}s; the zoo holds {summary.zoo_results} results")
     return summary
+
+
+def last_build_config(zoo: str, s3=None) -> BuildConfig:
+    """The config of the zoo's most recent build, for `tans resume ZOO`."""
+    from pipeline.config import build_dataclass
+    store = open_store(zoo, s3)
+    starts = [store.read_json(k) for k in store.list("journal/builds")]
+    starts = [s for s in starts if s.get("event") == "start" and "config" in s]
+    if not starts:
+        raise ConfigError(f"the zoo at {zoo} has no recorded build to resume; start one with "
+                          f"`tans build --zoo {zoo} ...`")
+    return build_dataclass(BuildConfig, max(starts, key=lambda s: s["at"])["config"])

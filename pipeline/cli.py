@@ -22,6 +22,30 @@ def _build(args) -> int:
     return 0 if summary.finished or summary.zoo_results else 1
 
 
+def _resume(args) -> int:
+    from pipeline.build import last_build_config, run_build
+    from zoo_schema.store import S3Settings
+    config = last_build_config(args.zoo, S3Settings(endpoint_url=args.s3_endpoint))
+    summary = run_build(config)
+    return 0 if summary.finished or summary.zoo_results else 1
+
+
+def _verify(args) -> int:
+    from pipeline.verify import verify_zoo
+    from zoo_schema.store import S3Settings, open_store
+    report = verify_zoo(open_store(args.zoo, S3Settings(endpoint_url=args.s3_endpoint)), args.clean_orphans)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print(f"zoo {report['zoo']}: {report['results_checked']} results and "
+              f"{report['datasets_checked']} datasets checked, {len(report['problems'])} problem(s), "
+              f"{len(report['orphan_checkpoints'])} orphan checkpoint(s)"
+              + (" deleted" if report["orphans_deleted"] and report["orphan_checkpoints"] else ""))
+        for p in report["problems"]:
+            print(f"  {p['key']}: {p['problem']} (quarantined; a later build re-trains the job)")
+    return 1 if report["problems"] else 0
+
+
 def _status(args) -> int:
     from pipeline.status import format_status, zoo_status
     from zoo_schema.store import S3Settings, open_store
@@ -72,6 +96,18 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--address", help="Ray cluster address; default starts a local Ray")
     b.add_argument("--mlflow-uri", help="MLflow tracking URI (default sqlite:///./mlflow.db)")
     b.set_defaults(func=_build)
+
+    r = sub.add_parser("resume", help="continue the zoo's last build with its recorded config")
+    r.add_argument("zoo")
+    r.add_argument("--s3-endpoint", help="S3 endpoint URL (or AWS_ENDPOINT_URL)")
+    r.set_defaults(func=_resume)
+
+    v = sub.add_parser("verify", help="check every result, checkpoint and dataset; quarantine corrupt ones")
+    v.add_argument("zoo")
+    v.add_argument("--json", action="store_true")
+    v.add_argument("--clean-orphans", action="store_true", help="delete checkpoints no result refers to")
+    v.add_argument("--s3-endpoint", help="S3 endpoint URL (or AWS_ENDPOINT_URL)")
+    v.set_defaults(func=_verify)
 
     s = sub.add_parser("status", help="show what a zoo holds")
     s.add_argument("zoo")

@@ -65,6 +65,7 @@ class BuildConfig:
     seed: int = 0
     address: str = ""               # Ray address; empty starts a local Ray
     executor: str = "ray"           # "ray", or "replay:ZOO_URI" to answer jobs from an evaluated zoo
+    lease_seconds: float = 60.0     # a driver's lease on the zoo goes stale this long after its last heartbeat
     train: TrainSettings = TrainSettings()
     arch: ArchSettings = ArchSettings()
     resources: ResourceSettings = ResourceSettings()

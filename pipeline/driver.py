@@ -6,6 +6,7 @@ journal), so stopping anywhere and running the build again continues it.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -34,25 +35,37 @@ class BuildSummary:
 
 
 class Driver:
+    """Steps a build. A job that fails is retried (with the reason journaled) until it has
+    failed `resources.max_attempts` times; then its pair is given up and counts against
+    the budget. `lease`, when given, is renewed between steps."""
+
     def __init__(self, config: BuildConfig, store: ZooStore, manifest: Manifest, executor,
-                 tracker=None, log=print):
+                 tracker=None, log=print, lease=None):
         self.config, self.store, self.manifest = config, store, manifest
-        self.executor, self.tracker, self.log = executor, tracker, log
+        self.executor, self.tracker, self.log, self.lease = executor, tracker, log, lease
         pool = [a.id for a in arch_pool(manifest.pool_seed, manifest.pool_size)]
         self.policy = create_policy(config.strategy, config.seed, pool, store=store, manifest=manifest,
                                     config=config, log=log)
-        self.state = read_state(store)
-        self.datasets: dict[str, DatasetRecord] = {d.dataset_id: d for d in self.state.datasets}
-        self.results: list[ResultRecord] = list(self.state.results)
-        self.failures = list(self.state.failures)
-        self.given_up: set[Pair] = {(f.dataset_id, f.arch) for f in self.failures}
+        state = read_state(store, config.resources.max_attempts)
+        self.datasets: dict[str, DatasetRecord] = {d.dataset_id: d for d in state.datasets}
+        self.results: list[ResultRecord] = list(state.results)
+        self.failures = list(state.failures)
         self.pending: set[Pair] = set()
         self.summary = BuildSummary()
         self._stop: str | None = None
         self._profiles = None
         self._started = time.monotonic()
-        write_journal(store, "builds", {"event": "start", "max_jobs": config.max_jobs,
-                                        "strategy": config.strategy, "results": len(self.results)})
+        write_journal(store, "builds", {"event": "start", "results": len(self.results),
+                                        "config": dataclasses.asdict(config)})
+
+    @property
+    def state(self) -> ZooState:
+        return ZooState(list(self.datasets.values()), self.results, self.failures,
+                        self.config.resources.max_attempts)
+
+    @property
+    def given_up(self) -> set[Pair]:
+        return self.state.given_up()
 
     def spec_for(self, pair: Pair) -> JobSpec:
         dataset = self.datasets[pair[0]]
@@ -72,9 +85,8 @@ class Driver:
         n = min(free, left)
         if n <= 0:
             return
-        current = ZooState(list(self.datasets.values()), self.results, self.failures)
         universe = self.executor.universe() if hasattr(self.executor, "universe") else None
-        for pair in self.policy.propose(current, n, pending=set(self.pending), universe=universe):
+        for pair in self.policy.propose(self.state, n, pending=set(self.pending), universe=universe):
             self.executor.submit(self.spec_for(pair))
             self.pending.add(pair)
 
@@ -93,13 +105,19 @@ class Driver:
         else:
             failure = record_failure(self.store, spec.job_id, spec.dataset_id, spec.arch, outcome)
             self.failures.append(failure)
-            self.given_up.add(pair)
-            self.summary.failed += 1
-            self.summary.failures.append(failure.error)
+            attempts = self.state.failed_attempts()[spec.job_id]
             if self.tracker:
                 self.tracker.log_failure(spec, failure.error)
-            self.log(f"[{self.used_budget}/{self.config.max_jobs}] FAILED {spec.dataset_id} "
-                     f"{spec.arch}: {failure.error.splitlines()[-1]}")
+            last_line = failure.error.splitlines()[-1] if failure.error else type(outcome).__name__
+            if attempts < self.config.resources.max_attempts and not self._stop:
+                self.log(f"attempt {attempts} of {spec.dataset_id} {spec.arch} failed ({last_line}); retrying")
+                self.executor.submit(spec)
+                self.pending.add(pair)
+                return
+            self.summary.failed += 1
+            self.summary.failures.append(failure.error)
+            self.log(f"[{self.used_budget}/{self.config.max_jobs}] FAILED {spec.dataset_id} {spec.arch} "
+                     f"after {attempts} attempt(s): {last_line}")
 
     def _eta(self) -> str:
         done = self.summary.finished + self.summary.failed
@@ -135,6 +153,8 @@ class Driver:
         if not self.datasets:
             self.summary.stop_reason = "no datasets in the zoo"
             return False
+        if self.lease:
+            self.lease.heartbeat()
         self._stop = self._stop or self._stop_reason()
         if not self._stop:
             self._fill()
@@ -142,6 +162,8 @@ class Driver:
             self.summary.stop_reason = self._stop or (
                 "job budget reached" if self.used_budget >= self.config.max_jobs else "no untrained pairs left")
             return False
+        if timeout is None and self.lease:
+            timeout = self.lease.ttl / 3
         for spec, outcome in self.executor.wait(timeout):
             self._record(spec, outcome)
         return True

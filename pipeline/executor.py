@@ -47,7 +47,7 @@ class RayExecutor:
         self._ray = ray
         self._task = ray.remote(_run_remote).options(
             num_cpus=self.resources.num_cpus, num_gpus=self.resources.num_gpus,
-            max_retries=self.resources.max_attempts - 1, retry_exceptions=False)
+            max_retries=0, retry_exceptions=False)  # the driver retries, recording each reason
         self._pending: dict = {}
 
     @property

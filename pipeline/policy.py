@@ -32,8 +32,7 @@ def create_policy(name: str, seed: int, pool: list[str], **kwargs):
 
 def taken_pairs(state: ZooState, pending: set[Pair]) -> set[Pair]:
     """Pairs not to propose again: finished, in flight, or given up after failing."""
-    return ({(r.dataset_id, r.arch) for r in state.results} | set(pending)
-            | {(f.dataset_id, f.arch) for f in state.failures})
+    return {(r.dataset_id, r.arch) for r in state.results} | set(pending) | state.given_up()
 
 
 @register("random")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from pipeline.ingest import read_datasets
-from zoo_schema.records import DatasetRecord, ResultRecord, from_table
+from zoo_schema.records import DatasetRecord, ResultRecord
 from zoo_schema.store import ZooStore
 
 
@@ -29,6 +29,7 @@ class ZooState:
     datasets: list[DatasetRecord]
     results: list[ResultRecord]
     failures: list[Failure]
+    max_attempts: int = 1  # a job with this many failed attempts and no result is given up
 
     @property
     def done_ids(self) -> set[str]:
@@ -40,12 +41,27 @@ class ZooState:
             counts[f.job_id] = counts.get(f.job_id, 0) + 1
         return counts
 
+    def given_up(self) -> set[tuple[str, str]]:
+        """(dataset_id, arch) pairs that failed max_attempts times and have no result."""
+        attempts = self.failed_attempts()
+        done = self.done_ids
+        return {(f.dataset_id, f.arch) for f in self.failures
+                if attempts[f.job_id] >= self.max_attempts and f.job_id not in done}
+
 
 def read_results(store: ZooStore) -> list[ResultRecord]:
+    """Every committed result; an unreadable result file is quarantined, never used."""
+    from pipeline.verify import CORRUPT, quarantine, read_result
     records = []
     for key in store.list("results"):
-        if key.endswith(".parquet"):
-            records += from_table(ResultRecord, store.read_table(key))
+        if not key.endswith(".parquet"):
+            continue
+        try:
+            records.append(read_result(store, key))
+        except FileNotFoundError:
+            continue
+        except CORRUPT as e:
+            quarantine(store, key, f"unreadable result file ({type(e).__name__})")
     return sorted(records, key=lambda r: (r.dataset_id, r.job_id))
 
 
@@ -53,8 +69,8 @@ def read_failures(store: ZooStore) -> list[Failure]:
     return [Failure(**store.read_json(k)) for k in store.list("journal/failures") if k.endswith(".json")]
 
 
-def read_state(store: ZooStore) -> ZooState:
-    return ZooState(read_datasets(store), read_results(store), read_failures(store))
+def read_state(store: ZooStore, max_attempts: int = 1) -> ZooState:
+    return ZooState(read_datasets(store), read_results(store), read_failures(store), max_attempts)
 
 
 def record_failure(store: ZooStore, job_id: str, dataset_id: str, arch: str, error: BaseException) -> Failure:
@@ -63,6 +79,26 @@ def record_failure(store: ZooStore, job_id: str, dataset_id: str, arch: str, err
     failure = Failure(job_id, dataset_id, arch, text[-4000:], datetime.now(timezone.utc).isoformat())
     store.write_json(f"journal/failures/{job_id}/{uuid.uuid4().hex}.json", failure.__dict__, create_only=True)
     return failure
+
+
+def record_start(store: ZooStore, job_id: str) -> None:
+    """Journal that a worker starts fine-tuning a job: who (host, pid, Ray node) and when."""
+    import os
+    import socket
+    node = None
+    try:
+        import ray
+        if ray.is_initialized():
+            node = ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - the node id is informative only
+        node = None
+    entry = {"job_id": job_id, "host": socket.gethostname(), "pid": os.getpid(), "node_id": node,
+             "at": datetime.now(timezone.utc).isoformat()}
+    store.write_json(f"journal/starts/{job_id}/{uuid.uuid4().hex}.json", entry, create_only=True)
+
+
+def read_starts(store: ZooStore) -> list[dict]:
+    return [store.read_json(k) for k in store.list("journal/starts") if k.endswith(".json")]
 
 
 def write_journal(store: ZooStore, kind: str, payload: dict) -> None:

@@ -70,13 +70,14 @@ def s3_bucket(s3_server, request):
     return s3_server.bucket(name)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster():
-    """One local Ray for the session, on loopback, with two logical GPUs."""
+    """A local Ray for the test module, on loopback, with two logical GPUs."""
     import ray
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, configure_logging=False,
-             log_to_driver=False)
-    yield ray
+    ctx = ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, configure_logging=False,
+                   log_to_driver=False)
+    assert ctx.address_info["node_ip_address"] == "127.0.0.1"
+    yield ctx
     ray.shutdown()
 
 

@@ -209,6 +209,8 @@ def run_job(spec: JobSpec, zoo_uri: str, s3: S3Settings | None = None, threads: 
     store = open_store(zoo_uri, s3)
     if store.exists(spec.result_key):  # already committed: writing it again is a no-op
         return from_table(ResultRecord, store.read_table(spec.result_key))[0]
+    from pipeline.state import record_start
+    record_start(store, spec.job_id)
     if threads:
         torch.set_num_threads(threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

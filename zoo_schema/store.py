@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import re
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import StorageError
 
+log = logging.getLogger("tans.store")
 _SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=+-]*$")
 
 
@@ -44,6 +47,7 @@ class S3Settings:
 
     endpoint_url: str | None = None
     region: str | None = None
+    retry_seconds: float = 300.0  # how long an unreachable endpoint is waited out mid-build
 
 
 class ZooStore:
@@ -155,7 +159,13 @@ class LocalStore(ZooStore):
 
 
 class S3Store(ZooStore):
-    """s3://bucket/prefix through boto3 (create-only puts) and pyarrow.fs (dataset reads)."""
+    """s3://bucket/prefix through boto3 (create-only puts) and pyarrow.fs (dataset reads).
+
+    While a build runs, an unreachable endpoint is waited out: every operation retries
+    connection failures and 5xx answers with exponential backoff for up to
+    `S3Settings.retry_seconds`, logging the pause, before it gives up. Opening the store
+    does not wait, so a wrong endpoint is reported at once.
+    """
 
     def __init__(self, uri: str, settings: S3Settings | None = None):
         import boto3
@@ -173,105 +183,111 @@ class S3Store(ZooStore):
         self.region = self.settings.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
         self.client = boto3.client(
             "s3", endpoint_url=endpoint, region_name=self.region,
-            config=Config(retries={"max_attempts": 5, "mode": "standard"},
-                          connect_timeout=5, read_timeout=30))
-        self._check_reachable()
+            config=Config(retries={"max_attempts": 2, "mode": "standard"},
+                          connect_timeout=3, read_timeout=10))
+        self._call("open", "", lambda: self.client.head_bucket(Bucket=self.bucket), retry=False)
 
     def _full(self, key: str) -> str:
         check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    def _fail(self, action: str, key: str, e: Exception) -> StorageError:
+    @staticmethod
+    def _code(e: Exception) -> str:
+        return str(getattr(e, "response", {}).get("Error", {}).get("Code", ""))
+
+    def _transient(self, e: Exception) -> bool:
+        from botocore.exceptions import (ClientError, ConnectionClosedError, ConnectTimeoutError,
+                                         EndpointConnectionError, ReadTimeoutError)
+        if isinstance(e, (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError, ReadTimeoutError)):
+            return True
+        if isinstance(e, ClientError):
+            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            return status >= 500 or self._code(e) in ("SlowDown", "RequestTimeout")
+        return False
+
+    def _call(self, action: str, key: str, fn, retry: bool = True):
+        """Run one S3 operation with outage retries; map failures to StorageError."""
+        deadline = time.monotonic() + (self.settings.retry_seconds if retry else 0)
+        delay = 0.5
+        while True:
+            try:
+                return fn()
+            except Exception as e:  # noqa: BLE001 - classified below
+                if retry and self._transient(e) and time.monotonic() < deadline:
+                    log.warning("S3 at %s unavailable to %s %s (%s); retrying in %.1fs",
+                                self.endpoint_url or "AWS", action, key or self.uri, type(e).__name__, delay)
+                    time.sleep(delay)
+                    delay = min(delay * 2, 8.0)
+                    continue
+                raise self._fail(action, key, e) from None
+
+    def _fail(self, action: str, key: str, e: Exception) -> Exception:
         from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
         where = f"s3://{self.bucket}/{self._full(key) if key else self.prefix}"
         endpoint = self.endpoint_url or "AWS default endpoint"
+        code = self._code(e)
+        if code in ("NoSuchKey", "404", "NotFound") and key:
+            return FileNotFoundError(f"{key} is not in the zoo at {self.uri}")
         if isinstance(e, NoCredentialsError):
             return StorageError(f"no AWS credentials found to {action} {where}; set "
                                 "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or an AWS profile")
-        if isinstance(e, EndpointConnectionError):
+        if self._transient(e) or isinstance(e, EndpointConnectionError):
             return StorageError(f"cannot reach S3 endpoint {endpoint} to {action} {where}; "
                                 "check the endpoint (s3.endpoint_url / AWS_ENDPOINT_URL) and that "
-                                "the service is up")
+                                "the service is up, then run the same command again")
+        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"):
+            return StorageError(f"S3 at {endpoint} refused our credentials ({code}) to "
+                                f"{action} {where}; check AWS_ACCESS_KEY_ID / "
+                                "AWS_SECRET_ACCESS_KEY or the profile in use")
+        if code in ("NoSuchBucket", "404"):
+            return StorageError(f"bucket {self.bucket!r} does not exist at {endpoint}; "
+                                f"create it first (aws s3 mb s3://{self.bucket})")
         if isinstance(e, ClientError):
-            code = e.response.get("Error", {}).get("Code", "")
-            if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"):
-                return StorageError(f"S3 at {endpoint} refused our credentials ({code}) to "
-                                    f"{action} {where}; check AWS_ACCESS_KEY_ID / "
-                                    "AWS_SECRET_ACCESS_KEY or the profile in use")
-            if code == "NoSuchBucket":
-                return StorageError(f"bucket {self.bucket!r} does not exist at {endpoint}; "
-                                    f"create it first (aws s3 mb s3://{self.bucket})")
             return StorageError(f"S3 error {code} to {action} {where} at {endpoint}")
         return StorageError(f"S3 failure to {action} {where} at {endpoint}: {type(e).__name__}")
 
-    def _check_reachable(self) -> None:
-        try:
-            self.client.head_bucket(Bucket=self.bucket)
-        except Exception as e:  # noqa: BLE001 - mapped to a StorageError that says what to do
-            from botocore.exceptions import ClientError
-            if isinstance(e, ClientError) and e.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket"):
-                raise StorageError(f"bucket {self.bucket!r} does not exist at "
-                                   f"{self.endpoint_url or 'AWS'}; create it first "
-                                   f"(aws s3 mb s3://{self.bucket})") from None
-            raise self._fail("open", "", e) from None
-
     def read_bytes(self, key: str) -> bytes:
-        from botocore.exceptions import ClientError
         full = self._full(key)
-        try:
-            return self.client.get_object(Bucket=self.bucket, Key=full)["Body"].read()
-        except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                raise FileNotFoundError(f"{key} is not in the zoo at {self.uri}") from None
-            raise self._fail("read", key, e) from None
-        except Exception as e:  # noqa: BLE001
-            raise self._fail("read", key, e) from None
+        return self._call("read", key, lambda: self.client.get_object(Bucket=self.bucket, Key=full)["Body"].read())
 
     def write_bytes(self, key: str, data: bytes, create_only: bool = False) -> bool:
-        from botocore.exceptions import ClientError
-        extra = {"IfNoneMatch": "*"} if create_only else {}
         full = self._full(key)
-        try:
-            self.client.put_object(Bucket=self.bucket, Key=full, Body=data, **extra)
-            return True
-        except ClientError as e:
-            code = e.response.get("Error", {}).get("Code")
-            if create_only and code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
-                return False
-            raise self._fail("write", key, e) from None
-        except Exception as e:  # noqa: BLE001
-            raise self._fail("write", key, e) from None
+        extra = {"IfNoneMatch": "*"} if create_only else {}
+
+        def put():
+            from botocore.exceptions import ClientError
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=full, Body=data, **extra)
+                return True
+            except ClientError as e:
+                # 412: the key exists. 409: a concurrent conditional write won the race.
+                if create_only and self._code(e) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                    return False
+                raise
+        return self._call("write", key, put)
 
     def exists(self, key: str) -> bool:
-        from botocore.exceptions import ClientError
         full = self._full(key)
         try:
-            self.client.head_object(Bucket=self.bucket, Key=full)
+            self._call("stat", key, lambda: self.client.head_object(Bucket=self.bucket, Key=full))
             return True
-        except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise self._fail("stat", key, e) from None
-        except Exception as e:  # noqa: BLE001
-            raise self._fail("stat", key, e) from None
+        except FileNotFoundError:
+            return False
 
     def list(self, prefix: str) -> list[str]:
         full = self._full(prefix) + "/"
         strip = len(self.prefix) + 1 if self.prefix else 0
-        keys = []
-        try:
+
+        def pages():
+            keys = []
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
                 keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
-        except Exception as e:  # noqa: BLE001
-            raise self._fail("list", prefix, e) from None
-        return sorted(keys)
+            return keys
+        return sorted(self._call("list", prefix, pages))
 
     def delete(self, key: str) -> None:
         full = self._full(key)
-        try:
-            self.client.delete_object(Bucket=self.bucket, Key=full)
-        except Exception as e:  # noqa: BLE001
-            raise self._fail("delete", key, e) from None
+        self._call("delete", key, lambda: self.client.delete_object(Bucket=self.bucket, Key=full))
 
     def arrow_filesystem(self):
         import pyarrow.fs as pafs

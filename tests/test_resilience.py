@@ -1,0 +1,198 @@
+"""Failures with real processes: SIGKILLed drivers and workers, a stopped S3 endpoint,
+two drivers on one zoo, corrupt files. Nothing lost, nothing trained twice."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from pipeline.build import run_build
+from pipeline.config import load_config
+from pipeline.errors import ZooConflictError
+from pipeline.lease import LEASE_KEY, Lease
+from pipeline.state import read_failures, read_results, read_starts, read_state
+from pipeline.verify import verify_zoo
+from zoo_schema.store import S3Settings, open_store
+
+
+def overrides(zoo, data, tmp_path, **kw):
+    o = {"zoo": zoo, "datasets": [str(data)], "max_jobs": 5, "strategy": "random",
+         "train.epochs": 1, "train.latency_repeats": 3, "arch.pool_size": 10, "lease_seconds": 6.0,
+         "mlflow.tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    o.update(kw)
+    return o
+
+
+def toml(o: dict) -> str:
+    """A flat TOML file from dotted overrides."""
+    import json
+    tables: dict[str, dict] = {}
+    for k, v in o.items():
+        head, _, leaf = k.rpartition(".")
+        tables.setdefault(head, {})[leaf] = v
+    lines = [f"{k} = {json.dumps(v)}" for k, v in tables.pop("", {}).items()]
+    for table, items in tables.items():
+        lines.append(f"[{table}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in items.items()]
+    return "\n".join(lines) + "\n"
+
+
+def wait_for(predicate, timeout=240, every=0.2):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(every)
+    raise AssertionError("condition not reached in time")
+
+
+def assert_trained_once(store):
+    """No completed job was fine-tuned again after its result was committed."""
+    results = {r.job_id: r for r in read_results(store)}
+    for start in read_starts(store):
+        r = results.get(start["job_id"])
+        assert r is None or start["at"] <= r.created_at, f"{start['job_id']} trained after its commit"
+
+
+# -- leases --------------------------------------------------------------------------------
+
+def test_second_driver_is_refused_and_stale_lease_taken_over(tmp_path):
+    store = open_store(str(tmp_path / "zoo"))
+    first = Lease(store, ttl=60).acquire()
+    with pytest.raises(ZooConflictError, match=r"being built by .+:\d+ \(last heartbeat \d+s ago\)"):
+        Lease(store, ttl=60).acquire()
+    with pytest.raises(ZooConflictError, match="being built by"):  # a whole build is refused too
+        run_build(load_config(None, {"zoo": store.uri, "max_jobs": 0}))
+    stale = store.read_json(LEASE_KEY)
+    stale["heartbeat"] -= 120
+    store.write_json(LEASE_KEY, stale)
+    messages = []
+    second = Lease(store, ttl=60, log=messages.append).acquire()
+    assert "taking over the stale lease" in messages[0]
+    with pytest.raises(ZooConflictError, match="lost the lease"):
+        first.heartbeat(force=True)
+    second.release()
+    assert not store.exists(LEASE_KEY)
+
+
+# -- driver killed -------------------------------------------------------------------------
+
+def test_sigkill_driver_at_several_points_then_resume(ray_cluster, tiny_datasets, tmp_path):
+    """The driver runs as its own process on the shared Ray; it is SIGKILLed after 1 and
+    after 3 committed results, then run again to the end. The zoo equals an uninterrupted
+    build's: the same job ids, one row each, no completed job trained twice."""
+    gcs = ray_cluster.address_info["gcs_address"]
+    zoo = tmp_path / "zoo"
+    cfg = tmp_path / "build.toml"
+    cfg.write_text(toml(overrides(str(zoo), tiny_datasets, tmp_path, max_jobs=6, address=gcs)))
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    store = open_store(str(zoo))
+
+    def driver():
+        return subprocess.Popen([sys.executable, "-m", "pipeline.cli", "build", "--config", str(cfg)],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for kill_after in (1, 3):
+        proc = driver()
+        wait_for(lambda: len(store.list("results")) >= kill_after or proc.poll() is not None)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert proc.returncode == -signal.SIGKILL
+        time.sleep(6.5)  # the dead driver's lease goes stale
+    proc = driver()
+    assert proc.wait(timeout=600) == 0
+    interrupted = read_results(store)
+    assert len(interrupted) == 6 and len(store.list("results")) == 6
+    assert_trained_once(store)
+    assert len(read_starts(store)) >= 6
+
+    reference = tmp_path / "reference"
+    run_build(load_config(None, overrides(str(reference), tiny_datasets, tmp_path, max_jobs=6)))
+    assert {r.job_id for r in interrupted} == {r.job_id for r in read_results(open_store(str(reference)))}
+
+
+# -- worker killed -------------------------------------------------------------------------
+
+def test_sigkill_worker_mid_job_is_retried(ray_cluster, tiny_datasets, tmp_path):
+    zoo = str(tmp_path / "zoo")
+    store = open_store(zoo)
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.update(
+        summary=run_build(load_config(None, overrides(zoo, tiny_datasets, tmp_path, max_jobs=3)))))
+    thread.start()
+    wait_for(lambda: store.list("journal/starts"))
+    victim = read_starts(store)[0]
+    os.kill(victim["pid"], signal.SIGKILL)
+    thread.join(600)
+    assert outcome["summary"].finished == 3 and outcome["summary"].failed == 0
+    failures = read_failures(store)
+    assert [f.job_id for f in failures] == [victim["job_id"]]
+    assert "died" in failures[0].error.lower() or "crash" in failures[0].error.lower()
+    assert victim["job_id"] in {r.job_id for r in read_results(store)}
+    assert_trained_once(store)
+
+
+# -- storage outage ------------------------------------------------------------------------
+
+def test_s3_endpoint_stopped_30s_mid_build(ray_cluster, tiny_datasets, tmp_path):
+    from tests.conftest import MotoServer
+    server = MotoServer().start()
+    try:
+        bucket = server.bucket("outage")
+        zoo = f"s3://{bucket}/zoo"
+        store = open_store(zoo, S3Settings(endpoint_url=server.url))
+        outcome = {}
+        o = overrides(zoo, tiny_datasets, tmp_path, max_jobs=4, lease_seconds=120.0,
+                      **{"s3.endpoint_url": server.url})
+        thread = threading.Thread(target=lambda: outcome.update(summary=run_build(load_config(None, o))))
+        thread.start()
+        wait_for(lambda: len(store.list("results")) >= 1, timeout=300)
+        server.proc.send_signal(signal.SIGSTOP)  # the endpoint stops answering
+        time.sleep(30)
+        server.proc.send_signal(signal.SIGCONT)
+        thread.join(600)
+        assert outcome["summary"].finished == 4
+        assert len(read_results(store)) == 4 and not verify_zoo(store)["problems"]
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+        server.stop()
+
+
+# -- integrity -----------------------------------------------------------------------------
+
+def test_corrupt_checkpoint_and_truncated_result_are_found_and_skipped(ray_cluster, tiny_datasets, tmp_path):
+    from pipeline.cli import main
+    zoo = str(tmp_path / "zoo")
+    run_build(load_config(None, overrides(zoo, tiny_datasets, tmp_path, max_jobs=3)))
+    store = open_store(zoo)
+    a, b, c = read_results(store)
+    ckpt = tmp_path / "zoo" / store.key_of(a.checkpoint_uri)
+    blob = bytearray(ckpt.read_bytes())
+    blob[-10] ^= 0xFF
+    ckpt.write_bytes(bytes(blob))
+    result_file = tmp_path / "zoo" / f"results/dataset={b.dataset_id}/{b.job_id}.parquet"
+    result_file.write_bytes(result_file.read_bytes()[:40])
+    assert main(["verify", zoo]) == 1
+    report = verify_zoo(store)  # already quarantined: a second look is clean
+    assert report["problems"] == []
+    assert store.exists(f"quarantine/results/dataset={b.dataset_id}/{b.job_id}.parquet")
+    assert store.exists(f"quarantine/{store.key_of(a.checkpoint_uri)}")
+    # acquisition and search see only the sound result; a later build re-trains the others
+    assert [r.job_id for r in read_state(store).results] == [c.job_id]
+    again = run_build(load_config(None, overrides(zoo, tiny_datasets, tmp_path, max_jobs=3)))
+    assert again.finished == 2 and len(read_results(store)) == 3
+
+
+def test_orphan_checkpoints_are_listed_and_cleaned(tmp_path):
+    store = open_store(str(tmp_path / "zoo"))
+    store.write_bytes("checkpoints/deadbeef/00.safetensors", b"orphan")
+    report = verify_zoo(store)
+    assert report["orphan_checkpoints"] == ["checkpoints/deadbeef/00.safetensors"]
+    verify_zoo(store, clean_orphans=True)
+    assert not store.list("checkpoints")
+    shutil.rmtree(tmp_path / "zoo")
