@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 from pipeline.config import BuildConfig
 from pipeline.policy import Pair, create_policy
-from pipeline.state import ZooState, read_state, record_failure, write_journal
+from pipeline.state import (SNAPSHOT_MIN_NEW, ZooState, read_state, record_failure, write_journal,
+                            write_snapshot)
 from workers.ofa_space import arch_pool
 from workers.job import JobSpec
 from zoo_schema.manifest import Manifest
@@ -55,6 +56,7 @@ class Driver:
         self._stop: str | None = None
         self._profiles = None
         self._started = time.monotonic()
+        self._snapshot_at = len(self.results)
         write_journal(store, "builds", {"event": "start", "results": len(self.results),
                                         "config": dataclasses.asdict(config)})
 
@@ -95,6 +97,9 @@ class Driver:
         self.pending.discard(pair)
         if isinstance(outcome, ResultRecord):
             self.results.append(outcome)
+            if len(self.results) - self._snapshot_at >= SNAPSHOT_MIN_NEW:
+                write_snapshot(self.store, self.results)
+                self._snapshot_at = len(self.results)
             self.summary.finished += 1
             if self.tracker:
                 self.tracker.log_result(spec, outcome)
@@ -178,6 +183,8 @@ class Driver:
         s.seconds = time.monotonic() - self._started
         s.zoo_results = len(self.results)
         s.zoo_failed = len(self.given_up)
+        if len(self.results) > self._snapshot_at:
+            write_snapshot(self.store, self.results)
         write_journal(self.store, "builds", {"event": "stop", **s.as_dict()})
         if self.tracker:
             self.tracker.finish(s.as_dict())

@@ -49,20 +49,76 @@ class ZooState:
                 if attempts[f.job_id] >= self.max_attempts and f.job_id not in done}
 
 
-def read_results(store: ZooStore) -> list[ResultRecord]:
-    """Every committed result; an unreadable result file is quarantined, never used."""
+SNAPSHOT_KEY = "results_index/snapshot.parquet"
+SNAPSHOT_MIN_NEW = 64
+
+
+def result_key(r: ResultRecord) -> str:
+    return f"results/dataset={r.dataset_id}/{r.job_id}.parquet"
+
+
+def read_results(store: ZooStore, refresh_snapshot: bool = True) -> list[ResultRecord]:
+    """Every committed result; an unreadable result file is quarantined, never used.
+
+    The per-job files are the commits; `results_index/snapshot.parquet` is a cache of
+    their rows, so a resume reads one object plus the files committed since, not one
+    object per result. Rows of the snapshot count only while their file is still listed
+    (a quarantined result never comes back from the cache). The snapshot is rewritten
+    when at least SNAPSHOT_MIN_NEW files were read outside it.
+    """
+    keys = [k for k in store.list("results") if k.endswith(".parquet")]
+    if not keys:
+        return []
+    listed = set(keys)
+    rows = {k: r for k, r in _read_snapshot(store).items() if k in listed}
+    missing = [k for k in keys if k not in rows]
+    rows.update(_read_files(store, missing))
+    if refresh_snapshot and len(missing) >= SNAPSHOT_MIN_NEW:
+        write_snapshot(store, list(rows.values()))
+    return sorted(rows.values(), key=lambda r: (r.dataset_id, r.job_id))
+
+
+def write_snapshot(store: ZooStore, results: list[ResultRecord]) -> None:
+    """Cache these committed results' rows in one object (atomic replace)."""
+    from zoo_schema.records import to_table
+    if results:
+        store.write_table(SNAPSHOT_KEY, to_table(results))
+
+
+def _read_snapshot(store: ZooStore) -> dict[str, ResultRecord]:
+    from pipeline.verify import CORRUPT
+    from zoo_schema.records import from_table
+    try:
+        return {result_key(r): r for r in from_table(ResultRecord, store.read_table(SNAPSHOT_KEY))}
+    except FileNotFoundError:
+        return {}
+    except CORRUPT:
+        return {}  # a damaged cache is rebuilt from the commits
+
+
+def _read_files(store: ZooStore, keys: list[str]) -> dict[str, ResultRecord]:
+    """Result files by key: as one threaded pyarrow dataset, or one by one if one is bad."""
+    import pyarrow.dataset as pads
     from pipeline.verify import CORRUPT, quarantine, read_result
-    records = []
-    for key in store.list("results"):
-        if not key.endswith(".parquet"):
-            continue
+    from zoo_schema.records import arrow_schema, from_table
+    if not keys:
+        return {}
+    fs, base = store.arrow_filesystem()
+    try:
+        table = pads.dataset([f"{base}/{k}" for k in keys], filesystem=fs, format="parquet",
+                             schema=arrow_schema(ResultRecord)).to_table()
+        return {result_key(r): r for r in from_table(ResultRecord, table)}
+    except CORRUPT:
+        pass
+    out = {}
+    for key in keys:
         try:
-            records.append(read_result(store, key))
+            out[key] = read_result(store, key)
         except FileNotFoundError:
             continue
         except CORRUPT as e:
             quarantine(store, key, f"unreadable result file ({type(e).__name__})")
-    return sorted(records, key=lambda r: (r.dataset_id, r.job_id))
+    return out
 
 
 def read_failures(store: ZooStore) -> list[Failure]:
