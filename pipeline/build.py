@@ -88,7 +88,7 @@ def ingest_all(store: ZooStore, config: BuildConfig, log=print) -> None:
             log(f"dataset {report.name}: {state}{skipped} -> {', '.join(report.dataset_ids)}")
 
 
-REPLAY_COPIES = ("datasets", "features", "pool")
+REPLAY_COPIES = ("datasets", "query_features", "pool")
 
 
 def seed_replay_zoo(target: ZooStore, source: ZooStore) -> Manifest:
@@ -134,6 +134,10 @@ def run_build(config: BuildConfig, log=print, ray_num_cpus: int | None = None, t
             f"executor {config.executor}, {config.resources.max_in_flight} in flight"
             + (f"; MLflow at {tracker.uri}" if tracker else ""))
         summary = Driver(config, store, manifest, executor, tracker, log, lease=lease).run()
+        if config.retrain.after_build and summary.zoo_results:
+            from pipeline.retrain import run_retrain
+            run_retrain(store, config.retrain, config.train.image_size, config.retrain.if_grown,
+                        config.mlflow if tracking else None, log)
     finally:
         lease.release()
     log(f"build stopped ({summary.stop_reason}): {summary.finished} finished, {summary.failed} failed "

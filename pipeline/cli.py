@@ -46,6 +46,43 @@ def _verify(args) -> int:
     return 1 if report["problems"] else 0
 
 
+def _retrain(args) -> int:
+    from dataclasses import replace
+
+    from pipeline.config import MlflowSettings, RetrainSettings
+    from pipeline.retrain import run_retrain
+    from zoo_schema.manifest import read_manifest
+    from zoo_schema.store import S3Settings, open_store
+    store = open_store(args.zoo, S3Settings(endpoint_url=args.s3_endpoint))
+    manifest = read_manifest(store)
+    if manifest is None:
+        raise TansError(f"{args.zoo} is not a tans zoo (no manifest.json); build one with `tans build`")
+    settings = RetrainSettings()
+    for name in ("steps", "positive", "seed"):
+        if getattr(args, name) is not None:
+            settings = replace(settings, **{name: getattr(args, name)})
+    version = run_retrain(store, settings, args.image_size or manifest.noise_shape[-1], args.if_grown,
+                          MlflowSettings(tracking_uri=args.mlflow_uri or ""))
+    return 0 if version is not None or args.if_grown is not None else 1
+
+
+def _search(args) -> int:
+    from retriever.search import Constraints, search_dataset
+    from zoo_schema.store import S3Settings, open_store
+    s3 = S3Settings(endpoint_url=args.s3_endpoint)
+    constraints = Constraints(args.max_params, args.max_flops, args.max_latency_ms)
+    hits = search_dataset(open_store(args.zoo, s3), args.dataset, constraints, args.top_k, s3=s3)
+    if args.json:
+        print(json.dumps(hits, indent=1))
+        return 0
+    print(f"{'#':>2} {'job_id':24} {'dataset':28} {'pred.acc':>8} {'score':>6} {'params':>7} {'MFLOPs':>7} {'ms':>6}  arch")
+    for i, h in enumerate(hits, 1):
+        print(f"{i:>2} {h['job_id']:24} {h['dataset_id'][:28]:28} {h['predicted_accuracy']:>8.3f} "
+              f"{h['score']:>6.3f} {h['params'] / 1e6:>6.2f}M {h['flops'] / 1e6:>7.1f} {h['latency_ms']:>6.1f}  {h['arch']}")
+    print(f"\ncheckpoint of the first: {hits[0]['checkpoint_uri']}")
+    return 0
+
+
 def _status(args) -> int:
     from pipeline.status import format_status, zoo_status
     from zoo_schema.store import S3Settings, open_store
@@ -108,6 +145,28 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--clean-orphans", action="store_true", help="delete checkpoints no result refers to")
     v.add_argument("--s3-endpoint", help="S3 endpoint URL (or AWS_ENDPOINT_URL)")
     v.set_defaults(func=_verify)
+
+    t = sub.add_parser("retrain", help="meta-train a new retriever version over the zoo")
+    t.add_argument("zoo")
+    t.add_argument("--if-grown", type=float, help="only if the zoo grew by this fraction (<1) or count")
+    t.add_argument("--steps", type=int)
+    t.add_argument("--positive", choices=["weighted", "uniform"])
+    t.add_argument("--seed", type=int)
+    t.add_argument("--image-size", type=int, help="default: the zoo's (from its manifest)")
+    t.add_argument("--mlflow-uri", help="MLflow tracking URI (default sqlite:///./mlflow.db)")
+    t.add_argument("--s3-endpoint")
+    t.set_defaults(func=_retrain)
+
+    q = sub.add_parser("search", help="rank the zoo's pretrained networks for a dataset")
+    q.add_argument("zoo")
+    q.add_argument("--dataset", required=True, help="ImageFolder directory or Parquet file (local or s3://)")
+    q.add_argument("--top-k", type=int, default=10)
+    q.add_argument("--max-params", type=float)
+    q.add_argument("--max-flops", type=float)
+    q.add_argument("--max-latency-ms", type=float)
+    q.add_argument("--json", action="store_true")
+    q.add_argument("--s3-endpoint")
+    q.set_defaults(func=_search)
 
     s = sub.add_parser("status", help="show what a zoo holds")
     s.add_argument("zoo")

@@ -50,6 +50,24 @@ class ParetoSettings:
 
 
 @dataclass(frozen=True)
+class RetrainSettings:
+    """The retriever's meta-training (paper B.1) and when a build triggers it."""
+
+    after_build: bool = True        # retrain at the end of `tans build` ...
+    if_grown: float = 0.1           # ... if the zoo grew by this fraction (<1) or count (>=1)
+    steps: int = 300
+    lr: float = 1e-3                # paper: 1e-2 (Adam); 1e-3 is steadier on small zoos
+    margin: float = 0.2
+    lam: float = 1.0                # weight of the predictor's MSE
+    query_per_class: int = 10
+    positive: str = "weighted"      # "weighted" (toward well-performing models) or "uniform" (official)
+    temperature: float = 0.1
+    seed: int = 0
+    use_functional: bool = True     # ablations: without the functional embedding...
+    use_topology: bool = True       # ...or without the topology vector
+
+
+@dataclass(frozen=True)
 class StopSettings:
     max_worker_hours: float = 0.0   # summed fine-tuning hours of the zoo's jobs; 0 = no limit
     min_hv_gain: float = 0.0        # stop when mean normalized hypervolume gains less than this
@@ -72,6 +90,7 @@ class BuildConfig:
     ingest: IngestSettings = IngestSettings()
     pareto: ParetoSettings = ParetoSettings()
     stop: StopSettings = StopSettings()
+    retrain: RetrainSettings = RetrainSettings()
     s3: S3Settings = S3Settings()
     mlflow: MlflowSettings = MlflowSettings()
 
@@ -88,6 +107,7 @@ class BuildConfig:
             (self.pareto.retrain_every >= 1, "pareto.retrain_every must be >= 1"),
             (self.pareto.mc_samples >= 1, "pareto.mc_samples must be >= 1"),
             (self.stop.hv_window >= 1, "stop.hv_window must be >= 1"),
+            (self.retrain.positive in ("weighted", "uniform"), "retrain.positive must be 'weighted' or 'uniform'"),
             (0 < self.ingest.test_fraction < 1, "ingest.test_fraction must be between 0 and 1"),
             (2 <= self.ingest.max_classes, "ingest.max_classes must be >= 2"),
         ]

@@ -24,7 +24,7 @@ def register(name: str):
 
 
 def create_policy(name: str, seed: int, pool: list[str], **kwargs):
-    import pipeline.acquisition  # noqa: F401 - registers "pareto"
+    import pipeline.acquisition  # noqa: F401 (registers "pareto")
     if name not in POLICIES:
         raise ConfigError(f"unknown strategy {name!r}; valid strategies: {', '.join(sorted(POLICIES))}")
     return POLICIES[name](seed=seed, pool=pool, **kwargs)

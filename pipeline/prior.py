@@ -1,8 +1,8 @@
 """What is known about a (dataset, arch) pair before training it, cached in the zoo.
 
-- Dataset features: the base supernet's largest subnet (base weights, frozen) embeds n
-  sampled training images per class; the feature is [mean, std] of their penultimate
-  outputs. Cached in `features/<dataset_id>.parquet`, so a dataset is embedded once.
+- Dataset features: [mean, std] of the frozen backbone features of the dataset's sampled
+  training images (retriever/features.py: cached in the zoo, so a dataset is embedded
+  once, for the acquisition predictor and the retriever alike).
 - Arch profiles: for every architecture of the zoo's pool, with the base weights:
   parameters, FLOPs, batch-1 latency on the driver's device, and the functional
   embedding (penultimate output for the manifest's noise, paper A.1). Cached in
@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,52 +75,20 @@ def profile_pool(store: ZooStore, manifest: Manifest, image_size: int, log=print
 
 
 def dataset_feature(store: ZooStore, manifest: Manifest, dataset_id: str, image_size: int,
-                    per_class: int = 10, subnet=None) -> np.ndarray:
-    """[mean, std] of frozen base-subnet features of `per_class` train images per class (cached)."""
-    key = f"features/{dataset_id}.parquet"
-    backbone = f"ofa-max:{manifest.base_weights['id']}:{image_size}:{per_class}"
-    if store.exists(key):
-        row = store.read_table(key).to_pylist()[0]
-        if row["backbone"] == backbone:
-            return np.asarray(row["vector"], dtype=np.float32)
-    import torch
-    from pipeline.ingest import load_split
-    from workers.finetune import decode_images
-    from workers.ofa_space import penultimate
-    images, labels = load_split(store, dataset_id, "train")
-    by_class: dict[int, list[int]] = {}
-    for i, label in enumerate(labels):
-        by_class.setdefault(label, []).append(i)
-    rng = random.Random(f"features:{dataset_id}")
-    chosen = [i for idx in by_class.values() for i in rng.sample(idx, min(per_class, len(idx)))]
-    x = torch.from_numpy(decode_images([images[i] for i in chosen], image_size))
-    subnet = subnet if subnet is not None else _max_subnet(store, manifest)
-    with torch.no_grad():
-        feats = penultimate(subnet, x).numpy()
-    vector = np.concatenate([feats.mean(0), feats.std(0)]).astype(np.float32)
-    store.write_table(key, pa.table({"dataset_id": [dataset_id], "backbone": [backbone],
-                                     "vector": [vector.tolist()]}))
-    return vector
-
-
-def _max_subnet(store: ZooStore, manifest: Manifest):
-    """The largest subnet with the base weights: the frozen feature backbone."""
-    from workers.finetune import load_base_supernet
-    supernet = load_base_supernet(store, manifest.width, manifest.base_weights)
-    supernet.set_max_net()
-    return supernet.get_active_subnet(preserve_weight=True).eval()
+                    backbone=None) -> np.ndarray:
+    """[mean, std] of the frozen backbone features of the dataset's sampled train images."""
+    from retriever.features import split_features
+    feats, _ = split_features(store, manifest, dataset_id, "train", image_size, backbone)
+    return np.concatenate([feats.mean(0), feats.std(0)]).astype(np.float32)
 
 
 def load_prior(store: ZooStore, manifest: Manifest, dataset_ids: list[str], image_size: int,
                log=print) -> Prior:
     """Features of every dataset and profiles of every pool arch, computing what is missing."""
+    from retriever.features import load_backbone
     profiles = profile_pool(store, manifest, image_size, log)
-    subnet = None
-    features = {}
-    for d in dataset_ids:
-        if subnet is None and not store.exists(f"features/{d}.parquet"):
-            subnet = _max_subnet(store, manifest)
-        features[d] = dataset_feature(store, manifest, d, image_size, subnet=subnet)
+    backbone = load_backbone(store, manifest)
+    features = {d: dataset_feature(store, manifest, d, image_size, backbone) for d in dataset_ids}
     return Prior(features, profiles)
 
 

@@ -81,7 +81,9 @@ def test_local_build_resume_and_status(ray_cluster, tiny_datasets, tmp_path, cap
     json.dumps(status)
 
 
-def test_build_with_zoo_on_s3(ray_cluster, tiny_datasets, tmp_path, s3_server, s3_bucket):
+def test_build_with_zoo_on_s3(ray_cluster, tiny_datasets, tmp_path, s3_server, s3_bucket, monkeypatch, capsys):
+    secret = "Sup3rSecretKeyThatMustNeverLeak"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)  # the driver's credentials (moto takes any)
     zoo = f"s3://{s3_bucket}/zoo"
     cfg = config(zoo, tiny_datasets, tmp_path, max_jobs=3, **{"s3.endpoint_url": s3_server.url})
     summary = run_build(cfg)
@@ -94,7 +96,14 @@ def test_build_with_zoo_on_s3(ray_cluster, tiny_datasets, tmp_path, s3_server, s
     fs, base = store.arrow_filesystem()
     table = pads.dataset(f"{base}/results", filesystem=fs, format="parquet", partitioning="hive").to_table()
     assert sorted(table["job_id"].to_pylist()) == sorted(r.job_id for r in results)
-    assert len(mlflow_job_runs(tmp_path)) == 3
+    runs = mlflow_job_runs(tmp_path)
+    assert len(runs) == 3
+    # credentials appear nowhere: not in the zoo's manifest or journal, MLflow, or the output
+    texts = [store.read_bytes(k).decode() for k in ["manifest.json"] + store.list("journal") if k.endswith(".json")]
+    texts += [str(r.data.params) + str(r.data.tags) for r in runs]
+    out = capsys.readouterr()
+    texts += [out.out, out.err]
+    assert not any(secret in t for t in texts)
 
 
 def test_failed_job_is_recorded_and_build_goes_on(ray_cluster, tiny_datasets, tmp_path):
@@ -142,7 +151,7 @@ def test_pareto_build_on_ray_then_replay_gives_same_proposals(ray_cluster, tiny_
     assert any("accuracy predictor retrained on 4 results" in line for line in lines)
     store = open_store(zoo)
     assert store.exists("pool/profiles.parquet")
-    assert len(store.list("features")) == 4  # each dataset embedded once, cached
+    assert len(store.list("query_features")) == 4  # each dataset embedded once, cached
     state = read_state(store)
     pool = [a.id for a in arch_pool(0, 10)]
     assert {r.arch for r in state.results} <= set(pool)

@@ -1,0 +1,1 @@
+"""tans retriever: meta-contrastive encoders over the zoo, retraining, and constrained search."""

@@ -1,0 +1,207 @@
+"""Meta-training the retriever over the zoo, and its versions in the zoo (paper B.1).
+
+Each step takes every dataset of the zoo once (the paper: a batch of its 140 datasets):
+a query set of `query_per_class` cached train-image features per class, and one of the
+dataset's models as the positive. The official code samples that positive uniformly;
+`positive = "weighted"` (the default here) samples it with probability proportional to
+exp(accuracy / temperature), so the latent space pulls queries toward the models that do
+well on them. Evaluation uses the test split's images, unseen in training.
+
+A version is `retriever/v<N>/`: `weights.safetensors`, `models.parquet` (each result's
+128-d model embedding and what search filters and shows), `meta.json` (results count,
+backbone, settings, metrics). The newest complete version (meta.json written last) is
+the one search uses.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from pipeline.config import RetrainSettings
+from pipeline.errors import TansError
+from pipeline.state import read_state
+from retriever.features import backbone_id, load_backbone, split_features
+from retriever.model import Retriever, retriever_loss
+from zoo_schema.manifest import read_manifest
+from zoo_schema.store import ZooStore
+
+
+@dataclass
+class ZooTensors:
+    """Everything training needs, gathered from the zoo once."""
+
+    dataset_ids: list[str]
+    train_feats: dict[str, tuple[np.ndarray, np.ndarray]]
+    test_feats: dict[str, tuple[np.ndarray, np.ndarray]]
+    results: list
+    topology: torch.Tensor
+    func: torch.Tensor
+    accuracy: torch.Tensor
+    owner: np.ndarray               # dataset index of each model
+
+
+def gather(store: ZooStore, image_size: int) -> ZooTensors:
+    manifest = read_manifest(store)
+    state = read_state(store)
+    results = [r for r in state.results]
+    if not results:
+        raise TansError(f"the zoo at {store.uri} has no results to train a retriever on; build it first")
+    dataset_ids = sorted({r.dataset_id for r in results})
+    backbone = load_backbone(store, manifest)
+    train = {d: split_features(store, manifest, d, "train", image_size, backbone) for d in dataset_ids}
+    test = {d: split_features(store, manifest, d, "test", image_size, backbone) for d in dataset_ids}
+    index = {d: i for i, d in enumerate(dataset_ids)}
+    return ZooTensors(
+        dataset_ids, train, test, results,
+        torch.tensor([r.topology for r in results], dtype=torch.float32),
+        torch.tensor([r.functional_embedding for r in results], dtype=torch.float32),
+        torch.tensor([r.accuracy for r in results], dtype=torch.float32),
+        np.array([index[r.dataset_id] for r in results]))
+
+
+def sample_query(feats: np.ndarray, labels: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:
+    idx = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        idx.extend(rng.choice(members, size=min(per_class, len(members)), replace=False))
+    return feats[np.array(idx)]
+
+
+def _model_inputs(t: ZooTensors, s: RetrainSettings):
+    topo = t.topology if s.use_topology else torch.zeros_like(t.topology)
+    func = t.func if s.use_functional else torch.zeros_like(t.func)
+    return topo, func
+
+
+def train_retriever(t: ZooTensors, s: RetrainSettings, log=print) -> tuple[Retriever, dict]:
+    torch.manual_seed(s.seed)
+    rng = np.random.default_rng(s.seed)
+    all_images = torch.from_numpy(np.concatenate([f for f, _ in t.train_feats.values()]))
+    model = Retriever(all_images.shape[1], t.func.shape[1])
+    model.set_normalization(all_images, t.func)
+    topo, func = _model_inputs(t, s)
+    opt = torch.optim.Adam(model.parameters(), lr=s.lr)
+    by_dataset = [np.flatnonzero(t.owner == i) for i in range(len(t.dataset_ids))]
+    started = time.perf_counter()
+    for step in range(s.steps):
+        positives = []
+        for members in by_dataset:
+            if s.positive == "weighted":
+                w = np.exp((t.accuracy[members].numpy() - t.accuracy[members].max().item()) / s.temperature)
+                positives.append(rng.choice(members, p=w / w.sum()))
+            else:
+                positives.append(rng.choice(members))
+        queries = [torch.from_numpy(sample_query(*t.train_feats[d], s.query_per_class, rng)) for d in t.dataset_ids]
+        q = torch.stack([model.encode_query(x) for x in queries])
+        pos = torch.tensor(positives)
+        m = model.encode_models(topo[pos], func[pos])
+        loss, contrastive, mse = retriever_loss(model, q, m, t.accuracy[pos], s.margin, s.lam)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 100 == 0 or step == s.steps - 1:
+            log(f"retriever step {step}: loss {loss.item():.4f} (contrastive {contrastive.item():.4f}, "
+                f"mse {mse.item():.4f})")
+    metrics = evaluate(model, t, s)
+    metrics["train_seconds"] = round(time.perf_counter() - started, 2)
+    return model.eval(), metrics
+
+
+def evaluate(model: Retriever, t: ZooTensors, s: RetrainSettings) -> dict:
+    """Same-pair retrieval with unseen (test-split) query images, and predictor error."""
+    topo, func = _model_inputs(t, s)
+    rng = np.random.default_rng(s.seed + 1)
+    with torch.no_grad():
+        m = model.encode_models(topo, func)
+        ranks, top10_err, all_err = [], [], []
+        for i, d in enumerate(t.dataset_ids):
+            q = model.encode_query(torch.from_numpy(sample_query(*t.test_feats[d], s.query_per_class, rng)))
+            order = torch.argsort(m @ q, descending=True).numpy()
+            ranks.append(int(np.flatnonzero(t.owner[order] == i)[0]) + 1)
+            own = np.flatnonzero(t.owner == i)
+            pred = model.predict(q.expand(len(own), -1), m[own])
+            all_err.append(((pred - t.accuracy[own]) ** 2).numpy())
+            top = order[:10]
+            pred_top = model.predict(q.expand(len(top), -1), m[top])
+            top10_err.append(((pred_top - t.accuracy[top]) ** 2).numpy())
+    ranks = np.array(ranks)
+    return {"datasets": len(ranks), "models": len(t.results),
+            "R@1": float((ranks <= 1).mean() * 100), "R@5": float((ranks <= 5).mean() * 100),
+            "R@10": float((ranks <= 10).mean() * 100), "mean_rank": float(ranks.mean()),
+            "median_rank": float(np.median(ranks)),
+            "predictor_mse_own_models": float(np.concatenate(all_err).mean()),
+            "predictor_mse_top10": float(np.concatenate(top10_err).mean())}
+
+
+# -- versions -----------------------------------------------------------------------------
+
+def versions(store: ZooStore) -> list[int]:
+    """Complete retriever versions (meta.json written), ascending."""
+    out = set()
+    for key in store.list("retriever"):
+        parts = key.split("/")
+        if len(parts) == 3 and parts[2] == "meta.json" and parts[1].startswith("v"):
+            out.add(int(parts[1][1:]))
+    return sorted(out)
+
+
+def save_version(store: ZooStore, model: Retriever, t: ZooTensors, s: RetrainSettings, metrics: dict,
+                 image_size: int) -> int:
+    from safetensors.torch import save
+    version = (versions(store) or [0])[-1] + 1
+    prefix = f"retriever/v{version}"
+    topo, func = _model_inputs(t, s)
+    with torch.no_grad():
+        m = model.encode_models(topo, func).numpy()
+    store.write_bytes(f"{prefix}/weights.safetensors",
+                      save({k: v.contiguous() for k, v in model.state_dict().items()}), create_only=True)
+    rows = pa.table({
+        "job_id": [r.job_id for r in t.results], "dataset_id": [r.dataset_id for r in t.results],
+        "arch": [r.arch for r in t.results], "accuracy": [r.accuracy for r in t.results],
+        "params": [r.params for r in t.results], "flops": [r.flops for r in t.results],
+        "latency_ms": [r.latency_ms for r in t.results], "num_classes": [r.num_classes for r in t.results],
+        "checkpoint_uri": [r.checkpoint_uri for r in t.results],
+        "embedding": pa.array(m.tolist(), type=pa.list_(pa.float32()))})
+    store.write_table(f"{prefix}/models.parquet", rows, create_only=True)
+    manifest = read_manifest(store)
+    meta = {"version": version, "results": len(t.results), "datasets": len(t.dataset_ids),
+            "backbone": backbone_id(manifest, image_size), "image_size": image_size,
+            "image_dim": int(model.image_mean.shape[0]),
+            "func_dim": int(model.func_mean.shape[0]), "settings": asdict(s), "metrics": metrics,
+            "created_at": datetime.now(timezone.utc).isoformat()}
+    store.write_bytes(f"{prefix}/meta.json", json.dumps(meta, indent=1).encode(), create_only=True)
+    return version
+
+
+def load_version(store: ZooStore, version: int | None = None):
+    """(model, meta, models table) of a version (the newest by default)."""
+    from safetensors.torch import load
+    available = versions(store)
+    if not available:
+        raise TansError(f"the zoo at {store.uri} has no trained retriever; run `tans retrain {store.uri}`")
+    version = version or available[-1]
+    if version not in available:
+        raise TansError(f"retriever version v{version} is not in {store.uri}; versions: {available}")
+    prefix = f"retriever/v{version}"
+    meta = store.read_json(f"{prefix}/meta.json")
+    model = Retriever(meta["image_dim"], meta["func_dim"])
+    model.load_state_dict(load(store.read_bytes(f"{prefix}/weights.safetensors")))
+    return model.eval(), meta, store.read_table(f"{prefix}/models.parquet")
+
+
+def grown_enough(store: ZooStore, if_grown: float | None) -> tuple[bool, str]:
+    """Whether the zoo grew by `if_grown` (a fraction < 1, or a count) since the newest version."""
+    n = len(read_state(store).results)
+    available = versions(store)
+    if if_grown is None or not available:
+        return True, f"{n} results" + ("" if available else ", no retriever yet")
+    trained_on = store.read_json(f"retriever/v{available[-1]}/meta.json")["results"]
+    need = trained_on * if_grown if if_grown < 1 else if_grown
+    grown = n - trained_on
+    return grown >= max(need, 1), f"zoo grew by {grown} results since v{available[-1]} ({trained_on}); need {need:g}"
