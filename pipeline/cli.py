@@ -83,6 +83,17 @@ def _search(args) -> int:
     return 0
 
 
+def _finetune(args) -> int:
+    from pipeline.config import load_config
+    from pipeline.finetune import run_finetune
+    config = load_config(args.config, {"zoo": args.zoo, "train.epochs": args.epochs,
+                                       "train.image_size": args.image_size, "address": args.address,
+                                       "mlflow.tracking_uri": args.mlflow_uri,
+                                       "s3.endpoint_url": args.s3_endpoint})
+    run_finetune(config, args.job, args.dataset)
+    return 0
+
+
 def _status(args) -> int:
     from pipeline.status import format_status, zoo_status
     from zoo_schema.store import S3Settings, open_store
@@ -167,6 +178,18 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true")
     q.add_argument("--s3-endpoint")
     q.set_defaults(func=_search)
+
+    f = sub.add_parser("finetune", help="fine-tune a zoo network (e.g. a search hit) on your dataset, on Ray")
+    f.add_argument("zoo")
+    f.add_argument("--job", required=True, help="job_id of the zoo network to start from")
+    f.add_argument("--dataset", required=True, help="ImageFolder directory or Parquet file (local or s3://)")
+    f.add_argument("--epochs", type=int)
+    f.add_argument("--image-size", type=int)
+    f.add_argument("--config", help="TOML config for training/resources (optional)")
+    f.add_argument("--address", help="Ray cluster address; default starts a local Ray")
+    f.add_argument("--mlflow-uri")
+    f.add_argument("--s3-endpoint")
+    f.set_defaults(func=_finetune)
 
     s = sub.add_parser("status", help="show what a zoo holds")
     s.add_argument("zoo")

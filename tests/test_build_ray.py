@@ -19,7 +19,7 @@ from zoo_schema.store import S3Settings, open_store
 
 def config(zoo, data, tmp_path, **kw):
     overrides = {"zoo": zoo, "datasets": [str(data)], "max_jobs": 5, "train.epochs": 1,
-                 "train.latency_repeats": 3, "resources.num_gpus": 0.5,
+                 "train.latency_repeats": 3, "resources.num_gpus": 0.5, "retrain.after_build": False,
                  "mlflow.tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     overrides.update(kw)
     return load_config(None, overrides)
@@ -52,8 +52,10 @@ def mlflow_job_runs(tmp_path):
 
 def test_local_build_resume_and_status(ray_cluster, tiny_datasets, tmp_path, capsys):
     zoo = str(tmp_path / "zoo")
-    summary = run_build(config(zoo, tiny_datasets, tmp_path))
+    retrain = {"retrain.after_build": True, "retrain.steps": 20}
+    summary = run_build(config(zoo, tiny_datasets, tmp_path, **retrain))
     assert (summary.finished, summary.failed, summary.stop_reason) == (5, 0, "job budget reached")
+    from retriever.train import versions
     store = open_store(zoo)
     results = check_zoo(store, 5)
     assert len({r.dataset_id for r in results}) == 4  # the random strategy spreads over datasets
@@ -64,12 +66,13 @@ def test_local_build_resume_and_status(ray_cluster, tiny_datasets, tmp_path, cap
     history = runs[0].data.metrics
     assert "test_accuracy" in history and "train_loss" in history and "latency_ms" in history
 
-    # the same command again: nothing to do, nothing trained twice
-    again = run_build(config(zoo, tiny_datasets, tmp_path))
-    assert (again.finished, again.zoo_results) == (0, 5)
-    # a larger budget continues the same build
-    more = run_build(config(zoo, tiny_datasets, tmp_path, max_jobs=6))
-    assert (more.finished, more.zoo_results) == (1, 6)
+    assert versions(store) == [1]  # the build ended with the retriever stage
+    # the same command again: nothing to do, nothing trained twice, no retraining
+    again = run_build(config(zoo, tiny_datasets, tmp_path, **retrain))
+    assert (again.finished, again.zoo_results) == (0, 5) and versions(store) == [1]
+    # a larger budget continues the same build; the zoo grew by 20% > 10%: retrained
+    more = run_build(config(zoo, tiny_datasets, tmp_path, max_jobs=6, **retrain))
+    assert (more.finished, more.zoo_results) == (1, 6) and versions(store) == [1, 2]
     assert {r.job_id for r in read_results(store)} >= {r.job_id for r in results}
 
     status = zoo_status(store)

@@ -36,7 +36,7 @@ def test_fine_tunes_land_on_gpu_nodes_and_node_loss_is_survived(cluster, tiny_da
     config = load_config(None, {
         "zoo": zoo, "datasets": [str(tiny_datasets)], "max_jobs": 4, "strategy": "random",
         "train.epochs": 1, "train.latency_repeats": 3, "arch.pool_size": 10,
-        "resources.num_gpus": 1.0, "resources.num_cpus": 1.0,
+        "resources.num_gpus": 1.0, "resources.num_cpus": 1.0, "retrain.after_build": False,
         "mlflow.tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"})
     outcome = {}
     thread = threading.Thread(target=lambda: outcome.update(summary=run_build(config)))

@@ -24,6 +24,7 @@ from zoo_schema.store import S3Settings, open_store
 def overrides(zoo, data, tmp_path, **kw):
     o = {"zoo": zoo, "datasets": [str(data)], "max_jobs": 5, "strategy": "random",
          "train.epochs": 1, "train.latency_repeats": 3, "arch.pool_size": 10, "lease_seconds": 6.0,
+         "retrain.after_build": False,
          "mlflow.tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     o.update(kw)
     return o

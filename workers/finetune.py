@@ -201,6 +201,11 @@ def train(model, x, y, xt, yt, settings: TrainSettings, device, seed: int, on_ep
     return losses, accs
 
 
+def _results_of(store: ZooStore, job_id: str) -> list[ResultRecord]:
+    keys = [k for k in store.list("results") if k.endswith(f"/{job_id}.parquet")]
+    return [r for k in keys for r in from_table(ResultRecord, store.read_table(k))]
+
+
 def run_job(spec: JobSpec, zoo_uri: str, s3: S3Settings | None = None, threads: int | None = None) -> ResultRecord:
     """Fine-tune, evaluate, profile and embed one pair; commit checkpoint and result row."""
     import torch
@@ -218,10 +223,17 @@ def run_job(spec: JobSpec, zoo_uri: str, s3: S3Settings | None = None, threads: 
     seed = settings.seed ^ int(spec.job_id[:8], 16)
     x, y = load_tensors(store, spec.dataset_id, "train", settings.image_size)
     xt, yt = load_tensors(store, spec.dataset_id, "test", settings.image_size)
-    supernet = load_base_supernet(store, spec.width, spec.base_weights)
     torch.manual_seed(seed)
-    model = model_for(spec.arch, spec.num_classes, spec.width, supernet)
-    del supernet
+    if spec.init_job:  # fine-tune a retrieved zoo network: its weights, a new classifier
+        source = next((r for r in _results_of(store, spec.init_job)), None)
+        if source is None:
+            from pipeline.errors import TansError
+            raise TansError(f"job {spec.init_job} has no result in {store.uri}; pick one from `tans search`")
+        model = load_checkpoint(store, source, spec.width)
+        model.classifier = torch.nn.Linear(model.classifier.in_features, spec.num_classes)
+    else:
+        model = model_for(spec.arch, spec.num_classes, spec.width,
+                          load_base_supernet(store, spec.width, spec.base_weights))
     started = time.perf_counter()
     losses, accs = train(model, x, y, xt, yt, settings, device, seed)
     train_seconds = time.perf_counter() - started
@@ -245,7 +257,8 @@ def run_job(spec: JobSpec, zoo_uri: str, s3: S3Settings | None = None, threads: 
         functional_embedding=embedding, checkpoint_uri=store.uri_of(ckpt_key), checkpoint_sha256=sha,
         num_classes=spec.num_classes, epochs=settings.epochs, image_size=settings.image_size,
         train_seconds=train_seconds, epoch_losses=losses, epoch_accuracies=accs,
-        base_weights=spec.base_weights["id"], created_at=datetime.now(timezone.utc).isoformat())
+        base_weights=f"job:{spec.init_job}" if spec.init_job else spec.base_weights["id"],
+        created_at=datetime.now(timezone.utc).isoformat())
     if not store.write_table(spec.result_key, to_table([record]), create_only=True):
         committed = from_table(ResultRecord, store.read_table(spec.result_key))[0]
         if committed.checkpoint_sha256 != sha:  # another attempt won: drop our copy, keep theirs

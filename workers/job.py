@@ -38,10 +38,14 @@ class JobSpec:
     base_weights: dict
     noise_seed: int
     noise_shape: tuple[int, ...]
+    init_job: str = ""  # start from this zoo job's checkpoint (`tans finetune`), not the base weights
 
     @property
     def job_id(self) -> str:
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True, default=list)
+        fields = dataclasses.asdict(self)
+        if not fields["init_job"]:
+            del fields["init_job"]  # ids of base-weight jobs predate the field and stay stable
+        blob = json.dumps(fields, sort_keys=True, default=list)
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
     @property

@@ -1,0 +1,125 @@
+"""The retriever: loss, constraints, retrain threshold, versions on local disk and S3, search."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.build import run_build
+from pipeline.config import RetrainSettings, load_config
+from pipeline.retrain import REGISTERED_MODEL, run_retrain
+from retriever.model import contrastive_loss
+from retriever.search import Constraints, NoModelFits, Searcher, search_dataset
+from retriever.train import grown_enough, load_version, versions
+from zoo_schema.store import S3Settings, open_store
+
+
+def test_contrastive_loss_matches_hand_computation():
+    m = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    assert contrastive_loss(m.clone(), m, 0.2).item() == pytest.approx(0.0)
+    q = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    # query->models: row 1: 0.2 - 0 + 1 = 1.2; models->queries: col 0: 0.2 - 1 + 1 = 0.2,
+    # col 1: 0.2 - 0 + 0 = 0.2; (1.2 + 0.4) / 2 = 0.8
+    assert contrastive_loss(q, m, 0.2).item() == pytest.approx(0.8)
+
+
+def test_constraints_filter_and_measure_violation():
+    c = Constraints(max_params=3e6, max_latency_ms=10.0)
+    params, flops, lat = np.array([2e6, 4e6, 2e6]), np.array([1, 1, 1]), np.array([5.0, 5.0, 20.0])
+    assert c.mask(params, flops, lat).tolist() == [True, False, False]
+    assert c.violation(params, flops, lat) == pytest.approx([0.0, 1 / 3, 1.0])
+    assert Constraints().mask(params, flops, lat).all()
+
+
+@pytest.fixture(scope="module")
+def built_zoo(ray_cluster, tiny_datasets, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("retriever")
+    zoo = str(tmp / "zoo")
+    run_build(load_config(None, {
+        "zoo": zoo, "datasets": [str(tiny_datasets)], "max_jobs": 8, "strategy": "random",
+        "train.epochs": 1, "train.latency_repeats": 3, "arch.pool_size": 10,
+        "retrain.after_build": False, "mlflow.tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}"}))
+    return zoo, tmp
+
+
+SETTINGS = RetrainSettings(steps=40)
+
+
+def test_retrain_threshold_versions_and_registry(built_zoo):
+    from mlflow.tracking import MlflowClient
+    from pipeline.config import MlflowSettings
+    zoo, tmp = built_zoo
+    store = open_store(zoo)
+    mlflow = MlflowSettings(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}")
+    assert grown_enough(store, 0.5)[0]  # no retriever yet
+    v1 = run_retrain(store, SETTINGS, 32, None, mlflow, log=lambda *_: None)
+    assert v1 == 1 and versions(store) == [1]
+    meta = store.read_json("retriever/v1/meta.json")
+    assert meta["results"] == 8 and 0 <= meta["metrics"]["R@1"] <= 100
+    # the zoo has not grown: --if-grown 0.1 does nothing, a forced retrain makes v2
+    assert run_retrain(store, SETTINGS, 32, 0.1, None, log=lambda *_: None) is None
+    ok, why = grown_enough(store, 2)
+    assert not ok and "grew by 0 results since v1 (8); need 2" in why
+    assert run_retrain(store, replace(SETTINGS, positive="uniform"), 32, None, mlflow, log=lambda *_: None) == 2
+    client = MlflowClient(tracking_uri=mlflow.tracking_uri)
+    champion = client.get_model_version_by_alias(REGISTERED_MODEL, "champion")
+    assert champion.tags["tans.version"] == "2" and champion.tags["tans.zoo"] == store.uri
+    model, meta, table = load_version(store, 1)
+    assert meta["version"] == 1 and table.num_rows == 8 and len(table["embedding"][0]) == 128
+
+
+def test_search_ranks_filters_and_explains(built_zoo, tiny_datasets):
+    zoo, _ = built_zoo
+    store = open_store(zoo)
+    if not versions(store):
+        run_retrain(store, SETTINGS, 32, None, None, log=lambda *_: None)
+    hits = search_dataset(store, str(tiny_datasets / "hue-6"), top_k=3)
+    assert 1 <= len(hits) <= 3
+    preds = [h["predicted_accuracy"] for h in hits]
+    assert preds == sorted(preds, reverse=True)  # re-ranked by predicted accuracy
+    assert set(hits[0]) >= {"job_id", "dataset_id", "arch", "score", "predicted_accuracy", "params",
+                            "flops", "latency_ms", "checkpoint_uri"}
+    smallest = min(h["params"] for h in search_dataset(store, str(tiny_datasets / "hue-6"), top_k=100))
+    limited = search_dataset(store, str(tiny_datasets / "hue-6"), Constraints(max_params=smallest), top_k=100)
+    assert limited and all(h["params"] <= smallest for h in limited)
+    with pytest.raises(NoModelFits, match="no model in the zoo meets the constraints; the closest is"):
+        search_dataset(store, str(tiny_datasets / "hue-6"), Constraints(max_params=10))
+
+
+def test_retriever_version_loads_back_from_s3(built_zoo, s3_server, s3_bucket):
+    zoo, _ = built_zoo
+    local = open_store(zoo)
+    if not versions(local):
+        run_retrain(local, SETTINGS, 32, None, None, log=lambda *_: None)
+    remote = open_store(f"s3://{s3_bucket}/zoo", S3Settings(endpoint_url=s3_server.url))
+    for key in (["manifest.json"] + local.list("retriever")
+                + local.list("results")):
+        remote.write_bytes(key, local.read_bytes(key))
+    model, meta, table = load_version(remote)
+    local_model, _, _ = load_version(local)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), local_model.state_dict().values()))
+    features = np.random.default_rng(0).normal(size=(20, meta["image_dim"])).astype(np.float32)
+    assert Searcher(remote).search(features, top_k=2) == Searcher(local).search(features, top_k=2)
+
+
+def test_finetune_a_zoo_network_on_a_new_dataset(built_zoo, tiny_datasets, tmp_path):
+    from pipeline.finetune import run_finetune
+    from pipeline.state import read_results
+    zoo, tmp = built_zoo
+    store = open_store(zoo)
+    start = read_results(store)[0]
+    new = tmp_path / "new-task"
+    import shutil
+    shutil.copytree(tiny_datasets / "shapes-clean", new / "shapes-renamed")
+    config = load_config(None, {"zoo": zoo, "train.epochs": 2, "train.latency_repeats": 3,
+                                "mlflow.tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}"})
+    lines: list[str] = []
+    record = run_finetune(config, start.job_id, str(new / "shapes-renamed"), log=lines.append)
+    assert record.base_weights == f"job:{start.job_id}" and record.arch == start.arch
+    assert record.dataset_id == "shapes-renamed" and len(record.epoch_accuracies) == 2
+    assert any(line.startswith("epoch 2: train loss") for line in lines)
+    assert record.job_id in {r.job_id for r in read_results(store)}  # committed like any zoo job
+    with pytest.raises(Exception, match="has no result"):
+        run_finetune(config, "0" * 24, str(new / "shapes-renamed"))
