@@ -73,7 +73,7 @@ def replay_curves(config, source, strategy: str, seed: int, in_flight: int, max_
     cfg = load_config(POOL_CONFIG, {"zoo": str(target / "zoo"), "datasets": [], "strategy": strategy,
                                     "seed": seed, "max_jobs": max_jobs,
                                     "executor": f"replay:{source.uri}",
-                                    "resources.max_in_flight": in_flight})
+                                    "resources.max_in_flight": in_flight, "retrain.after_build": False})
     started = time.perf_counter()
     run_build(cfg, log=lambda line: None, tracking=False)
     seconds = time.perf_counter() - started

@@ -47,6 +47,14 @@ class NoModelFits(TansError):
     pass
 
 
+def top_by_cosine(embeddings: np.ndarray, q: np.ndarray, ok: np.ndarray, top_k: int):
+    """(indices of the top_k allowed rows by cosine with q, all scores); rows are unit vectors."""
+    scores = embeddings @ q
+    idx = np.flatnonzero(ok)
+    k = min(top_k, len(idx))
+    return idx[np.argpartition(-scores[idx], k - 1)[:k]], scores
+
+
 class Searcher:
     """A retriever version held in memory, ready to answer queries."""
 
@@ -72,7 +80,6 @@ class Searcher:
     def search(self, features: np.ndarray, constraints: Constraints = Constraints(), top_k: int = 10) -> list[dict]:
         with torch.no_grad():
             q = self.model.encode_query(torch.from_numpy(features))
-        scores = self.embeddings @ q.numpy()
         ok = constraints.mask(self.params, self.flops, self.latency)
         if not ok.any():
             v = constraints.violation(self.params, self.flops, self.latency)
@@ -81,9 +88,7 @@ class Searcher:
                 f"no model in the zoo meets the constraints; the closest is {self.table['job_id'][i].as_py()} "
                 f"({self.table['arch'][i].as_py()}: {self.params[i] / 1e6:.2f}M params, "
                 f"{self.flops[i] / 1e6:.1f}M FLOPs, {self.latency[i]:.1f} ms)")
-        idx = np.flatnonzero(ok)
-        k = min(top_k, len(idx))
-        top = idx[np.argpartition(-scores[idx], k - 1)[:k]]
+        top, scores = top_by_cosine(self.embeddings, q.numpy(), ok, top_k)
         with torch.no_grad():
             predicted = self.model.predict(q.expand(len(top), -1), torch.from_numpy(self.embeddings[top])).numpy()
         order = np.argsort(-predicted, kind="stable")

@@ -113,14 +113,19 @@ def train_retriever(t: ZooTensors, s: RetrainSettings, log=print) -> tuple[Retri
     return model.eval(), metrics
 
 
-def evaluate(model: Retriever, t: ZooTensors, s: RetrainSettings) -> dict:
-    """Same-pair retrieval with unseen (test-split) query images, and predictor error."""
+def evaluate(model: Retriever, t: ZooTensors, s: RetrainSettings, queries_per_dataset: int = 1) -> dict:
+    """Same-pair retrieval with unseen (test-split) query images, and predictor error.
+
+    A query's rank is the position of the first model of its own dataset in the cosine
+    ranking of all the zoo's models (paper Fig. 7b); each dataset is queried
+    `queries_per_dataset` times with freshly sampled test images.
+    """
     topo, func = _model_inputs(t, s)
     rng = np.random.default_rng(s.seed + 1)
     with torch.no_grad():
         m = model.encode_models(topo, func)
         ranks, top10_err, all_err = [], [], []
-        for i, d in enumerate(t.dataset_ids):
+        for i, d in [(i, d) for i, d in enumerate(t.dataset_ids) for _ in range(queries_per_dataset)]:
             q = model.encode_query(torch.from_numpy(sample_query(*t.test_feats[d], s.query_per_class, rng)))
             order = torch.argsort(m @ q, descending=True).numpy()
             ranks.append(int(np.flatnonzero(t.owner[order] == i)[0]) + 1)
@@ -131,7 +136,7 @@ def evaluate(model: Retriever, t: ZooTensors, s: RetrainSettings) -> dict:
             pred_top = model.predict(q.expand(len(top), -1), m[top])
             top10_err.append(((pred_top - t.accuracy[top]) ** 2).numpy())
     ranks = np.array(ranks)
-    return {"datasets": len(ranks), "models": len(t.results),
+    return {"datasets": len(t.dataset_ids), "queries": len(ranks), "models": len(t.results),
             "R@1": float((ranks <= 1).mean() * 100), "R@5": float((ranks <= 5).mean() * 100),
             "R@10": float((ranks <= 10).mean() * 100), "mean_rank": float(ranks.mean()),
             "median_rank": float(np.median(ranks)),

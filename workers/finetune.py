@@ -72,12 +72,28 @@ def model_for(arch_id: str, num_classes: int, width: float, supernet=None):
                         Arch.parse(arch_id), num_classes)
 
 
+def checkpoint_location(store: ZooStore, uri: str) -> tuple[ZooStore, str]:
+    """(store, key) of a checkpoint URI: in this zoo, in this zoo after it was moved or
+    copied elsewhere, or in the source zoo of a replayed result."""
+    if uri.startswith(store.uri.rstrip("/") + "/"):
+        return store, store.key_of(uri)
+    head, sep, tail = uri.partition("/checkpoints/")
+    if not sep:
+        from pipeline.errors import StorageError
+        raise StorageError(f"{uri} is not a zoo checkpoint URI")
+    key = f"checkpoints/{tail}"
+    if store.exists(key):
+        return store, key
+    return open_store(head, getattr(store, "settings", None)), key
+
+
 def load_checkpoint(store: ZooStore, record: ResultRecord, width: float):
     """The fine-tuned network of a result row, its sha256 verified."""
     from safetensors.torch import load as load_safetensors
     from pipeline.errors import StorageError
 
-    data = store.read_bytes(store.key_of(record.checkpoint_uri))
+    holder, key = checkpoint_location(store, record.checkpoint_uri)
+    data = holder.read_bytes(key)
     if hashlib.sha256(data).hexdigest() != record.checkpoint_sha256:
         raise StorageError(f"checkpoint {record.checkpoint_uri} does not match its recorded sha256; "
                            f"it is corrupt: run `tans verify {store.uri}`")

@@ -1,0 +1,218 @@
+"""Retrieval quality, transfer, search latency and training time of the retriever.
+
+1. Same-pair retrieval (paper Fig. 7b) on the evaluated pool of bench/acquisition.py
+   (20 built-in datasets x 30 architectures, all really fine-tuned), with unseen
+   (test-split) query images, 10 query sets per dataset: R@1/5/10, mean and median rank
+   of the full retriever (accuracy-weighted positives, and the official uniform ones),
+   against random and largest-params rankings, and ablations without the functional
+   embedding, without the topology, without the predictor loss. Predictor MSE on the
+   top-10 retrieved and on each dataset's own models (Fig. 7c/d).
+2. Transfer on 5 built-in datasets held out of the zoo: fine-tune for 3 epochs from
+   (a) the TANS top-1 under a params constraint (the zoo's median), (b) a random zoo
+   model, (c) the largest-params zoo model within the constraint, (d) TANS's arch
+   randomly initialised, (e) TANS's arch from the base weights; accuracy after each epoch.
+3. Search latency over 14,000 and 1,000,000 synthetic model embeddings, without and with
+   the query's feature extraction (10 images per class of a 20-class dataset).
+4. Retriever training time on a synthetic 14,000-entry zoo (140 datasets x 100 models).
+
+    python bench/retrieval.py
+
+The last line is the figures as one JSON object.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+os.chdir(ROOT)
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+HELD_OUT = ["glyphs-hebrew-clean", "stripes-frequency", "glyphs-digits-wild", "hue-shapes-12", "checker-scale"]
+
+
+def log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def same_pair(t, settings) -> dict:
+    from retriever.train import evaluate, train_retriever
+    out = {}
+    variants = {
+        "tans_weighted_positives": settings,
+        "tans_uniform_positives": replace(settings, positive="uniform"),
+        "without_functional_embedding": replace(settings, use_functional=False),
+        "without_topology": replace(settings, use_topology=False),
+        "without_predictor": replace(settings, lam=0.0),
+    }
+    models = {}
+    for name, s in variants.items():
+        model, _ = train_retriever(t, s, log=lambda line: None)
+        metrics = evaluate(model, t, s, queries_per_dataset=10)
+        models[name] = model
+        out[name] = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
+        log(f"{name}: R@1 {metrics['R@1']:.1f} R@5 {metrics['R@5']:.1f} R@10 {metrics['R@10']:.1f}")
+    # baselines: a random ranking (expectation over 1000 shuffles), and models by params
+    rng = np.random.default_rng(0)
+    ranks = []
+    for i in range(len(t.dataset_ids)):
+        for _ in range(1000):
+            order = rng.permutation(len(t.owner))
+            ranks.append(int(np.flatnonzero(t.owner[order] == i)[0]) + 1)
+    out["random_ranking"] = _rank_stats(np.array(ranks))
+    params = np.array([r.params for r in t.results])
+    order = np.argsort(-params, kind="stable")
+    out["largest_params_ranking"] = _rank_stats(np.array(
+        [int(np.flatnonzero(t.owner[order] == i)[0]) + 1 for i in range(len(t.dataset_ids))]))
+    return out, models["tans_weighted_positives"]
+
+
+def _rank_stats(ranks: np.ndarray) -> dict:
+    return {"R@1": round(float((ranks <= 1).mean() * 100), 2), "R@5": round(float((ranks <= 5).mean() * 100), 2),
+            "R@10": round(float((ranks <= 10).mean() * 100), 2), "mean_rank": round(float(ranks.mean()), 2),
+            "median_rank": float(np.median(ranks))}
+
+
+def transfer(store, t, settings, model, epochs: int = 3) -> dict:
+    """Fine-tune held-out datasets from five starting points; accuracy after each epoch."""
+    from pipeline import synth
+    from pipeline.ingest import IngestSettings, stratified_split, validate, read_source
+    from retriever.search import Constraints, Searcher
+    from retriever.train import save_version
+    from workers.finetune import decode_images, load_base_supernet, load_checkpoint, model_for, train
+    from workers.job import TrainSettings
+    from zoo_schema.manifest import read_manifest
+    manifest = read_manifest(store)
+    folder = ROOT / "bench" / ".cache" / "retrieval-heldout"
+    specs = {s.name: s for s in synth.suite()}
+    for name in HELD_OUT:
+        if not (folder / name).exists():
+            synth.write_dataset(specs[name], folder, seed=0)
+    version = save_version(store, model, t, settings, {"bench": "retrieval"}, 32)
+    searcher = Searcher(store, version)
+    limit = float(np.median(searcher.params))
+    constraint = Constraints(max_params=limit)
+    results = {r.job_id: r for r in t.results}
+    rng = np.random.default_rng(0)
+    train_settings = TrainSettings(epochs=epochs, image_size=32)
+    curves: dict[str, list] = {k: [] for k in ("a_tans_top1", "b_random_zoo_model", "c_largest_params_fitting",
+                                               "d_same_arch_random_init", "e_same_arch_base_weights")}
+    torch.set_num_threads(os.cpu_count() or 1)
+    for name in HELD_OUT:
+        items, _ = read_source(str(folder / name))
+        by_class, _ = validate(name, items, IngestSettings())
+        classes = sorted(by_class)
+        tr, te = stratified_split(by_class, classes, IngestSettings())
+        x = torch.from_numpy(decode_images([b for b, _ in tr], 32))
+        y = torch.tensor([label for _, label in tr])
+        xt = torch.from_numpy(decode_images([b for b, _ in te], 32))
+        yt = torch.tensor([label for _, label in te])
+        feats = searcher.query_features([b for b, _ in tr], [label for _, label in tr], per_class=10)
+        top = results[searcher.search(feats, constraint, top_k=10)[0]["job_id"]]
+        fitting = [r for r in results.values() if r.params <= limit]
+        starts = {
+            "a_tans_top1": top,
+            "b_random_zoo_model": list(results.values())[int(rng.integers(len(results)))],
+            "c_largest_params_fitting": max(fitting, key=lambda r: r.params),
+        }
+        for key, start in starts.items():
+            net = load_checkpoint(store, start, manifest.width)
+            net.classifier = torch.nn.Linear(net.classifier.in_features, len(classes))
+            curves[key].append(train(net, x, y, xt, yt, train_settings, torch.device("cpu"), seed=0)[1])
+        torch.manual_seed(12345)
+        fresh = model_for(top.arch, len(classes), manifest.width)
+        curves["d_same_arch_random_init"].append(train(fresh, x, y, xt, yt, train_settings, torch.device("cpu"), 0)[1])
+        base = model_for(top.arch, len(classes), manifest.width,
+                         load_base_supernet(store, manifest.width, manifest.base_weights))
+        curves["e_same_arch_base_weights"].append(train(base, x, y, xt, yt, train_settings, torch.device("cpu"), 0)[1])
+        log(f"transfer {name}: " + ", ".join(f"{k[:1]}={v[-1][-1]:.3f}" for k, v in curves.items()))
+    per_start = {k: [round(float(a), 4) for a in np.mean(np.array(v), axis=0)] for k, v in curves.items()}
+    finals = np.array([[c[-1] for c in v] for v in curves.values()])  # [start, dataset]
+    worst = finals.argmin(0)
+    return {"datasets": HELD_OUT, "constraint_max_params": limit, "epochs": epochs,
+            "mean_accuracy_per_epoch": per_start,
+            "final_accuracy_per_dataset": {k: [round(float(c[-1]), 4) for c in v] for k, v in curves.items()},
+            "tans_best_on_average": bool(finals.mean(1).argmax() == 0),
+            "tans_never_worst": bool((worst != 0).all())}
+
+
+def latency(store, t, settings, model) -> dict:
+    from retriever.search import Searcher, top_by_cosine
+    out = {}
+    q = torch.nn.functional.normalize(torch.randn(128), dim=0).numpy()
+    for n in (14_000, 1_000_000):
+        emb = np.random.default_rng(0).normal(size=(n, 128)).astype(np.float32)
+        emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+        ok = np.ones(n, dtype=bool)
+        times = []
+        for _ in range(20):
+            started = time.perf_counter()
+            top_by_cosine(emb, q, ok, 10)
+            times.append(time.perf_counter() - started)
+        out[f"search_ms_{n}"] = round(statistics.median(times) * 1000, 3)
+    searcher = Searcher(store)
+    from pipeline.ingest import IngestSettings, read_source, validate
+    items, _ = read_source(str(ROOT / "bench" / ".cache" / "acquisition-pool" / "datasets" / "glyphs-latin-upper-clean"))
+    by_class, _ = validate("q", items, IngestSettings())
+    images, labels = [], []
+    for label, cls in enumerate(sorted(by_class)):
+        images += by_class[cls]
+        labels += [label] * len(by_class[cls])
+    searcher.query_features(images[:20], labels[:20])  # load the backbone once
+    times = []
+    for _ in range(5):
+        started = time.perf_counter()
+        searcher.search(searcher.query_features(images, labels, per_class=10), top_k=10)
+        times.append(time.perf_counter() - started)
+    out["search_with_features_ms_20_classes_10_per_class"] = round(statistics.median(times) * 1000, 1)
+    return out
+
+
+def training_time_14k(settings) -> dict:
+    from retriever.train import ZooTensors, train_retriever
+    rng = np.random.default_rng(0)
+    datasets = [f"d{i:03d}" for i in range(140)]
+    feats = {d: (rng.normal(size=(200, 1280)).astype(np.float32), np.repeat(np.arange(10), 20)) for d in datasets}
+    n = 14_000
+    t = ZooTensors(datasets, feats, feats, [None] * n,
+                   torch.from_numpy(rng.integers(0, 7, (n, 45)).astype(np.float32)),
+                   torch.from_numpy(rng.normal(size=(n, 1280)).astype(np.float32)),
+                   torch.from_numpy(rng.uniform(0.05, 0.95, n).astype(np.float32)),
+                   np.repeat(np.arange(140), 100))
+    started = time.perf_counter()
+    train_retriever(t, settings, log=lambda line: None)
+    return {"train_seconds_14k_zoo": round(time.perf_counter() - started, 1), "train_steps": settings.steps}
+
+
+def main() -> None:
+    from acquisition import build_pool
+    from pipeline.config import RetrainSettings
+    from retriever.train import gather
+    _, store, _ = build_pool()
+    settings = RetrainSettings()
+    started = time.perf_counter()
+    t = gather(store, 32)
+    log(f"zoo: {len(t.dataset_ids)} datasets, {len(t.results)} models (features {time.perf_counter() - started:.1f}s)")
+    figures = {"zoo": {"datasets": len(t.dataset_ids), "models": len(t.results)}}
+    figures["same_pair"], model = same_pair(t, settings)
+    figures["paper_same_pair"] = {"R@1": 80.7, "R@5": 96.4, "R@10": 99.3}
+    figures["transfer"] = transfer(store, t, settings, model)
+    figures["latency"] = latency(store, t, settings, model)
+    figures["training"] = training_time_14k(settings)
+    figures["goals"] = {"R@1": ">= 80.7", "search_ms_14000": "< 5", "search_ms_1000000": "< 100",
+                        "search_with_features_ms": "< 1000", "train_seconds_14k_zoo": "< 600"}
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
