@@ -184,7 +184,7 @@ def training_time_14k(settings) -> dict:
     datasets = [f"d{i:03d}" for i in range(140)]
     feats = {d: (rng.normal(size=(200, 1280)).astype(np.float32), np.repeat(np.arange(10), 20)) for d in datasets}
     n = 14_000
-    t = ZooTensors(datasets, feats, feats, [None] * n,
+    t = ZooTensors(datasets, feats, feats, [None] * n, None,
                    torch.from_numpy(rng.integers(0, 7, (n, 45)).astype(np.float32)),
                    torch.from_numpy(rng.normal(size=(n, 1280)).astype(np.float32)),
                    torch.from_numpy(rng.uniform(0.05, 0.95, n).astype(np.float32)),

@@ -58,7 +58,7 @@ def _retrain(args) -> int:
     if manifest is None:
         raise TansError(f"{args.zoo} is not a tans zoo (no manifest.json); build one with `tans build`")
     settings = RetrainSettings()
-    for name in ("steps", "positive", "seed"):
+    for name in ("steps", "positive", "seed", "backbone"):
         if getattr(args, name) is not None:
             settings = replace(settings, **{name: getattr(args, name)})
     version = run_retrain(store, settings, args.image_size or manifest.noise_shape[-1], args.if_grown,
@@ -163,6 +163,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int)
     t.add_argument("--positive", choices=["weighted", "uniform"])
     t.add_argument("--seed", type=int)
+    t.add_argument("--backbone", help="a torchvision ResNet18 ImageNet state_dict file for the query "
+                   "encoder; default: the base supernet's largest subnet")
     t.add_argument("--image-size", type=int, help="default: the zoo's (from its manifest)")
     t.add_argument("--mlflow-uri", help="MLflow tracking URI (default sqlite:///./mlflow.db)")
     t.add_argument("--s3-endpoint")

@@ -65,6 +65,8 @@ class RetrainSettings:
     seed: int = 0
     use_functional: bool = True     # ablations: without the functional embedding...
     use_topology: bool = True       # ...or without the topology vector
+    backbone: str = ""              # "": the base supernet's largest subnet; or a torchvision
+                                    # ResNet18 ImageNet state_dict file (local or s3://)
 
 
 @dataclass(frozen=True)

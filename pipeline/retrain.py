@@ -24,7 +24,7 @@ def run_retrain(store: ZooStore, settings: RetrainSettings, image_size: int, if_
         log(f"retriever not retrained: {why}")
         return None
     log(f"training the retriever ({why})")
-    tensors = gather(store, image_size)
+    tensors = gather(store, image_size, settings.backbone)
     model, metrics = train_retriever(tensors, settings, log)
     version = save_version(store, model, tensors, settings, metrics, image_size)
     log(f"retriever v{version} saved: R@1 {metrics['R@1']:.1f} R@5 {metrics['R@5']:.1f} "

@@ -73,7 +73,7 @@ class Searcher:
 
     def query_features(self, images: list[bytes], labels: list[int], per_class: int = 10) -> np.ndarray:
         if self._backbone is None:
-            self._backbone = load_backbone(self.store, read_manifest(self.store))
+            self._backbone = load_backbone(self.store, read_manifest(self.store), self.meta.get("backbone_key", ""))
         chosen = sample_per_class(labels, per_class, "search")
         return embed_images(self._backbone, [images[i] for i in chosen], self.image_size)
 

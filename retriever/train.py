@@ -40,25 +40,26 @@ class ZooTensors:
     train_feats: dict[str, tuple[np.ndarray, np.ndarray]]
     test_feats: dict[str, tuple[np.ndarray, np.ndarray]]
     results: list
+    backbone: object                # retriever.features.Backbone
     topology: torch.Tensor
     func: torch.Tensor
     accuracy: torch.Tensor
     owner: np.ndarray               # dataset index of each model
 
 
-def gather(store: ZooStore, image_size: int) -> ZooTensors:
+def gather(store: ZooStore, image_size: int, backbone_spec: str = "") -> ZooTensors:
     manifest = read_manifest(store)
     state = read_state(store)
     results = [r for r in state.results]
     if not results:
         raise TansError(f"the zoo at {store.uri} has no results to train a retriever on; build it first")
     dataset_ids = sorted({r.dataset_id for r in results})
-    backbone = load_backbone(store, manifest)
+    backbone = load_backbone(store, manifest, backbone_spec)
     train = {d: split_features(store, manifest, d, "train", image_size, backbone) for d in dataset_ids}
     test = {d: split_features(store, manifest, d, "test", image_size, backbone) for d in dataset_ids}
     index = {d: i for i, d in enumerate(dataset_ids)}
     return ZooTensors(
-        dataset_ids, train, test, results,
+        dataset_ids, train, test, results, backbone,
         torch.tensor([r.topology for r in results], dtype=torch.float32),
         torch.tensor([r.functional_embedding for r in results], dtype=torch.float32),
         torch.tensor([r.accuracy for r in results], dtype=torch.float32),
@@ -176,7 +177,8 @@ def save_version(store: ZooStore, model: Retriever, t: ZooTensors, s: RetrainSet
     store.write_table(f"{prefix}/models.parquet", rows, create_only=True)
     manifest = read_manifest(store)
     meta = {"version": version, "results": len(t.results), "datasets": len(t.dataset_ids),
-            "backbone": backbone_id(manifest, image_size), "image_size": image_size,
+            "backbone": backbone_id(manifest, t.backbone, image_size), "backbone_key": t.backbone.key,
+            "image_size": image_size,
             "image_dim": int(model.image_mean.shape[0]),
             "func_dim": int(model.func_mean.shape[0]), "settings": asdict(s), "metrics": metrics,
             "created_at": datetime.now(timezone.utc).isoformat()}

@@ -123,3 +123,19 @@ def test_finetune_a_zoo_network_on_a_new_dataset(built_zoo, tiny_datasets, tmp_p
     assert record.job_id in {r.job_id for r in read_results(store)}  # committed like any zoo job
     with pytest.raises(Exception, match="has no result"):
         run_finetune(config, "0" * 24, str(new / "shapes-renamed"))
+
+
+def test_resnet18_backbone_from_a_local_weights_file(built_zoo, tiny_datasets, tmp_path):
+    """The paper's query backbone, when the user has its weights as a file (no download)."""
+    import torchvision
+    zoo, _ = built_zoo
+    store = open_store(zoo)
+    weights = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    version = run_retrain(store, replace(SETTINGS, backbone=str(weights)), 32, None, None, log=lambda *_: None)
+    meta = store.read_json(f"retriever/v{version}/meta.json")
+    assert meta["backbone"].startswith("resnet18-") and meta["image_dim"] == 512
+    assert store.exists(meta["backbone_key"])  # copied into the zoo as safetensors
+    weights.unlink()  # search needs only the zoo
+    hits = search_dataset(store, str(tiny_datasets / "hue-6"), top_k=2)
+    assert len(hits) == 2
