@@ -1,7 +1,7 @@
 """Resume overhead: from `tans build` start to the first new dispatch on a zoo holding
 10,000 results, against reading those results once with plain pyarrow.
 
-The zoo (local disk, and an S3 endpoint: moto server on 127.0.0.1) holds 100 datasets,
+The zoo (local disk, and an S3 endpoint: moto server on 127.0.0.1) holds 120 datasets,
 the 100-arch pool profiles and 10,000 result rows with full-size functional embeddings;
 no checkpoints or images are needed to resume. The build connects to an already running
 local Ray (cluster start-up is not resume overhead; its time is printed separately) and
@@ -38,7 +38,7 @@ class FirstDispatch(Exception):
     pass
 
 
-def fill_zoo(store, n_results: int, n_datasets: int = 100) -> None:
+def fill_zoo(store, n_results: int, n_datasets: int = 120) -> None:
     """A zoo as a long build leaves it: manifest, datasets, pool profiles, result rows."""
     import numpy as np
     import pyarrow as pa
@@ -101,6 +101,7 @@ def startup_seconds(zoo: str, s3, strategy: str, tmp: Path) -> float:
         def submit(self, spec):
             raise FirstDispatch(spec.job_id)
     overrides = {"zoo": zoo, "strategy": strategy, "max_jobs": 20000, "arch.pool_size": 100,
+                 "retrain.after_build": False,
                  "mlflow.tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}"}
     if s3:
         overrides["s3.endpoint_url"] = s3.endpoint_url
