@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 
 from pipeline.config import BuildConfig
 from pipeline.driver import BuildSummary, Driver
@@ -42,24 +41,14 @@ def base_weights_entry(store: ZooStore, config: BuildConfig) -> dict:
     spec = config.arch.base_weights
     if spec == "random":
         return {"kind": "random", "seed": config.arch.base_seed, "id": f"random-seed{config.arch.base_seed}"}
-    import torch
-    from safetensors.torch import load as st_load, save as st_save
-    fs, path = source_filesystem(spec, config.s3)
-    try:
-        with fs.open_input_stream(path) as fh:
-            raw = fh.read()
-    except (OSError, FileNotFoundError) as e:
-        raise ConfigError(f"arch.base_weights {spec} cannot be read ({e}); pass an OFA supernet "
-                          "state_dict file (.safetensors or .pth) or 'random'") from None
-    if spec.endswith(".safetensors"):
-        state = st_load(raw)
-    else:
-        state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state)
+    from safetensors.torch import save as st_save
+
+    from pipeline.weights import read_state_dict
     from workers.ofa_space import build_supernet
+    state = read_state_dict(spec, config.s3, "arch.base_weights (an OFA supernet or 'random')")
     try:
         build_supernet(config.arch.width).load_state_dict(state)
-    except RuntimeError as e:
+    except (RuntimeError, ValueError, KeyError) as e:  # OFA raises ValueError on unknown keys
         raise ConfigError(f"arch.base_weights {spec} does not fit the OFA MobileNetV3 supernet at "
                           f"width {config.arch.width}: {str(e).splitlines()[0]}") from None
     blob = st_save({k: v.contiguous() for k, v in state.items()})

@@ -41,25 +41,16 @@ def load_backbone(store: ZooStore, manifest: Manifest, spec: str = "") -> Backbo
         supernet.set_max_net()
         return Backbone("base", "", supernet.get_active_subnet(preserve_weight=True), "ofa")
     import hashlib
-    import io
 
     import torch
     import torchvision
     from safetensors.torch import load, save
+
+    from pipeline.weights import read_state_dict
     if spec.startswith("base/"):
         state = load(store.read_bytes(spec))
     else:
-        from pipeline.errors import ConfigError
-        from pipeline.ingest import source_filesystem
-        fs, path = source_filesystem(spec)
-        try:
-            with fs.open_input_stream(path) as fh:
-                raw = fh.read()
-        except (OSError, FileNotFoundError) as e:
-            raise ConfigError(f"backbone weights {spec} cannot be read ({e}); pass a torchvision "
-                              "resnet18 state_dict file (.pth or .safetensors)") from None
-        state = load(raw) if spec.endswith(".safetensors") else torch.load(io.BytesIO(raw), map_location="cpu",
-                                                                           weights_only=True)
+        state = read_state_dict(spec, what="retrain.backbone (a torchvision resnet18)")
     net = torchvision.models.resnet18(weights=None)
     net.load_state_dict(state)
     net.fc = torch.nn.Identity()

@@ -45,3 +45,27 @@ def test_subnet_has_weights_of_supernet_and_right_penultimate(width):
     assert net(x).shape == (2, 7)
     assert penultimate(net, x).shape == (2, feature_dim(width))
     assert len(net.blocks) == 1 + sum(arch.depths)
+
+
+def test_base_weights_from_a_file_are_checked_and_stored_as_safetensors(tmp_path):
+    from pipeline.build import wanted_manifest
+    from pipeline.config import load_config
+    from workers.finetune import load_base_supernet
+    from zoo_schema.store import open_store
+    torch.manual_seed(5)
+    supernet = build_supernet(1.0)
+    path = tmp_path / "ofa_supernet.pth"
+    torch.save({"state_dict": supernet.state_dict()}, path)  # the official checkpoints' shape
+    store = open_store(str(tmp_path / "zoo"))
+    manifest = wanted_manifest(store, load_config(None, {"arch.base_weights": str(path)}))
+    entry = manifest.base_weights
+    assert entry["kind"] == "file" and entry["id"] == f"sha256:{entry['sha256'][:16]}"
+    assert store.exists(entry["key"]) and entry["key"].endswith(".safetensors")
+    loaded = load_base_supernet(store, 1.0, entry)
+    assert torch.equal(loaded.first_conv.conv.weight, supernet.first_conv.conv.weight)
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"fc.weight": torch.zeros(2, 2)}, wrong)
+    with pytest.raises(ConfigError, match="does not fit the OFA MobileNetV3 supernet at width 1.0"):
+        wanted_manifest(store, load_config(None, {"arch.base_weights": str(wrong)}))
+    with pytest.raises(ConfigError, match="cannot be read"):
+        wanted_manifest(store, load_config(None, {"arch.base_weights": str(tmp_path / "missing.pth")}))
