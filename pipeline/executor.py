@@ -14,7 +14,7 @@ from workers.job import JobSpec
 from zoo_schema.records import ResultRecord
 from zoo_schema.store import S3Settings, ZooStore
 
-Outcome = tuple[JobSpec, "ResultRecord | BaseException"]
+Outcome = tuple[JobSpec, ResultRecord | BaseException]
 
 
 def start_ray(address: str = "", num_cpus: int | None = None, num_gpus: int | None = None):
@@ -102,7 +102,8 @@ class ReplayExecutor:
     def _answer(self, spec: JobSpec):
         import dataclasses
         from datetime import datetime, timezone
-        from zoo_schema.records import from_table, to_table
+        from pipeline.state import read_result
+        from zoo_schema.records import to_table
         src = self._answers.get((spec.dataset_id, spec.arch))
         if src is None:
             return KeyError(f"the replay zoo {self.source.uri} has no result for "
@@ -110,7 +111,7 @@ class ReplayExecutor:
         record = dataclasses.replace(src, job_id=spec.job_id,
                                      created_at=datetime.now(timezone.utc).isoformat())
         if not self.target.write_table(spec.result_key, to_table([record]), create_only=True):
-            return from_table(ResultRecord, self.target.read_table(spec.result_key))[0]
+            return read_result(self.target, spec.result_key)
         return record
 
     def wait(self, timeout: float | None = None) -> list[Outcome]:

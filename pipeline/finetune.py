@@ -13,7 +13,7 @@ from pipeline.config import BuildConfig
 from pipeline.errors import DatasetError, TansError
 from pipeline.executor import RayExecutor, start_ray
 from pipeline.ingest import ingest, read_datasets
-from pipeline.state import read_results
+from pipeline.state import find_result
 from pipeline.tracking import Tracker
 from workers.job import JobSpec
 from zoo_schema.manifest import read_manifest
@@ -26,7 +26,7 @@ def run_finetune(config: BuildConfig, job_id: str, source: str, log=print) -> Re
     manifest = read_manifest(store)
     if manifest is None:
         raise TansError(f"{config.zoo} is not a tans zoo (no manifest.json)")
-    base = next((r for r in read_results(store) if r.job_id == job_id), None)
+    base = find_result(store, job_id)
     if base is None:
         raise TansError(f"job {job_id} has no result in {store.uri}; pick one from `tans search`")
     report = ingest(store, source, settings=config.ingest, s3=config.s3)

@@ -57,6 +57,19 @@ def result_key(r: ResultRecord) -> str:
     return f"results/dataset={r.dataset_id}/{r.job_id}.parquet"
 
 
+def read_result(store: ZooStore, key: str) -> ResultRecord:
+    """The one committed row of a result file."""
+    from zoo_schema.records import from_table
+    (record,) = from_table(ResultRecord, store.read_table(key))
+    return record
+
+
+def find_result(store: ZooStore, job_id: str) -> ResultRecord | None:
+    """A job's committed result, wherever its dataset partition is; None if it has none."""
+    keys = [k for k in store.list("results") if k.endswith(f"/{job_id}.parquet")]
+    return read_result(store, keys[0]) if keys else None
+
+
 def read_results(store: ZooStore, refresh_snapshot: bool = True) -> list[ResultRecord]:
     """Every committed result; an unreadable result file is quarantined, never used.
 
@@ -99,7 +112,7 @@ def _read_snapshot(store: ZooStore) -> dict[str, ResultRecord]:
 def _read_files(store: ZooStore, keys: list[str]) -> dict[str, ResultRecord]:
     """Result files by key: as one threaded pyarrow dataset, or one by one if one is bad."""
     import pyarrow.dataset as pads
-    from pipeline.verify import CORRUPT, quarantine, read_result
+    from pipeline.verify import CORRUPT, quarantine
     from zoo_schema.records import arrow_schema, from_table
     if not keys:
         return {}

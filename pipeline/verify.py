@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 
 import pyarrow as pa
 
-from zoo_schema.records import DatasetRecord, ResultRecord, from_table
+from zoo_schema.records import DatasetRecord, from_table
 from zoo_schema.store import ZooStore
 
 log = logging.getLogger("tans.verify")
@@ -35,12 +35,8 @@ def quarantine(store: ZooStore, key: str, reason: str) -> None:
     log.warning("quarantined %s: %s", key, reason)
 
 
-def read_result(store: ZooStore, key: str) -> ResultRecord:
-    (record,) = from_table(ResultRecord, store.read_table(key))
-    return record
-
-
 def verify_zoo(store: ZooStore, clean_orphans: bool = False) -> dict:
+    from pipeline.state import read_result
     problems: list[dict] = []
     referenced: set[str] = set()
     result_keys = [k for k in store.list("results") if k.endswith(".parquet")]

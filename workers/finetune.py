@@ -19,7 +19,7 @@ import numpy as np
 from pipeline.ingest import load_split
 from workers.job import JobSpec, TrainSettings
 from workers.ofa_space import Arch, build_subnet, build_supernet, penultimate
-from zoo_schema.records import ResultRecord, from_table, to_table
+from zoo_schema.records import ResultRecord, to_table
 from zoo_schema.store import S3Settings, ZooStore, open_store
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(1, 3, 1, 1)
@@ -217,20 +217,15 @@ def train(model, x, y, xt, yt, settings: TrainSettings, device, seed: int, on_ep
     return losses, accs
 
 
-def _results_of(store: ZooStore, job_id: str) -> list[ResultRecord]:
-    keys = [k for k in store.list("results") if k.endswith(f"/{job_id}.parquet")]
-    return [r for k in keys for r in from_table(ResultRecord, store.read_table(k))]
-
-
 def run_job(spec: JobSpec, zoo_uri: str, s3: S3Settings | None = None, threads: int | None = None) -> ResultRecord:
     """Fine-tune, evaluate, profile and embed one pair; commit checkpoint and result row."""
     import torch
     from safetensors.torch import save as save_safetensors
 
+    from pipeline.state import find_result, read_result, record_start
     store = open_store(zoo_uri, s3)
     if store.exists(spec.result_key):  # already committed: writing it again is a no-op
-        return from_table(ResultRecord, store.read_table(spec.result_key))[0]
-    from pipeline.state import record_start
+        return read_result(store, spec.result_key)
     record_start(store, spec.job_id)
     if threads:
         torch.set_num_threads(threads)
@@ -241,7 +236,7 @@ def run_job(spec: JobSpec, zoo_uri: str, s3: S3Settings | None = None, threads: 
     xt, yt = load_tensors(store, spec.dataset_id, "test", settings.image_size)
     torch.manual_seed(seed)
     if spec.init_job:  # fine-tune a retrieved zoo network: its weights, a new classifier
-        source = next((r for r in _results_of(store, spec.init_job)), None)
+        source = find_result(store, spec.init_job)
         if source is None:
             from pipeline.errors import TansError
             raise TansError(f"job {spec.init_job} has no result in {store.uri}; pick one from `tans search`")
@@ -276,7 +271,7 @@ def run_job(spec: JobSpec, zoo_uri: str, s3: S3Settings | None = None, threads: 
         base_weights=f"job:{spec.init_job}" if spec.init_job else spec.base_weights["id"],
         created_at=datetime.now(timezone.utc).isoformat())
     if not store.write_table(spec.result_key, to_table([record]), create_only=True):
-        committed = from_table(ResultRecord, store.read_table(spec.result_key))[0]
+        committed = read_result(store, spec.result_key)
         if committed.checkpoint_sha256 != sha:  # another attempt won: drop our copy, keep theirs
             store.delete(ckpt_key)
         return committed
