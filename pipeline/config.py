@@ -6,6 +6,8 @@ needs no file at all. Command-line flags override the file (see `pipeline/cli.py
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +39,7 @@ class ResourceSettings:
 
 @dataclass(frozen=True)
 class MlflowSettings:
-    tracking_uri: str = ""          # empty: sqlite:///<cwd>/mlflow.db
+    tracking_uri: str = ""          # empty: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
     experiment: str = "tans"
 
 
@@ -65,8 +67,8 @@ class RetrainSettings:
     seed: int = 0
     use_functional: bool = True     # ablations: without the functional embedding...
     use_topology: bool = True       # ...or without the topology vector
-    backbone: str = ""              # "": the base supernet's largest subnet; or a torchvision
-                                    # ResNet18 ImageNet state_dict file (local or s3://)
+    backbone: str = ""              # "": the base supernet's largest subnet; or a file (local or
+                                    # s3://): a `tans pretrain-base` supernet or a torchvision ResNet18
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ class StopSettings:
 
 @dataclass(frozen=True)
 class BuildConfig:
-    zoo: str = "./zoo"
+    zoo: str = "./zoo"              # or $TANS_ZOO when the file does not set it
     datasets: list[str] = field(default_factory=list)  # dirs whose sub-folders are datasets
     max_jobs: int = 64              # total jobs (finished + failed) the zoo should hold
     strategy: str = "pareto"        # "pareto" (paper Algorithm 1) or "random"
@@ -163,10 +165,12 @@ def load_config(path: str | None, overrides: dict | None = None) -> BuildConfig:
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        try:
-            data = tomllib.loads(p.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+        try:  # TOML; JSON is what `tans submit` ships to the cluster
+            data = json.loads(p.read_text()) if p.suffix == ".json" else tomllib.loads(p.read_text())
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError(f"config file {path} is not valid {p.suffix[1:].upper() or 'TOML'}: {e}") from None
+    if "zoo" not in data and os.environ.get("TANS_ZOO"):  # a cluster's nodes can name the zoo
+        data["zoo"] = os.environ["TANS_ZOO"]
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue

@@ -2,7 +2,8 @@
 
 The default backbone is the largest subnet of the OFA supernet with the zoo's base weights
 (an offline stand-in for the paper's ImageNet ResNet18; with pretrained base weights it is
-a pretrained network); a torchvision ResNet18 state_dict file can be named instead. Up to
+a pretrained network); a supernet file from `tans pretrain-base` or a torchvision ResNet18
+state_dict file can be named instead. Up to
 `PER_CLASS_CAP` images per class of a split are embedded and cached in
 `query_features/<backbone tag>/<dataset_id>/<split>.safetensors` with the backbone id; the
 acquisition predictor's dataset features and the retriever's query sets both read them.
@@ -20,11 +21,11 @@ PER_CLASS_CAP = 20
 
 
 class Backbone:
-    """A frozen image feature extractor: `tag` names it in cache keys, `key` is its weights'
-    zoo key ("" for the base supernet, whose weights the manifest already names)."""
+    """A frozen image feature extractor: `tag` names it in cache keys, `id` says which weights
+    it holds, `key` is its weights' zoo key ("" for the zoo's base supernet)."""
 
-    def __init__(self, tag: str, key: str, net, kind: str):
-        self.tag, self.key, self.net, self.kind = tag, key, net.eval(), kind
+    def __init__(self, tag: str, id: str, key: str, net, kind: str):
+        self.tag, self.id, self.key, self.net, self.kind = tag, id, key, net.eval(), kind
 
     def embed(self, x):
         from workers.ofa_space import penultimate
@@ -32,39 +33,59 @@ class Backbone:
 
 
 def load_backbone(store: ZooStore, manifest: Manifest, spec: str = "") -> Backbone:
-    """The base supernet's largest subnet (spec ""), or a torchvision ResNet18 whose ImageNet
-    state_dict the user has as a local or s3:// file (or already in the zoo as `base/...`).
-    A ResNet18 file is copied into the zoo (safetensors) so search finds it later."""
+    """The zoo's base supernet's largest subnet (spec ""), or the weights in a file: an OFA
+    supernet (`tans pretrain-base` writes one) or a torchvision ResNet18 ImageNet state_dict,
+    local or s3:// (or already in the zoo as `base/...`). A file is copied into the zoo
+    (safetensors) so that search finds the same backbone later."""
     if not spec:
         from workers.finetune import load_base_supernet
         supernet = load_base_supernet(store, manifest.width, manifest.base_weights)
-        supernet.set_max_net()
-        return Backbone("base", "", supernet.get_active_subnet(preserve_weight=True), "ofa")
+        return Backbone("base", f"ofa-max:{manifest.base_weights['id']}:w{manifest.width}", "",
+                        _largest(supernet), "ofa")
     import hashlib
 
-    import torch
-    import torchvision
     from safetensors.torch import load, save
 
+    from pipeline.errors import ConfigError
     from pipeline.weights import read_state_dict
+    what = "retrain.backbone (a `tans pretrain-base` supernet or a torchvision resnet18)"
     if spec.startswith("base/"):
-        state = load(store.read_bytes(spec))
+        blob = store.read_bytes(spec)
+        state, key = load(blob), spec
     else:
-        state = read_state_dict(spec, what="retrain.backbone (a torchvision resnet18)")
-    net = torchvision.models.resnet18(weights=None)
-    net.load_state_dict(state)
-    net.fc = torch.nn.Identity()
-    blob = save({k: v.contiguous() for k, v in state.items()})
+        state = read_state_dict(spec, what=what)
+        blob = save({k: v.contiguous() for k, v in state.items()})
+        key = f"base/{hashlib.sha256(blob).hexdigest()}.safetensors"
     sha = hashlib.sha256(blob).hexdigest()
-    key = spec if spec.startswith("base/") else f"base/resnet18-{sha}.safetensors"
+    try:
+        if "first_conv.conv.weight" in state:
+            from workers.ofa_space import build_supernet
+            width = {1280: 1.0, 1536: 1.2}[state["feature_mix_layer.conv.weight"].shape[0]]
+            supernet = build_supernet(width)
+            supernet.load_state_dict(state)
+            backbone = Backbone(f"ofa-{sha[:12]}", f"ofa-max:sha256:{sha[:16]}:w{width}", key,
+                                _largest(supernet), "ofa")
+        else:
+            import torch
+            import torchvision
+            net = torchvision.models.resnet18(weights=None)
+            net.load_state_dict(state)
+            net.fc = torch.nn.Identity()
+            backbone = Backbone(f"resnet18-{sha[:12]}", f"resnet18-{sha[:12]}", key, net, "resnet18")
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise ConfigError(f"{what}: {spec} holds neither: {str(e).splitlines()[0][:200]}") from None
     if not spec.startswith("base/"):
         store.write_bytes(key, blob, create_only=True)
-    return Backbone(f"resnet18-{sha[:12]}", key, net, "resnet18")
+    return backbone
 
 
-def backbone_id(manifest: Manifest, backbone: Backbone, image_size: int) -> str:
-    base = f"ofa-max:{manifest.base_weights['id']}:w{manifest.width}" if backbone.kind == "ofa" else backbone.tag
-    return f"{base}:{image_size}px"
+def _largest(supernet):
+    supernet.set_max_net()
+    return supernet.get_active_subnet(preserve_weight=True)
+
+
+def backbone_id(backbone: Backbone, image_size: int) -> str:
+    return f"{backbone.id}:{image_size}px"
 
 
 def embed_images(backbone: Backbone, images: list[bytes], image_size: int, batch: int = 128) -> np.ndarray:
@@ -93,7 +114,7 @@ def split_features(store: ZooStore, manifest: Manifest, dataset_id: str, split: 
     from safetensors.numpy import load, save
     backbone = backbone if backbone is not None else load_backbone(store, manifest)
     key = f"query_features/{backbone.tag}/{dataset_id}/{split}.safetensors"
-    bid = backbone_id(manifest, backbone, image_size)
+    bid = backbone_id(backbone, image_size)
     if store.exists(key):
         blob = store.read_bytes(key)
         meta = _metadata(blob)

@@ -175,9 +175,8 @@ def save_version(store: ZooStore, model: Retriever, t: ZooTensors, s: RetrainSet
         "checkpoint_uri": [r.checkpoint_uri for r in t.results],
         "embedding": pa.array(m.tolist(), type=pa.list_(pa.float32()))})
     store.write_table(f"{prefix}/models.parquet", rows, create_only=True)
-    manifest = read_manifest(store)
     meta = {"version": version, "results": len(t.results), "datasets": len(t.dataset_ids),
-            "backbone": backbone_id(manifest, t.backbone, image_size), "backbone_key": t.backbone.key,
+            "backbone": backbone_id(t.backbone, image_size), "backbone_key": t.backbone.key,
             "image_size": image_size,
             "image_dim": int(model.image_mean.shape[0]),
             "func_dim": int(model.func_mean.shape[0]), "settings": asdict(s), "metrics": metrics,

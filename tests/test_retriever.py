@@ -1,6 +1,7 @@
 """The retriever: loss, constraints, retrain threshold, versions on local disk and S3, search."""
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -139,3 +140,44 @@ def test_resnet18_backbone_from_a_local_weights_file(built_zoo, tiny_datasets, t
     weights.unlink()  # search needs only the zoo
     hits = search_dataset(store, str(tiny_datasets / "hue-6"), top_k=2)
     assert len(hits) == 2
+
+
+def test_pretrain_base_serves_as_base_weights_and_query_backbone(built_zoo, tmp_path):
+    """`tans pretrain-base`: sandwich-rule training on the union of the zoo's datasets; the
+    file it writes is accepted as a new zoo's base weights and as a retriever backbone."""
+    from pipeline.build import base_weights_entry
+    from pipeline.ingest import read_datasets
+    from pipeline.pretrain import PretrainSettings, pretrain_base, sandwich_configs
+    from safetensors import safe_open
+    zoo, _ = built_zoo
+    store = open_store(zoo)
+    import random as _random
+    configs = sandwich_configs(None, _random.Random(0), 2)
+    assert configs[0] is None and configs[1] == {"ks": 3, "e": 3, "d": 2} and len(configs) == 4
+    out = tmp_path / "base" / "pretrained.safetensors"
+    summary = pretrain_base(store, str(out), PretrainSettings(steps=6, batch_size=32), log=lambda *_: None)
+    assert summary["classes"] == sum(d.num_classes for d in read_datasets(store))
+    assert summary["start"] == "random-seed0" and 0 <= summary["test_accuracy_largest"] <= 1
+    with safe_open(str(out), "pt") as fh:
+        assert json.loads(fh.metadata()["tans"])["datasets"] == summary["datasets"]
+        trained = fh.get_tensor("first_conv.conv.weight")
+    start = build_supernet_seeded()
+    assert not torch.equal(trained, start.state_dict()["first_conv.conv.weight"])  # it did train
+    config = load_config(None, {"zoo": str(tmp_path / "new-zoo"), "arch.base_weights": str(out)})
+    entry = base_weights_entry(open_store(config.zoo), config)
+    assert entry["kind"] == "file"
+    version = run_retrain(store, replace(SETTINGS, steps=5, backbone=str(out)), 32, None, None, log=lambda *_: None)
+    meta = store.read_json(f"retriever/v{version}/meta.json")
+    assert meta["backbone"] == f"ofa-max:{entry['id']}:w1.0:32px" and meta["image_dim"] == 1280
+    assert meta["backbone_key"] == entry["key"]  # the same copy in the zoo
+    with pytest.raises(Exception, match="holds neither"):
+        bad = tmp_path / "bad.safetensors"
+        from safetensors.torch import save_file
+        save_file({"w": torch.zeros(2)}, str(bad))
+        run_retrain(store, replace(SETTINGS, steps=5, backbone=str(bad)), 32, None, None, log=lambda *_: None)
+
+
+def build_supernet_seeded():
+    from workers.ofa_space import build_supernet
+    torch.manual_seed(0)
+    return build_supernet(1.0)
