@@ -108,8 +108,10 @@ def make_executor(config: BuildConfig, store: ZooStore, log=print, ray_num_cpus:
     return RayExecutor(store.uri, config.s3, config.resources), manifest
 
 
-def run_build(config: BuildConfig, log=print, ray_num_cpus: int | None = None, tracking: bool = True) -> BuildSummary:
-    """Build (or continue building) the zoo of `config`; one driver per zoo (a lease)."""
+def run_build(config: BuildConfig, log=print, ray_num_cpus: int | None = None, tracking: bool = True,
+              progress=None) -> BuildSummary:
+    """Build (or continue building) the zoo of `config`; one driver per zoo (a lease).
+    `progress` (pipeline.progress.Progress) shows the live status line on a terminal."""
     store = open_store(config.zoo, config.s3)
     lease = Lease(store, ttl=config.lease_seconds, log=log).acquire()
     try:
@@ -122,7 +124,7 @@ def run_build(config: BuildConfig, log=print, ray_num_cpus: int | None = None, t
         log(f"building zoo {store.uri}: up to {config.max_jobs} jobs, strategy {config.strategy}, "
             f"executor {config.executor}, {config.resources.max_in_flight} in flight"
             + (f"; MLflow at {tracker.uri}" if tracker else ""))
-        summary = Driver(config, store, manifest, executor, tracker, log, lease=lease).run()
+        summary = Driver(config, store, manifest, executor, tracker, log, lease=lease, progress=progress).run()
         if config.retrain.after_build and summary.zoo_results:
             from pipeline.retrain import run_retrain
             run_retrain(store, config.retrain, config.train.image_size, config.retrain.if_grown,

@@ -41,9 +41,11 @@ class Driver:
     the budget. `lease`, when given, is renewed between steps."""
 
     def __init__(self, config: BuildConfig, store: ZooStore, manifest: Manifest, executor,
-                 tracker=None, log=print, lease=None):
+                 tracker=None, log=print, lease=None, progress=None):
         self.config, self.store, self.manifest = config, store, manifest
         self.executor, self.tracker, self.log, self.lease = executor, tracker, log, lease
+        self.progress = progress
+        self._hv: dict[str, float] = {}
         pool = [a.id for a in arch_pool(manifest.pool_seed, manifest.pool_size)]
         self.policy = create_policy(config.strategy, config.seed, pool, store=store, manifest=manifest,
                                     config=config, log=log)
@@ -103,10 +105,12 @@ class Driver:
             self.summary.finished += 1
             if self.tracker:
                 self.tracker.log_result(spec, outcome)
+            self._hv[spec.dataset_id] = self._dataset_hv(spec.dataset_id)
             self.log(f"[{self.used_budget}/{self.config.max_jobs}] {spec.dataset_id} {spec.arch} "
                      f"acc={outcome.accuracy:.3f} params={outcome.params / 1e6:.2f}M "
                      f"flops={outcome.flops / 1e6:.1f}M latency={outcome.latency_ms:.1f}ms "
-                     f"({outcome.train_seconds:.1f}s train){self._eta()}")
+                     f"({outcome.train_seconds:.1f}s train) | {self.executor.in_flight} in flight, "
+                     f"{self.summary.failed} failed, mean HV {self.mean_hypervolume():.3f}{self._eta()}")
         else:
             failure = record_failure(self.store, spec.job_id, spec.dataset_id, spec.arch, outcome)
             self.failures.append(failure)
@@ -123,6 +127,34 @@ class Driver:
             self.summary.failures.append(failure.error)
             self.log(f"[{self.used_budget}/{self.config.max_jobs}] FAILED {spec.dataset_id} {spec.arch} "
                      f"after {attempts} attempt(s): {last_line}")
+
+    def _dataset_hv(self, dataset_id: str) -> float:
+        """One dataset's normalized hypervolume (only the dataset that changed is recomputed)."""
+        import numpy as np
+
+        from pipeline.acquisition import normalizer_for, point_of
+        from pipeline.pareto import normalized_hypervolume
+        from pipeline.prior import Prior, profile_pool
+        if self._profiles is None:
+            self._profiles = profile_pool(self.store, self.manifest, self.config.train.image_size, self.log)
+        norm, prior = normalizer_for(self._profiles), Prior({}, self._profiles)
+        pts = [point_of(r, norm, prior) for r in self.results if r.dataset_id == dataset_id]
+        return normalized_hypervolume(np.array(pts)) if pts else 0.0
+
+    def mean_hypervolume(self) -> float:
+        """The mean over the zoo's datasets of their normalized hypervolumes, now."""
+        if not self.datasets:
+            return 0.0
+        for d in self.datasets:
+            if d not in self._hv:
+                self._hv[d] = self._dataset_hv(d)
+        return sum(self._hv[d] for d in self.datasets) / len(self.datasets)
+
+    def progress_line(self) -> str:
+        done = self.summary.finished
+        return (f"jobs: {self.used_budget}/{self.config.max_jobs} in the zoo ({done} this run), "
+                f"{self.executor.in_flight} in flight, {self.summary.failed} failed | mean HV "
+                f"{self.mean_hypervolume():.3f}{self._eta() or ' eta -'}")
 
     def _eta(self) -> str:
         done = self.summary.finished + self.summary.failed
@@ -169,8 +201,12 @@ class Driver:
             return False
         if timeout is None and self.lease:
             timeout = self.lease.ttl / 3
+        if self.progress:
+            self.progress.update(self.progress_line())
         for spec, outcome in self.executor.wait(timeout):
             self._record(spec, outcome)
+        if self.progress:
+            self.progress.update(self.progress_line())
         return True
 
     def run(self) -> BuildSummary:
