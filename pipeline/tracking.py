@@ -16,7 +16,8 @@ from zoo_schema.records import ResultRecord
 
 
 def tracking_uri(settings: MlflowSettings) -> str:
-    return settings.tracking_uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    """The config's URI, else MLFLOW_TRACKING_URI (as MLflow itself does), else ./mlflow.db."""
+    return settings.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
 class Tracker:
