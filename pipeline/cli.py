@@ -8,18 +8,64 @@ import sys
 from pipeline.errors import TansError
 
 
+def _build_overrides(args) -> dict:
+    return {"zoo": args.zoo, "max_jobs": args.max_jobs, "strategy": args.strategy,
+            "seed": args.seed, "address": getattr(args, "ray_address", None),
+            "executor": getattr(args, "executor", None),
+            "datasets": args.datasets and [args.datasets],
+            "train.epochs": args.epochs, "train.image_size": args.image_size,
+            "resources.max_in_flight": args.max_in_flight,
+            "mlflow.tracking_uri": args.mlflow_uri}
+
+
 def _build(args) -> int:
     from pipeline.build import run_build
     from pipeline.config import load_config
-    overrides = {"zoo": args.zoo, "max_jobs": args.max_jobs, "strategy": args.strategy,
-                 "seed": args.seed, "address": args.address, "executor": args.executor,
-                 "datasets": args.datasets and [args.datasets],
-                 "train.epochs": args.epochs, "train.image_size": args.image_size,
-                 "resources.max_in_flight": args.max_in_flight,
-                 "mlflow.tracking_uri": args.mlflow_uri}
-    config = load_config(args.config, overrides)
-    summary = run_build(config)
+    from pipeline.progress import Progress
+    config = load_config(args.config, _build_overrides(args))
+    progress = Progress()
+    try:
+        summary = run_build(config, log=progress.log, progress=progress)
+    finally:
+        progress.close()
     return 0 if summary.finished or summary.zoo_results else 1
+
+
+def _submit(args) -> int:
+    from pipeline.submit import follow, submit
+    sid = submit(args.address, args.config, _build_overrides(args))
+    if not args.wait:
+        return 0
+    status = follow(args.address, sid)
+    print(f"job {sid}: {status}")
+    return 0 if status == "SUCCEEDED" else 1
+
+
+def _jobs(args) -> int:
+    from pipeline import submit
+    if args.jobs_command == "list":
+        c = submit.client(args.address)
+        rows = [submit.job_info(args.address, j.submission_id) for j in submit.tans_jobs(c)]
+        if args.json:
+            print(json.dumps(rows, indent=1))
+        for r in rows if not args.json else []:
+            print(f"{r['submission_id']:48} {r['status']:10} {r['zoo']}")
+        return 0
+    if args.jobs_command == "status":
+        info = submit.job_info(args.address, args.id)
+        print(json.dumps(info, indent=1) if args.json else
+              f"{info['submission_id']}: {info['status']} (zoo {info['zoo']})"
+              + (f"\n  {info['message']}" if info["message"] else ""))
+        return 0
+    if args.jobs_command == "logs":
+        if args.follow:
+            status = submit.follow(args.address, args.id)
+            return 0 if status == "SUCCEEDED" else 1
+        print(submit.logs(args.address, args.id), end="")
+        return 0
+    stopped = submit.stop(args.address, args.id)
+    print(f"job {args.id}: {'stop requested' if stopped else 'already stopped'}")
+    return 0
 
 
 def _resume(args) -> int:
@@ -66,6 +112,22 @@ def _retrain(args) -> int:
     return 0 if version is not None or args.if_grown is not None else 1
 
 
+def _pretrain_base(args) -> int:
+    from dataclasses import replace
+
+    from pipeline.pretrain import PretrainSettings, pretrain_base
+    from zoo_schema.store import S3Settings, open_store
+    s3 = S3Settings(endpoint_url=args.s3_endpoint)
+    settings = PretrainSettings()
+    for name in ("steps", "batch_size", "lr", "image_size", "random_subnets", "seed"):
+        if getattr(args, name) is not None:
+            settings = replace(settings, **{name: getattr(args, name)})
+    summary = pretrain_base(open_store(args.zoo, s3), args.out, settings, s3)
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
 def _search(args) -> int:
     from retriever.search import Constraints, search_dataset
     from zoo_schema.store import S3Settings, open_store
@@ -102,6 +164,13 @@ def _status(args) -> int:
     return 0
 
 
+def _report(args) -> int:
+    from pipeline.report import write_report
+    from zoo_schema.store import S3Settings, open_store
+    write_report(open_store(args.zoo, S3Settings(endpoint_url=args.s3_endpoint)), args.out)
+    return 0
+
+
 def _datasets_add(args) -> int:
     from pipeline.ingest import IngestSettings, ingest
     from zoo_schema.store import S3Settings, open_store
@@ -125,12 +194,7 @@ def _datasets_synth(args) -> int:
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tans", description="Task-adaptive network search: build "
-                                "model zoos on Ray and retrieve pretrained networks for new datasets.")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    b = sub.add_parser("build", help="build (or continue building) a model zoo on Ray")
+def _build_flags(b) -> None:
     b.add_argument("--config", help="TOML build config (all keys optional)")
     b.add_argument("--zoo", help="zoo URI: a local directory or s3://bucket/prefix")
     b.add_argument("--datasets", help="directory (or s3:// prefix) whose sub-folders are datasets")
@@ -138,12 +202,42 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--epochs", type=int)
     b.add_argument("--image-size", type=int)
     b.add_argument("--strategy", help="acquisition strategy: pareto (default) or random")
-    b.add_argument("--executor", help="ray (default), or replay:ZOO to answer jobs from an evaluated zoo")
     b.add_argument("--seed", type=int)
     b.add_argument("--max-in-flight", type=int, help="fine-tuning jobs running at once")
-    b.add_argument("--address", help="Ray cluster address; default starts a local Ray")
     b.add_argument("--mlflow-uri", help="MLflow tracking URI (default sqlite:///./mlflow.db)")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tans", description="Task-adaptive network search: build "
+                                "model zoos on Ray and retrieve pretrained networks for new datasets.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("build", help="build (or continue building) a model zoo on Ray")
+    _build_flags(b)
+    b.add_argument("--executor", help="ray (default), or replay:ZOO to answer jobs from an evaluated zoo")
+    b.add_argument("--address", dest="ray_address", help="Ray cluster address (HOST:6379 or auto); "
+                   "default starts a local Ray")
     b.set_defaults(func=_build)
+
+    j = sub.add_parser("submit", help="submit the build to a Ray cluster as a Ray Job (Jobs API)")
+    _build_flags(j)
+    j.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://HEAD:8265")
+    j.add_argument("--wait", action="store_true", help="follow the job's log until it stops")
+    j.set_defaults(func=_submit)
+
+    jobs = sub.add_parser("jobs", help="status, logs or stop of submitted builds")
+    jsub = jobs.add_subparsers(dest="jobs_command", required=True)
+    for name, text in (("list", "the cluster's tans builds"), ("status", "a build's status"),
+                       ("logs", "a build's driver log"), ("stop", "stop a build (rerun `tans submit` to resume)")):
+        cmd = jsub.add_parser(name, help=text)
+        if name != "list":
+            cmd.add_argument("id", help="submission id (printed by `tans submit`)")
+        cmd.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://HEAD:8265")
+        if name in ("list", "status"):
+            cmd.add_argument("--json", action="store_true")
+        if name == "logs":
+            cmd.add_argument("--follow", action="store_true", help="keep printing until the job stops")
+        cmd.set_defaults(func=_jobs)
 
     r = sub.add_parser("resume", help="continue the zoo's last build with its recorded config")
     r.add_argument("zoo")
@@ -163,12 +257,26 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int)
     t.add_argument("--positive", choices=["weighted", "uniform"])
     t.add_argument("--seed", type=int)
-    t.add_argument("--backbone", help="a torchvision ResNet18 ImageNet state_dict file for the query "
-                   "encoder; default: the base supernet's largest subnet")
+    t.add_argument("--backbone", help="query-encoder backbone: a supernet file from `tans pretrain-base` or "
+                   "a torchvision ResNet18 ImageNet state_dict; default: the zoo's base supernet's largest subnet")
     t.add_argument("--image-size", type=int, help="default: the zoo's (from its manifest)")
     t.add_argument("--mlflow-uri", help="MLflow tracking URI (default sqlite:///./mlflow.db)")
     t.add_argument("--s3-endpoint")
     t.set_defaults(func=_retrain)
+
+    b = sub.add_parser("pretrain-base", help="train the OFA supernet (sandwich rule) on the zoo's datasets, "
+                       "for base weights and the query backbone")
+    b.add_argument("zoo")
+    b.add_argument("--out", required=True, help="safetensors file to write (local or s3://)")
+    b.add_argument("--steps", type=int)
+    b.add_argument("--batch-size", type=int)
+    b.add_argument("--lr", type=float)
+    b.add_argument("--image-size", type=int)
+    b.add_argument("--random-subnets", type=int, help="random subnets per step besides the largest and smallest")
+    b.add_argument("--seed", type=int)
+    b.add_argument("--json", action="store_true", help="print the summary as JSON")
+    b.add_argument("--s3-endpoint")
+    b.set_defaults(func=_pretrain_base)
 
     q = sub.add_parser("search", help="rank the zoo's pretrained networks for a dataset")
     q.add_argument("zoo")
@@ -198,6 +306,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.add_argument("--s3-endpoint", help="S3 endpoint URL (or AWS_ENDPOINT_URL)")
     s.set_defaults(func=_status)
+
+    rp = sub.add_parser("report", help="write an HTML report with plots of the zoo")
+    rp.add_argument("zoo")
+    rp.add_argument("--out", required=True, help="directory for index.html and its PNGs")
+    rp.add_argument("--s3-endpoint", help="S3 endpoint URL (or AWS_ENDPOINT_URL)")
+    rp.set_defaults(func=_report)
 
     d = sub.add_parser("datasets", help="add datasets to a zoo, or generate the built-in ones")
     dsub = d.add_subparsers(dest="datasets_command", required=True)
