@@ -1,0 +1,85 @@
+"""GPU smoke test: one real fine-tune on CUDA (fp16 mixed precision), images/s.
+
+Writes one built-in dataset, ingests it into a temporary zoo and runs the worker's job
+(`workers.finetune.run_job`, the code every Ray fine-tuning task runs) on the largest
+architecture of the space, then the same job with mixed precision off, and reports
+training images/s for both, the batch-1 latency and the device. For a GPU machine; on a
+machine without CUDA it says so and exits 2, unless `--allow-cpu` (then it measures the
+CPU, e.g. as the baseline to compare a GPU run with).
+
+    python bench/gpu_smoke.py [--epochs 2] [--image-size 64] [--batch-size 128] [--allow-cpu]
+
+The last line is the figures as one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--dataset", default="glyphs-latin-upper-clean")
+    ap.add_argument("--allow-cpu", action="store_true")
+    args = ap.parse_args()
+
+    import torch
+
+    from pipeline import synth
+    from pipeline.ingest import ingest, read_datasets
+    from workers.finetune import run_job
+    from workers.job import JobSpec, TrainSettings
+    from workers.ofa_space import DEPTHS, EXPANDS, KERNELS, Arch
+    from zoo_schema.store import open_store
+    cuda = torch.cuda.is_available()
+    if not cuda and not args.allow_cpu:
+        print("no CUDA device here; run this on a GPU node (or pass --allow-cpu for a CPU baseline)",
+              file=sys.stderr)
+        print(json.dumps({"cuda": False, "error": "no CUDA device"}))
+        return 2
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = {s.name: s for s in synth.suite()}[args.dataset]
+        synth.write_dataset(spec, Path(tmp) / "data", seed=0)
+        store = open_store(str(Path(tmp) / "zoo"))
+        ingest(store, str(Path(tmp) / "data" / args.dataset))
+        dataset = read_datasets(store)[0]
+        largest = Arch.from_config([max(KERNELS)] * 20, [max(EXPANDS)] * 20, [max(DEPTHS)] * 5)
+        figures = {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "cuda": cuda,
+                   "torch": torch.__version__, "dataset": dataset.dataset_id,
+                   "train_images": dataset.num_train, "arch": largest.id, "epochs": args.epochs,
+                   "image_size": args.image_size, "batch_size": args.batch_size}
+        for amp in (True, False):
+            train = TrainSettings(epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size,
+                                  mixed_precision=amp, latency_repeats=20)
+            job = JobSpec(dataset_id=dataset.dataset_id, dataset_sha256=dataset.content_sha256,
+                          num_classes=dataset.num_classes, arch=largest.id, train=train, width=1.0,
+                          base_weights={"kind": "random", "seed": 0, "id": "random-seed0"},
+                          noise_seed=0, noise_shape=(8, 3, args.image_size, args.image_size))
+            started = time.perf_counter()
+            record = run_job(job, store.uri, threads=os.cpu_count())
+            key = "mixed_precision" if amp else "fp32"
+            figures[key] = {"train_images_per_s": round(args.epochs * dataset.num_train / record.train_seconds, 1),
+                            "train_seconds": round(record.train_seconds, 2),
+                            "job_seconds": round(time.perf_counter() - started, 2),
+                            "accuracy": round(record.accuracy, 4), "latency_ms": round(record.latency_ms, 3),
+                            "latency_device": record.latency_device}
+            print(f"{key}: {figures[key]}", file=sys.stderr)
+        figures["amp_speedup"] = round(figures["mixed_precision"]["train_images_per_s"]
+                                       / figures["fp32"]["train_images_per_s"], 3)
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
