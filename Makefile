@@ -24,5 +24,10 @@ demo: $(BIN)/.installed
 	$(BIN)/tans status demo/zoo
 	$(BIN)/tans search demo/zoo --dataset demo/query/glyphs-hebrew-clean --top-k 5
 
-test: $(BIN)/.installed
+# The report test renders the page in Debian's headless Chromium.
+/usr/bin/chromium:
+	$(if $(shell id -u | grep -x 0),,sudo) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(if $(shell id -u | grep -x 0),,sudo) apt-get install -y -qq chromium
+
+test: $(BIN)/.installed /usr/bin/chromium
 	$(BIN)/python -m pytest -q

@@ -1,0 +1,176 @@
+"""The cluster path end to end, everything on 127.0.0.1: a Ray head started with `ray start`
+(dashboard and Jobs API on loopback, token authentication on), the zoo on a moto S3
+endpoint, a real `mlflow server` (sqlite backend, artifacts proxied to the S3 endpoint).
+`tans submit` ships the build as a Ray Job; the zoo, the MLflow runs and the registered
+retriever are checked, and the report page is rendered in headless Chromium."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def wait_http(url: str, timeout: float = 90) -> None:
+    deadline = time.time() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return
+        except Exception:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def base_env() -> dict:
+    bin_dir = str(Path(sys.executable).parent)
+    return {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+            "RAY_AUTH_MODE": "token", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """`ray start --head` with the dashboard on 127.0.0.1; stopped by the fixture."""
+    port, dash = free_port(), free_port()
+    env = base_env()
+    ray = str(Path(sys.executable).parent / "ray")
+    subprocess.run([ray, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
+                    "--num-cpus=3", "--num-gpus=0", "--disable-usage-stats"],
+                   env=env, check=True, capture_output=True, timeout=180)
+    try:
+        url = f"http://127.0.0.1:{dash}"
+        deadline = time.time() + 90
+        while True:  # the Jobs API answers once the dashboard's job module is up
+            r = subprocess.run([sys.executable, "-m", "pipeline.cli", "jobs", "list", "--address", url],
+                               env=env, capture_output=True, text=True, timeout=60)
+            if r.returncode == 0 or time.time() > deadline:
+                break
+            time.sleep(1)
+        assert r.returncode == 0, r.stderr
+        yield url
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(s3_server, tmp_path_factory):
+    """`mlflow server -w 1` on 127.0.0.1, sqlite backend, artifacts in the S3 endpoint."""
+    tmp = tmp_path_factory.mktemp("mlflow-server")
+    s3_server.bucket("mlflow-artifacts")
+    port = free_port()
+    env = {**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3_server.url, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    log = open(tmp / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "-h", "127.0.0.1", "-p", str(port),
+                             "-w", "1", "--backend-store-uri", f"sqlite:///{tmp / 'mlflow.db'}",
+                             "--artifacts-destination", "s3://mlflow-artifacts/runs"],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", timeout=120)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(30)
+        log.close()
+
+
+def tans(*args, env=None, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], env=env or base_env(),
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def render(page: Path, tmp: Path) -> str:
+    """The DOM of `page` after load, from headless Chromium (the page notes its loaded images)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Debian's chromium is needed (`apt-get install chromium`; .ci/run installs it)"
+    r = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp / 'chromium-profile'}",
+                        "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout
+
+
+def test_submit_a_build_to_a_ray_head_with_s3_zoo_and_mlflow_server(
+        ray_head, mlflow_server, s3_server, tiny_datasets, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.state import read_results
+    from zoo_schema.store import S3Settings, open_store
+    bucket = s3_server.bucket("cluster-zoo")
+    zoo = f"s3://{bucket}/zoo"
+    config = tmp_path / "build.toml"
+    config.write_text(f"""
+zoo = "{zoo}"
+datasets = ["{tiny_datasets}"]
+max_jobs = 4
+strategy = "random"
+[train]
+epochs = 1
+latency_repeats = 3
+[arch]
+pool_size = 10
+[resources]
+max_in_flight = 2
+[retrain]
+steps = 30
+[s3]
+endpoint_url = "{s3_server.url}"
+[mlflow]
+tracking_uri = "{mlflow_server}"
+""")
+    first = tans("submit", "--address", ray_head, "--config", str(config))
+    assert first.returncode == 0, first.stderr
+    sid = first.stdout.split("submitted build ", 1)[1].split()[0]
+    again = tans("submit", "--address", ray_head, "--config", str(config))  # while it runs
+    assert again.returncode == 0 and "not starting a second driver" in again.stdout and sid in again.stdout
+
+    follow = tans("jobs", "logs", sid, "--follow", "--address", ray_head, timeout=900)
+    status = json.loads(tans("jobs", "status", sid, "--json", "--address", ray_head).stdout)
+    assert follow.returncode == 0 and status["status"] == "SUCCEEDED", follow.stdout[-3000:]
+    assert status["zoo"] == zoo
+    assert "retriever v1 saved" in follow.stdout and "mean HV" in follow.stdout  # plain progress lines
+
+    store = open_store(zoo, S3Settings(endpoint_url=s3_server.url))
+    results = read_results(store)
+    assert len(results) == 4 and store.exists("retriever/v1/meta.json")
+
+    client = MlflowClient(tracking_uri=mlflow_server)
+    runs = client.search_runs([client.get_experiment_by_name("tans").experiment_id])
+    jobs = [r for r in runs if r.data.tags.get("tans.job_id")]
+    assert {r.data.tags["tans.job_id"] for r in jobs} == {r.job_id for r in results}
+    assert all("accuracy" in r.data.metrics for r in jobs)
+    champion = client.get_model_version_by_alias("tans-retriever", "champion")
+    assert champion.tags["tans.zoo"] == zoo
+    import boto3
+    artifacts = boto3.client("s3", endpoint_url=s3_server.url).list_objects_v2(Bucket="mlflow-artifacts")
+    assert any(o["Key"].endswith("retriever/weights.safetensors") for o in artifacts.get("Contents", []))
+
+    # a resubmit after the build finished is a new attempt that resumes: nothing done twice
+    resumed = tans("submit", "--address", ray_head, "--config", str(config), "--wait", timeout=900)
+    assert resumed.returncode == 0 and f"{sid}-r2" in resumed.stdout, resumed.stdout[-3000:]
+    assert sorted(r.job_id for r in read_results(store)) == sorted(r.job_id for r in results)
+
+    # without the cluster's token the Jobs API refuses (token authentication is on)
+    no_token = tans("jobs", "list", "--address", ray_head,
+                    env={**base_env(), "HOME": str(tmp_path), "RAY_AUTH_TOKEN": "not-the-token"})
+    assert no_token.returncode != 0 and "not-the-token" not in no_token.stdout + no_token.stderr
+
+    report = tans("report", zoo, "--out", str(tmp_path / "report"), "--s3-endpoint", s3_server.url)
+    assert report.returncode == 0, report.stderr
+    page = tmp_path / "report" / "index.html"
+    images = page.read_text().count("<img ")
+    assert images == 3 + len({r.dataset_id for r in results})  # HV, accuracy, latent map, one front per dataset
+    assert f'data-images-loaded="{images}/{images}"' in render(page, tmp_path)
