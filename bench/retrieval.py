@@ -1,16 +1,22 @@
 """Retrieval quality, transfer, search latency and training time of the retriever.
 
+0. The query backbone: `tans pretrain-base` on the pool's 20 datasets (1000 sandwich
+   steps, cached in bench/.cache/pretrained-base.safetensors), the offline stand-in for
+   the paper's ImageNet backbone.
 1. Same-pair retrieval (paper Fig. 7b) on the evaluated pool of bench/acquisition.py
    (20 built-in datasets x 30 architectures, all really fine-tuned), with unseen
    (test-split) query images, 10 query sets per dataset: R@1/5/10, mean and median rank
    of the full retriever (accuracy-weighted positives, and the official uniform ones),
    against random and largest-params rankings, and ablations without the functional
-   embedding, without the topology, without the predictor loss. Predictor MSE on the
-   top-10 retrieved and on each dataset's own models (Fig. 7c/d).
+   embedding, without the topology, without the predictor loss, and with the zoo's
+   random-init base supernet as the backbone instead of the pretrained one. Predictor
+   MSE on the top-10 retrieved and on each dataset's own models (Fig. 7c/d).
 2. Transfer on 5 built-in datasets held out of the zoo: fine-tune for 3 epochs from
    (a) the TANS top-1 under a params constraint (the zoo's median), (b) a random zoo
    model, (c) the largest-params zoo model within the constraint, (d) TANS's arch
-   randomly initialised, (e) TANS's arch from the base weights; accuracy after each epoch.
+   randomly initialised, (e) TANS's arch from the zoo's base weights (random init, the
+   weights the zoo's networks started from), (f) TANS's arch from the pretrained
+   supernet of step 0; accuracy after each epoch.
 3. Search latency over 14,000 and 1,000,000 synthetic model embeddings, without and with
    the query's feature extraction (10 images per class of a 20-class dataset).
 4. Retriever training time on a synthetic 14,000-entry zoo (140 datasets x 100 models).
@@ -45,18 +51,54 @@ def log(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def same_pair(t, settings) -> dict:
+PRETRAIN_STEPS = 1000
+
+
+def pretrained_base(store) -> str:
+    """The pool's pretrained supernet file (trained once, then cached)."""
+    from pipeline.pretrain import PretrainSettings, pretrain_base
+    path = ROOT / "bench" / ".cache" / "pretrained-base.safetensors"
+    summary_path = path.with_suffix(".json")
+    if not path.exists():
+        summary = pretrain_base(store, str(path), PretrainSettings(steps=PRETRAIN_STEPS), log=log)
+        summary_path.write_text(json.dumps(summary))
+    return str(path)
+
+
+def pretrained_zoo(base_file: str):
+    """A second zoo on the pool's 20 datasets whose networks start from the pretrained
+    supernet, as the paper's zoo starts from pretrained OFA: 5 pool archs per dataset
+    (random strategy, 100 jobs, 1 epoch), built once and cached."""
+    from acquisition import POOL_CONFIG
+    from pipeline.build import run_build
+    from pipeline.config import load_config
+    from pipeline.state import read_state
+    from zoo_schema.store import open_store
+    folder = ROOT / "bench" / ".cache" / "pretrained-zoo"
+    config = load_config(POOL_CONFIG, {"zoo": str(folder / "zoo"), "max_jobs": 100, "arch.base_weights": base_file,
+                                       "retrain.after_build": False,
+                                       "mlflow.tracking_uri": f"sqlite:///{folder / 'mlflow.db'}"})
+    store = open_store(config.zoo)
+    if len(read_state(store).results) < config.max_jobs:
+        run_build(config, log=log)
+        import ray
+        ray.shutdown()
+    return store
+
+
+def same_pair(t, settings, t_random_backbone) -> dict:
     from retriever.train import evaluate, train_retriever
     out = {}
     variants = {
-        "tans_weighted_positives": settings,
-        "tans_uniform_positives": replace(settings, positive="uniform"),
-        "without_functional_embedding": replace(settings, use_functional=False),
-        "without_topology": replace(settings, use_topology=False),
-        "without_predictor": replace(settings, lam=0.0),
+        "tans_weighted_positives": (settings, t),
+        "tans_uniform_positives": (replace(settings, positive="uniform"), t),
+        "without_functional_embedding": (replace(settings, use_functional=False), t),
+        "without_topology": (replace(settings, use_topology=False), t),
+        "without_predictor": (replace(settings, lam=0.0), t),
+        "random_init_backbone": (replace(settings, backbone=""), t_random_backbone),
     }
     models = {}
-    for name, s in variants.items():
+    for name, (s, t) in variants.items():
         model, _ = train_retriever(t, s, log=lambda line: None)
         metrics = evaluate(model, t, s, queries_per_dataset=10)
         models[name] = model
@@ -83,8 +125,9 @@ def _rank_stats(ranks: np.ndarray) -> dict:
             "median_rank": float(np.median(ranks))}
 
 
-def transfer(store, t, settings, model, epochs: int = 3) -> dict:
-    """Fine-tune held-out datasets from five starting points; accuracy after each epoch."""
+def transfer(store, t, settings, model, extra_bases: dict, epochs: int = 3) -> dict:
+    """Fine-tune held-out datasets from each starting point; accuracy after each epoch.
+    `extra_bases` names further supernets whose subnet of TANS's arch is a start."""
     from pipeline import synth
     from pipeline.ingest import IngestSettings, stratified_split, validate, read_source
     from retriever.search import Constraints, Searcher
@@ -106,7 +149,8 @@ def transfer(store, t, settings, model, epochs: int = 3) -> dict:
     rng = np.random.default_rng(0)
     train_settings = TrainSettings(epochs=epochs, image_size=32)
     curves: dict[str, list] = {k: [] for k in ("a_tans_top1", "b_random_zoo_model", "c_largest_params_fitting",
-                                               "d_same_arch_random_init", "e_same_arch_base_weights")}
+                                               "d_same_arch_random_init", "e_same_arch_base_weights",
+                                               *extra_bases)}
     torch.set_num_threads(os.cpu_count() or 1)
     for name in HELD_OUT:
         items, _ = read_source(str(folder / name))
@@ -135,6 +179,9 @@ def transfer(store, t, settings, model, epochs: int = 3) -> dict:
         base = model_for(top.arch, len(classes), manifest.width,
                          load_base_supernet(store, manifest.width, manifest.base_weights))
         curves["e_same_arch_base_weights"].append(train(base, x, y, xt, yt, train_settings, torch.device("cpu"), 0)[1])
+        for key, supernet in extra_bases.items():
+            warm = model_for(top.arch, len(classes), manifest.width, supernet)
+            curves[key].append(train(warm, x, y, xt, yt, train_settings, torch.device("cpu"), 0)[1])
         log(f"transfer {name}: " + ", ".join(f"{k[:1]}={v[-1][-1]:.3f}" for k, v in curves.items()))
     per_start = {k: [round(float(a), 4) for a in np.mean(np.array(v), axis=0)] for k, v in curves.items()}
     finals = np.array([[c[-1] for c in v] for v in curves.values()])  # [start, dataset]
@@ -199,14 +246,37 @@ def main() -> None:
     from pipeline.config import RetrainSettings
     from retriever.train import gather
     _, store, _ = build_pool()
-    settings = RetrainSettings()
     started = time.perf_counter()
-    t = gather(store, 32)
+    settings = RetrainSettings(backbone=pretrained_base(store))
+    pretrain = json.loads((ROOT / "bench" / ".cache" / "pretrained-base.json").read_text())
+    figures = {"pretrain_base": {k: pretrain[k] for k in ("steps", "classes", "train_images", "seconds",
+                                                          "first_loss", "final_loss", "test_accuracy_largest",
+                                                          "test_accuracy_smallest") if k in pretrain}}
+    figures["pretrain_base"]["steps"] = pretrain["settings"]["steps"]
+    t = gather(store, 32, settings.backbone)
+    t_random = gather(store, 32)
     log(f"zoo: {len(t.dataset_ids)} datasets, {len(t.results)} models (features {time.perf_counter() - started:.1f}s)")
-    figures = {"zoo": {"datasets": len(t.dataset_ids), "models": len(t.results)}}
-    figures["same_pair"], model = same_pair(t, settings)
+    figures["zoo"] = {"datasets": len(t.dataset_ids), "models": len(t.results)}
+    figures["same_pair"], model = same_pair(t, settings, t_random)
     figures["paper_same_pair"] = {"R@1": 80.7, "R@5": 96.4, "R@10": 99.3}
-    figures["transfer"] = transfer(store, t, settings, model)
+    from pipeline.weights import read_state_dict
+    from workers.ofa_space import build_supernet
+    pretrained = build_supernet(1.0)
+    pretrained.load_state_dict(read_state_dict(settings.backbone))
+    figures["transfer"] = transfer(store, t, settings, model, {"f_same_arch_pretrained_base": pretrained})
+    # the same protocol on a zoo whose networks were fine-tuned from the pretrained supernet
+    from retriever.train import evaluate, train_retriever
+    store2 = pretrained_zoo(settings.backbone)
+    t2 = gather(store2, 32)  # its base weights are the pretrained supernet: the default backbone
+    settings2 = replace(settings, backbone="")
+    model2, _ = train_retriever(t2, settings2, log=lambda line: None)
+    same2 = evaluate(model2, t2, settings2, queries_per_dataset=10)
+    figures["pretrained_zoo"] = {
+        "models": len(t2.results), "datasets": len(t2.dataset_ids),
+        "mean_accuracy": round(float(np.mean([r.accuracy for r in t2.results])), 4),
+        "pool_zoo_mean_accuracy": round(float(np.mean([r.accuracy for r in t.results])), 4),
+        "same_pair": {k: round(v, 4) if isinstance(v, float) else v for k, v in same2.items()},
+        "transfer": transfer(store2, t2, settings2, model2, {})}
     figures["latency"] = latency(store, t, settings, model)
     figures["training"] = training_time_14k(settings)
     figures["goals"] = {"R@1": ">= 80.7", "search_ms_14000": "< 5", "search_ms_1000000": "< 100",
