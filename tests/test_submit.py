@@ -163,6 +163,19 @@ tracking_uri = "{mlflow_server}"
     assert resumed.returncode == 0 and f"{sid}-r2" in resumed.stdout, resumed.stdout[-3000:]
     assert sorted(r.job_id for r in read_results(store)) == sorted(r.job_id for r in results)
 
+    # a bigger build is stopped mid-way: the job ends STOPPED and the zoo stays consistent
+    bigger = tans("submit", "--address", ray_head, "--config", str(config), "--max-jobs", "8")
+    other = bigger.stdout.split("submitted build ", 1)[1].split()[0]
+    assert bigger.returncode == 0 and other.split("-")[:-1] == sid.split("-")[:-1] and other != sid
+    assert tans("jobs", "stop", other, "--address", ray_head).returncode == 0
+    deadline = time.time() + 120
+    while (state := json.loads(tans("jobs", "status", other, "--json", "--address", ray_head).stdout)["status"]) \
+            not in ("STOPPED", "SUCCEEDED", "FAILED") and time.time() < deadline:
+        time.sleep(1)
+    assert state == "STOPPED"
+    verify = tans("verify", zoo, "--s3-endpoint", s3_server.url)
+    assert verify.returncode == 0, verify.stdout
+
     # without the cluster's token the Jobs API refuses (token authentication is on)
     no_token = tans("jobs", "list", "--address", ray_head,
                     env={**base_env(), "HOME": str(tmp_path), "RAY_AUTH_TOKEN": "not-the-token"})
@@ -172,5 +185,5 @@ tracking_uri = "{mlflow_server}"
     assert report.returncode == 0, report.stderr
     page = tmp_path / "report" / "index.html"
     images = page.read_text().count("<img ")
-    assert images == 3 + len({r.dataset_id for r in results})  # HV, accuracy, latent map, one front per dataset
+    assert images == 3 + len({r.dataset_id for r in read_results(store)})  # HV, accuracy, latent map, one front per dataset
     assert f'data-images-loaded="{images}/{images}"' in render(page, tmp_path)
