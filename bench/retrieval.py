@@ -17,6 +17,10 @@
    randomly initialised, (e) TANS's arch from the zoo's base weights (random init, the
    weights the zoo's networks started from), (f) TANS's arch from the pretrained
    supernet of step 0; accuracy after each epoch.
+2b. The paper's zoo is fine-tuned from pretrained OFA weights: a second zoo on the same 20
+   datasets starts every network from the pretrained supernet of step 0 (5 pool archs per
+   dataset, 100 jobs, 1 epoch; cached in bench/.cache/pretrained-zoo); its retriever (the
+   pretrained supernet is its default backbone) gets the same-pair and transfer protocols.
 3. Search latency over 14,000 and 1,000,000 synthetic model embeddings, without and with
    the query's feature extraction (10 images per class of a 20-class dataset).
 4. Retriever training time on a synthetic 14,000-entry zoo (140 datasets x 100 models).
