@@ -6,9 +6,14 @@ BIN = $(VENV)/bin
 
 .PHONY: demo test install
 
+# The demo needs the project; the tests also need the test extras (pytest, moto, duckdb).
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(BIN)/.installed-test: $(BIN)/.installed
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
@@ -29,5 +34,5 @@ demo: $(BIN)/.installed
 	$(if $(shell id -u | grep -x 0),,sudo) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(if $(shell id -u | grep -x 0),,sudo) apt-get install -y -qq chromium
 
-test: $(BIN)/.installed /usr/bin/chromium
+test: $(BIN)/.installed-test /usr/bin/chromium
 	$(BIN)/python -m pytest -q
