@@ -187,3 +187,13 @@ tracking_uri = "{mlflow_server}"
     images = page.read_text().count("<img ")
     assert images == 3 + len({r.dataset_id for r in read_results(store)})  # HV, accuracy, latent map, one front per dataset
     assert f'data-images-loaded="{images}/{images}"' in render(page, tmp_path)
+
+
+def test_unreachable_cluster_is_a_clear_error(tmp_path):
+    from tests.conftest import free_port
+    r = tans("jobs", "list", "--address", f"http://127.0.0.1:{free_port()}", timeout=120)
+    assert r.returncode == 2 and "cannot reach the Ray Jobs API" in r.stderr and "--address" in r.stderr
+    config = tmp_path / "b.toml"
+    config.write_text('zoo = "zoo"\n[mlflow]\ntracking_uri = "http://127.0.0.1:5000"\n')
+    r = tans("submit", "--address", "http://127.0.0.1:1", "--config", str(config))
+    assert r.returncode == 2 and "relative path" in r.stderr  # refused before contacting anything
