@@ -44,8 +44,7 @@ def _submit(args) -> int:
 def _jobs(args) -> int:
     from pipeline import submit
     if args.jobs_command == "list":
-        c = submit.client(args.address)
-        rows = [submit.job_info(args.address, j.submission_id) for j in submit.tans_jobs(c)]
+        rows = [submit.describe(j) for j in submit.tans_jobs(submit.client(args.address))]
         if args.json:
             print(json.dumps(rows, indent=1))
         for r in rows if not args.json else []:

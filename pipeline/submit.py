@@ -109,6 +109,12 @@ def submit(address: str, config_path: str | None, overrides: dict | None = None,
     return sid
 
 
+def describe(info) -> dict:
+    return {"submission_id": info.submission_id, "status": info.status.value, "message": info.message,
+            "entrypoint": info.entrypoint, "start_time": info.start_time, "end_time": info.end_time,
+            "zoo": (info.metadata or {}).get("tans_zoo")}
+
+
 def job_info(address: str, sid: str) -> dict:
     c = client(address)
     try:
@@ -116,9 +122,7 @@ def job_info(address: str, sid: str) -> dict:
     except Exception as e:
         raise ClusterError(f"no job {sid} on {address} ({str(e).splitlines()[0]}); list them with "
                            f"`tans jobs list --address {address}`") from None
-    return {"submission_id": info.submission_id, "status": info.status.value, "message": info.message,
-            "entrypoint": info.entrypoint, "start_time": info.start_time, "end_time": info.end_time,
-            "zoo": (info.metadata or {}).get("tans_zoo")}
+    return describe(info)
 
 
 def logs(address: str, sid: str) -> str:
@@ -128,10 +132,11 @@ def logs(address: str, sid: str) -> str:
 
 def follow(address: str, sid: str, out=print, poll: float = 2.0) -> str:
     """Print the job's log as it grows until the job stops; returns its final status."""
+    job_info(address, sid)  # a clear error for an unknown id
     c = client(address)
     shown = 0
     while True:
-        status = job_info(address, sid)["status"]
+        status = c.get_job_status(sid).value
         text = c.get_job_logs(sid)
         if len(text) > shown:
             out(text[shown:].rstrip("\n"))
