@@ -174,6 +174,16 @@ def normalizer_for(profiles: dict) -> Normalizer:
     return Normalizer(*Prior({}, profiles).bounds())
 
 
+def dataset_hypervolumes(results: list[ResultRecord], profiles: dict, dataset_ids: list[str]) -> dict[str, float]:
+    """Each dataset's normalized hypervolume over its results (0 for a dataset without any)."""
+    norm, prior = normalizer_for(profiles), Prior({}, profiles)
+    points: dict[str, list] = {d: [] for d in dataset_ids}
+    for r in results:
+        if r.dataset_id in points:
+            points[r.dataset_id].append(point_of(r, norm, prior))
+    return {d: normalized_hypervolume(np.array(p)) if p else 0.0 for d, p in points.items()}
+
+
 def hv_history(results: list[ResultRecord], profiles: dict, dataset_ids: list[str]) -> list[float]:
     """Mean normalized hypervolume across the datasets after each result, in commit order."""
     norm, prior = normalizer_for(profiles), Prior({}, profiles)

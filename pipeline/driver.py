@@ -128,18 +128,16 @@ class Driver:
             self.log(f"[{self.used_budget}/{self.config.max_jobs}] FAILED {spec.dataset_id} {spec.arch} "
                      f"after {attempts} attempt(s): {last_line}")
 
-    def _dataset_hv(self, dataset_id: str) -> float:
-        """One dataset's normalized hypervolume (only the dataset that changed is recomputed)."""
-        import numpy as np
-
-        from pipeline.acquisition import normalizer_for, point_of
-        from pipeline.pareto import normalized_hypervolume
-        from pipeline.prior import Prior, profile_pool
+    def _pool_profiles(self) -> dict:
+        from pipeline.prior import profile_pool
         if self._profiles is None:
             self._profiles = profile_pool(self.store, self.manifest, self.config.train.image_size, self.log)
-        norm, prior = normalizer_for(self._profiles), Prior({}, self._profiles)
-        pts = [point_of(r, norm, prior) for r in self.results if r.dataset_id == dataset_id]
-        return normalized_hypervolume(np.array(pts)) if pts else 0.0
+        return self._profiles
+
+    def _dataset_hv(self, dataset_id: str) -> float:
+        """One dataset's normalized hypervolume (only the dataset that changed is recomputed)."""
+        from pipeline.acquisition import dataset_hypervolumes
+        return dataset_hypervolumes(self.results, self._pool_profiles(), [dataset_id])[dataset_id]
 
     def mean_hypervolume(self) -> float:
         """The mean over the zoo's datasets of their normalized hypervolumes, now."""
@@ -166,10 +164,7 @@ class Driver:
 
     def hv_history(self) -> list[float]:
         from pipeline.acquisition import hv_history
-        from pipeline.prior import profile_pool
-        if self._profiles is None:
-            self._profiles = profile_pool(self.store, self.manifest, self.config.train.image_size, self.log)
-        return hv_history(self.results, self._profiles, sorted(self.datasets))
+        return hv_history(self.results, self._pool_profiles(), sorted(self.datasets))
 
     def _stop_reason(self) -> str | None:
         """A termination condition other than the job budget, once it holds."""

@@ -45,11 +45,17 @@ class Prior:
         return min(lat), max(lat), min(par), max(par)
 
 
+def cached_profiles(store: ZooStore) -> dict[str, ArchProfile] | None:
+    """The arch profiles cached in the zoo, or None before a build has profiled the pool."""
+    if not store.exists(PROFILES_KEY):
+        return None
+    return {r["arch"]: ArchProfile(**r) for r in store.read_table(PROFILES_KEY).to_pylist()}
+
+
 def profile_pool(store: ZooStore, manifest: Manifest, image_size: int, log=print) -> dict[str, ArchProfile]:
     """The pool's arch profiles, computed once and cached in the zoo."""
-    if store.exists(PROFILES_KEY):
-        rows = store.read_table(PROFILES_KEY).to_pylist()
-        cached = {r["arch"]: ArchProfile(**r) for r in rows}
+    cached = cached_profiles(store)
+    if cached is not None:
         wanted = [a.id for a in arch_pool(manifest.pool_seed, manifest.pool_size)]
         if set(wanted) <= set(cached):
             return {a: cached[a] for a in wanted}

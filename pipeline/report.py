@@ -22,7 +22,7 @@ import numpy as np
 
 from pipeline.pareto import front_indices
 from pipeline.state import read_state
-from pipeline.status import zoo_status
+from pipeline.status import hypervolumes, zoo_status
 from zoo_schema.store import ZooStore
 
 
@@ -131,23 +131,20 @@ def latent_figure(points: dict, path: Path) -> None:
 
 
 def write_report(store: ZooStore, out: str, log=print) -> Path:
-    from pipeline.acquisition import hv_history
     from pipeline.errors import TansError
-    from pipeline.prior import PROFILES_KEY, ArchProfile
     state = read_state(store)
     if not state.results:
         raise TansError(f"the zoo at {store.uri} has no results to report; build it first")
     folder = Path(out)
     (folder / "pareto").mkdir(parents=True, exist_ok=True)
-    status = zoo_status(store)
+    hv = hypervolumes(store, state)
+    status = zoo_status(store, state, hv)
     by_dataset: dict[str, list] = {}
     for r in state.results:
         by_dataset.setdefault(r.dataset_id, []).append(r)
     figures = []
-    if store.exists(PROFILES_KEY):
-        profiles = {r["arch"]: ArchProfile(**r) for r in store.read_table(PROFILES_KEY).to_pylist()}
-        history = hv_history(state.results, profiles, [d.dataset_id for d in state.datasets])
-        hypervolume_figure(history, folder / "hypervolume.png")
+    if hv[1]:
+        hypervolume_figure(hv[1], folder / "hypervolume.png")
         figures.append(("Mean hypervolume as the zoo grew", "hypervolume.png"))
     accuracy_figure({d: [r.accuracy for r in rs] for d, rs in by_dataset.items()}, folder / "accuracy.png")
     figures.append(("Accuracy per dataset", "accuracy.png"))

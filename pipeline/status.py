@@ -7,34 +7,29 @@ from zoo_schema.manifest import read_manifest
 from zoo_schema.store import ZooStore
 
 
-def hypervolumes(store: ZooStore, state) -> tuple[dict[str, float], list[dict]]:
-    """Per-dataset normalized hypervolume now, and the mean over datasets as the zoo grew.
+def hypervolumes(store: ZooStore, state) -> tuple[dict[str, float], list[float]]:
+    """Per-dataset normalized hypervolume now, and the mean over datasets after each result.
 
     Derived from the results (commit order) and the pool profiles cached in the zoo; empty
     when no build has profiled the pool yet.
     """
-    from pipeline.acquisition import hv_history, normalizer_for, point_of
-    from pipeline.pareto import normalized_hypervolume
-    from pipeline.prior import PROFILES_KEY, ArchProfile, Prior
-    import numpy as np
-    if not store.exists(PROFILES_KEY) or not state.results:
+    from pipeline.acquisition import dataset_hypervolumes, hv_history
+    from pipeline.prior import cached_profiles
+    profiles = cached_profiles(store)
+    if profiles is None or not state.results:
         return {}, []
-    profiles = {r["arch"]: ArchProfile(**r) for r in store.read_table(PROFILES_KEY).to_pylist()}
-    norm, prior = normalizer_for(profiles), Prior({}, profiles)
-    per_dataset = {}
-    for d in state.datasets:
-        pts = [point_of(r, norm, prior) for r in state.results if r.dataset_id == d.dataset_id]
-        per_dataset[d.dataset_id] = normalized_hypervolume(np.array(pts)) if pts else 0.0
-    history = hv_history(state.results, profiles, [d.dataset_id for d in state.datasets])
-    step = max(1, len(history) // 20)
-    marks = sorted(set(range(step - 1, len(history), step)) | {len(history) - 1})
-    return per_dataset, [{"results": i + 1, "mean_hypervolume": round(history[i], 5)} for i in marks]
+    ids = [d.dataset_id for d in state.datasets]
+    return dataset_hypervolumes(state.results, profiles, ids), hv_history(state.results, profiles, ids)
 
 
-def zoo_status(store: ZooStore) -> dict:
-    state = read_state(store)
+def zoo_status(store: ZooStore, state=None, hv=None) -> dict:
+    """What the zoo holds; `state` and `hv` (from `hypervolumes`) when the caller has them."""
+    state = state if state is not None else read_state(store)
     manifest = read_manifest(store)
-    hv, hv_history = hypervolumes(store, state)
+    hv, history = hv if hv is not None else hypervolumes(store, state)
+    step = max(1, len(history) // 20)
+    marks = sorted(set(range(step - 1, len(history), step)) | {len(history) - 1}) if history else []
+    hv_history = [{"results": i + 1, "mean_hypervolume": round(history[i], 5)} for i in marks]
     failed_ids = {f.job_id for f in state.failures} - state.done_ids
     rows = []
     for d in state.datasets:
