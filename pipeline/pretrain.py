@@ -84,7 +84,7 @@ def start_supernet(store: ZooStore, settings: PretrainSettings):
     return build_supernet(settings.width), f"random-seed{settings.seed}"
 
 
-def sandwich_configs(supernet, rng: random.Random, n_random: int) -> list[dict | None]:
+def sandwich_configs(rng: random.Random, n_random: int) -> list[dict | None]:
     """Largest (None = set_max_net), smallest, then n random subnet configs."""
     from workers.ofa_space import DEPTHS, EXPANDS, KERNELS, sample_arch
     smallest = {"ks": min(KERNELS), "e": min(EXPANDS), "d": min(DEPTHS)}
@@ -126,7 +126,7 @@ def pretrain_base(store: ZooStore, out: str, settings: PretrainSettings = Pretra
         xb, yb = x[idx], y[idx]
         opt.zero_grad(set_to_none=True)
         teacher, step_loss = None, 0.0
-        for config in sandwich_configs(supernet, rng, settings.random_subnets):
+        for config in sandwich_configs(rng, settings.random_subnets):
             _activate(supernet, config)
             logits = supernet(xb)
             loss = F.cross_entropy(logits, yb)
@@ -144,7 +144,7 @@ def pretrain_base(store: ZooStore, out: str, settings: PretrainSettings = Pretra
                 f"({time.perf_counter() - started:.0f}s)")
     seconds = time.perf_counter() - started
     accuracy = {}
-    for name, config in (("smallest", sandwich_configs(supernet, rng, 0)[1]), ("largest", None)):
+    for name, config in (("smallest", sandwich_configs(rng, 0)[1]), ("largest", None)):
         _activate(supernet, config)
         recalibrate_bn(supernet, x, torch.device("cpu"))  # the largest last: its statistics are saved
         accuracy[name] = evaluate(supernet, xt, yt)

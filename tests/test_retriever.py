@@ -152,7 +152,7 @@ def test_pretrain_base_serves_as_base_weights_and_query_backbone(built_zoo, tmp_
     zoo, _ = built_zoo
     store = open_store(zoo)
     import random as _random
-    configs = sandwich_configs(None, _random.Random(0), 2)
+    configs = sandwich_configs(_random.Random(0), 2)
     assert configs[0] is None and configs[1] == {"ks": 3, "e": 3, "d": 2} and len(configs) == 4
     out = tmp_path / "base" / "pretrained.safetensors"
     summary = pretrain_base(store, str(out), PretrainSettings(steps=6, batch_size=32), log=lambda *_: None)
