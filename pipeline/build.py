@@ -5,13 +5,14 @@ import hashlib
 
 from pipeline.config import BuildConfig
 from pipeline.driver import BuildSummary, Driver
-from pipeline.errors import ConfigError, DatasetError
+from pipeline.errors import ConfigError, DatasetError, Interrupted
 from pipeline.executor import RayExecutor, ReplayExecutor, start_ray
-from pipeline.ingest import ingest, source_filesystem
+from pipeline.ingest import ingest, slug, source_filesystem
 from pipeline.lease import Lease
 from pipeline.prior import profile_pool
 from pipeline.tracking import Tracker
 from zoo_schema.manifest import Manifest, ensure_manifest
+from zoo_schema.redact import redact
 from zoo_schema.store import ZooStore, open_store
 
 
@@ -71,7 +72,7 @@ def wanted_manifest(store: ZooStore, config: BuildConfig) -> Manifest:
 def ingest_all(store: ZooStore, config: BuildConfig, log=print) -> None:
     for root in config.datasets:
         for source in dataset_sources(root, config.s3):
-            report = ingest(store, source, settings=config.ingest, s3=config.s3)
+            report = ingest(store, source, name=dataset_name(config, source), settings=config.ingest, s3=config.s3)
             state = "already in the zoo" if report.already_present else f"{report.images} images"
             skipped = f", {len(report.skipped)} files skipped" if report.skipped else ""
             log(f"dataset {report.name}: {state}{skipped} -> {', '.join(report.dataset_ids)}")
@@ -108,12 +109,46 @@ def make_executor(config: BuildConfig, store: ZooStore, log=print, ray_num_cpus:
     return RayExecutor(store.uri, config.s3, config.resources), manifest
 
 
+def validate_build(config: BuildConfig) -> list[str]:
+    """Everything about a build that can be checked before anything starts (no ingestion, no
+    Ray, no MLflow): the strategy, the executor, and the dataset sources with their names.
+    Returns the dataset sources."""
+    from pipeline.policy import check_strategy
+    check_strategy(config.strategy)
+    if config.executor != "ray" and not (config.executor.startswith("replay:") and len(config.executor) > 7):
+        raise ConfigError(f"unknown executor {config.executor!r}; use 'ray' or 'replay:ZOO_URI'")
+    if config.executor != "ray":
+        return []
+    sources = [s for root in config.datasets for s in dataset_sources(root, config.s3)]
+    by_id: dict[str, str] = {}
+    for source in sources:
+        name = dataset_name(config, source)
+        dataset_id = slug(name)
+        if dataset_id in by_id:
+            raise ConfigError(
+                f"datasets {by_id[dataset_id]} and {source} both get the id {dataset_id!r}; rename one "
+                f"folder, or name it in the config: [names] \"{source.rstrip('/').rsplit('/', 1)[-1]}\" = \"other-name\"")
+        by_id[dataset_id] = source
+    return sources
+
+
+def dataset_name(config: BuildConfig, source: str) -> str:
+    """A source's dataset name: the config's `[names]` entry for its folder or file, else that name."""
+    base = source.rstrip("/").rsplit("/", 1)[-1]
+    return config.names.get(base) or base.removesuffix(".parquet")
+
+
 def run_build(config: BuildConfig, log=print, ray_num_cpus: int | None = None, tracking: bool = True,
               progress=None) -> BuildSummary:
     """Build (or continue building) the zoo of `config`; one driver per zoo (a lease).
-    `progress` (pipeline.progress.Progress) shows the live status line on a terminal."""
+    `progress` (pipeline.progress.Progress) shows the live status line on a terminal.
+
+    The config is validated whole before anything starts. However the build ends, the lease
+    is released and the MLflow run ends FINISHED, FAILED (an error) or KILLED (a signal)."""
+    validate_build(config)
     store = open_store(config.zoo, config.s3)
     lease = Lease(store, ttl=config.lease_seconds, log=log).acquire()
+    tracker = None
     try:
         executor, manifest = make_executor(config, store, log, ray_num_cpus)
         profile_pool(store, manifest, config.train.image_size, log)  # hypervolumes need it, any strategy
@@ -123,12 +158,17 @@ def run_build(config: BuildConfig, log=print, ray_num_cpus: int | None = None, t
                                           "image_size": config.train.image_size}) if tracking else None
         log(f"building zoo {store.uri}: up to {config.max_jobs} jobs, strategy {config.strategy}, "
             f"executor {config.executor}, {config.resources.max_in_flight} in flight"
-            + (f"; MLflow at {tracker.uri}" if tracker else ""))
+            + (f"; MLflow at {redact(tracker.uri)}" if tracker else ""))
         summary = Driver(config, store, manifest, executor, tracker, log, lease=lease, progress=progress).run()
         if config.retrain.after_build and summary.zoo_results:
             from pipeline.retrain import run_retrain
             run_retrain(store, config.retrain, config.train.image_size, config.retrain.if_grown,
                         config.mlflow if tracking else None, log)
+    except BaseException as e:
+        if tracker:
+            tracker.end("KILLED" if isinstance(e, (Interrupted, KeyboardInterrupt)) else "FAILED",
+                        f"{type(e).__name__}: {e}")
+        raise
     finally:
         lease.release()
     log(f"build stopped ({summary.stop_reason}): {summary.finished} finished, {summary.failed} failed "
@@ -136,13 +176,33 @@ def run_build(config: BuildConfig, log=print, ray_num_cpus: int | None = None, t
     return summary
 
 
-def last_build_config(zoo: str, s3=None) -> BuildConfig:
-    """The config of the zoo's most recent build, for `tans resume ZOO`."""
+def last_build_config(zoo: str, s3=None, log=print) -> BuildConfig:
+    """The config of the zoo's most recent build, for `tans resume ZOO`, building the zoo at
+    `zoo` (wherever it was built, copied or moved from). Dataset folders that no longer exist
+    are left out (the zoo keeps what was ingested from them); a masked MLflow URI falls back
+    to $MLFLOW_TRACKING_URI (credentials are never journaled)."""
+    import os
+
     from pipeline.config import build_dataclass
+    from zoo_schema.manifest import require_zoo
+    from zoo_schema.redact import is_redacted
     store = open_store(zoo, s3)
+    require_zoo(store)
     starts = [store.read_json(k) for k in store.list("journal/builds")]
     starts = [s for s in starts if s.get("event") == "start" and "config" in s]
     if not starts:
         raise ConfigError(f"the zoo at {zoo} has no recorded build to resume; start one with "
                           f"`tans build --zoo {zoo} ...`")
-    return build_dataclass(BuildConfig, max(starts, key=lambda s: s["at"])["config"])
+    data = max(starts, key=lambda s: s["at"])["config"]
+    data["zoo"] = zoo
+    if s3 is not None and s3.endpoint_url:
+        data.setdefault("s3", {})["endpoint_url"] = s3.endpoint_url
+    kept = [d for d in data.get("datasets", []) if "://" in d or os.path.isdir(d)]
+    for d in sorted(set(data.get("datasets", [])) - set(kept)):
+        log(f"dataset folder {d} of the last build no longer exists; continuing with what the zoo holds")
+    data["datasets"] = kept
+    if is_redacted(data.get("mlflow", {}).get("tracking_uri", "")):
+        log("the last build's MLflow URI held credentials, which are never journaled; "
+            "using $MLFLOW_TRACKING_URI")
+        data["mlflow"]["tracking_uri"] = ""
+    return build_dataclass(BuildConfig, data)

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 
-from pipeline.errors import TansError
+from pipeline.errors import Interrupted, TansError
+from zoo_schema.redact import redact
 
 
 def _build_overrides(args) -> dict:
@@ -75,20 +78,57 @@ def _resume(args) -> int:
     return 0 if summary.finished or summary.zoo_results else 1
 
 
+def _open_existing(args):
+    """The zoo a read-only command was given; a path with no zoo is an error, never created."""
+    from zoo_schema.manifest import require_zoo
+    from zoo_schema.store import S3Settings, open_store
+    store = open_store(args.zoo, S3Settings(endpoint_url=args.s3_endpoint))
+    require_zoo(store)
+    return store
+
+
 def _verify(args) -> int:
     from pipeline.verify import verify_zoo
-    from zoo_schema.store import S3Settings, open_store
-    report = verify_zoo(open_store(args.zoo, S3Settings(endpoint_url=args.s3_endpoint)), args.clean_orphans)
+    report = verify_zoo(_open_existing(args), args.clean_orphans, dry_run=args.dry_run)
     if args.json:
-        print(json.dumps(report, indent=1))
+        print(json.dumps(report.as_dict(), indent=1))
+        return 1 if report.problems else 0
+    print(f"zoo {report.zoo}: {report.results_checked} results, {report.datasets_checked} datasets and "
+          f"{report.retriever_versions_checked} retriever versions checked, {len(report.problems)} problem(s), "
+          f"{len(report.orphans)} orphan(s), {len(report.temp_files)} temp file(s)")
+    if report.legacy_checkpoint_refs:
+        print(f"  {report.legacy_checkpoint_refs} result row(s) of schema 1 name their checkpoint by absolute "
+              "URI; they are read as keys of this zoo (nothing to do)")
+    for p in report.problems:
+        action = "quarantined" if report.quarantined else "would be quarantined (--dry-run)"
+        print(f"  {p.key}: {p.problem} ({action}); repair: {p.repair}")
+    verb = "deleted" if report.orphans_deleted else "would be deleted by --clean-orphans"
+    for k in report.orphans[:50]:
+        print(f"  orphan ({verb}): {k}")
+    if len(report.orphans) > 50:
+        print(f"  ... and {len(report.orphans) - 50} more orphans (--json lists all)")
+    for k in report.temp_files:
+        print(f"  temp file of an interrupted write: {k}")
+    return 1 if report.problems else 0
+
+
+def _lease(args) -> int:
+    from pipeline.lease import break_lease, inspect, read_lease
+    from zoo_schema.store import S3Settings, open_store
+    store = open_store(args.zoo, S3Settings(endpoint_url=args.s3_endpoint))
+    if args.lease_command == "break":
+        print(break_lease(store, args.force))
+        return 0
+    lease = read_lease(store)
+    info = {"zoo": store.uri, **(inspect(lease) if lease else {"holder": None})}
+    if args.json:
+        print(json.dumps(info, indent=1))
+    elif lease is None:
+        print(f"zoo {store.uri}: no lease; no driver is building it")
     else:
-        print(f"zoo {report['zoo']}: {report['results_checked']} results and "
-              f"{report['datasets_checked']} datasets checked, {len(report['problems'])} problem(s), "
-              f"{len(report['orphan_checkpoints'])} orphan checkpoint(s)"
-              + (" deleted" if report["orphans_deleted"] and report["orphan_checkpoints"] else ""))
-        for p in report["problems"]:
-            print(f"  {p['key']}: {p['problem']} (quarantined; a later build re-trains the job)")
-    return 1 if report["problems"] else 0
+        state = {True: "stale", False: "fresh", None: "stale only if unchanged for a TTL"}[info["stale"]]
+        print(f"zoo {store.uri}: leased by {info['holder']} ({info['why']}), ttl {info['ttl_s']:g}s: {state}")
+    return 0
 
 
 def _retrain(args) -> int:
@@ -97,11 +137,10 @@ def _retrain(args) -> int:
     from pipeline.config import MlflowSettings, RetrainSettings
     from pipeline.retrain import run_retrain
     from zoo_schema.manifest import read_manifest
-    from zoo_schema.store import S3Settings, open_store
-    store = open_store(args.zoo, S3Settings(endpoint_url=args.s3_endpoint))
+    store = _open_existing(args)
     manifest = read_manifest(store)
     if manifest is None:
-        raise TansError(f"{args.zoo} is not a tans zoo (no manifest.json); build one with `tans build`")
+        raise TansError(f"{args.zoo} holds datasets but no built networks yet; build it with `tans build`")
     settings = RetrainSettings()
     for name in ("steps", "positive", "seed", "backbone"):
         if getattr(args, name) is not None:
@@ -115,13 +154,13 @@ def _pretrain_base(args) -> int:
     from dataclasses import replace
 
     from pipeline.pretrain import PretrainSettings, pretrain_base
-    from zoo_schema.store import S3Settings, open_store
+    from zoo_schema.store import S3Settings
     s3 = S3Settings(endpoint_url=args.s3_endpoint)
     settings = PretrainSettings()
     for name in ("steps", "batch_size", "lr", "image_size", "random_subnets", "seed"):
         if getattr(args, name) is not None:
             settings = replace(settings, **{name: getattr(args, name)})
-    summary = pretrain_base(open_store(args.zoo, s3), args.out, settings, s3)
+    summary = pretrain_base(_open_existing(args), args.out, settings, s3)
     if args.json:
         print(json.dumps(summary))
     return 0
@@ -129,10 +168,10 @@ def _pretrain_base(args) -> int:
 
 def _search(args) -> int:
     from retriever.search import Constraints, search_dataset
-    from zoo_schema.store import S3Settings, open_store
+    from zoo_schema.store import S3Settings
     s3 = S3Settings(endpoint_url=args.s3_endpoint)
     constraints = Constraints(args.max_params, args.max_flops, args.max_latency_ms)
-    hits = search_dataset(open_store(args.zoo, s3), args.dataset, constraints, args.top_k, s3=s3)
+    hits = search_dataset(_open_existing(args), args.dataset, constraints, args.top_k, s3=s3)
     if args.json:
         print(json.dumps(hits, indent=1))
         return 0
@@ -157,16 +196,14 @@ def _finetune(args) -> int:
 
 def _status(args) -> int:
     from pipeline.status import format_status, zoo_status
-    from zoo_schema.store import S3Settings, open_store
-    status = zoo_status(open_store(args.zoo, S3Settings(endpoint_url=args.s3_endpoint)))
+    status = zoo_status(_open_existing(args))
     print(json.dumps(status, indent=1) if args.json else format_status(status))
     return 0
 
 
 def _report(args) -> int:
     from pipeline.report import write_report
-    from zoo_schema.store import S3Settings, open_store
-    write_report(open_store(args.zoo, S3Settings(endpoint_url=args.s3_endpoint)), args.out)
+    write_report(_open_existing(args), args.out)
     return 0
 
 
@@ -204,6 +241,16 @@ def _build_flags(b) -> None:
     b.add_argument("--seed", type=int)
     b.add_argument("--max-in-flight", type=int, help="fine-tuning jobs running at once")
     b.add_argument("--mlflow-uri", help="MLflow tracking URI (default sqlite:///./mlflow.db)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def parser() -> argparse.ArgumentParser:
@@ -246,9 +293,22 @@ def parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="check every result, checkpoint and dataset; quarantine corrupt ones")
     v.add_argument("zoo")
     v.add_argument("--json", action="store_true")
-    v.add_argument("--clean-orphans", action="store_true", help="delete checkpoints no result refers to")
+    v.add_argument("--clean-orphans", action="store_true",
+                   help="delete the listed orphans (objects nothing references) and old temp files")
+    v.add_argument("--dry-run", action="store_true", help="only report: quarantine and delete nothing")
     v.add_argument("--s3-endpoint", help="S3 endpoint URL (or AWS_ENDPOINT_URL)")
     v.set_defaults(func=_verify)
+
+    le = sub.add_parser("lease", help="show or break the zoo's driver lease (one driver per zoo)")
+    lsub = le.add_subparsers(dest="lease_command", required=True)
+    ls = lsub.add_parser("show", help="who holds the lease, its age and TTL, and whether it is stale")
+    ls.add_argument("--json", action="store_true")
+    lb = lsub.add_parser("break", help="remove a stale, dead or corrupt lease (a fresh one with --force)")
+    lb.add_argument("--force", action="store_true", help="remove a fresh lease too: only if its driver is dead")
+    for cmd in (ls, lb):
+        cmd.add_argument("zoo")
+        cmd.add_argument("--s3-endpoint", help="S3 endpoint URL (or AWS_ENDPOINT_URL)")
+        cmd.set_defaults(func=_lease)
 
     t = sub.add_parser("retrain", help="meta-train a new retriever version over the zoo")
     t.add_argument("zoo")
@@ -280,7 +340,7 @@ def parser() -> argparse.ArgumentParser:
     q = sub.add_parser("search", help="rank the zoo's pretrained networks for a dataset")
     q.add_argument("zoo")
     q.add_argument("--dataset", required=True, help="ImageFolder directory or Parquet file (local or s3://)")
-    q.add_argument("--top-k", type=int, default=10)
+    q.add_argument("--top-k", type=_positive_int, default=10, help="how many networks to list (>= 1)")
     q.add_argument("--max-params", type=float)
     q.add_argument("--max-flops", type=float)
     q.add_argument("--max-latency-ms", type=float)
@@ -329,17 +389,68 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+EXIT_USAGE = 2      # argparse: a mistyped command or flag
+EXIT_ERROR = 3      # a tans error: bad input, config, storage; the message says what to do
+EXIT_BUILD = 1      # a build or command that ran but did not succeed (nothing finished, a failed job)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit code. SIGTERM and SIGINT stop it cleanly (every
+    `finally` runs: the lease is released, the MLflow run ends KILLED) with 143 and 130."""
     args = parser().parse_args(argv)
+    previous = _on_signals(_raise_interrupted)
     try:
         return args.func(args)
     except TansError as e:
-        print(f"tans: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("tans: interrupted; run the same command again to continue", file=sys.stderr)
-        return 130
+        print(f"tans: error: {redact(str(e))}", file=sys.stderr)
+        return EXIT_ERROR
+    except (KeyboardInterrupt, Interrupted) as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(f"tans: stopped by {signal.Signals(signum).name}; run the same command again to continue",
+              file=sys.stderr)
+        return 128 + signum
+    finally:
+        _on_signals(previous)
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
+def _on_signals(handler):
+    """Install `handler` for SIGTERM and SIGINT (main thread only); returns the previous ones."""
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if handler is None:
+        return None
+    if callable(handler):
+        return {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    for s, h in handler.items():
+        signal.signal(s, h)
+    return None
+
+
+def run() -> None:
+    """The `tans` console script: main(), then an exit that skips interpreter teardown.
+
+    Native thread pools (Arrow's, gRPC's) can abort a process that tears down while they
+    still run ("terminate called without an active exception", exit 134). Everything tans
+    owns is closed before: Ray is shut down (its local processes stop), Arrow's S3 client
+    is finalized, and the standard streams are flushed."""
+    code = main()
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+    if "pyarrow.fs" in sys.modules:
+        try:
+            sys.modules["pyarrow.fs"].finalize_s3()
+        except Exception:  # noqa: BLE001 - S3 was never initialized
+            pass
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -88,6 +88,7 @@ class BuildConfig:
     address: str = ""               # Ray address; empty starts a local Ray
     executor: str = "ray"           # "ray", or "replay:ZOO_URI" to answer jobs from an evaluated zoo
     lease_seconds: float = 60.0     # a driver's lease on the zoo goes stale this long after its last heartbeat
+    names: dict[str, str] = field(default_factory=dict)  # dataset folder/file name -> dataset name
     train: TrainSettings = TrainSettings()
     arch: ArchSettings = ArchSettings()
     resources: ResourceSettings = ResourceSettings()
@@ -101,6 +102,7 @@ class BuildConfig:
     def __post_init__(self):
         checks = [
             (self.max_jobs >= 0, "max_jobs must be >= 0"),
+            (self.lease_seconds >= 3, "lease_seconds must be at least 3 (seconds)"),
             (self.train.epochs >= 1, "train.epochs must be >= 1"),
             (self.train.image_size >= 16, "train.image_size must be >= 16"),
             (self.train.batch_size >= 2, "train.batch_size must be >= 2"),
@@ -122,7 +124,7 @@ class BuildConfig:
 
 def _coerce(value, annotation: str, where: str):
     kinds = {"int": int, "float": (int, float), "str": str, "bool": bool,
-             "list[str]": list, "str | None": (str, type(None))}
+             "list[str]": list, "str | None": (str, type(None)), "dict[str, str]": dict}
     expected = kinds.get(annotation)
     if expected is None:
         return value
@@ -134,6 +136,8 @@ def _coerce(value, annotation: str, where: str):
         return float(value)
     if annotation == "list[str]" and not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{where} must be a list of strings")
+    if annotation == "dict[str, str]" and not all(isinstance(v, str) and v for v in value.values()):
+        raise ConfigError(f"{where} must map names to non-empty strings")
     return value
 
 

@@ -7,18 +7,30 @@ journal), so stopping anywhere and running the build again continues it.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from dataclasses import dataclass, field
 
 from pipeline.config import BuildConfig
 from pipeline.policy import Pair, create_policy
-from pipeline.state import (SNAPSHOT_MIN_NEW, ZooState, read_state, record_failure, write_journal,
-                            write_snapshot)
+from pipeline.ingest import read_datasets
+from pipeline.state import (SNAPSHOT_MIN_NEW, ZooState, read_failures, record_failure, scan_results,
+                            write_journal, write_snapshot)
+from pipeline.verify import quarantine
 from workers.ofa_space import arch_pool
 from workers.job import JobSpec
 from zoo_schema.manifest import Manifest
 from zoo_schema.records import DatasetRecord, ResultRecord
+from zoo_schema.redact import redact_obj
 from zoo_schema.store import ZooStore
+
+
+def journal_config(config: BuildConfig) -> dict:
+    """The config as the journal keeps it for `tans resume`: local dataset folders made
+    absolute (a resume may run from another directory), credentials in URIs masked."""
+    data = dataclasses.asdict(config)
+    data["datasets"] = [d if "://" in d else os.path.abspath(d) for d in config.datasets]
+    return redact_obj(data)
 
 
 @dataclass
@@ -49,18 +61,20 @@ class Driver:
         pool = [a.id for a in arch_pool(manifest.pool_seed, manifest.pool_size)]
         self.policy = create_policy(config.strategy, config.seed, pool, store=store, manifest=manifest,
                                     config=config, log=log)
-        state = read_state(store, config.resources.max_attempts)
-        self.datasets: dict[str, DatasetRecord] = {d.dataset_id: d for d in state.datasets}
-        self.results: list[ResultRecord] = list(state.results)
-        self.failures = list(state.failures)
+        scan = scan_results(store)
+        for key, reason in scan.unusable:  # the driver sets them aside; their jobs are trained again
+            quarantine(store, key, reason)
+        self.datasets: dict[str, DatasetRecord] = {d.dataset_id: d for d in read_datasets(store)}
+        self.results: list[ResultRecord] = list(scan.results)
+        self.failures = read_failures(store)
         self.pending: set[Pair] = set()
         self.summary = BuildSummary()
         self._stop: str | None = None
         self._profiles = None
         self._started = time.monotonic()
-        self._snapshot_at = len(self.results)
+        self._snapshot_at = len(self.results) - scan.outside_snapshot  # rewritten after 64 more
         write_journal(store, "builds", {"event": "start", "results": len(self.results),
-                                        "config": dataclasses.asdict(config)})
+                                        "config": journal_config(config)})
 
     @property
     def state(self) -> ZooState:

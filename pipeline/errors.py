@@ -22,3 +22,14 @@ class StorageError(TansError):
 
 class ZooConflictError(TansError):
     """The zoo already holds something that contradicts what was asked for."""
+
+
+class Interrupted(BaseException):
+    """A signal (SIGTERM, SIGINT) asked tans to stop; raised in the main thread so that every
+    `finally` runs (the lease is released, the MLflow run ends KILLED). Not a TansError: it
+    is not an error of the input, and `except Exception` does not swallow it."""
+
+    def __init__(self, signum: int):
+        import signal
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum

@@ -17,8 +17,13 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import os
 import random
 import re
+import shlex
+import stat
+import uuid
+import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -28,6 +33,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import DatasetError, StorageError
 from zoo_schema.records import DatasetRecord, from_table, to_table
+from zoo_schema import layout
 from zoo_schema.store import S3Settings, ZooStore
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
@@ -42,6 +48,11 @@ class IngestSettings:
     test_fraction: float = 0.2
     split_seed: int = 0
     max_side: int = 256            # images are stored downscaled to at most this side
+    max_pixels: int = 40_000_000   # larger images are skipped undecoded (decompression bombs)
+
+
+class ImageTooLarge(ValueError):
+    """An image refused before decoding because of its pixel count; the message is the reason."""
 
 
 @dataclass(frozen=True)
@@ -54,10 +65,18 @@ class IngestReport:
 
 
 def slug(name: str) -> str:
+    """The dataset id for a name: plain [a-z0-9-], since zoo keys are ASCII only.
+
+    ASCII names keep their plain slug (existing zoos use those ids). A name with non-ASCII
+    characters gets a hash of the whole name appended (or, with no ASCII letters or digits,
+    in place of the slug), so `数据` and `图片`, or `café` and `cafe`, get distinct ids."""
     s = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-    if not s:
+    if not any(ch.isalnum() for ch in name):
         raise DatasetError(f"dataset name {name!r} has no letters or digits; pass --name")
-    return s[:80]
+    if name.isascii():
+        return s[:80]
+    digest = hashlib.sha256(name.encode()).hexdigest()
+    return f"{s[:73].rstrip('-')}-{digest[:6]}" if s else f"ds-{digest[:10]}"
 
 
 # -- reading sources ----------------------------------------------------------------------
@@ -95,51 +114,165 @@ def read_source(uri: str, s3: S3Settings | None = None) -> tuple[list[tuple[str,
         if not path.endswith(".parquet"):
             raise DatasetError(f"dataset source {uri} is a file but not .parquet; pass an ImageFolder "
                                "directory or a Parquet file with image and label columns")
-        return _read_parquet(fs, path, uri), []
-    items, skipped = [], []
-    for f in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
-        if f.type != pafs.FileType.File:
-            continue
-        rel = f.path[len(path):].lstrip("/")
-        parts = rel.split("/")
-        if parts[-1].startswith("."):
-            continue
-        if len(parts) < 2:
-            skipped.append((rel, "not inside a class folder"))
-            continue
-        if "." + parts[-1].rsplit(".", 1)[-1].lower() not in IMAGE_SUFFIXES:
-            skipped.append((rel, "not an image file name"))
-            continue
-        with fs.open_input_stream(f.path) as fh:
-            items.append((parts[0], rel, fh.read()))
+        return _read_parquet(fs, path, uri)
+    if isinstance(fs, pafs.LocalFileSystem):
+        files, skipped = _local_files(path)
+    else:  # object stores have no symlinks; hidden names are skipped as on disk
+        files, skipped = [], []
+        for f in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
+            rel = f.path[len(path):].lstrip("/")
+            if f.type != pafs.FileType.File or _hidden(rel):
+                continue
+            if reason := _name_skip(rel):
+                skipped.append((rel, reason))
+            else:
+                files.append((rel, f.path))
+    items = []
+    for rel, full in files:
+        with fs.open_input_stream(full) as fh:
+            items.append((rel.split("/")[0], rel, fh.read()))
     return items, skipped
 
 
-def _read_parquet(fs, path, uri) -> list[tuple[str, str, bytes]]:
+def _hidden(rel: str) -> bool:
+    """Hidden files and folders (`.ipynb_checkpoints`, `.DS_Store`) are tool debris, not classes."""
+    return any(part.startswith(".") for part in rel.split("/"))
+
+
+def _name_skip(rel: str) -> str | None:
+    """Why a file is not a candidate image by its path alone, or None."""
+    if "/" not in rel:
+        return "not inside a class folder"
+    if "." + rel.rsplit(".", 1)[-1].lower() not in IMAGE_SUFFIXES:
+        return "not an image file name"
+    return None
+
+
+def _local_files(root: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(relative name, path) of each candidate image below a local folder, plus skipped files.
+
+    Symlinks are followed only while they stay inside the folder: pyarrow's recursive listing
+    follows every link, so `up -> ..` multiplied the images and a link to `/` would have copied
+    host files into the zoo. Each folder is walked once (link cycles) and each file read once
+    (by device and inode, so hard links count as the same file too)."""
+    real_root = os.path.realpath(root)
+    files, skipped, seen_dirs, seen_files = [], [], {real_root}, {}
+
+    def inside(real: str) -> bool:
+        return os.path.commonpath([real_root, real]) == real_root
+
+    def file_skip(path: str, rel: str) -> str | None:
+        if not inside(os.path.realpath(path)):
+            return "symlink leaves the dataset folder"
+        if reason := _name_skip(rel):
+            return reason
+        try:
+            st = os.stat(path)
+        except OSError as e:  # a dangling symlink, no permission
+            return f"cannot read file ({e.strerror})"
+        if not stat.S_ISREG(st.st_mode):
+            return "not a regular file"  # reading a FIFO or device would block or never end
+        first = seen_files.setdefault((st.st_dev, st.st_ino), rel)
+        return None if first == rel else f"same file as {first}"
+
+    for top, dirs, names in os.walk(root, followlinks=True):
+        here = os.path.relpath(top, root).replace(os.sep, "/")
+        prefix = "" if here == "." else here + "/"
+        walk = []
+        for d in sorted(dirs):
+            real = os.path.realpath(os.path.join(top, d))
+            if d.startswith(".") or real in seen_dirs:
+                continue
+            if inside(real):
+                seen_dirs.add(real)
+                walk.append(d)
+            else:
+                skipped.append((prefix + d, "symlink leaves the dataset folder"))
+        dirs[:] = walk
+        for name in sorted(n for n in names if not n.startswith(".")):
+            if reason := file_skip(os.path.join(top, name), prefix + name):
+                skipped.append((prefix + name, reason))
+            else:
+                files.append((prefix + name, os.path.join(top, name)))
+    return files, skipped
+
+
+def _read_parquet(fs, path, uri) -> tuple[list[tuple[str, str, bytes]], list[tuple[str, str]]]:
+    """Rows as (label, "row i", image bytes), plus rows without image bytes as skipped.
+
+    Null labels are refused rather than guessed: str(None) made them a class "None"."""
     with fs.open_input_file(path) as fh:
         table = pq.read_table(fh)
     missing = {"image", "label"} - set(table.column_names)
     if missing:
         raise DatasetError(f"Parquet dataset {uri} lacks column(s) {sorted(missing)}; it needs "
                            "'image' (bytes) and 'label' (int or string)")
-    images = table.column("image").to_pylist()
-    labels = table.column("label").to_pylist()
-    items = []
-    for i, (img, label) in enumerate(zip(images, labels)):
+    nulls = table.column("label").null_count
+    if nulls:
+        raise DatasetError(f"Parquet dataset {uri}: {nulls} of {table.num_rows} rows have a null "
+                           "label; drop those rows or fill in their label, then add it again")
+    items, skipped = [], []
+    for i, (img, label) in enumerate(zip(table.column("image").to_pylist(),
+                                         table.column("label").to_pylist())):
         if isinstance(img, dict):
             img = img.get("bytes")
-        items.append((str(label), f"row {i}", img or b""))
-    return items
+        if img:
+            items.append((str(label), f"row {i}", img))
+        else:
+            skipped.append((f"row {i}", "no image bytes"))
+    return items, skipped
 
 
 # -- validation ---------------------------------------------------------------------------
 
-def decode_rgb_png(raw: bytes, max_side: int) -> bytes:
-    """Decode any PIL-readable image, convert to RGB, downscale, re-encode as PNG."""
+def _open_limited(raw: bytes, max_side: int, max_pixels: int):
+    """The image opened lazily, its size checked before anything is decoded.
+
+    A few hundred KB of PNG can decode to gigabytes (a decompression bomb). JPEGs are set to
+    decode at 1/2..1/8 scale (they are downscaled anyway), so the limit counts that size. PIL's
+    own bomb warning at open is superseded by max_pixels; its errors raise ImageTooLarge."""
     from PIL import Image
 
-    with Image.open(io.BytesIO(raw)) as im:
-        im.load()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(raw))
+    except Image.DecompressionBombError as e:
+        raise ImageTooLarge(f"image refused by PIL: {e}") from None
+    width, height = im.size
+    im.draft("RGB", (max_side, max_side))  # no-op except for JPEG
+    if im.width * im.height > max_pixels:
+        im.close()
+        raise ImageTooLarge(f"image is {width}x{height} = {width * height / 1e6:.1f} MP, over "
+                            f"ingest.max_pixels ({max_pixels / 1e6:.1f} MP)")
+    return im
+
+
+def _to_8bit(im):
+    """16-bit, 32-bit and float images scaled to 8-bit 'L': convert('RGB') clips their values,
+    so a 16-bit scan became all white. Values above 255 are taken as 16-bit, floats up to 1 as
+    fractions."""
+    if im.mode not in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return im
+    f = im.convert("F")
+    high = f.getextrema()[1]
+    scale = 255.0 if im.mode == "F" and high <= 1 else 1 / 257 if high > 255 else 1.0
+    return f.point(lambda v: v * scale).convert("L")
+
+
+def decode_rgb_png(raw: bytes, max_side: int, max_pixels: int) -> bytes:
+    """Decode any PIL-readable image, convert to RGB, downscale, re-encode as PNG.
+
+    Raises ImageTooLarge, without decoding, for images over max_pixels."""
+    from PIL import Image
+
+    with _open_limited(raw, max_side, max_pixels) as im, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)  # e.g. a GIF frame larger than its header
+        try:
+            im.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise ImageTooLarge(f"image refused by PIL: {e}") from None
+        im = _to_8bit(im)
         if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
             im = im.convert("RGBA")
             background = Image.new("RGBA", im.size, (255, 255, 255, 255))
@@ -160,7 +293,10 @@ def validate(name: str, items, settings: IngestSettings):
     skipped = []
     for cls, fname, raw in items:
         try:
-            png = decode_rgb_png(raw, settings.max_side)
+            png = decode_rgb_png(raw, settings.max_side, settings.max_pixels)
+        except ImageTooLarge as e:
+            skipped.append((fname, str(e)))
+            continue
         except Exception as e:  # noqa: BLE001 - any decoder failure means a corrupt file
             skipped.append((fname, f"cannot decode image ({type(e).__name__})"))
             continue
@@ -228,12 +364,41 @@ def read_datasets(store: ZooStore) -> list[DatasetRecord]:
     return sorted(records, key=lambda r: r.dataset_id)
 
 
-def _write_split(store: ZooStore, dataset_id: str, split: str, rows) -> None:
+def read_dataset(store: ZooStore, dataset_id: str) -> DatasetRecord:
+    try:
+        (record,) = from_table(DatasetRecord, store.read_table(layout.dataset_key(dataset_id)))
+    except FileNotFoundError:
+        raise DatasetError(f"the zoo at {store.uri} has no dataset {dataset_id!r}; add it with "
+                           "`tans datasets add SOURCE --zoo ZOO`") from None
+    return record
+
+
+def shard_keys(store: ZooStore, record: DatasetRecord, split: str) -> list[str]:
+    """The shards of one split of a dataset record, in order."""
+    prefix = f"{layout.data_prefix(record.dataset_id, record.write_id)}/{split}/"
+    return [k for k in store.list(prefix.rstrip("/")) if k.startswith(prefix) and k.endswith(".parquet")]
+
+
+def shards_digest(keys_and_bytes) -> str:
+    """The sha256 a dataset record holds of its shards: over each shard's name and sha256."""
+    h = hashlib.sha256()
+    for key, data in sorted(keys_and_bytes):
+        h.update(f"{key.rsplit('/', 2)[-2]}/{key.rsplit('/', 1)[-1]} {hashlib.sha256(data).hexdigest()}\n".encode())
+    return h.hexdigest()
+
+
+def _write_split(store: ZooStore, prefix: str, split: str, rows) -> list[tuple[str, bytes]]:
+    written = []
     for i in range(0, max(len(rows), 1), SHARD_ROWS):
         chunk = rows[i:i + SHARD_ROWS]
         table = pa.table({"image": [r[0] for r in chunk], "label": [r[1] for r in chunk]},
                          schema=_DATA_SCHEMA)
-        store.write_table(f"data/{dataset_id}/{split}/part-{i // SHARD_ROWS:05d}.parquet", table)
+        sink = io.BytesIO()
+        pq.write_table(table, sink, compression="zstd")
+        key = f"{prefix}/{split}/part-{i // SHARD_ROWS:05d}.parquet"
+        store.write_bytes(key, sink.getvalue(), create_only=True)
+        written.append((key, sink.getvalue()))
+    return written
 
 
 def ingest(store: ZooStore, source: str, name: str | None = None,
@@ -259,24 +424,46 @@ def ingest(store: ZooStore, source: str, name: str | None = None,
             present += 1
             continue
         train, test = stratified_split(by_class, classes, settings)
-        _write_split(store, dataset_id, "train", train)
-        _write_split(store, dataset_id, "test", test)
+        # Shards go under a fresh prefix and become visible only through the create-only
+        # record naming it: a crash leaves an unreferenced prefix (`tans verify` lists it),
+        # never a mix of two ingestions.
+        write_id = uuid.uuid4().hex[:16]
+        prefix = layout.data_prefix(dataset_id, write_id)
+        shards = _write_split(store, prefix, "train", train) + _write_split(store, prefix, "test", test)
         record = DatasetRecord(
             dataset_id=dataset_id, name=name, num_classes=len(classes), class_names=classes,
             num_train=len(train), num_test=len(test), source=source, content_sha256=digest,
             split_seed=settings.split_seed, skipped_files=len(skipped),
-            created_at=datetime.now(timezone.utc).isoformat())
-        store.write_table(f"datasets/{dataset_id}.parquet", to_table([record]), create_only=True)
+            created_at=datetime.now(timezone.utc).isoformat(), write_id=write_id,
+            data_sha256=shards_digest(shards))
+        if not store.write_table(layout.dataset_key(dataset_id), to_table([record]), create_only=True):
+            for key, _ in shards:  # another ingestion of this dataset committed first: keep theirs
+                store.delete(key)
+            if read_dataset(store, dataset_id).content_sha256 != digest:
+                raise DatasetError(f"the zoo already has a dataset {dataset_id!r} with other content; "
+                                   "ingest this one under another name (--name)")
     images = sum(len(v) for v in by_class.values())
     return IngestReport(name, ids, images, skipped, already_present=present == len(groups))
 
 
 def load_split(store: ZooStore, dataset_id: str, split: str) -> tuple[list[bytes], list[int]]:
-    """The encoded images and labels of one split, as written by `ingest`."""
-    keys = [k for k in store.list(f"data/{dataset_id}/{split}") if k.endswith(".parquet")]
-    if not keys:
-        raise DatasetError(f"the zoo has no {split} data for dataset {dataset_id!r}; "
-                           "ingest it again with `tans datasets add`")
-    tables = [store.read_table(k) for k in keys]
-    table = pa.concat_tables(tables)
+    """The encoded images and labels of one split, as its dataset record names them; a split
+    whose rows do not match the record is refused (the zoo's copy is damaged)."""
+    record = read_dataset(store, dataset_id)
+    keys = shard_keys(store, record, split)
+    expected = record.num_train if split == "train" else record.num_test
+    table = pa.concat_tables([store.read_table(k) for k in keys]) if keys else None
+    if table is None or table.num_rows != expected:
+        raise DatasetError(
+            f"the {split} split of dataset {dataset_id!r} in {store.uri} holds "
+            f"{0 if table is None else table.num_rows} images, its record says {expected}: the zoo's copy "
+            f"is damaged; run `tans verify {store.uri}` (it sets the dataset aside), then "
+            f"{reingest_command(store, record)}")
     return table.column("image").to_pylist(), table.column("label").to_pylist()
+
+
+def reingest_command(store: ZooStore, record: DatasetRecord) -> str:
+    """The command that ingests a dataset again from its recorded source."""
+    seed = f" --split-seed {record.split_seed}" if record.split_seed else ""
+    q = shlex.quote
+    return f"`tans datasets add {q(record.source)} --zoo {q(store.uri)} --name {q(record.name)}{seed}`"

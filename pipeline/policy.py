@@ -23,10 +23,15 @@ def register(name: str):
     return wrap
 
 
-def create_policy(name: str, seed: int, pool: list[str], **kwargs):
+def check_strategy(name: str) -> None:
+    """Refuse an unknown strategy name, listing the valid ones."""
     import pipeline.acquisition  # noqa: F401 (registers "pareto")
     if name not in POLICIES:
         raise ConfigError(f"unknown strategy {name!r}; valid strategies: {', '.join(sorted(POLICIES))}")
+
+
+def create_policy(name: str, seed: int, pool: list[str], **kwargs):
+    check_strategy(name)
     return POLICIES[name](seed=seed, pool=pool, **kwargs)
 
 

@@ -10,7 +10,8 @@ import tempfile
 from pathlib import Path
 
 from pipeline.config import MlflowSettings, RetrainSettings
-from retriever.train import gather, grown_enough, save_version, train_retriever
+from retriever.train import gather, grown_enough, save_version, train_retriever, version_blob
+from zoo_schema.layout import RETRIEVER_FILES, retriever_meta_key
 from zoo_schema.store import ZooStore
 
 REGISTERED_MODEL = "tans-retriever"
@@ -54,8 +55,10 @@ def register(store: ZooStore, version: int, settings: RetrainSettings, metrics: 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "retriever"
         folder.mkdir()
-        for name in ("weights.safetensors", "models.parquet", "meta.json"):
-            (folder / name).write_bytes(store.read_bytes(f"retriever/v{version}/{name}"))
+        meta = store.read_json(retriever_meta_key(version))
+        for name, file in RETRIEVER_FILES.items():
+            (folder / file).write_bytes(version_blob(store, version, meta, name))
+        (folder / "meta.json").write_bytes(store.read_bytes(retriever_meta_key(version)))
         client.log_artifacts(run.info.run_id, str(folder), "retriever")
     try:
         client.create_registered_model(REGISTERED_MODEL)

@@ -5,14 +5,22 @@ Results are the committed rows; failures are journal entries, one file per faile
 from __future__ import annotations
 
 import json
+import logging
 import traceback
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+import pyarrow as pa
+
 from pipeline.ingest import read_datasets
-from zoo_schema.records import DatasetRecord, ResultRecord
+from zoo_schema import layout
+from zoo_schema.records import DatasetRecord, ResultRecord, arrow_schema, from_table, to_table
+from zoo_schema.redact import redact, redact_obj
 from zoo_schema.store import ZooStore
+
+log = logging.getLogger("tans.state")
+CORRUPT = (ValueError, pa.ArrowException, OSError, KeyError)  # what a damaged file raises when read
 
 
 @dataclass(frozen=True)
@@ -49,17 +57,16 @@ class ZooState:
                 if attempts[f.job_id] >= self.max_attempts and f.job_id not in done}
 
 
-SNAPSHOT_KEY = "results_index/snapshot.parquet"
+SNAPSHOT_KEY = layout.SNAPSHOT
 SNAPSHOT_MIN_NEW = 64
 
 
 def result_key(r: ResultRecord) -> str:
-    return f"results/dataset={r.dataset_id}/{r.job_id}.parquet"
+    return layout.result_key(r.dataset_id, r.job_id)
 
 
 def read_result(store: ZooStore, key: str) -> ResultRecord:
     """The one committed row of a result file."""
-    from zoo_schema.records import from_table
     (record,) = from_table(ResultRecord, store.read_table(key))
     return record
 
@@ -70,37 +77,47 @@ def find_result(store: ZooStore, job_id: str) -> ResultRecord | None:
     return read_result(store, keys[0]) if keys else None
 
 
-def read_results(store: ZooStore, refresh_snapshot: bool = True) -> list[ResultRecord]:
-    """Every committed result; an unreadable result file is quarantined, never used.
+@dataclass(frozen=True)
+class ResultsRead:
+    """What reading the committed results found."""
+
+    results: list[ResultRecord]
+    outside_snapshot: int                 # files read one by one (the snapshot did not hold them)
+    unusable: list[tuple[str, str]]       # (key, reason): unreadable, or not its key's job
+
+
+def read_results(store: ZooStore) -> list[ResultRecord]:
+    """Every usable committed result, sorted by (dataset, job). Reads only: see `scan_results`."""
+    return scan_results(store).results
+
+
+def scan_results(store: ZooStore) -> ResultsRead:
+    """Every committed result; unreadable files and files that hold another job's row are
+    left out and reported (the driver and `tans verify` quarantine them; reading writes nothing).
 
     The per-job files are the commits; `results_index/snapshot.parquet` is a cache of
     their rows, so a resume reads one object plus the files committed since, not one
     object per result. Rows of the snapshot count only while their file is still listed
-    (a quarantined result never comes back from the cache). The snapshot is rewritten
-    when at least SNAPSHOT_MIN_NEW files were read outside it.
+    (a quarantined result never comes back from the cache).
     """
     keys = [k for k in store.list("results") if k.endswith(".parquet")]
     if not keys:
-        return []
+        return ResultsRead([], 0, [])
     listed = set(keys)
     rows = {k: r for k, r in _read_snapshot(store).items() if k in listed}
     missing = [k for k in keys if k not in rows]
-    rows.update(_read_files(store, missing))
-    if refresh_snapshot and len(missing) >= SNAPSHOT_MIN_NEW:
-        write_snapshot(store, list(rows.values()))
-    return sorted(rows.values(), key=lambda r: (r.dataset_id, r.job_id))
+    found, unusable = _read_files(store, missing)
+    rows.update(found)
+    return ResultsRead(sorted(rows.values(), key=lambda r: (r.dataset_id, r.job_id)), len(missing), unusable)
 
 
 def write_snapshot(store: ZooStore, results: list[ResultRecord]) -> None:
     """Cache these committed results' rows in one object (atomic replace)."""
-    from zoo_schema.records import to_table
     if results:
         store.write_table(SNAPSHOT_KEY, to_table(results))
 
 
 def _read_snapshot(store: ZooStore) -> dict[str, ResultRecord]:
-    from pipeline.verify import CORRUPT
-    from zoo_schema.records import from_table
     try:
         return {result_key(r): r for r in from_table(ResultRecord, store.read_table(SNAPSHOT_KEY))}
     except FileNotFoundError:
@@ -109,29 +126,46 @@ def _read_snapshot(store: ZooStore) -> dict[str, ResultRecord]:
         return {}  # a damaged cache is rebuilt from the commits
 
 
-def _read_files(store: ZooStore, keys: list[str]) -> dict[str, ResultRecord]:
-    """Result files by key: as one threaded pyarrow dataset, or one by one if one is bad."""
+def check_result(key: str, record: ResultRecord) -> str | None:
+    """Why a result file's row is not its key's job (None when it is)."""
+    if result_key(record) != key:
+        return (f"holds the row of job {record.job_id} (dataset {record.dataset_id}), "
+                f"not of the job its key names")
+    return None
+
+
+def _read_files(store: ZooStore, keys: list[str]) -> tuple[dict[str, ResultRecord], list[tuple[str, str]]]:
+    """Result files by key: as one threaded pyarrow dataset, or one by one if that fails or
+    any row is not its file's (a dataset read cannot tell which file a row came from)."""
     import pyarrow.dataset as pads
-    from pipeline.verify import CORRUPT, quarantine
-    from zoo_schema.records import arrow_schema, from_table
     if not keys:
-        return {}
+        return {}, []
     fs, base = store.arrow_filesystem()
     try:
         table = pads.dataset([f"{base}/{k}" for k in keys], filesystem=fs, format="parquet",
                              schema=arrow_schema(ResultRecord)).to_table()
-        return {result_key(r): r for r in from_table(ResultRecord, table)}
+        rows = {result_key(r): r for r in from_table(ResultRecord, table)}
+        if table.num_rows == len(keys) and set(rows) == set(keys):
+            return rows, []
     except CORRUPT:
         pass
-    out = {}
+    out, unusable = {}, []
     for key in keys:
         try:
-            out[key] = read_result(store, key)
+            record = read_result(store, key)
         except FileNotFoundError:
             continue
         except CORRUPT as e:
-            quarantine(store, key, f"unreadable result file ({type(e).__name__})")
-    return out
+            unusable.append((key, f"unreadable result file ({type(e).__name__})"))
+            continue
+        problem = check_result(key, record)
+        if problem:
+            unusable.append((key, f"result file {problem}"))
+        else:
+            out[key] = record
+    for key, reason in unusable:
+        log.warning("%s in %s left out: %s; `tans verify` sets it aside", key, store.uri, reason)
+    return out, unusable
 
 
 def read_failures(store: ZooStore) -> list[Failure]:
@@ -145,7 +179,7 @@ def read_state(store: ZooStore, max_attempts: int = 1) -> ZooState:
 def record_failure(store: ZooStore, job_id: str, dataset_id: str, arch: str, error: BaseException) -> Failure:
     """Append one failed attempt to the journal (its own file: appends never collide)."""
     text = "".join(traceback.format_exception_only(type(error), error)).strip()
-    failure = Failure(job_id, dataset_id, arch, text[-4000:], datetime.now(timezone.utc).isoformat())
+    failure = Failure(job_id, dataset_id, arch, redact(text)[-4000:], datetime.now(timezone.utc).isoformat())
     store.write_json(f"journal/failures/{job_id}/{uuid.uuid4().hex}.json", failure.__dict__, create_only=True)
     return failure
 
@@ -172,6 +206,6 @@ def read_starts(store: ZooStore) -> list[dict]:
 
 def write_journal(store: ZooStore, kind: str, payload: dict) -> None:
     """An append-only journal entry (build starts and stops, with reasons)."""
-    payload = {"at": datetime.now(timezone.utc).isoformat(), **payload}
+    payload = redact_obj({"at": datetime.now(timezone.utc).isoformat(), **payload})
     store.write_bytes(f"journal/{kind}/{payload['at'].replace(':', '-')}-{uuid.uuid4().hex[:8]}.json",
                       json.dumps(payload, sort_keys=True).encode(), create_only=True)

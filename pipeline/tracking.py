@@ -13,6 +13,7 @@ from pathlib import Path
 from pipeline.config import MlflowSettings
 from workers.job import JobSpec
 from zoo_schema.records import ResultRecord
+from zoo_schema.redact import redact
 
 
 def tracking_uri(settings: MlflowSettings) -> str:
@@ -31,6 +32,7 @@ class Tracker:
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(settings.experiment)
         self.build_run = self.client.create_run(self.experiment_id, run_name="build",
                                                 tags={"tans.kind": "build"})
+        self._ended = False
         self._log(self.build_run.info.run_id, params=build_params)
 
     def _log(self, run_id: str, params: dict | None = None, metrics: list | None = None, tags: dict | None = None):
@@ -39,8 +41,8 @@ class Tracker:
         self.client.log_batch(
             run_id,
             metrics=[Metric(k, float(v), now, step) for k, v, step in (metrics or [])],
-            params=[Param(k, str(v)[:6000]) for k, v in (params or {}).items()],
-            tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
+            params=[Param(k, redact(str(v))[:6000]) for k, v in (params or {}).items()],
+            tags=[RunTag(k, redact(str(v))) for k, v in (tags or {}).items()])
 
     def _job_run(self, spec: JobSpec, status_tag: str):
         return self.client.create_run(
@@ -76,5 +78,14 @@ class Tracker:
     def finish(self, summary: dict) -> None:
         self._log(self.build_run.info.run_id,
                   metrics=[(k, v, 0) for k, v in summary.items() if isinstance(v, (int, float))],
-                  tags={"tans.stop_reason": summary.get("stop_reason", "")})
-        self.client.set_terminated(self.build_run.info.run_id, "FINISHED")
+                  tags={"tans.stop_reason": redact(str(summary.get("stop_reason", "")))})
+        self.end("FINISHED")
+
+    def end(self, status: str, reason: str = "") -> None:
+        """End the build run: FINISHED, FAILED (an error) or KILLED (a signal); once."""
+        if self._ended:
+            return
+        self._ended = True
+        if reason:
+            self._log(self.build_run.info.run_id, tags={"tans.stop_reason": redact(reason)[:4000]})
+        self.client.set_terminated(self.build_run.info.run_id, status)

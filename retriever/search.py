@@ -17,6 +17,7 @@ import torch
 from pipeline.errors import TansError
 from retriever.features import embed_images, load_backbone, sample_per_class
 from retriever.train import load_version
+from zoo_schema.layout import checkpoint_uri
 from zoo_schema.manifest import read_manifest
 from zoo_schema.store import ZooStore
 
@@ -78,6 +79,8 @@ class Searcher:
         return embed_images(self._backbone, [images[i] for i in chosen], self.image_size)
 
     def search(self, features: np.ndarray, constraints: Constraints = Constraints(), top_k: int = 10) -> list[dict]:
+        if top_k < 1:
+            raise TansError(f"top_k must be at least 1, not {top_k}")
         with torch.no_grad():
             q = self.model.encode_query(torch.from_numpy(features))
         ok = constraints.mask(self.params, self.flops, self.latency)
@@ -97,7 +100,8 @@ class Searcher:
         for j in order:
             i = int(top[j])
             hit = {c: self.table[c][i].as_py() for c in cols}
-            hit.update(score=float(scores[i]), predicted_accuracy=float(predicted[j]))
+            hit.update(score=float(scores[i]), predicted_accuracy=float(predicted[j]),
+                       checkpoint_uri=checkpoint_uri(self.store, hit["checkpoint_uri"]))
             hits.append(hit)
         return hits
 

@@ -7,13 +7,15 @@ dataset's models as the positive. The official code samples that positive unifor
 exp(accuracy / temperature), so the latent space pulls queries toward the models that do
 well on them. Evaluation uses the test split's images, unseen in training.
 
-A version is `retriever/v<N>/`: `weights.safetensors`, `models.parquet` (each result's
-128-d model embedding and what search filters and shows), `meta.json` (results count,
-backbone, settings, metrics). The newest complete version (meta.json written last) is
-the one search uses.
+A version is `weights.safetensors` and `models.parquet` (each result's 128-d model
+embedding and what search filters and shows) under `retriever/files/<token>/`, published
+by `retriever/v<N>/meta.json` (results count, backbone, settings, metrics, and the two
+files with their sha256), written create-only after them. The newest version is the one
+search uses.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -28,6 +30,7 @@ from pipeline.errors import TansError
 from pipeline.state import read_state
 from retriever.features import backbone_id, load_backbone, split_features
 from retriever.model import Retriever, retriever_loss
+from zoo_schema import layout
 from zoo_schema.manifest import read_manifest
 from zoo_schema.store import ZooStore
 
@@ -159,14 +162,17 @@ def versions(store: ZooStore) -> list[int]:
 
 def save_version(store: ZooStore, model: Retriever, t: ZooTensors, s: RetrainSettings, metrics: dict,
                  image_size: int) -> int:
+    """Write a new version: its files under a fresh prefix first, then the create-only meta.json
+    that names them with their sha256 (the commit). A crash leaves unreferenced files, never a
+    version mixing two trainings; a concurrent retrain that took the number moves us to the next."""
+    import io
+    import uuid
+
+    import pyarrow.parquet as pq
     from safetensors.torch import save
-    version = (versions(store) or [0])[-1] + 1
-    prefix = f"retriever/v{version}"
     topo, func = _model_inputs(t, s)
     with torch.no_grad():
         m = model.encode_models(topo, func).numpy()
-    store.write_bytes(f"{prefix}/weights.safetensors",
-                      save({k: v.contiguous() for k, v in model.state_dict().items()}), create_only=True)
     rows = pa.table({
         "job_id": [r.job_id for r in t.results], "dataset_id": [r.dataset_id for r in t.results],
         "arch": [r.arch for r in t.results], "accuracy": [r.accuracy for r in t.results],
@@ -174,19 +180,44 @@ def save_version(store: ZooStore, model: Retriever, t: ZooTensors, s: RetrainSet
         "latency_ms": [r.latency_ms for r in t.results], "num_classes": [r.num_classes for r in t.results],
         "checkpoint_uri": [r.checkpoint_uri for r in t.results],
         "embedding": pa.array(m.tolist(), type=pa.list_(pa.float32()))})
-    store.write_table(f"{prefix}/models.parquet", rows, create_only=True)
-    meta = {"version": version, "results": len(t.results), "datasets": len(t.dataset_ids),
+    sink = io.BytesIO()
+    pq.write_table(rows, sink, compression="zstd")
+    blobs = {"weights": save({k: v.contiguous() for k, v in model.state_dict().items()}),
+             "models": sink.getvalue()}
+    prefix = layout.retriever_files_prefix(uuid.uuid4().hex[:16])
+    files = {}
+    for name, blob in blobs.items():
+        key = f"{prefix}/{layout.RETRIEVER_FILES[name]}"
+        store.write_bytes(key, blob, create_only=True)
+        files[name] = {"key": key, "sha256": hashlib.sha256(blob).hexdigest()}
+    meta = {"results": len(t.results), "datasets": len(t.dataset_ids),
             "backbone": backbone_id(t.backbone, image_size), "backbone_key": t.backbone.key,
             "image_size": image_size,
             "image_dim": int(model.image_mean.shape[0]),
             "func_dim": int(model.func_mean.shape[0]), "settings": asdict(s), "metrics": metrics,
-            "created_at": datetime.now(timezone.utc).isoformat()}
-    store.write_bytes(f"{prefix}/meta.json", json.dumps(meta, indent=1).encode(), create_only=True)
+            "files": files, "created_at": datetime.now(timezone.utc).isoformat()}
+    version = (versions(store) or [0])[-1] + 1
+    while not store.write_bytes(layout.retriever_meta_key(version),
+                                json.dumps({"version": version, **meta}, indent=1).encode(), create_only=True):
+        version += 1
     return version
+
+
+def version_blob(store: ZooStore, version: int, meta: dict, name: str) -> bytes:
+    """One file of a version, its sha256 checked."""
+    f = layout.retriever_files(layout.retriever_meta_key(version), meta)[name]
+    data = store.read_bytes(f["key"])
+    if f["sha256"] and hashlib.sha256(data).hexdigest() != f["sha256"]:
+        raise TansError(f"retriever v{version}'s {name} file {f['key']} does not match its recorded sha256; "
+                        f"run `tans verify {store.uri}`, then `tans retrain {store.uri}`")
+    return data
 
 
 def load_version(store: ZooStore, version: int | None = None):
     """(model, meta, models table) of a version (the newest by default)."""
+    import io
+
+    import pyarrow.parquet as pq
     from safetensors.torch import load
     available = versions(store)
     if not available:
@@ -194,11 +225,10 @@ def load_version(store: ZooStore, version: int | None = None):
     version = version or available[-1]
     if version not in available:
         raise TansError(f"retriever version v{version} is not in {store.uri}; versions: {available}")
-    prefix = f"retriever/v{version}"
-    meta = store.read_json(f"{prefix}/meta.json")
+    meta = store.read_json(layout.retriever_meta_key(version))
     model = Retriever(meta["image_dim"], meta["func_dim"])
-    model.load_state_dict(load(store.read_bytes(f"{prefix}/weights.safetensors")))
-    return model.eval(), meta, store.read_table(f"{prefix}/models.parquet")
+    model.load_state_dict(load(version_blob(store, version, meta, "weights")))
+    return model.eval(), meta, pq.read_table(io.BytesIO(version_blob(store, version, meta, "models")))
 
 
 def grown_enough(store: ZooStore, if_grown: float | None) -> tuple[bool, str]:
@@ -207,7 +237,7 @@ def grown_enough(store: ZooStore, if_grown: float | None) -> tuple[bool, str]:
     available = versions(store)
     if if_grown is None or not available:
         return True, f"{n} results" + ("" if available else ", no retriever yet")
-    trained_on = store.read_json(f"retriever/v{available[-1]}/meta.json")["results"]
+    trained_on = store.read_json(layout.retriever_meta_key(available[-1]))["results"]
     need = trained_on * if_grown if if_grown < 1 else if_grown
     grown = n - trained_on
     return grown >= max(need, 1), f"zoo grew by {grown} results since v{available[-1]} ({trained_on}); need {need:g}"

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 
@@ -57,6 +58,18 @@ class MotoServer:
         return name
 
 
+def wait_http(url: str, timeout: float = 90) -> None:
+    deadline = time.time() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return
+        except Exception:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 @pytest.fixture(scope="session")
 def s3_server():
     server = MotoServer().start()
@@ -97,3 +110,24 @@ def tiny_datasets(tmp_path_factory):
         for f in sorted(cls_dir.iterdir())[12:]:
             f.unlink()
     return out
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(s3_server, tmp_path_factory):
+    """`mlflow server -w 1` on 127.0.0.1, sqlite backend, artifacts in the S3 endpoint."""
+    tmp = tmp_path_factory.mktemp("mlflow-server")
+    s3_server.bucket("mlflow-artifacts")
+    port = free_port()
+    env = {**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3_server.url, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    log = open(tmp / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "-h", "127.0.0.1", "-p", str(port),
+                             "-w", "1", "--backend-store-uri", f"sqlite:///{tmp / 'mlflow.db'}",
+                             "--artifacts-destination", "s3://mlflow-artifacts/runs"],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", timeout=120)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(30)
+        log.close()

@@ -102,7 +102,11 @@ def test_retriever_version_loads_back_from_s3(built_zoo, s3_server, s3_bucket):
     local_model, _, _ = load_version(local)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), local_model.state_dict().values()))
     features = np.random.default_rng(0).normal(size=(20, meta["image_dim"])).astype(np.float32)
-    assert Searcher(remote).search(features, top_k=2) == Searcher(local).search(features, top_k=2)
+    remote_hits, local_hits = Searcher(remote).search(features, top_k=2), Searcher(local).search(features, top_k=2)
+    # the same ranking; each names its checkpoint inside the zoo it was opened at
+    assert [{**h, "checkpoint_uri": ""} for h in remote_hits] == [{**h, "checkpoint_uri": ""} for h in local_hits]
+    assert all(h["checkpoint_uri"].startswith(remote.uri + "/checkpoints/") for h in remote_hits)
+    assert all(h["checkpoint_uri"].startswith(local.uri + "/checkpoints/") for h in local_hits)
 
 
 def test_finetune_a_zoo_network_on_a_new_dataset(built_zoo, tiny_datasets, tmp_path):

@@ -11,7 +11,6 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -21,18 +20,6 @@ from tests.conftest import free_port
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-def wait_http(url: str, timeout: float = 90) -> None:
-    deadline = time.time() + timeout
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2).read()
-            return
-        except Exception:
-            if time.time() > deadline:
-                raise
-            time.sleep(0.5)
 
 
 def base_env() -> dict:
@@ -64,27 +51,6 @@ def ray_head(tmp_path_factory):
         yield url
     finally:
         subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(s3_server, tmp_path_factory):
-    """`mlflow server -w 1` on 127.0.0.1, sqlite backend, artifacts in the S3 endpoint."""
-    tmp = tmp_path_factory.mktemp("mlflow-server")
-    s3_server.bucket("mlflow-artifacts")
-    port = free_port()
-    env = {**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3_server.url, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    log = open(tmp / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "-h", "127.0.0.1", "-p", str(port),
-                             "-w", "1", "--backend-store-uri", f"sqlite:///{tmp / 'mlflow.db'}",
-                             "--artifacts-destination", "s3://mlflow-artifacts/runs"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/health", timeout=120)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(30)
-        log.close()
 
 
 def tans(*args, env=None, timeout=600) -> subprocess.CompletedProcess:
@@ -192,8 +158,8 @@ tracking_uri = "{mlflow_server}"
 def test_unreachable_cluster_is_a_clear_error(tmp_path):
     from tests.conftest import free_port
     r = tans("jobs", "list", "--address", f"http://127.0.0.1:{free_port()}", timeout=120)
-    assert r.returncode == 2 and "cannot reach the Ray Jobs API" in r.stderr and "--address" in r.stderr
+    assert r.returncode == 3 and "cannot reach the Ray Jobs API" in r.stderr and "--address" in r.stderr
     config = tmp_path / "b.toml"
     config.write_text('zoo = "zoo"\n[mlflow]\ntracking_uri = "http://127.0.0.1:5000"\n')
     r = tans("submit", "--address", "http://127.0.0.1:1", "--config", str(config))
-    assert r.returncode == 2 and "relative path" in r.stderr  # refused before contacting anything
+    assert r.returncode == 3 and "relative path" in r.stderr  # refused before contacting anything

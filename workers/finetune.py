@@ -19,6 +19,7 @@ import numpy as np
 from pipeline.ingest import load_split
 from workers.job import JobSpec, TrainSettings
 from workers.ofa_space import Arch, build_subnet, build_supernet, penultimate
+from zoo_schema.layout import checkpoint_location
 from zoo_schema.records import ResultRecord, to_table
 from zoo_schema.store import S3Settings, ZooStore, open_store
 
@@ -94,21 +95,6 @@ def model_for(arch_id: str, num_classes: int, width: float, supernet=None):
                         Arch.parse(arch_id), num_classes)
 
 
-def checkpoint_location(store: ZooStore, uri: str) -> tuple[ZooStore, str]:
-    """(store, key) of a checkpoint URI: in this zoo, in this zoo after it was moved or
-    copied elsewhere, or in the source zoo of a replayed result."""
-    if uri.startswith(store.uri.rstrip("/") + "/"):
-        return store, store.key_of(uri)
-    head, sep, tail = uri.partition("/checkpoints/")
-    if not sep:
-        from pipeline.errors import StorageError
-        raise StorageError(f"{uri} is not a zoo checkpoint URI")
-    key = f"checkpoints/{tail}"
-    if store.exists(key):
-        return store, key
-    return open_store(head, getattr(store, "settings", None)), key
-
-
 def load_checkpoint(store: ZooStore, record: ResultRecord, width: float):
     """The fine-tuned network of a result row, its sha256 verified."""
     from safetensors.torch import load as load_safetensors
@@ -117,7 +103,7 @@ def load_checkpoint(store: ZooStore, record: ResultRecord, width: float):
     holder, key = checkpoint_location(store, record.checkpoint_uri)
     data = holder.read_bytes(key)
     if hashlib.sha256(data).hexdigest() != record.checkpoint_sha256:
-        raise StorageError(f"checkpoint {record.checkpoint_uri} does not match its recorded sha256; "
+        raise StorageError(f"checkpoint {holder.uri_of(key)} does not match its recorded sha256; "
                            f"it is corrupt: run `tans verify {store.uri}`")
     model = model_for(record.arch, record.num_classes, width)
     model.load_state_dict(load_safetensors(data))
@@ -240,15 +226,27 @@ def train(model, x, y, xt, yt, settings: TrainSettings, device, seed: int, on_ep
     return losses, accs
 
 
+def committed_result(store: ZooStore, spec: JobSpec) -> ResultRecord:
+    """The row committed under a job's result key, refused unless it is that job's."""
+    from pipeline.errors import StorageError
+    from pipeline.state import read_result
+    record = read_result(store, spec.result_key)
+    if (record.job_id, record.dataset_id, record.arch) != (spec.job_id, spec.dataset_id, spec.arch):
+        raise StorageError(f"{spec.result_key} in {store.uri} holds the row of job {record.job_id} "
+                           f"({record.dataset_id}, {record.arch}), not of its own job: run `tans verify "
+                           f"{store.uri}` (it sets the file aside), then build again to re-train the job")
+    return record
+
+
 def run_job(spec: JobSpec, zoo_uri: str, s3: S3Settings | None = None, threads: int | None = None) -> ResultRecord:
     """Fine-tune, evaluate, profile and embed one pair; commit checkpoint and result row."""
     import torch
     from safetensors.torch import save as save_safetensors
 
-    from pipeline.state import find_result, read_result, record_start
+    from pipeline.state import find_result, record_start
     store = open_store(zoo_uri, s3)
     if store.exists(spec.result_key):  # already committed: writing it again is a no-op
-        return read_result(store, spec.result_key)
+        return committed_result(store, spec)
     record_start(store, spec.job_id)
     if threads:
         torch.set_num_threads(threads)
@@ -288,13 +286,13 @@ def run_job(spec: JobSpec, zoo_uri: str, s3: S3Settings | None = None, threads: 
         job_id=spec.job_id, dataset_id=spec.dataset_id, arch=spec.arch,
         topology=Arch.parse(spec.arch).topology(), accuracy=float(accs[-1]), params=int(params),
         flops=flops, latency_ms=latency, latency_device=device_name(device),
-        functional_embedding=embedding, checkpoint_uri=store.uri_of(ckpt_key), checkpoint_sha256=sha,
+        functional_embedding=embedding, checkpoint_uri=ckpt_key, checkpoint_sha256=sha,
         num_classes=spec.num_classes, epochs=settings.epochs, image_size=settings.image_size,
         train_seconds=train_seconds, epoch_losses=losses, epoch_accuracies=accs,
         base_weights=f"job:{spec.init_job}" if spec.init_job else spec.base_weights["id"],
         created_at=datetime.now(timezone.utc).isoformat())
     if not store.write_table(spec.result_key, to_table([record]), create_only=True):
-        committed = read_result(store, spec.result_key)
+        committed = committed_result(store, spec)
         if committed.checkpoint_sha256 != sha:  # another attempt won: drop our copy, keep theirs
             store.delete(ckpt_key)
         return committed

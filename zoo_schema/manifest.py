@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from pipeline.errors import ZooConflictError
+from pipeline.errors import StorageError, ZooConflictError
 from zoo_schema.records import SCHEMA_VERSION
 from zoo_schema.store import ZooStore
 
@@ -28,7 +28,7 @@ class Manifest:
     base_weights: dict  # {"id", "kind": "random"|"file", "seed" | "key", "sha256"}
     pool_seed: int = 0   # the candidate architectures: workers.ofa_space.arch_pool(seed, size)
     pool_size: int = 100
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = field(default=SCHEMA_VERSION, compare=False)  # checked by ensure_manifest
     created_at: str = field(default="", compare=False)
 
     def to_json(self) -> dict:
@@ -46,12 +46,34 @@ def differences(have: Manifest, want: Manifest) -> list[str]:
 def read_manifest(store: ZooStore) -> Manifest | None:
     if not store.exists(MANIFEST_KEY):
         return None
-    return Manifest(**store.read_json(MANIFEST_KEY))
+    try:
+        return Manifest(**store.read_json(MANIFEST_KEY))
+    except (ValueError, TypeError) as e:
+        raise StorageError(f"{MANIFEST_KEY} of the zoo at {store.uri} is unreadable ({type(e).__name__}: "
+                           f"{str(e)[:200]}); restore it from a copy of the zoo") from None
+
+
+def require_zoo(store: ZooStore) -> Manifest | None:
+    """The manifest of an existing zoo (None for a zoo that holds only datasets so far).
+
+    Commands that only read call this first, so a mistyped path is an error instead of an
+    empty zoo (and nothing is created there).
+    """
+    manifest = read_manifest(store)
+    if manifest is None and not store.list("datasets"):
+        raise StorageError(f"there is no zoo at {store.uri} (no manifest.json, no datasets); check the "
+                           "path, or create one with `tans build --zoo ...` or `tans datasets add`")
+    if manifest is not None and manifest.schema_version > SCHEMA_VERSION:
+        raise ZooConflictError(f"the zoo at {store.uri} has schema version {manifest.schema_version}, "
+                               f"newer than this tans understands ({SCHEMA_VERSION}); upgrade tans")
+    return manifest
 
 
 def ensure_manifest(store: ZooStore, want: Manifest) -> Manifest:
     """The zoo's manifest, created from `want` if the zoo has none; conflicts are refused."""
     have = read_manifest(store)
+    if have is not None:
+        require_zoo(store)  # a zoo of a newer schema is refused, an older one is read as it is
     if have is None:
         want = dataclasses.replace(want, created_at=datetime.now(timezone.utc).isoformat())
         if store.write_json(MANIFEST_KEY, want.to_json(), create_only=True):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: zoo-relative checkpoint keys, per-ingestion data prefixes (v1 still read)
 TOPOLOGY_LEN = 45
 
 
@@ -29,6 +29,10 @@ class DatasetRecord:
     split_seed: int
     skipped_files: int
     created_at: str
+    # Since schema 2: the ingestion's shard prefix below data/<dataset_id>/ ('' = version 1,
+    # shards directly below it) and the sha256 of its shards (see zoo_schema.datasets).
+    write_id: str = ""
+    data_sha256: str = ""
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,7 @@ class ResultRecord:
     latency_ms: float
     latency_device: str
     functional_embedding: list[float]
-    checkpoint_uri: str
+    checkpoint_uri: str       # a zoo-relative key (schema 2); absolute in older or replayed rows
     checkpoint_sha256: str
     num_classes: int
     epochs: int
@@ -89,10 +93,13 @@ def to_table(records: list) -> pa.Table:
 
 
 def from_table(record_type: type, table: pa.Table) -> list:
-    """Rows of a table as records; columns the record does not know are ignored."""
-    names = [f.name for f in dataclasses.fields(record_type)]
-    missing = [n for n in names if n not in table.column_names]
+    """Rows of a table as records; columns the record does not know are ignored, and
+    columns added later (fields with a default) may be absent in older files."""
+    fields = dataclasses.fields(record_type)
+    required = [f.name for f in fields if f.default is dataclasses.MISSING]
+    missing = [n for n in required if n not in table.column_names]
     if missing:
         raise ValueError(f"table lacks columns {missing} of {record_type.__name__}")
-    rows = table.select(names).to_pylist()
+    present = [f.name for f in fields if f.name in table.column_names]
+    rows = table.select(present).to_pylist()
     return [record_type(**row) for row in rows]

@@ -7,11 +7,18 @@ Contract (checked for both backends by tests/test_store_contract.py):
   `If-None-Match: *`), so a second writer of the same result is a no-op;
 - a plain write replaces the object atomically; a reader never sees half an object;
 - `list(prefix)` returns every key below a prefix, sorted;
+- reading never writes: opening a store, reading, listing and `exists` create nothing
+  (a local zoo's directories appear with its first write);
+- a write that fails (disk full, no permission, read-only file system) leaves nothing
+  behind and raises a `StorageError` that names the cause;
+- `stray_temps()` lists what interrupted writes left behind (local temp files; S3 puts
+  are whole or absent, so none there);
 - errors of reachability and credentials are `StorageError`s that say what to check,
   and never carry the credentials themselves.
 """
 from __future__ import annotations
 
+import errno
 import io
 import json
 import logging
@@ -75,6 +82,13 @@ class ZooStore:
         """(pyarrow filesystem, base path) for reading the zoo with pyarrow.dataset."""
         raise NotImplementedError
 
+    def stray_temps(self) -> list[tuple[str, float]]:
+        """(path, age in seconds) of temp files interrupted writes left behind."""
+        return []
+
+    def delete_stray_temp(self, path: str) -> None:
+        raise NotImplementedError
+
     # -- typed helpers, shared by all backends ------------------------------------------
     def uri_of(self, key: str) -> str:
         return f"{self.uri.rstrip('/')}/{check_key(key)}"
@@ -102,18 +116,26 @@ class ZooStore:
         return self.write_bytes(key, sink.getvalue(), create_only=create_only)
 
 
+_OS_CAUSES = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+              errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+              errno.EROFS: "the file system is read-only"}
+TEMP_PREFIX = ".tmp-"
+
+
 class LocalStore(ZooStore):
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).expanduser().resolve()
         self.uri = str(self.root)
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise StorageError(f"cannot create zoo directory {self.root}: {e.strerror}; "
-                               "pass a writable --zoo path") from e
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
+
+    def _fail(self, action: str, key: str, e: OSError) -> StorageError:
+        cause = _OS_CAUSES.get(e.errno, e.strerror or type(e).__name__)
+        fix = {errno.ENOSPC: "free space (or move the zoo) and run the same command again",
+               errno.EDQUOT: "free space (or move the zoo) and run the same command again"
+               }.get(e.errno, f"check that {self.root} is writable, then run the same command again")
+        return StorageError(f"cannot {action} {key} in the zoo at {self.uri}: {cause}; {fix}")
 
     def read_bytes(self, key: str) -> bytes:
         path = self._path(key)
@@ -121,13 +143,18 @@ class LocalStore(ZooStore):
             return path.read_bytes()
         except FileNotFoundError:
             raise FileNotFoundError(f"{key} is not in the zoo at {self.uri}") from None
+        except IsADirectoryError:
+            raise FileNotFoundError(f"{key} is a folder, not an object, in the zoo at {self.uri}") from None
 
     def write_bytes(self, key: str, data: bytes, create_only: bool = False) -> bool:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f".tmp-{uuid.uuid4().hex}"
-        tmp.write_bytes(data)
+        tmp = path.parent / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())  # whole on disk before it becomes visible under its key
             if create_only:
                 try:
                     os.link(tmp, path)
@@ -136,22 +163,45 @@ class LocalStore(ZooStore):
             else:
                 os.replace(tmp, path)
             return True
+        except StorageError:
+            raise
+        except OSError as e:
+            raise self._fail("write", key, e) from None
         finally:
-            tmp.unlink(missing_ok=True)
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
 
     def exists(self, key: str) -> bool:
-        return self._path(key).exists()
+        return self._path(key).is_file()
 
     def list(self, prefix: str) -> list[str]:
         base = self._path(prefix)
         if not base.is_dir():
             return []
         keys = [p.relative_to(self.root).as_posix() for p in base.rglob("*")
-                if p.is_file() and not p.name.startswith(".tmp-")]
+                if p.is_file() and not p.name.startswith(TEMP_PREFIX)]
         return sorted(keys)
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except OSError as e:
+            raise self._fail("delete", key, e) from None
+
+    def stray_temps(self) -> list[tuple[str, float]]:
+        if not self.root.is_dir():
+            return []
+        now = time.time()
+        return sorted((p.relative_to(self.root).as_posix(), now - p.stat().st_mtime)
+                      for p in self.root.rglob(f"{TEMP_PREFIX}*") if p.is_file())
+
+    def delete_stray_temp(self, path: str) -> None:
+        name = path.rsplit("/", 1)[-1]
+        if not name.startswith(TEMP_PREFIX):
+            raise StorageError(f"{path} is not a temp file")
+        (self.root / check_key(path.rsplit("/", 1)[0]) / name if "/" in path else self.root / name).unlink(missing_ok=True)
 
     def arrow_filesystem(self):
         import pyarrow.fs as pafs

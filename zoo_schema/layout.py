@@ -1,0 +1,104 @@
+"""Where things live in a zoo: every key the project writes, and how references resolve.
+
+Keys are relative to the zoo's root, so a zoo can be copied or moved (`cp -a`, `aws s3
+sync`) and every reference still resolves against the zoo it is opened at.
+
+- Checkpoints are referenced from result rows by their zoo-relative key
+  (`checkpoints/<job_id>/<sha256>.safetensors`). Rows written before schema version 2 hold
+  an absolute URI; they are read as the same key of the zoo at hand when it has that key
+  (the zoo was moved or copied). A replayed result points into its source zoo with an
+  absolute URI, and resolves there.
+- Dataset shards are written under a fresh prefix per ingestion,
+  `data/<dataset_id>/<write_id>/{train,test}/part-NNNNN.parquet`, and published by the
+  create-only dataset record that names the prefix; records of schema version 1 name no
+  prefix and their shards are `data/<dataset_id>/{train,test}/...`.
+- Retriever versions are published by a create-only `retriever/v<N>/meta.json` that names
+  its files (written first, under `retriever/files/<token>/`) with their sha256; version-1
+  layouts keep the files next to the meta.
+"""
+from __future__ import annotations
+
+from zoo_schema.store import ZooStore, check_key, open_store
+
+MANIFEST = "manifest.json"
+LEASE = "journal/lease.json"
+SNAPSHOT = "results_index/snapshot.parquet"
+
+
+def result_key(dataset_id: str, job_id: str) -> str:
+    return f"results/dataset={dataset_id}/{job_id}.parquet"
+
+
+def parse_result_key(key: str) -> tuple[str, str] | None:
+    """(dataset_id, job_id) named by a result key, None if the key is not one."""
+    parts = key.split("/")
+    if len(parts) != 3 or parts[0] != "results" or not parts[1].startswith("dataset=") \
+            or not parts[2].endswith(".parquet"):
+        return None
+    return parts[1][len("dataset="):], parts[2][:-len(".parquet")]
+
+
+def checkpoint_key(job_id: str, sha256: str) -> str:
+    return f"checkpoints/{job_id}/{sha256}.safetensors"
+
+
+def dataset_key(dataset_id: str) -> str:
+    return f"datasets/{dataset_id}.parquet"
+
+
+def data_prefix(dataset_id: str, write_id: str) -> str:
+    """The shards of one ingestion ('' write id: the version-1 layout)."""
+    return f"data/{dataset_id}/{write_id}" if write_id else f"data/{dataset_id}"
+
+
+def retriever_meta_key(version: int) -> str:
+    return f"retriever/v{version}/meta.json"
+
+
+def retriever_files_prefix(token: str) -> str:
+    return f"retriever/files/{token}"
+
+
+RETRIEVER_FILES = {"weights": "weights.safetensors", "models": "models.parquet"}
+
+
+def retriever_files(meta_key: str, meta: dict) -> dict[str, dict]:
+    """{name: {"key", "sha256"}} of a retriever version's files, from its meta.json.
+
+    Version-1 metas name no files: theirs sit next to the meta, without a sha256."""
+    if "files" in meta:
+        files = meta["files"]
+        if set(files) != set(RETRIEVER_FILES) or not all(check_key(f["key"]) for f in files.values()):
+            raise ValueError(f"{meta_key} names files {sorted(files)}, expected {sorted(RETRIEVER_FILES)}")
+        return files
+    folder = meta_key.rsplit("/", 1)[0]
+    return {name: {"key": f"{folder}/{file}", "sha256": ""} for name, file in RETRIEVER_FILES.items()}
+
+
+def is_relative_ref(ref: str) -> bool:
+    return "://" not in ref and not ref.startswith("/")
+
+
+def checkpoint_location(store: ZooStore, ref: str) -> tuple[ZooStore, str]:
+    """(store, key) of a result row's checkpoint reference, resolved against `store`.
+
+    A relative key is in this zoo. An absolute URI (older rows, replayed rows) is this zoo's
+    key when it names this zoo or when this zoo has that key (a moved or copied zoo);
+    otherwise it is in the zoo the URI names, opened without creating anything.
+    """
+    if is_relative_ref(ref):
+        return store, check_key(ref)
+    head, sep, tail = ref.partition("/checkpoints/")
+    if not sep:
+        from pipeline.errors import StorageError
+        raise StorageError(f"{ref} is not a zoo checkpoint reference")
+    key = check_key(f"checkpoints/{tail}")
+    if head.rstrip("/") == store.uri.rstrip("/") or store.exists(key):
+        return store, key
+    return open_store(head, getattr(store, "settings", None)), key
+
+
+def checkpoint_uri(store: ZooStore, ref: str) -> str:
+    """The full location of a checkpoint reference, for people to read."""
+    holder, key = checkpoint_location(store, ref)
+    return holder.uri_of(key)
