@@ -196,3 +196,44 @@ def test_orphan_checkpoints_are_listed_and_cleaned(tmp_path):
     verify_zoo(store, clean_orphans=True)
     assert not store.list("checkpoints")
     shutil.rmtree(tmp_path / "zoo")
+
+
+# -- chaos ---------------------------------------------------------------------------------
+
+def test_chaos_moved_zoo_killed_ingestion_and_retrain(ray_cluster, tiny_datasets, tmp_path):
+    """Ingestion killed mid-write, a build, the zoo moved, retraining killed mid-write, the
+    build resumed and grown in its new place: `verify` then finds no problem, its orphans are
+    exactly what the kills left, and the results equal an uninterrupted build's."""
+    import dataclasses
+
+    from pipeline.build import last_build_config
+    from retriever.train import load_version, versions
+    from tests.test_integrity import crash
+    first = tmp_path / "first"
+    crash({"call": "ingest", "zoo": str(first), "source": str(tiny_datasets / "hue-6"), "prefix": "data/",
+           "after": 1})
+    run_build(load_config(None, overrides(str(first), tiny_datasets, tmp_path, max_jobs=3)), log=lambda *_: None)
+    moved = tmp_path / "elsewhere" / "zoo"
+    moved.parent.mkdir()
+    shutil.move(first, moved)
+    crash({"call": "retrain", "zoo": str(moved), "prefix": "retriever/files/", "after": 1, "image_size": 32})
+    config = last_build_config(str(moved), log=lambda *_: None)
+    config = dataclasses.replace(config, max_jobs=5, retrain=dataclasses.replace(config.retrain, after_build=True,
+                                                                                 steps=20))
+    assert run_build(config, log=lambda *_: None).finished == 2
+    store = open_store(str(moved))
+    assert not first.exists()  # nothing was written at the old place
+    report = verify_zoo(store)
+    assert report.problems == [] and report.results_checked == 5
+    assert sorted(k.split("/")[0] for k in report.orphans) == ["data", "retriever"]  # what the kills left
+    verify_zoo(store, clean_orphans=True)
+    assert verify_zoo(store).orphans == [] and versions(store) == [1]
+    assert load_version(store)[1]["results"] == 5
+
+    reference = tmp_path / "reference"
+    run_build(load_config(None, overrides(str(reference), tiny_datasets, tmp_path, max_jobs=5)), log=lambda *_: None)
+    ref = open_store(str(reference))
+    assert {r.job_id for r in read_results(store)} == {r.job_id for r in read_results(ref)}
+    assert [(d.dataset_id, d.content_sha256, d.num_train, d.num_test) for d in read_state(store).datasets] == \
+        [(d.dataset_id, d.content_sha256, d.num_train, d.num_test) for d in read_state(ref).datasets]
+    assert_trained_once(store)
