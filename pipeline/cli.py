@@ -171,15 +171,24 @@ def _search(args) -> int:
     from zoo_schema.store import S3Settings
     s3 = S3Settings(endpoint_url=args.s3_endpoint)
     constraints = Constraints(args.max_params, args.max_flops, args.max_latency_ms)
-    hits = search_dataset(_open_existing(args), args.dataset, constraints, args.top_k, s3=s3)
+    result = search_dataset(_open_existing(args), args.dataset, constraints, args.top_k, s3=s3,
+                            rerank=args.rerank, recall=args.recall)
     if args.json:
-        print(json.dumps(hits, indent=1))
+        print(json.dumps(result.as_dict(), indent=1))
         return 0
-    print(f"{'#':>2} {'job_id':24} {'dataset':28} {'pred.acc':>8} {'score':>6} {'params':>7} {'MFLOPs':>7} {'ms':>6}  arch")
-    for i, h in enumerate(hits, 1):
-        print(f"{i:>2} {h['job_id']:24} {h['dataset_id'][:28]:28} {h['predicted_accuracy']:>8.3f} "
-              f"{h['score']:>6.3f} {h['params'] / 1e6:>6.2f}M {h['flops'] / 1e6:>7.1f} {h['latency_ms']:>6.1f}  {h['arch']}")
-    print(f"\ncheckpoint of the first: {hits[0]['checkpoint_uri']}")
+    score = {"predicted_accuracy": "pred.acc", "logme": "LogME", "knn": "k-NN"}[result.ranked_by]
+    print(f"{'#':>2} {'job_id':24} {'dataset':28} {score:>8} {'pred.acc':>8} {'cosine':>6} {'params':>7} "
+          f"{'MFLOPs':>7} {'ms':>6}  arch")
+    for i, h in enumerate(result.hits, 1):
+        print(f"{i:>2} {h['job_id']:24} {h['dataset_id'][:28]:28} {h['rank_score']:>8.3f} "
+              f"{h['predicted_accuracy']:>8.3f} {h['score']:>6.3f} {h['params'] / 1e6:>6.2f}M "
+              f"{h['flops'] / 1e6:>7.1f} {h['latency_ms']:>6.1f}  {h['arch']}")
+    weak = sum(h["weak_match"] for h in result.hits)
+    if weak:
+        print(f"\nnote: {weak} hit(s) have a negative cosine: the zoo holds nothing close to this dataset")
+    print(f"\nranked by {result.ranked_by} among {result.recalled} recalled networks in "
+          f"{result.seconds['total']:.2f}s (re-ranking {result.seconds['rerank']:.2f}s)")
+    print(f"checkpoint of the first: {result.hits[0]['checkpoint_uri']}")
     return 0
 
 
@@ -341,6 +350,11 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("zoo")
     q.add_argument("--dataset", required=True, help="ImageFolder directory or Parquet file (local or s3://)")
     q.add_argument("--top-k", type=_positive_int, default=10, help="how many networks to list (>= 1)")
+    q.add_argument("--rerank", choices=["none", "logme", "knn"], default="none",
+                   help="order the recalled networks by the retriever's predicted accuracy (none), or by "
+                   "LogME / a k-NN probe on each network's features of your images")
+    q.add_argument("--recall", type=_positive_int, default=20,
+                   help="networks recalled from the latent space before ordering (>= 1)")
     q.add_argument("--max-params", type=float)
     q.add_argument("--max-flops", type=float)
     q.add_argument("--max-latency-ms", type=float)

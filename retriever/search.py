@@ -1,12 +1,14 @@
 """Search: a dataset and constraints in, ranked pretrained networks of the zoo out.
 
 Sample `per_class` images per class of the query dataset, embed them with the zoo's
-frozen backbone, encode the query, rank every model embedding of the newest retriever
-version by cosine, keep those meeting the constraints, and re-rank the top K by the
-predicted accuracy. Models whose result has since been quarantined are excluded.
+frozen backbone, encode the query, recall the models of the newest retriever version
+nearest by cosine among those meeting the constraints, and order them by the predicted
+accuracy or by evidence from the query's images (LogME, k-NN; see `Searcher`). Models
+whose result has since been quarantined are excluded.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +18,7 @@ import torch
 
 from pipeline.errors import TansError
 from retriever.features import embed_images, load_backbone, sample_per_class
+from retriever.rerank import RERANK_CHOICES, SCORERS
 from retriever.train import load_version
 from zoo_schema.layout import checkpoint_uri
 from zoo_schema.manifest import read_manifest
@@ -56,10 +59,36 @@ def top_by_cosine(embeddings: np.ndarray, q: np.ndarray, ok: np.ndarray, top_k: 
     return idx[np.argpartition(-scores[idx], k - 1)[:k]], scores
 
 
-class Searcher:
-    """A retriever version held in memory, ready to answer queries."""
+RECALL = 20  # candidates recalled by cosine before ranking; fixed, so --top-k never reorders
 
-    def __init__(self, store: ZooStore, version: int | None = None, live_job_ids: set[str] | None = None):
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Ranked networks for a query: `hits` best first, `ranked_by` names the score that
+    ordered them, `seconds` where the time went."""
+
+    hits: list[dict]
+    ranked_by: str
+    recalled: int
+    seconds: dict
+
+    def as_dict(self) -> dict:
+        return {"ranked_by": self.ranked_by, "recalled": self.recalled, "seconds": self.seconds,
+                "hits": self.hits}
+
+
+class Searcher:
+    """A retriever version held in memory, ready to answer queries.
+
+    Two stages: recall the `recall` models nearest to the query in the learned latent space
+    (among those meeting the constraints), then order them by a score: the retriever's
+    predicted accuracy (`rerank="none"`), or evidence computed on the query's own images with
+    each candidate's penultimate features (`"logme"`, `"knn"`; see retriever.rerank). The
+    recalled set does not depend on `top_k`, so asking for more hits never reorders the first.
+    """
+
+    def __init__(self, store: ZooStore, version: int | None = None, live_job_ids: set[str] | None = None,
+                 results: dict | None = None):
         self.store = store
         self.model, self.meta, table = load_version(store, version)
         if live_job_ids is not None:
@@ -70,6 +99,7 @@ class Searcher:
         self.flops = np.asarray(table["flops"].to_pylist(), dtype=np.float64)
         self.latency = np.asarray(table["latency_ms"].to_pylist(), dtype=np.float64)
         self.image_size = self.meta["image_size"]
+        self.results = results or {}  # job_id -> ResultRecord, for loading candidate networks
         self._backbone = None
 
     def query_features(self, images: list[bytes], labels: list[int], per_class: int = 10) -> np.ndarray:
@@ -78,9 +108,8 @@ class Searcher:
         chosen = sample_per_class(labels, per_class, "search")
         return embed_images(self._backbone, [images[i] for i in chosen], self.image_size)
 
-    def search(self, features: np.ndarray, constraints: Constraints = Constraints(), top_k: int = 10) -> list[dict]:
-        if top_k < 1:
-            raise TansError(f"top_k must be at least 1, not {top_k}")
+    def _recall(self, features: np.ndarray, constraints: Constraints, recall: int):
+        """(query embedding, indices of the recalled models, cosine of every model)."""
         with torch.no_grad():
             q = self.model.encode_query(torch.from_numpy(features))
         ok = constraints.mask(self.params, self.flops, self.latency)
@@ -91,23 +120,82 @@ class Searcher:
                 f"no model in the zoo meets the constraints; the closest is {self.table['job_id'][i].as_py()} "
                 f"({self.table['arch'][i].as_py()}: {self.params[i] / 1e6:.2f}M params, "
                 f"{self.flops[i] / 1e6:.1f}M FLOPs, {self.latency[i]:.1f} ms)")
-        top, scores = top_by_cosine(self.embeddings, q.numpy(), ok, top_k)
+        top, scores = top_by_cosine(self.embeddings, q.numpy(), ok, recall)
+        return q, top, scores
+
+    def _predicted(self, q, top) -> np.ndarray:
         with torch.no_grad():
-            predicted = self.model.predict(q.expand(len(top), -1), torch.from_numpy(self.embeddings[top])).numpy()
-        order = np.argsort(-predicted, kind="stable")
+            return self.model.predict(q.expand(len(top), -1), torch.from_numpy(self.embeddings[top])).numpy()
+
+    def search(self, features: np.ndarray, constraints: Constraints = Constraints(), top_k: int = 10,
+               recall: int = RECALL) -> list[dict]:
+        """The retriever alone (no query images): recall by cosine, order by predicted accuracy."""
+        if top_k < 1:
+            raise TansError(f"top_k must be at least 1, not {top_k}")
+        q, top, scores = self._recall(features, constraints, max(recall, top_k))
+        predicted = self._predicted(q, top)
+        return self._hits(top, scores, predicted, predicted, "predicted_accuracy")[:top_k]
+
+    def rank(self, images: list[bytes], labels: list[int], constraints: Constraints = Constraints(),
+             top_k: int = 10, rerank: str = "none", recall: int = RECALL, per_class: int = 10) -> SearchResult:
+        """Search with the query's images: recall, then order by `rerank`'s score."""
+        if top_k < 1:
+            raise TansError(f"top_k must be at least 1, not {top_k}")
+        if rerank not in RERANK_CHOICES:
+            raise TansError(f"unknown re-ranking {rerank!r}; choose one of {', '.join(RERANK_CHOICES)}")
+        t0 = time.perf_counter()
+        features = self.query_features(images, labels, per_class)
+        t1 = time.perf_counter()
+        q, top, scores = self._recall(features, constraints, max(recall, top_k))
+        predicted = self._predicted(q, top)
+        t2 = time.perf_counter()
+        if rerank == "none":
+            hits = self._hits(top, scores, predicted, predicted, "predicted_accuracy")
+        else:
+            chosen = sample_per_class(labels, per_class, "search")
+            evidence = self.evidence([images[i] for i in chosen], np.asarray([labels[i] for i in chosen]),
+                                     top, SCORERS[rerank])
+            hits = self._hits(top, scores, predicted, evidence, rerank)
+        t3 = time.perf_counter()
+        return SearchResult(hits[:top_k], hits[0]["ranked_by"], len(top),
+                            {"query_features": round(t1 - t0, 3), "recall": round(t2 - t1, 3),
+                             "rerank": round(t3 - t2, 3), "total": round(t3 - t0, 3)})
+
+    def evidence(self, images: list[bytes], labels: np.ndarray, top, scorer) -> np.ndarray:
+        """`scorer` of each recalled network's penultimate features of the query images."""
+        from workers.finetune import decode_images, load_checkpoint
+        from workers.ofa_space import penultimate
+        width = read_manifest(self.store).width
+        x = torch.from_numpy(decode_images(images, self.image_size))
+        out = []
+        for i in top:
+            job_id = self.table["job_id"][int(i)].as_py()
+            record = self.results.get(job_id)
+            if record is None:
+                raise TansError(f"job {job_id} of the retriever has no result in {self.store.uri}; "
+                                f"run `tans retrain {self.store.uri}`")
+            net = load_checkpoint(self.store, record, width)
+            with torch.no_grad():
+                feats = torch.cat([penultimate(net, x[j:j + 256]) for j in range(0, len(x), 256)]).numpy()
+            out.append(scorer(feats, labels))
+        return np.asarray(out, dtype=np.float64)
+
+    def _hits(self, top, cosine, predicted, rank_score, ranked_by: str) -> list[dict]:
+        order = sorted(range(len(top)), key=lambda j: (-rank_score[j], -cosine[int(top[j])]))
         cols = ["job_id", "dataset_id", "arch", "params", "flops", "latency_ms", "checkpoint_uri"]
         hits = []
         for j in order:
             i = int(top[j])
             hit = {c: self.table[c][i].as_py() for c in cols}
-            hit.update(score=float(scores[i]), predicted_accuracy=float(predicted[j]),
+            hit.update(score=float(cosine[i]), predicted_accuracy=float(predicted[j]),
+                       rank_score=float(rank_score[j]), ranked_by=ranked_by, weak_match=bool(cosine[i] < 0),
                        checkpoint_uri=checkpoint_uri(self.store, hit["checkpoint_uri"]))
             hits.append(hit)
         return hits
 
 
 def search_dataset(store: ZooStore, source: str, constraints: Constraints = Constraints(), top_k: int = 10,
-                   per_class: int = 10, s3=None) -> list[dict]:
+                   per_class: int = 10, s3=None, rerank: str = "none", recall: int = RECALL) -> SearchResult:
     """Validate a dataset (as ingestion does, without writing it) and search the zoo for it."""
     from pipeline.ingest import IngestSettings, read_source, validate
     from pipeline.state import read_results
@@ -117,5 +205,6 @@ def search_dataset(store: ZooStore, source: str, constraints: Constraints = Cons
     for label, cls in enumerate(sorted(by_class)):
         images += by_class[cls]
         labels += [label] * len(by_class[cls])
-    searcher = Searcher(store, live_job_ids={r.job_id for r in read_results(store)})
-    return searcher.search(searcher.query_features(images, labels, per_class), constraints, top_k)
+    results = {r.job_id: r for r in read_results(store)}
+    searcher = Searcher(store, live_job_ids=set(results), results=results)
+    return searcher.rank(images, labels, constraints, top_k, rerank, recall, per_class)

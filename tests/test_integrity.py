@@ -92,7 +92,7 @@ def test_copied_zoo_keeps_and_checks_its_own_checkpoints(built, tiny_datasets, t
 
     # search names checkpoints inside the zoo it was given
     assert main(["search", str(copy), "--dataset", str(tiny_datasets / "hue-6"), "--json"]) == 0
-    hits = json.loads(capsys.readouterr().out)
+    hits = json.loads(capsys.readouterr().out)["hits"]
     assert hits and all(h["checkpoint_uri"].startswith(f"{copy}/checkpoints/") for h in hits)
 
 
@@ -393,7 +393,7 @@ def test_zoo_copied_to_s3_verifies_and_searches_there(built, tiny_datasets, s3_s
     assert (report.problems, report.orphans, report.results_checked) == ([], [], 3)
     assert main(["search", remote_uri, "--s3-endpoint", s3_server.url, "--dataset",
                  str(tiny_datasets / "shapes-clean"), "--json", "--top-k", "2"]) == 0
-    hits = json.loads(capsys.readouterr().out)
+    hits = json.loads(capsys.readouterr().out)["hits"]
     assert all(h["checkpoint_uri"].startswith(f"{remote_uri}/checkpoints/") for h in hits)
     remote.delete(read_results(remote)[0].checkpoint_uri)
     assert [p.problem for p in verify_zoo(remote).problems] == ["checkpoint missing"]

@@ -76,17 +76,54 @@ def test_search_ranks_filters_and_explains(built_zoo, tiny_datasets):
     store = open_store(zoo)
     if not versions(store):
         run_retrain(store, SETTINGS, 32, None, None, log=lambda *_: None)
-    hits = search_dataset(store, str(tiny_datasets / "hue-6"), top_k=3)
-    assert 1 <= len(hits) <= 3
+    query = str(tiny_datasets / "hue-6")
+    result = search_dataset(store, query, top_k=3)
+    hits = result.hits
+    assert 1 <= len(hits) <= 3 and result.ranked_by == "predicted_accuracy"
     preds = [h["predicted_accuracy"] for h in hits]
-    assert preds == sorted(preds, reverse=True)  # re-ranked by predicted accuracy
+    assert preds == sorted(preds, reverse=True)  # ordered by predicted accuracy
     assert set(hits[0]) >= {"job_id", "dataset_id", "arch", "score", "predicted_accuracy", "params",
-                            "flops", "latency_ms", "checkpoint_uri"}
-    smallest = min(h["params"] for h in search_dataset(store, str(tiny_datasets / "hue-6"), top_k=100))
-    limited = search_dataset(store, str(tiny_datasets / "hue-6"), Constraints(max_params=smallest), top_k=100)
+                            "flops", "latency_ms", "checkpoint_uri", "rank_score", "ranked_by", "weak_match"}
+    everything = search_dataset(store, query, top_k=100).hits
+    assert [h["job_id"] for h in everything[:len(hits)]] == [h["job_id"] for h in hits]  # --top-k never reorders
+    smallest = min(h["params"] for h in everything)
+    limited = search_dataset(store, query, Constraints(max_params=smallest), top_k=100).hits
     assert limited and all(h["params"] <= smallest for h in limited)
     with pytest.raises(NoModelFits, match="no model in the zoo meets the constraints; the closest is"):
-        search_dataset(store, str(tiny_datasets / "hue-6"), Constraints(max_params=10))
+        search_dataset(store, query, Constraints(max_params=10))
+
+
+@pytest.mark.parametrize("rerank", ["logme", "knn"])
+def test_search_reranks_with_evidence_from_the_query_images(built_zoo, tiny_datasets, rerank):
+    from retriever.rerank import SCORERS
+    from workers.finetune import decode_images, load_checkpoint
+    from workers.ofa_space import penultimate
+    zoo, _ = built_zoo
+    store = open_store(zoo)
+    if not versions(store):
+        run_retrain(store, SETTINGS, 32, None, None, log=lambda *_: None)
+    query = str(tiny_datasets / "shapes-clean")
+    result = search_dataset(store, query, top_k=100, rerank=rerank)
+    assert result.ranked_by == rerank and result.seconds["rerank"] > 0
+    scores = [h["rank_score"] for h in result.hits]
+    assert scores == sorted(scores, reverse=True) and len(set(scores)) > 1
+    first = search_dataset(store, query, top_k=2, rerank=rerank).hits
+    assert [h["job_id"] for h in first] == [h["job_id"] for h in result.hits[:2]]
+    # the score is the scorer on the network's own features of the sampled query images
+    from pipeline.ingest import IngestSettings, read_source, validate
+    from pipeline.state import find_result
+    from retriever.features import sample_per_class
+    by_class, _ = validate(query, read_source(query)[0], IngestSettings(min_images_per_class=1))
+    images, labels = [], []
+    for label, cls in enumerate(sorted(by_class)):
+        images, labels = images + by_class[cls], labels + [label] * len(by_class[cls])
+    chosen = sample_per_class(labels, 10, "search")
+    record = find_result(store, result.hits[0]["job_id"])
+    net = load_checkpoint(store, record, 1.0)
+    with torch.no_grad():
+        feats = penultimate(net, torch.from_numpy(decode_images([images[i] for i in chosen], 32))).numpy()
+    expected = SCORERS[rerank](feats, np.asarray([labels[i] for i in chosen]))
+    assert result.hits[0]["rank_score"] == pytest.approx(expected, rel=1e-6)
 
 
 def test_retriever_version_loads_back_from_s3(built_zoo, s3_server, s3_bucket):
@@ -142,7 +179,7 @@ def test_resnet18_backbone_from_a_local_weights_file(built_zoo, tiny_datasets, t
     assert meta["backbone"].startswith("resnet18-") and meta["image_dim"] == 512
     assert store.exists(meta["backbone_key"])  # copied into the zoo as safetensors
     weights.unlink()  # search needs only the zoo
-    hits = search_dataset(store, str(tiny_datasets / "hue-6"), top_k=2)
+    hits = search_dataset(store, str(tiny_datasets / "hue-6"), top_k=2).hits
     assert len(hits) == 2
 
 
