@@ -42,6 +42,13 @@ def base_weights_entry(store: ZooStore, config: BuildConfig) -> dict:
     spec = config.arch.base_weights
     if spec == "random":
         return {"kind": "random", "seed": config.arch.base_seed, "id": f"random-seed{config.arch.base_seed}"}
+    if spec == "pretrained":
+        from workers import base_weights
+        if config.arch.width != base_weights.WIDTH:
+            raise ConfigError(f"the shipped pretrained base weights are width {base_weights.WIDTH}; set arch.width = "
+                              f"{base_weights.WIDTH}, or arch.base_weights to 'random' or to a supernet file of width "
+                              f"{config.arch.width} (OFA's published ofa_mbv3_d234_e346_k357_w1.2 for 1.2)")
+        spec = str(base_weights.shipped()[0])
     from safetensors.torch import save as st_save
 
     from pipeline.weights import read_state_dict
@@ -166,8 +173,11 @@ def run_build(config: BuildConfig, log=print, ray_num_cpus: int | None = None, t
                         config.mlflow if tracking else None, log)
     except BaseException as e:
         if tracker:
-            tracker.end("KILLED" if isinstance(e, (Interrupted, KeyboardInterrupt)) else "FAILED",
-                        f"{type(e).__name__}: {e}")
+            try:
+                tracker.end("KILLED" if isinstance(e, (Interrupted, KeyboardInterrupt)) else "FAILED",
+                            f"{type(e).__name__}: {e}")
+            except Exception as end_error:  # noqa: BLE001 - the build's own error is the one to report
+                log(f"could not end the MLflow run: {type(end_error).__name__}: {redact(str(end_error))[:300]}")
         raise
     finally:
         lease.release()

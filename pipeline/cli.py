@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 
+from pipeline import signals
 from pipeline.errors import Interrupted, TansError
 from zoo_schema.redact import redact
 
@@ -412,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit code. SIGTERM and SIGINT stop it cleanly (every
     `finally` runs: the lease is released, the MLflow run ends KILLED) with 143 and 130."""
     args = parser().parse_args(argv)
-    previous = _on_signals(_raise_interrupted)
+    previous = signals.install()
     try:
         return args.func(args)
     except TansError as e:
@@ -424,25 +425,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 128 + signum
     finally:
-        _on_signals(previous)
-
-
-def _raise_interrupted(signum, frame):
-    raise Interrupted(signum)
-
-
-def _on_signals(handler):
-    """Install `handler` for SIGTERM and SIGINT (main thread only); returns the previous ones."""
-    import threading
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    if handler is None:
-        return None
-    if callable(handler):
-        return {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    for s, h in handler.items():
-        signal.signal(s, h)
-    return None
+        signals.restore(previous)
 
 
 def run() -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from pipeline.config import MlflowSettings
 from workers.job import JobSpec
 from zoo_schema.records import ResultRecord
+from pipeline.signals import deferred
 from zoo_schema.redact import redact
 
 
@@ -30,19 +31,21 @@ class Tracker:
         self.client = MlflowClient(tracking_uri=self.uri)
         exp = self.client.get_experiment_by_name(settings.experiment)
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(settings.experiment)
-        self.build_run = self.client.create_run(self.experiment_id, run_name="build",
-                                                tags={"tans.kind": "build"})
+        with deferred():
+            self.build_run = self.client.create_run(self.experiment_id, run_name="build",
+                                                    tags={"tans.kind": "build"})
         self._ended = False
         self._log(self.build_run.info.run_id, params=build_params)
 
     def _log(self, run_id: str, params: dict | None = None, metrics: list | None = None, tags: dict | None = None):
         from mlflow.entities import Metric, Param, RunTag
         now = int(time.time() * 1000)
-        self.client.log_batch(
+        with deferred():  # a signal never cuts a write (sqlite would stay locked)
+            self.client.log_batch(
             run_id,
-            metrics=[Metric(k, float(v), now, step) for k, v, step in (metrics or [])],
-            params=[Param(k, redact(str(v))[:6000]) for k, v in (params or {}).items()],
-            tags=[RunTag(k, redact(str(v))) for k, v in (tags or {}).items()])
+                metrics=[Metric(k, float(v), now, step) for k, v, step in (metrics or [])],
+                params=[Param(k, redact(str(v))[:6000]) for k, v in (params or {}).items()],
+                tags=[RunTag(k, redact(str(v))) for k, v in (tags or {}).items()])
 
     def _job_run(self, spec: JobSpec, status_tag: str):
         return self.client.create_run(
@@ -59,6 +62,10 @@ class Tracker:
                 "width": spec.width, "base_weights": spec.base_weights["id"]}
 
     def log_result(self, spec: JobSpec, record: ResultRecord) -> None:
+        with deferred():
+            self._log_result(spec, record)
+
+    def _log_result(self, spec: JobSpec, record: ResultRecord) -> None:
         run = self._job_run(spec, "finished")
         metrics = [("train_loss", v, i) for i, v in enumerate(record.epoch_losses)]
         metrics += [("test_accuracy", v, i) for i, v in enumerate(record.epoch_accuracies)]
@@ -71,9 +78,10 @@ class Tracker:
         self.client.set_terminated(run.info.run_id, "FINISHED")
 
     def log_failure(self, spec: JobSpec, error: str) -> None:
-        run = self._job_run(spec, "failed")
-        self._log(run.info.run_id, params=self._job_params(spec), tags={"tans.error": error[:4000]})
-        self.client.set_terminated(run.info.run_id, "FAILED")
+        with deferred():
+            run = self._job_run(spec, "failed")
+            self._log(run.info.run_id, params=self._job_params(spec), tags={"tans.error": error[:4000]})
+            self.client.set_terminated(run.info.run_id, "FAILED")
 
     def finish(self, summary: dict) -> None:
         self._log(self.build_run.info.run_id,
@@ -86,6 +94,7 @@ class Tracker:
         if self._ended:
             return
         self._ended = True
-        if reason:
-            self._log(self.build_run.info.run_id, tags={"tans.stop_reason": redact(reason)[:4000]})
-        self.client.set_terminated(self.build_run.info.run_id, status)
+        with deferred():
+            if reason:
+                self._log(self.build_run.info.run_id, tags={"tans.stop_reason": redact(reason)[:4000]})
+            self.client.set_terminated(self.build_run.info.run_id, status)

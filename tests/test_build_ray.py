@@ -116,7 +116,8 @@ def test_failed_job_is_recorded_and_build_goes_on(ray_cluster, tiny_datasets, tm
     from pipeline.ingest import ingest
     ingest(store, str(tiny_datasets / "hue-6"))
     ingest(store, str(tiny_datasets / "shapes-clean"))
-    for key in store.list("data/shapes-clean/train"):  # the worker will find no training data
+    from pipeline.ingest import read_dataset, shard_keys
+    for key in shard_keys(store, read_dataset(store, "shapes-clean"), "train"):  # no training data left
         store.delete(key)
     summary = run_build(config(zoo, tiny_datasets, tmp_path, datasets=[], max_jobs=4,
                                **{"resources.max_attempts": 2}))
@@ -125,7 +126,8 @@ def test_failed_job_is_recorded_and_build_goes_on(ray_cluster, tiny_datasets, tm
     assert summary.failed >= 1 and summary.finished + summary.failed == 4
     assert len(failures) == 2 * summary.failed
     assert {f.dataset_id for f in failures} == {"shapes-clean"}
-    assert all("no train data for dataset 'shapes-clean'" in f.error for f in failures)
+    assert all("the train split of dataset 'shapes-clean'" in f.error and "holds 0 images" in f.error
+               for f in failures)
     assert {r.dataset_id for r in read_results(store)} == {"hue-6"}
     assert zoo_status(store)["failed_jobs"] == summary.failed
     failed_runs = [r for r in mlflow_job_runs(tmp_path) if r.info.status == "FAILED"]

@@ -127,7 +127,7 @@ tracking_uri = "{mlflow_server}"
     # a resubmit after the build finished is a new attempt that resumes: nothing done twice
     resumed = tans("submit", "--address", ray_head, "--config", str(config), "--wait", timeout=900)
     assert resumed.returncode == 0 and f"{sid}-r2" in resumed.stdout, resumed.stdout[-3000:]
-    assert sorted(r.job_id for r in read_results(store)) == sorted(r.job_id for r in results)
+    assert sorted(r.job_id for r in read_results(store)) == sorted(r.job_id for r in results), resumed.stdout[-3000:]
 
     # a bigger build is stopped mid-way: the job ends STOPPED and the zoo stays consistent
     bigger = tans("submit", "--address", ray_head, "--config", str(config), "--max-jobs", "8")

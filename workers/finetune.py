@@ -83,8 +83,8 @@ def load_base_supernet(store: ZooStore, width: float, base_weights: dict):
     if hashlib.sha256(data).hexdigest() != base_weights["sha256"]:
         from pipeline.errors import StorageError
         raise StorageError(f"base weights {base_weights['key']} in {store.uri} do not match their "
-                           "recorded sha256; the zoo's copy is corrupt: restore it from the source "
-                           f"{base_weights.get('source')}")
+                           "recorded sha256; the zoo's copy is corrupt: restore that file from the weights "
+                           "the zoo was built with (its name is its sha256)")
     supernet.load_state_dict(load_safetensors(data))
     return supernet
 

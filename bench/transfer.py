@@ -1,0 +1,258 @@
+"""Which zoo network for a new dataset: the field's transfer metrics on held-out datasets.
+
+1. The zoo: the demo's build (`demo.toml`: the first 25 built-in datasets less the held-out
+   glyphs-hebrew-clean, 64 networks by Pareto acquisition, 1 epoch at 32 px) from the
+   default base weights (the shipped pretrained supernet), built once in bench/.cache, and
+   its retriever. Per zoo dataset: best accuracy against chance.
+2. Held-out datasets, never in the zoo nor in the base weights' pretraining: five built-in
+   ones and the three of real images (`HELD_OUT`).
+3. Ground truth per held-out dataset: a fixed set of `--networks` zoo networks — the
+   retriever's top-5 (default ranking) plus seeded random others — each fine-tuned for 3
+   epochs with one recipe (the zoo's B.2 defaults) on its train split, scored on its test
+   split (accuracy after epoch 1 and 3).
+4. Rankings of that set, judged by weighted Kendall tau against the 3-epoch accuracies
+   (`scipy.stats.weightedtau`, the protocol of LogME / Model Spider): the retriever's
+   predicted accuracy (TANS), LogME and a k-NN probe on each network's features of the
+   query's training images, TANS + LogME and TANS + k-NN (the mean of the two rankings'
+   normalised ranks), random (expectation over 1000 shuffles).
+5. The default search's top-1 against the starts a user would otherwise take: a random zoo
+   network, the largest network within the constraint (params <= the zoo's median), the
+   same architecture from random init and from the pretrained base; accuracy after 1 and 3
+   epochs, and regret against the best network of the set.
+6. Search time for a 10-class query, with and without re-ranking.
+
+    python bench/transfer.py [--networks 16]
+
+The spread of the ground-truth accuracies per dataset is reported next to the test-split
+noise (binomial standard error at the mean accuracy), since no ranking can separate
+networks that differ by less. The last line is the figures as one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.chdir(ROOT)
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+HELD_OUT = ["glyphs-hebrew-clean", "stripes-frequency", "hue-shapes-12", "checker-scale", "count-dots-noisy",
+            "mnist-real", "textures-real", "photos-real"]
+CACHE = ROOT / "bench" / ".cache" / "transfer"
+EPOCHS = 3
+
+
+def log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def build_zoo():
+    """The demo's zoo (its config, its datasets), built once in the cache."""
+    from pipeline import synth
+    from pipeline.build import run_build
+    from pipeline.config import load_config
+    from pipeline.retrain import run_retrain
+    from pipeline.state import read_results
+    from retriever.train import versions
+    from zoo_schema.store import open_store
+    datasets = CACHE / "datasets"
+    if not datasets.exists():
+        synth.generate(datasets, count=25)
+        os.rename(datasets / "glyphs-hebrew-clean", CACHE / "glyphs-hebrew-clean")
+    config = load_config(str(ROOT / "demo.toml"), {"zoo": str(CACHE / "zoo"), "datasets": [str(datasets)],
+                                                     "mlflow.tracking_uri": f"sqlite:///{CACHE / 'mlflow.db'}"})
+    store = open_store(config.zoo)
+    started = time.perf_counter()
+    if len(read_results(store)) < config.max_jobs or not versions(store):
+        run_build(config, log=log)
+        import ray
+        ray.shutdown()
+    if not versions(store):
+        run_retrain(store, config.retrain, config.train.image_size, None, None, log)
+    return store, config, time.perf_counter() - started
+
+
+def held_out_splits():
+    """(name, train images, train labels, test images, test labels) of each held-out dataset."""
+    from pipeline import synth
+    from pipeline.ingest import IngestSettings, read_source, stratified_split, validate
+    specs = {s.name: s for s in synth.suite()}
+    for name in HELD_OUT:
+        folder = CACHE / name if name == "glyphs-hebrew-clean" else CACHE / "held-out" / name
+        if not folder.exists():
+            synth.write_dataset(specs[name], folder.parent, seed=0)
+        by_class, _ = validate(name, read_source(str(folder))[0], IngestSettings())
+        classes = sorted(by_class)
+        train, test = stratified_split(by_class, classes, IngestSettings())
+        yield name, [b for b, _ in train], [y for _, y in train], [b for b, _ in test], [y for _, y in test]
+
+
+def fine_tune(net, classes, x, y, xt, yt, settings):
+    from workers.finetune import train
+    net.classifier = torch.nn.Linear(net.classifier.in_features, classes)
+    return train(net, x, y, xt, yt, settings, torch.device("cpu"), seed=0)[1]
+
+
+def ranks01(v: np.ndarray) -> np.ndarray:
+    return np.argsort(np.argsort(v, kind="stable"), kind="stable") / max(len(v) - 1, 1)
+
+
+def main() -> None:
+    from scipy.stats import weightedtau
+
+    from pipeline.state import read_results
+    from retriever.rerank import SCORERS
+    from retriever.search import Constraints, Searcher
+    from workers.finetune import decode_images, load_base_supernet, load_checkpoint, model_for
+    from workers.job import TrainSettings
+    from workers.ofa_space import penultimate
+    from zoo_schema.manifest import read_manifest
+    p = argparse.ArgumentParser()
+    p.add_argument("--networks", type=int, default=16, help="zoo networks fine-tuned per held-out dataset")
+    args = p.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    store, config, zoo_seconds = build_zoo()
+    manifest = read_manifest(store)
+    results = {r.job_id: r for r in read_results(store)}
+    searcher = Searcher(store, live_job_ids=set(results), results=results)
+    figures = {"zoo": zoo_summary(store, results, zoo_seconds), "held_out": HELD_OUT, "networks": args.networks,
+               "epochs": EPOCHS, "per_dataset": {}}
+    limit = float(np.median([r.params for r in results.values()]))
+    settings = TrainSettings(epochs=EPOCHS, image_size=config.train.image_size)
+    rng = np.random.default_rng(0)
+    methods = ["tans", "logme", "knn", "tans+logme", "tans+knn", "random"]
+    taus = {m: [] for m in methods}
+    starts = ["tans_top1", "random_zoo_network", "largest_within_constraint", "same_arch_random_init",
+              "same_arch_pretrained_base"]
+    finals = {s: [] for s in starts}
+    firsts = {s: [] for s in starts}
+    regrets = []
+    for name, tr_img, tr_lab, te_img, te_lab in held_out_splits():
+        t0 = time.perf_counter()
+        classes = len(set(tr_lab))
+        x = torch.from_numpy(decode_images(tr_img, settings.image_size))
+        y = torch.tensor(tr_lab)
+        xt = torch.from_numpy(decode_images(te_img, settings.image_size))
+        yt = torch.tensor(te_lab)
+        default = searcher.rank(tr_img, tr_lab, Constraints(max_params=limit), top_k=5).hits
+        top5 = [h["job_id"] for h in default]
+        others = [j for j in sorted(results) if j not in top5]
+        chosen = top5 + list(rng.choice(others, size=max(0, args.networks - len(top5)), replace=False))
+        # scores of the set: the retriever's prediction, and evidence on the query's train images
+        feats = searcher.query_features(tr_img, tr_lab, per_class=10)
+        q = searcher.model.encode_query(torch.from_numpy(feats))
+        index = {searcher.table["job_id"][i].as_py(): i for i in range(searcher.table.num_rows)}
+        with torch.no_grad():
+            emb = torch.from_numpy(searcher.embeddings[[index[j] for j in chosen]])
+            predicted = searcher.model.predict(q.expand(len(chosen), -1), emb).numpy()
+        from retriever.features import sample_per_class
+        sample = sample_per_class(tr_lab, 10, "search")
+        xs, ys = x[sample], np.asarray([tr_lab[i] for i in sample])
+        acc1, acc3, evidence = [], [], {k: [] for k in SCORERS}
+        for job_id in chosen:
+            net = load_checkpoint(store, results[job_id], manifest.width)
+            with torch.no_grad():
+                f = penultimate(net, xs).numpy()
+            for k, scorer in SCORERS.items():
+                evidence[k].append(scorer(f, ys))
+            curve = fine_tune(net, classes, x, y, xt, yt, settings)
+            acc1.append(curve[0])
+            acc3.append(curve[-1])
+        acc3 = np.asarray(acc3)
+        scores = {"tans": predicted, "logme": np.asarray(evidence["logme"]), "knn": np.asarray(evidence["knn"])}
+        scores["tans+logme"] = ranks01(scores["tans"]) + ranks01(scores["logme"])
+        scores["tans+knn"] = ranks01(scores["tans"]) + ranks01(scores["knn"])
+        row = {"accuracy_3_epochs": [round(float(a), 4) for a in acc3],
+               "spread": round(float(acc3.max() - acc3.min()), 4),
+               "test_noise_se": round(float(np.sqrt(acc3.mean() * (1 - acc3.mean()) / len(te_lab))), 4),
+               "test_images": len(te_lab), "weighted_tau": {}}
+        for m in methods[:-1]:
+            tau = float(weightedtau(scores[m], acc3).correlation)
+            taus[m].append(tau)
+            row["weighted_tau"][m] = round(tau, 4)
+        shuffles = [float(weightedtau(rng.permutation(len(acc3)), acc3).correlation) for _ in range(1000)]
+        taus["random"].append(float(np.mean(shuffles)))
+        row["weighted_tau"]["random"] = round(taus["random"][-1], 4)
+        # the default search's top-1 against the alternatives
+        top1 = results[top5[0]]
+        fitting = [r for r in results.values() if r.params <= limit]
+        largest = max(fitting, key=lambda r: r.params)
+        curves = {"tans_top1": (acc1[0], acc3[0]),
+                  "random_zoo_network": (acc1[len(top5)], acc3[len(top5)]) if len(chosen) > len(top5) else None}
+        if curves["random_zoo_network"] is None:
+            pick = results[str(rng.choice(others))]
+            c = fine_tune(load_checkpoint(store, pick, manifest.width), classes, x, y, xt, yt, settings)
+            curves["random_zoo_network"] = (c[0], c[-1])
+        if largest.job_id in chosen:
+            i = chosen.index(largest.job_id)
+            curves["largest_within_constraint"] = (acc1[i], acc3[i])
+        else:
+            c = fine_tune(load_checkpoint(store, largest, manifest.width), classes, x, y, xt, yt, settings)
+            curves["largest_within_constraint"] = (c[0], c[-1])
+        torch.manual_seed(12345)
+        c = fine_tune(model_for(top1.arch, classes, manifest.width), classes, x, y, xt, yt, settings)
+        curves["same_arch_random_init"] = (c[0], c[-1])
+        base = load_base_supernet(store, manifest.width, manifest.base_weights)
+        c = fine_tune(model_for(top1.arch, classes, manifest.width, base), classes, x, y, xt, yt, settings)
+        curves["same_arch_pretrained_base"] = (c[0], c[-1])
+        for s in starts:
+            firsts[s].append(float(curves[s][0]))
+            finals[s].append(float(curves[s][1]))
+        regrets.append(float(acc3.max() - acc3[0]))
+        row.update(top1_accuracy_1_and_3_epochs={s: [round(float(v), 4) for v in curves[s]] for s in starts},
+                   regret=round(regrets[-1], 4), seconds=round(time.perf_counter() - t0, 1))
+        figures["per_dataset"][name] = row
+        log(f"{name}: tau " + ", ".join(f"{m} {row['weighted_tau'][m]:+.2f}" for m in methods)
+            + f" | top-1 {acc3[0]:.3f} best {acc3.max():.3f} spread {row['spread']:.3f} ({row['seconds']}s)")
+    figures["weighted_tau_mean"] = {m: round(float(np.mean(v)), 4) for m, v in taus.items()}
+    final = np.array([finals[s] for s in starts])
+    figures["start_accuracy_mean"] = {s: {"after_1_epoch": round(float(np.mean(firsts[s])), 4),
+                                          "after_3_epochs": round(float(np.mean(finals[s])), 4)} for s in starts}
+    figures["tans_top1_best_on_average"] = bool(final.mean(1).argmax() == 0)
+    figures["tans_top1_never_worst"] = bool((final.argmin(0) != 0).all())
+    figures["regret_mean"] = round(float(np.mean(regrets)), 4)
+    figures["search_seconds"] = search_times()
+    figures["goals"] = {"default_weighted_tau": ">= 0.6 (moonshot 0.8) and above LogME alone",
+                        "top1": "best on average and never the worst", "search_with_rerank_s": "< 10"}
+    print(json.dumps(figures))
+
+
+def zoo_summary(store, results, seconds) -> dict:
+    from pipeline.ingest import read_datasets
+    rows = {}
+    for d in read_datasets(store):
+        accs = [r.accuracy for r in results.values() if r.dataset_id == d.dataset_id]
+        if accs:
+            rows[d.dataset_id] = {"best": round(max(accs), 4), "chance": round(1 / d.num_classes, 4),
+                                  "networks": len(accs)}
+    above = [k for k, v in rows.items() if v["best"] >= 2 * v["chance"]]
+    return {"networks": len(results), "datasets": len(rows), "build_seconds": round(seconds, 1),
+            "base_weights": json.loads(store.read_bytes("manifest.json"))["base_weights"]["id"],
+            "datasets_best_at_least_twice_chance": len(above), "per_dataset": rows}
+
+
+def search_times() -> dict:
+    """`tans search` end to end from the command line, for a 10-class held-out query."""
+    out = {}
+    query = str(CACHE / "held-out" / "mnist-real")
+    for rerank in ("none", "logme", "knn"):
+        started = time.perf_counter()
+        r = subprocess.run([sys.executable, "-m", "pipeline.cli", "search", str(CACHE / "zoo"), "--dataset", query,
+                            "--rerank", rerank, "--json"], capture_output=True, text=True, cwd=ROOT)
+        wall = time.perf_counter() - started
+        inner = json.loads(r.stdout)["seconds"] if r.returncode == 0 else {"error": r.stderr[-300:]}
+        out[rerank] = {"command_seconds": round(wall, 2), **inner}
+    return out
+
+
+if __name__ == "__main__":
+    main()
