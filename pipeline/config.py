@@ -21,7 +21,8 @@ from zoo_schema.store import S3Settings
 @dataclass(frozen=True)
 class ArchSettings:
     width: float = 1.0              # 1.0 (1280-d penultimate) or 1.2 (1536-d, the paper's)
-    base_weights: str = "random"    # "random", or a path/URI of an OFA supernet state_dict
+    base_weights: str = "pretrained"  # the shipped pretrained supernet (workers/base_weights.py),
+                                      # "random", or a path/URI of an OFA supernet state_dict
     base_seed: int = 0              # seed of the random base weights
     noise_seed: int = 0             # functional-embedding noise (fixed in the manifest)
     noise_batch: int = 8

@@ -20,7 +20,10 @@ from zoo_schema.redact import redact, redact_obj
 from zoo_schema.store import ZooStore
 
 log = logging.getLogger("tans.state")
-CORRUPT = (ValueError, pa.ArrowException, OSError, KeyError)  # what a damaged file raises when read
+# What reading a damaged file raises (bad bytes, a wrong schema). An I/O error is not damage:
+# it propagates (a StorageError after the store's retries), so a file is never set aside
+# because the storage was briefly unreachable.
+CORRUPT = (ValueError, KeyError, NotImplementedError, pa.ArrowInvalid)
 
 
 @dataclass(frozen=True)
@@ -122,8 +125,8 @@ def _read_snapshot(store: ZooStore) -> dict[str, ResultRecord]:
         return {result_key(r): r for r in from_table(ResultRecord, store.read_table(SNAPSHOT_KEY))}
     except FileNotFoundError:
         return {}
-    except CORRUPT:
-        return {}  # a damaged cache is rebuilt from the commits
+    except (*CORRUPT, OSError, pa.ArrowException):
+        return {}  # a damaged or unreadable cache: the commits are read instead
 
 
 def check_result(key: str, record: ResultRecord) -> str | None:
@@ -147,8 +150,8 @@ def _read_files(store: ZooStore, keys: list[str]) -> tuple[dict[str, ResultRecor
         rows = {result_key(r): r for r in from_table(ResultRecord, table)}
         if table.num_rows == len(keys) and set(rows) == set(keys):
             return rows, []
-    except CORRUPT:
-        pass
+    except (*CORRUPT, OSError, pa.ArrowException):
+        pass  # read them one by one: that tells a damaged file from an unreachable store
     out, unusable = {}, []
     for key in keys:
         try:
