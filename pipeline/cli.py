@@ -177,12 +177,13 @@ def _search(args) -> int:
     if args.json:
         print(json.dumps(result.as_dict(), indent=1))
         return 0
-    score = {"predicted_accuracy": "pred.acc", "logme": "LogME", "knn": "k-NN"}[result.ranked_by]
-    print(f"{'#':>2} {'job_id':24} {'dataset':28} {score:>8} {'pred.acc':>8} {'cosine':>6} {'params':>7} "
-          f"{'MFLOPs':>7} {'ms':>6}  arch")
+    evidence = {"logme": "LogME", "knn": "k-NN"}.get(result.ranked_by)  # a column only when it ranked
+    print(f"{'#':>2} {'job_id':24} {'dataset':28} " + (f"{evidence:>8} " if evidence else "")
+          + f"{'pred.acc':>8} {'cosine':>6} {'params':>7} {'MFLOPs':>7} {'ms':>6}  arch")
     for i, h in enumerate(result.hits, 1):
-        print(f"{i:>2} {h['job_id']:24} {h['dataset_id'][:28]:28} {h['rank_score']:>8.3f} "
-              f"{h['predicted_accuracy']:>8.3f} {h['score']:>6.3f} {h['params'] / 1e6:>6.2f}M "
+        print(f"{i:>2} {h['job_id']:24} {h['dataset_id'][:28]:28} "
+              + (f"{h['rank_score']:>8.3f} " if evidence else "")
+              + f"{h['predicted_accuracy']:>8.3f} {h['score']:>6.3f} {h['params'] / 1e6:>6.2f}M "
               f"{h['flops'] / 1e6:>7.1f} {h['latency_ms']:>6.1f}  {h['arch']}")
     weak = sum(h["weak_match"] for h in result.hits)
     if weak:
