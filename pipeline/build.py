@@ -85,7 +85,7 @@ def ingest_all(store: ZooStore, config: BuildConfig, log=print) -> None:
             log(f"dataset {report.name}: {state}{skipped} -> {', '.join(report.dataset_ids)}")
 
 
-REPLAY_COPIES = ("datasets", "query_features", "pool")
+REPLAY_COPIES = ("datasets", "query_features", "pool", "base")  # base: the weights the manifest names
 
 
 def seed_replay_zoo(target: ZooStore, source: ZooStore) -> Manifest:

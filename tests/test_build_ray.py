@@ -139,7 +139,8 @@ def test_manifest_conflict_is_refused(ray_cluster, tiny_datasets, tmp_path):
     zoo = str(tmp_path / "zoo")
     run_build(config(zoo, tiny_datasets, tmp_path, max_jobs=0))
     with pytest.raises(ZooConflictError, match="width: zoo has 1.0, build asks 1.2"):
-        run_build(config(zoo, tiny_datasets, tmp_path, max_jobs=0, **{"arch.width": 1.2}))
+        run_build(config(zoo, tiny_datasets, tmp_path, max_jobs=0,
+                         **{"arch.width": 1.2, "arch.base_weights": "random"}))
 
 
 def test_pareto_build_on_ray_then_replay_gives_same_proposals(ray_cluster, tiny_datasets, tmp_path):
