@@ -303,12 +303,14 @@ def test_credentials_in_uris_are_never_written(built, mlflow_server, tmp_path, c
     lines = []
     run_build(load_config(None, {"zoo": str(zoo), "executor": f"replay:{built[0]}", "max_jobs": 2,
                                  "strategy": "random", "arch.pool_size": 10, "retrain.after_build": False,
-                                 "mlflow.tracking_uri": uri}), log=lines.append)
+                                 "mlflow.tracking_uri": uri, "mlflow.experiment": "secrets-test"}),
+              log=lines.append)  # its own experiment: the server is shared with test_submit
     store = open_store(str(zoo))
     written = "\n".join(lines) + "".join(store.read_bytes(k).decode() for k in store.list("journal"))
     assert "alice:***@" in written and secret not in written
     client = MlflowClient(tracking_uri=mlflow_server)
-    runs = client.search_runs([client.get_experiment_by_name("tans").experiment_id], "tags.`tans.kind` = 'build'")
+    runs = client.search_runs([client.get_experiment_by_name("secrets-test").experiment_id],
+                              "tags.`tans.kind` = 'build'")
     assert runs and all(secret not in json.dumps([r.data.params, r.data.tags]) for r in runs)
     record_failure(store, "j", "d", "a", RuntimeError(f"cannot reach {uri}/api"))
     assert secret not in "".join(store.read_bytes(k).decode() for k in store.list("journal/failures"))

@@ -198,11 +198,14 @@ def test_pretrain_base_serves_as_base_weights_and_query_backbone(built_zoo, tmp_
     out = tmp_path / "base" / "pretrained.safetensors"
     summary = pretrain_base(store, str(out), PretrainSettings(steps=6, batch_size=32), log=lambda *_: None)
     assert summary["classes"] == sum(d.num_classes for d in read_datasets(store))
-    assert summary["start"] == "random-seed0" and 0 <= summary["test_accuracy_largest"] <= 1
+    from workers.finetune import load_base_supernet
+    from zoo_schema.manifest import read_manifest
+    manifest = read_manifest(store)  # pretraining starts from the zoo's own base weights
+    assert summary["start"] == manifest.base_weights["id"] and 0 <= summary["test_accuracy_largest"] <= 1
     with safe_open(str(out), "pt") as fh:
         assert json.loads(fh.metadata()["tans"])["datasets"] == summary["datasets"]
         trained = fh.get_tensor("first_conv.conv.weight")
-    start = build_supernet_seeded()
+    start = load_base_supernet(store, manifest.width, manifest.base_weights)
     assert not torch.equal(trained, start.state_dict()["first_conv.conv.weight"])  # it did train
     config = load_config(None, {"zoo": str(tmp_path / "new-zoo"), "arch.base_weights": str(out)})
     entry = base_weights_entry(open_store(config.zoo), config)
@@ -216,9 +219,3 @@ def test_pretrain_base_serves_as_base_weights_and_query_backbone(built_zoo, tmp_
         from safetensors.torch import save_file
         save_file({"w": torch.zeros(2)}, str(bad))
         run_retrain(store, replace(SETTINGS, steps=5, backbone=str(bad)), 32, None, None, log=lambda *_: None)
-
-
-def build_supernet_seeded():
-    from workers.ofa_space import build_supernet
-    torch.manual_seed(0)
-    return build_supernet(1.0)
