@@ -9,6 +9,7 @@ import sys
 
 from pipeline import signals
 from pipeline.errors import Interrupted, TansError
+from retriever.rerank import RERANK_CHOICES
 from zoo_schema.redact import redact
 
 
@@ -352,7 +353,7 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("zoo")
     q.add_argument("--dataset", required=True, help="ImageFolder directory or Parquet file (local or s3://)")
     q.add_argument("--top-k", type=_positive_int, default=10, help="how many networks to list (>= 1)")
-    q.add_argument("--rerank", choices=["none", "logme", "knn"], default="none",
+    q.add_argument("--rerank", choices=RERANK_CHOICES, default="none",
                    help="order the recalled networks by the retriever's predicted accuracy (none), or by "
                    "LogME / a k-NN probe on each network's features of your images")
     q.add_argument("--recall", type=_positive_int, default=20,

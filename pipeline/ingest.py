@@ -83,7 +83,6 @@ def slug(name: str) -> str:
 
 def source_filesystem(uri: str, s3: S3Settings | None = None) -> tuple[pafs.FileSystem, str]:
     if uri.startswith("s3://"):
-        import os
         s3 = s3 or S3Settings()
         endpoint = s3.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
         scheme, host = "https", None

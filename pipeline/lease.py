@@ -32,9 +32,10 @@ import time
 import uuid
 
 from pipeline.errors import ConfigError, ZooConflictError
+from zoo_schema import layout
 from zoo_schema.store import ZooStore
 
-LEASE_KEY = "journal/lease.json"
+LEASE_KEY = layout.LEASE
 SKEW = 5.0      # a heartbeat further ahead of our clock than this: the holder's clock is ahead
 MIN_BEAT = 1.0  # seconds between two heartbeat writes, at least
 

@@ -24,9 +24,12 @@ refuses while a build holds the zoo's lease (it may be about to commit one of th
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+
+import pyarrow.parquet as pq
 
 from pipeline.errors import ZooConflictError
 from pipeline.ingest import reingest_command, shard_keys, shards_digest
@@ -189,9 +192,6 @@ def _check_dataset(store: ZooStore, record: DatasetRecord, in_use: set[str]) -> 
 
 
 def _rows(data: bytes) -> int:
-    import io
-
-    import pyarrow.parquet as pq
     return pq.ParquetFile(io.BytesIO(data)).metadata.num_rows
 
 

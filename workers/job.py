@@ -11,6 +11,8 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+from zoo_schema import layout
+
 
 @dataclass(frozen=True)
 class TrainSettings:
@@ -50,7 +52,7 @@ class JobSpec:
 
     @property
     def result_key(self) -> str:
-        return f"results/dataset={self.dataset_id}/{self.job_id}.parquet"
+        return layout.result_key(self.dataset_id, self.job_id)
 
     def checkpoint_key(self, sha256: str) -> str:
-        return f"checkpoints/{self.job_id}/{sha256}.safetensors"
+        return layout.checkpoint_key(self.job_id, sha256)

@@ -18,6 +18,7 @@ sync`) and every reference still resolves against the zoo it is opened at.
 """
 from __future__ import annotations
 
+from pipeline.errors import StorageError
 from zoo_schema.store import ZooStore, check_key, open_store
 
 MANIFEST = "manifest.json"
@@ -90,7 +91,6 @@ def checkpoint_location(store: ZooStore, ref: str) -> tuple[ZooStore, str]:
         return store, check_key(ref)
     head, sep, tail = ref.partition("/checkpoints/")
     if not sep:
-        from pipeline.errors import StorageError
         raise StorageError(f"{ref} is not a zoo checkpoint reference")
     key = check_key(f"checkpoints/{tail}")
     if head.rstrip("/") == store.uri.rstrip("/") or store.exists(key):

@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from pipeline.errors import StorageError, ZooConflictError
+from zoo_schema import layout
 from zoo_schema.records import SCHEMA_VERSION
 from zoo_schema.store import ZooStore
 
-MANIFEST_KEY = "manifest.json"
+MANIFEST_KEY = layout.MANIFEST
 
 
 @dataclass(frozen=True)

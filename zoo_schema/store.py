@@ -163,8 +163,6 @@ class LocalStore(ZooStore):
             else:
                 os.replace(tmp, path)
             return True
-        except StorageError:
-            raise
         except OSError as e:
             raise self._fail("write", key, e) from None
         finally:
@@ -198,10 +196,10 @@ class LocalStore(ZooStore):
                       for p in self.root.rglob(f"{TEMP_PREFIX}*") if p.is_file())
 
     def delete_stray_temp(self, path: str) -> None:
-        name = path.rsplit("/", 1)[-1]
+        folder, _, name = path.rpartition("/")
         if not name.startswith(TEMP_PREFIX):
             raise StorageError(f"{path} is not a temp file")
-        (self.root / check_key(path.rsplit("/", 1)[0]) / name if "/" in path else self.root / name).unlink(missing_ok=True)
+        (self._path(folder) if folder else self.root).joinpath(name).unlink(missing_ok=True)
 
     def arrow_filesystem(self):
         import pyarrow.fs as pafs
