@@ -5,10 +5,11 @@ import hashlib
 
 from pipeline.config import BuildConfig
 from pipeline.driver import BuildSummary, Driver
-from pipeline.errors import ConfigError, DatasetError, Interrupted
+from pipeline.errors import ConfigError, DatasetError
 from pipeline.executor import RayExecutor, ReplayExecutor, start_ray
 from pipeline.ingest import ingest, slug, source_filesystem
 from pipeline.lease import Lease
+from pipeline.signals import interruption
 from pipeline.prior import profile_pool
 from pipeline.tracking import Tracker
 from zoo_schema.manifest import Manifest, ensure_manifest
@@ -172,12 +173,15 @@ def run_build(config: BuildConfig, log=print, ray_num_cpus: int | None = None, t
             run_retrain(store, config.retrain, config.train.image_size, config.retrain.if_grown,
                         config.mlflow if tracking else None, log)
     except BaseException as e:
+        stop = interruption(e)
         if tracker:
             try:
-                tracker.end("KILLED" if isinstance(e, (Interrupted, KeyboardInterrupt)) else "FAILED",
+                tracker.end("KILLED" if stop or isinstance(e, KeyboardInterrupt) else "FAILED",
                             f"{type(e).__name__}: {e}")
             except Exception as end_error:  # noqa: BLE001 - the build's own error is the one to report
                 log(f"could not end the MLflow run: {type(end_error).__name__}: {redact(str(end_error))[:300]}")
+        if stop is not None and stop is not e:
+            raise stop from None  # a signal wrapped by a native call is still a stop, not a crash
         raise
     finally:
         lease.release()

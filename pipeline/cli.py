@@ -8,7 +8,7 @@ import signal
 import sys
 
 from pipeline import signals
-from pipeline.errors import Interrupted, TansError
+from pipeline.errors import TansError
 from retriever.rerank import RERANK_CHOICES
 from zoo_schema.redact import redact
 
@@ -421,8 +421,11 @@ def main(argv: list[str] | None = None) -> int:
     except TansError as e:
         print(f"tans: error: {redact(str(e))}", file=sys.stderr)
         return EXIT_ERROR
-    except (KeyboardInterrupt, Interrupted) as e:
-        signum = getattr(e, "signum", signal.SIGINT)
+    except BaseException as e:
+        stop = signals.interruption(e)
+        if stop is None and not isinstance(e, KeyboardInterrupt):
+            raise
+        signum = stop.signum if stop is not None else signal.SIGINT
         print(f"tans: stopped by {signal.Signals(signum).name}; run the same command again to continue",
               file=sys.stderr)
         return 128 + signum

@@ -12,6 +12,7 @@ import threading
 from dataclasses import dataclass
 
 from pipeline.config import ResourceSettings
+from pipeline.signals import interruption
 from workers.job import JobSpec
 from zoo_schema.records import ResultRecord
 from zoo_schema.store import S3Settings, ZooStore
@@ -125,6 +126,8 @@ class RayExecutor:
             try:
                 outcomes.append((spec, self._ray.get(ref)))
             except Exception as e:  # noqa: BLE001 - a failed job is an outcome, not a crash
+                if interruption(e) is not None:  # unless a signal arrived inside ray.get
+                    raise interruption(e) from None
                 outcomes.append((spec, e.cause if getattr(e, "cause", None) else e))
         return outcomes
 

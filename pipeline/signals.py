@@ -35,6 +35,20 @@ def restore(previous: dict | None) -> None:
         signal.signal(s, h)
 
 
+def interruption(exc: BaseException | None) -> Interrupted | None:
+    """The `Interrupted` behind `exc`, if a signal caused it. A signal that arrives while a
+    native extension runs (Ray's `CoreWorker.wait` is Cython) can surface as that call's
+    `SystemError(... returned a result with an exception set)` with our `Interrupted` as
+    its cause; it is still a request to stop, not a crash."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, Interrupted):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 @contextlib.contextmanager
 def deferred():
     """Hold SIGTERM/SIGINT until the block ends, then stop as they asked."""

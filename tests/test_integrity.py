@@ -295,6 +295,31 @@ def test_sigterm_stops_a_build_cleanly(ray_cluster, tiny_datasets, tmp_path):
     assert run.info.status == "KILLED"
 
 
+def test_a_signal_surfacing_through_a_native_call_is_still_a_clean_stop(tmp_path, capsys, monkeypatch):
+    """CI caught SIGTERM arriving inside Ray's Cython `CoreWorker.wait`: Python reported it as
+    `SystemError(... returned a result with an exception set)` caused by our `Interrupted`."""
+    import pipeline.cli as cli
+    from pipeline.errors import Interrupted
+
+    def wait_in_native_code(args):
+        try:
+            raise Interrupted(signal.SIGTERM)
+        except Interrupted as e:
+            raise SystemError("<cyfunction CoreWorker.wait> returned a result with an exception set") from e
+
+    def plain_bug(args):
+        raise SystemError("a real bug")
+
+    args = cli.parser().parse_args(["status", str(tmp_path)])
+    monkeypatch.setattr(cli.argparse.ArgumentParser, "parse_args", lambda self, argv=None: args)
+    monkeypatch.setattr(args, "func", wait_in_native_code)
+    assert main([]) == 143
+    assert "stopped by SIGTERM" in capsys.readouterr().err
+    monkeypatch.setattr(args, "func", plain_bug)
+    with pytest.raises(SystemError, match="a real bug"):  # a crash stays a crash
+        main([])
+
+
 def test_credentials_in_uris_are_never_written(built, mlflow_server, tmp_path, capsys):
     from mlflow.tracking import MlflowClient
     secret = "pa55-Wrd-SECRET"
