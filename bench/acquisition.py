@@ -42,10 +42,10 @@ def log(line: str) -> None:
 
 def build_pool():
     """The evaluated pool (built once; a rerun resumes or does nothing)."""
-    from pipeline import synth
-    from pipeline.build import run_build
-    from pipeline.config import load_config
-    from pipeline.state import read_state
+    from pipeline.datasets import synth
+    from pipeline.build.run import run_build
+    from pipeline.build.config import load_config
+    from zoo_schema.results import read_state
     from zoo_schema.store import open_store
     config = load_config(POOL_CONFIG)
     data = Path(config.datasets[0])
@@ -63,10 +63,10 @@ def build_pool():
 
 def replay_curves(config, source, strategy: str, seed: int, in_flight: int, max_jobs: int):
     """Per-dataset normalized hypervolume history of one replayed construction."""
-    from pipeline.build import run_build
-    from pipeline.config import load_config
-    from pipeline.prior import profile_pool
-    from pipeline.state import read_state
+    from pipeline.build.run import run_build
+    from pipeline.build.config import load_config
+    from pipeline.acquisition.profiles import profile_pool
+    from zoo_schema.results import read_state
     from zoo_schema.manifest import read_manifest
     from zoo_schema.store import open_store
     target = Path(tempfile.mkdtemp(prefix=f"tans-replay-{strategy}-{seed}-"))
@@ -85,9 +85,9 @@ def replay_curves(config, source, strategy: str, seed: int, in_flight: int, max_
 
 def normalized_history(state, profiles, full_hv: dict[str, float]) -> np.ndarray:
     """Mean over datasets of hv(D)/hv_full(D) after each result (commit order)."""
-    from pipeline.acquisition import normalizer_for, point_of
-    from pipeline.pareto import normalized_hypervolume
-    from pipeline.prior import Prior
+    from pipeline.acquisition.pareto import normalizer_for, point_of
+    from pipeline.acquisition.hypervolume import normalized_hypervolume
+    from pipeline.acquisition.profiles import Prior
     norm, prior = normalizer_for(profiles), Prior({}, profiles)
     points: dict[str, list] = {d: [] for d in full_hv}
     current = {d: 0.0 for d in full_hv}
@@ -100,10 +100,10 @@ def normalized_history(state, profiles, full_hv: dict[str, float]) -> np.ndarray
 
 
 def time_paper_scale_step() -> dict:
-    from pipeline.acquisition import ParetoPolicy
-    from pipeline.config import ParetoSettings
-    from pipeline.prior import ArchProfile, Prior
-    from pipeline.state import ZooState
+    from pipeline.acquisition.pareto import ParetoPolicy
+    from pipeline.acquisition.base import ParetoSettings, PolicyContext
+    from pipeline.acquisition.profiles import ArchProfile, Prior
+    from zoo_schema.results import ZooState
     from workers.ofa_space import arch_pool
     from zoo_schema.records import DatasetRecord, ResultRecord
     rng = np.random.default_rng(0)
@@ -124,8 +124,8 @@ def time_paper_scale_step() -> dict:
     state = ZooState([DatasetRecord(d, d, 2, ["a", "b"], 8, 2, "x", "s", 0, 0, "t") for d in datasets],
                      results, [])
     pending = set(pairs[750:758])
-    policy = ParetoPolicy(0, pool, prior=prior, settings=ParetoSettings(n_init_per_dataset=5),
-                          log=lambda line: None)
+    policy = ParetoPolicy(PolicyContext(0, tuple(pool), prior=prior, pareto=ParetoSettings(n_init_per_dataset=5),
+                                        log=lambda line: None))
     started = time.perf_counter()
     policy.propose(state, 1, pending=pending)
     with_training = time.perf_counter() - started
@@ -165,10 +165,10 @@ def main() -> None:
     ap.add_argument("--in-flight", type=int, default=4)
     args = ap.parse_args()
 
-    from pipeline.acquisition import normalizer_for, point_of
-    from pipeline.pareto import normalized_hypervolume
-    from pipeline.prior import Prior, load_prior
-    from pipeline.state import read_state
+    from pipeline.acquisition.pareto import normalizer_for, point_of
+    from pipeline.acquisition.hypervolume import normalized_hypervolume
+    from pipeline.acquisition.profiles import Prior, load_prior
+    from zoo_schema.results import read_state
     from zoo_schema.manifest import read_manifest
 
     config, source, pool_seconds = build_pool()

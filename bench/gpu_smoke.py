@@ -1,7 +1,7 @@
 """GPU smoke test: one real fine-tune on CUDA (fp16 mixed precision), images/s.
 
 Writes one built-in dataset, ingests it into a temporary zoo and runs the worker's job
-(`workers.finetune.run_job`, the code every Ray fine-tuning task runs) on the largest
+(`workers.run.run_job`, the code every Ray fine-tuning task runs) on the largest
 architecture of the space, then the same job with mixed precision off, and reports
 training images/s for both, the batch-1 latency and the device. For a GPU machine; on a
 machine without CUDA it says so and exits 2, unless `--allow-cpu` (then it measures the
@@ -36,10 +36,12 @@ def main() -> int:
 
     import torch
 
-    from pipeline import synth
-    from pipeline.ingest import ingest, read_datasets
-    from workers.finetune import run_job
+    from pipeline.datasets import synth
+    from pipeline.datasets.ingest import ingest
+    from zoo_schema.shards import read_datasets
+    from workers.run import run_job
     from workers.job import JobSpec, TrainSettings
+    from zoo_schema.manifest import BaseWeights
     from workers.ofa_space import DEPTHS, EXPANDS, KERNELS, Arch
     from zoo_schema.store import open_store
     cuda = torch.cuda.is_available()
@@ -64,7 +66,7 @@ def main() -> int:
                                   mixed_precision=amp, latency_repeats=20)
             job = JobSpec(dataset_id=dataset.dataset_id, dataset_sha256=dataset.content_sha256,
                           num_classes=dataset.num_classes, arch=largest.id, train=train, width=1.0,
-                          base_weights={"kind": "random", "seed": 0, "id": "random-seed0"},
+                          base_weights=BaseWeights("random", "random-seed0", seed=0),
                           noise_seed=0, noise_shape=(8, 3, args.image_size, args.image_size))
             started = time.perf_counter()
             record = run_job(job, store.uri, threads=os.cpu_count())

@@ -34,11 +34,13 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-    from pipeline import synth
-    from pipeline.build import run_build
-    from pipeline.config import load_config
-    from pipeline.state import read_results
-    from workers.finetune import load_base_supernet, load_tensors, model_for, train
+    from pipeline.datasets import synth
+    from pipeline.build.run import run_build
+    from pipeline.build.config import load_config
+    from zoo_schema.results import read_results
+    from workers.training import train
+    from workers.nets import load_base_supernet, model_for
+    from workers.images import load_tensors
     from zoo_schema.manifest import read_manifest
     from zoo_schema.store import open_store
 

@@ -43,13 +43,13 @@ def fill_zoo(store, n_results: int, n_datasets: int = 120) -> None:
     import numpy as np
     import pyarrow as pa
     from concurrent.futures import ThreadPoolExecutor
-    from zoo_schema.manifest import Manifest, ensure_manifest
+    from zoo_schema.manifest import BaseWeights, Manifest, ensure_manifest
     from zoo_schema.records import DatasetRecord, ResultRecord, to_table
     from workers.ofa_space import arch_pool
     rng = np.random.default_rng(0)
     ensure_manifest(store, Manifest(width=1.0, kernels=[3, 5, 7], expands=[3, 4, 6], depths=[2, 3, 4],
                                     noise_seed=0, noise_shape=[8, 3, 32, 32],
-                                    base_weights={"kind": "random", "seed": 0, "id": "random-seed0"}))
+                                    base_weights=BaseWeights("random", "random-seed0", seed=0)))
     pool = arch_pool(0, 100)
     store.write_table("pool/profiles.parquet", pa.Table.from_pylist([
         {"arch": a.id, "params": int(rng.integers(2e6, 6e6)), "flops": int(rng.integers(5e6, 1e7)),
@@ -77,7 +77,7 @@ def fill_zoo(store, n_results: int, n_datasets: int = 120) -> None:
         records = list(pool_exec.map(write, range(len(pairs))))
     # the driver snapshots its results every SNAPSHOT_MIN_NEW commits: the zoo of a build that
     # died holds a snapshot a little behind its last commits
-    from pipeline.state import SNAPSHOT_MIN_NEW, write_snapshot
+    from zoo_schema.results import SNAPSHOT_MIN_NEW, write_snapshot
     write_snapshot(store, records[:len(records) - SNAPSHOT_MIN_NEW + 1])
 
 
@@ -93,9 +93,9 @@ def plain_read_seconds(store) -> float:
 
 def startup_seconds(zoo: str, s3, strategy: str, tmp: Path) -> float:
     """From run_build's start to the driver's first dispatch (the submit is intercepted)."""
-    from pipeline import build
-    from pipeline.config import load_config
-    from pipeline.executor import RayExecutor
+    from pipeline.build import run as build
+    from pipeline.build.config import load_config
+    from pipeline.build.executor import RayExecutor
 
     class Probe(RayExecutor):
         def submit(self, spec):
@@ -124,7 +124,7 @@ def main() -> None:
     ap.add_argument("--strategy", default="random")
     args = ap.parse_args()
     import ray
-    from pipeline.build import start_ray
+    from pipeline.build.executor import start_ray
     from zoo_schema.store import S3Settings, open_store
 
     tmp = Path(tempfile.mkdtemp(prefix="tans-bench-resume-"))

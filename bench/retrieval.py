@@ -60,7 +60,7 @@ PRETRAIN_STEPS = 1000
 
 def pretrained_base(store) -> str:
     """The pool's pretrained supernet file (trained once, then cached)."""
-    from pipeline.pretrain import PretrainSettings, pretrain_base
+    from pipeline.commands.pretrain import PretrainSettings, pretrain_base
     path = ROOT / "bench" / ".cache" / "pretrained-base.safetensors"
     summary_path = path.with_suffix(".json")
     if not path.exists():
@@ -74,9 +74,9 @@ def pretrained_zoo(base_file: str):
     supernet, as the paper's zoo starts from pretrained OFA: 5 pool archs per dataset
     (random strategy, 100 jobs, 1 epoch), built once and cached."""
     from acquisition import POOL_CONFIG
-    from pipeline.build import run_build
-    from pipeline.config import load_config
-    from pipeline.state import read_state
+    from pipeline.build.run import run_build
+    from pipeline.build.config import load_config
+    from zoo_schema.results import read_state
     from zoo_schema.store import open_store
     folder = ROOT / "bench" / ".cache" / "pretrained-zoo"
     config = load_config(POOL_CONFIG, {"zoo": str(folder / "zoo"), "max_jobs": 100, "arch.base_weights": base_file,
@@ -132,11 +132,13 @@ def _rank_stats(ranks: np.ndarray) -> dict:
 def transfer(store, t, settings, model, extra_bases: dict, epochs: int = 3) -> dict:
     """Fine-tune held-out datasets from each starting point; accuracy after each epoch.
     `extra_bases` names further supernets whose subnet of TANS's arch is a start."""
-    from pipeline import synth
-    from pipeline.ingest import IngestSettings, stratified_split, validate, read_source
+    from pipeline.datasets import synth
+    from pipeline.datasets.ingest import IngestSettings, stratified_split, validate, read_source
     from retriever.search import Constraints, Searcher
     from retriever.train import save_version
-    from workers.finetune import decode_images, load_base_supernet, load_checkpoint, model_for, train
+    from workers.training import train
+    from workers.nets import load_base_supernet, load_checkpoint, model_for
+    from workers.images import decode_images
     from workers.job import TrainSettings
     from zoo_schema.manifest import read_manifest
     manifest = read_manifest(store)
@@ -166,7 +168,7 @@ def transfer(store, t, settings, model, extra_bases: dict, epochs: int = 3) -> d
         xt = torch.from_numpy(decode_images([b for b, _ in te], 32))
         yt = torch.tensor([label for _, label in te])
         feats = searcher.query_features([b for b, _ in tr], [label for _, label in tr], per_class=10)
-        top = results[searcher.search(feats, constraint, top_k=10)[0]["job_id"]]
+        top = results[searcher.search(feats, constraint, top_k=10)[0].job_id]
         fitting = [r for r in results.values() if r.params <= limit]
         starts = {
             "a_tans_top1": top,
@@ -212,7 +214,7 @@ def latency(store, t, settings, model) -> dict:
             times.append(time.perf_counter() - started)
         out[f"search_ms_{n}"] = round(statistics.median(times) * 1000, 3)
     searcher = Searcher(store)
-    from pipeline.ingest import IngestSettings, read_source, validate
+    from pipeline.datasets.ingest import IngestSettings, read_source, validate
     items, _ = read_source(str(ROOT / "bench" / ".cache" / "acquisition-pool" / "datasets" / "glyphs-latin-upper-clean"))
     by_class, _ = validate("q", items, IngestSettings())
     images, labels = [], []
@@ -247,7 +249,7 @@ def training_time_14k(settings) -> dict:
 
 def main() -> None:
     from acquisition import build_pool
-    from pipeline.config import RetrainSettings
+    from retriever.train import RetrainSettings
     from retriever.train import gather
     _, store, _ = build_pool()
     started = time.perf_counter()
@@ -263,7 +265,7 @@ def main() -> None:
     figures["zoo"] = {"datasets": len(t.dataset_ids), "models": len(t.results)}
     figures["same_pair"], model = same_pair(t, settings, t_random)
     figures["paper_same_pair"] = {"R@1": 80.7, "R@5": 96.4, "R@10": 99.3}
-    from pipeline.weights import read_state_dict
+    from workers.weights import read_state_dict
     from workers.ofa_space import build_supernet
     pretrained = build_supernet(1.0)
     pretrained.load_state_dict(read_state_dict(settings.backbone))

@@ -63,11 +63,11 @@ ZOO_JOBS = 96
 def build_zoo():
     """The zoo of every synthetic dataset but the held-out ones, by the demo's settings,
     built once in the cache."""
-    from pipeline import synth
-    from pipeline.build import run_build
-    from pipeline.config import load_config
-    from pipeline.retrain import run_retrain
-    from pipeline.state import read_results
+    from pipeline.datasets import synth
+    from pipeline.build.run import run_build
+    from pipeline.build.config import load_config
+    from pipeline.build.retrain import run_retrain
+    from zoo_schema.results import read_results
     from retriever.train import versions
     from zoo_schema.store import open_store
     datasets = CACHE / "datasets"
@@ -91,8 +91,8 @@ def build_zoo():
 
 def held_out_splits():
     """(name, train images, train labels, test images, test labels) of each held-out dataset."""
-    from pipeline import synth
-    from pipeline.ingest import IngestSettings, read_source, stratified_split, validate
+    from pipeline.datasets import synth
+    from pipeline.datasets.ingest import IngestSettings, read_source, stratified_split, validate
     specs = {s.name: s for s in synth.suite()}
     for name in HELD_OUT:
         folder = CACHE / "held-out" / name
@@ -105,7 +105,7 @@ def held_out_splits():
 
 
 def fine_tune(net, classes, x, y, xt, yt, settings):
-    from workers.finetune import train
+    from workers.training import train
     net.classifier = torch.nn.Linear(net.classifier.in_features, classes)
     return train(net, x, y, xt, yt, settings, torch.device("cpu"), seed=0)[1]
 
@@ -117,10 +117,11 @@ def ranks01(v: np.ndarray) -> np.ndarray:
 def main() -> None:
     from scipy.stats import weightedtau
 
-    from pipeline.state import read_results
+    from zoo_schema.results import read_results
     from retriever.rerank import SCORERS
     from retriever.search import Constraints, Searcher
-    from workers.finetune import decode_images, load_base_supernet, load_checkpoint, model_for
+    from workers.nets import load_base_supernet, load_checkpoint, model_for
+    from workers.images import decode_images
     from workers.job import TrainSettings
     from workers.ofa_space import penultimate
     from zoo_schema.manifest import read_manifest
@@ -153,7 +154,7 @@ def main() -> None:
         xt = torch.from_numpy(decode_images(te_img, settings.image_size))
         yt = torch.tensor(te_lab)
         default = searcher.rank(tr_img, tr_lab, Constraints(max_params=limit), top_k=5).hits
-        top5 = [h["job_id"] for h in default]
+        top5 = [h.job_id for h in default]
         others = [j for j in sorted(results) if j not in top5]
         chosen = top5 + list(rng.choice(others, size=max(0, args.networks - len(top5)), replace=False))
         # scores of the set: the retriever's prediction, and evidence on the query's train images
@@ -246,7 +247,7 @@ def same_pair(store, config) -> dict:
 
 
 def zoo_summary(store, results, seconds) -> dict:
-    from pipeline.ingest import read_datasets
+    from zoo_schema.shards import read_datasets
     rows = {}
     for d in read_datasets(store):
         accs = [r.accuracy for r in results.values() if r.dataset_id == d.dataset_id]

@@ -1,6 +1,9 @@
-"""tans: the build pipeline (config, ingestion, acquisition, driver, stages, CLI)."""
-import os
+"""tans' top layer: the commands users run and what they need (see README "Architecture").
 
-# A local Ray started by tans listens on 127.0.0.1 only (Ray reads this when imported, so it
-# is set before anything imports ray). Clusters reached with --address are unaffected.
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+- `cli`: the `tans` command line;
+- `commands/`: one module per command that is more than a call (status, report, verify,
+  search, submit, finetune, pretrain-base, retrain);
+- `build/`: the build runtime (config, driver, executors, lease, signals, tracking, progress);
+- `acquisition/`: which (dataset, architecture) pairs to train next (paper Algorithm 1);
+- `datasets/`: ingestion of user data and the built-in synthetic suite.
+"""

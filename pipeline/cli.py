@@ -7,9 +7,9 @@ import os
 import signal
 import sys
 
-from pipeline import signals
-from pipeline.errors import TansError
+from pipeline.build import signals
 from retriever.rerank import RERANK_CHOICES
+from zoo_schema.errors import TansError
 from zoo_schema.redact import redact
 
 
@@ -24,9 +24,9 @@ def _build_overrides(args) -> dict:
 
 
 def _build(args) -> int:
-    from pipeline.build import run_build
-    from pipeline.config import load_config
-    from pipeline.progress import Progress
+    from pipeline.build.config import load_config
+    from pipeline.build.progress import Progress
+    from pipeline.build.run import run_build
     config = load_config(args.config, _build_overrides(args))
     progress = Progress()
     try:
@@ -37,7 +37,7 @@ def _build(args) -> int:
 
 
 def _submit(args) -> int:
-    from pipeline.submit import follow, submit
+    from pipeline.commands.submit import follow, submit
     sid = submit(args.address, args.config, _build_overrides(args))
     if not args.wait:
         return 0
@@ -47,7 +47,7 @@ def _submit(args) -> int:
 
 
 def _jobs(args) -> int:
-    from pipeline import submit
+    from pipeline.commands import submit
     if args.jobs_command == "list":
         rows = [submit.describe(j) for j in submit.tans_jobs(submit.client(args.address))]
         if args.json:
@@ -73,7 +73,7 @@ def _jobs(args) -> int:
 
 
 def _resume(args) -> int:
-    from pipeline.build import last_build_config, run_build
+    from pipeline.build.run import last_build_config, run_build
     from zoo_schema.store import S3Settings
     config = last_build_config(args.zoo, S3Settings(endpoint_url=args.s3_endpoint))
     summary = run_build(config)
@@ -90,7 +90,7 @@ def _open_existing(args):
 
 
 def _verify(args) -> int:
-    from pipeline.verify import verify_zoo
+    from pipeline.commands.verify import verify_zoo
     report = verify_zoo(_open_existing(args), args.clean_orphans, dry_run=args.dry_run)
     if args.json:
         print(json.dumps(report.as_dict(), indent=1))
@@ -115,7 +115,7 @@ def _verify(args) -> int:
 
 
 def _lease(args) -> int:
-    from pipeline.lease import break_lease, inspect, read_lease
+    from pipeline.build.lease import break_lease, inspect, read_lease
     from zoo_schema.store import S3Settings, open_store
     store = open_store(args.zoo, S3Settings(endpoint_url=args.s3_endpoint))
     if args.lease_command == "break":
@@ -136,8 +136,9 @@ def _lease(args) -> int:
 def _retrain(args) -> int:
     from dataclasses import replace
 
-    from pipeline.config import MlflowSettings, RetrainSettings
-    from pipeline.retrain import run_retrain
+    from pipeline.build.retrain import run_retrain
+    from pipeline.build.tracking import MlflowSettings
+    from retriever.train import RetrainSettings
     from zoo_schema.manifest import read_manifest
     store = _open_existing(args)
     manifest = read_manifest(store)
@@ -155,7 +156,7 @@ def _retrain(args) -> int:
 def _pretrain_base(args) -> int:
     from dataclasses import replace
 
-    from pipeline.pretrain import PretrainSettings, pretrain_base
+    from pipeline.commands.pretrain import PretrainSettings, pretrain_base
     from zoo_schema.store import S3Settings
     s3 = S3Settings(endpoint_url=args.s3_endpoint)
     settings = PretrainSettings()
@@ -169,7 +170,8 @@ def _pretrain_base(args) -> int:
 
 
 def _search(args) -> int:
-    from retriever.search import Constraints, search_dataset
+    from pipeline.commands.search import search_dataset
+    from retriever.search import Constraints
     from zoo_schema.store import S3Settings
     s3 = S3Settings(endpoint_url=args.s3_endpoint)
     constraints = Constraints(args.max_params, args.max_flops, args.max_latency_ms)
@@ -182,22 +184,22 @@ def _search(args) -> int:
     print(f"{'#':>2} {'job_id':24} {'dataset':28} " + (f"{evidence:>8} " if evidence else "")
           + f"{'pred.acc':>8} {'cosine':>6} {'params':>7} {'MFLOPs':>7} {'ms':>6}  arch")
     for i, h in enumerate(result.hits, 1):
-        print(f"{i:>2} {h['job_id']:24} {h['dataset_id'][:28]:28} "
-              + (f"{h['rank_score']:>8.3f} " if evidence else "")
-              + f"{h['predicted_accuracy']:>8.3f} {h['score']:>6.3f} {h['params'] / 1e6:>6.2f}M "
-              f"{h['flops'] / 1e6:>7.1f} {h['latency_ms']:>6.1f}  {h['arch']}")
-    weak = sum(h["weak_match"] for h in result.hits)
+        print(f"{i:>2} {h.job_id:24} {h.dataset_id[:28]:28} "
+              + (f"{h.rank_score:>8.3f} " if evidence else "")
+              + f"{h.predicted_accuracy:>8.3f} {h.score:>6.3f} {h.params / 1e6:>6.2f}M "
+              f"{h.flops / 1e6:>7.1f} {h.latency_ms:>6.1f}  {h.arch}")
+    weak = sum(h.weak_match for h in result.hits)
     if weak:
         print(f"\nnote: {weak} hit(s) have a negative cosine: the zoo holds nothing close to this dataset")
     print(f"\nranked by {result.ranked_by} among {result.recalled} recalled networks in "
           f"{result.seconds['total']:.2f}s (re-ranking {result.seconds['rerank']:.2f}s)")
-    print(f"checkpoint of the first: {result.hits[0]['checkpoint_uri']}")
+    print(f"checkpoint of the first: {result.hits[0].checkpoint_uri}")
     return 0
 
 
 def _finetune(args) -> int:
-    from pipeline.config import load_config
-    from pipeline.finetune import run_finetune
+    from pipeline.build.config import load_config
+    from pipeline.commands.finetune import run_finetune
     config = load_config(args.config, {"zoo": args.zoo, "train.epochs": args.epochs,
                                        "train.image_size": args.image_size, "address": args.address,
                                        "mlflow.tracking_uri": args.mlflow_uri,
@@ -207,20 +209,20 @@ def _finetune(args) -> int:
 
 
 def _status(args) -> int:
-    from pipeline.status import format_status, zoo_status
+    from pipeline.commands.status import format_status, zoo_status
     status = zoo_status(_open_existing(args))
-    print(json.dumps(status, indent=1) if args.json else format_status(status))
+    print(json.dumps(status.as_dict(), indent=1) if args.json else format_status(status))
     return 0
 
 
 def _report(args) -> int:
-    from pipeline.report import write_report
+    from pipeline.commands.report import write_report
     write_report(_open_existing(args), args.out)
     return 0
 
 
 def _datasets_add(args) -> int:
-    from pipeline.ingest import IngestSettings, ingest
+    from pipeline.datasets.ingest import IngestSettings, ingest
     from zoo_schema.store import S3Settings, open_store
     s3 = S3Settings(endpoint_url=args.s3_endpoint)
     store = open_store(args.zoo, s3)
@@ -236,7 +238,7 @@ def _datasets_add(args) -> int:
 
 
 def _datasets_synth(args) -> int:
-    from pipeline.synth import generate
+    from pipeline.datasets.synth import generate
     names = generate(args.out, count=args.count, seed=args.seed)
     print(f"wrote {len(names)} datasets to {args.out}")
     return 0

@@ -10,11 +10,25 @@ acquisition predictor's dataset features and the retriever's query sets both rea
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import random
+import struct
 
 import numpy as np
+import torch
+import torchvision
+from safetensors.numpy import load as numpy_load, save as numpy_save
+from safetensors.torch import load as torch_load, save as torch_save
 
+from workers.images import decode_images
+from workers.nets import load_base_supernet
+from workers.ofa_space import build_supernet, penultimate
+from workers.weights import read_state_dict
+from zoo_schema import layout
+from zoo_schema.errors import ConfigError
 from zoo_schema.manifest import Manifest
+from zoo_schema.shards import load_split
 from zoo_schema.store import ZooStore
 
 PER_CLASS_CAP = 20
@@ -28,7 +42,6 @@ class Backbone:
         self.tag, self.id, self.key, self.net, self.kind = tag, id, key, net.eval(), kind
 
     def embed(self, x):
-        from workers.ofa_space import penultimate
         return self.net(x) if self.kind == "resnet18" else penultimate(self.net, x)
 
 
@@ -38,36 +51,26 @@ def load_backbone(store: ZooStore, manifest: Manifest, spec: str = "") -> Backbo
     local or s3:// (or already in the zoo as `base/...`). A file is copied into the zoo
     (safetensors) so that search finds the same backbone later."""
     if not spec:
-        from workers.finetune import load_base_supernet
         supernet = load_base_supernet(store, manifest.width, manifest.base_weights)
-        return Backbone("base", f"ofa-max:{manifest.base_weights['id']}:w{manifest.width}", "",
+        return Backbone("base", f"ofa-max:{manifest.base_weights.id}:w{manifest.width}", "",
                         _largest(supernet), "ofa")
-    import hashlib
-
-    from safetensors.torch import load, save
-
-    from pipeline.errors import ConfigError
-    from pipeline.weights import read_state_dict
     what = "retrain.backbone (a `tans pretrain-base` supernet or a torchvision resnet18)"
     if spec.startswith("base/"):
         blob = store.read_bytes(spec)
-        state, key = load(blob), spec
+        state, key = torch_load(blob), spec
     else:
         state = read_state_dict(spec, what=what)
-        blob = save({k: v.contiguous() for k, v in state.items()})
-        key = f"base/{hashlib.sha256(blob).hexdigest()}.safetensors"
+        blob = torch_save({k: v.contiguous() for k, v in state.items()})
+        key = layout.base_weights_key(hashlib.sha256(blob).hexdigest())
     sha = hashlib.sha256(blob).hexdigest()
     try:
         if "first_conv.conv.weight" in state:
-            from workers.ofa_space import build_supernet
             width = {1280: 1.0, 1536: 1.2}[state["feature_mix_layer.conv.weight"].shape[0]]
             supernet = build_supernet(width)
             supernet.load_state_dict(state)
             backbone = Backbone(f"ofa-{sha[:12]}", f"ofa-max:sha256:{sha[:16]}:w{width}", key,
                                 _largest(supernet), "ofa")
         else:
-            import torch
-            import torchvision
             net = torchvision.models.resnet18(weights=None)
             net.load_state_dict(state)
             net.fc = torch.nn.Identity()
@@ -89,8 +92,6 @@ def backbone_id(backbone: Backbone, image_size: int) -> str:
 
 
 def embed_images(backbone: Backbone, images: list[bytes], image_size: int, batch: int = 128) -> np.ndarray:
-    import torch
-    from workers.finetune import decode_images
     out = []
     with torch.no_grad():
         for i in range(0, len(images), batch):
@@ -111,27 +112,23 @@ def sample_per_class(labels: list[int], per_class: int, seed: str) -> list[int]:
 def split_features(store: ZooStore, manifest: Manifest, dataset_id: str, split: str, image_size: int,
                    backbone: Backbone | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(features [n, d], labels [n]) of up to PER_CLASS_CAP images per class (cached)."""
-    from safetensors.numpy import load, save
     backbone = backbone if backbone is not None else load_backbone(store, manifest)
-    key = f"query_features/{backbone.tag}/{dataset_id}/{split}.safetensors"
+    key = layout.query_features_key(backbone.tag, dataset_id, split)
     bid = backbone_id(backbone, image_size)
     if store.exists(key):
         blob = store.read_bytes(key)
         meta = _metadata(blob)
         if meta.get("backbone") == bid:
-            arrays = load(blob)
+            arrays = numpy_load(blob)
             return arrays["features"], arrays["labels"]
-    from pipeline.ingest import load_split
     images, labels = load_split(store, dataset_id, split)
     chosen = sample_per_class(labels, PER_CLASS_CAP, f"{dataset_id}:{split}")
     feats = embed_images(backbone, [images[i] for i in chosen], image_size)
     labs = np.array([labels[i] for i in chosen], dtype=np.int64)
-    store.write_bytes(key, save({"features": feats, "labels": labs}, metadata={"backbone": bid}))
+    store.write_bytes(key, numpy_save({"features": feats, "labels": labs}, metadata={"backbone": bid}))
     return feats, labs
 
 
 def _metadata(blob: bytes) -> dict:
-    import json
-    import struct
     (n,) = struct.unpack("<Q", blob[:8])
     return json.loads(blob[8:8 + n]).get("__metadata__", {})

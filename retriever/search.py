@@ -9,17 +9,20 @@ whose result has since been quarantined are excluded.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from pipeline.errors import TansError
 from retriever.features import embed_images, load_backbone, sample_per_class
 from retriever.rerank import RERANK_CHOICES, SCORERS
 from retriever.train import load_version
+from workers.images import decode_images
+from workers.nets import load_checkpoint
+from workers.ofa_space import penultimate
+from zoo_schema.errors import TansError
 from zoo_schema.layout import checkpoint_uri
 from zoo_schema.manifest import read_manifest
 from zoo_schema.store import ZooStore
@@ -63,18 +66,36 @@ RECALL = 20  # candidates recalled by cosine before ranking; fixed, so --top-k n
 
 
 @dataclass(frozen=True)
+class Hit:
+    """One ranked zoo network: which it is, what it costs, and why it ranks where it does."""
+
+    job_id: str
+    dataset_id: str           # the zoo dataset it was fine-tuned on
+    arch: str
+    params: int
+    flops: int
+    latency_ms: float
+    checkpoint_uri: str       # where its weights are, in the zoo the search was given
+    score: float              # cosine of query and model in the retriever's latent space
+    predicted_accuracy: float
+    rank_score: float         # the score that ordered the hits (see `ranked_by`)
+    ranked_by: str            # "predicted_accuracy", "logme" or "knn"
+    weak_match: bool          # negative cosine: the zoo holds nothing close to the query
+
+
+@dataclass(frozen=True)
 class SearchResult:
     """Ranked networks for a query: `hits` best first, `ranked_by` names the score that
     ordered them, `seconds` where the time went."""
 
-    hits: list[dict]
+    hits: list[Hit]
     ranked_by: str
     recalled: int
     seconds: dict
 
     def as_dict(self) -> dict:
         return {"ranked_by": self.ranked_by, "recalled": self.recalled, "seconds": self.seconds,
-                "hits": self.hits}
+                "hits": [asdict(h) for h in self.hits]}
 
 
 class Searcher:
@@ -90,7 +111,8 @@ class Searcher:
     def __init__(self, store: ZooStore, version: int | None = None, live_job_ids: set[str] | None = None,
                  results: dict | None = None):
         self.store = store
-        self.model, self.meta, table = load_version(store, version)
+        loaded = load_version(store, version)
+        self.model, self.meta, table = loaded.model, loaded.meta, loaded.models
         if live_job_ids is not None:
             table = table.filter(pc.is_in(table["job_id"], value_set=pa.array(sorted(live_job_ids))))
         self.table = table
@@ -128,7 +150,7 @@ class Searcher:
             return self.model.predict(q.expand(len(top), -1), torch.from_numpy(self.embeddings[top])).numpy()
 
     def search(self, features: np.ndarray, constraints: Constraints = Constraints(), top_k: int = 10,
-               recall: int = RECALL) -> list[dict]:
+               recall: int = RECALL) -> list[Hit]:
         """The retriever alone (no query images): recall by cosine, order by predicted accuracy."""
         if top_k < 1:
             raise TansError(f"top_k must be at least 1, not {top_k}")
@@ -157,14 +179,12 @@ class Searcher:
                                      top, SCORERS[rerank])
             hits = self._hits(top, scores, predicted, evidence, rerank)
         t3 = time.perf_counter()
-        return SearchResult(hits[:top_k], hits[0]["ranked_by"], len(top),
+        return SearchResult(hits[:top_k], hits[0].ranked_by, len(top),
                             {"query_features": round(t1 - t0, 3), "recall": round(t2 - t1, 3),
                              "rerank": round(t3 - t2, 3), "total": round(t3 - t0, 3)})
 
     def evidence(self, images: list[bytes], labels: np.ndarray, top, scorer) -> np.ndarray:
         """`scorer` of each recalled network's penultimate features of the query images."""
-        from workers.finetune import decode_images, load_checkpoint
-        from workers.ofa_space import penultimate
         width = read_manifest(self.store).width
         x = torch.from_numpy(decode_images(images, self.image_size))
         out = []
@@ -180,31 +200,14 @@ class Searcher:
             out.append(scorer(feats, labels))
         return np.asarray(out, dtype=np.float64)
 
-    def _hits(self, top, cosine, predicted, rank_score, ranked_by: str) -> list[dict]:
+    def _hits(self, top, cosine, predicted, rank_score, ranked_by: str) -> list[Hit]:
         order = sorted(range(len(top)), key=lambda j: (-rank_score[j], -cosine[int(top[j])]))
-        cols = ["job_id", "dataset_id", "arch", "params", "flops", "latency_ms", "checkpoint_uri"]
+        cols = ["job_id", "dataset_id", "arch", "params", "flops", "latency_ms"]
         hits = []
         for j in order:
             i = int(top[j])
-            hit = {c: self.table[c][i].as_py() for c in cols}
-            hit.update(score=float(cosine[i]), predicted_accuracy=float(predicted[j]),
-                       rank_score=float(rank_score[j]), ranked_by=ranked_by, weak_match=bool(cosine[i] < 0),
-                       checkpoint_uri=checkpoint_uri(self.store, hit["checkpoint_uri"]))
-            hits.append(hit)
+            hits.append(Hit(**{c: self.table[c][i].as_py() for c in cols},
+                            checkpoint_uri=checkpoint_uri(self.store, self.table["checkpoint_uri"][i].as_py()),
+                            score=float(cosine[i]), predicted_accuracy=float(predicted[j]),
+                            rank_score=float(rank_score[j]), ranked_by=ranked_by, weak_match=bool(cosine[i] < 0)))
         return hits
-
-
-def search_dataset(store: ZooStore, source: str, constraints: Constraints = Constraints(), top_k: int = 10,
-                   per_class: int = 10, s3=None, rerank: str = "none", recall: int = RECALL) -> SearchResult:
-    """Validate a dataset (as ingestion does, without writing it) and search the zoo for it."""
-    from pipeline.ingest import IngestSettings, read_source, validate
-    from pipeline.state import read_results
-    items, _ = read_source(source, s3)
-    by_class, _ = validate(source, items, IngestSettings(min_images_per_class=1))
-    images, labels = [], []
-    for label, cls in enumerate(sorted(by_class)):
-        images += by_class[cls]
-        labels += [label] * len(by_class[cls])
-    results = {r.job_id: r for r in read_results(store)}
-    searcher = Searcher(store, live_job_ids=set(results), results=results)
-    return searcher.rank(images, labels, constraints, top_k, rerank, recall, per_class)

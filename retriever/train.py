@@ -16,6 +16,7 @@ search uses.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -23,16 +24,37 @@ from datetime import datetime, timezone
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
+from safetensors.torch import load
 
-from pipeline.config import RetrainSettings
-from pipeline.errors import TansError
-from pipeline.state import read_state
 from retriever.features import backbone_id, load_backbone, split_features
 from retriever.model import Retriever, retriever_loss
 from zoo_schema import layout
+from zoo_schema.errors import TansError
 from zoo_schema.manifest import read_manifest
+from zoo_schema.results import read_state
 from zoo_schema.store import ZooStore
+
+
+@dataclass(frozen=True)
+class RetrainSettings:
+    """The retriever's meta-training (paper B.1) and when a build triggers it."""
+
+    after_build: bool = True        # retrain at the end of `tans build` ...
+    if_grown: float = 0.1           # ... if the zoo grew by this fraction (<1) or count (>=1)
+    steps: int = 300
+    lr: float = 1e-3                # paper: 1e-2 (Adam); 1e-3 is steadier on small zoos
+    margin: float = 0.2
+    lam: float = 1.0                # weight of the predictor's MSE
+    query_per_class: int = 10
+    positive: str = "weighted"      # "weighted" (toward well-performing models) or "uniform" (official)
+    temperature: float = 0.1
+    seed: int = 0
+    use_functional: bool = True     # ablations: without the functional embedding...
+    use_topology: bool = True       # ...or without the topology vector
+    backbone: str = ""              # "": the base supernet's largest subnet; or a file (local or
+                                    # s3://): a `tans pretrain-base` supernet or a torchvision ResNet18
 
 
 @dataclass
@@ -213,12 +235,19 @@ def version_blob(store: ZooStore, version: int, meta: dict, name: str) -> bytes:
     return data
 
 
-def load_version(store: ZooStore, version: int | None = None):
-    """(model, meta, models table) of a version (the newest by default)."""
-    import io
+@dataclass(frozen=True)
+class RetrieverVersion:
+    """One published retriever version: its encoders, its meta.json and its models table
+    (one row per zoo network it was trained on, with the network's latent embedding)."""
 
-    import pyarrow.parquet as pq
-    from safetensors.torch import load
+    number: int
+    model: Retriever
+    meta: dict
+    models: pa.Table
+
+
+def load_version(store: ZooStore, version: int | None = None) -> RetrieverVersion:
+    """A version (the newest by default), every file's sha256 checked."""
     available = versions(store)
     if not available:
         raise TansError(f"the zoo at {store.uri} has no trained retriever; run `tans retrain {store.uri}`")
@@ -228,7 +257,8 @@ def load_version(store: ZooStore, version: int | None = None):
     meta = store.read_json(layout.retriever_meta_key(version))
     model = Retriever(meta["image_dim"], meta["func_dim"])
     model.load_state_dict(load(version_blob(store, version, meta, "weights")))
-    return model.eval(), meta, pq.read_table(io.BytesIO(version_blob(store, version, meta, "models")))
+    return RetrieverVersion(version, model.eval(), meta,
+                            pq.read_table(io.BytesIO(version_blob(store, version, meta, "models"))))
 
 
 def grown_enough(store: ZooStore, if_grown: float | None) -> tuple[bool, str]:

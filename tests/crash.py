@@ -35,11 +35,11 @@ def main() -> None:
     store = open_store(spec["zoo"], S3Settings(endpoint_url=spec.get("endpoint")))
     arm(spec["prefix"], spec["after"])
     if spec["call"] == "ingest":
-        from pipeline.ingest import ingest
+        from pipeline.datasets.ingest import ingest
         ingest(store, spec["source"], name=spec.get("name"))
     elif spec["call"] == "retrain":
-        from pipeline.config import RetrainSettings
-        from pipeline.retrain import run_retrain
+        from retriever.train import RetrainSettings
+        from pipeline.build.retrain import run_retrain
         run_retrain(store, RetrainSettings(steps=5), spec["image_size"], None, None, log=lambda *_: None)
     else:
         raise SystemExit(f"unknown call {spec['call']!r}")

@@ -4,12 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.acquisition import ParetoPolicy, hv_history, training_size
-from pipeline.config import ParetoSettings
-from pipeline.pareto import REF, Normalizer, gains, hypervolume, normalized_hypervolume
-from pipeline.predictor import fit, mc_samples
-from pipeline.prior import ArchProfile, Prior
-from pipeline.state import ZooState
+from pipeline.acquisition.pareto import ParetoPolicy, hv_history, training_size
+from pipeline.acquisition.base import ParetoSettings, PolicyContext
+from pipeline.acquisition.hypervolume import REF, Normalizer, gains, hypervolume, normalized_hypervolume
+from pipeline.acquisition.predictor import fit, mc_samples
+from pipeline.acquisition.profiles import ArchProfile, Prior
+from zoo_schema.results import ZooState
 from workers.ofa_space import arch_pool
 from zoo_schema.records import DatasetRecord, ResultRecord
 
@@ -79,8 +79,8 @@ def make_state(n_per_dataset=3):
 
 
 def policy(seed=0):
-    return ParetoPolicy(seed, POOL, prior=make_prior(), log=lambda *_: None,
-                        settings=ParetoSettings(n_init_per_dataset=3, retrain_every=64))
+    return ParetoPolicy(PolicyContext(seed, tuple(POOL), prior=make_prior(), log=lambda *_: None,
+                                      pareto=ParetoSettings(n_init_per_dataset=3, retrain_every=64)))
 
 
 def test_mc_dropout_samples_differ_and_are_seeded():

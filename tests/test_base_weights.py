@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.build import base_weights_entry
-from pipeline.config import load_config
-from pipeline.errors import ConfigError
-from workers import base_weights
-from workers.finetune import decode_images, load_base_supernet
+from pipeline.build.run import base_weights_entry
+from pipeline.build.config import load_config
+from zoo_schema.errors import ConfigError
+from workers import weights as base_weights
+from workers.nets import load_base_supernet
+from workers.images import decode_images
 from workers.ofa_space import build_supernet
 from zoo_schema.store import open_store
 
@@ -27,7 +28,7 @@ def test_shipped_weights_match_their_recipe_and_are_the_default(tmp_path):
     assert config.arch.base_weights == "pretrained"
     store = open_store(str(tmp_path / "zoo"))
     entry = base_weights_entry(store, config)
-    assert entry["kind"] == "file" and store.exists(entry["key"])
+    assert entry.kind == "file" and store.exists(entry.key)
     build_supernet(1.0).load_state_dict(load_base_supernet(store, 1.0, entry).state_dict())
     with pytest.raises(ConfigError, match="width 1.0"):
         base_weights_entry(store, load_config(None, {"arch.width": 1.2}))
@@ -40,8 +41,8 @@ def test_shipped_weights_recognise_their_pretraining_tasks(name, tmp_path):
     slots, datasets in the recipe's order) is far above chance (1/394)."""
     import dataclasses
 
-    from pipeline import synth
-    from pipeline.ingest import IngestSettings, read_source, validate
+    from pipeline.datasets import synth
+    from pipeline.datasets.ingest import IngestSettings, read_source, validate
     from safetensors.torch import load_file
     path, recipe = base_weights.shipped()
     specs = {s.name: s for s in synth.suite()}
@@ -69,4 +70,4 @@ def test_ofa_published_checkpoint_format_is_accepted(tmp_path):
     entry = base_weights_entry(store, load_config(None, {"arch.width": 1.2, "arch.base_weights": str(path)}))
     loaded = load_base_supernet(store, 1.2, entry).state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in state.items())
-    json.dumps(entry)  # the manifest entry is plain JSON
+    json.dumps(entry.to_json())  # the manifest entry is plain JSON

@@ -8,11 +8,14 @@ import json
 import pytest
 import torch
 
-from pipeline.build import run_build
-from pipeline.config import load_config
-from pipeline.state import read_failures, read_results
-from pipeline.status import format_status, zoo_status
-from workers.finetune import evaluate, load_checkpoint, load_tensors
+from pipeline.build.run import run_build
+from pipeline.build.config import load_config
+from zoo_schema.results import read_results
+from zoo_schema.journal import read_failures
+from pipeline.commands.status import format_status, zoo_status
+from workers.training import evaluate
+from workers.nets import load_checkpoint
+from workers.images import load_tensors
 from zoo_schema.manifest import read_manifest
 from zoo_schema.store import S3Settings, open_store
 
@@ -77,12 +80,12 @@ def test_local_build_resume_and_status(ray_cluster, tiny_datasets, tmp_path, cap
     assert {r.job_id for r in read_results(store)} >= {r.job_id for r in results}
 
     status = zoo_status(store)
-    assert status["finished_jobs"] == 6 and status["datasets"] == 4
-    row = next(r for r in status["per_dataset"] if r["jobs"])
-    assert row["pareto_front"] >= 1 and row["best_accuracy"] is not None
+    assert status.finished_jobs == 6 and status.datasets == 4
+    row = next(r for r in status.per_dataset if r.jobs)
+    assert row.pareto_front >= 1 and row.best_accuracy is not None
     text = format_status(status)
     assert "hue-6" in text and "6 finished jobs" in text
-    json.dumps(status)
+    json.dumps(status.as_dict())
 
 
 def test_build_with_zoo_on_s3(ray_cluster, tiny_datasets, tmp_path, s3_server, s3_bucket, monkeypatch, capsys):
@@ -113,10 +116,10 @@ def test_build_with_zoo_on_s3(ray_cluster, tiny_datasets, tmp_path, s3_server, s
 def test_failed_job_is_recorded_and_build_goes_on(ray_cluster, tiny_datasets, tmp_path):
     zoo = str(tmp_path / "zoo")
     store = open_store(zoo)
-    from pipeline.ingest import ingest
+    from pipeline.datasets.ingest import ingest
     ingest(store, str(tiny_datasets / "hue-6"))
     ingest(store, str(tiny_datasets / "shapes-clean"))
-    from pipeline.ingest import read_dataset, shard_keys
+    from zoo_schema.shards import read_dataset, shard_keys
     for key in shard_keys(store, read_dataset(store, "shapes-clean"), "train"):  # no training data left
         store.delete(key)
     summary = run_build(config(zoo, tiny_datasets, tmp_path, datasets=[], max_jobs=4,
@@ -129,13 +132,13 @@ def test_failed_job_is_recorded_and_build_goes_on(ray_cluster, tiny_datasets, tm
     assert all("the train split of dataset 'shapes-clean'" in f.error and "holds 0 images" in f.error
                for f in failures)
     assert {r.dataset_id for r in read_results(store)} == {"hue-6"}
-    assert zoo_status(store)["failed_jobs"] == summary.failed
+    assert zoo_status(store).failed_jobs == summary.failed
     failed_runs = [r for r in mlflow_job_runs(tmp_path) if r.info.status == "FAILED"]
     assert len(failed_runs) == len(failures)
 
 
 def test_manifest_conflict_is_refused(ray_cluster, tiny_datasets, tmp_path):
-    from pipeline.errors import ZooConflictError
+    from zoo_schema.errors import ZooConflictError
     zoo = str(tmp_path / "zoo")
     run_build(config(zoo, tiny_datasets, tmp_path, max_jobs=0))
     with pytest.raises(ZooConflictError, match="width: zoo has 1.0, build asks 1.2"):
@@ -146,8 +149,9 @@ def test_manifest_conflict_is_refused(ray_cluster, tiny_datasets, tmp_path):
 def test_pareto_build_on_ray_then_replay_gives_same_proposals(ray_cluster, tiny_datasets, tmp_path):
     """Algorithm 1 end to end on Ray; the replay executor rebuilds the same state from that
     zoo, and the policy proposes the same pairs from either state."""
-    from pipeline.acquisition import ParetoPolicy
-    from pipeline.state import read_state
+    from pipeline.acquisition.base import PolicyContext
+    from pipeline.acquisition.pareto import ParetoPolicy
+    from zoo_schema.results import read_state
     from workers.ofa_space import arch_pool
     zoo = str(tmp_path / "zoo")
     pareto = {"strategy": "pareto", "arch.pool_size": 10, "pareto.n_init_per_dataset": 1,
@@ -173,8 +177,9 @@ def test_pareto_build_on_ray_then_replay_gives_same_proposals(ray_cluster, tiny_
     assert {r.job_id for r in replayed.results} == {r.job_id for r in state.results}
 
     def proposals(s, st):
-        return ParetoPolicy(0, pool, store=s, manifest=read_manifest(s), config=load_config(None, pareto),
-                            log=lambda *_: None).propose(st, 3)
+        cfg = load_config(None, pareto)
+        return ParetoPolicy(PolicyContext(0, tuple(pool), store=s, manifest=read_manifest(s), pareto=cfg.pareto,
+                                          image_size=cfg.train.image_size, log=lambda *_: None)).propose(st, 3)
     assert proposals(store, state) == proposals(open_store(replay_zoo), replayed)
     status = zoo_status(store)
-    assert 0 < status["mean_hypervolume"] <= 1 and len(status["hypervolume_history"]) >= 1
+    assert 0 < status.mean_hypervolume <= 1 and len(status.hypervolume_history) >= 1

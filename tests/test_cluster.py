@@ -8,9 +8,10 @@ import time
 
 import pytest
 
-from pipeline.build import run_build
-from pipeline.config import load_config
-from pipeline.state import read_failures, read_results, read_starts
+from pipeline.build.run import run_build
+from pipeline.build.config import load_config
+from zoo_schema.results import read_results
+from zoo_schema.journal import read_failures, read_starts
 from zoo_schema.store import open_store
 
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.config import load_config
-from pipeline.errors import ConfigError
+from pipeline.build.config import load_config
+from zoo_schema.errors import ConfigError
 
 
 def test_defaults_need_no_file():

@@ -8,8 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.errors import DatasetError
-from pipeline.ingest import IngestSettings, ingest, load_split, read_datasets
+from zoo_schema.errors import DatasetError
+from pipeline.datasets.ingest import IngestSettings, ingest
+from zoo_schema.shards import load_split, read_datasets
 from zoo_schema.store import S3Settings, open_store
 
 

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.build import last_build_config, run_build
+from pipeline.build.run import last_build_config, run_build
 from pipeline.cli import main
-from pipeline.config import load_config
-from pipeline.errors import ConfigError, DatasetError, StorageError
-from pipeline.ingest import load_split, read_datasets, read_dataset
-from pipeline.state import read_results, record_failure, result_key, scan_results
-from pipeline.verify import verify_zoo
+from pipeline.build.config import load_config
+from zoo_schema.errors import ConfigError, DatasetError, StorageError
+from zoo_schema.shards import load_split, read_datasets, read_dataset
+from zoo_schema.results import read_results, result_key, scan_results
+from zoo_schema.journal import record_failure
+from pipeline.commands.verify import verify_zoo
 from tests.test_resilience import overrides
 from workers.job import JobSpec
 from zoo_schema.layout import LEASE
@@ -146,11 +147,12 @@ def test_retrain_killed_midway_leaves_no_mixed_version(built, tmp_path):
     assert versions(store) == before
     report = verify_zoo(store)
     assert report.problems == [] and [k.rsplit("/", 1)[-1] for k in report.orphans] == ["weights.safetensors"]
-    from pipeline.config import RetrainSettings
-    from pipeline.retrain import run_retrain
+    from retriever.train import RetrainSettings
+    from pipeline.build.retrain import run_retrain
     version = run_retrain(store, RetrainSettings(steps=5), 32, None, None, log=lambda *_: None)
-    model, meta, table = load_version(store, version)
-    assert version == before[-1] + 1 and table.num_rows == meta["results"] == 3
+    loaded = load_version(store, version)
+    meta = loaded.meta
+    assert version == before[-1] + 1 and loaded.models.num_rows == meta["results"] == 3
     assert meta["files"]["weights"]["key"] not in report.orphans
     assert verify_zoo(store).problems == []
 
@@ -158,7 +160,7 @@ def test_retrain_killed_midway_leaves_no_mixed_version(built, tmp_path):
 def test_two_retrains_at_once_each_publish_a_whole_version(built, tmp_path):
     import threading
 
-    from pipeline.config import RetrainSettings
+    from retriever.train import RetrainSettings
     from retriever.train import gather, load_version, save_version, train_retriever, versions
     copy = copy_of(built, tmp_path)
     store = open_store(str(copy))
@@ -173,7 +175,7 @@ def test_two_retrains_at_once_each_publish_a_whole_version(built, tmp_path):
     for t in threads:
         t.join()
     assert sorted(saved) == versions(store)[-2:] and len(set(saved)) == 2
-    metas = [load_version(store, v)[1] for v in saved]
+    metas = [load_version(store, v).meta for v in saved]
     assert metas[0]["files"]["weights"]["key"] != metas[1]["files"]["weights"]["key"]
     assert verify_zoo(store).problems == []
 
@@ -181,7 +183,7 @@ def test_two_retrains_at_once_each_publish_a_whole_version(built, tmp_path):
 # -- files that are not what their key says ------------------------------------------------
 
 def test_result_file_holding_another_jobs_row_is_refused_and_set_aside(built, tmp_path):
-    from workers.finetune import run_job
+    from workers.run import run_job
     copy = copy_of(built, tmp_path)
     store = open_store(str(copy))
     a, b = read_results(store)[:2]
@@ -299,7 +301,7 @@ def test_a_signal_surfacing_through_a_native_call_is_still_a_clean_stop(tmp_path
     """CI caught SIGTERM arriving inside Ray's Cython `CoreWorker.wait`: Python reported it as
     `SystemError(... returned a result with an exception set)` caused by our `Interrupted`."""
     import pipeline.cli as cli
-    from pipeline.errors import Interrupted
+    from zoo_schema.errors import Interrupted
 
     def wait_in_native_code(args):
         try:
@@ -366,7 +368,7 @@ def test_whole_config_is_checked_before_anything_starts(tiny_datasets, tmp_path)
         run_build(load_config(None, {"zoo": str(zoo), "datasets": [str(collide)]}))
     assert not zoo.exists()
     config = load_config(None, {"zoo": str(zoo), "datasets": [str(collide)], "names": {"My Data": "my-data-2"}})
-    from pipeline.build import validate_build
+    from pipeline.build.run import validate_build
     assert len(validate_build(config)) == 2
 
 

@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from pipeline.errors import ConfigError
+from zoo_schema.errors import ConfigError
 from workers.ofa_space import Arch, build_subnet, build_supernet, feature_dim, penultimate, sample_arch
 
 
@@ -48,9 +48,9 @@ def test_subnet_has_weights_of_supernet_and_right_penultimate(width):
 
 
 def test_base_weights_from_a_file_are_checked_and_stored_as_safetensors(tmp_path):
-    from pipeline.build import wanted_manifest
-    from pipeline.config import load_config
-    from workers.finetune import load_base_supernet
+    from pipeline.build.run import wanted_manifest
+    from pipeline.build.config import load_config
+    from workers.nets import load_base_supernet
     from zoo_schema.store import open_store
     torch.manual_seed(5)
     supernet = build_supernet(1.0)
@@ -59,8 +59,8 @@ def test_base_weights_from_a_file_are_checked_and_stored_as_safetensors(tmp_path
     store = open_store(str(tmp_path / "zoo"))
     manifest = wanted_manifest(store, load_config(None, {"arch.base_weights": str(path)}))
     entry = manifest.base_weights
-    assert entry["kind"] == "file" and entry["id"] == f"sha256:{entry['sha256'][:16]}"
-    assert store.exists(entry["key"]) and entry["key"].endswith(".safetensors")
+    assert entry.kind == "file" and entry.id == f"sha256:{entry.sha256[:16]}"
+    assert store.exists(entry.key) and entry.key.endswith(".safetensors")
     loaded = load_base_supernet(store, 1.0, entry)
     assert torch.equal(loaded.first_conv.conv.weight, supernet.first_conv.conv.weight)
     wrong = tmp_path / "wrong.pth"

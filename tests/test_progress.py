@@ -5,9 +5,9 @@ import io
 
 import pytest
 
-from pipeline.config import load_config
-from pipeline.errors import ConfigError
-from pipeline.progress import CLEAR, Progress
+from pipeline.build.config import load_config
+from zoo_schema.errors import ConfigError
+from pipeline.build.progress import CLEAR, Progress
 
 
 class Terminal(io.StringIO):
@@ -37,7 +37,7 @@ def test_progress_is_plain_lines_when_not_a_terminal():
 
 
 def test_submitted_config_needs_shared_locations_and_gets_a_stable_id(tmp_path, monkeypatch):
-    from pipeline.submit import cluster_config, submission_base
+    from pipeline.commands.submit import cluster_config, submission_base
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(ConfigError, match="relative path"):
         cluster_config(load_config(None, {"zoo": "./zoo", "mlflow.tracking_uri": "http://m:5000"}))

@@ -12,12 +12,13 @@ import time
 
 import pytest
 
-from pipeline.build import run_build
-from pipeline.config import load_config
-from pipeline.errors import ZooConflictError
-from pipeline.lease import LEASE_KEY, Lease
-from pipeline.state import read_failures, read_results, read_starts, read_state
-from pipeline.verify import verify_zoo
+from pipeline.build.run import run_build
+from pipeline.build.config import load_config
+from zoo_schema.errors import ZooConflictError
+from pipeline.build.lease import LEASE_KEY, Lease
+from zoo_schema.results import read_results, read_state
+from zoo_schema.journal import read_failures, read_starts
+from pipeline.commands.verify import verify_zoo
 from zoo_schema.store import S3Settings, open_store
 
 
@@ -206,7 +207,7 @@ def test_chaos_moved_zoo_killed_ingestion_and_retrain(ray_cluster, tiny_datasets
     exactly what the kills left, and the results equal an uninterrupted build's."""
     import dataclasses
 
-    from pipeline.build import last_build_config
+    from pipeline.build.run import last_build_config
     from retriever.train import load_version, versions
     from tests.test_integrity import crash
     first = tmp_path / "first"
@@ -228,7 +229,7 @@ def test_chaos_moved_zoo_killed_ingestion_and_retrain(ray_cluster, tiny_datasets
     assert sorted(k.split("/")[0] for k in report.orphans) == ["data", "retriever"]  # what the kills left
     verify_zoo(store, clean_orphans=True)
     assert verify_zoo(store).orphans == [] and versions(store) == [1]
-    assert load_version(store)[1]["results"] == 5
+    assert load_version(store).meta["results"] == 5
 
     reference = tmp_path / "reference"
     run_build(load_config(None, overrides(str(reference), tiny_datasets, tmp_path, max_jobs=5)), log=lambda *_: None)

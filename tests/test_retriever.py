@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.build import run_build
-from pipeline.config import RetrainSettings, load_config
-from pipeline.retrain import REGISTERED_MODEL, run_retrain
+from pipeline.build.run import run_build
+from pipeline.build.config import load_config
+from retriever.train import RetrainSettings
+from pipeline.build.retrain import REGISTERED_MODEL, run_retrain
 from retriever.model import contrastive_loss
-from retriever.search import Constraints, NoModelFits, Searcher, search_dataset
+from retriever.search import Constraints, NoModelFits, Searcher
+from pipeline.commands.search import search_dataset
 from retriever.train import grown_enough, load_version, versions
 from zoo_schema.store import S3Settings, open_store
 
@@ -50,7 +52,7 @@ SETTINGS = RetrainSettings(steps=40)
 
 def test_retrain_threshold_versions_and_registry(built_zoo):
     from mlflow.tracking import MlflowClient
-    from pipeline.config import MlflowSettings
+    from pipeline.build.tracking import MlflowSettings
     zoo, tmp = built_zoo
     store = open_store(zoo)
     mlflow = MlflowSettings(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}")
@@ -67,8 +69,9 @@ def test_retrain_threshold_versions_and_registry(built_zoo):
     client = MlflowClient(tracking_uri=mlflow.tracking_uri)
     champion = client.get_model_version_by_alias(REGISTERED_MODEL, "champion")
     assert champion.tags["tans.version"] == "2" and champion.tags["tans.zoo"] == store.uri
-    model, meta, table = load_version(store, 1)
-    assert meta["version"] == 1 and table.num_rows == 8 and len(table["embedding"][0]) == 128
+    loaded = load_version(store, 1)
+    meta, table = loaded.meta, loaded.models
+    assert loaded.number == meta["version"] == 1 and table.num_rows == 8 and len(table["embedding"][0]) == 128
 
 
 def test_search_ranks_filters_and_explains(built_zoo, tiny_datasets):
@@ -80,15 +83,14 @@ def test_search_ranks_filters_and_explains(built_zoo, tiny_datasets):
     result = search_dataset(store, query, top_k=3)
     hits = result.hits
     assert 1 <= len(hits) <= 3 and result.ranked_by == "predicted_accuracy"
-    preds = [h["predicted_accuracy"] for h in hits]
+    preds = [h.predicted_accuracy for h in hits]
     assert preds == sorted(preds, reverse=True)  # ordered by predicted accuracy
-    assert set(hits[0]) >= {"job_id", "dataset_id", "arch", "score", "predicted_accuracy", "params",
-                            "flops", "latency_ms", "checkpoint_uri", "rank_score", "ranked_by", "weak_match"}
+    assert hits[0].ranked_by == "predicted_accuracy" and hits[0].checkpoint_uri.startswith(zoo)
     everything = search_dataset(store, query, top_k=100).hits
-    assert [h["job_id"] for h in everything[:len(hits)]] == [h["job_id"] for h in hits]  # --top-k never reorders
-    smallest = min(h["params"] for h in everything)
+    assert [h.job_id for h in everything[:len(hits)]] == [h.job_id for h in hits]  # --top-k never reorders
+    smallest = min(h.params for h in everything)
     limited = search_dataset(store, query, Constraints(max_params=smallest), top_k=100).hits
-    assert limited and all(h["params"] <= smallest for h in limited)
+    assert limited and all(h.params <= smallest for h in limited)
     with pytest.raises(NoModelFits, match="no model in the zoo meets the constraints; the closest is"):
         search_dataset(store, query, Constraints(max_params=10))
 
@@ -96,7 +98,8 @@ def test_search_ranks_filters_and_explains(built_zoo, tiny_datasets):
 @pytest.mark.parametrize("rerank", ["logme", "knn"])
 def test_search_reranks_with_evidence_from_the_query_images(built_zoo, tiny_datasets, rerank):
     from retriever.rerank import SCORERS
-    from workers.finetune import decode_images, load_checkpoint
+    from workers.nets import load_checkpoint
+    from workers.images import decode_images
     from workers.ofa_space import penultimate
     zoo, _ = built_zoo
     store = open_store(zoo)
@@ -105,25 +108,25 @@ def test_search_reranks_with_evidence_from_the_query_images(built_zoo, tiny_data
     query = str(tiny_datasets / "shapes-clean")
     result = search_dataset(store, query, top_k=100, rerank=rerank)
     assert result.ranked_by == rerank and result.seconds["rerank"] > 0
-    scores = [h["rank_score"] for h in result.hits]
+    scores = [h.rank_score for h in result.hits]
     assert scores == sorted(scores, reverse=True) and len(set(scores)) > 1
     first = search_dataset(store, query, top_k=2, rerank=rerank).hits
-    assert [h["job_id"] for h in first] == [h["job_id"] for h in result.hits[:2]]
+    assert [h.job_id for h in first] == [h.job_id for h in result.hits[:2]]
     # the score is the scorer on the network's own features of the sampled query images
-    from pipeline.ingest import IngestSettings, read_source, validate
-    from pipeline.state import find_result
+    from pipeline.datasets.ingest import IngestSettings, read_source, validate
+    from zoo_schema.results import find_result
     from retriever.features import sample_per_class
     by_class, _ = validate(query, read_source(query)[0], IngestSettings(min_images_per_class=1))
     images, labels = [], []
     for label, cls in enumerate(sorted(by_class)):
         images, labels = images + by_class[cls], labels + [label] * len(by_class[cls])
     chosen = sample_per_class(labels, 10, "search")
-    record = find_result(store, result.hits[0]["job_id"])
+    record = find_result(store, result.hits[0].job_id)
     net = load_checkpoint(store, record, 1.0)
     with torch.no_grad():
         feats = penultimate(net, torch.from_numpy(decode_images([images[i] for i in chosen], 32))).numpy()
     expected = SCORERS[rerank](feats, np.asarray([labels[i] for i in chosen]))
-    assert result.hits[0]["rank_score"] == pytest.approx(expected, rel=1e-6)
+    assert result.hits[0].rank_score == pytest.approx(expected, rel=1e-6)
 
 
 def test_retriever_version_loads_back_from_s3(built_zoo, s3_server, s3_bucket):
@@ -135,20 +138,20 @@ def test_retriever_version_loads_back_from_s3(built_zoo, s3_server, s3_bucket):
     for key in (["manifest.json"] + local.list("retriever")
                 + local.list("results")):
         remote.write_bytes(key, local.read_bytes(key))
-    model, meta, table = load_version(remote)
-    local_model, _, _ = load_version(local)
+    loaded = load_version(remote)
+    model, meta, local_model = loaded.model, loaded.meta, load_version(local).model
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), local_model.state_dict().values()))
     features = np.random.default_rng(0).normal(size=(20, meta["image_dim"])).astype(np.float32)
     remote_hits, local_hits = Searcher(remote).search(features, top_k=2), Searcher(local).search(features, top_k=2)
     # the same ranking; each names its checkpoint inside the zoo it was opened at
-    assert [{**h, "checkpoint_uri": ""} for h in remote_hits] == [{**h, "checkpoint_uri": ""} for h in local_hits]
-    assert all(h["checkpoint_uri"].startswith(remote.uri + "/checkpoints/") for h in remote_hits)
-    assert all(h["checkpoint_uri"].startswith(local.uri + "/checkpoints/") for h in local_hits)
+    assert [replace(h, checkpoint_uri="") for h in remote_hits] == [replace(h, checkpoint_uri="") for h in local_hits]
+    assert all(h.checkpoint_uri.startswith(remote.uri + "/checkpoints/") for h in remote_hits)
+    assert all(h.checkpoint_uri.startswith(local.uri + "/checkpoints/") for h in local_hits)
 
 
 def test_finetune_a_zoo_network_on_a_new_dataset(built_zoo, tiny_datasets, tmp_path):
-    from pipeline.finetune import run_finetune
-    from pipeline.state import read_results
+    from pipeline.commands.finetune import run_finetune
+    from zoo_schema.results import read_results
     zoo, tmp = built_zoo
     store = open_store(zoo)
     start = read_results(store)[0]
@@ -186,9 +189,9 @@ def test_resnet18_backbone_from_a_local_weights_file(built_zoo, tiny_datasets, t
 def test_pretrain_base_serves_as_base_weights_and_query_backbone(built_zoo, tmp_path):
     """`tans pretrain-base`: sandwich-rule training on the union of the zoo's datasets; the
     file it writes is accepted as a new zoo's base weights and as a retriever backbone."""
-    from pipeline.build import base_weights_entry
-    from pipeline.ingest import read_datasets
-    from pipeline.pretrain import PretrainSettings, pretrain_base, sandwich_configs
+    from pipeline.build.run import base_weights_entry
+    from zoo_schema.shards import read_datasets
+    from pipeline.commands.pretrain import PretrainSettings, pretrain_base, sandwich_configs
     from safetensors import safe_open
     zoo, _ = built_zoo
     store = open_store(zoo)
@@ -198,10 +201,10 @@ def test_pretrain_base_serves_as_base_weights_and_query_backbone(built_zoo, tmp_
     out = tmp_path / "base" / "pretrained.safetensors"
     summary = pretrain_base(store, str(out), PretrainSettings(steps=6, batch_size=32), log=lambda *_: None)
     assert summary["classes"] == sum(d.num_classes for d in read_datasets(store))
-    from workers.finetune import load_base_supernet
+    from workers.nets import load_base_supernet
     from zoo_schema.manifest import read_manifest
     manifest = read_manifest(store)  # pretraining starts from the zoo's own base weights
-    assert summary["start"] == manifest.base_weights["id"] and 0 <= summary["test_accuracy_largest"] <= 1
+    assert summary["start"] == manifest.base_weights.id and 0 <= summary["test_accuracy_largest"] <= 1
     with safe_open(str(out), "pt") as fh:
         assert json.loads(fh.metadata()["tans"])["datasets"] == summary["datasets"]
         trained = fh.get_tensor("first_conv.conv.weight")
@@ -209,11 +212,11 @@ def test_pretrain_base_serves_as_base_weights_and_query_backbone(built_zoo, tmp_
     assert not torch.equal(trained, start.state_dict()["first_conv.conv.weight"])  # it did train
     config = load_config(None, {"zoo": str(tmp_path / "new-zoo"), "arch.base_weights": str(out)})
     entry = base_weights_entry(open_store(config.zoo), config)
-    assert entry["kind"] == "file"
+    assert entry.kind == "file"
     version = run_retrain(store, replace(SETTINGS, steps=5, backbone=str(out)), 32, None, None, log=lambda *_: None)
     meta = store.read_json(f"retriever/v{version}/meta.json")
-    assert meta["backbone"] == f"ofa-max:{entry['id']}:w1.0:32px" and meta["image_dim"] == 1280
-    assert meta["backbone_key"] == entry["key"]  # the same copy in the zoo
+    assert meta["backbone"] == f"ofa-max:{entry.id}:w1.0:32px" and meta["image_dim"] == 1280
+    assert meta["backbone_key"] == entry.key  # the same copy in the zoo
     with pytest.raises(Exception, match="holds neither"):
         bad = tmp_path / "bad.safetensors"
         from safetensors.torch import save_file

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
 
-from pipeline.errors import StorageError
+from zoo_schema.errors import StorageError
 from zoo_schema.store import S3Settings, open_store
 
 

@@ -73,7 +73,7 @@ def test_submit_a_build_to_a_ray_head_with_s3_zoo_and_mlflow_server(
         ray_head, mlflow_server, s3_server, tiny_datasets, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from pipeline.state import read_results
+    from zoo_schema.results import read_results
     from zoo_schema.store import S3Settings, open_store
     bucket = s3_server.bucket("cluster-zoo")
     zoo = f"s3://{bucket}/zoo"

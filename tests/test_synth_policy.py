@@ -5,10 +5,12 @@ import hashlib
 import numpy as np
 import pytest
 
-from pipeline import synth
-from pipeline.errors import ConfigError
-from pipeline.policy import RandomPolicy, create_policy
-from pipeline.state import ZooState
+from pipeline.datasets import synth
+from zoo_schema.errors import ConfigError
+from pipeline.acquisition.base import PolicyContext
+from pipeline.acquisition.random import RandomPolicy
+from pipeline.acquisition.registry import create_policy
+from zoo_schema.results import ZooState
 from workers.ofa_space import arch_pool
 from zoo_schema.records import DatasetRecord
 
@@ -59,24 +61,24 @@ def test_arch_pool_is_distinct_and_prefix_stable():
 
 def test_random_policy_is_deterministic_spreads_and_skips_pending():
     state = _state(4)
-    first = RandomPolicy(1, POOL).propose(state, 8)
-    assert first == RandomPolicy(1, POOL).propose(state, 8)
-    assert first != RandomPolicy(2, POOL).propose(state, 8)
+    first = RandomPolicy(PolicyContext(1, tuple(POOL))).propose(state, 8)
+    assert first == RandomPolicy(PolicyContext(1, tuple(POOL))).propose(state, 8)
+    assert first != RandomPolicy(PolicyContext(2, tuple(POOL))).propose(state, 8)
     assert sorted(d for d, _ in first) == ["d0", "d0", "d1", "d1", "d2", "d2", "d3", "d3"]
     assert all(a in POOL for _, a in first)
     # a resumed build with the first three in flight continues the same sequence
-    assert RandomPolicy(1, POOL).propose(state, 5, pending=set(first[:3])) == first[3:]
+    assert RandomPolicy(PolicyContext(1, tuple(POOL))).propose(state, 5, pending=set(first[:3])) == first[3:]
     # the sequence is exhaustive: every (dataset, pool arch) pair exactly once
-    everything = RandomPolicy(1, POOL).propose(state, 100)
+    everything = RandomPolicy(PolicyContext(1, tuple(POOL))).propose(state, 100)
     assert len(everything) == 20 == len(set(everything))
     # a universe restricts it (the replay executor's pool)
     universe = set(everything[::2])
-    assert set(RandomPolicy(1, POOL).propose(state, 100, universe=universe)) == universe
+    assert set(RandomPolicy(PolicyContext(1, tuple(POOL))).propose(state, 100, universe=universe)) == universe
 
 
 def test_unknown_strategy_lists_valid_ones():
     with pytest.raises(ConfigError, match="unknown strategy 'bayes'; valid strategies: .*random"):
-        create_policy("bayes", seed=0, pool=POOL)
+        create_policy("bayes", PolicyContext(0, tuple(POOL)))
 
 
 def test_real_image_datasets_come_last_and_are_deterministic(tmp_path):

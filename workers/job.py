@@ -1,4 +1,4 @@
-"""What one fine-tuning job is: its frozen spec and its deterministic id.
+"""What one fine-tuning job is: its frozen spec and its deterministic id (`run_job` runs it).
 
 The id hashes everything that determines the result (dataset content, arch, training
 settings, seed, base weights, functional-embedding noise), so writing the same job twice
@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass
 
 from zoo_schema import layout
+from zoo_schema.manifest import BaseWeights, Manifest
+from zoo_schema.records import DatasetRecord
 
 
 @dataclass(frozen=True)
@@ -37,14 +39,14 @@ class JobSpec:
     arch: str
     train: TrainSettings
     width: float
-    base_weights: dict
+    base_weights: BaseWeights
     noise_seed: int
     noise_shape: tuple[int, ...]
     init_job: str = ""  # start from this zoo job's checkpoint (`tans finetune`), not the base weights
 
     @property
     def job_id(self) -> str:
-        fields = dataclasses.asdict(self)
+        fields = {**dataclasses.asdict(self), "base_weights": self.base_weights.to_json()}
         if not fields["init_job"]:
             del fields["init_job"]  # ids of base-weight jobs predate the field and stay stable
         blob = json.dumps(fields, sort_keys=True, default=list)
@@ -56,3 +58,12 @@ class JobSpec:
 
     def checkpoint_key(self, sha256: str) -> str:
         return layout.checkpoint_key(self.job_id, sha256)
+
+
+def job_spec(dataset: DatasetRecord, arch: str, train: TrainSettings, manifest: Manifest,
+             init_job: str = "") -> JobSpec:
+    """The job that fine-tunes `arch` on `dataset` in the zoo of `manifest`."""
+    return JobSpec(dataset_id=dataset.dataset_id, dataset_sha256=dataset.content_sha256,
+                   num_classes=dataset.num_classes, arch=arch, train=train, width=manifest.width,
+                   base_weights=manifest.base_weights, noise_seed=manifest.noise_seed,
+                   noise_shape=tuple(manifest.noise_shape), init_job=init_job)

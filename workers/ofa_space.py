@@ -11,7 +11,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from pipeline.errors import ConfigError
+from zoo_schema.errors import ConfigError
 
 UNITS = 5
 MAX_DEPTH = 4

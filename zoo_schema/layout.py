@@ -18,16 +18,50 @@ sync`) and every reference still resolves against the zoo it is opened at.
 """
 from __future__ import annotations
 
-from pipeline.errors import StorageError
+from zoo_schema.errors import StorageError
 from zoo_schema.store import ZooStore, check_key, open_store
 
 MANIFEST = "manifest.json"
 LEASE = "journal/lease.json"
 SNAPSHOT = "results_index/snapshot.parquet"
+POOL_PROFILES = "pool/profiles.parquet"
+RESULTS = "results"        # prefixes listed by readers
+DATASETS = "datasets"
+FAILURES = "journal/failures"
+STARTS = "journal/starts"
+BUILDS = "journal/builds"
+QUARANTINE = "quarantine"
+
+
+def base_weights_key(sha256: str) -> str:
+    """A supernet's weights copied into the zoo (content-addressed)."""
+    return f"base/{sha256}.safetensors"
+
+
+def query_features_key(backbone_tag: str, dataset_id: str, split: str) -> str:
+    """Cached backbone features of a dataset split's sampled images."""
+    return f"query_features/{backbone_tag}/{dataset_id}/{split}.safetensors"
+
+
+def failure_key(job_id: str, entry: str) -> str:
+    return f"{FAILURES}/{job_id}/{entry}.json"
+
+
+def start_key(job_id: str, entry: str) -> str:
+    return f"{STARTS}/{job_id}/{entry}.json"
+
+
+def journal_key(kind: str, entry: str) -> str:
+    return f"journal/{kind}/{entry}.json"
+
+
+def quarantine_keys(key: str) -> tuple[str, str]:
+    """(where a set-aside object goes, where its reason goes)."""
+    return f"{QUARANTINE}/{key}", f"{QUARANTINE}/{key}.reason.json"
 
 
 def result_key(dataset_id: str, job_id: str) -> str:
-    return f"results/dataset={dataset_id}/{job_id}.parquet"
+    return f"{RESULTS}/dataset={dataset_id}/{job_id}.parquet"
 
 
 def parse_result_key(key: str) -> tuple[str, str] | None:
@@ -44,7 +78,7 @@ def checkpoint_key(job_id: str, sha256: str) -> str:
 
 
 def dataset_key(dataset_id: str) -> str:
-    return f"datasets/{dataset_id}.parquet"
+    return f"{DATASETS}/{dataset_id}.parquet"
 
 
 def data_prefix(dataset_id: str, write_id: str) -> str:

@@ -10,12 +10,37 @@ import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from pipeline.errors import StorageError, ZooConflictError
 from zoo_schema import layout
+from zoo_schema.errors import StorageError, ZooConflictError
 from zoo_schema.records import SCHEMA_VERSION
 from zoo_schema.store import ZooStore
 
 MANIFEST_KEY = layout.MANIFEST
+
+
+@dataclass(frozen=True)
+class BaseWeights:
+    """The weights every zoo network starts from: a seeded random supernet (`kind="random"`)
+    or a supernet file copied into the zoo (`kind="file"`, its key and sha256). `id` names
+    them in result rows and MLflow."""
+
+    kind: str          # "random" | "file"
+    id: str
+    seed: int = 0      # random only
+    key: str = ""      # file only: the zoo key of the safetensors copy
+    sha256: str = ""   # file only
+
+    def to_json(self) -> dict:
+        """The manifest's JSON entry (and what job ids hash): only the fields of its kind."""
+        if self.kind == "random":
+            return {"kind": self.kind, "seed": self.seed, "id": self.id}
+        return {"kind": self.kind, "key": self.key, "sha256": self.sha256, "id": self.id}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "BaseWeights":
+        if data.get("kind") not in ("random", "file"):
+            raise ValueError(f"base_weights kind {data.get('kind')!r} is not 'random' or 'file'")
+        return cls(**data)
 
 
 @dataclass(frozen=True)
@@ -26,14 +51,18 @@ class Manifest:
     depths: list[int]
     noise_seed: int
     noise_shape: list[int]
-    base_weights: dict  # {"id", "kind": "random"|"file", "seed" | "key", "sha256"}
+    base_weights: BaseWeights
     pool_seed: int = 0   # the candidate architectures: workers.ofa_space.arch_pool(seed, size)
     pool_size: int = 100
     schema_version: int = field(default=SCHEMA_VERSION, compare=False)  # checked by ensure_manifest
     created_at: str = field(default="", compare=False)
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "base_weights": self.base_weights.to_json()}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Manifest":
+        return cls(**{**data, "base_weights": BaseWeights.from_json(data["base_weights"])})
 
 
 def differences(have: Manifest, want: Manifest) -> list[str]:
@@ -48,8 +77,8 @@ def read_manifest(store: ZooStore) -> Manifest | None:
     if not store.exists(MANIFEST_KEY):
         return None
     try:
-        return Manifest(**store.read_json(MANIFEST_KEY))
-    except (ValueError, TypeError) as e:
+        return Manifest.from_json(store.read_json(MANIFEST_KEY))
+    except (ValueError, TypeError, KeyError) as e:
         raise StorageError(f"{MANIFEST_KEY} of the zoo at {store.uri} is unreadable ({type(e).__name__}: "
                            f"{str(e)[:200]}); restore it from a copy of the zoo") from None
 
@@ -61,7 +90,7 @@ def require_zoo(store: ZooStore) -> Manifest | None:
     empty zoo (and nothing is created there).
     """
     manifest = read_manifest(store)
-    if manifest is None and not store.list("datasets"):
+    if manifest is None and not store.list(layout.DATASETS):
         raise StorageError(f"there is no zoo at {store.uri} (no manifest.json, no datasets); check the "
                            "path, or create one with `tans build --zoo ...` or `tans datasets add`")
     if manifest is not None and manifest.schema_version > SCHEMA_VERSION:

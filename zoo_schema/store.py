@@ -30,9 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipeline.errors import StorageError
+from zoo_schema.errors import StorageError
 
 log = logging.getLogger("tans.store")
 _SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=+-]*$")
@@ -354,3 +355,16 @@ def open_store(uri: str, s3: S3Settings | None = None) -> ZooStore:
     if "://" in uri and not uri.startswith("file://"):
         raise StorageError(f"unsupported zoo URI {uri!r}: use a local path or s3://bucket/prefix")
     return LocalStore(uri[len("file://"):] if uri.startswith("file://") else uri)
+
+
+def source_filesystem(uri: str, s3: S3Settings | None = None) -> tuple[pafs.FileSystem, str]:
+    if uri.startswith("s3://"):
+        s3 = s3 or S3Settings()
+        endpoint = s3.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+        scheme, host = "https", None
+        if endpoint:
+            scheme, _, host = endpoint.partition("://")
+        fs = pafs.S3FileSystem(endpoint_override=host, scheme=scheme,
+                               region=s3.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
+        return fs, uri[len("s3://"):].rstrip("/")
+    return pafs.LocalFileSystem(), str(uri).rstrip("/")

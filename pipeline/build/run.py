@@ -1,0 +1,218 @@
+"""`tans build`: ingest the configured datasets, fix the manifest, run the driver on Ray."""
+from __future__ import annotations
+
+import hashlib
+
+from pipeline.acquisition.profiles import profile_pool
+from pipeline.acquisition.registry import check_strategy
+from pipeline.build.config import BuildConfig, build_dataclass
+from pipeline.build.driver import BuildSummary, Driver
+from pipeline.build.executor import RayExecutor, ReplayExecutor, start_ray
+from pipeline.build.lease import Lease
+from pipeline.build.retrain import run_retrain
+from pipeline.build.signals import interruption
+from pipeline.build.tracking import Tracker
+from pipeline.datasets.ingest import ingest, slug
+from workers import weights
+from workers.ofa_space import DEPTHS, EXPANDS, KERNELS, build_supernet
+from workers.weights import read_state_dict
+from zoo_schema import layout
+from zoo_schema.errors import ConfigError, DatasetError
+from zoo_schema.manifest import MANIFEST_KEY, BaseWeights, Manifest, ensure_manifest, read_manifest, require_zoo
+from zoo_schema.redact import is_redacted, redact
+from zoo_schema.store import ZooStore, open_store, source_filesystem
+
+
+def dataset_sources(root: str, s3=None) -> list[str]:
+    """Every dataset below `root`: each sub-folder (ImageFolder) and each .parquet file."""
+    import pyarrow.fs as pafs
+    fs, path = source_filesystem(root, s3)
+    info = fs.get_file_info(path)
+    if info.type != pafs.FileType.Directory:
+        raise DatasetError(f"--datasets {root} is not a directory; it should hold one folder per dataset")
+    prefix = root.rstrip("/")
+    out = []
+    for f in sorted(fs.get_file_info(pafs.FileSelector(path)), key=lambda f: f.path):
+        name = f.path.rsplit("/", 1)[-1]
+        if name.startswith("."):
+            continue
+        if f.type == pafs.FileType.Directory or name.endswith(".parquet"):
+            out.append(f"{prefix}/{name}")
+    if not out:
+        raise DatasetError(f"--datasets {root} holds no dataset folders; generate the built-in "
+                           "ones with `tans datasets synth --out DIR` or add ImageFolder directories")
+    return out
+
+
+def base_weights_entry(store: ZooStore, config: BuildConfig) -> BaseWeights:
+    """The manifest's base-weights entry; a weights file is copied into the zoo as safetensors."""
+    spec = config.arch.base_weights
+    if spec == "random":
+        return BaseWeights("random", f"random-seed{config.arch.base_seed}", seed=config.arch.base_seed)
+    if spec == "pretrained":
+        if config.arch.width != weights.WIDTH:
+            raise ConfigError(f"the shipped pretrained base weights are width {weights.WIDTH}; set arch.width = "
+                              f"{weights.WIDTH}, or arch.base_weights to 'random' or to a supernet file of width "
+                              f"{config.arch.width} (OFA's published ofa_mbv3_d234_e346_k357_w1.2 for 1.2)")
+        spec = str(weights.shipped()[0])
+    from safetensors.torch import save as st_save
+
+    state = read_state_dict(spec, config.s3, "arch.base_weights (an OFA supernet or 'random')")
+    try:
+        build_supernet(config.arch.width).load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError) as e:  # OFA raises ValueError on unknown keys
+        raise ConfigError(f"arch.base_weights {spec} does not fit the OFA MobileNetV3 supernet at "
+                          f"width {config.arch.width}: {str(e).splitlines()[0]}") from None
+    blob = st_save({k: v.contiguous() for k, v in state.items()})
+    sha = hashlib.sha256(blob).hexdigest()
+    key = layout.base_weights_key(sha)
+    store.write_bytes(key, blob, create_only=True)
+    return BaseWeights("file", f"sha256:{sha[:16]}", key=key, sha256=sha)
+
+
+def wanted_manifest(store: ZooStore, config: BuildConfig) -> Manifest:
+    size = config.train.image_size
+    return Manifest(width=config.arch.width, kernels=list(KERNELS), expands=list(EXPANDS),
+                    depths=list(DEPTHS), noise_seed=config.arch.noise_seed,
+                    noise_shape=[config.arch.noise_batch, 3, size, size],
+                    base_weights=base_weights_entry(store, config),
+                    pool_seed=config.arch.pool_seed, pool_size=config.arch.pool_size)
+
+
+def ingest_all(store: ZooStore, config: BuildConfig, log=print) -> None:
+    for root in config.datasets:
+        for source in dataset_sources(root, config.s3):
+            report = ingest(store, source, name=dataset_name(config, source), settings=config.ingest, s3=config.s3)
+            state = "already in the zoo" if report.already_present else f"{report.images} images"
+            skipped = f", {len(report.skipped)} files skipped" if report.skipped else ""
+            log(f"dataset {report.name}: {state}{skipped} -> {', '.join(report.dataset_ids)}")
+
+
+REPLAY_COPIES = ("datasets", "query_features", "pool", "base")  # base: the weights the manifest names
+
+
+def seed_replay_zoo(target: ZooStore, source: ZooStore) -> Manifest:
+    """A replay target starts with the source's manifest, datasets, features and profiles."""
+    manifest = read_manifest(source)
+    if manifest is None:
+        raise ConfigError(f"replay source {source.uri} has no manifest; is it a tans zoo?")
+    target.write_bytes(MANIFEST_KEY, source.read_bytes(MANIFEST_KEY), create_only=True)
+    for prefix in REPLAY_COPIES:
+        for key in source.list(prefix):
+            if not target.exists(key):
+                target.write_bytes(key, source.read_bytes(key))
+    return ensure_manifest(target, manifest)
+
+
+def make_executor(config: BuildConfig, store: ZooStore, log=print, ray_num_cpus: int | None = None):
+    """(executor, manifest): Ray for real training, or replay of an evaluated zoo."""
+    if config.executor.startswith("replay:"):
+        source = open_store(config.executor[len("replay:"):], config.s3)
+        manifest = seed_replay_zoo(store, source)
+        return ReplayExecutor(source, store), manifest
+    if config.executor != "ray":
+        raise ConfigError(f"unknown executor {config.executor!r}; use 'ray' or 'replay:ZOO_URI'")
+    ingest_all(store, config, log)
+    manifest = ensure_manifest(store, wanted_manifest(store, config))
+    start_ray(config.address, num_cpus=ray_num_cpus)
+    return RayExecutor(store.uri, config.s3, config.resources), manifest
+
+
+def validate_build(config: BuildConfig) -> list[str]:
+    """Everything about a build that can be checked before anything starts (no ingestion, no
+    Ray, no MLflow): the strategy, the executor, and the dataset sources with their names.
+    Returns the dataset sources."""
+    check_strategy(config.strategy)
+    if config.executor != "ray" and not (config.executor.startswith("replay:") and len(config.executor) > 7):
+        raise ConfigError(f"unknown executor {config.executor!r}; use 'ray' or 'replay:ZOO_URI'")
+    if config.executor != "ray":
+        return []
+    sources = [s for root in config.datasets for s in dataset_sources(root, config.s3)]
+    by_id: dict[str, str] = {}
+    for source in sources:
+        name = dataset_name(config, source)
+        dataset_id = slug(name)
+        if dataset_id in by_id:
+            raise ConfigError(
+                f"datasets {by_id[dataset_id]} and {source} both get the id {dataset_id!r}; rename one "
+                f"folder, or name it in the config: [names] \"{source.rstrip('/').rsplit('/', 1)[-1]}\" = \"other-name\"")
+        by_id[dataset_id] = source
+    return sources
+
+
+def dataset_name(config: BuildConfig, source: str) -> str:
+    """A source's dataset name: the config's `[names]` entry for its folder or file, else that name."""
+    base = source.rstrip("/").rsplit("/", 1)[-1]
+    return config.names.get(base) or base.removesuffix(".parquet")
+
+
+def run_build(config: BuildConfig, log=print, ray_num_cpus: int | None = None, tracking: bool = True,
+              progress=None) -> BuildSummary:
+    """Build (or continue building) the zoo of `config`; one driver per zoo (a lease).
+    `progress` (pipeline.build.progress.Progress) shows the live status line on a terminal.
+
+    The config is validated whole before anything starts. However the build ends, the lease
+    is released and the MLflow run ends FINISHED, FAILED (an error) or KILLED (a signal)."""
+    validate_build(config)
+    store = open_store(config.zoo, config.s3)
+    lease = Lease(store, ttl=config.lease_seconds, log=log).acquire()
+    tracker = None
+    try:
+        executor, manifest = make_executor(config, store, log, ray_num_cpus)
+        profile_pool(store, manifest, config.train.image_size, log)  # hypervolumes need it, any strategy
+        tracker = Tracker(config.mlflow, {"zoo": store.uri, "max_jobs": config.max_jobs,
+                                          "strategy": config.strategy, "seed": config.seed,
+                                          "executor": config.executor, "epochs": config.train.epochs,
+                                          "image_size": config.train.image_size}) if tracking else None
+        log(f"building zoo {store.uri}: up to {config.max_jobs} jobs, strategy {config.strategy}, "
+            f"executor {config.executor}, {config.resources.max_in_flight} in flight"
+            + (f"; MLflow at {redact(tracker.uri)}" if tracker else ""))
+        summary = Driver(config, store, manifest, executor, tracker, log, lease=lease, progress=progress).run()
+        if config.retrain.after_build and summary.zoo_results:
+            run_retrain(store, config.retrain, config.train.image_size, config.retrain.if_grown,
+                        config.mlflow if tracking else None, log)
+    except BaseException as e:
+        stop = interruption(e)
+        if tracker:
+            try:
+                tracker.end("KILLED" if stop or isinstance(e, KeyboardInterrupt) else "FAILED",
+                            f"{type(e).__name__}: {e}")
+            except Exception as end_error:  # noqa: BLE001 - the build's own error is the one to report
+                log(f"could not end the MLflow run: {type(end_error).__name__}: {redact(str(end_error))[:300]}")
+        if stop is not None and stop is not e:
+            raise stop from None  # a signal wrapped by a native call is still a stop, not a crash
+        raise
+    finally:
+        lease.release()
+    log(f"build stopped ({summary.stop_reason}): {summary.finished} finished, {summary.failed} failed "
+        f"in {summary.seconds:.0f}s; the zoo holds {summary.zoo_results} results")
+    return summary
+
+
+def last_build_config(zoo: str, s3=None, log=print) -> BuildConfig:
+    """The config of the zoo's most recent build, for `tans resume ZOO`, building the zoo at
+    `zoo` (wherever it was built, copied or moved from). Dataset folders that no longer exist
+    are left out (the zoo keeps what was ingested from them); a masked MLflow URI falls back
+    to $MLFLOW_TRACKING_URI (credentials are never journaled)."""
+    import os
+
+    store = open_store(zoo, s3)
+    require_zoo(store)
+    starts = [store.read_json(k) for k in store.list(layout.BUILDS)]
+    starts = [s for s in starts if s.get("event") == "start" and "config" in s]
+    if not starts:
+        raise ConfigError(f"the zoo at {zoo} has no recorded build to resume; start one with "
+                          f"`tans build --zoo {zoo} ...`")
+    data = max(starts, key=lambda s: s["at"])["config"]
+    data["zoo"] = zoo
+    if s3 is not None and s3.endpoint_url:
+        data.setdefault("s3", {})["endpoint_url"] = s3.endpoint_url
+    kept = [d for d in data.get("datasets", []) if "://" in d or os.path.isdir(d)]
+    for d in sorted(set(data.get("datasets", [])) - set(kept)):
+        log(f"dataset folder {d} of the last build no longer exists; continuing with what the zoo holds")
+    data["datasets"] = kept
+    if is_redacted(data.get("mlflow", {}).get("tracking_uri", "")):
+        log("the last build's MLflow URI held credentials, which are never journaled; "
+            "using $MLFLOW_TRACKING_URI")
+        data["mlflow"]["tracking_uri"] = ""
+    return build_dataclass(BuildConfig, data)

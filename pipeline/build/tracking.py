@@ -1,0 +1,107 @@
+"""MLflow tracking: each build is a run, each finished or failed job a child run.
+
+The driver logs (the workers do not), so workers need no MLflow access or credentials and
+a sqlite store never sees concurrent writers. A job's per-epoch metrics are logged with
+their epoch as the step when the job reports back.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.build.signals import deferred
+from workers.job import JobSpec
+from zoo_schema.records import ResultRecord
+from zoo_schema.redact import redact
+
+
+@dataclass(frozen=True)
+class MlflowSettings:
+    tracking_uri: str = ""          # empty: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
+    experiment: str = "tans"
+
+
+
+def tracking_uri(settings: MlflowSettings) -> str:
+    """The config's URI, else MLFLOW_TRACKING_URI (as MLflow itself does), else ./mlflow.db."""
+    return settings.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+class Tracker:
+    def __init__(self, settings: MlflowSettings, build_params: dict):
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        from mlflow.tracking import MlflowClient
+
+        self.uri = tracking_uri(settings)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        exp = self.client.get_experiment_by_name(settings.experiment)
+        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(settings.experiment)
+        with deferred():
+            self.build_run = self.client.create_run(self.experiment_id, run_name="build",
+                                                    tags={"tans.kind": "build"})
+        self._ended = False
+        self._log(self.build_run.info.run_id, params=build_params)
+
+    def _log(self, run_id: str, params: dict | None = None, metrics: list | None = None, tags: dict | None = None):
+        from mlflow.entities import Metric, Param, RunTag
+        now = int(time.time() * 1000)
+        with deferred():  # a signal never cuts a write (sqlite would stay locked)
+            self.client.log_batch(
+            run_id,
+                metrics=[Metric(k, float(v), now, step) for k, v, step in (metrics or [])],
+                params=[Param(k, redact(str(v))[:6000]) for k, v in (params or {}).items()],
+                tags=[RunTag(k, redact(str(v))) for k, v in (tags or {}).items()])
+
+    def _job_run(self, spec: JobSpec, status_tag: str):
+        return self.client.create_run(
+            self.experiment_id, run_name=f"{spec.dataset_id}/{spec.job_id[:8]}",
+            tags={"mlflow.parentRunId": self.build_run.info.run_id, "tans.kind": "job",
+                  "tans.job_id": spec.job_id, "tans.dataset_id": spec.dataset_id,
+                  "tans.status": status_tag})
+
+    def _job_params(self, spec: JobSpec) -> dict:
+        t = spec.train
+        return {"dataset_id": spec.dataset_id, "arch": spec.arch, "epochs": t.epochs,
+                "image_size": t.image_size, "batch_size": t.batch_size, "lr": t.lr,
+                "momentum": t.momentum, "weight_decay": t.weight_decay, "seed": t.seed,
+                "width": spec.width, "base_weights": spec.base_weights.id}
+
+    def log_result(self, spec: JobSpec, record: ResultRecord) -> None:
+        with deferred():
+            self._log_result(spec, record)
+
+    def _log_result(self, spec: JobSpec, record: ResultRecord) -> None:
+        run = self._job_run(spec, "finished")
+        metrics = [("train_loss", v, i) for i, v in enumerate(record.epoch_losses)]
+        metrics += [("test_accuracy", v, i) for i, v in enumerate(record.epoch_accuracies)]
+        metrics += [("accuracy", record.accuracy, 0), ("params", record.params, 0),
+                    ("flops", record.flops, 0), ("latency_ms", record.latency_ms, 0),
+                    ("train_seconds", record.train_seconds, 0)]
+        self._log(run.info.run_id, params=self._job_params(spec), metrics=metrics,
+                  tags={"tans.checkpoint_uri": record.checkpoint_uri,
+                        "tans.latency_device": record.latency_device})
+        self.client.set_terminated(run.info.run_id, "FINISHED")
+
+    def log_failure(self, spec: JobSpec, error: str) -> None:
+        with deferred():
+            run = self._job_run(spec, "failed")
+            self._log(run.info.run_id, params=self._job_params(spec), tags={"tans.error": error[:4000]})
+            self.client.set_terminated(run.info.run_id, "FAILED")
+
+    def finish(self, summary: dict) -> None:
+        self._log(self.build_run.info.run_id,
+                  metrics=[(k, v, 0) for k, v in summary.items() if isinstance(v, (int, float))],
+                  tags={"tans.stop_reason": redact(str(summary.get("stop_reason", "")))})
+        self.end("FINISHED")
+
+    def end(self, status: str, reason: str = "") -> None:
+        """End the build run: FINISHED, FAILED (an error) or KILLED (a signal); once."""
+        if self._ended:
+            return
+        self._ended = True
+        with deferred():
+            if reason:
+                self._log(self.build_run.info.run_id, tags={"tans.stop_reason": redact(reason)[:4000]})
+            self.client.set_terminated(self.build_run.info.run_id, status)

@@ -1,0 +1,1 @@
+"""The commands behind `tans` (one module each); `pipeline.cli` parses and dispatches."""

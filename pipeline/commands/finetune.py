@@ -1,0 +1,56 @@
+"""`tans finetune`: fine-tune a retrieved zoo network on the user's dataset, as a Ray task.
+
+The dataset is ingested into the zoo (so a worker on any node reads it from there), the
+job starts from the chosen result's checkpoint with a new classifier, and its result is
+committed like any zoo job (checkpoint, metrics, functional embedding), so it can be
+searched and fine-tuned again.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from pipeline.build.config import BuildConfig
+from pipeline.build.executor import RayExecutor, start_ray
+from pipeline.build.tracking import Tracker
+from pipeline.datasets.ingest import ingest
+from workers.job import job_spec
+from zoo_schema.errors import DatasetError, TansError
+from zoo_schema.manifest import read_manifest
+from zoo_schema.records import ResultRecord
+from zoo_schema.results import find_result
+from zoo_schema.shards import read_datasets
+from zoo_schema.store import open_store
+
+
+def run_finetune(config: BuildConfig, job_id: str, source: str, log=print) -> ResultRecord:
+    store = open_store(config.zoo, config.s3)
+    manifest = read_manifest(store)
+    if manifest is None:
+        raise TansError(f"{config.zoo} is not a tans zoo (no manifest.json)")
+    base = find_result(store, job_id)
+    if base is None:
+        raise TansError(f"job {job_id} has no result in {store.uri}; pick one from `tans search`")
+    report = ingest(store, source, settings=config.ingest, s3=config.s3)
+    if len(report.dataset_ids) != 1:
+        raise DatasetError(f"{source} has more than {config.ingest.max_classes} classes and was split into "
+                           f"{', '.join(report.dataset_ids)}; fine-tune on one part at a time")
+    dataset = next(d for d in read_datasets(store) if d.dataset_id == report.dataset_ids[0])
+    spec = job_spec(dataset, base.arch, config.train, manifest, init_job=job_id)
+    start_ray(config.address)
+    executor = RayExecutor(store.uri, config.s3, replace(config.resources, max_in_flight=1))
+    log(f"fine-tuning {job_id} ({base.arch}, trained on {base.dataset_id}) on {dataset.dataset_id} "
+        f"for {config.train.epochs} epochs")
+    executor.submit(spec)
+    outcomes = []
+    while not outcomes:
+        outcomes = executor.wait(60)
+    outcome = outcomes[0].result
+    if outcome is None:
+        raise TansError(f"fine-tuning failed: {outcomes[0].error}")
+    for epoch, (loss, acc) in enumerate(zip(outcome.epoch_losses, outcome.epoch_accuracies), 1):
+        log(f"epoch {epoch}: train loss {loss:.4f}, test accuracy {acc:.4f}")
+    tracker = Tracker(config.mlflow, {"zoo": store.uri, "finetune_of": job_id})
+    tracker.log_result(spec, outcome)
+    tracker.end("FINISHED")
+    log(f"saved as job {outcome.job_id}: {outcome.checkpoint_uri}")
+    return outcome

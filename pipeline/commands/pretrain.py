@@ -1,0 +1,171 @@
+"""`tans pretrain-base`: train the OFA supernet on the union of the zoo's datasets.
+
+The paper starts from an ImageNet-pretrained OFA supernet and an ImageNet ResNet18; neither
+can be downloaded here, so this is the offline way to a pretrained start. Every ingested
+dataset's classes get their own slots of the supernet's 1000-way classifier (so the union
+must hold at most 1000 classes), and each step follows the sandwich rule: the largest
+subnet, the smallest, and `random_subnets` uniformly sampled ones each see the same batch,
+their gradients are summed, and one SGD step is taken. The smaller subnets also learn
+from the largest one's predictions (in-place distillation, as in OFA and BigNAS).
+
+At the end the BatchNorm statistics are re-estimated for the largest subnet, the largest
+and the smallest subnets are evaluated on the union of the test splits, and the supernet's
+state_dict is written as one safetensors file (local or s3://). That file is both:
+- base weights for a new zoo: `arch.base_weights = FILE` (then the default query backbone
+  of that zoo is this pretrained network too), and
+- a query backbone for the retriever of any zoo: `tans retrain ZOO --backbone FILE`.
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from workers.images import decode_images
+from workers.nets import load_base_supernet
+from workers.ofa_space import DEPTHS, EXPANDS, KERNELS, build_supernet, sample_arch
+from workers.training import evaluate, recalibrate_bn
+from zoo_schema.errors import ConfigError, DatasetError
+from zoo_schema.manifest import read_manifest
+from zoo_schema.shards import load_split, read_datasets
+from zoo_schema.store import S3Settings, ZooStore, source_filesystem
+
+N_CLASSES = 1000  # the supernet's classifier
+
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    steps: int = 300
+    batch_size: int = 64
+    lr: float = 0.05
+    weight_decay: float = 3e-5
+    image_size: int = 32
+    random_subnets: int = 2        # sampled subnets per step, besides the largest and smallest
+    distill: float = 1.0           # weight of the largest subnet's soft targets for the others
+    max_images_per_dataset: int = 2000
+    width: float = 1.0             # used when the zoo has no manifest yet
+    seed: int = 0
+
+
+def union_data(store: ZooStore, split: str, size: int, cap: int, seed: int):
+    """(images [N,3,s,s], global labels [N], dataset ids): every dataset's classes offset."""
+    import torch
+
+    datasets = read_datasets(store)
+    if not datasets:
+        raise DatasetError(f"the zoo at {store.uri} holds no datasets; add some with "
+                           "`tans datasets add --zoo ZOO DIR...` or build it first")
+    total = sum(d.num_classes for d in datasets)
+    if total > N_CLASSES:
+        raise DatasetError(f"the zoo's datasets hold {total} classes together, more than the supernet's "
+                           f"{N_CLASSES}-way classifier; pretrain on a zoo with fewer datasets")
+    xs, ys, offset = [], [], 0
+    for d in datasets:
+        images, labels = load_split(store, d.dataset_id, split)
+        order = list(range(len(images)))
+        random.Random(f"{seed}:{d.dataset_id}:{split}").shuffle(order)
+        order = sorted(order[:cap])
+        xs.append(torch.from_numpy(decode_images([images[i] for i in order], size)))
+        ys.append(torch.tensor([labels[i] + offset for i in order], dtype=torch.long))
+        offset += d.num_classes
+    return torch.cat(xs), torch.cat(ys), [d.dataset_id for d in datasets]
+
+
+def start_supernet(store: ZooStore, settings: PretrainSettings):
+    """The zoo's base supernet when it has a manifest, else a seeded random one."""
+    import torch
+
+    manifest = read_manifest(store)
+    if manifest is not None:
+        return load_base_supernet(store, manifest.width, manifest.base_weights), manifest.base_weights.id
+    torch.manual_seed(settings.seed)
+    return build_supernet(settings.width), f"random-seed{settings.seed}"
+
+
+def sandwich_configs(rng: random.Random, n_random: int) -> list[dict | None]:
+    """Largest (None = set_max_net), smallest, then n random subnet configs."""
+    smallest = {"ks": min(KERNELS), "e": min(EXPANDS), "d": min(DEPTHS)}
+    return [None, smallest] + [sample_arch(rng).ofa_config() for _ in range(n_random)]
+
+
+def _activate(supernet, config: dict | None) -> None:
+    if config is None:
+        supernet.set_max_net()
+    else:
+        supernet.set_active_subnet(**config)
+
+
+def pretrain_base(store: ZooStore, out: str, settings: PretrainSettings = PretrainSettings(),
+                  s3: S3Settings | None = None, log=print) -> dict:
+    """Train, evaluate and write the supernet; returns the summary also stored in the file."""
+    import torch
+    import torch.nn.functional as F
+    from safetensors.torch import save
+
+    if settings.steps < 1 or settings.batch_size < 2:
+        raise ConfigError("pretrain-base needs --steps >= 1 and --batch-size >= 2")
+    x, y, dataset_ids = union_data(store, "train", settings.image_size, settings.max_images_per_dataset, settings.seed)
+    xt, yt, _ = union_data(store, "test", settings.image_size, settings.max_images_per_dataset, settings.seed)
+    supernet, start = start_supernet(store, settings)
+    log(f"pretraining the supernet ({start}) on {len(dataset_ids)} datasets, {len(x)} images, "
+        f"{int(y.max()) + 1} classes: {settings.steps} sandwich steps of {2 + settings.random_subnets} subnets")
+    torch.manual_seed(settings.seed)
+    rng = random.Random(settings.seed)
+    opt = torch.optim.SGD(supernet.parameters(), lr=settings.lr, momentum=0.9, nesterov=True,
+                          weight_decay=settings.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=settings.steps)
+    g = torch.Generator().manual_seed(settings.seed)
+    started, losses = time.perf_counter(), []
+    supernet.train()
+    for step in range(settings.steps):
+        idx = torch.randint(len(x), (settings.batch_size,), generator=g)
+        xb, yb = x[idx], y[idx]
+        opt.zero_grad(set_to_none=True)
+        teacher, step_loss = None, 0.0
+        for config in sandwich_configs(rng, settings.random_subnets):
+            _activate(supernet, config)
+            logits = supernet(xb)
+            loss = F.cross_entropy(logits, yb)
+            if teacher is not None and settings.distill > 0:
+                loss = loss + settings.distill * F.kl_div(F.log_softmax(logits, 1), teacher, reduction="batchmean")
+            loss.backward()
+            if teacher is None:
+                teacher = F.softmax(logits.detach(), 1)
+            step_loss += float(loss.detach())
+        opt.step()
+        sched.step()
+        losses.append(step_loss / (2 + settings.random_subnets))
+        if (step + 1) % max(1, settings.steps // 10) == 0 or step + 1 == settings.steps:
+            log(f"  step {step + 1}/{settings.steps}: loss {np.mean(losses[-10:]):.3f} "
+                f"({time.perf_counter() - started:.0f}s)")
+    seconds = time.perf_counter() - started
+    accuracy = {}
+    for name, config in (("smallest", sandwich_configs(rng, 0)[1]), ("largest", None)):
+        _activate(supernet, config)
+        recalibrate_bn(supernet, x, torch.device("cpu"))  # the largest last: its statistics are saved
+        accuracy[name] = evaluate(supernet, xt, yt)
+    summary = {"datasets": dataset_ids, "classes": int(y.max()) + 1, "train_images": len(x),
+               "test_images": len(xt), "start": start, "seconds": round(seconds, 1),
+               "final_loss": float(np.mean(losses[-10:])), "first_loss": float(np.mean(losses[:10])),
+               "test_accuracy_largest": accuracy["largest"], "test_accuracy_smallest": accuracy["smallest"],
+               "settings": asdict(settings)}
+    state = {k: v.detach().contiguous() for k, v in supernet.state_dict().items()}
+    blob = save(state, metadata={"tans": json.dumps(summary)})
+    write_file(out, blob, s3)
+    log(f"pretrained supernet written to {out}: test accuracy {accuracy['largest']:.3f} (largest), "
+        f"{accuracy['smallest']:.3f} (smallest) over {summary['classes']} classes in {seconds:.0f}s")
+    return summary
+
+
+def write_file(uri: str, blob: bytes, s3: S3Settings | None) -> None:
+    fs, path = source_filesystem(uri, s3)
+    if "/" in path and not uri.startswith("s3://"):
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    try:
+        with fs.open_output_stream(path) as fh:
+            fh.write(blob)
+    except OSError as e:
+        raise ConfigError(f"cannot write {uri}: {e}") from None

@@ -1,0 +1,110 @@
+"""`tans status`: what a zoo holds, per dataset."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from pipeline.acquisition.hypervolume import front_indices
+from pipeline.acquisition.pareto import dataset_hypervolumes, hv_history
+from pipeline.acquisition.profiles import cached_profiles
+from zoo_schema.manifest import read_manifest
+from zoo_schema.results import ZooState, read_state
+from zoo_schema.store import ZooStore
+
+
+@dataclass(frozen=True)
+class DatasetStatus:
+    dataset_id: str
+    classes: int
+    train: int
+    test: int
+    jobs: int
+    failed: int                       # jobs given up or failing, with no result
+    best_accuracy: float | None
+    mean_accuracy: float | None
+    pareto_front: int                 # networks on its (accuracy, latency, params) front
+    hypervolume: float | None         # normalized; None before a build profiled the pool
+
+
+@dataclass(frozen=True)
+class HypervolumePoint:
+    results: int
+    mean_hypervolume: float
+
+
+@dataclass(frozen=True)
+class ZooStatus:
+    zoo: str
+    datasets: int
+    finished_jobs: int
+    failed_jobs: int
+    architectures: int
+    base_weights: str | None
+    mean_hypervolume: float | None
+    hypervolume_history: list[HypervolumePoint]
+    per_dataset: list[DatasetStatus]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def hypervolumes(store: ZooStore, state: ZooState) -> tuple[dict[str, float], list[float]]:
+    """Per-dataset normalized hypervolume now, and the mean over datasets after each result.
+
+    Derived from the results (commit order) and the pool profiles cached in the zoo; empty
+    when no build has profiled the pool yet.
+    """
+    profiles = cached_profiles(store)
+    if profiles is None or not state.results:
+        return {}, []
+    ids = [d.dataset_id for d in state.datasets]
+    return dataset_hypervolumes(state.results, profiles, ids), hv_history(state.results, profiles, ids)
+
+
+def zoo_status(store: ZooStore, state: ZooState | None = None, hv=None) -> ZooStatus:
+    """What the zoo holds; `state` and `hv` (from `hypervolumes`) when the caller has them."""
+    state = state if state is not None else read_state(store)
+    manifest = read_manifest(store)
+    hv, history = hv if hv is not None else hypervolumes(store, state)
+    step = max(1, len(history) // 20)
+    marks = sorted(set(range(step - 1, len(history), step)) | {len(history) - 1}) if history else []
+    points = [HypervolumePoint(i + 1, round(history[i], 5)) for i in marks]
+    failed_ids = {f.job_id for f in state.failures} - state.done_ids
+    rows = []
+    for d in state.datasets:
+        results = [r for r in state.results if r.dataset_id == d.dataset_id]
+        costs = [(r.accuracy, r.latency_ms, r.params) for r in results]
+        rows.append(DatasetStatus(
+            dataset_id=d.dataset_id, classes=d.num_classes, train=d.num_train, test=d.num_test,
+            jobs=len(results),
+            failed=len({f.job_id for f in state.failures if f.dataset_id == d.dataset_id} & failed_ids),
+            best_accuracy=max((r.accuracy for r in results), default=None),
+            mean_accuracy=(sum(r.accuracy for r in results) / len(results)) if results else None,
+            pareto_front=len(front_indices(costs)),
+            hypervolume=round(hv[d.dataset_id], 5) if d.dataset_id in hv else None))
+    return ZooStatus(
+        zoo=store.uri, datasets=len(state.datasets), finished_jobs=len(state.results),
+        failed_jobs=len(failed_ids), architectures=len({r.arch for r in state.results}),
+        base_weights=manifest.base_weights.id if manifest else None,
+        mean_hypervolume=round(sum(hv.values()) / len(hv), 5) if hv else None,
+        hypervolume_history=points, per_dataset=rows)
+
+
+def format_status(status: ZooStatus) -> str:
+    lines = [f"zoo {status.zoo}: {status.datasets} datasets, {status.finished_jobs} finished "
+             f"jobs ({status.architectures} architectures), {status.failed_jobs} failed; "
+             f"base weights {status.base_weights}", ""]
+    header = (f"{'dataset':34} {'cls':>3} {'train':>5} {'test':>5} {'jobs':>4} {'fail':>4} "
+              f"{'best':>6} {'mean':>6} {'front':>5} {'hv':>6}")
+    lines += [header, "-" * len(header)]
+
+    def pct(v):
+        return "-" if v is None else f"{v:.3f}"
+    for r in status.per_dataset:
+        lines.append(f"{r.dataset_id[:34]:34} {r.classes:>3} {r.train:>5} {r.test:>5} "
+                     f"{r.jobs:>4} {r.failed:>4} {pct(r.best_accuracy):>6} "
+                     f"{pct(r.mean_accuracy):>6} {r.pareto_front:>5} {pct(r.hypervolume):>6}")
+    if status.hypervolume_history:
+        lines += ["", "mean normalized hypervolume as the zoo grew:"]
+        lines += ["  " + "  ".join(f"{h.results}:{h.mean_hypervolume:.3f}"
+                                   for h in status.hypervolume_history)]
+    return "\n".join(lines)

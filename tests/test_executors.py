@@ -1,0 +1,76 @@
+"""The Executor contract (pipeline/build/executor.py), tested over both executors.
+
+Each runs against a zoo whose rows are written directly (no fine-tuning): the Ray executor's
+workers answer a committed job with its row at once, and fail a job whose dataset the zoo
+lacks; the replay executor answers the pairs its source zoo holds and fails the others.
+"""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from pipeline.acquisition.base import Pair
+from pipeline.build.executor import Outcome, RayExecutor, ReplayExecutor, ResourceSettings
+from workers.job import TrainSettings, job_spec
+from workers.ofa_space import DEPTHS, EXPANDS, KERNELS, arch_pool
+from zoo_schema.manifest import BaseWeights, Manifest, ensure_manifest
+from zoo_schema.records import DatasetRecord, ResultRecord, to_table
+from zoo_schema.store import S3Settings, open_store
+
+ARCHS = [a.id for a in arch_pool(0, 3)]
+MANIFEST = Manifest(width=1.0, kernels=list(KERNELS), expands=list(EXPANDS), depths=list(DEPTHS), noise_seed=0,
+                    noise_shape=[2, 3, 32, 32], base_weights=BaseWeights("random", "random-seed0", seed=0),
+                    pool_size=3)
+DATASET = DatasetRecord("d0", "d0", 2, ["a", "b"], 8, 2, "x", "sha", 0, 0, "t")
+MISSING = DatasetRecord("not-in-the-zoo", "n", 2, ["a", "b"], 8, 2, "x", "sha2", 0, 0, "t")
+
+
+def committed_zoo(path) -> tuple:
+    """A zoo holding a result row for each of ARCHS on DATASET; returns (store, their specs)."""
+    store = open_store(str(path))
+    ensure_manifest(store, MANIFEST)
+    specs = [job_spec(DATASET, a, TrainSettings(), MANIFEST) for a in ARCHS]
+    for n, spec in enumerate(specs):
+        row = ResultRecord(spec.job_id, spec.dataset_id, spec.arch, [0] * 45, 0.5 + n / 10, 1, 1, 1.0, "cpu",
+                           [0.0], "x", "0", 2, 1, 32, 1.0, [1.0], [0.5], "random-seed0", "t")
+        store.write_table(spec.result_key, to_table([row]), create_only=True)
+    return store, specs
+
+
+@pytest.fixture(params=["ray", "replay"])
+def executor_case(request, tmp_path):
+    """(executor, specs it completes, a spec it fails, its universe)."""
+    store, specs = committed_zoo(tmp_path / "zoo")
+    failing = job_spec(MISSING, ARCHS[0], TrainSettings(), MANIFEST)
+    if request.param == "ray":
+        request.getfixturevalue("ray_cluster")
+        return RayExecutor(store.uri, S3Settings(), ResourceSettings()), specs, failing, None
+    target = open_store(str(tmp_path / "target"))
+    return ReplayExecutor(store, target), specs, failing, frozenset(Pair(s.dataset_id, s.arch) for s in specs)
+
+
+def drain(executor, deadline_s: float = 120) -> list[Outcome]:
+    outcomes, deadline = [], time.time() + deadline_s
+    while executor.in_flight and time.time() < deadline:
+        outcomes += executor.wait(5)
+    return outcomes
+
+
+def test_executor_contract(executor_case):
+    executor, specs, failing, universe = executor_case
+    assert executor.in_flight == 0 and executor.wait(0.1) == []  # nothing in flight: [] at once
+    assert executor.universe() == universe
+    for spec in [*specs, failing]:
+        executor.submit(spec)  # returns at once
+    assert executor.in_flight == len(specs) + 1
+    outcomes = drain(executor)
+    assert executor.in_flight == 0
+    # each job's outcome exactly once; a failed job is an outcome, not an exception
+    assert sorted(o.spec.job_id for o in outcomes) == sorted(s.job_id for s in [*specs, failing])
+    done = {o.spec.job_id: o for o in outcomes}
+    for spec in specs:
+        assert done[spec.job_id].error is None
+        assert (done[spec.job_id].result.dataset_id, done[spec.job_id].result.arch) == (spec.dataset_id, spec.arch)
+    assert done[failing.job_id].result is None and done[failing.job_id].error is not None
+    assert executor.wait(0.1) == []

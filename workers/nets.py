@@ -1,0 +1,50 @@
+"""Networks: OFA subnets with a classifier for a dataset, the zoo's base supernet, and the
+fine-tuned networks of result rows (their checkpoints' sha256 verified)."""
+from __future__ import annotations
+
+import hashlib
+
+from workers.ofa_space import Arch, build_subnet, build_supernet
+from zoo_schema.errors import StorageError
+from zoo_schema.layout import checkpoint_location
+from zoo_schema.manifest import BaseWeights
+from zoo_schema.records import ResultRecord
+from zoo_schema.store import ZooStore
+
+
+def load_base_supernet(store: ZooStore, width: float, base_weights: BaseWeights):
+    """The OFA supernet with the zoo's base weights (random with a seed, or a stored file)."""
+    import torch
+    from safetensors.torch import load as load_safetensors
+
+    if base_weights.kind == "random":
+        torch.manual_seed(base_weights.seed)
+        return build_supernet(width)
+    supernet = build_supernet(width)
+    data = store.read_bytes(base_weights.key)
+    if hashlib.sha256(data).hexdigest() != base_weights.sha256:
+        raise StorageError(f"base weights {base_weights.key} in {store.uri} do not match their "
+                           "recorded sha256; the zoo's copy is corrupt: restore that file from the weights "
+                           "the zoo was built with (its name is its sha256)")
+    supernet.load_state_dict(load_safetensors(data))
+    return supernet
+
+
+def model_for(arch_id: str, num_classes: int, width: float, supernet=None):
+    """An OFA subnet of `arch_id` with a classifier for `num_classes` (weights from supernet)."""
+    return build_subnet(supernet if supernet is not None else build_supernet(width),
+                        Arch.parse(arch_id), num_classes)
+
+
+def load_checkpoint(store: ZooStore, record: ResultRecord, width: float):
+    """The fine-tuned network of a result row, its sha256 verified."""
+    from safetensors.torch import load as load_safetensors
+
+    holder, key = checkpoint_location(store, record.checkpoint_uri)
+    data = holder.read_bytes(key)
+    if hashlib.sha256(data).hexdigest() != record.checkpoint_sha256:
+        raise StorageError(f"checkpoint {holder.uri_of(key)} does not match its recorded sha256; "
+                           f"it is corrupt: run `tans verify {store.uri}`")
+    model = model_for(record.arch, record.num_classes, width)
+    model.load_state_dict(load_safetensors(data))
+    return model.eval()

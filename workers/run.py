@@ -1,0 +1,94 @@
+"""What a Ray worker runs: `run_job` fine-tunes one (dataset, arch) pair and commits it.
+
+Order of writes: the checkpoint (content-addressed, so a retried or concurrent attempt
+never overwrites a committed one), then the result row, create-only. The row is the
+commit: a job whose row exists is done, and a second writer of the same job is a no-op
+that returns the committed record.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from datetime import datetime, timezone
+
+import torch
+from safetensors.torch import save as save_safetensors
+
+from workers.images import load_tensors
+from workers.job import JobSpec
+from workers.measure import count_flops, device_name, functional_embedding, measure_latency_ms
+from workers.nets import load_base_supernet, load_checkpoint, model_for
+from workers.ofa_space import Arch
+from workers.training import train
+from zoo_schema.errors import StorageError, TansError
+from zoo_schema.journal import record_start
+from zoo_schema.records import ResultRecord, to_table
+from zoo_schema.results import find_result, read_result
+from zoo_schema.store import S3Settings, ZooStore, open_store
+
+
+def committed_result(store: ZooStore, spec: JobSpec) -> ResultRecord:
+    """The row committed under a job's result key, refused unless it is that job's."""
+    record = read_result(store, spec.result_key)
+    if (record.job_id, record.dataset_id, record.arch) != (spec.job_id, spec.dataset_id, spec.arch):
+        raise StorageError(f"{spec.result_key} in {store.uri} holds the row of job {record.job_id} "
+                           f"({record.dataset_id}, {record.arch}), not of its own job: run `tans verify "
+                           f"{store.uri}` (it sets the file aside), then build again to re-train the job")
+    return record
+
+
+def run_job(spec: JobSpec, zoo_uri: str, s3: S3Settings | None = None, threads: int | None = None) -> ResultRecord:
+    """Fine-tune, evaluate, profile and embed one pair; commit checkpoint and result row."""
+
+    store = open_store(zoo_uri, s3)
+    if store.exists(spec.result_key):  # already committed: writing it again is a no-op
+        return committed_result(store, spec)
+    record_start(store, spec.job_id)
+    if threads:
+        torch.set_num_threads(threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    settings = spec.train
+    seed = settings.seed ^ int(spec.job_id[:8], 16)
+    x, y = load_tensors(store, spec.dataset_id, "train", settings.image_size, workers=threads or 1)
+    xt, yt = load_tensors(store, spec.dataset_id, "test", settings.image_size, workers=threads or 1)
+    torch.manual_seed(seed)
+    if spec.init_job:  # fine-tune a retrieved zoo network: its weights, a new classifier
+        source = find_result(store, spec.init_job)
+        if source is None:
+            raise TansError(f"job {spec.init_job} has no result in {store.uri}; pick one from `tans search`")
+        model = load_checkpoint(store, source, spec.width)
+        model.classifier = torch.nn.Linear(model.classifier.in_features, spec.num_classes)
+    else:
+        model = model_for(spec.arch, spec.num_classes, spec.width,
+                          load_base_supernet(store, spec.width, spec.base_weights))
+    started = time.perf_counter()
+    losses, accs = train(model, x, y, xt, yt, settings, device, seed)
+    train_seconds = time.perf_counter() - started
+
+    model.eval()
+    params = sum(p.numel() for p in model.parameters())
+    flops = count_flops(model.cpu(), settings.image_size)
+    model.to(device)
+    latency = measure_latency_ms(model, settings.image_size, device, settings.latency_repeats)
+    embedding = functional_embedding(model, spec.noise_seed, spec.noise_shape, device)
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    blob = save_safetensors(state, metadata={"job_id": spec.job_id, "arch": spec.arch})
+    sha = hashlib.sha256(blob).hexdigest()
+    ckpt_key = spec.checkpoint_key(sha)
+    store.write_bytes(ckpt_key, blob, create_only=True)
+    record = ResultRecord(
+        job_id=spec.job_id, dataset_id=spec.dataset_id, arch=spec.arch,
+        topology=Arch.parse(spec.arch).topology(), accuracy=float(accs[-1]), params=int(params),
+        flops=flops, latency_ms=latency, latency_device=device_name(device),
+        functional_embedding=embedding, checkpoint_uri=ckpt_key, checkpoint_sha256=sha,
+        num_classes=spec.num_classes, epochs=settings.epochs, image_size=settings.image_size,
+        train_seconds=train_seconds, epoch_losses=losses, epoch_accuracies=accs,
+        base_weights=f"job:{spec.init_job}" if spec.init_job else spec.base_weights.id,
+        created_at=datetime.now(timezone.utc).isoformat())
+    if not store.write_table(spec.result_key, to_table([record]), create_only=True):
+        committed = committed_result(store, spec)
+        if committed.checkpoint_sha256 != sha:  # another attempt won: drop our copy, keep theirs
+            store.delete(ckpt_key)
+        return committed
+    return record

@@ -1,0 +1,77 @@
+"""The training loop (paper B.2: SGD with Nesterov momentum, cosine schedule, mixed precision
+on CUDA), BatchNorm recalibration and evaluation. Reads top to bottom."""
+from __future__ import annotations
+
+from workers.images import stage_on
+from workers.job import TrainSettings
+
+
+def recalibrate_bn(model, x, device, max_images: int = 512, batch_size: int = 64) -> None:
+    """Re-estimate BatchNorm statistics at the final weights (OFA's set_running_statistics).
+
+    After a short fine-tune the running averages lag far behind the weights; evaluating
+    with them leaves most networks near chance. A forward pass over (a fixed slice of) the
+    training images in train mode with a cumulative average fixes the statistics.
+    """
+    import torch
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None
+    sample = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:max_images]]
+    model.train()
+    with torch.no_grad():
+        for i in range(0, len(sample), batch_size):
+            model(sample[i:i + batch_size].to(device))
+    model.eval()
+
+
+def evaluate(model, x, y, device="cpu", batch_size: int = 256) -> float:
+    import torch
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            logits = model(x[i:i + batch_size].to(device))
+            correct += int((logits.argmax(1).cpu() == y[i:i + batch_size]).sum())
+    return correct / len(x)
+
+
+def train(model, x, y, xt, yt, settings: TrainSettings, device, seed: int, on_epoch=None):
+    """SGD + cosine schedule (paper B.2); returns per-epoch (loss, test accuracy)."""
+    import torch
+    torch.manual_seed(seed)
+    model.to(device)
+    x, y = stage_on(device, x, y)
+    use_amp = settings.mixed_precision and device.type == "cuda"
+    opt = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
+                          weight_decay=settings.weight_decay, nesterov=True)
+    steps_per_epoch = max(1, (len(x) + settings.batch_size - 1) // settings.batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=settings.epochs * steps_per_epoch)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    g = torch.Generator().manual_seed(seed)
+    losses, accs = [], []
+    for epoch in range(settings.epochs):
+        model.train()
+        order = torch.randperm(len(x), generator=g).to(x.device)
+        total, n = 0.0, 0
+        for i in range(0, len(x), settings.batch_size):
+            idx = order[i:i + settings.batch_size]
+            if len(idx) < 2:  # BatchNorm needs two samples
+                continue
+            xb, yb = x[idx].to(device, non_blocking=True), y[idx].to(device, non_blocking=True)
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                loss = torch.nn.functional.cross_entropy(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            total += float(loss.detach()) * len(idx)
+            n += len(idx)
+        losses.append(total / max(n, 1))
+        recalibrate_bn(model, x, device)
+        accs.append(evaluate(model, xt, yt, device))
+        if on_epoch:
+            on_epoch(epoch, losses[-1], accs[-1])
+    return losses, accs

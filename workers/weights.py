@@ -1,0 +1,59 @@
+"""Weights files: the base weights tans ships (the offline stand-in for OFA's ImageNet
+supernet), and reading the weights files users bring.
+
+`arch.base_weights = "pretrained"` (the default) starts every zoo network from an OFA
+MobileNetV3 supernet (width 1.0) trained by `tans pretrain-base` on the 24 built-in
+datasets of the demo's zoo (the first 25 of the suite less glyphs-hebrew-clean, which the
+demo searches for). The datasets the benchmarks hold out are not among them. The file's
+recipe — the exact commands, seed, steps, tans commit, figures and sha256 — is
+`pretrained/<NAME>.json` next to it; `shipped()` refuses a file that does not match it.
+
+Users with internet access can download OFA's published `ofa_mbv3_d234_e346_k357_w1.2`
+checkpoint and set `arch.base_weights` to its path (and `arch.width = 1.2`).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+from zoo_schema.errors import ConfigError
+from zoo_schema.store import source_filesystem
+
+NAME = "ofa-mbv3-w1.0-suite24"
+FOLDER = Path(__file__).resolve().parent / "pretrained"
+WIDTH = 1.0
+
+
+def shipped() -> tuple[Path, dict]:
+    """(weights file, recipe) of the shipped pretrained supernet, its sha256 checked."""
+    path, recipe_path = FOLDER / f"{NAME}.safetensors", FOLDER / f"{NAME}.json"
+    if not path.is_file() or not recipe_path.is_file():
+        raise ConfigError(f"the shipped pretrained base weights ({path}) are missing from this installation; "
+                          "reinstall tans, or set arch.base_weights to 'random' or to a supernet file")
+    recipe = json.loads(recipe_path.read_text())
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != recipe["sha256"]:
+        raise ConfigError(f"{path} does not match the sha256 its recipe records ({recipe['sha256'][:16]}…); "
+                          "reinstall tans")
+    return path, recipe
+
+
+def read_state_dict(spec: str, s3=None, what: str = "weights") -> dict:
+    """The state_dict in a weights file (safetensors, or a PyTorch .pth loaded with
+    `weights_only=True`, never arbitrary pickle), local or s3://; a checkpoint's
+    'state_dict' entry is unwrapped."""
+    import torch
+    from safetensors.torch import load
+    fs, path = source_filesystem(spec, s3)
+    try:
+        with fs.open_input_stream(path) as fh:
+            raw = fh.read()
+    except (OSError, FileNotFoundError) as e:
+        raise ConfigError(f"{what} {spec} cannot be read ({e}); pass a state_dict file "
+                          "(.safetensors or .pth)") from None
+    if spec.endswith(".safetensors"):
+        return load(raw)
+    state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    return state.get("state_dict", state)
