@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -14,26 +15,40 @@ from zoo_schema.redact import redact
 
 
 def _build_overrides(args) -> dict:
-    return {"zoo": args.zoo, "max_jobs": args.max_jobs, "strategy": args.strategy,
+    return {"zoo": args.zoo or args.zoo_option, "max_jobs": args.max_jobs, "strategy": args.strategy,
             "seed": args.seed, "address": getattr(args, "ray_address", None),
             "executor": getattr(args, "executor", None),
             "datasets": args.datasets and [args.datasets],
             "train.epochs": args.epochs, "train.image_size": args.image_size,
             "resources.max_in_flight": args.max_in_flight,
-            "mlflow.tracking_uri": args.mlflow_uri}
+            "mlflow.tracking_uri": args.mlflow_uri, "s3.endpoint_url": args.s3_endpoint}
 
 
 def _build(args) -> int:
     from pipeline.build.config import load_config
     from pipeline.build.progress import Progress
     from pipeline.build.run import run_build
-    config = load_config(args.config, _build_overrides(args))
+    config = load_config(args.config, _build_overrides(args), environ={} if args.resolved_config else None)
     progress = Progress()
     try:
         summary = run_build(config, log=progress.log, progress=progress)
     finally:
         progress.close()
+    _log_report(config, summary, progress.log)
+    if args.json:
+        print(json.dumps(summary.as_dict()))
     return 0 if summary.finished or summary.zoo_results else 1
+
+
+def _log_report(config, summary, log) -> None:
+    """The zoo's report as artifacts of the build's MLflow run (`report/index.html`)."""
+    if not summary.mlflow_run or not summary.zoo_results:
+        return
+    from pipeline.build.tracking import tracking_uri
+    from pipeline.commands.report import log_report
+    from zoo_schema.store import open_store
+    log_report(open_store(config.zoo, config.s3), tracking_uri(config.mlflow), summary.mlflow_run)
+    log("the zoo's report is logged to the build's MLflow run (artifacts: report/index.html)")
 
 
 def _submit(args) -> int:
@@ -77,6 +92,9 @@ def _resume(args) -> int:
     from zoo_schema.store import S3Settings
     config = last_build_config(args.zoo, S3Settings(endpoint_url=args.s3_endpoint))
     summary = run_build(config)
+    _log_report(config, summary, print)
+    if args.json:
+        print(json.dumps(summary.as_dict()))
     return 0 if summary.finished or summary.zoo_results else 1
 
 
@@ -139,6 +157,7 @@ def _retrain(args) -> int:
     from pipeline.build.retrain import run_retrain
     from pipeline.build.tracking import MlflowSettings
     from retriever.train import RetrainSettings
+    from zoo_schema.layout import retriever_meta_key
     from zoo_schema.manifest import read_manifest
     store = _open_existing(args)
     manifest = read_manifest(store)
@@ -150,6 +169,9 @@ def _retrain(args) -> int:
             settings = replace(settings, **{name: getattr(args, name)})
     version = run_retrain(store, settings, args.image_size or manifest.noise_shape[-1], args.if_grown,
                           MlflowSettings(tracking_uri=args.mlflow_uri or ""))
+    if args.json:
+        meta = store.read_json(retriever_meta_key(version)) if version is not None else None
+        print(json.dumps({"version": version, "metrics": meta and meta.get("metrics")}))
     return 0 if version is not None or args.if_grown is not None else 1
 
 
@@ -204,7 +226,9 @@ def _finetune(args) -> int:
                                        "train.image_size": args.image_size, "address": args.address,
                                        "mlflow.tracking_uri": args.mlflow_uri,
                                        "s3.endpoint_url": args.s3_endpoint})
-    run_finetune(config, args.job, args.dataset)
+    record = run_finetune(config, args.job, args.dataset, log=(lambda *_: None) if args.json else print)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(record)))
     return 0
 
 
@@ -217,7 +241,21 @@ def _status(args) -> int:
 
 def _report(args) -> int:
     from pipeline.commands.report import write_report
-    write_report(_open_existing(args), args.out)
+    folder = write_report(_open_existing(args), args.out)
+    if args.json:
+        print(json.dumps({"report": str(folder)}))
+    return 0
+
+
+def _export(args) -> int:
+    from workers.export import export_network
+    report = export_network(_open_existing(args), args.job, args.out)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(report), indent=1))
+    else:
+        print(f"wrote {', '.join(report.files)} to {report.folder}: {report.config.architecture} "
+              f"({report.config.num_classes} classes of {report.config.dataset_id}, accuracy "
+              f"{report.config.accuracy:.3f}); load with torch alone: torch.export.load('model.pt2').module()")
     return 0
 
 
@@ -226,35 +264,82 @@ def _datasets_add(args) -> int:
     from zoo_schema.store import S3Settings, open_store
     s3 = S3Settings(endpoint_url=args.s3_endpoint)
     store = open_store(args.zoo, s3)
+    reports = []
     for source in args.sources:
         report = ingest(store, source, name=args.name if len(args.sources) == 1 else None,
                         settings=IngestSettings(split_seed=args.split_seed), s3=s3)
+        reports.append({"source": source, **dataclasses.asdict(report)})
+        if args.json:
+            continue
         state = "already in the zoo" if report.already_present else "ingested"
         print(f"{source}: {report.images} images {state} as {', '.join(report.dataset_ids)}; "
               f"{len(report.skipped)} files skipped")
         for fname, reason in report.skipped[:20]:
             print(f"  skipped {fname}: {reason}")
+    if args.json:
+        print(json.dumps(reports))
     return 0
 
 
 def _datasets_synth(args) -> int:
     from pipeline.datasets.synth import generate
     names = generate(args.out, count=args.count, seed=args.seed)
-    print(f"wrote {len(names)} datasets to {args.out}")
+    print(json.dumps({"out": args.out, "datasets": names}) if args.json else
+          f"wrote {len(names)} datasets to {args.out}")
     return 0
 
 
+ZOO_HELP = "the zoo: a local directory or s3://bucket/prefix (default: $TANS_ZOO)"
+S3_HELP = "S3 endpoint URL for s3:// locations, e.g. http://127.0.0.1:9000 (default: $AWS_ENDPOINT_URL)"
+
+
+def _zoo_args(p, positional: bool = True) -> None:
+    """The zoo, the same way on every command: ZOO, --zoo ZOO, or $TANS_ZOO."""
+    if positional:
+        p.add_argument("zoo", nargs="?", metavar="ZOO", help=ZOO_HELP)
+    p.add_argument("--zoo", dest="zoo_option", metavar="ZOO", help="the zoo, as a flag (same as ZOO)")
+    p.add_argument("--s3-endpoint", metavar="URL", help=S3_HELP)
+
+
+def _size(text: str) -> float:
+    """A count with an optional k/M/G suffix: 3M, 250k, 1.5G, 3e6, 2670000."""
+    units = {"k": 1e3, "K": 1e3, "m": 1e6, "M": 1e6, "g": 1e9, "G": 1e9}
+    number, scale = (text[:-1], units[text[-1]]) if text and text[-1] in units else (text, 1.0)
+    try:
+        value = float(number) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; write e.g. 3M, 250k, 1.5G or 2670000") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
+
+
 def _build_flags(b) -> None:
-    b.add_argument("--config", help="TOML build config (all keys optional)")
-    b.add_argument("--zoo", help="zoo URI: a local directory or s3://bucket/prefix")
-    b.add_argument("--datasets", help="directory (or s3:// prefix) whose sub-folders are datasets")
-    b.add_argument("--max-jobs", type=int, help="total jobs the zoo should hold")
-    b.add_argument("--epochs", type=int)
-    b.add_argument("--image-size", type=int)
-    b.add_argument("--strategy", help="acquisition strategy: pareto (default) or random")
-    b.add_argument("--seed", type=int)
-    b.add_argument("--max-in-flight", type=int, help="fine-tuning jobs running at once")
-    b.add_argument("--mlflow-uri", help="MLflow tracking URI (default sqlite:///./mlflow.db)")
+    b.add_argument("zoo", nargs="?", metavar="ZOO", help=ZOO_HELP + "; or the config's `zoo`")
+    b.add_argument("--zoo", dest="zoo_option", metavar="ZOO", help="the zoo, as a flag (same as ZOO)")
+    b.add_argument("--config", metavar="FILE", help="TOML build config; every key optional (README \"Build config\")")
+    b.add_argument("--datasets", metavar="DIR", help="directory (or s3:// prefix) whose sub-folders are datasets")
+    b.add_argument("--max-jobs", type=int, metavar="N", help="total jobs (finished + given up) the zoo should hold")
+    b.add_argument("--epochs", type=_positive_int, metavar="N", help="fine-tuning epochs per job (default 2)")
+    b.add_argument("--image-size", type=_positive_int, metavar="PX",
+                   help="input side in pixels for fine-tuning and measurements (default 32)")
+    b.add_argument("--strategy", metavar="NAME", help="acquisition strategy: pareto (default) or random")
+    b.add_argument("--seed", type=int, metavar="N", help="seed of the acquisition policy (default 0)")
+    b.add_argument("--max-in-flight", type=_positive_int, metavar="N", help="fine-tuning jobs running at once")
+    b.add_argument("--mlflow-uri", metavar="URI",
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
+    b.add_argument("--s3-endpoint", metavar="URL", help=S3_HELP)
+    b.add_argument("--json", action="store_true", help="print the build's summary as JSON on the last line")
 
 
 def _positive_int(text: str) -> int:
@@ -267,21 +352,39 @@ def _positive_int(text: str) -> int:
     return value
 
 
+EPILOG = """precedence: command-line flags > environment ($TANS_ZOO, $RAY_ADDRESS, $MLFLOW_TRACKING_URI,
+$AWS_ENDPOINT_URL) > the --config file > defaults.
+exit codes: 0 success; 1 the command ran but did not succeed (a build that finished nothing, a
+verify that found problems); 2 usage error (a mistyped command or flag); 3 a tans error (bad
+input, config or storage: the message says what to do); 130 / 143 stopped by SIGINT / SIGTERM
+(run the same command again to continue)."""
+
+
 def parser() -> argparse.ArgumentParser:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        installed = version("tans")
+    except PackageNotFoundError:
+        installed = "0+unknown"
     p = argparse.ArgumentParser(prog="tans", description="Task-adaptive network search: build "
-                                "model zoos on Ray and retrieve pretrained networks for new datasets.")
+                                "model zoos on Ray and retrieve pretrained networks for new datasets.",
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"tans {installed}")
     sub = p.add_subparsers(dest="command", required=True)
+    ray_address = os.environ.get("RAY_ADDRESS")
 
     b = sub.add_parser("build", help="build (or continue building) a model zoo on Ray")
     _build_flags(b)
-    b.add_argument("--executor", help="ray (default), or replay:ZOO to answer jobs from an evaluated zoo")
-    b.add_argument("--address", dest="ray_address", help="Ray cluster address (HOST:6379 or auto); "
-                   "default starts a local Ray")
+    b.add_argument("--executor", metavar="NAME", help="ray (default), or replay:ZOO to answer jobs from an evaluated zoo")
+    b.add_argument("--address", dest="ray_address", metavar="ADDRESS",
+                   help="Ray cluster address (HOST:6379 or auto; default: $RAY_ADDRESS, else a local Ray)")
+    b.add_argument("--resolved-config", action="store_true", help=argparse.SUPPRESS)  # what `tans submit` ships
     b.set_defaults(func=_build)
 
     j = sub.add_parser("submit", help="submit the build to a Ray cluster as a Ray Job (Jobs API)")
     _build_flags(j)
-    j.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://HEAD:8265")
+    j.add_argument("--address", required=not ray_address, default=ray_address, metavar="URL",
+                   help="the cluster's dashboard, e.g. http://HEAD:8265 (default: $RAY_ADDRESS)")
     j.add_argument("--wait", action="store_true", help="follow the job's log until it stops")
     j.set_defaults(func=_submit)
 
@@ -292,118 +395,135 @@ def parser() -> argparse.ArgumentParser:
         cmd = jsub.add_parser(name, help=text)
         if name != "list":
             cmd.add_argument("id", help="submission id (printed by `tans submit`)")
-        cmd.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://HEAD:8265")
+        cmd.add_argument("--address", required=not ray_address, default=ray_address, metavar="URL",
+                         help="the cluster's dashboard, e.g. http://HEAD:8265 (default: $RAY_ADDRESS)")
         if name in ("list", "status"):
-            cmd.add_argument("--json", action="store_true")
+            cmd.add_argument("--json", action="store_true", help="print JSON")
         if name == "logs":
             cmd.add_argument("--follow", action="store_true", help="keep printing until the job stops")
         cmd.set_defaults(func=_jobs)
 
     r = sub.add_parser("resume", help="continue the zoo's last build with its recorded config")
-    r.add_argument("zoo")
-    r.add_argument("--s3-endpoint", help="S3 endpoint URL (or AWS_ENDPOINT_URL)")
+    _zoo_args(r)
+    r.add_argument("--json", action="store_true", help="print the build's summary as JSON on the last line")
     r.set_defaults(func=_resume)
 
     v = sub.add_parser("verify", help="check every result, checkpoint and dataset; quarantine corrupt ones")
-    v.add_argument("zoo")
-    v.add_argument("--json", action="store_true")
+    _zoo_args(v)
+    v.add_argument("--json", action="store_true", help="print the report as JSON")
     v.add_argument("--clean-orphans", action="store_true",
-                   help="delete the listed orphans (objects nothing references) and old temp files")
+                   help="delete the listed orphans (objects nothing references) and temp files older than 10 min")
     v.add_argument("--dry-run", action="store_true", help="only report: quarantine and delete nothing")
-    v.add_argument("--s3-endpoint", help="S3 endpoint URL (or AWS_ENDPOINT_URL)")
     v.set_defaults(func=_verify)
 
     le = sub.add_parser("lease", help="show or break the zoo's driver lease (one driver per zoo)")
     lsub = le.add_subparsers(dest="lease_command", required=True)
     ls = lsub.add_parser("show", help="who holds the lease, its age and TTL, and whether it is stale")
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--json", action="store_true", help="print JSON")
     lb = lsub.add_parser("break", help="remove a stale, dead or corrupt lease (a fresh one with --force)")
     lb.add_argument("--force", action="store_true", help="remove a fresh lease too: only if its driver is dead")
     for cmd in (ls, lb):
-        cmd.add_argument("zoo")
-        cmd.add_argument("--s3-endpoint", help="S3 endpoint URL (or AWS_ENDPOINT_URL)")
+        _zoo_args(cmd)
         cmd.set_defaults(func=_lease)
 
     t = sub.add_parser("retrain", help="meta-train a new retriever version over the zoo")
-    t.add_argument("zoo")
-    t.add_argument("--if-grown", type=float, help="only if the zoo grew by this fraction (<1) or count")
-    t.add_argument("--steps", type=int)
-    t.add_argument("--positive", choices=["weighted", "uniform"])
-    t.add_argument("--seed", type=int)
-    t.add_argument("--backbone", help="query-encoder backbone: a supernet file from `tans pretrain-base` or "
-                   "a torchvision ResNet18 ImageNet state_dict; default: the zoo's base supernet's largest subnet")
-    t.add_argument("--image-size", type=int, help="default: the zoo's (from its manifest)")
-    t.add_argument("--mlflow-uri", help="MLflow tracking URI (default sqlite:///./mlflow.db)")
-    t.add_argument("--s3-endpoint")
+    _zoo_args(t)
+    t.add_argument("--if-grown", type=_positive_float, metavar="X",
+                   help="only if the zoo grew by this fraction (< 1) or this many results (>= 1) since the last version")
+    t.add_argument("--steps", type=_positive_int, metavar="N", help="training steps (default 300)")
+    t.add_argument("--positive", choices=["weighted", "uniform"], help="positive sampling (default weighted)")
+    t.add_argument("--seed", type=int, metavar="N", help="training seed (default 0)")
+    t.add_argument("--backbone", metavar="FILE", help="query-encoder backbone: a supernet file from `tans "
+                   "pretrain-base` or a torchvision ResNet18 ImageNet state_dict; default: the zoo's base "
+                   "supernet's largest subnet")
+    t.add_argument("--image-size", type=_positive_int, metavar="PX", help="query image side in pixels "
+                   "(default: the zoo's)")
+    t.add_argument("--mlflow-uri", metavar="URI",
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
+    t.add_argument("--json", action="store_true", help="print the new version and its metrics as JSON")
     t.set_defaults(func=_retrain)
 
     b = sub.add_parser("pretrain-base", help="train the OFA supernet (sandwich rule) on the zoo's datasets, "
                        "for base weights and the query backbone")
-    b.add_argument("zoo")
-    b.add_argument("--out", required=True, help="safetensors file to write (local or s3://)")
-    b.add_argument("--steps", type=int)
-    b.add_argument("--batch-size", type=int)
-    b.add_argument("--lr", type=float)
-    b.add_argument("--image-size", type=int)
-    b.add_argument("--random-subnets", type=int, help="random subnets per step besides the largest and smallest")
-    b.add_argument("--seed", type=int)
+    _zoo_args(b)
+    b.add_argument("--out", required=True, metavar="FILE", help="safetensors file to write (local or s3://)")
+    b.add_argument("--steps", type=_positive_int, metavar="N", help="optimizer steps (default 1000)")
+    b.add_argument("--batch-size", type=_positive_int, metavar="N", help="images per step (default 64)")
+    b.add_argument("--lr", type=_positive_float, metavar="X", help="peak learning rate (default 0.05)")
+    b.add_argument("--image-size", type=_positive_int, metavar="PX", help="input side in pixels (default 32)")
+    b.add_argument("--random-subnets", type=int, metavar="N",
+                   help="random subnets per step besides the largest and smallest")
+    b.add_argument("--seed", type=int, metavar="N", help="seed (default 0)")
     b.add_argument("--json", action="store_true", help="print the summary as JSON")
-    b.add_argument("--s3-endpoint")
     b.set_defaults(func=_pretrain_base)
 
     q = sub.add_parser("search", help="rank the zoo's pretrained networks for a dataset")
-    q.add_argument("zoo")
-    q.add_argument("--dataset", required=True, help="ImageFolder directory or Parquet file (local or s3://)")
-    q.add_argument("--top-k", type=_positive_int, default=10, help="how many networks to list (>= 1)")
+    _zoo_args(q)
+    q.add_argument("--dataset", required=True, metavar="PATH",
+                   help="ImageFolder directory or Parquet file (local or s3://)")
+    q.add_argument("--top-k", type=_positive_int, default=10, metavar="N", help="how many networks to list")
     q.add_argument("--rerank", choices=RERANK_CHOICES, default="none",
                    help="order the recalled networks by the retriever's predicted accuracy (none), or by "
                    "LogME / a k-NN probe on each network's features of your images")
-    q.add_argument("--recall", type=_positive_int, default=20,
-                   help="networks recalled from the latent space before ordering (>= 1)")
-    q.add_argument("--max-params", type=float)
-    q.add_argument("--max-flops", type=float)
-    q.add_argument("--max-latency-ms", type=float)
-    q.add_argument("--json", action="store_true")
-    q.add_argument("--s3-endpoint")
+    q.add_argument("--recall", type=_positive_int, default=20, metavar="N",
+                   help="networks recalled from the latent space before ordering")
+    q.add_argument("--max-params", type=_size, metavar="N", help="at most this many parameters (e.g. 3M, 250k)")
+    q.add_argument("--max-flops", type=_size, metavar="N", help="at most this many FLOPs at the zoo's input "
+                   "size (e.g. 60M)")
+    q.add_argument("--max-latency-ms", type=_positive_float, metavar="MS",
+                   help="at most this batch-1 latency in milliseconds, as measured on the zoo's workers")
+    q.add_argument("--json", action="store_true", help="print the ranking as JSON")
     q.set_defaults(func=_search)
 
     f = sub.add_parser("finetune", help="fine-tune a zoo network (e.g. a search hit) on your dataset, on Ray")
-    f.add_argument("zoo")
-    f.add_argument("--job", required=True, help="job_id of the zoo network to start from")
-    f.add_argument("--dataset", required=True, help="ImageFolder directory or Parquet file (local or s3://)")
-    f.add_argument("--epochs", type=int)
-    f.add_argument("--image-size", type=int)
-    f.add_argument("--config", help="TOML config for training/resources (optional)")
-    f.add_argument("--address", help="Ray cluster address; default starts a local Ray")
-    f.add_argument("--mlflow-uri")
-    f.add_argument("--s3-endpoint")
+    _zoo_args(f)
+    f.add_argument("--job", required=True, metavar="JOB_ID", help="job_id of the zoo network to start from")
+    f.add_argument("--dataset", required=True, metavar="PATH",
+                   help="ImageFolder directory or Parquet file (local or s3://)")
+    f.add_argument("--epochs", type=_positive_int, metavar="N", help="fine-tuning epochs (default 2)")
+    f.add_argument("--image-size", type=_positive_int, metavar="PX", help="input side in pixels (default 32)")
+    f.add_argument("--config", metavar="FILE", help="TOML config for training/resources (optional)")
+    f.add_argument("--address", metavar="ADDRESS",
+                   help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    f.add_argument("--mlflow-uri", metavar="URI",
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
+    f.add_argument("--json", action="store_true", help="print the new result row as JSON")
     f.set_defaults(func=_finetune)
 
     s = sub.add_parser("status", help="show what a zoo holds")
-    s.add_argument("zoo")
-    s.add_argument("--json", action="store_true")
-    s.add_argument("--s3-endpoint", help="S3 endpoint URL (or AWS_ENDPOINT_URL)")
+    _zoo_args(s)
+    s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=_status)
 
     rp = sub.add_parser("report", help="write an HTML report with plots of the zoo")
-    rp.add_argument("zoo")
-    rp.add_argument("--out", required=True, help="directory for index.html and its PNGs")
-    rp.add_argument("--s3-endpoint", help="S3 endpoint URL (or AWS_ENDPOINT_URL)")
+    _zoo_args(rp)
+    rp.add_argument("--out", required=True, metavar="DIR", help="directory for index.html and its figures")
+    rp.add_argument("--json", action="store_true", help="print the files written as JSON")
     rp.set_defaults(func=_report)
+
+    x = sub.add_parser("export", help="write a zoo network for use without tans: model.safetensors, config.json, "
+                       "README.md (model card) and model.pt2 (torch.export)")
+    _zoo_args(x)
+    x.add_argument("--job", required=True, metavar="JOB_ID", help="job_id of the network (from `tans search` or "
+                   "`tans status`)")
+    x.add_argument("--out", required=True, metavar="DIR", help="directory to write the files into")
+    x.add_argument("--json", action="store_true", help="print the files and the config as JSON")
+    x.set_defaults(func=_export)
 
     d = sub.add_parser("datasets", help="add datasets to a zoo, or generate the built-in ones")
     dsub = d.add_subparsers(dest="datasets_command", required=True)
     a = dsub.add_parser("add", help="ingest ImageFolder directories or Parquet files into a zoo")
-    a.add_argument("sources", nargs="+", help="local path or s3:// URI of each dataset")
-    a.add_argument("--zoo", required=True)
+    a.add_argument("sources", nargs="+", metavar="SOURCE", help="local path or s3:// URI of each dataset")
+    _zoo_args(a, positional=False)
     a.add_argument("--name", help="dataset name (one source only); default: the folder name")
-    a.add_argument("--split-seed", type=int, default=0)
-    a.add_argument("--s3-endpoint")
+    a.add_argument("--split-seed", type=int, default=0, metavar="N", help="seed of the train/test split")
+    a.add_argument("--json", action="store_true", help="print what was ingested as JSON")
     a.set_defaults(func=_datasets_add)
     g = dsub.add_parser("synth", help="write the built-in datasets (offline, deterministic)")
-    g.add_argument("--out", required=True)
-    g.add_argument("--count", type=int)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", required=True, metavar="DIR", help="directory to write one folder per dataset into")
+    g.add_argument("--count", type=_positive_int, metavar="N", help="how many of the suite (default: all)")
+    g.add_argument("--seed", type=int, default=0, metavar="N", help="generator seed")
+    g.add_argument("--json", action="store_true", help="print the dataset names as JSON")
     g.set_defaults(func=_datasets_synth)
     return p
 
@@ -416,7 +536,12 @@ EXIT_BUILD = 1      # a build or command that ran but did not succeed (nothing f
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit code. SIGTERM and SIGINT stop it cleanly (every
     `finally` runs: the lease is released, the MLflow run ends KILLED) with 143 and 130."""
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if hasattr(args, "zoo_option") and args.func is not _build and args.func is not _submit:
+        args.zoo = getattr(args, "zoo", None) or args.zoo_option or os.environ.get("TANS_ZOO")
+        if not args.zoo:
+            p.error(f"{args.command}: which zoo? pass ZOO (or --zoo ZOO), or set TANS_ZOO")
     previous = signals.install()
     try:
         return args.func(args)

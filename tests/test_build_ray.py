@@ -67,6 +67,13 @@ def test_local_build_resume_and_status(ray_cluster, tiny_datasets, tmp_path, cap
     runs = mlflow_job_runs(tmp_path)
     assert len(runs) == 5
     assert {r.data.tags["tans.job_id"] for r in runs} == {r.job_id for r in results}
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert sorted(a.path for a in client.list_artifacts(runs[0].info.run_id, "network")) == \
+        ["network/config.json", "network/model.safetensors"]  # each job's network is an artifact of its run
+    (build_run,) = client.search_runs([runs[0].info.experiment_id], "tags.`tans.kind` = 'build'")
+    assert build_run.info.run_name == "build zoo (pareto)" and build_run.info.status == "FINISHED"
+    assert build_run.data.params["train.epochs"] == "1" and build_run.data.params["resources.max_attempts"] == "3"
     history = runs[0].data.metrics
     assert "test_accuracy" in history and "train_loss" in history and "latency_ms" in history
 

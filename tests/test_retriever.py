@@ -66,12 +66,43 @@ def test_retrain_threshold_versions_and_registry(built_zoo):
     ok, why = grown_enough(store, 2)
     assert not ok and "grew by 0 results since v1 (8); need 2" in why
     assert run_retrain(store, replace(SETTINGS, positive="uniform"), 32, None, mlflow, log=lambda *_: None) == 2
-    client = MlflowClient(tracking_uri=mlflow.tracking_uri)
+    client = MlflowClient(tracking_uri=mlflow.tracking_uri, registry_uri=mlflow.tracking_uri)
     champion = client.get_model_version_by_alias(REGISTERED_MODEL, "champion")
     assert champion.tags["tans.version"] == "2" and champion.tags["tans.zoo"] == store.uri
     loaded = load_version(store, 1)
     meta, table = loaded.meta, loaded.models
     assert loaded.number == meta["version"] == 1 and table.num_rows == 8 and len(table["embedding"][0]) == 128
+
+
+def test_registered_retriever_loads_as_an_mlflow_pyfunc_and_ranks_like_search(built_zoo, tiny_datasets):
+    """`mlflow.pyfunc.load_model("models:/tans-retriever@champion")` works (the model is logged
+    as code, nothing pickled) and ranks the zoo's networks as `Searcher.search` does, from
+    feature vectors or from the query's encoded images."""
+    import mlflow
+    import pandas as pd
+
+    from pipeline.build.tracking import MlflowSettings
+    from pipeline.datasets.ingest import IngestSettings, read_source, validate
+    zoo, tmp = built_zoo
+    store = open_store(zoo)
+    uri = f"sqlite:///{tmp / 'pyfunc.db'}"
+    version = run_retrain(store, SETTINGS, 32, None, MlflowSettings(tracking_uri=uri), log=lambda *_: None)
+    mlflow.set_tracking_uri(uri)  # as a user would (or MLFLOW_TRACKING_URI)
+    try:
+        model = mlflow.pyfunc.load_model(f"models:/{REGISTERED_MODEL}@champion")
+    finally:
+        mlflow.set_tracking_uri(None)
+    query = str(tiny_datasets / "hue-6")
+    by_class, _ = validate(query, read_source(query)[0], IngestSettings(min_images_per_class=1))
+    images = [img for cls in sorted(by_class) for img in by_class[cls][:10]]
+    labels = [i for i, cls in enumerate(sorted(by_class)) for _ in by_class[cls][:10]]
+    searcher = Searcher(store, version)
+    features = searcher.query_features(images, labels, per_class=10)
+    expected = [h.job_id for h in searcher.search(features, top_k=5)]
+    ranked = model.predict(pd.DataFrame({"features": list(features)}), params={"top_k": 5})
+    assert list(ranked["job_id"]) == expected and list(ranked["rank"]) == [1, 2, 3, 4, 5]
+    from_images = model.predict(pd.DataFrame({"image": images}), params={"top_k": 5})
+    assert list(from_images["job_id"]) == expected
 
 
 def test_search_ranks_filters_and_explains(built_zoo, tiny_datasets):

@@ -113,7 +113,7 @@ tracking_uri = "{mlflow_server}"
     results = read_results(store)
     assert len(results) == 4 and store.exists("retriever/v1/meta.json")
 
-    client = MlflowClient(tracking_uri=mlflow_server)
+    client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
     runs = client.search_runs([client.get_experiment_by_name("tans").experiment_id])
     jobs = [r for r in runs if r.data.tags.get("tans.job_id")]
     assert {r.data.tags["tans.job_id"] for r in jobs} == {r.job_id for r in results}
@@ -122,7 +122,13 @@ tracking_uri = "{mlflow_server}"
     assert champion.tags["tans.zoo"] == zoo
     import boto3
     artifacts = boto3.client("s3", endpoint_url=s3_server.url).list_objects_v2(Bucket="mlflow-artifacts")
-    assert any(o["Key"].endswith("retriever/weights.safetensors") for o in artifacts.get("Contents", []))
+    keys = [o["Key"] for o in artifacts.get("Contents", [])]
+    assert any(k.endswith("retriever/artifacts/weights.safetensors") for k in keys)  # the version's files
+    assert any(k.endswith("retriever/MLmodel") for k in keys), [k for k in keys if "retriever" in k][:20]
+    assert sum(k.endswith("network/model.safetensors") for k in keys) == len(results)  # each job's network
+    (build_run,) = [r for r in runs if r.data.tags.get("tans.kind") == "build"]
+    assert build_run.info.run_name.startswith("build zoo (") and "train.epochs" in build_run.data.params
+    assert any(k.endswith(f"{build_run.info.run_id}/artifacts/report/index.html") for k in keys), keys[:20]
 
     # a resubmit after the build finished is a new attempt that resumes: nothing done twice
     resumed = tans("submit", "--address", ray_head, "--config", str(config), "--wait", timeout=900)

@@ -7,6 +7,7 @@ that returns the committed record.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from datetime import datetime, timezone
@@ -14,6 +15,7 @@ from datetime import datetime, timezone
 import torch
 from safetensors.torch import save as save_safetensors
 
+from workers.export import checkpoint_metadata, network_config
 from workers.images import load_tensors
 from workers.job import JobSpec
 from workers.measure import count_flops, device_name, functional_embedding, measure_latency_ms
@@ -24,6 +26,7 @@ from zoo_schema.errors import StorageError, TansError
 from zoo_schema.journal import record_start
 from zoo_schema.records import ResultRecord, to_table
 from zoo_schema.results import find_result, read_result
+from zoo_schema.shards import read_dataset
 from zoo_schema.store import S3Settings, ZooStore, open_store
 
 
@@ -72,20 +75,23 @@ def run_job(spec: JobSpec, zoo_uri: str, s3: S3Settings | None = None, threads: 
     latency = measure_latency_ms(model, settings.image_size, device, settings.latency_repeats)
     embedding = functional_embedding(model, spec.noise_seed, spec.noise_shape, device)
 
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    blob = save_safetensors(state, metadata={"job_id": spec.job_id, "arch": spec.arch})
-    sha = hashlib.sha256(blob).hexdigest()
-    ckpt_key = spec.checkpoint_key(sha)
-    store.write_bytes(ckpt_key, blob, create_only=True)
     record = ResultRecord(
         job_id=spec.job_id, dataset_id=spec.dataset_id, arch=spec.arch,
         topology=Arch.parse(spec.arch).topology(), accuracy=float(accs[-1]), params=int(params),
         flops=flops, latency_ms=latency, latency_device=device_name(device),
-        functional_embedding=embedding, checkpoint_uri=ckpt_key, checkpoint_sha256=sha,
+        functional_embedding=embedding, checkpoint_uri="", checkpoint_sha256="",
         num_classes=spec.num_classes, epochs=settings.epochs, image_size=settings.image_size,
         train_seconds=train_seconds, epoch_losses=losses, epoch_accuracies=accs,
         base_weights=f"job:{spec.init_job}" if spec.init_job else spec.base_weights.id,
         created_at=datetime.now(timezone.utc).isoformat())
+    # the checkpoint describes itself: its metadata holds what `tans export` writes as config.json
+    config = network_config(record, read_dataset(store, spec.dataset_id), spec.width)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    blob = save_safetensors(state, metadata=checkpoint_metadata(config))
+    sha = hashlib.sha256(blob).hexdigest()
+    ckpt_key = spec.checkpoint_key(sha)
+    store.write_bytes(ckpt_key, blob, create_only=True)
+    record = dataclasses.replace(record, checkpoint_uri=ckpt_key, checkpoint_sha256=sha)
     if not store.write_table(spec.result_key, to_table([record]), create_only=True):
         committed = committed_result(store, spec)
         if committed.checkpoint_sha256 != sha:  # another attempt won: drop our copy, keep theirs

@@ -125,8 +125,22 @@ def build_dataclass(cls, data: dict, where: str = ""):
     return cls(**kwargs)
 
 
-def load_config(path: str | None, overrides: dict | None = None) -> BuildConfig:
-    """The config from a TOML file (or defaults), with dotted-key overrides applied on top."""
+# Environment variables that fill config keys: they override the file, flags override them.
+ENVIRONMENT = {"TANS_ZOO": "zoo", "RAY_ADDRESS": "address", "MLFLOW_TRACKING_URI": "mlflow.tracking_uri",
+               "AWS_ENDPOINT_URL": "s3.endpoint_url"}
+
+
+def _set(data: dict, dotted: str, value) -> None:
+    node = data
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
+def load_config(path: str | None, overrides: dict | None = None, environ=None) -> BuildConfig:
+    """The build config. Precedence: flags (`overrides`, dotted keys) > environment
+    (`ENVIRONMENT`) > the TOML file > defaults."""
     data: dict = {}
     if path:
         p = Path(path)
@@ -136,14 +150,11 @@ def load_config(path: str | None, overrides: dict | None = None) -> BuildConfig:
             data = json.loads(p.read_text()) if p.suffix == ".json" else tomllib.loads(p.read_text())
         except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
             raise ConfigError(f"config file {path} is not valid {p.suffix[1:].upper() or 'TOML'}: {e}") from None
-    if "zoo" not in data and os.environ.get("TANS_ZOO"):  # a cluster's nodes can name the zoo
-        data["zoo"] = os.environ["TANS_ZOO"]
+    environ = os.environ if environ is None else environ
+    for variable, dotted in ENVIRONMENT.items():
+        if environ.get(variable):
+            _set(data, dotted, environ[variable])
     for dotted, value in (overrides or {}).items():
-        if value is None:
-            continue
-        node = data
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
+        if value is not None:
+            _set(data, dotted, value)
     return build_dataclass(BuildConfig, data)

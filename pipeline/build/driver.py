@@ -45,6 +45,7 @@ class BuildSummary:
     seconds: float = 0.0
     stop_reason: str = ""
     failures: list = field(default_factory=list)
+    mlflow_run: str = ""  # the build's MLflow run id, when the build was tracked
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -162,9 +163,9 @@ class Driver:
 
     def progress_line(self) -> str:
         done = self.summary.finished
-        return (f"jobs: {self.used_budget}/{self.config.max_jobs} in the zoo ({done} this run), "
-                f"{self.executor.in_flight} in flight, {self.summary.failed} failed | mean HV "
-                f"{self.mean_hypervolume():.3f}{self._eta() or ' eta -'}")
+        return (f"jobs: {self.used_budget}/{self.config.max_jobs} (+{done} run) | {self.executor.in_flight} "
+                f"in flight, {self.summary.failed} failed | HV {self.mean_hypervolume():.3f} |"
+                f"{self._eta() or ' eta -'}")
 
     def _eta(self) -> str:
         done = self.summary.finished + self.summary.failed

@@ -7,14 +7,25 @@ a version of the model `tans-retriever` with the alias `champion`.
 from __future__ import annotations
 
 import tempfile
+from dataclasses import asdict
+from importlib.metadata import PackageNotFoundError, version as metadata_version
 from pathlib import Path
 
+import mlflow
+from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types import ParamSchema, ParamSpec
+from mlflow.tracking import MlflowClient
+
+import retriever
 from pipeline.build.tracking import MlflowSettings, tracking_uri
 from retriever.train import RetrainSettings, gather, grown_enough, save_version, train_retriever, version_blob
 from zoo_schema.layout import RETRIEVER_FILES, retriever_meta_key
 from zoo_schema.store import ZooStore
 
 REGISTERED_MODEL = "tans-retriever"
+PYFUNC_CODE = Path(retriever.__file__).resolve().parent / "mlflow_model.py"  # MLflow runs it; not imported here
 
 
 def run_retrain(store: ZooStore, settings: RetrainSettings, image_size: int, if_grown: float | None = None,
@@ -35,30 +46,34 @@ def run_retrain(store: ZooStore, settings: RetrainSettings, image_size: int, if_
     return version
 
 
-def register(store: ZooStore, version: int, settings: RetrainSettings, metrics: dict, mlflow: MlflowSettings) -> str:
-    """Log the version as an MLflow run and register it with the alias `champion`."""
-    from dataclasses import asdict
-
-    from mlflow.entities import Metric, Param
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri(mlflow))
-    exp = client.get_experiment_by_name(mlflow.experiment)
-    experiment_id = exp.experiment_id if exp else client.create_experiment(mlflow.experiment)
-    run = client.create_run(experiment_id, run_name=f"retriever-v{version}",
+def register(store: ZooStore, version: int, settings: RetrainSettings, metrics: dict, mlflow_settings: MlflowSettings) -> str:
+    """Log the version as an MLflow run holding a pyfunc model (`retriever/mlflow_model.py`,
+    logged as code: nothing is pickled) and register it with the alias `champion`, so that
+    `mlflow.pyfunc.load_model("models:/tans-retriever@champion")` ranks the zoo's networks."""
+    uri = tracking_uri(mlflow_settings)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    exp = client.get_experiment_by_name(mlflow_settings.experiment)
+    experiment_id = exp.experiment_id if exp else client.create_experiment(mlflow_settings.experiment)
+    run = client.create_run(experiment_id, run_name=f"retriever-v{version} {store.uri}",
                             tags={"tans.kind": "retriever", "tans.zoo": store.uri, "tans.version": str(version)})
     client.log_batch(run.info.run_id,
                      metrics=[Metric(k.replace("@", "_at_"), float(v), 0, 0) for k, v in metrics.items()],
                      params=[Param(k, str(v)) for k, v in asdict(settings).items()])
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "retriever"
-        folder.mkdir()
+        folder = Path(tmp)
         meta = store.read_json(retriever_meta_key(version))
+        artifacts = {}
         for name, file in RETRIEVER_FILES.items():
             (folder / file).write_bytes(version_blob(store, version, meta, name))
+            artifacts[name] = str(folder / file)
         (folder / "meta.json").write_bytes(store.read_bytes(retriever_meta_key(version)))
-        client.log_artifacts(run.info.run_id, str(folder), "retriever")
+        artifacts["meta"] = str(folder / "meta.json")
+        model_dir = folder / "retriever"  # a pyfunc model folder (MLmodel, code, artifacts), then logged
+        mlflow.pyfunc.save_model(path=str(model_dir), python_model=str(PYFUNC_CODE), artifacts=artifacts,
+                                 model_config={"zoo": store.uri, "version": version},
+                                 signature=ModelSignature(params=ParamSchema([ParamSpec("top_k", "long", 10)])),
+                                 pip_requirements=[f"tans=={_version()}"])
+        client.log_artifacts(run.info.run_id, str(model_dir), "retriever")
     try:
         client.create_registered_model(REGISTERED_MODEL)
     except MlflowException:
@@ -68,3 +83,10 @@ def register(store: ZooStore, version: int, settings: RetrainSettings, metrics: 
     client.set_registered_model_alias(REGISTERED_MODEL, "champion", mv.version)
     client.set_terminated(run.info.run_id, "FINISHED")
     return mv.version
+
+
+def _version() -> str:
+    try:
+        return metadata_version("tans")
+    except PackageNotFoundError:
+        return "0+unknown"

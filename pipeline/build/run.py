@@ -6,12 +6,12 @@ import hashlib
 from pipeline.acquisition.profiles import profile_pool
 from pipeline.acquisition.registry import check_strategy
 from pipeline.build.config import BuildConfig, build_dataclass
-from pipeline.build.driver import BuildSummary, Driver
+from pipeline.build.driver import BuildSummary, Driver, journal_config
 from pipeline.build.executor import RayExecutor, ReplayExecutor, start_ray
 from pipeline.build.lease import Lease
 from pipeline.build.retrain import run_retrain
 from pipeline.build.signals import interruption
-from pipeline.build.tracking import Tracker
+from pipeline.build.tracking import Tracker, flat_params
 from pipeline.datasets.ingest import ingest, slug
 from workers import weights
 from workers.ofa_space import DEPTHS, EXPANDS, KERNELS, build_supernet
@@ -160,14 +160,14 @@ def run_build(config: BuildConfig, log=print, ray_num_cpus: int | None = None, t
     try:
         executor, manifest = make_executor(config, store, log, ray_num_cpus)
         profile_pool(store, manifest, config.train.image_size, log)  # hypervolumes need it, any strategy
-        tracker = Tracker(config.mlflow, {"zoo": store.uri, "max_jobs": config.max_jobs,
-                                          "strategy": config.strategy, "seed": config.seed,
-                                          "executor": config.executor, "epochs": config.train.epochs,
-                                          "image_size": config.train.image_size}) if tracking else None
+        tracker = Tracker(config.mlflow, flat_params(journal_config(config)),
+                          run_name=f"build {store.uri.rstrip('/').rsplit('/', 1)[-1]} ({config.strategy})",
+                          store=store, width=manifest.width) if tracking else None
         log(f"building zoo {store.uri}: up to {config.max_jobs} jobs, strategy {config.strategy}, "
             f"executor {config.executor}, {config.resources.max_in_flight} in flight"
             + (f"; MLflow at {redact(tracker.uri)}" if tracker else ""))
         summary = Driver(config, store, manifest, executor, tracker, log, lease=lease, progress=progress).run()
+        summary.mlflow_run = tracker.build_run.info.run_id if tracker else ""
         if config.retrain.after_build and summary.zoo_results:
             run_retrain(store, config.retrain, config.train.image_size, config.retrain.if_grown,
                         config.mlflow if tracking else None, log)

@@ -6,13 +6,21 @@ their epoch as the step when the job reports back.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.build.signals import deferred
+from workers.export import network_config
 from workers.job import JobSpec
+from zoo_schema.errors import StorageError
+from zoo_schema.layout import checkpoint_location
+from zoo_schema.shards import read_dataset
 from zoo_schema.records import ResultRecord
 from zoo_schema.redact import redact
 
@@ -21,6 +29,7 @@ from zoo_schema.redact import redact
 class MlflowSettings:
     tracking_uri: str = ""          # empty: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
     experiment: str = "tans"
+    log_networks: bool = True       # each job's run gets its network (model.safetensors, config.json)
 
 
 
@@ -29,8 +38,23 @@ def tracking_uri(settings: MlflowSettings) -> str:
     return settings.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+def flat_params(data: dict, prefix: str = "") -> dict:
+    """A nested config as MLflow params with dotted keys (`train.epochs`)."""
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value and key != "names":
+            out.update(flat_params(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 class Tracker:
-    def __init__(self, settings: MlflowSettings, build_params: dict):
+    """A build (or fine-tune) as an MLflow run named `run_name`, each job a child run. With a
+    `store`, a finished job's run also holds its network as artifacts (`network/`)."""
+
+    def __init__(self, settings: MlflowSettings, build_params: dict, run_name: str = "build", store=None,
+                 width: float = 1.0):
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         from mlflow.tracking import MlflowClient
 
@@ -39,9 +63,11 @@ class Tracker:
         exp = self.client.get_experiment_by_name(settings.experiment)
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(settings.experiment)
         with deferred():
-            self.build_run = self.client.create_run(self.experiment_id, run_name="build",
+            self.build_run = self.client.create_run(self.experiment_id, run_name=run_name,
                                                     tags={"tans.kind": "build"})
         self._ended = False
+        self.store = store if settings.log_networks else None
+        self.width = width
         self._log(self.build_run.info.run_id, params=build_params)
 
     def _log(self, run_id: str, params: dict | None = None, metrics: list | None = None, tags: dict | None = None):
@@ -82,7 +108,22 @@ class Tracker:
         self._log(run.info.run_id, params=self._job_params(spec), metrics=metrics,
                   tags={"tans.checkpoint_uri": record.checkpoint_uri,
                         "tans.latency_device": record.latency_device})
+        if self.store is not None:
+            self._log_network(run.info.run_id, record)
         self.client.set_terminated(run.info.run_id, "FINISHED")
+
+    def _log_network(self, run_id: str, record: ResultRecord) -> None:
+        """The network as artifacts of its run: its checkpoint (sha256 verified) and config.json."""
+        holder, key = checkpoint_location(self.store, record.checkpoint_uri)
+        data = holder.read_bytes(key)
+        if hashlib.sha256(data).hexdigest() != record.checkpoint_sha256:
+            raise StorageError(f"checkpoint {holder.uri_of(key)} does not match its recorded sha256; "
+                               f"run `tans verify {self.store.uri}`")
+        config = network_config(record, read_dataset(self.store, record.dataset_id), self.width)
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "model.safetensors").write_bytes(data)
+            (Path(tmp) / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1))
+            self.client.log_artifacts(run_id, tmp, "network")
 
     def log_failure(self, spec: JobSpec, error: str) -> None:
         with deferred():

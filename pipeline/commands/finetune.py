@@ -49,7 +49,8 @@ def run_finetune(config: BuildConfig, job_id: str, source: str, log=print) -> Re
         raise TansError(f"fine-tuning failed: {outcomes[0].error}")
     for epoch, (loss, acc) in enumerate(zip(outcome.epoch_losses, outcome.epoch_accuracies), 1):
         log(f"epoch {epoch}: train loss {loss:.4f}, test accuracy {acc:.4f}")
-    tracker = Tracker(config.mlflow, {"zoo": store.uri, "finetune_of": job_id})
+    tracker = Tracker(config.mlflow, {"zoo": store.uri, "finetune_of": job_id, "dataset": source},
+                      run_name=f"finetune {job_id[:8]} on {dataset.dataset_id}", store=store, width=manifest.width)
     tracker.log_result(spec, outcome)
     tracker.end("FINISHED")
     log(f"saved as job {outcome.job_id}: {outcome.checkpoint_uri}")

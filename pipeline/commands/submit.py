@@ -28,7 +28,7 @@ from zoo_schema.errors import ConfigError, TansError
 PACKAGES = ("pipeline", "workers", "zoo_schema", "retriever")
 ROOT = Path(__file__).resolve().parents[2]  # the folder holding the packages
 CONFIG_NAME = "build.json"
-ENTRYPOINT = f"python -m pipeline.cli build --config {CONFIG_NAME}"
+ENTRYPOINT = f"python -m pipeline.cli build --config {CONFIG_NAME} --resolved-config"  # the environment is not read
 
 
 class ClusterError(TansError):
