@@ -65,7 +65,7 @@ def replay_curves(config, source, strategy: str, seed: int, in_flight: int, max_
     """Per-dataset normalized hypervolume history of one replayed construction."""
     from pipeline.build.run import run_build
     from pipeline.build.config import load_config
-    from pipeline.acquisition.profiles import profile_pool
+    from pipeline.acquisition.profiling import profile_pool
     from zoo_schema.results import read_state
     from zoo_schema.manifest import read_manifest
     from zoo_schema.store import open_store
@@ -85,7 +85,7 @@ def replay_curves(config, source, strategy: str, seed: int, in_flight: int, max_
 
 def normalized_history(state, profiles, full_hv: dict[str, float]) -> np.ndarray:
     """Mean over datasets of hv(D)/hv_full(D) after each result (commit order)."""
-    from pipeline.acquisition.pareto import normalizer_for, point_of
+    from pipeline.acquisition.hypervolume import normalizer_for, point_of
     from pipeline.acquisition.hypervolume import normalized_hypervolume
     from pipeline.acquisition.profiles import Prior
     norm, prior = normalizer_for(profiles), Prior({}, profiles)
@@ -165,9 +165,10 @@ def main() -> None:
     ap.add_argument("--in-flight", type=int, default=4)
     args = ap.parse_args()
 
-    from pipeline.acquisition.pareto import normalizer_for, point_of
+    from pipeline.acquisition.hypervolume import normalizer_for, point_of
     from pipeline.acquisition.hypervolume import normalized_hypervolume
-    from pipeline.acquisition.profiles import Prior, load_prior
+    from pipeline.acquisition.profiles import Prior
+    from pipeline.acquisition.profiling import load_prior
     from zoo_schema.results import read_state
     from zoo_schema.manifest import read_manifest
 

@@ -24,8 +24,11 @@ import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file
 
+from retriever.features import embed_images, load_backbone
 from retriever.model import Retriever
 from retriever.search import RECALL, top_by_cosine
+from zoo_schema.manifest import read_manifest
+from zoo_schema.store import open_store
 
 
 class RetrieverModel(mlflow.pyfunc.PythonModel):
@@ -43,9 +46,6 @@ class RetrieverModel(mlflow.pyfunc.PythonModel):
         if "features" in model_input:
             return np.asarray(model_input["features"].tolist(), dtype=np.float32)
         if "image" in model_input:
-            from retriever.features import embed_images, load_backbone
-            from zoo_schema.manifest import read_manifest
-            from zoo_schema.store import open_store
             if self._backbone is None:
                 store = open_store(self.zoo)
                 self._backbone = load_backbone(store, read_manifest(store), self.meta.get("backbone_key", ""))

@@ -90,8 +90,12 @@ def test_local_build_resume_and_status(ray_cluster, tiny_datasets, tmp_path, cap
     assert status.finished_jobs == 6 and status.datasets == 4
     row = next(r for r in status.per_dataset if r.jobs)
     assert row.pareto_front >= 1 and row.best_accuracy is not None
+    # each row says where its job's time went; status sums it
+    assert all(r.data_seconds > 0 and r.setup_seconds > 0 and 0 < r.eval_seconds < r.train_seconds
+               and r.profile_seconds > 0 and r.checkpoint_seconds > 0 for r in read_results(store))
+    assert 0 < status.non_training_share < 1 and status.job_seconds["training"] > 0
     text = format_status(status)
-    assert "hue-6" in text and "6 finished jobs" in text
+    assert "hue-6" in text and "6 finished jobs" in text and "not training" in text
     json.dumps(status.as_dict())
 
 

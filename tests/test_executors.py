@@ -38,14 +38,15 @@ def committed_zoo(path) -> tuple:
     return store, specs
 
 
-@pytest.fixture(params=["ray", "replay"])
+@pytest.fixture(params=["ray-warm-workers", "ray-tasks", "replay"])
 def executor_case(request, tmp_path):
     """(executor, specs it completes, a spec it fails, its universe)."""
     store, specs = committed_zoo(tmp_path / "zoo")
     failing = job_spec(MISSING, ARCHS[0], TrainSettings(), MANIFEST)
-    if request.param == "ray":
+    if request.param.startswith("ray"):
         request.getfixturevalue("ray_cluster")
-        return RayExecutor(store.uri, S3Settings(), ResourceSettings()), specs, failing, None
+        resources = ResourceSettings(warm_workers=request.param == "ray-warm-workers")
+        return RayExecutor(store.uri, S3Settings(), resources), specs, failing, None
     target = open_store(str(tmp_path / "target"))
     return ReplayExecutor(store, target), specs, failing, frozenset(Pair(s.dataset_id, s.arch) for s in specs)
 
@@ -74,3 +75,39 @@ def test_executor_contract(executor_case):
         assert (done[spec.job_id].result.dataset_id, done[spec.job_id].result.arch) == (spec.dataset_id, spec.arch)
     assert done[failing.job_id].result is None and done[failing.job_id].error is not None
     assert executor.wait(0.1) == []
+    executor.close()
+    executor.close()  # twice is fine
+
+
+def test_warm_workers_keep_data_and_weights_and_train_as_fresh_tasks_do(ray_cluster, tiny_datasets, tmp_path):
+    """Three jobs on one dataset through one warm worker: the first decodes the data and loads
+    the base supernet, the next find them held. The same jobs as fresh tasks, on a copy of the
+    zoo, give the same results bit for bit."""
+    import shutil
+
+    from pipeline.build.config import load_config
+    from pipeline.build.run import run_build
+    from zoo_schema.manifest import read_manifest
+    from zoo_schema.shards import read_dataset
+    zoo = tmp_path / "zoo"
+    run_build(load_config(None, {"zoo": str(zoo), "datasets": [str(tiny_datasets)], "max_jobs": 0,
+                                 "arch.pool_size": 5, "retrain.after_build": False}),
+              log=lambda *_: None, tracking=False)  # ingestion and the manifest only
+    shutil.copytree(zoo, tmp_path / "copy")
+    runs = {}
+    for name, warm in (("zoo", True), ("copy", False)):
+        store = open_store(str(tmp_path / name))
+        manifest, dataset = read_manifest(store), read_dataset(store, "hue-6")
+        executor = RayExecutor(store.uri, S3Settings(), ResourceSettings(max_in_flight=1, warm_workers=warm))
+        runs[name] = []
+        for arch in ARCHS:
+            executor.submit(job_spec(dataset, arch, TrainSettings(epochs=1, latency_repeats=2), manifest))
+            (outcome,) = drain(executor)
+            assert outcome.error is None, outcome.error
+            runs[name].append(outcome.result)
+    warm, cold = runs["zoo"], runs["copy"]
+    assert all(w.data_seconds < warm[0].data_seconds / 3 and w.setup_seconds < warm[0].setup_seconds
+               for w in warm[1:])  # held by the worker
+    assert [(w.job_id, w.accuracy, w.epoch_losses, w.epoch_accuracies) for w in warm] == \
+        [(c.job_id, c.accuracy, c.epoch_losses, c.epoch_accuracies) for c in cold]
+

@@ -144,14 +144,11 @@ def test_search_reranks_with_evidence_from_the_query_images(built_zoo, tiny_data
     first = search_dataset(store, query, top_k=2, rerank=rerank).hits
     assert [h.job_id for h in first] == [h.job_id for h in result.hits[:2]]
     # the score is the scorer on the network's own features of the sampled query images
-    from pipeline.datasets.ingest import IngestSettings, read_source, validate
+    from pipeline.commands.search import query_images
     from zoo_schema.results import find_result
-    from retriever.features import sample_per_class
-    by_class, _ = validate(query, read_source(query)[0], IngestSettings(min_images_per_class=1))
-    images, labels = [], []
-    for label, cls in enumerate(sorted(by_class)):
-        images, labels = images + by_class[cls], labels + [label] * len(by_class[cls])
-    chosen = sample_per_class(labels, 10, "search")
+    images, labels = query_images(query, per_class=10)
+    assert len(set(labels)) >= 2 and all(labels.count(c) == 10 for c in set(labels))  # sampled per class
+    chosen = list(range(len(images)))
     record = find_result(store, result.hits[0].job_id)
     net = load_checkpoint(store, record, 1.0)
     with torch.no_grad():

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 import torch
 from safetensors.torch import save as save_safetensors
 
+from workers.cache import JobCache
 from workers.export import checkpoint_metadata, network_config
 from workers.images import load_tensors
 from workers.job import JobSpec
@@ -40,8 +41,11 @@ def committed_result(store: ZooStore, spec: JobSpec) -> ResultRecord:
     return record
 
 
-def run_job(spec: JobSpec, zoo_uri: str, s3: S3Settings | None = None, threads: int | None = None) -> ResultRecord:
-    """Fine-tune, evaluate, profile and embed one pair; commit checkpoint and result row."""
+def run_job(spec: JobSpec, zoo_uri: str, s3: S3Settings | None = None, threads: int | None = None,
+            cache: JobCache | None = None) -> ResultRecord:
+    """Fine-tune, evaluate, profile and embed one pair; commit checkpoint and result row. A warm
+    worker passes its `cache` (the base supernet and decoded splits it already holds); the
+    result is the same with or without it."""
 
     store = open_store(zoo_uri, s3)
     if store.exists(spec.result_key):  # already committed: writing it again is a no-op
@@ -52,8 +56,15 @@ def run_job(spec: JobSpec, zoo_uri: str, s3: S3Settings | None = None, threads: 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     settings = spec.train
     seed = settings.seed ^ int(spec.job_id[:8], 16)
-    x, y = load_tensors(store, spec.dataset_id, "train", settings.image_size, workers=threads or 1)
-    xt, yt = load_tensors(store, spec.dataset_id, "test", settings.image_size, workers=threads or 1)
+    clock = time.perf_counter()
+    if cache is not None:
+        x, y = cache.split(store, spec.dataset_id, spec.dataset_sha256, "train", settings.image_size, threads or 1)
+        xt, yt = cache.split(store, spec.dataset_id, spec.dataset_sha256, "test", settings.image_size, threads or 1)
+    else:
+        x, y = load_tensors(store, spec.dataset_id, "train", settings.image_size, workers=threads or 1)
+        xt, yt = load_tensors(store, spec.dataset_id, "test", settings.image_size, workers=threads or 1)
+    data_seconds = time.perf_counter() - clock
+    clock = time.perf_counter()
     torch.manual_seed(seed)
     if spec.init_job:  # fine-tune a retrieved zoo network: its weights, a new classifier
         source = find_result(store, spec.init_job)
@@ -62,18 +73,23 @@ def run_job(spec: JobSpec, zoo_uri: str, s3: S3Settings | None = None, threads: 
         model = load_checkpoint(store, source, spec.width)
         model.classifier = torch.nn.Linear(model.classifier.in_features, spec.num_classes)
     else:
-        model = model_for(spec.arch, spec.num_classes, spec.width,
-                          load_base_supernet(store, spec.width, spec.base_weights))
-    started = time.perf_counter()
-    losses, accs = train(model, x, y, xt, yt, settings, device, seed)
+        supernet = (cache.supernet(store, spec.width, spec.base_weights) if cache is not None
+                    else load_base_supernet(store, spec.width, spec.base_weights))
+        torch.manual_seed(seed)  # the new classifier's init depends on the job alone, warm or cold
+        model = model_for(spec.arch, spec.num_classes, spec.width, supernet)
+    setup_seconds = time.perf_counter() - clock
+    started, timings = time.perf_counter(), {}
+    losses, accs = train(model, x, y, xt, yt, settings, device, seed, timings=timings)
     train_seconds = time.perf_counter() - started
 
+    clock = time.perf_counter()
     model.eval()
     params = sum(p.numel() for p in model.parameters())
     flops = count_flops(model.cpu(), settings.image_size)
     model.to(device)
     latency = measure_latency_ms(model, settings.image_size, device, settings.latency_repeats)
     embedding = functional_embedding(model, spec.noise_seed, spec.noise_shape, device)
+    profile_seconds = time.perf_counter() - clock
 
     record = ResultRecord(
         job_id=spec.job_id, dataset_id=spec.dataset_id, arch=spec.arch,
@@ -83,15 +99,18 @@ def run_job(spec: JobSpec, zoo_uri: str, s3: S3Settings | None = None, threads: 
         num_classes=spec.num_classes, epochs=settings.epochs, image_size=settings.image_size,
         train_seconds=train_seconds, epoch_losses=losses, epoch_accuracies=accs,
         base_weights=f"job:{spec.init_job}" if spec.init_job else spec.base_weights.id,
-        created_at=datetime.now(timezone.utc).isoformat())
+        created_at=datetime.now(timezone.utc).isoformat(), data_seconds=data_seconds,
+        setup_seconds=setup_seconds, eval_seconds=timings.get("eval", 0.0), profile_seconds=profile_seconds)
     # the checkpoint describes itself: its metadata holds what `tans export` writes as config.json
     config = network_config(record, read_dataset(store, spec.dataset_id), spec.width)
+    clock = time.perf_counter()
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     blob = save_safetensors(state, metadata=checkpoint_metadata(config))
     sha = hashlib.sha256(blob).hexdigest()
     ckpt_key = spec.checkpoint_key(sha)
     store.write_bytes(ckpt_key, blob, create_only=True)
-    record = dataclasses.replace(record, checkpoint_uri=ckpt_key, checkpoint_sha256=sha)
+    record = dataclasses.replace(record, checkpoint_uri=ckpt_key, checkpoint_sha256=sha,
+                                 checkpoint_seconds=time.perf_counter() - clock)
     if not store.write_table(spec.result_key, to_table([record]), create_only=True):
         committed = committed_result(store, spec)
         if committed.checkpoint_sha256 != sha:  # another attempt won: drop our copy, keep theirs

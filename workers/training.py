@@ -2,6 +2,8 @@
 on CUDA), BatchNorm recalibration and evaluation. Reads top to bottom."""
 from __future__ import annotations
 
+import time
+
 from workers.images import stage_on
 from workers.job import TrainSettings
 
@@ -37,8 +39,9 @@ def evaluate(model, x, y, device="cpu", batch_size: int = 256) -> float:
     return correct / len(x)
 
 
-def train(model, x, y, xt, yt, settings: TrainSettings, device, seed: int, on_epoch=None):
-    """SGD + cosine schedule (paper B.2); returns per-epoch (loss, test accuracy)."""
+def train(model, x, y, xt, yt, settings: TrainSettings, device, seed: int, on_epoch=None, timings=None):
+    """SGD + cosine schedule (paper B.2); returns per-epoch (loss, test accuracy). With a dict
+    `timings`, adds the seconds spent evaluating (BatchNorm recalibration + test) as "eval"."""
     import torch
     torch.manual_seed(seed)
     model.to(device)
@@ -70,8 +73,11 @@ def train(model, x, y, xt, yt, settings: TrainSettings, device, seed: int, on_ep
             total += float(loss.detach()) * len(idx)
             n += len(idx)
         losses.append(total / max(n, 1))
+        started = time.perf_counter()
         recalibrate_bn(model, x, device)
         accs.append(evaluate(model, xt, yt, device))
+        if timings is not None:
+            timings["eval"] = timings.get("eval", 0.0) + time.perf_counter() - started
         if on_epoch:
             on_epoch(epoch, losses[-1], accs[-1])
     return losses, accs

@@ -59,6 +59,14 @@ class ResultRecord:
     epoch_accuracies: list[float]
     base_weights: str
     created_at: str
+    # where the job's time went, in seconds (0 in rows written before these columns): reading
+    # and decoding its data, building the network, evaluating (inside train_seconds, which
+    # covers the epochs with their evaluations), profiling, writing the checkpoint
+    data_seconds: float = 0.0
+    setup_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    profile_seconds: float = 0.0
+    checkpoint_seconds: float = 0.0
 
 
 _ARROW_TYPES: dict[str, pa.DataType] = {

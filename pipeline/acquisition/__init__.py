@@ -2,7 +2,7 @@
 
 `base` (the Policy interface and its contract), `registry` (policies by strategy name),
 `random` and `pareto` (the policies), `predictor` (the MC-dropout accuracy predictor),
-`hypervolume` (normalized Pareto hypervolumes) and `profiles` (the candidate pool's
-measured costs and functional embeddings). Importing the package registers every policy.
+`hypervolume` (normalized Pareto hypervolumes, per dataset and as the zoo grew),
+`profiles` (the candidate pool's costs and functional embeddings, as cached) and
+`profiling` (measuring them).
 """
-from pipeline.acquisition import pareto, random  # noqa: F401 (each registers its policy)

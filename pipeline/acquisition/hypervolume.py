@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.acquisition.profiles import Prior
+from zoo_schema.records import ResultRecord
+
 REF = np.array([1.1, 1.1, 1.1])
 REF_VOLUME = float(np.prod(REF))
 
@@ -77,4 +80,40 @@ def gains(front: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     for i in np.flatnonzero(~weakly):
         pts = np.vstack([front, candidates[i]])
         out[i] = pygmo.hypervolume(pts).compute(REF) - base
+    return out
+
+
+# -- over a zoo's results ---------------------------------------------------------------
+
+def point_of(r: ResultRecord, normalizer: Normalizer, prior: Prior) -> np.ndarray:
+    """A result as minimization objectives; latency/params from the pool profile when known."""
+    prof = prior.profiles.get(r.arch)
+    lat, par = (prof.latency_ms, prof.params) if prof else (r.latency_ms, r.params)
+    return normalizer.objectives(r.accuracy, lat, par)[0]
+
+
+def normalizer_for(profiles: dict) -> Normalizer:
+    return Normalizer(*Prior({}, profiles).bounds())
+
+
+def dataset_hypervolumes(results: list[ResultRecord], profiles: dict, dataset_ids: list[str]) -> dict[str, float]:
+    """Each dataset's normalized hypervolume over its results (0 for a dataset without any)."""
+    norm, prior = normalizer_for(profiles), Prior({}, profiles)
+    points: dict[str, list] = {d: [] for d in dataset_ids}
+    for r in results:
+        if r.dataset_id in points:
+            points[r.dataset_id].append(point_of(r, norm, prior))
+    return {d: normalized_hypervolume(np.array(p)) if p else 0.0 for d, p in points.items()}
+
+
+def hv_history(results: list[ResultRecord], profiles: dict, dataset_ids: list[str]) -> list[float]:
+    """Mean normalized hypervolume across the datasets after each result, in commit order."""
+    norm, prior = normalizer_for(profiles), Prior({}, profiles)
+    points: dict[str, list] = {d: [] for d in dataset_ids}
+    hv = {d: 0.0 for d in dataset_ids}
+    out = []
+    for r in sorted(results, key=lambda r: (r.created_at, r.job_id)):
+        points.setdefault(r.dataset_id, []).append(point_of(r, norm, prior))
+        hv[r.dataset_id] = normalized_hypervolume(np.array(points[r.dataset_id]))
+        out.append(float(np.mean(list(hv.values()))))
     return out

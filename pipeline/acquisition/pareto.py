@@ -29,10 +29,10 @@ import numpy as np
 
 from pipeline.acquisition import predictor
 from pipeline.acquisition.base import Pair, PolicyContext, first_allowed, taken_pairs
-from pipeline.acquisition.hypervolume import Normalizer, gains, normalized_hypervolume
-from pipeline.acquisition.profiles import Prior, load_prior, topology_of
+from pipeline.acquisition.hypervolume import Normalizer, gains, point_of
+from pipeline.acquisition.profiles import Prior, topology_of
+from pipeline.acquisition.profiling import load_prior
 from pipeline.acquisition.random import RandomPolicy
-from pipeline.acquisition.registry import register
 from zoo_schema.records import ResultRecord
 from zoo_schema.results import ZooState
 
@@ -43,14 +43,6 @@ def training_size(n_results: int, n_init_total: int, every: int) -> int:
     return min(n_results, max(m, n_init_total))
 
 
-def point_of(r: ResultRecord, normalizer: Normalizer, prior: Prior) -> np.ndarray:
-    """A result as minimization objectives; latency/params from the pool profile when known."""
-    prof = prior.profiles.get(r.arch)
-    lat, par = (prof.latency_ms, prof.params) if prof else (r.latency_ms, r.params)
-    return normalizer.objectives(r.accuracy, lat, par)[0]
-
-
-@register("pareto")
 class ParetoPolicy:
     """Algorithm 1 (see the module's docstring); random pairs until every dataset has its
     initial ones, and whenever the predictor cannot be trained yet."""
@@ -171,30 +163,3 @@ class ParetoPolicy:
             if by_dataset[d]:
                 score(d)
         return out
-
-
-def normalizer_for(profiles: dict) -> Normalizer:
-    return Normalizer(*Prior({}, profiles).bounds())
-
-
-def dataset_hypervolumes(results: list[ResultRecord], profiles: dict, dataset_ids: list[str]) -> dict[str, float]:
-    """Each dataset's normalized hypervolume over its results (0 for a dataset without any)."""
-    norm, prior = normalizer_for(profiles), Prior({}, profiles)
-    points: dict[str, list] = {d: [] for d in dataset_ids}
-    for r in results:
-        if r.dataset_id in points:
-            points[r.dataset_id].append(point_of(r, norm, prior))
-    return {d: normalized_hypervolume(np.array(p)) if p else 0.0 for d, p in points.items()}
-
-
-def hv_history(results: list[ResultRecord], profiles: dict, dataset_ids: list[str]) -> list[float]:
-    """Mean normalized hypervolume across the datasets after each result, in commit order."""
-    norm, prior = normalizer_for(profiles), Prior({}, profiles)
-    points: dict[str, list] = {d: [] for d in dataset_ids}
-    hv = {d: 0.0 for d in dataset_ids}
-    out = []
-    for r in sorted(results, key=lambda r: (r.created_at, r.job_id)):
-        points.setdefault(r.dataset_id, []).append(point_of(r, norm, prior))
-        hv[r.dataset_id] = normalized_hypervolume(np.array(points[r.dataset_id]))
-        out.append(float(np.mean(list(hv.values()))))
-    return out

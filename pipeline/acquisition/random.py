@@ -5,11 +5,9 @@ import random
 from typing import Iterator
 
 from pipeline.acquisition.base import Pair, PolicyContext, first_allowed, taken_pairs
-from pipeline.acquisition.registry import register
 from zoo_schema.results import ZooState
 
 
-@register("random")
 class RandomPolicy:
     """The paper's baseline zoo: random pool architectures, spread evenly over the datasets.
 

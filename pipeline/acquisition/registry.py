@@ -1,16 +1,21 @@
 """The registry of acquisition policies, by strategy name (a leaf: it imports no policy).
 
-Policies register themselves with `@register(name)` when their module is imported;
-importing the `pipeline.acquisition` package imports them all (as timm's model registry
-does). `create_policy` and `check_strategy` refuse an unknown name with the valid list.
+The built-in policies are named by `module:Class` and imported when first created, so that
+checking a name or reading the zoo never loads torch; another policy registers itself with
+`@register(name)` on its class. `create_policy` and `check_strategy` refuse an unknown name
+with the valid list.
 """
 from __future__ import annotations
 
+import importlib
 from typing import Callable
 
 from zoo_schema.errors import ConfigError
 
-POLICIES: dict[str, Callable] = {}
+POLICIES: dict[str, Callable | str] = {
+    "random": "pipeline.acquisition.random:RandomPolicy",
+    "pareto": "pipeline.acquisition.pareto:ParetoPolicy",
+}
 
 
 def register(name: str):
@@ -29,4 +34,8 @@ def check_strategy(name: str) -> None:
 def create_policy(name: str, context):
     """The policy registered as `name`, built from a `PolicyContext`."""
     check_strategy(name)
-    return POLICIES[name](context)
+    policy = POLICIES[name]
+    if isinstance(policy, str):
+        module, _, attr = policy.partition(":")
+        policy = getattr(importlib.import_module(module), attr)
+    return policy(context)

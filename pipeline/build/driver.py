@@ -12,8 +12,8 @@ import time
 from dataclasses import dataclass, field
 
 from pipeline.acquisition.base import Pair, PolicyContext
-from pipeline.acquisition.pareto import dataset_hypervolumes, hv_history
-from pipeline.acquisition.profiles import profile_pool
+from pipeline.acquisition.hypervolume import dataset_hypervolumes, hv_history
+from pipeline.acquisition.profiling import profile_pool
 from pipeline.acquisition.registry import create_policy
 from pipeline.build.config import BuildConfig
 from pipeline.build.executor import Executor, Outcome

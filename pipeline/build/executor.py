@@ -8,7 +8,9 @@ Contract (`Executor`; tested over the Ray and replay executors):
 - a job's exception is an outcome (`Outcome.error`), never raised; only a signal to stop
   (`Interrupted`) propagates;
 - `universe()` is the set of pairs the executor can run (None: any), which the policy
-  must stay inside.
+  must stay inside;
+- `close()` frees what it holds (warm workers); jobs still in flight are abandoned (their
+  results, if any, commit as usual; a resumed build finds them).
 """
 from __future__ import annotations
 
@@ -16,12 +18,14 @@ import dataclasses
 import os
 import signal
 import threading
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Protocol
 
 from pipeline.acquisition.base import Pair
 from pipeline.build.signals import interruption
+from workers.cache import JobCache
 from workers.job import JobSpec
 from workers.run import run_job
 from zoo_schema.errors import Interrupted
@@ -37,6 +41,8 @@ class ResourceSettings:
     num_gpus: float = 0.0           # per fine-tuning task; >0 makes tasks wait for GPU nodes
     max_in_flight: int = 2          # fine-tuning tasks running at once
     max_attempts: int = 3           # a job whose worker died is retried up to this many tries
+    warm_workers: bool = True       # long-lived workers (Ray actors) that keep data and weights
+    worker_cache_mb: int = 2048     # per warm worker: decoded dataset splits held between jobs
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,8 @@ class Executor(Protocol):
     def wait(self, timeout: float | None = None) -> list[Outcome]: ...
 
     def universe(self) -> frozenset[Pair] | None: ...
+
+    def close(self) -> None: ...
 
 
 def start_ray(address: str = "", num_cpus: int | None = None, num_gpus: int | None = None):
@@ -130,19 +138,45 @@ def _run_remote(spec: JobSpec, zoo_uri: str, s3: S3Settings, threads: int):
     return run_job(spec, zoo_uri, s3, threads=threads)
 
 
+class WarmWorker:
+    """A long-lived worker (a Ray actor): runs jobs one at a time with a `JobCache`, so the base
+    supernet is loaded and a dataset decoded once per worker, not once per job."""
+
+    def __init__(self, zoo_uri: str, s3: S3Settings, threads: int, cache_mb: int):
+        self.zoo_uri, self.s3, self.threads = zoo_uri, s3, threads
+        self.cache = JobCache(cache_mb << 20)
+
+    def run(self, spec: JobSpec) -> ResultRecord:
+        return run_job(spec, self.zoo_uri, self.s3, threads=self.threads, cache=self.cache)
+
+
 @dataclass
 class RayExecutor:
     zoo_uri: str
     s3: S3Settings
     resources: ResourceSettings
 
+    """Runs each job on the Ray cluster: by default on a pool of warm workers (actors holding
+    the base supernet and recently used datasets), as many as `max_in_flight` and the
+    cluster's CPUs and GPUs allow; a dataset's next job goes to a free worker that holds it,
+    else to any free one, else it queues behind the least loaded worker's job. A worker that
+    dies is replaced; its job fails like any other and is retried by the driver. Or one fresh
+    task per job (`resources.warm_workers = false`)."""
+
     def __post_init__(self):
         import ray
         self._ray = ray
+        self._threads = max(1, int(self.resources.num_cpus))
         self._task = ray.remote(_run_remote).options(
             num_cpus=self.resources.num_cpus, num_gpus=self.resources.num_gpus,
             max_retries=0, retry_exceptions=False)  # the driver retries, recording each reason
-        self._pending: dict = {}
+        self._actor_class = ray.remote(WarmWorker).options(
+            num_cpus=self.resources.num_cpus, num_gpus=self.resources.num_gpus, max_restarts=0,
+            max_task_retries=0)
+        self._pending: dict = {}            # ref -> (spec, worker slot or None)
+        self._workers: dict[int, object] = {}   # slot -> actor handle
+        self._holds: dict[int, list[str]] = {}  # slot -> dataset ids it ran, most recent last
+        self.replaced = 0                   # workers that died and were replaced
 
     @property
     def in_flight(self) -> int:
@@ -151,10 +185,66 @@ class RayExecutor:
     def universe(self) -> None:
         return None  # any pair: the workers train what they are given
 
+    def close(self) -> None:
+        """Stop the warm workers now (their CPUs and GPUs are freed for whatever runs next)."""
+        for actor in self._workers.values():
+            self._ray.kill(actor)
+        self._workers.clear()
+        self._holds.clear()
+
     def submit(self, spec: JobSpec) -> None:
-        threads = max(1, int(self.resources.num_cpus))
-        ref = self._task.remote(spec, self.zoo_uri, self.s3, threads)
-        self._pending[ref] = spec
+        if not self.resources.warm_workers:
+            self._pending[self._task.remote(spec, self.zoo_uri, self.s3, self._threads)] = (spec, None)
+            return
+        slot = self._free_slot(spec.dataset_id)
+        if slot not in self._workers:
+            self._workers[slot] = self._actor_class.remote(self.zoo_uri, self.s3, self._threads,
+                                                           self.resources.worker_cache_mb)
+        holds = [d for d in self._holds.get(slot, []) if d != spec.dataset_id] + [spec.dataset_id]
+        self._holds[slot] = holds[-8:]
+        self._pending[self._workers[slot].run.remote(spec)] = (spec, slot)
+
+    def _free_slot(self, dataset_id: str) -> int:
+        """A free worker that ran this dataset last (its data is likely still held), else any
+        free worker, else the least loaded one (the job queues behind its current one)."""
+        load = Counter(slot for _, slot in self._pending.values())
+        slots = range(self._capacity())
+        free = [slot for slot in slots if not load[slot]]
+        holding = [slot for slot in free if dataset_id in self._holds.get(slot, [])]
+        if holding:
+            return max(holding, key=lambda slot: self._holds[slot].index(dataset_id))
+        running = [slot for slot in free if slot in self._workers]
+        if running:
+            return running[0]
+        if free and (not self._workers or self._fits_another()):
+            return free[0]  # a new worker: the cluster has room for it now
+        # no room for another worker (e.g. a node was lost): queue behind a live one's job
+        live = [slot for slot in slots if slot in self._workers] or list(slots)
+        return min(live, key=lambda slot: load[slot])
+
+    def _fits_another(self) -> bool:
+        """Whether the cluster's free CPUs and GPUs hold one more worker now. A worker keeps
+        its resources while it lives, so one created without room could wait forever."""
+        free = self._ray.available_resources()
+        return (free.get("CPU", 0) >= self.resources.num_cpus
+                and free.get("GPU", 0) >= self.resources.num_gpus)
+
+    def _capacity(self) -> int:
+        """How many warm workers the cluster can hold at once (they keep their CPUs and GPUs
+        while they live): at most `max_in_flight`, at least one."""
+        total = self._ray.cluster_resources()
+        n = self.resources.max_in_flight
+        if self.resources.num_cpus > 0:
+            n = min(n, int(total.get("CPU", 0) // self.resources.num_cpus))
+        if self.resources.num_gpus > 0:
+            n = min(n, int(total.get("GPU", 0) // self.resources.num_gpus))
+        return max(1, n)
+
+    def _replace(self, slot: int) -> None:
+        """Forget a dead worker; its slot gets a fresh one at the next submit."""
+        self._workers.pop(slot, None)
+        self._holds.pop(slot, None)
+        self.replaced += 1
 
     def wait(self, timeout: float | None = None) -> list[Outcome]:
         if not self._pending:
@@ -162,13 +252,16 @@ class RayExecutor:
         ready, _ = self._ray.wait(list(self._pending), num_returns=1, timeout=timeout)
         outcomes = []
         for ref in ready:
-            spec = self._pending.pop(ref)
+            spec, slot = self._pending.pop(ref)
             try:
                 outcomes.append(Outcome(spec, result=self._ray.get(ref)))
             except Exception as e:  # noqa: BLE001 - a failed job is an outcome, not a crash
                 if interruption(e) is not None:  # unless a signal arrived inside ray.get
                     raise interruption(e) from None
-                outcomes.append(Outcome(spec, error=e.cause if getattr(e, "cause", None) else e))
+                if slot is not None and isinstance(e, self._ray.exceptions.RayActorError):
+                    self._replace(slot)  # the worker died (killed, out of memory, node lost)
+                cause = getattr(e, "cause", None)
+                outcomes.append(Outcome(spec, error=cause if isinstance(cause, BaseException) else e))
         return outcomes
 
 
@@ -193,6 +286,9 @@ class ReplayExecutor:
 
     def universe(self) -> frozenset[Pair]:
         return frozenset(self._answers)
+
+    def close(self) -> None:
+        self._queue.clear()
 
     def submit(self, spec: JobSpec) -> None:
         self._queue.append(spec)

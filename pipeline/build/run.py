@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 
-from pipeline.acquisition.profiles import profile_pool
+from pipeline.acquisition.profiling import profile_pool
 from pipeline.acquisition.registry import check_strategy
 from pipeline.build.config import BuildConfig, build_dataclass
 from pipeline.build.driver import BuildSummary, Driver, journal_config
@@ -156,7 +156,7 @@ def run_build(config: BuildConfig, log=print, ray_num_cpus: int | None = None, t
     validate_build(config)
     store = open_store(config.zoo, config.s3)
     lease = Lease(store, ttl=config.lease_seconds, log=log).acquire()
-    tracker = None
+    tracker = executor = None
     try:
         executor, manifest = make_executor(config, store, log, ray_num_cpus)
         profile_pool(store, manifest, config.train.image_size, log)  # hypervolumes need it, any strategy
@@ -168,6 +168,7 @@ def run_build(config: BuildConfig, log=print, ray_num_cpus: int | None = None, t
             + (f"; MLflow at {redact(tracker.uri)}" if tracker else ""))
         summary = Driver(config, store, manifest, executor, tracker, log, lease=lease, progress=progress).run()
         summary.mlflow_run = tracker.build_run.info.run_id if tracker else ""
+        executor.close()  # the warm workers' memory is free for the retriever's training
         if config.retrain.after_build and summary.zoo_results:
             run_retrain(store, config.retrain, config.train.image_size, config.retrain.if_grown,
                         config.mlflow if tracking else None, log)
@@ -183,6 +184,8 @@ def run_build(config: BuildConfig, log=print, ray_num_cpus: int | None = None, t
             raise stop from None  # a signal wrapped by a native call is still a stop, not a crash
         raise
     finally:
+        if executor is not None:
+            executor.close()
         lease.release()
     log(f"build stopped ({summary.stop_reason}): {summary.finished} finished, {summary.failed} failed "
         f"in {summary.seconds:.0f}s; the zoo holds {summary.zoo_results} results")

@@ -42,8 +42,11 @@ def run_finetune(config: BuildConfig, job_id: str, source: str, log=print) -> Re
         f"for {config.train.epochs} epochs")
     executor.submit(spec)
     outcomes = []
-    while not outcomes:
-        outcomes = executor.wait(60)
+    try:
+        while not outcomes:
+            outcomes = executor.wait(60)
+    finally:
+        executor.close()
     outcome = outcomes[0].result
     if outcome is None:
         raise TansError(f"fine-tuning failed: {outcomes[0].error}")

@@ -33,6 +33,8 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.acquisition.hypervolume import front_indices
 from pipeline.commands.status import ZooStatus, hypervolumes, zoo_status
+from retriever.features import load_backbone, split_features
+from retriever.train import load_version, versions
 from zoo_schema.manifest import read_manifest
 from zoo_schema.records import ResultRecord
 from zoo_schema.results import read_state
@@ -377,8 +379,6 @@ def latent_points(store: ZooStore) -> dict | None:
     """2-D PCA of the newest retriever's model embeddings and dataset query embeddings."""
     import torch
 
-    from retriever.features import load_backbone, split_features
-    from retriever.train import load_version, versions
 
     if not versions(store):
         return None
@@ -503,6 +503,9 @@ def _img(fig: Figure, folder: Path, name: str) -> str:
 
 def page(status: ZooStatus, views: list[DatasetView], figures: list[Figure], fronts: list,
          retriever: bool, folder: Path, colours: dict[str, str]) -> str:
+    time_note = "" if status.non_training_share is None else (
+        " Where the jobs' time went: " + ", ".join(f"{k} {v:.0f} s" for k, v in status.job_seconds.items())
+        + f" ({status.non_training_share:.0%} not training).")
     e = html.escape
 
     def num(v):
@@ -574,7 +577,7 @@ figcaption{{max-width:{FIG_WIDTH_PX}px}}section{{margin-bottom:2em}}</style></he
 <h1>tans zoo report</h1>
 <p>Zoo <code>{e(status.zoo)}</code>: {status.datasets} datasets, {status.finished_jobs} networks
 ({status.architectures} architectures), {status.failed_jobs} failed jobs; base weights
-<code>{e(str(status.base_weights))}</code>; mean normalized hypervolume {num(status.mean_hypervolume)}.</p>
+<code>{e(str(status.base_weights))}</code>; mean normalized hypervolume {num(status.mean_hypervolume)}.{time_note}</p>
 <p>Dataset families (colours in every plot): {legend}</p>
 {"".join(notes)}
 <h2>Overview</h2>

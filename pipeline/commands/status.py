@@ -3,8 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from pipeline.acquisition.hypervolume import front_indices
-from pipeline.acquisition.pareto import dataset_hypervolumes, hv_history
+from pipeline.acquisition.hypervolume import dataset_hypervolumes, front_indices, hv_history
 from pipeline.acquisition.profiles import cached_profiles
 from zoo_schema.manifest import read_manifest
 from zoo_schema.results import ZooState, read_state
@@ -42,6 +41,8 @@ class ZooStatus:
     mean_hypervolume: float | None
     hypervolume_history: list[HypervolumePoint]
     per_dataset: list[DatasetStatus]
+    job_seconds: dict[str, float]          # summed over the jobs that recorded their phases
+    non_training_share: float | None       # of those jobs' time, what was not training steps
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -81,7 +82,15 @@ def zoo_status(store: ZooStore, state: ZooState | None = None, hv=None) -> ZooSt
             mean_accuracy=(sum(r.accuracy for r in results) / len(results)) if results else None,
             pareto_front=len(front_indices(costs)),
             hypervolume=round(hv[d.dataset_id], 5) if d.dataset_id in hv else None))
+    timed = [r for r in state.results if r.data_seconds or r.setup_seconds]
+    phases = {"data": sum(r.data_seconds for r in timed), "setup": sum(r.setup_seconds for r in timed),
+              "training": sum(r.train_seconds - r.eval_seconds for r in timed),
+              "evaluation": sum(r.eval_seconds for r in timed), "profiling": sum(r.profile_seconds for r in timed),
+              "checkpoint": sum(r.checkpoint_seconds for r in timed)}
+    total = sum(phases.values())
     return ZooStatus(
+        job_seconds={k: round(v, 2) for k, v in phases.items()},
+        non_training_share=round(1 - phases["training"] / total, 4) if total else None,
         zoo=store.uri, datasets=len(state.datasets), finished_jobs=len(state.results),
         failed_jobs=len(failed_ids), architectures=len({r.arch for r in state.results}),
         base_weights=manifest.base_weights.id if manifest else None,
@@ -103,6 +112,9 @@ def format_status(status: ZooStatus) -> str:
         lines.append(f"{r.dataset_id[:34]:34} {r.classes:>3} {r.train:>5} {r.test:>5} "
                      f"{r.jobs:>4} {r.failed:>4} {pct(r.best_accuracy):>6} "
                      f"{pct(r.mean_accuracy):>6} {r.pareto_front:>5} {pct(r.hypervolume):>6}")
+    if status.non_training_share is not None:
+        parts = ", ".join(f"{k} {v:.0f}s" for k, v in status.job_seconds.items())
+        lines += ["", f"where the jobs' time went: {parts}; {status.non_training_share:.0%} not training"]
     if status.hypervolume_history:
         lines += ["", "mean normalized hypervolume as the zoo grew:"]
         lines += ["  " + "  ".join(f"{h.results}:{h.mean_hypervolume:.3f}"

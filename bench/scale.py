@@ -1,0 +1,73 @@
+"""How the read-only commands' cost grows with the zoo: `tans status` (from the command line)
+and the zoo table read (`tans.open_zoo(ZOO).results()`), each in a fresh process, at 1,000 /
+10,000 / 100,000 result rows. The zoos are synthetic (bench/resume.py's `fill_zoo`: real
+manifest, dataset records, pool profiles and one result file per job, with the results
+snapshot a little behind, as a long build leaves it). Seconds and peak memory of each process.
+Goals (issue 14, on the demo zoo): `status` < 1 s and < 300 MB.
+
+    python bench/scale.py [--sizes 1000,10000,100000]
+
+The last line is the figures as one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench.resume import fill_zoo  # noqa: E402
+
+TABLE = "import sys, tans; t = tans.open_zoo(sys.argv[1]).results(); print(t.num_rows)"
+
+
+def measure(cmd: list[str]) -> tuple[float, float, str]:
+    """(seconds, peak resident MB, stdout) of a fresh process."""
+    started = time.perf_counter()
+    proc = psutil.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            peak = max(peak, proc.memory_info().rss)
+        except psutil.Error:
+            pass
+        time.sleep(0.02)
+    out, err = proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd} failed: {err[-2000:]}")
+    return time.perf_counter() - started, peak / 1e6, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="1000,10000,100000")
+    args = ap.parse_args()
+    from zoo_schema.store import open_store
+    work = Path(tempfile.mkdtemp(prefix="tans-bench-scale-"))
+    figures = {}
+    for n in [int(s) for s in args.sizes.split(",")]:
+        zoo = work / f"zoo-{n}"
+        started = time.perf_counter()
+        fill_zoo(open_store(str(zoo)), n, n_datasets=max(1, -(-n // 100)))
+        made = time.perf_counter() - started
+        status_s, status_mb, out = measure([sys.executable, "-m", "pipeline.cli", "status", str(zoo), "--json"])
+        assert json.loads(out)["finished_jobs"] == n
+        table_s, table_mb, out = measure([sys.executable, "-c", TABLE, str(zoo)])
+        assert int(out.strip()) == n
+        figures[str(n)] = {"status_seconds": round(status_s, 2), "status_peak_mb": round(status_mb),
+                           "table_seconds": round(table_s, 2), "table_peak_mb": round(table_mb),
+                           "zoo_written_seconds": round(made, 1)}
+        print(n, figures[str(n)], file=sys.stderr)
+    figures["goal"] = "status < 1 s and < 300 MB on the demo zoo (64 results)"
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

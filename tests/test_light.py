@@ -1,0 +1,54 @@
+"""Read-only commands stay light, and a search query decodes only the images it samples."""
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+import pipeline.commands.search as search
+from tests.test_executors import committed_zoo
+
+ROOT = Path(__file__).resolve().parents[1]
+PROBE = r"""
+import json, sys
+from pipeline.cli import main
+codes = [main(["status", sys.argv[1], "--json"]), main(["verify", sys.argv[1], "--json", "--dry-run"])]
+print(json.dumps({"codes": codes, "heavy": sorted(m for m in ("torch", "ray", "mlflow", "matplotlib", "ofa")
+                                                     if m in sys.modules)}))
+"""
+
+
+def test_status_and_verify_never_import_torch_ray_or_mlflow(tmp_path):
+    store, specs = committed_zoo(tmp_path / "zoo")
+    r = subprocess.run([sys.executable, "-c", PROBE, store.uri], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    probe = json.loads(r.stdout.strip().splitlines()[-1])
+    assert probe["heavy"] == [] and probe["codes"][0] == 0
+    assert f'"finished_jobs": {len(specs)}' in r.stdout  # status did read the zoo
+
+
+def _png(colour) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_query_samples_per_class_before_decoding(tmp_path, monkeypatch):
+    for cls, colour in (("red", (255, 0, 0)), ("blue", (0, 0, 255))):
+        (tmp_path / "q" / cls).mkdir(parents=True)
+        for i in range(200):
+            (tmp_path / "q" / cls / f"{i:03d}.png").write_bytes(_png(colour))
+    (tmp_path / "q" / "red" / "000-broken.png").write_bytes(b"not an image")
+    decoded = []
+    real = search.decode_rgb_png
+    monkeypatch.setattr(search, "decode_rgb_png", lambda raw, *a: decoded.append(raw) or real(raw, *a))
+    images, labels = search.query_images(str(tmp_path / "q"), per_class=5)
+    assert labels == [0] * 5 + [1] * 5 and len(images) == 10  # blue, red: sorted class order
+    assert len(decoded) <= 11  # 5 per class, plus the broken file if it was drawn
+    again, _ = search.query_images(str(tmp_path / "q"), per_class=5)
+    assert again == images  # seeded
