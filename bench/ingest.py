@@ -32,18 +32,21 @@ from PIL import Image  # noqa: E402
 
 
 def generate(folder: Path, images: int, classes: int) -> None:
-    """Photo-like JPEGs (smooth colour fields, edges and noise), 500x375, quality 90."""
+    """Photo-like JPEGs (smooth colour fields, edges and noise), 500x375, quality 90: per class
+    a few noisy base images, each file a shifted and tinted copy (so no two files are equal)."""
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:375, 0:500].astype(np.float32)
+    bases = []
     for c in range(classes):
         (folder / f"class-{c:02d}").mkdir(parents=True, exist_ok=True)
+        base = np.stack([np.sin(xx / (20 + 7 * c)) * 80 + 120, np.cos(yy / (15 + 5 * c)) * 70 + 110,
+                         (xx + yy) / 875 * 200], axis=-1)
+        bases.append([np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8) for _ in range(4)])
     for i in range(images):
         c = i % classes
-        base = np.stack([np.sin(xx / (20 + 7 * c) + i) * 80 + 120, np.cos(yy / (15 + 5 * c)) * 70 + 110,
-                         (xx + yy) / 875 * 200], axis=-1)
-        noisy = base + rng.normal(0, 12, base.shape)
-        Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(
-            folder / f"class-{c:02d}" / f"{i:06d}.jpg", quality=90)
+        image = np.roll(bases[c][i % 4], (int(rng.integers(375)), int(rng.integers(500))), axis=(0, 1))
+        image = np.clip(image.astype(np.int16) + rng.integers(-20, 20, 3), 0, 255).astype(np.uint8)
+        Image.fromarray(image).save(folder / f"class-{c:02d}" / f"{i:06d}.jpg", quality=90)
 
 
 class PeakMemory:
