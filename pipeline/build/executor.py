@@ -18,6 +18,7 @@ import dataclasses
 import os
 import signal
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -35,13 +36,17 @@ from zoo_schema.results import read_result, read_results
 from zoo_schema.store import S3Settings, ZooStore
 
 
+REPLACE_AFTER_S = 60.0  # a dead warm worker's slot is refilled after this (see RayExecutor._replace)
+
+
 @dataclass(frozen=True)
 class ResourceSettings:
     num_cpus: float = 1.0           # per fine-tuning task
     num_gpus: float = 0.0           # per fine-tuning task; >0 makes tasks wait for GPU nodes
     max_in_flight: int = 2          # fine-tuning tasks running at once
     max_attempts: int = 3           # a job whose worker died is retried up to this many tries
-    warm_workers: bool = True       # long-lived workers (Ray actors) that keep data and weights
+    warm_workers: bool = False      # long-lived workers (Ray actors) that keep data and weights;
+                                    # off by default: see README "Warm workers" (node loss)
     worker_cache_mb: int = 2048     # per warm worker: decoded dataset splits held between jobs
 
 
@@ -177,6 +182,7 @@ class RayExecutor:
         self._workers: dict[int, object] = {}   # slot -> actor handle
         self._holds: dict[int, list[str]] = {}  # slot -> dataset ids it ran, most recent last
         self.replaced = 0                   # workers that died and were replaced
+        self._died: dict[int, float] = {}   # slot -> when its worker died
 
     @property
     def in_flight(self) -> int:
@@ -216,8 +222,10 @@ class RayExecutor:
         running = [slot for slot in free if slot in self._workers]
         if running:
             return running[0]
-        if free and (not self._workers or self._fits_another()):
-            return free[0]  # a new worker: the cluster has room for it now
+        now = time.monotonic()
+        creatable = [slot for slot in free if now - self._died.get(slot, -REPLACE_AFTER_S) >= REPLACE_AFTER_S]
+        if free and (not self._workers or (creatable and self._fits_another())):
+            return (creatable or free)[0]  # a new worker: the cluster has room for it now
         # no room for another worker (e.g. a node was lost): queue behind a live one's job
         live = [slot for slot in slots if slot in self._workers] or list(slots)
         return min(live, key=lambda slot: load[slot])
@@ -241,9 +249,13 @@ class RayExecutor:
         return max(1, n)
 
     def _replace(self, slot: int) -> None:
-        """Forget a dead worker; its slot gets a fresh one at the next submit."""
+        """Forget a dead worker. Its slot gets a fresh one once REPLACE_AFTER_S have passed (by
+        then the cluster knows whether the dead worker's node is gone; a worker created
+        earlier could be counted on the lost node's resources and never start), and at once
+        when no worker is left; meanwhile jobs queue behind the live workers."""
         self._workers.pop(slot, None)
         self._holds.pop(slot, None)
+        self._died[slot] = time.monotonic()
         self.replaced += 1
 
     def wait(self, timeout: float | None = None) -> list[Outcome]:
