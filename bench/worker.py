@@ -81,7 +81,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="tans-bench-worker-"))
     spec = next(s for s in synth.suite() if s.name == args.dataset)
     synth.write_dataset(spec, work / "datasets", seed=0)
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     figures = {"jobs_per_setting": args.jobs, "dataset": args.dataset}
     settings = {"demo_32px_1epoch": TrainSettings(epochs=1, image_size=32),
                 "64px_3epochs": TrainSettings(epochs=3, image_size=64)}

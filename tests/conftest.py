@@ -87,7 +87,7 @@ def s3_bucket(s3_server, request):
 def ray_cluster():
     """A local Ray for the test module, on loopback, with two logical GPUs."""
     import ray
-    ctx = ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, configure_logging=False,
+    ctx = ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, configure_logging=False,
                    log_to_driver=False)
     assert ctx.address_info["node_ip_address"] == "127.0.0.1"
     yield ctx

@@ -87,7 +87,7 @@ def start_ray(address: str = "", num_cpus: int | None = None, num_gpus: int | No
         if address:
             ray.init(address=address, log_to_driver=True)
         else:
-            ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+            ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
                      log_to_driver=True, configure_logging=False)
     except BaseException as e:  # a signal mid-start (Ray's handler raises SystemExit(15))
         if not address:
