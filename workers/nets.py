@@ -36,15 +36,21 @@ def model_for(arch_id: str, num_classes: int, width: float, supernet=None):
                         Arch.parse(arch_id), num_classes)
 
 
-def load_checkpoint(store: ZooStore, record: ResultRecord, width: float):
-    """The fine-tuned network of a result row, its sha256 verified."""
-    from safetensors.torch import load as load_safetensors
-
+def checkpoint_bytes(store: ZooStore, record: ResultRecord) -> bytes:
+    """The checkpoint file of a result row, its sha256 verified."""
     holder, key = checkpoint_location(store, record.checkpoint_uri)
     data = holder.read_bytes(key)
     if hashlib.sha256(data).hexdigest() != record.checkpoint_sha256:
         raise StorageError(f"checkpoint {holder.uri_of(key)} does not match its recorded sha256; "
                            f"it is corrupt: run `tans verify {store.uri}`")
+    return data
+
+
+def load_checkpoint(store: ZooStore, record: ResultRecord, width: float):
+    """The fine-tuned network of a result row, its sha256 verified."""
+    from safetensors.torch import load as load_safetensors
+
+    data = checkpoint_bytes(store, record)
     model = model_for(record.arch, record.num_classes, width)
     model.load_state_dict(load_safetensors(data))
     return model.eval()

@@ -7,7 +7,6 @@ their epoch as the step when the job reports back.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import tempfile
@@ -17,9 +16,8 @@ from pathlib import Path
 
 from pipeline.build.signals import deferred
 from workers.export import network_config
+from workers.nets import checkpoint_bytes
 from workers.job import JobSpec
-from zoo_schema.errors import StorageError
-from zoo_schema.layout import checkpoint_location
 from zoo_schema.shards import read_dataset
 from zoo_schema.records import ResultRecord
 from zoo_schema.redact import redact
@@ -114,11 +112,7 @@ class Tracker:
 
     def _log_network(self, run_id: str, record: ResultRecord) -> None:
         """The network as artifacts of its run: its checkpoint (sha256 verified) and config.json."""
-        holder, key = checkpoint_location(self.store, record.checkpoint_uri)
-        data = holder.read_bytes(key)
-        if hashlib.sha256(data).hexdigest() != record.checkpoint_sha256:
-            raise StorageError(f"checkpoint {holder.uri_of(key)} does not match its recorded sha256; "
-                               f"run `tans verify {self.store.uri}`")
+        data = checkpoint_bytes(self.store, record)
         config = network_config(record, read_dataset(self.store, record.dataset_id), self.width)
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "model.safetensors").write_bytes(data)
