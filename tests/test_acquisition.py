@@ -7,7 +7,7 @@ import pytest
 from pipeline.acquisition.base import ParetoSettings, PolicyContext
 from pipeline.acquisition.hypervolume import REF, Normalizer, gains, hv_history, hypervolume, normalized_hypervolume
 from pipeline.acquisition.pareto import ParetoPolicy, training_size
-from pipeline.acquisition.predictor import fit, mc_samples
+from pipeline.acquisition.predictor import fit, mc_grid, mc_samples
 from pipeline.acquisition.profiles import ArchProfile, Prior
 from workers.ofa_space import arch_pool
 from zoo_schema.records import DatasetRecord, ResultRecord
@@ -43,6 +43,10 @@ def test_training_size_follows_retrain_cadence():
     assert training_size(40, 36, 64) == 36
     assert training_size(100, 36, 64) == 64
     assert training_size(130, 36, 64) == 128
+    # past 16 intervals the interval doubles as the zoo doubles: 40 fits from 420 results (140 datasets x 3) to 14,000
+    assert training_size(1100, 60, 64) == 1024 and training_size(2100, 60, 64) == 2048
+    assert training_size(14_000, 420, 64) == 13_312
+    assert len({training_size(n, 420, 64) for n in range(420, 14_001)}) == 40
 
 
 # -- a small synthetic world: 4 datasets x 12 pool archs, accuracy from a hidden rule ------
@@ -92,6 +96,29 @@ def test_mc_dropout_samples_differ_and_are_seeded():
     assert s.shape == (10, 5) and ((s >= 0) & (s <= 1)).all()
     assert (s.std(0) > 1e-4).all()  # dropout kept on: samples disagree
     assert np.array_equal(s, mc_samples(model, data[:5], topo[:5], func[:5], samples=10, seed=3))
+
+
+def test_mc_grid_equals_mc_samples_over_every_pair():
+    rng = np.random.default_rng(1)
+    data, topo, func = rng.normal(size=(4, 16)), rng.integers(0, 7, (5, 45)), rng.normal(size=(5, 8))
+    rows = [(i, j) for i in range(4) for j in range(5)]
+    d, t, f = data[[i for i, _ in rows]], topo[[j for _, j in rows]], func[[j for _, j in rows]]
+    model = fit(d, t, f, rng.uniform(0.2, 0.9, len(rows)), seed=1, max_epochs=20)
+    grid = mc_grid(model, data, topo, func, samples=6, seed=9)
+    assert grid.shape == (6, 4, 5)
+    assert np.allclose(grid.reshape(6, -1), mc_samples(model, d, t, f, samples=6, seed=9), atol=1e-6)
+
+
+def test_a_policy_that_remembers_proposes_what_a_fresh_one_does():
+    """The policy memoizes (MC grid per model, gains per dataset front): reusing it across
+    steps must give exactly what a resumed build's fresh policy gives."""
+    p = policy()
+    state = make_state(n_per_dataset=3)
+    first = p.propose(state, 2)
+    grown = ZooState(state.datasets, state.results + [result(first[0][0], first[0][1], 0.95, 50)], [])
+    fresh = policy()
+    assert p.propose(grown, 3, pending=frozenset(first[1:])) == fresh.propose(grown, 3, pending=frozenset(first[1:]))
+    assert p.last_scores == pytest.approx(fresh.last_scores)
 
 
 def test_initial_phase_is_random_then_pareto():

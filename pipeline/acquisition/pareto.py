@@ -14,7 +14,7 @@ one predictor pass; sampling fantasies would multiply the hypervolume work by th
 of fantasies for little difference at these batch sizes.
 
 The policy keeps no state that cannot be rebuilt from the zoo: the predictor is a
-deterministic function of the results (trained on m of them in job-id order, m the
+deterministic function of the results (trained on the first m of them in commit order, m the
 largest multiple of `retrain_every` reached, at least the initial phase's size), its
 seed and the pending set. The same zoo state and seed give the same proposals, whether
 the results came from Ray or from replay, and a resumed build proposes what an
@@ -38,8 +38,14 @@ from zoo_schema.results import ZooState
 
 
 def training_size(n_results: int, n_init_total: int, every: int) -> int:
-    """How many results the predictor is trained on, given n results."""
-    m = (n_results // every) * every
+    """How many results the predictor is trained on, given n results: the largest multiple
+    of the retrain interval reached (at least the initial phase's size). The interval is
+    `every` up to 16 intervals' worth of results and doubles each time the zoo doubles past
+    that, so the predictor of a 14,000-result build is fitted 40 times after its initial phase, not 212."""
+    step = every
+    while n_results >= 16 * step:
+        step *= 2
+    m = (n_results // step) * step
     return min(n_results, max(m, n_init_total))
 
 
@@ -57,8 +63,13 @@ class ParetoPolicy:
         self.prior: Prior | None = context.prior
         self.log = context.log
         self._model = None
-        self._model_size = -1
+        self._model_size, self._model_rows = -1, None
         self.last_scores: dict[Pair, float] = {}
+        # memos of pure functions of (zoo state, seed): they only save recomputation
+        self._grid_key = None
+        self._topologies: dict[str, list[int]] = {}
+        self._points: dict[str, np.ndarray] = {}
+        self._gain_cache: dict[tuple, np.ndarray] = {}
 
     # -- inputs -----------------------------------------------------------------------------
     def _ensure_prior(self, dataset_ids: list[str]) -> Prior:
@@ -69,22 +80,22 @@ class ParetoPolicy:
     def _inputs(self, pairs: list[Pair]):
         prior = self.prior
         data = np.stack([prior.features[d] for d, _ in pairs])
-        topo = np.array([topology_of(a) for _, a in pairs], dtype=np.float32)
+        topo = np.array([self._topology(a) for _, a in pairs], dtype=np.float32)
         func = np.stack([np.asarray(prior.profiles[a].functional_embedding, dtype=np.float32) for _, a in pairs])
         return data, topo, func
 
     def _predictor(self, results: list[ResultRecord], n_init_total: int):
-        usable = [r for r in sorted(results, key=lambda r: r.job_id) if r.arch in self.prior.profiles
-                  and r.dataset_id in self.prior.features]
+        usable = [r for r in results if r.arch in self.prior.profiles and r.dataset_id in self.prior.features]
         m = training_size(len(usable), n_init_total, self.settings.retrain_every)
         if m < 4:
             return None
-        if m != self._model_size:
-            rows = usable[:m]
+        rows = sorted(usable, key=lambda r: (r.created_at, r.job_id))[:m]
+        rows_key = hash(tuple(r.job_id for r in rows))
+        if rows_key != self._model_rows:  # retrained when its rows change, not only their count
             data, topo, func = self._inputs([(r.dataset_id, r.arch) for r in rows])
             y = np.array([r.accuracy for r in rows], dtype=np.float32)
             self._model = predictor.fit(data, topo, func, y, seed=self.seed * 1_000_003 + m)
-            self._model_size = m
+            self._model_size, self._model_rows = m, rows_key
             self.log(f"accuracy predictor retrained on {m} results (held-out MSE {self._model.val_mse:.4f})")
         return self._model
 
@@ -120,34 +131,77 @@ class ParetoPolicy:
         believers = sorted(set(pending) | chosen)
         return out + self._pick(state, model, candidates, believers, n - len(out))
 
-    def _pick(self, state: ZooState, model, candidates: list[Pair], believers: list[Pair], n: int) -> list[Pair]:
-        lat_min, lat_max, par_min, par_max = self.prior.bounds()
-        norm = Normalizer(lat_min, lat_max, par_min, par_max)
-        pairs = candidates + [b for b in believers if b[1] in self.prior.profiles]
-        data, topo, func = self._inputs(pairs)
-        seed = self.seed * 7919 + len(state.results)  # not the pending set: see mc_samples
-        samples = predictor.mc_samples(model, data, topo, func, self.settings.mc_samples, seed)
-        mean = samples.mean(0)
-        lat = np.array([self.prior.profiles[a].latency_ms for _, a in pairs])
-        par = np.array([self.prior.profiles[a].params for _, a in pairs])
+    def _grid(self, model, dataset_ids: list[str]):
+        """MC samples [S, D, A] and their mean for every (dataset, pool arch) pair, for this
+        model: computed once per retraining (seeded by the model's size), then indexed."""
+        key = (self._model_rows, tuple(dataset_ids))
+        if self._grid_key != key:
+            archs = [a for a in self.pool if a in self.prior.profiles]
+            data = np.stack([self.prior.features[d] for d in dataset_ids])
+            topo = np.array([self._topology(a) for a in archs], dtype=np.float32)
+            func = np.stack([np.asarray(self.prior.profiles[a].functional_embedding, dtype=np.float32)
+                             for a in archs])
+            samples = predictor.mc_grid(model, data, topo, func, self.settings.mc_samples,
+                                        seed=self.seed * 7919 + self._model_size)
+            self._grid_key, self._samples, self._mean = key, samples, samples.mean(0)
+            self._d_index = {d: i for i, d in enumerate(dataset_ids)}
+            self._a_index = {a: j for j, a in enumerate(archs)}
+            lat = np.array([self.prior.profiles[a].latency_ms for a in archs])
+            par = np.array([self.prior.profiles[a].params for a in archs])
+            lat_min, lat_max, par_min, par_max = self.prior.bounds()
+            self._norm = Normalizer(lat_min, lat_max, par_min, par_max)
+            self._cost = self._norm.objectives(np.zeros(len(archs)), lat, par)[:, 1:]       # [A, 2]
+            self._gain_cache.clear()
+        return self._samples, self._mean
 
+    def _topology(self, arch: str) -> list[int]:
+        if arch not in self._topologies:
+            self._topologies[arch] = topology_of(arch)
+        return self._topologies[arch]
+
+    def _point(self, r: ResultRecord) -> np.ndarray:
+        """A result's objectives (a pure function of the record and the pool profiles)."""
+        if r.job_id not in self._points:
+            self._points[r.job_id] = point_of(r, self._norm, self.prior)
+        return self._points[r.job_id]
+
+    def _believed(self, pair: Pair) -> np.ndarray:
+        """A pending pair's objectives at the predictor's mean accuracy."""
+        i, j = self._d_index[pair.dataset_id], self._a_index[pair.arch]
+        return np.array([1.0 - float(np.clip(self._mean[i, j], 0, 1)), *self._cost[j]])
+
+    def _dataset_gains(self, dataset_id: str, front: list[np.ndarray]) -> np.ndarray:
+        """Mean over MC samples of each pool arch's hypervolume gain on this dataset's front
+        [A]; memoized by (model, front), so a step rescores only the datasets it changed."""
+        front_arr = np.array(front, dtype=float).reshape(-1, 3)
+        key = (dataset_id, np.unique(front_arr, axis=0).tobytes())
+        if key not in self._gain_cache:
+            acc = self._samples[:, self._d_index[dataset_id], :]                        # [S, A]
+            s, a = acc.shape
+            objs = np.concatenate([1.0 - np.clip(acc, 0, 1)[..., None],
+                                   np.broadcast_to(self._cost, (s, a, 2))], axis=2)     # [S, A, 3]
+            self._gain_cache[key] = gains(front_arr, objs.reshape(-1, 3)).reshape(s, a).mean(0)
+        return self._gain_cache[key]
+
+    def _pick(self, state: ZooState, model, candidates: list[Pair], believers: list[Pair], n: int) -> list[Pair]:
+        dataset_ids = sorted(d.dataset_id for d in state.datasets if d.dataset_id in self.prior.features)
+        self._grid(model, dataset_ids)
+        candidates = [c for c in candidates if c.dataset_id in self._d_index and c.arch in self._a_index]
         fronts: dict[str, list] = {}
         for r in state.results:
-            fronts.setdefault(r.dataset_id, []).append(point_of(r, norm, self.prior))
-        for i in range(len(candidates), len(pairs)):  # pending jobs at their believed accuracy
-            fronts.setdefault(pairs[i][0], []).append(norm.objectives(mean[i], lat[i], par[i])[0])
-
+            fronts.setdefault(r.dataset_id, []).append(self._point(r))
+        for b in map(Pair._make, believers):  # pending jobs at their believed accuracy
+            if b.dataset_id in self._d_index and b.arch in self._a_index:
+                fronts.setdefault(b.dataset_id, []).append(self._believed(b))
         by_dataset: dict[str, list[int]] = {}
-        for i, (d, _) in enumerate(candidates):
-            by_dataset.setdefault(d, []).append(i)
+        for i, c in enumerate(candidates):
+            by_dataset.setdefault(c.dataset_id, []).append(i)
         scores = np.full(len(candidates), -np.inf)
 
         def score(d: str) -> None:
-            idx = np.array(by_dataset[d])
-            objs = np.stack([norm.objectives(samples[s, idx], lat[idx], par[idx])
-                             for s in range(samples.shape[0])])  # [S, c, 3]
-            g = gains(np.array(fronts.get(d, [])).reshape(-1, 3), objs.reshape(-1, 3))
-            scores[idx] = g.reshape(samples.shape[0], len(idx)).mean(0)
+            idx = by_dataset[d]
+            g = self._dataset_gains(d, fronts.get(d, []))
+            scores[idx] = g[[self._a_index[candidates[i].arch] for i in idx]]
 
         for d in by_dataset:
             score(d)
@@ -155,11 +209,11 @@ class ParetoPolicy:
         out = []
         for _ in range(min(n, len(candidates))):
             best = int(np.argmax(scores))  # ties: the first in sorted candidate order
-            d = candidates[best][0]
-            out.append(candidates[best])
+            pick = candidates[best]
+            out.append(pick)
             scores[best] = -np.inf
-            by_dataset[d] = [i for i in by_dataset[d] if i != best]
-            fronts.setdefault(d, []).append(norm.objectives(mean[best], lat[best], par[best])[0])
-            if by_dataset[d]:
-                score(d)
+            by_dataset[pick.dataset_id] = [i for i in by_dataset[pick.dataset_id] if i != best]
+            fronts.setdefault(pick.dataset_id, []).append(self._believed(pick))
+            if by_dataset[pick.dataset_id]:
+                score(pick.dataset_id)
         return out
