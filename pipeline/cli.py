@@ -333,7 +333,8 @@ def _build_flags(b) -> None:
     b.add_argument("--epochs", type=_positive_int, metavar="N", help="fine-tuning epochs per job (default 2)")
     b.add_argument("--image-size", type=_positive_int, metavar="PX",
                    help="input side in pixels for fine-tuning and measurements (default 32)")
-    b.add_argument("--strategy", metavar="NAME", help="acquisition strategy: pareto (default) or random")
+    b.add_argument("--strategy", metavar="NAME",
+                   help="acquisition strategy: pareto (default), random, or a peer: nsga2, tpe, qnehvi")
     b.add_argument("--seed", type=int, metavar="N", help="seed of the acquisition policy (default 0)")
     b.add_argument("--max-in-flight", type=_positive_int, metavar="N", help="fine-tuning jobs running at once")
     b.add_argument("--mlflow-uri", metavar="URI",

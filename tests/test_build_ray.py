@@ -2,6 +2,7 @@
 images, the zoo on local disk and on an S3 endpoint, MLflow in a sqlite store."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 
@@ -10,7 +11,7 @@ import torch
 
 from pipeline.build.run import run_build
 from pipeline.build.config import load_config
-from zoo_schema.results import read_results
+from zoo_schema.results import ZooState, read_results
 from zoo_schema.journal import read_failures
 from pipeline.commands.status import format_status, zoo_status
 from workers.training import evaluate
@@ -191,6 +192,21 @@ def test_pareto_build_on_ray_then_replay_gives_same_proposals(ray_cluster, tiny_
         cfg = load_config(None, pareto)
         return ParetoPolicy(PolicyContext(0, tuple(pool), store=s, manifest=read_manifest(s), pareto=cfg.pareto,
                                           image_size=cfg.train.image_size, log=lambda *_: None)).propose(st, 3)
-    assert proposals(store, state) == proposals(open_store(replay_zoo), replayed)
+    # the predictor trains on the first m results in commit order: with the Ray build's commit
+    # times, the replayed zoo (its copied features and profiles) gives the same proposals
+    when = {(r.dataset_id, r.arch): r.created_at for r in state.results}
+    aligned = ZooState(replayed.datasets, [dataclasses.replace(r, created_at=when[(r.dataset_id, r.arch)])
+                                           for r in replayed.results], replayed.failures)
+    assert proposals(store, state) == proposals(open_store(replay_zoo), aligned)
     status = zoo_status(store)
     assert 0 < status.mean_hypervolume <= 1 and len(status.hypervolume_history) >= 1
+    # the peers run through the same driver and store: a replayed build, then its resume
+    for name in ("nsga2", "tpe", "qnehvi"):
+        peer_zoo = str(tmp_path / f"peer-{name}")
+        peer = config(peer_zoo, tiny_datasets, tmp_path, strategy=name, max_jobs=6, executor=f"replay:{zoo}")
+        assert run_build(peer, tracking=False).finished == 6
+        grown = run_build(config(peer_zoo, tiny_datasets, tmp_path, strategy=name, max_jobs=7,
+                                 executor=f"replay:{zoo}"), tracking=False)
+        peer_state = read_state(open_store(peer_zoo))
+        assert grown.finished == 1 and len(peer_state.results) == 7
+        assert len({(r.dataset_id, r.arch) for r in peer_state.results}) == 7

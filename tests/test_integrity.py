@@ -358,7 +358,7 @@ def test_read_only_commands_on_a_mistyped_path_create_nothing(command, tmp_path,
 def test_whole_config_is_checked_before_anything_starts(tiny_datasets, tmp_path):
     zoo = tmp_path / "zoo"
     started = time.monotonic()
-    with pytest.raises(ConfigError, match="unknown strategy 'bogus'; valid strategies: pareto, random"):
+    with pytest.raises(ConfigError, match="unknown strategy 'bogus'; valid strategies: nsga2, pareto, qnehvi, random, tpe"):
         run_build(load_config(None, {"zoo": str(zoo), "datasets": [str(tiny_datasets)], "strategy": "bogus"}))
     assert time.monotonic() - started < 10 and not zoo.exists()
     collide = tmp_path / "collide"

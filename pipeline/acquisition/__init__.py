@@ -1,8 +1,9 @@
 """Acquisition: which (dataset, architecture) pairs the zoo trains next.
 
 `base` (the Policy interface and its contract), `registry` (policies by strategy name),
-`random` and `pareto` (the policies), `predictor` (the MC-dropout accuracy predictor),
-`hypervolume` (normalized Pareto hypervolumes, per dataset and as the zoo grew),
+`random` and `pareto` (the policies), `peers` (Optuna's NSGA-II and TPE and BoTorch's
+qNEHVI as policies: strategies nsga2, tpe, qnehvi), `predictor` (the MC-dropout accuracy
+predictor), `hypervolume` (normalized Pareto hypervolumes, per dataset and as the zoo grew),
 `profiles` (the candidate pool's costs and functional embeddings, as cached) and
 `profiling` (measuring them).
 """

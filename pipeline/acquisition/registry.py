@@ -15,6 +15,9 @@ from zoo_schema.errors import ConfigError
 POLICIES: dict[str, Callable | str] = {
     "random": "pipeline.acquisition.random:RandomPolicy",
     "pareto": "pipeline.acquisition.pareto:ParetoPolicy",
+    "nsga2": "pipeline.acquisition.peers:NSGA2Policy",
+    "tpe": "pipeline.acquisition.peers:TPEPolicy",
+    "qnehvi": "pipeline.acquisition.peers:QNEHVIPolicy",
 }
 
 

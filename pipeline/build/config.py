@@ -46,7 +46,7 @@ class BuildConfig:
     zoo: str = "./zoo"              # or $TANS_ZOO when the file does not set it
     datasets: list[str] = field(default_factory=list)  # dirs whose sub-folders are datasets
     max_jobs: int = 64              # total jobs (finished + failed) the zoo should hold
-    strategy: str = "pareto"        # "pareto" (paper Algorithm 1) or "random"
+    strategy: str = "pareto"        # "pareto" (paper Algorithm 1), "random", "nsga2", "tpe", "qnehvi"
     seed: int = 0
     address: str = ""               # Ray address; empty starts a local Ray
     executor: str = "ray"           # "ray", or "replay:ZOO_URI" to answer jobs from an evaluated zoo
