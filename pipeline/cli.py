@@ -134,8 +134,12 @@ def _verify(args) -> int:
 
 def _lease(args) -> int:
     from pipeline.build.lease import break_lease, inspect, read_lease
+    from zoo_schema.layout import LEASE
+    from zoo_schema.manifest import require_zoo
     from zoo_schema.store import S3Settings, open_store
     store = open_store(args.zoo, S3Settings(endpoint_url=args.s3_endpoint))
+    if not store.exists(LEASE):
+        require_zoo(store)  # a mistyped path is an error, not "no lease"
     if args.lease_command == "break":
         print(break_lease(store, args.force))
         return 0

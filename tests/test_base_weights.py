@@ -71,3 +71,15 @@ def test_ofa_published_checkpoint_format_is_accepted(tmp_path):
     loaded = load_base_supernet(store, 1.2, entry).state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in state.items())
     json.dumps(entry.to_json())  # the manifest entry is plain JSON
+
+
+def test_pretrained_weights_are_written_whole_or_not_at_all(tmp_path):
+    from pipeline.commands.pretrain import write_file
+    out = tmp_path / "weights" / "base.safetensors"
+    write_file(str(out), b"first", None)
+    write_file(str(out), b"second", None)
+    assert out.read_bytes() == b"second" and [p.name for p in out.parent.iterdir()] == ["base.safetensors"]
+    (tmp_path / "dir.safetensors").mkdir()  # a directory where the file should go: refused, no temp left
+    with pytest.raises(ConfigError, match="cannot write .*dir.safetensors"):
+        write_file(str(tmp_path / "dir.safetensors"), b"x", None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.safetensors", "weights"]

@@ -173,5 +173,16 @@ def test_lease_break_and_show(zoo, holder, capsys):
     out = capsys.readouterr().out
     assert f"removed the stale lease of {shown['holder']}" in out and "no longer running" in out
     assert not zoo.exists(LEASE_KEY)
+    # this store only ever held a lease: without it, it is no zoo at all
+    assert main(["lease", "break", zoo.uri]) == 3
+    assert "there is no zoo at" in capsys.readouterr().err
+    zoo.write_bytes("datasets/d.parquet", b"")  # a zoo that holds a dataset, and no lease
     assert main(["lease", "break", zoo.uri]) == 0
     assert "there is no lease" in capsys.readouterr().out
+
+
+def test_lease_commands_on_a_mistyped_path_say_there_is_no_zoo(tmp_path, capsys):
+    for command in ("show", "break"):
+        assert main(["lease", command, str(tmp_path / "no-such-zoo")]) == 3
+        assert "there is no zoo at" in capsys.readouterr().err
+    assert not (tmp_path / "no-such-zoo").exists()

@@ -18,9 +18,11 @@ state_dict is written as one safetensors file (local or s3://). That file is bot
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -161,11 +163,25 @@ def pretrain_base(store: ZooStore, out: str, settings: PretrainSettings = Pretra
 
 
 def write_file(uri: str, blob: bytes, s3: S3Settings | None) -> None:
-    fs, path = source_filesystem(uri, s3)
-    if "/" in path and not uri.startswith("s3://"):
-        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    """Write the weights whole or not at all: on S3 an upload becomes visible only when it
+    completes; a local file is written next to its place, flushed, then renamed over it."""
+    if uri.startswith("s3://"):
+        fs, path = source_filesystem(uri, s3)
+        try:
+            with fs.open_output_stream(path) as fh:
+                fh.write(blob)
+        except OSError as e:
+            raise ConfigError(f"cannot write {uri}: {e}") from None
+        return
+    target = Path(uri.removeprefix("file://")).expanduser()
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        with fs.open_output_stream(path) as fh:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fh:
             fh.write(blob)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
     except OSError as e:
-        raise ConfigError(f"cannot write {uri}: {e}") from None
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write {uri}: {e.strerror or e}; check the path and the free space") from None
