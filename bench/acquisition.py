@@ -17,7 +17,7 @@
 4. One proposal step at the paper's scale (140 datasets x 100 archs, 750 results, 8
    pending), timed on synthetic features (goal < 1 s).
 
-    python bench/acquisition.py [--seeds 5] [--in-flight 4] [--strategies ...] [--qnehvi-seeds 2]
+    python bench/acquisition.py [--seeds 5] [--in-flight 4] [--strategies ...] [--qnehvi-seeds 3]
 
 Writes bench/.cache/acquisition.png; the last line is the figures as one JSON object.
 """
@@ -193,7 +193,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--in-flight", type=int, default=4)
     ap.add_argument("--strategies", nargs="+", default=["random", "pareto", "nsga2", "tpe", "qnehvi"])
-    ap.add_argument("--qnehvi-seeds", type=int, default=2, help="BoTorch is the slowest to propose (~1.7 s a pick)")
+    ap.add_argument("--qnehvi-seeds", type=int, default=3, help="BoTorch is the slowest to propose (~1.7 s a pick)")
     args = ap.parse_args()
 
     from pipeline.acquisition.hypervolume import normalizer_for, point_of

@@ -90,3 +90,14 @@ def test_snap_returns_the_nearest_allowed_pool_arch():
     assert peers.snap(np.stack([genomes[3], genomes[3]]), [0, 1], genomes[3]) == 0  # ties: pool order
     g = peers.genome(POOL[0])
     assert len(g) == 45 and all(g[k] in (3, 5, 7) for k in g if k[0] == "k")  # inactive slots filled with 3
+
+
+@pytest.mark.parametrize("name", ["nsga2", "tpe", "qnehvi"])
+def test_peers_start_from_the_same_initial_design_as_random_and_pareto(name):
+    from pipeline.acquisition.random import RandomPolicy
+    empty = make_state(0)
+    first = policy(name).propose(empty, peers.STARTUP * len(DATASETS))
+    order = RandomPolicy(PolicyContext(0, tuple(POOL)))
+    for d in DATASETS:
+        assert [a for dd, a in first if dd == d] == order.permutation(d)[:peers.STARTUP]
+    assert set(first) == set(policy("pareto").propose(empty, peers.STARTUP * len(DATASETS)))

@@ -10,6 +10,10 @@ optuna-integration), run on the zoo as multi-objective black-box optimizers.
   skipped. A dataset that gets all its allowed archs in one batch gets them in pool order,
   without a sampler: the set is forced, and the order within a batch does not change what
   the zoo will hold.
+- The first STARTUP pairs of each dataset are the same initial design as the random and
+  Pareto policies' (the dataset's seeded permutation of the pool): every strategy starts from
+  the same pairs, and the samplers' own random start (a random genome snapped to the pool)
+  would favour the archs with the largest Voronoi cells, rarely the pool's extremes.
 - The search space is the arch genome: 5 depths in 2..4, 20 kernels in {3,5,7} and 20 expand
   ratios in 3..6 (inactive slots hold OFA's fill, 3: `Arch.ofa_config()`). The pool is finite,
   so a sampled genome is snapped to the nearest allowed pool arch of that dataset (not taken,
@@ -40,6 +44,7 @@ from collections import Counter
 import numpy as np
 
 from pipeline.acquisition.base import Pair, PolicyContext, taken_pairs
+from pipeline.acquisition.random import RandomPolicy
 from workers.ofa_space import SLOTS, UNITS, Arch
 from zoo_schema.results import ZooState
 
@@ -90,6 +95,7 @@ class PeerPolicy:
         self.pool = list(context.pool)
         self.context = context
         self._profiles = context.prior.profiles if context.prior is not None else None
+        self.random = RandomPolicy(context)
         self._genomes = np.array([[genome(a)[k] for k in NAMES] for a in self.pool], dtype=float)
         self._genomes = self._genomes.reshape(-1, len(NAMES))  # raw values, in NAMES order
 
@@ -134,7 +140,7 @@ class PeerPolicy:
         forced = {d for d in datasets if plan.count(d) >= len(free[d])}
         done: dict[str, list] = {d: [] for d in datasets}
         running: dict[str, list[str]] = {d: [] for d in datasets}
-        if set(plan) - forced:
+        if set(plan) - forced:  # (the counts decide between the initial design and the sampler)
             profiles = self.profiles()
             for r in sorted(state.results, key=lambda r: (r.created_at, r.job_id)):
                 if r.dataset_id in done and r.arch in profiles:
@@ -144,11 +150,22 @@ class PeerPolicy:
                     running[d].append(a)
         out: list[Pair] = []
         for d in plan:
-            i = free[d][0] if d in forced else self.pick(d, done[d], running[d], free[d])
+            if d in forced:
+                i = free[d][0]
+            elif len(done[d]) + len(running[d]) < STARTUP:  # the shared initial design
+                i = next(j for j in self._initial(d) if j in free[d])
+            else:
+                i = self.pick(d, done[d], running[d], free[d])
             out.append(Pair(d, self.pool[i]))
             free[d].remove(i)
             running[d].append(self.pool[i])
         return out
+
+    def _initial(self, dataset_id: str) -> list[int]:
+        """Pool indices in the random policy's order for this dataset: the first STARTUP picks
+        of every dataset follow it, as the Pareto policy's initial phase does."""
+        index = {a: i for i, a in enumerate(self.pool)}
+        return [index[a] for a in self.random.permutation(dataset_id)]
 
     def pick(self, dataset_id: str, done: list, running: list[str], free: list[int]) -> int:
         """Index in the pool of the allowed arch nearest to the genome the sampler asks next."""

@@ -22,11 +22,14 @@ class RandomPolicy:
         self.seed = context.seed
         self.pool = list(context.pool)
 
+    def permutation(self, dataset_id: str) -> list[str]:
+        """The dataset's seeded order of the pool (its initial design in every policy)."""
+        perm = list(self.pool)
+        random.Random(f"{self.seed}:perm:{dataset_id}").shuffle(perm)
+        return perm
+
     def sequence(self, dataset_ids: list[str]) -> Iterator[Pair]:
-        perms = {}
-        for d in dataset_ids:
-            perms[d] = list(self.pool)
-            random.Random(f"{self.seed}:perm:{d}").shuffle(perms[d])
+        perms = {d: self.permutation(d) for d in dataset_ids}
         for r in range(len(self.pool)):
             order = list(dataset_ids)
             random.Random(f"{self.seed}:round:{r}").shuffle(order)
