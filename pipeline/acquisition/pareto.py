@@ -171,17 +171,21 @@ class ParetoPolicy:
         i, j = self._d_index[pair.dataset_id], self._a_index[pair.arch]
         return np.array([1.0 - float(np.clip(self._mean[i, j], 0, 1)), *self._cost[j]])
 
-    def _dataset_gains(self, dataset_id: str, front: list[np.ndarray]) -> np.ndarray:
+    def _dataset_gains(self, dataset_id: str, front: list[np.ndarray], done: set[str]) -> np.ndarray:
         """Mean over MC samples of each pool arch's hypervolume gain on this dataset's front
-        [A]; memoized by (model, front), so a step rescores only the datasets it changed."""
+        [A] (-inf for the archs `done` on it, which are never candidates again); memoized by
+        (model, front, done), so a step rescores only the datasets it changed."""
         front_arr = np.array(front, dtype=float).reshape(-1, 3)
-        key = (dataset_id, np.unique(front_arr, axis=0).tobytes())
+        open_ = np.array([j for a, j in self._a_index.items() if a not in done], dtype=int)
+        key = (dataset_id, np.unique(front_arr, axis=0).tobytes(), open_.tobytes())
         if key not in self._gain_cache:
-            acc = self._samples[:, self._d_index[dataset_id], :]                        # [S, A]
+            acc = self._samples[:, self._d_index[dataset_id], open_]                    # [S, a]
             s, a = acc.shape
             objs = np.concatenate([1.0 - np.clip(acc, 0, 1)[..., None],
-                                   np.broadcast_to(self._cost, (s, a, 2))], axis=2)     # [S, A, 3]
-            self._gain_cache[key] = gains(front_arr, objs.reshape(-1, 3)).reshape(s, a).mean(0)
+                                   np.broadcast_to(self._cost[open_], (s, a, 2))], axis=2)  # [S, a, 3]
+            out = np.full(len(self._a_index), -np.inf)
+            out[open_] = gains(front_arr, objs.reshape(-1, 3)).reshape(s, a).mean(0)
+            self._gain_cache[key] = out
         return self._gain_cache[key]
 
     def _pick(self, state: ZooState, model, candidates: list[Pair], believers: list[Pair], n: int) -> list[Pair]:
@@ -189,8 +193,10 @@ class ParetoPolicy:
         self._grid(model, dataset_ids)
         candidates = [c for c in candidates if c.dataset_id in self._d_index and c.arch in self._a_index]
         fronts: dict[str, list] = {}
+        done: dict[str, set[str]] = {}
         for r in state.results:
             fronts.setdefault(r.dataset_id, []).append(self._point(r))
+            done.setdefault(r.dataset_id, set()).add(r.arch)
         for b in map(Pair._make, believers):  # pending jobs at their believed accuracy
             if b.dataset_id in self._d_index and b.arch in self._a_index:
                 fronts.setdefault(b.dataset_id, []).append(self._believed(b))
@@ -201,7 +207,7 @@ class ParetoPolicy:
 
         def score(d: str) -> None:
             idx = by_dataset[d]
-            g = self._dataset_gains(d, fronts.get(d, []))
+            g = self._dataset_gains(d, fronts.get(d, []), done.get(d, set()))
             scores[idx] = g[[self._a_index[candidates[i].arch] for i in idx]]
 
         for d in by_dataset:
