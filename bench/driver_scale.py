@@ -26,7 +26,7 @@ the CPU seconds are the driver's own cost. Goal: driver seconds per job below 1 
 one OFA subnet, a few epochs of a small dataset on one GPU), i.e. < 0.6 s, and never above
 the time 64 workers take to finish one job each (60 s / 64 = 0.94 s).
 
-    python bench/driver_scale.py [--datasets 140] [--archs 100] [--in-flight 8 64]
+    python bench/driver_scale.py [--datasets 140] [--archs 100] [--in-flight 8 64] [--parallel]
 
 Writes bench/.cache/driver_scale.png; the last line is the figures as one JSON object.
 """
@@ -36,6 +36,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -243,7 +244,7 @@ def run_child(source_root: str, in_flight: int, seed: int) -> dict:
     total = time.perf_counter() - started
     jobs = summary.finished
     commit = clock["store_write"]
-    return {
+    figures = {
         "in_flight": in_flight, "jobs": jobs, "datasets": len(datasets), "archs": len(archs),
         "stop_reason": summary.stop_reason, "wall_seconds": round(total, 1),
         "driver_seconds_per_job": round(clock["step"] / jobs, 4),
@@ -260,6 +261,8 @@ def run_child(source_root: str, in_flight: int, seed: int) -> dict:
         "final_mean_hypervolume": round(driver.mean_hypervolume(), 4),
         "timeline": timeline,
     }
+    shutil.rmtree(target_root, ignore_errors=True)
+    return figures
 
 
 def plot(runs: list[dict], path: Path) -> None:
@@ -292,6 +295,7 @@ def main() -> None:
     ap.add_argument("--archs", type=int, default=100)
     ap.add_argument("--in-flight", type=int, nargs="+", default=[8, 64])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--parallel", action="store_true", help="run the in-flight settings at once, a core each")
     ap.add_argument("--child", nargs=2, metavar=("SOURCE", "IN_FLIGHT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -305,11 +309,19 @@ def main() -> None:
     started = time.perf_counter()
     make_source(source_root, args.datasets, profiles, model, args.seed)
     log(f"source zoo of {args.datasets * args.archs} results written in {time.perf_counter() - started:.1f}s")
+    children = []
+    for n in args.in_flight:  # one process per run; --parallel runs them at once (one core each)
+        cmd = [sys.executable, __file__, "--child", str(source_root), str(n), "--seed", str(args.seed)]
+        children.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True))
+        if not args.parallel:
+            children[-1].wait()
     runs = []
-    for n in args.in_flight:
-        out = subprocess.run([sys.executable, __file__, "--child", str(source_root), str(n), "--seed", str(args.seed)],
-                             stdout=subprocess.PIPE, check=True, text=True)
-        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    for child in children:
+        out, _ = child.communicate()
+        if child.returncode:
+            raise SystemExit(f"a driver run failed (exit {child.returncode}); see its traceback above")
+        runs.append(json.loads(out.strip().splitlines()[-1]))
+    shutil.rmtree(source_root.parent, ignore_errors=True)
     out_png = CACHE / "driver_scale.png"
     plot(runs, out_png)
     worst = max(r["driver_seconds_per_job"] for r in runs)
