@@ -97,17 +97,20 @@ def mc_samples(model: AccuracyPredictor, data: np.ndarray, topology: np.ndarray,
     samples are plain MC-dropout draws, and they do not depend on which other rows are
     in the batch, so adding or removing candidates never changes another's predictions.
     """
+    d, t, f = (torch.as_tensor(a, dtype=torch.float32) for a in (data, topology, func))
+    with torch.no_grad():
+        return np.stack([model(d, t, f, masks=m).numpy() for m in dropout_masks(model, samples, seed)])
+
+
+def dropout_masks(model: AccuracyPredictor, samples: int, seed: int):
+    """The seeded (first, second) layer dropout masks of each MC sample, scaled by 1/keep."""
     g = torch.Generator().manual_seed(seed)
     keep = 1.0 - model.p
     hidden = model.fc1.out_features
-    d, t, f = (torch.as_tensor(a, dtype=torch.float32) for a in (data, topology, func))
-    out = []
-    with torch.no_grad():
-        for _ in range(samples):
-            m1 = (torch.rand(2 * hidden, generator=g) < keep).float() / keep
-            m2 = (torch.rand(hidden, generator=g) < keep).float() / keep
-            out.append(model(d, t, f, masks=(m1, m2)).numpy())
-    return np.stack(out)
+    for _ in range(samples):
+        m1 = (torch.rand(2 * hidden, generator=g) < keep).float() / keep
+        m2 = (torch.rand(hidden, generator=g) < keep).float() / keep
+        yield m1, m2
 
 
 def mc_grid(model: AccuracyPredictor, data: np.ndarray, topology: np.ndarray, func: np.ndarray,
@@ -116,9 +119,6 @@ def mc_grid(model: AccuracyPredictor, data: np.ndarray, topology: np.ndarray, fu
     features and A archs' topologies/embeddings: the same masks, hence the same numbers, as
     `mc_samples` on the D*A stacked rows, but each input branch runs once per dataset or
     arch instead of once per pair (a 140 x 100 grid costs about what 240 rows do)."""
-    g = torch.Generator().manual_seed(seed)
-    keep = 1.0 - model.p
-    hidden = model.fc1.out_features
     d, t, f = (torch.as_tensor(a, dtype=torch.float32) for a in (data, topology, func))
     out = []
     with torch.no_grad():
@@ -126,9 +126,7 @@ def mc_grid(model: AccuracyPredictor, data: np.ndarray, topology: np.ndarray, fu
         ah = model.arch(torch.cat([t / 7.0, (f - model.func_mean) / model.func_std], dim=1))    # [A, h]
         h0 = torch.relu(torch.cat([dh[:, None, :].expand(-1, len(ah), -1),
                                    ah[None, :, :].expand(len(dh), -1, -1)], dim=2))             # [D, A, 2h]
-        for _ in range(samples):
-            m1 = (torch.rand(2 * hidden, generator=g) < keep).float() / keep
-            m2 = (torch.rand(hidden, generator=g) < keep).float() / keep
+        for m1, m2 in dropout_masks(model, samples, seed):
             h = torch.relu(model.fc1(h0 * m1)) * m2
             out.append(torch.sigmoid(model.fc2(h)).squeeze(2).numpy())
     return np.stack(out)
