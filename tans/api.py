@@ -4,17 +4,31 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from pipeline.commands.search import search_dataset
-from retriever.search import Constraints, SearchResult
-from workers.export import ExportReport, Network, export_network as _export, load_network as _load
 from zoo_schema.manifest import require_zoo
 from zoo_schema.records import DatasetRecord, ResultRecord, arrow_schema, to_table
 from zoo_schema.results import read_results
 from zoo_schema.shards import read_datasets
 from zoo_schema.store import S3Settings, ZooStore, open_store
+
+if TYPE_CHECKING:  # torch is imported only by what needs it: networks, export, search
+    from retriever.search import SearchResult
+    from workers.export import ExportReport, Network
+
+_TORCH_TYPES = ("ExportReport", "Network", "NetworkConfig")
+
+
+def __getattr__(name: str):
+    """`tans.Network`, `tans.NetworkConfig`, `tans.ExportReport` come from workers.export, which
+    imports torch: only when asked for, so `import tans` and reading the zoo's tables stay light."""
+    if name in _TORCH_TYPES:
+        import workers.export
+        return getattr(workers.export, name)
+    raise AttributeError(f"module 'tans' has no attribute {name!r}")
+
 
 try:
     __version__ = version("tans")
@@ -42,16 +56,20 @@ class Zoo:
 
     def network(self, job_id: str) -> Network:
         """The fine-tuned network of a job: a torch module with `preprocess`, `predict`, `config`."""
-        return _load(self.store, job_id)
+        from workers.export import load_network
+        return load_network(self.store, job_id)
 
     def export(self, job_id: str, out: str | Path) -> ExportReport:
         """model.safetensors, config.json, README.md and model.pt2 of a job, into `out`."""
-        return _export(self.store, job_id, out)
+        from workers.export import export_network
+        return export_network(self.store, job_id, out)
 
     def search(self, dataset: str, top_k: int = 10, max_params: float | None = None,
                max_flops: float | None = None, max_latency_ms: float | None = None,
                rerank: str = "none") -> SearchResult:
         """Rank the zoo's networks for a dataset (an ImageFolder directory or a Parquet file)."""
+        from pipeline.commands.search import search_dataset
+        from retriever.search import Constraints
         return search_dataset(self.store, dataset, Constraints(max_params, max_flops, max_latency_ms),
                               top_k=top_k, rerank=rerank)
 
