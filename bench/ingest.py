@@ -1,11 +1,12 @@
 """Ingestion throughput: `tans datasets add` on generated 500x375 JPEGs against a plain
 single-threaded PIL decode loop over the same files, in the same run.
 
-The plain loop only decodes (`Image.open(...).convert("RGB")`); ingestion decodes (JPEGs at
-the reduced size they are stored at), converts, downscales to `ingest.max_side`, re-encodes
-as PNG, splits and writes the Parquet shards, on all cores. Peak memory is the resident set
-of the process and its decoding processes, sampled every 50 ms; it is measured at two
-dataset sizes to show how it grows.
+The plain loop only decodes (`Image.open(...).convert("RGB")`). Ingestion lists the folder,
+checks every file by decoding it (these RGB JPEGs of at most `ingest.keep_jpeg_side` are
+stored as they are, so they are decoded at 1/8 scale, which still reads all their data),
+hashes it, splits the dataset and writes the Parquet shards, on all cores. Each ingestion
+runs in a fresh process; its peak memory is the resident set of that process and its
+decoding processes, sampled every 20 ms, at two dataset sizes to show how it grows.
 Goal (issue 14): ingestion >= 1.8x the plain loop's images/s on 2 cores.
 
     python bench/ingest.py [--images 20000] [--classes 10]
@@ -18,13 +19,15 @@ import argparse
 import io
 import json
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
@@ -49,28 +52,28 @@ def generate(folder: Path, images: int, classes: int) -> None:
         Image.fromarray(image).save(folder / f"class-{c:02d}" / f"{i:06d}.jpg", quality=90)
 
 
-class PeakMemory:
-    """The peak resident set of this process and its children, sampled in a thread."""
+CHILD = """
+import json, sys, time
+from pipeline.datasets.ingest import IngestSettings, ingest
+from zoo_schema.store import open_store
+if __name__ == "__main__":
+    started = time.perf_counter()
+    report = ingest(open_store(sys.argv[1]), sys.argv[2], name="bench", settings=IngestSettings())
+    print(json.dumps({"seconds": time.perf_counter() - started, "images": report.images}))
+"""
 
-    def __enter__(self):
-        self.peak, self._stop = 0, threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
 
-    def _sample(self):
-        me = psutil.Process()
-        while not self._stop.is_set():
-            try:
-                rss = me.memory_info().rss + sum(c.memory_info().rss for c in me.children(recursive=True))
-            except psutil.Error:
-                continue
-            self.peak = max(self.peak, rss)
-            time.sleep(0.05)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+def peak_rss_of(proc: subprocess.Popen) -> int:
+    """The peak resident set of a process and its children together, sampled every 20 ms."""
+    peak, me = 0, psutil.Process(proc.pid)
+    while proc.poll() is None:
+        try:
+            rss = me.memory_info().rss + sum(c.memory_info().rss for c in me.children(recursive=True))
+        except psutil.Error:
+            continue
+        peak = max(peak, rss)
+        time.sleep(0.02)
+    return peak
 
 
 def plain_loop(files: list[Path]) -> float:
@@ -82,13 +85,18 @@ def plain_loop(files: list[Path]) -> float:
 
 
 def ingest_seconds(folder: Path, zoo: Path) -> tuple[float, int, int]:
-    from pipeline.datasets.ingest import IngestSettings, ingest
-    from zoo_schema.store import open_store
-    with PeakMemory() as memory:
-        started = time.perf_counter()
-        report = ingest(open_store(str(zoo)), str(folder), name=folder.name, settings=IngestSettings())
-        seconds = time.perf_counter() - started
-    return seconds, report.images, memory.peak
+    """Ingestion in a fresh process (its memory is its own): seconds inside `ingest`, images,
+    peak memory of the process and its decoding processes."""
+    script = Path(zoo.parent) / "child.py"
+    script.write_text(CHILD)
+    proc = subprocess.Popen([sys.executable, str(script), str(zoo), str(folder)], stdout=subprocess.PIPE,
+                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, text=True)
+    peak = peak_rss_of(proc)
+    out = proc.stdout.read()
+    if proc.returncode != 0:
+        raise SystemExit(f"ingestion failed ({proc.returncode})")
+    figures = json.loads(out.strip().splitlines()[-1])
+    return figures["seconds"], figures["images"], peak
 
 
 def main() -> None:
@@ -97,14 +105,17 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=10)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tans-bench-ingest-"))
-    small_n = max(args.classes * 10, args.images // 4)
-    generate(work / "large", args.images, args.classes)
-    generate(work / "small", small_n, args.classes)
-    files = sorted((work / "large").rglob("*.jpg"))
-    loop_s = plain_loop(files)
-    small_s, small_images, small_peak = ingest_seconds(work / "small", work / "zoo-small")
-    large_s, large_images, large_peak = ingest_seconds(work / "large", work / "zoo-large")
-    mb = sum(f.stat().st_size for f in files) / 1e6
+    try:
+        small_n = max(args.classes * 10, args.images // 4)
+        generate(work / "large", args.images, args.classes)
+        generate(work / "small", small_n, args.classes)
+        files = sorted((work / "large").rglob("*.jpg"))
+        loop_s = plain_loop(files)
+        small_s, small_images, small_peak = ingest_seconds(work / "small", work / "zoo-small")
+        large_s, large_images, large_peak = ingest_seconds(work / "large", work / "zoo-large")
+        mb = sum(f.stat().st_size for f in files) / 1e6
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     figures = {
         "images": len(files), "source_mb": round(mb, 1), "cores": os.cpu_count(),
         "plain_loop_images_per_s": round(len(files) / loop_s, 1),

@@ -133,7 +133,7 @@ def transfer(store, t, settings, model, extra_bases: dict, epochs: int = 3) -> d
     """Fine-tune held-out datasets from each starting point; accuracy after each epoch.
     `extra_bases` names further supernets whose subnet of TANS's arch is a start."""
     from pipeline.datasets import synth
-    from pipeline.datasets.ingest import IngestSettings, stratified_split, validate, read_source
+    from pipeline.datasets.ingest import IngestSettings, read_images, stratified_split
     from retriever.search import Constraints, Searcher
     from retriever.train import save_version
     from workers.training import train
@@ -159,8 +159,7 @@ def transfer(store, t, settings, model, extra_bases: dict, epochs: int = 3) -> d
                                                *extra_bases)}
     torch.set_num_threads(os.cpu_count() or 1)
     for name in HELD_OUT:
-        items, _ = read_source(str(folder / name))
-        by_class, _ = validate(name, items, IngestSettings())
+        by_class, _ = read_images(str(folder / name))
         classes = sorted(by_class)
         tr, te = stratified_split(by_class, classes, IngestSettings())
         x = torch.from_numpy(decode_images([b for b, _ in tr], 32))
@@ -214,9 +213,8 @@ def latency(store, t, settings, model) -> dict:
             times.append(time.perf_counter() - started)
         out[f"search_ms_{n}"] = round(statistics.median(times) * 1000, 3)
     searcher = Searcher(store)
-    from pipeline.datasets.ingest import IngestSettings, read_source, validate
-    items, _ = read_source(str(ROOT / "bench" / ".cache" / "acquisition-pool" / "datasets" / "glyphs-latin-upper-clean"))
-    by_class, _ = validate("q", items, IngestSettings())
+    from pipeline.datasets.ingest import read_images
+    by_class, _ = read_images(str(ROOT / "bench" / ".cache" / "acquisition-pool" / "datasets" / "glyphs-latin-upper-clean"))
     images, labels = [], []
     for label, cls in enumerate(sorted(by_class)):
         images += by_class[cls]

@@ -92,13 +92,13 @@ def build_zoo():
 def held_out_splits():
     """(name, train images, train labels, test images, test labels) of each held-out dataset."""
     from pipeline.datasets import synth
-    from pipeline.datasets.ingest import IngestSettings, read_source, stratified_split, validate
+    from pipeline.datasets.ingest import IngestSettings, read_images, stratified_split
     specs = {s.name: s for s in synth.suite()}
     for name in HELD_OUT:
         folder = CACHE / "held-out" / name
         if not folder.exists():
             synth.write_dataset(specs[name], folder.parent, seed=0)
-        by_class, _ = validate(name, read_source(str(folder))[0], IngestSettings())
+        by_class, _ = read_images(str(folder))
         classes = sorted(by_class)
         train, test = stratified_split(by_class, classes, IngestSettings())
         yield name, [b for b, _ in train], [y for _, y in train], [b for b, _ in test], [y for _, y in test]

@@ -15,20 +15,22 @@ from tests.test_executors import committed_zoo
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = r"""
 import json, sys
+import tans
 from pipeline.cli import main
 codes = [main(["status", sys.argv[1], "--json"]), main(["verify", sys.argv[1], "--json", "--dry-run"])]
-print(json.dumps({"codes": codes, "heavy": sorted(m for m in ("torch", "ray", "mlflow", "matplotlib", "ofa")
-                                                     if m in sys.modules)}))
+rows = tans.open_zoo(sys.argv[1]).results().num_rows
+print(json.dumps({"codes": codes, "rows": rows,
+                  "heavy": sorted(m for m in ("torch", "ray", "mlflow", "matplotlib", "ofa") if m in sys.modules)}))
 """
 
 
-def test_status_and_verify_never_import_torch_ray_or_mlflow(tmp_path):
+def test_status_verify_and_the_zoo_table_never_import_torch_ray_or_mlflow(tmp_path):
     store, specs = committed_zoo(tmp_path / "zoo")
     r = subprocess.run([sys.executable, "-c", PROBE, store.uri], cwd=ROOT, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     probe = json.loads(r.stdout.strip().splitlines()[-1])
-    assert probe["heavy"] == [] and probe["codes"][0] == 0
+    assert probe["heavy"] == [] and probe["codes"][0] == 0 and probe["rows"] == len(specs)
     assert f'"finished_jobs": {len(specs)}' in r.stdout  # status did read the zoo
 
 
@@ -45,8 +47,8 @@ def test_query_samples_per_class_before_decoding(tmp_path, monkeypatch):
             (tmp_path / "q" / cls / f"{i:03d}.png").write_bytes(_png(colour))
     (tmp_path / "q" / "red" / "000-broken.png").write_bytes(b"not an image")
     decoded = []
-    real = search.decode_rgb_png
-    monkeypatch.setattr(search, "decode_rgb_png", lambda raw, *a: decoded.append(raw) or real(raw, *a))
+    real = search.decode_one
+    monkeypatch.setattr(search, "decode_one", lambda raw, *a: decoded.append(raw) or real(raw, *a))
     images, labels = search.query_images(str(tmp_path / "q"), per_class=5)
     assert labels == [0] * 5 + [1] * 5 and len(images) == 10  # blue, red: sorted class order
     assert len(decoded) <= 11  # 5 per class, plus the broken file if it was drawn

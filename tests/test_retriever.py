@@ -82,7 +82,7 @@ def test_registered_retriever_loads_as_an_mlflow_pyfunc_and_ranks_like_search(bu
     import pandas as pd
 
     from pipeline.build.tracking import MlflowSettings
-    from pipeline.datasets.ingest import IngestSettings, read_source, validate
+    from pipeline.datasets.ingest import IngestSettings, read_images
     zoo, tmp = built_zoo
     store = open_store(zoo)
     uri = f"sqlite:///{tmp / 'pyfunc.db'}"
@@ -93,7 +93,7 @@ def test_registered_retriever_loads_as_an_mlflow_pyfunc_and_ranks_like_search(bu
     finally:
         mlflow.set_tracking_uri(None)
     query = str(tiny_datasets / "hue-6")
-    by_class, _ = validate(query, read_source(query)[0], IngestSettings(min_images_per_class=1))
+    by_class, _ = read_images(query, IngestSettings(min_images_per_class=1))
     images = [img for cls in sorted(by_class) for img in by_class[cls][:10]]
     labels = [i for i, cls in enumerate(sorted(by_class)) for _ in by_class[cls][:10]]
     searcher = Searcher(store, version)

@@ -25,6 +25,9 @@ def test_write_read_list_delete(store):
     assert store.read_bytes("a/b/c.bin") == b"hello"
     store.write_bytes("a/b/c.bin", b"again")
     assert store.read_bytes("a/b/c.bin") == b"again"
+    store.write_bytes("a/b/buffer.bin", pa.py_buffer(b"a pyarrow buffer"))  # any bytes-like object
+    assert store.read_bytes("a/b/buffer.bin") == b"a pyarrow buffer"
+    store.delete("a/b/buffer.bin")
     store.write_json("a/d.json", {"x": 1})
     assert store.read_json("a/d.json") == {"x": 1}
     assert store.list("a") == ["a/b/c.bin", "a/d.json"]

@@ -1,4 +1,4 @@
-"""Images to tensors: decoding a dataset's stored PNGs at a size, ImageNet normalisation, and
+"""Images to tensors: decoding a dataset's stored images (PNG, or JPEG kept as ingested) at a size, ImageNet normalisation, and
 placing a split on the training device."""
 from __future__ import annotations
 
@@ -14,13 +14,15 @@ STD = np.array([0.229, 0.224, 0.225], dtype=np.float32).reshape(1, 3, 1, 1)
 
 
 def decode_images(images: list[bytes], size: int, workers: int = 1) -> np.ndarray:
-    """PNG bytes to a normalized float32 array [N, 3, size, size]; `workers` threads decode
-    (PIL releases the GIL while decoding and resizing)."""
+    """Stored image bytes to a normalized float32 array [N, 3, size, size]; `workers` threads
+    decode (PIL releases the GIL while decoding and resizing). JPEGs decode at the smallest of
+    libjpeg's 1/1..1/8 scales that is still at least `size` on each side."""
     from PIL import Image
     out = np.empty((len(images), size, size, 3), dtype=np.uint8)
 
     def decode(i: int) -> None:
         with Image.open(io.BytesIO(images[i])) as im:
+            im.draft("RGB", (size, size))  # no-op except for JPEG
             out[i] = np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR))
     if workers > 1 and len(images) > 256:
         from concurrent.futures import ThreadPoolExecutor

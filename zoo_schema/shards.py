@@ -4,8 +4,8 @@ shards' sha256 (see `layout`). Reading a split checks it against its record."""
 from __future__ import annotations
 
 import hashlib
-import io
 import shlex
+from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,6 +16,7 @@ from zoo_schema.records import DatasetRecord, from_table
 from zoo_schema.store import ZooStore
 
 SHARD_ROWS = 2048
+SHARD_BYTES = 8 << 20
 DATA_SCHEMA = pa.schema([pa.field("image", pa.binary()), pa.field("label", pa.int32())])
 
 
@@ -43,26 +44,49 @@ def shard_keys(store: ZooStore, record: DatasetRecord, split: str) -> list[str]:
     return [k for k in store.list(prefix.rstrip("/")) if k.startswith(prefix) and k.endswith(".parquet")]
 
 
-def shards_digest(keys_and_bytes) -> str:
-    """The sha256 a dataset record holds of its shards: over each shard's name and sha256."""
+def shards_digest(keys_and_digests) -> str:
+    """The sha256 a dataset record holds of its shards: over each shard's name and sha256
+    (pairs of key and hex digest)."""
     h = hashlib.sha256()
-    for key, data in sorted(keys_and_bytes):
-        h.update(f"{key.rsplit('/', 2)[-2]}/{key.rsplit('/', 1)[-1]} {hashlib.sha256(data).hexdigest()}\n".encode())
+    for key, digest in sorted(keys_and_digests):
+        h.update(f"{key.rsplit('/', 2)[-2]}/{key.rsplit('/', 1)[-1]} {digest}\n".encode())
     return h.hexdigest()
 
 
-def write_split(store: ZooStore, prefix: str, split: str, rows) -> list[tuple[str, bytes]]:
-    written = []
-    for i in range(0, max(len(rows), 1), SHARD_ROWS):
-        chunk = rows[i:i + SHARD_ROWS]
-        table = pa.table({"image": [r[0] for r in chunk], "label": [r[1] for r in chunk]},
-                         schema=DATA_SCHEMA)
-        sink = io.BytesIO()
-        pq.write_table(table, sink, compression="zstd")
-        key = f"{prefix}/{split}/part-{i // SHARD_ROWS:05d}.parquet"
-        store.write_bytes(key, sink.getvalue(), create_only=True)
-        written.append((key, sink.getvalue()))
-    return written
+def write_split(store: ZooStore, prefix: str, split: str, rows) -> list[tuple[str, str]]:
+    """Write (image bytes, label) rows, an iterable read once, as shards of at most SHARD_ROWS
+    rows and SHARD_BYTES of images (one empty shard when there are none); returns each
+    shard's key and sha256. Shards are encoded and written by two threads while the next
+    is gathered, so at most three shards' rows are in memory. The images are stored
+    uncompressed: they are PNG or JPEG already, and zstd over them only costs time."""
+    with ThreadPoolExecutor(2) as pool:
+        futures, chunk, size = [], [], 0
+
+        def flush():
+            if len(futures) >= 2:
+                futures[-2].result()  # at most two shards being written
+            key = f"{prefix}/{split}/part-{len(futures):05d}.parquet"
+            futures.append(pool.submit(_write_shard, store, key, chunk))
+
+        for row in rows:
+            chunk.append(row)
+            size += len(row[0])
+            if len(chunk) == SHARD_ROWS or size >= SHARD_BYTES:
+                flush()
+                chunk, size = [], 0
+        if chunk or not futures:
+            flush()
+        return [f.result() for f in futures]
+
+
+def _write_shard(store: ZooStore, key: str, chunk: list) -> tuple[str, str]:
+    table = pa.table({"image": pa.array([r[0] for r in chunk], pa.binary()),
+                      "label": pa.array([r[1] for r in chunk], pa.int32())}, schema=DATA_SCHEMA)
+    sink = pa.BufferOutputStream()  # arrow's memory pool reuses its pages: no copy through Python bytes
+    pq.write_table(table, sink, compression={"image": "none", "label": "zstd"})
+    data = sink.getvalue()
+    store.write_bytes(key, data, create_only=True)
+    return key, hashlib.sha256(data).hexdigest()
 
 
 def load_split(store: ZooStore, dataset_id: str, split: str) -> tuple[list[bytes], list[int]]:

@@ -68,6 +68,9 @@ class ZooStore:
         raise NotImplementedError
 
     def write_bytes(self, key: str, data: bytes, create_only: bool = False) -> bool:
+        """Write `data` (bytes or any bytes-like buffer, e.g. a pyarrow Buffer) under `key`,
+        whole or not at all; with create_only, only when the key does not exist yet (False
+        when it does)."""
         raise NotImplementedError
 
     def exists(self, key: str) -> bool:
@@ -306,7 +309,8 @@ class S3Store(ZooStore):
         def put():
             from botocore.exceptions import ClientError
             try:
-                self.client.put_object(Bucket=self.bucket, Key=full, Body=data, **extra)
+                body = data if isinstance(data, (bytes, bytearray)) else bytes(data)  # boto wants bytes
+                self.client.put_object(Bucket=self.bucket, Key=full, Body=body, **extra)
                 return True
             except ClientError as e:
                 # 412: the key exists. 409: a concurrent conditional write won the race.

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import random
 
-from pipeline.datasets.ingest import IngestSettings, decode_rgb_png, read_source, validate
+from pipeline.datasets.decode import decode_one
+from pipeline.datasets.ingest import IngestSettings, check_classes
+from pipeline.datasets.sources import list_source
 from retriever.search import RECALL, Constraints, Searcher, SearchResult
 from zoo_schema.results import read_results
 from zoo_schema.store import ZooStore
@@ -12,27 +14,31 @@ from zoo_schema.store import ZooStore
 
 def query_images(source: str, per_class: int = 10, s3=None) -> tuple[list[bytes], list[int]]:
     """Up to `per_class` validated images of each class of a dataset source (labels in sorted
-    class order). Files are sampled per class (seeded) before anything is decoded, and a file
-    that does not decode is replaced by the next one of its class, so a query of 100,000
-    images decodes about `per_class` per class. A dataset that is not one (one class, no
-    readable image) gets ingestion's error."""
-    items, _ = read_source(source, s3)
+    class order). The source is listed, files are sampled per class (seeded), and only the
+    sampled files are read and decoded; a file that does not decode is replaced by the next
+    one of its class, so a query of 100,000 images reads about `per_class` per class. A
+    dataset that is not one (one class, no readable image) gets ingestion's error."""
+    listed = list_source(source, s3)
     by_class: dict[str, list] = {}
-    for item in sorted(items, key=lambda it: (it[0], it[1])):
-        by_class.setdefault(item[0], []).append(item)
+    for f in sorted(listed.files, key=lambda f: (f.cls, f.name)):
+        by_class.setdefault(f.cls, []).append(f)
     decoded: dict[str, list[bytes]] = {}
     settings = IngestSettings(min_images_per_class=1)
+    skipped = 0
     for cls, members in by_class.items():
         random.Random(f"search:{cls}").shuffle(members)
-        for _, _, raw in members:
-            if len(decoded.get(cls, [])) >= per_class:
-                break
-            try:
-                decoded.setdefault(cls, []).append(decode_rgb_png(raw, settings.max_side, settings.max_pixels))
-            except Exception:  # noqa: BLE001 - an undecodable file is skipped, as ingestion does
-                continue
-    if len(decoded) < 2:
-        validate(source, items, settings)  # raises the error that names the problem
+        kept = decoded.setdefault(cls, [])
+        start = 0
+        while len(kept) < per_class and start < len(members):
+            batch = members[start:start + per_class - len(kept)]
+            start += len(batch)
+            for raw in listed.read(batch):
+                image, _ = decode_one(raw, settings)
+                if image is None:
+                    skipped += 1
+                else:
+                    kept.append(image)
+    check_classes(source, {c: len(v) for c, v in decoded.items()}, skipped, settings)
     images, labels = [], []
     for label, cls in enumerate(sorted(decoded)):
         images += decoded[cls]
