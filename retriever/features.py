@@ -17,13 +17,13 @@ import struct
 
 import numpy as np
 import torch
-import torchvision
 from safetensors.numpy import load as numpy_load, save as numpy_save
 from safetensors.torch import load as torch_load, save as torch_save
 
 from workers.images import decode_images
-from workers.nets import load_base_supernet
-from workers.ofa_space import build_supernet, penultimate
+from workers.mbv3 import largest_subnet
+from workers.nets import base_supernet_state
+from workers.ofa_space import build_supernet
 from workers.weights import read_state_dict
 from zoo_schema import layout
 from zoo_schema.errors import ConfigError
@@ -42,7 +42,7 @@ class Backbone:
         self.tag, self.id, self.key, self.net, self.kind = tag, id, key, net.eval(), kind
 
     def embed(self, x):
-        return self.net(x) if self.kind == "resnet18" else penultimate(self.net, x)
+        return self.net(x)  # ResNet18 without its fc, or the OFA largest subnet's penultimate layer
 
 
 def load_backbone(store: ZooStore, manifest: Manifest, spec: str = "") -> Backbone:
@@ -51,9 +51,9 @@ def load_backbone(store: ZooStore, manifest: Manifest, spec: str = "") -> Backbo
     local or s3:// (or already in the zoo as `base/...`). A file is copied into the zoo
     (safetensors) so that search finds the same backbone later."""
     if not spec:
-        supernet = load_base_supernet(store, manifest.width, manifest.base_weights)
+        state = base_supernet_state(store, manifest.width, manifest.base_weights)
         return Backbone("base", f"ofa-max:{manifest.base_weights.id}:w{manifest.width}", "",
-                        _largest(supernet), "ofa")
+                        largest_subnet(state), "ofa")
     what = "retrain.backbone (a `tans pretrain-base` supernet or a torchvision resnet18)"
     if spec.startswith("base/"):
         blob = store.read_bytes(spec)
@@ -66,11 +66,12 @@ def load_backbone(store: ZooStore, manifest: Manifest, spec: str = "") -> Backbo
     try:
         if "first_conv.conv.weight" in state:
             width = {1280: 1.0, 1536: 1.2}[state["feature_mix_layer.conv.weight"].shape[0]]
-            supernet = build_supernet(width)
-            supernet.load_state_dict(state)
+            if not spec.startswith("base/"):  # a new file: the whole supernet, not only its largest subnet
+                build_supernet(width).load_state_dict(state)
             backbone = Backbone(f"ofa-{sha[:12]}", f"ofa-max:sha256:{sha[:16]}:w{width}", key,
-                                _largest(supernet), "ofa")
+                                largest_subnet(state), "ofa")
         else:
+            import torchvision  # 1.3 s of import (it pulls in torch._dynamo): only for this backbone
             net = torchvision.models.resnet18(weights=None)
             net.load_state_dict(state)
             net.fc = torch.nn.Identity()
@@ -80,11 +81,6 @@ def load_backbone(store: ZooStore, manifest: Manifest, spec: str = "") -> Backbo
     if not spec.startswith("base/"):
         store.write_bytes(key, blob, create_only=True)
     return backbone
-
-
-def _largest(supernet):
-    supernet.set_max_net()
-    return supernet.get_active_subnet(preserve_weight=True)
 
 
 def backbone_id(backbone: Backbone, image_size: int) -> str:

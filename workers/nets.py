@@ -12,21 +12,32 @@ from zoo_schema.records import ResultRecord
 from zoo_schema.store import ZooStore
 
 
-def load_base_supernet(store: ZooStore, width: float, base_weights: BaseWeights):
-    """The OFA supernet with the zoo's base weights (random with a seed, or a stored file)."""
+def base_supernet_state(store: ZooStore, width: float, base_weights: BaseWeights) -> dict:
+    """The state dict of the zoo's base supernet: its stored file, sha256 verified, or (random
+    base weights) a supernet initialised with the recorded seed."""
     import torch
     from safetensors.torch import load as load_safetensors
 
     if base_weights.kind == "random":
         torch.manual_seed(base_weights.seed)
-        return build_supernet(width)
-    supernet = build_supernet(width)
+        return build_supernet(width).state_dict()
     data = store.read_bytes(base_weights.key)
     if hashlib.sha256(data).hexdigest() != base_weights.sha256:
         raise StorageError(f"base weights {base_weights.key} in {store.uri} do not match their "
                            "recorded sha256; the zoo's copy is corrupt: restore that file from the weights "
                            "the zoo was built with (its name is its sha256)")
-    supernet.load_state_dict(load_safetensors(data))
+    return load_safetensors(data)
+
+
+def load_base_supernet(store: ZooStore, width: float, base_weights: BaseWeights):
+    """The OFA supernet with the zoo's base weights (random with a seed, or a stored file)."""
+    import torch
+
+    if base_weights.kind == "random":
+        torch.manual_seed(base_weights.seed)
+        return build_supernet(width)
+    supernet = build_supernet(width)
+    supernet.load_state_dict(base_supernet_state(store, width, base_weights))
     return supernet
 
 

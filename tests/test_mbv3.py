@@ -1,0 +1,42 @@
+"""The plain-torch largest subnet (what `tans search` embeds queries with) computes what ofa's
+largest subnet computes, from the same supernet weights."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from workers.mbv3 import largest_subnet
+from workers.ofa_space import build_supernet, penultimate
+
+
+def _largest(supernet):
+    """ofa's own largest subnet, as search built it before workers.mbv3."""
+    supernet.set_max_net()
+    return supernet.get_active_subnet(preserve_weight=True)
+
+
+@pytest.mark.parametrize("width", [1.0, 1.2])
+def test_features_equal_ofa_largest_subnet(width):
+    torch.manual_seed(0)
+    supernet = build_supernet(width)
+    with torch.no_grad():  # BatchNorm that is not the identity, so its statistics matter
+        for m in supernet.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    state = supernet.state_dict()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        expected = penultimate(_largest(supernet).eval(), x)
+        got = largest_subnet(state)(x)
+    assert got.shape == expected.shape == (4, {1.0: 1280, 1.2: 1536}[width])
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5), (got - expected).abs().max()
+
+
+def test_a_state_dict_that_is_not_a_supernet_is_refused():
+    state = build_supernet(1.0).state_dict()
+    del state["blocks.3.conv.point_linear.bn.bn.weight"]
+    with pytest.raises(RuntimeError, match="point_linear.bn.weight"):
+        largest_subnet(state)

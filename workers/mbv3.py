@@ -1,0 +1,132 @@
+"""The largest subnet of an OFA MobileNetV3 supernet in plain torch, for feature extraction.
+
+`tans search` embeds the query's images with the base supernet's largest subnet. Building it
+with the `ofa` package means importing `ofa.utils`, which imports torchvision's transforms and
+with them torch._dynamo: 1.6 s of a search's 5. This module builds the same network from the
+supernet's state dict alone (the same layers, parameter names and arithmetic as ofa's static
+MobileNetV3: `tests/test_mbv3.py` checks its features against ofa's own). Fine-tuning and
+sub-network extraction still use ofa.
+"""
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+# The OFA MobileNetV3 space (ofa's OFAMobileNetV3): per stage, the first block's stride, the
+# activation and whether blocks squeeze-and-excite. Stage 0 is the single first block.
+STAGE_STRIDES = (1, 2, 2, 2, 1, 2)
+STAGE_ACTS = ("relu", "relu", "relu", "h_swish", "h_swish", "h_swish")
+STAGE_SE = (False, False, True, False, True, True)
+
+
+class HSwish(nn.Module):
+    def forward(self, x):
+        return x * F.relu6(x + 3.0) / 6.0
+
+
+class HSigmoid(nn.Module):
+    def forward(self, x):
+        return F.relu6(x + 3.0) / 6.0
+
+
+def _act(name: str) -> nn.Module:
+    return nn.ReLU() if name == "relu" else HSwish()
+
+
+def _conv(weight: torch.Tensor, stride: int = 1, groups: int = 1, bn: bool = True, act: str | None = None):
+    """conv (same padding, no bias) [+ BatchNorm] [+ activation], named as ofa names them."""
+    out_c, in_per_group, k, _ = weight.shape
+    layers = [("conv", nn.Conv2d(in_per_group * groups, out_c, k, stride, k // 2, groups=groups, bias=False))]
+    if bn:
+        layers.append(("bn", nn.BatchNorm2d(out_c)))
+    if act:
+        layers.append(("act", _act(act)))
+    return nn.Sequential(OrderedDict(layers))
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, channels: int, mid: int):
+        super().__init__()
+        self.fc = nn.Sequential(OrderedDict([
+            ("reduce", nn.Conv2d(channels, mid, 1)), ("relu", nn.ReLU()),
+            ("expand", nn.Conv2d(mid, channels, 1)), ("h_sigmoid", HSigmoid())]))
+
+    def forward(self, x):
+        return x * self.fc(x.mean((2, 3), keepdim=True))
+
+
+class MBConv(nn.Module):
+    def __init__(self, state: dict, prefix: str, stride: int, act: str):
+        super().__init__()
+        expand = state.get(f"{prefix}inverted_bottleneck.conv.weight")
+        self.inverted_bottleneck = _conv(expand, act=act) if expand is not None else None
+        depth = state[f"{prefix}depth_conv.conv.weight"]
+        mid = depth.shape[0]
+        self.depth_conv = _conv(depth, stride, groups=mid, act=act)
+        if f"{prefix}depth_conv.se.fc.reduce.weight" in state:
+            self.depth_conv.add_module("se", SqueezeExcite(mid, state[f"{prefix}depth_conv.se.fc.reduce.weight"].shape[0]))
+        self.point_linear = _conv(state[f"{prefix}point_linear.conv.weight"])
+
+    def forward(self, x):
+        if self.inverted_bottleneck is not None:
+            x = self.inverted_bottleneck(x)
+        return self.point_linear(self.depth_conv(x))
+
+
+class Block(nn.Module):
+    def __init__(self, conv: MBConv, residual: bool):
+        super().__init__()
+        self.conv, self.residual = conv, residual
+
+    def forward(self, x):
+        return self.conv(x) + x if self.residual else self.conv(x)
+
+
+class LargestSubnet(nn.Module):
+    """The supernet's largest subnet (all blocks, kernel 7, expand 6) up to its penultimate
+    layer: forward(x) is the feature_mix_layer output, flattened (`ofa_space.penultimate`)."""
+
+    def __init__(self, state: dict[str, torch.Tensor]):
+        super().__init__()
+        self.first_conv = _conv(state["first_conv.conv.weight"], stride=2, act="h_swish")
+        n = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+        per_stage = (n - 1) // (len(STAGE_STRIDES) - 1)
+        blocks = []
+        for i in range(n):
+            stage = 0 if i == 0 else 1 + (i - 1) // per_stage
+            first = i == 0 or (i - 1) % per_stage == 0
+            stride = STAGE_STRIDES[stage] if first else 1
+            conv = MBConv(state, f"blocks.{i}.conv.", stride, STAGE_ACTS[stage])
+            in_c = conv.depth_conv.conv.in_channels if conv.inverted_bottleneck is None \
+                else conv.inverted_bottleneck.conv.in_channels
+            blocks.append(Block(conv, stride == 1 and in_c == conv.point_linear.conv.out_channels))
+        self.blocks = nn.ModuleList(blocks)
+        self.final_expand_layer = _conv(state["final_expand_layer.conv.weight"], act="h_swish")
+        self.feature_mix_layer = _conv(state["feature_mix_layer.conv.weight"], bn=False, act="h_swish")
+        own = self.state_dict()
+        self.load_state_dict({k: v for k, v in state.items() if k in own})  # strict: every layer has weights
+
+    def forward(self, x):
+        x = self.first_conv(x)
+        for block in self.blocks:
+            x = block(x)
+        x = self.final_expand_layer(x)
+        return self.feature_mix_layer(x.mean((2, 3), keepdim=True)).flatten(1)
+
+
+def largest_subnet(supernet_state: dict[str, torch.Tensor]) -> LargestSubnet:
+    """The largest subnet of an OFA MobileNetV3 supernet state dict, in eval mode. At the
+    largest setting ofa's elastic layers use their full weights, so the subnet's weights are
+    the supernet's under their static names (`x.conv.conv.weight` -> `x.conv.weight`,
+    `x.bn.bn.*` -> `x.bn.*`; the kernel transformation matrices are for smaller kernels)."""
+    state = {}
+    for key, value in supernet_state.items():
+        if key.endswith("_matrix"):
+            continue
+        key = re.sub(r"\.conv\.conv\.weight$", ".conv.weight", key)
+        state[re.sub(r"\.bn\.bn\.", ".bn.", key)] = value
+    return LargestSubnet(state).eval()
