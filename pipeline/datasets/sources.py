@@ -120,12 +120,15 @@ def _local_files(root: str) -> tuple[list[tuple[str, str, int]], list[tuple[str,
     real_root = os.path.realpath(root)
     files, skipped, seen_dirs, seen_files = [], [], {real_root}, {}
 
+    below = real_root.rstrip(os.sep) + os.sep
+
     def inside(real: str) -> bool:
-        return os.path.commonpath([real_root, real]) == real_root
+        return real == real_root or real.startswith(below)
 
     def file_skip(path: str, rel: str) -> str | int:
-        """Why the file is skipped, or its size."""
-        if not inside(os.path.realpath(path)):
+        """Why the file is skipped, or its size. Only links need resolving: every folder
+        walked is inside the root already."""
+        if os.path.islink(path) and not inside(os.path.realpath(path)):
             return "symlink leaves the dataset folder"
         if reason := _name_skip(rel):
             return reason
