@@ -111,3 +111,27 @@ def test_warm_workers_keep_data_and_weights_and_train_as_fresh_tasks_do(ray_clus
     assert [(w.job_id, w.accuracy, w.epoch_losses, w.epoch_accuracies) for w in warm] == \
         [(c.job_id, c.accuracy, c.epoch_losses, c.epoch_accuracies) for c in cold]
 
+
+
+def test_executor_profiles_archs_in_order(executor_case, tmp_path):
+    """`profile` gives each arch's profile, in the order asked: the Ray executor measures them in
+    parallel tasks (what a local measurement gives, latency aside), the replay executor takes
+    the source zoo's."""
+    import numpy as np
+
+    from pipeline.acquisition.profiles import PROFILES_KEY
+    from workers.profile import profile_archs
+    executor, _, _, _ = executor_case
+    store = open_store(str(tmp_path / "zoo"))
+    local = profile_archs(store, MANIFEST, ARCHS, 32)
+    if isinstance(executor, ReplayExecutor):
+        store.write_table(PROFILES_KEY, to_table(local))
+    got = executor.profile(MANIFEST, ARCHS, 32)
+    assert [p.arch for p in got] == ARCHS
+    assert [(p.params, p.flops) for p in got] == [(p.params, p.flops) for p in local]
+    assert all(np.allclose(g.functional_embedding, w.functional_embedding, rtol=1e-4, atol=1e-6)
+               for g, w in zip(got, local))
+    assert all(p.latency_ms > 0 for p in got)
+    if isinstance(executor, ReplayExecutor):
+        with pytest.raises(KeyError, match="has no profiles of 1 pool archs"):
+            executor.profile(MANIFEST, [*ARCHS, arch_pool(1, 1)[0].id], 32)

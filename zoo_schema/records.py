@@ -83,6 +83,19 @@ _OVERRIDES: dict[str, pa.DataType] = {
 }
 
 
+@dataclass(frozen=True)
+class ArchProfile:
+    """One architecture of the zoo's candidate pool, measured with the base weights before any
+    training (a row of `pool/profiles.parquet`): batch-1 latency on a worker's device, and the
+    functional embedding (penultimate output on the manifest's noise batch, paper A.1)."""
+
+    arch: str
+    params: int
+    flops: int
+    latency_ms: float
+    functional_embedding: list[float]
+
+
 def arrow_schema(record_type: type) -> pa.Schema:
     """The Parquet schema of a record type, with the schema version in its metadata."""
     fields = [pa.field(f.name, _OVERRIDES.get(f.name) or _ARROW_TYPES[f.type], nullable=False)

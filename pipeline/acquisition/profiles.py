@@ -7,7 +7,7 @@ records and reading them; `profiling` computes them).
 - Arch profiles: for every architecture of the zoo's pool, with the base weights:
   parameters, FLOPs, batch-1 latency on the driver's device, and the functional
   embedding (penultimate output for the manifest's noise, paper A.1). Cached in
-  `pool/profiles.parquet`. Latency and parameters of a candidate are thus known without
+  `pool/profiles.parquet`, measured on the workers. Latency and parameters of a candidate are thus known without
   training, and one measurement serves every dataset, so hypervolumes are comparable.
 """
 from __future__ import annotations
@@ -18,18 +18,10 @@ import numpy as np
 
 from workers.ofa_space import Arch
 from zoo_schema import layout
+from zoo_schema.records import ArchProfile  # noqa: F401 - the profiles' record, used with Prior
 from zoo_schema.store import ZooStore
 
 PROFILES_KEY = layout.POOL_PROFILES
-
-
-@dataclass(frozen=True)
-class ArchProfile:
-    arch: str
-    params: int
-    flops: int
-    latency_ms: float
-    functional_embedding: list[float]
 
 
 @dataclass

@@ -4,41 +4,33 @@ weights and cached in `pool/profiles.parquet`) and each dataset's feature (cache
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
 
 from pipeline.acquisition.profiles import PROFILES_KEY, ArchProfile, Prior, cached_profiles
 from retriever.features import load_backbone, split_features
-from workers.measure import count_flops, functional_embedding, measure_latency_ms
-from workers.nets import load_base_supernet
-from workers.ofa_space import arch_pool, build_subnet
+from workers.ofa_space import arch_pool
+from workers.profile import profile_archs
 from zoo_schema.manifest import Manifest
+from zoo_schema.records import to_table
 from zoo_schema.store import ZooStore
 
 
-def profile_pool(store: ZooStore, manifest: Manifest, image_size: int, log=print) -> dict[str, ArchProfile]:
-    """The pool's arch profiles, computed once and cached in the zoo."""
+def profile_pool(store: ZooStore, manifest: Manifest, image_size: int, log=print,
+                 executor=None) -> dict[str, ArchProfile]:
+    """The pool's arch profiles, computed once and cached in the zoo: in parallel chunks on
+    the executor's workers (`Executor.profile`), or here on one CPU thread without one."""
+    wanted = [a.id for a in arch_pool(manifest.pool_seed, manifest.pool_size)]
     cached = cached_profiles(store)
-    if cached is not None:
-        wanted = [a.id for a in arch_pool(manifest.pool_seed, manifest.pool_size)]
-        if set(wanted) <= set(cached):
-            return {a: cached[a] for a in wanted}
-    import torch
-    torch.set_num_threads(1)
-    pool = arch_pool(manifest.pool_seed, manifest.pool_size)
-    log(f"profiling the {len(pool)} pool architectures (params, FLOPs, latency, functional embedding)")
-    supernet = load_base_supernet(store, manifest.width, manifest.base_weights)
-    device = torch.device("cpu")
-    profiles = {}
-    for arch in pool:
-        model = build_subnet(supernet, arch, num_classes=10).eval()
-        profiles[arch.id] = ArchProfile(
-            arch=arch.id, params=sum(p.numel() for p in model.parameters()),
-            flops=count_flops(model, image_size),
-            latency_ms=measure_latency_ms(model, image_size, device, repeats=10),
-            functional_embedding=functional_embedding(model, manifest.noise_seed, manifest.noise_shape, device))
-    table = pa.Table.from_pylist([p.__dict__ for p in profiles.values()])
-    store.write_table(PROFILES_KEY, table)
-    return profiles
+    if cached is not None and set(wanted) <= set(cached):
+        return {a: cached[a] for a in wanted}
+    log(f"profiling the {len(wanted)} pool architectures (params, FLOPs, latency, functional embedding)")
+    if executor is not None:
+        profiles = executor.profile(manifest, wanted, image_size)
+    else:
+        import torch
+        torch.set_num_threads(1)
+        profiles = profile_archs(store, manifest, wanted, image_size)
+    store.write_table(PROFILES_KEY, to_table(profiles))
+    return {p.arch: p for p in profiles}
 
 
 def dataset_feature(store: ZooStore, manifest: Manifest, dataset_id: str, image_size: int,

@@ -10,7 +10,9 @@ Contract (`Executor`; tested over the Ray and replay executors):
 - `universe()` is the set of pairs the executor can run (None: any), which the policy
   must stay inside;
 - `close()` frees what it holds (warm workers); jobs still in flight are abandoned (their
-  results, if any, commit as usual; a resumed build finds them).
+  results, if any, commit as usual; a resumed build finds them);
+- `profile(manifest, arch_ids, image_size)` returns the profiles of those archs (with the
+  base weights, untrained), in order: where the jobs run, in parallel when it can.
 """
 from __future__ import annotations
 
@@ -25,13 +27,16 @@ from datetime import datetime, timezone
 from typing import Protocol
 
 from pipeline.acquisition.base import Pair
+from pipeline.acquisition.profiles import cached_profiles
 from pipeline.build.signals import interruption
 from workers.cache import JobCache
 from workers.job import JobSpec
+from workers.profile import profile_remote
 from workers.run import run_job
 from zoo_schema.errors import Interrupted
 from zoo_schema.layout import checkpoint_uri
-from zoo_schema.records import ResultRecord, to_table
+from zoo_schema.manifest import Manifest
+from zoo_schema.records import ArchProfile, ResultRecord, to_table
 from zoo_schema.results import read_result, read_results
 from zoo_schema.store import S3Settings, ZooStore
 
@@ -70,6 +75,8 @@ class Executor(Protocol):
     def universe(self) -> frozenset[Pair] | None: ...
 
     def close(self) -> None: ...
+
+    def profile(self, manifest: Manifest, arch_ids: list[str], image_size: int) -> list[ArchProfile]: ...
 
 
 def start_ray(address: str = "", num_cpus: int | None = None, num_gpus: int | None = None):
@@ -258,6 +265,25 @@ class RayExecutor:
         self._died[slot] = time.monotonic()
         self.replaced += 1
 
+    def profile(self, manifest: Manifest, arch_ids: list[str], image_size: int) -> list[ArchProfile]:
+        """The archs' profiles, measured by as many parallel tasks as workers fit (with the
+        jobs' CPUs and GPUs, so latency is measured on the device the jobs run on). A task
+        that fails is retried twice; then the error is raised: a build needs the profiles."""
+        slots = min(self._capacity(), len(arch_ids)) or 1
+        size = -(-len(arch_ids) // slots)
+        task = self._ray.remote(profile_remote).options(
+            num_cpus=self.resources.num_cpus, num_gpus=self.resources.num_gpus, max_retries=2)
+        refs = [task.remote(self.zoo_uri, self.s3, manifest, arch_ids[i:i + size], image_size, self._threads)
+                for i in range(0, len(arch_ids), size)]
+        try:
+            return [p for chunk in self._ray.get(refs) for p in chunk]
+        except BaseException as e:
+            for ref in refs:
+                self._ray.cancel(ref, force=True)
+            if interruption(e) is not None:
+                raise interruption(e) from None
+            raise
+
     def wait(self, timeout: float | None = None) -> list[Outcome]:
         if not self._pending:
             return []
@@ -321,3 +347,12 @@ class ReplayExecutor:
         if not self._queue:
             return []
         return [self._answer(self._queue.pop(0))]
+
+    def profile(self, manifest: Manifest, arch_ids: list[str], image_size: int) -> list[ArchProfile]:
+        """The source zoo's profiles of these archs (a replay measures nothing)."""
+        known = cached_profiles(self.source) or {}
+        missing = [a for a in arch_ids if a not in known]
+        if missing:
+            raise KeyError(f"the replay zoo {self.source.uri} has no profiles of {len(missing)} "
+                           f"pool archs (e.g. {missing[0]}); replay from a zoo built with the same pool")
+        return [known[a] for a in arch_ids]

@@ -159,7 +159,7 @@ def run_build(config: BuildConfig, log=print, ray_num_cpus: int | None = None, t
     tracker = executor = None
     try:
         executor, manifest = make_executor(config, store, log, ray_num_cpus)
-        profile_pool(store, manifest, config.train.image_size, log)  # hypervolumes need it, any strategy
+        profile_pool(store, manifest, config.train.image_size, log, executor)  # hypervolumes need it, any strategy
         tracker = Tracker(config.mlflow, flat_params(journal_config(config)),
                           run_name=f"build {store.uri.rstrip('/').rsplit('/', 1)[-1]} ({config.strategy})",
                           store=store, width=manifest.width) if tracking else None
