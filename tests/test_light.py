@@ -54,3 +54,18 @@ def test_query_samples_per_class_before_decoding(tmp_path, monkeypatch):
     assert len(decoded) <= 11  # 5 per class, plus the broken file if it was drawn
     again, _ = search.query_images(str(tmp_path / "q"), per_class=5)
     assert again == images  # seeded
+
+
+def test_light_reading_drops_only_the_embeddings(tmp_path):
+    """`tans status` reads results without their functional embeddings, from the snapshot and
+    from the files committed after it alike; every other field is what a full read gives."""
+    import dataclasses
+
+    from zoo_schema.results import read_results, write_snapshot
+    store, specs = committed_zoo(tmp_path / "zoo")
+    full = read_results(store)
+    write_snapshot(store, full[:1])  # one row from the snapshot, the others from their files
+    light = read_results(store, light=True)
+    assert [r.functional_embedding for r in light] == [[]] * len(specs)
+    assert [dataclasses.replace(r, functional_embedding=[]) for r in full] == light
+    assert read_results(store) == full

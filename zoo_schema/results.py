@@ -77,12 +77,28 @@ class ResultsRead:
     unusable: list[tuple[str, str]]       # (key, reason): unreadable, or not its key's job
 
 
-def read_results(store: ZooStore) -> list[ResultRecord]:
+# What summaries (`tans status`) do not need: 1,280 floats a row, nine tenths of a row's size.
+HEAVY = ("functional_embedding",)
+
+
+def read_results(store: ZooStore, light: bool = False) -> list[ResultRecord]:
     """Every usable committed result, sorted by (dataset, job). Reads only: see `scan_results`."""
-    return scan_results(store).results
+    return scan_results(store, light).results
 
 
-def scan_results(store: ZooStore) -> ResultsRead:
+def _light(table: pa.Table) -> pa.Table:
+    """A table read without HEAVY columns, with empty values in their place."""
+    schema = arrow_schema(ResultRecord)
+    for name in HEAVY:
+        table = table.append_column(schema.field(name), pa.array([[]] * table.num_rows, schema.field(name).type))
+    return table
+
+
+def _columns(light: bool) -> list[str] | None:
+    return [n for n in arrow_schema(ResultRecord).names if n not in HEAVY] if light else None
+
+
+def scan_results(store: ZooStore, light: bool = False) -> ResultsRead:
     """Every committed result; unreadable files and files that hold another job's row are
     left out and reported (the driver and `tans verify` quarantine them; reading writes nothing).
 
@@ -90,14 +106,17 @@ def scan_results(store: ZooStore) -> ResultsRead:
     their rows, so a resume reads one object plus the files committed since, not one
     object per result. Rows of the snapshot count only while their file is still listed
     (a quarantined result never comes back from the cache).
+
+    With `light`, the HEAVY columns (the functional embeddings) are not read: the records
+    hold an empty list there. That is for summaries (`tans status`): a tenth of the memory.
     """
     keys = [k for k in store.list(layout.RESULTS) if k.endswith(".parquet")]
     if not keys:
         return ResultsRead([], 0, [])
     listed = set(keys)
-    rows = {k: r for k, r in _read_snapshot(store).items() if k in listed}
+    rows = {k: r for k, r in _read_snapshot(store, light).items() if k in listed}
     missing = [k for k in keys if k not in rows]
-    found, unusable = _read_files(store, missing)
+    found, unusable = _read_files(store, missing, light)
     rows.update(found)
     return ResultsRead(sorted(rows.values(), key=lambda r: (r.dataset_id, r.job_id)), len(missing), unusable)
 
@@ -108,9 +127,18 @@ def write_snapshot(store: ZooStore, results: list[ResultRecord]) -> None:
         store.write_table(SNAPSHOT_KEY, to_table(results))
 
 
-def _read_snapshot(store: ZooStore) -> dict[str, ResultRecord]:
+def _read_snapshot(store: ZooStore, light: bool = False) -> dict[str, ResultRecord]:
     try:
-        return {result_key(r): r for r in from_table(ResultRecord, store.read_table(SNAPSHOT_KEY))}
+        if light:  # only the columns wanted are read from the file
+            import pyarrow.parquet as pq
+            fs, base = store.arrow_filesystem()
+            try:
+                table = _light(pq.read_table(f"{base}/{SNAPSHOT_KEY}", filesystem=fs, columns=_columns(True)))
+            except (FileNotFoundError, IsADirectoryError):
+                raise FileNotFoundError(SNAPSHOT_KEY) from None
+        else:
+            table = store.read_table(SNAPSHOT_KEY)
+        return {result_key(r): r for r in from_table(ResultRecord, table)}
     except FileNotFoundError:
         return {}
     except (*CORRUPT, OSError, pa.ArrowException):
@@ -125,7 +153,7 @@ def check_result(key: str, record: ResultRecord) -> str | None:
     return None
 
 
-def _read_files(store: ZooStore, keys: list[str]) -> tuple[dict[str, ResultRecord], list[tuple[str, str]]]:
+def _read_files(store: ZooStore, keys: list[str], light: bool = False) -> tuple[dict[str, ResultRecord], list[tuple[str, str]]]:
     """Result files by key: as one threaded pyarrow dataset, or one by one if that fails or
     any row is not its file's (a dataset read cannot tell which file a row came from)."""
     import pyarrow.dataset as pads
@@ -134,7 +162,8 @@ def _read_files(store: ZooStore, keys: list[str]) -> tuple[dict[str, ResultRecor
     fs, base = store.arrow_filesystem()
     try:
         table = pads.dataset([f"{base}/{k}" for k in keys], filesystem=fs, format="parquet",
-                             schema=arrow_schema(ResultRecord)).to_table()
+                             schema=arrow_schema(ResultRecord)).to_table(columns=_columns(light))
+        table = _light(table) if light else table
         rows = {result_key(r): r for r in from_table(ResultRecord, table)}
         if table.num_rows == len(keys) and set(rows) == set(keys):
             return rows, []
@@ -159,8 +188,8 @@ def _read_files(store: ZooStore, keys: list[str]) -> tuple[dict[str, ResultRecor
     return out, unusable
 
 
-def read_state(store: ZooStore, max_attempts: int = 1) -> ZooState:
-    return ZooState(read_datasets(store), read_results(store), read_failures(store), max_attempts)
+def read_state(store: ZooStore, max_attempts: int = 1, light: bool = False) -> ZooState:
+    return ZooState(read_datasets(store), read_results(store, light), read_failures(store), max_attempts)
 
 
 def quarantine(store: ZooStore, key: str, reason: str) -> None:

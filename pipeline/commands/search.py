@@ -50,6 +50,6 @@ def search_dataset(store: ZooStore, source: str, constraints: Constraints = Cons
                    per_class: int = 10, s3=None, rerank: str = "none", recall: int = RECALL) -> SearchResult:
     """Validate a sample of a dataset (as ingestion does, without writing it) and search the zoo for it."""
     images, labels = query_images(source, per_class, s3)
-    results = {r.job_id: r for r in read_results(store)}
+    results = {r.job_id: r for r in read_results(store, light=True)}  # no embeddings needed
     searcher = Searcher(store, live_job_ids=set(results), results=results)
     return searcher.rank(images, labels, constraints, top_k, rerank, recall, per_class)

@@ -63,7 +63,7 @@ def hypervolumes(store: ZooStore, state: ZooState) -> tuple[dict[str, float], li
 
 def zoo_status(store: ZooStore, state: ZooState | None = None, hv=None) -> ZooStatus:
     """What the zoo holds; `state` and `hv` (from `hypervolumes`) when the caller has them."""
-    state = state if state is not None else read_state(store)
+    state = state if state is not None else read_state(store, light=True)  # no embeddings needed
     manifest = read_manifest(store)
     hv, history = hv if hv is not None else hypervolumes(store, state)
     step = max(1, len(history) // 20)
