@@ -1,7 +1,7 @@
 """How the read-only commands' cost grows with the zoo: `tans status` (from the command line),
 the zoo table read (`tans.open_zoo(ZOO).results()`) and `tans search` (from the command line,
-no re-ranking, a 10-class query of 100 images), each in a fresh process, at 1,000 / 10,000 /
-100,000 result rows. The zoos are synthetic (bench/resume.py's `fill_zoo`: real manifest,
+no re-ranking, a 10-class query of 100 images), each in a fresh process, at 64 (the demo
+zoo's size) / 1,000 / 10,000 / 100,000 result rows. The zoos are synthetic (bench/resume.py's `fill_zoo`: real manifest,
 dataset records, pool profiles and one result file per job, with the results snapshot a little
 behind, as a long build leaves it); each gets a retriever version with untrained weights over
 all its results (what search reads is the same as for a trained one: the version's model
@@ -9,7 +9,7 @@ embeddings, its weights and the query backbone, here the shipped pretrained supe
 Seconds and peak memory of each process.
 Goals (issue 14, on the demo zoo): `status` < 1 s and < 300 MB; `search` < 3 s.
 
-    python bench/scale.py [--sizes 1000,10000,100000]
+    python bench/scale.py [--sizes 64,1000,10000,100000]
 
 The last line is the figures as one JSON object.
 """
@@ -85,7 +85,7 @@ def measure(cmd: list[str]) -> tuple[float, float, str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", default="1000,10000,100000")
+    ap.add_argument("--sizes", default="64,1000,10000,100000")
     args = ap.parse_args()
     from zoo_schema.store import open_store
     work = Path(tempfile.mkdtemp(prefix="tans-bench-scale-"))

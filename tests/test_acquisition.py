@@ -157,3 +157,6 @@ def test_hv_history_grows_with_better_results():
     rs = [result("d0", POOL[0], 0.3, 0), result("d0", POOL[1], 0.9, 1), result("d1", POOL[0], 0.5, 2)]
     h = hv_history(rs, prior.profiles, DATASETS)
     assert len(h) == 3 and h[0] < h[1] < h[2]
+    # at marks only (what `tans status` shows): the same values, datasets recomputed lazily
+    assert hv_history(rs, prior.profiles, DATASETS, at=[0, 2]) == [h[0], h[2]]
+    assert hv_history(rs, prior.profiles, DATASETS, at=[1]) == [h[1]]

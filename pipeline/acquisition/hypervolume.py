@@ -106,14 +106,22 @@ def dataset_hypervolumes(results: list[ResultRecord], profiles: dict, dataset_id
     return {d: normalized_hypervolume(np.array(p)) if p else 0.0 for d, p in points.items()}
 
 
-def hv_history(results: list[ResultRecord], profiles: dict, dataset_ids: list[str]) -> list[float]:
-    """Mean normalized hypervolume across the datasets after each result, in commit order."""
+def hv_history(results: list[ResultRecord], profiles: dict, dataset_ids: list[str],
+               at: list[int] | None = None) -> list[float]:
+    """Mean normalized hypervolume across the datasets after each result, in commit order;
+    with `at` (ascending 0-based result indices), only after those results: a dataset's
+    hypervolume is then recomputed only at a mark where it has new results."""
     norm, prior = normalizer_for(profiles), Prior({}, profiles)
     points: dict[str, list] = {d: [] for d in dataset_ids}
     hv = {d: 0.0 for d in dataset_ids}
-    out = []
-    for r in sorted(results, key=lambda r: (r.created_at, r.job_id)):
+    marks = set(range(len(results)) if at is None else at)
+    changed, out = set(), []
+    for i, r in enumerate(sorted(results, key=lambda r: (r.created_at, r.job_id))):
         points.setdefault(r.dataset_id, []).append(point_of(r, norm, prior))
-        hv[r.dataset_id] = normalized_hypervolume(np.array(points[r.dataset_id]))
-        out.append(float(np.mean(list(hv.values()))))
+        changed.add(r.dataset_id)
+        if i in marks:
+            for d in changed:
+                hv[d] = normalized_hypervolume(np.array(points[d]))
+            changed.clear()
+            out.append(float(np.mean(list(hv.values()))))
     return out

@@ -48,8 +48,9 @@ class ZooStatus:
         return asdict(self)
 
 
-def hypervolumes(store: ZooStore, state: ZooState) -> tuple[dict[str, float], list[float]]:
-    """Per-dataset normalized hypervolume now, and the mean over datasets after each result.
+def hypervolumes(store: ZooStore, state: ZooState, at: list[int] | None = None) -> tuple[dict[str, float], list[float]]:
+    """Per-dataset normalized hypervolume now, and the mean over datasets after each result
+    (or after the results at the indices `at`).
 
     Derived from the results (commit order) and the pool profiles cached in the zoo; empty
     when no build has profiled the pool yet.
@@ -58,17 +59,27 @@ def hypervolumes(store: ZooStore, state: ZooState) -> tuple[dict[str, float], li
     if profiles is None or not state.results:
         return {}, []
     ids = [d.dataset_id for d in state.datasets]
-    return dataset_hypervolumes(state.results, profiles, ids), hv_history(state.results, profiles, ids)
+    return dataset_hypervolumes(state.results, profiles, ids), hv_history(state.results, profiles, ids, at)
+
+
+def history_marks(n: int) -> list[int]:
+    """The result indices `tans status` shows the hypervolume after: about 20, and the last."""
+    step = max(1, n // 20)
+    return sorted(set(range(step - 1, n, step)) | {n - 1}) if n else []
 
 
 def zoo_status(store: ZooStore, state: ZooState | None = None, hv=None) -> ZooStatus:
-    """What the zoo holds; `state` and `hv` (from `hypervolumes`) when the caller has them."""
+    """What the zoo holds; `state` and `hv` (from `hypervolumes`, the whole history) when the
+    caller has them."""
     state = state if state is not None else read_state(store, light=True)  # no embeddings needed
     manifest = read_manifest(store)
-    hv, history = hv if hv is not None else hypervolumes(store, state)
-    step = max(1, len(history) // 20)
-    marks = sorted(set(range(step - 1, len(history), step)) | {len(history) - 1}) if history else []
-    points = [HypervolumePoint(i + 1, round(history[i], 5)) for i in marks]
+    marks = history_marks(len(state.results))
+    if hv is None:  # the history at the marks only: 21 hypervolume steps, not one per result
+        hv, at_marks = hypervolumes(store, state, marks)
+    else:
+        hv, history = hv
+        at_marks = [history[i] for i in marks] if history else []
+    points = [HypervolumePoint(i + 1, round(v, 5)) for i, v in zip(marks, at_marks)]
     failed_ids = {f.job_id for f in state.failures} - state.done_ids
     rows = []
     for d in state.datasets:
