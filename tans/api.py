@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from zoo_schema.manifest import require_zoo
-from zoo_schema.records import DatasetRecord, ResultRecord, arrow_schema, to_table
-from zoo_schema.results import read_results
+from zoo_schema.records import DatasetRecord
+from zoo_schema.results import results_table
 from zoo_schema.shards import read_datasets
 from zoo_schema.store import S3Settings, ZooStore, open_store
 
@@ -48,8 +48,7 @@ class Zoo:
 
     def results(self) -> pa.Table:
         """Every committed result, one row per network (the columns of README "The zoo")."""
-        rows = read_results(self.store)
-        return to_table(rows) if rows else arrow_schema(ResultRecord).empty_table()
+        return results_table(self.store)
 
     def datasets(self) -> list[DatasetRecord]:
         return read_datasets(self.store)

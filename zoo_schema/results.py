@@ -121,6 +121,46 @@ def scan_results(store: ZooStore, light: bool = False) -> ResultsRead:
     return ResultsRead(sorted(rows.values(), key=lambda r: (r.dataset_id, r.job_id)), len(missing), unusable)
 
 
+def results_table(store: ZooStore) -> pa.Table:
+    """What `read_results` reads, as one Arrow table sorted by (dataset, job), without making a
+    Python object of each value: the snapshot's rows whose file is still listed, plus the
+    files committed since. When anything is off (a damaged or older-schema file, a row that
+    is not its file's), the records are read and converted instead, with the same result."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+    schema = arrow_schema(ResultRecord)
+    keys = [k for k in store.list(layout.RESULTS) if k.endswith(".parquet")]
+    if not keys:
+        return schema.empty_table()
+
+    def key_column(table: pa.Table):
+        return pc.binary_join_element_wise(f"{layout.RESULTS}/dataset=", table["dataset_id"], "/",
+                                           table["job_id"], ".parquet", "")
+    try:
+        parts, listed = [], set(keys)
+        try:
+            snapshot = store.read_table(SNAPSHOT_KEY).select(schema.names).cast(schema)
+            snapshot = snapshot.filter(pc.is_in(key_column(snapshot), pa.array(keys)))
+            parts.append(snapshot)
+            listed -= set(key_column(snapshot).to_pylist())
+        except FileNotFoundError:
+            pass
+        if listed:
+            fs, base = store.arrow_filesystem()
+            files = pads.dataset([f"{base}/{k}" for k in sorted(listed)], filesystem=fs, format="parquet",
+                                 schema=schema).to_table()
+            if files.num_rows != len(listed) or set(key_column(files).to_pylist()) != listed:
+                raise ValueError("a result file holds another job's row")
+            parts.append(files)
+        table = pa.concat_tables(parts)
+        if any(table[name].null_count for name in schema.names):
+            raise ValueError("a file of an older schema")
+        return table.sort_by([("dataset_id", "ascending"), ("job_id", "ascending")])
+    except (*CORRUPT, OSError, pa.ArrowException):
+        rows = read_results(store)
+        return to_table(rows) if rows else schema.empty_table()
+
+
 def write_snapshot(store: ZooStore, results: list[ResultRecord]) -> None:
     """Cache these committed results' rows in one object (atomic replace)."""
     if results:

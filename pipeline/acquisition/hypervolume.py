@@ -96,14 +96,25 @@ def normalizer_for(profiles: dict) -> Normalizer:
     return Normalizer(*Prior({}, profiles).bounds())
 
 
+def points_of(results: list[ResultRecord], normalizer: Normalizer, prior: Prior) -> np.ndarray:
+    """`point_of` of many results at once, [n, 3] (one vectorized normalization)."""
+    lat, par = [], []
+    for r in results:
+        prof = prior.profiles.get(r.arch)
+        lat.append(prof.latency_ms if prof else r.latency_ms)
+        par.append(prof.params if prof else r.params)
+    return normalizer.objectives([r.accuracy for r in results], lat, par).reshape(len(results), 3)
+
+
 def dataset_hypervolumes(results: list[ResultRecord], profiles: dict, dataset_ids: list[str]) -> dict[str, float]:
     """Each dataset's normalized hypervolume over its results (0 for a dataset without any)."""
     norm, prior = normalizer_for(profiles), Prior({}, profiles)
-    points: dict[str, list] = {d: [] for d in dataset_ids}
-    for r in results:
-        if r.dataset_id in points:
-            points[r.dataset_id].append(point_of(r, norm, prior))
-    return {d: normalized_hypervolume(np.array(p)) if p else 0.0 for d, p in points.items()}
+    rows: dict[str, list] = {d: [] for d in dataset_ids}
+    for i, r in enumerate(results):
+        if r.dataset_id in rows:
+            rows[r.dataset_id].append(i)
+    points = points_of(results, norm, prior)
+    return {d: normalized_hypervolume(points[idx]) if idx else 0.0 for d, idx in rows.items()}
 
 
 def hv_history(results: list[ResultRecord], profiles: dict, dataset_ids: list[str],
@@ -111,17 +122,18 @@ def hv_history(results: list[ResultRecord], profiles: dict, dataset_ids: list[st
     """Mean normalized hypervolume across the datasets after each result, in commit order;
     with `at` (ascending 0-based result indices), only after those results: a dataset's
     hypervolume is then recomputed only at a mark where it has new results."""
-    norm, prior = normalizer_for(profiles), Prior({}, profiles)
-    points: dict[str, list] = {d: [] for d in dataset_ids}
+    ordered = sorted(results, key=lambda r: (r.created_at, r.job_id))
+    points = points_of(ordered, normalizer_for(profiles), Prior({}, profiles))
+    rows: dict[str, list] = {d: [] for d in dataset_ids}
     hv = {d: 0.0 for d in dataset_ids}
-    marks = set(range(len(results)) if at is None else at)
+    marks = set(range(len(ordered)) if at is None else at)
     changed, out = set(), []
-    for i, r in enumerate(sorted(results, key=lambda r: (r.created_at, r.job_id))):
-        points.setdefault(r.dataset_id, []).append(point_of(r, norm, prior))
+    for i, r in enumerate(ordered):
+        rows.setdefault(r.dataset_id, []).append(i)
         changed.add(r.dataset_id)
         if i in marks:
             for d in changed:
-                hv[d] = normalized_hypervolume(np.array(points[d]))
+                hv[d] = normalized_hypervolume(points[rows[d]])
             changed.clear()
             out.append(float(np.mean(list(hv.values()))))
     return out

@@ -81,14 +81,21 @@ def zoo_status(store: ZooStore, state: ZooState | None = None, hv=None) -> ZooSt
         at_marks = [history[i] for i in marks] if history else []
     points = [HypervolumePoint(i + 1, round(v, 5)) for i, v in zip(marks, at_marks)]
     failed_ids = {f.job_id for f in state.failures} - state.done_ids
+    by_dataset: dict[str, list] = {}
+    for r in state.results:
+        by_dataset.setdefault(r.dataset_id, []).append(r)
+    failed_by_dataset: dict[str, set] = {}
+    for f in state.failures:
+        if f.job_id in failed_ids:
+            failed_by_dataset.setdefault(f.dataset_id, set()).add(f.job_id)
     rows = []
     for d in state.datasets:
-        results = [r for r in state.results if r.dataset_id == d.dataset_id]
+        results = by_dataset.get(d.dataset_id, [])
         costs = [(r.accuracy, r.latency_ms, r.params) for r in results]
         rows.append(DatasetStatus(
             dataset_id=d.dataset_id, classes=d.num_classes, train=d.num_train, test=d.num_test,
             jobs=len(results),
-            failed=len({f.job_id for f in state.failures if f.dataset_id == d.dataset_id} & failed_ids),
+            failed=len(failed_by_dataset.get(d.dataset_id, ())),
             best_accuracy=max((r.accuracy for r in results), default=None),
             mean_accuracy=(sum(r.accuracy for r in results) / len(results)) if results else None,
             pareto_front=len(front_indices(costs)),
