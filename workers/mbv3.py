@@ -107,8 +107,6 @@ class LargestSubnet(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.final_expand_layer = _conv(state["final_expand_layer.conv.weight"], act="h_swish")
         self.feature_mix_layer = _conv(state["feature_mix_layer.conv.weight"], bn=False, act="h_swish")
-        own = self.state_dict()
-        self.load_state_dict({k: v for k, v in state.items() if k in own})  # strict: every layer has weights
 
     def forward(self, x):
         x = self.first_conv(x)
@@ -129,4 +127,7 @@ def largest_subnet(supernet_state: dict[str, torch.Tensor]) -> LargestSubnet:
             continue
         key = re.sub(r"\.conv\.conv\.weight$", ".conv.weight", key)
         state[re.sub(r"\.bn\.bn\.", ".bn.", key)] = value
-    return LargestSubnet(state).eval()
+    with torch.device("meta"):  # no random init of weights that are replaced at once
+        net = LargestSubnet(state)
+    net.load_state_dict({k: v for k, v in state.items() if k in net.state_dict()}, assign=True)
+    return net.eval()
