@@ -138,3 +138,29 @@ def test_a_class_below_the_minimum_leaves_no_streamed_shards(tmp_path):
     with pytest.raises(DatasetError, match=r"class\(es\) 'b' \(3\) have fewer than 5"):
         ingest(open_store(str(zoo)), str(src))
     assert _prefixes(zoo, "ds") == []
+
+
+@pytest.mark.parametrize("refused", ["/test/", "/train/", "datasets/"])
+def test_a_zoo_that_refuses_a_write_stops_the_ingestion_and_keeps_nothing(tmp_path, monkeypatch, refused):
+    """A shard (the last one of a split, written after the stream's end) or the dataset record
+    refused by the zoo (a full disk): the error comes out, nothing hangs, nothing is left."""
+    import threading
+
+    from zoo_schema.errors import StorageError
+    src = jpeg_folder(tmp_path / "ds", {"a": 6, "b": 6})
+    store = open_store(str(tmp_path / "zoo"))
+    real = store.write_bytes
+
+    def refuse(key, data, create_only=False):
+        if refused in key:
+            raise StorageError(f"write {key}: the disk is full (test)")
+        return real(key, data, create_only)
+    monkeypatch.setattr(store, "write_bytes", refuse)
+    errors = []
+    worker = threading.Thread(target=lambda: errors.append(pytest.raises(StorageError, ingest, store, str(src))),
+                              daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "ingestion hung"
+    assert "the disk is full" in str(errors[0].value)
+    assert read_datasets(store) == [] and _prefixes(tmp_path / "zoo", "ds") == []

@@ -126,7 +126,7 @@ def largest_subnet(supernet_state: dict[str, torch.Tensor]) -> LargestSubnet:
         if key.endswith("_matrix"):
             continue
         key = re.sub(r"\.conv\.conv\.weight$", ".conv.weight", key)
-        state[re.sub(r"\.bn\.bn\.", ".bn.", key)] = value
+        state[re.sub(r"\.bn\.bn\.", ".bn.", key)] = value.float() if value.is_floating_point() else value
     with torch.device("meta"):  # no random init of weights that are replaced at once
         net = LargestSubnet(state)
     net.load_state_dict({k: v for k, v in state.items() if k in net.state_dict()}, assign=True)

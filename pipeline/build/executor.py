@@ -269,10 +269,13 @@ class RayExecutor:
         """The archs' profiles, measured by as many parallel tasks as workers fit (with the
         jobs' CPUs and GPUs, so latency is measured on the device the jobs run on). A task
         that fails is retried twice; then the error is raised: a build needs the profiles."""
-        slots = min(self._capacity(), len(arch_ids)) or 1
+        if not arch_ids:
+            return []
+        slots = min(self._capacity(), len(arch_ids))
         size = -(-len(arch_ids) // slots)
-        task = self._ray.remote(profile_remote).options(
-            num_cpus=self.resources.num_cpus, num_gpus=self.resources.num_gpus, max_retries=2)
+        task = self._ray.remote(profile_remote).options(  # idempotent: retried on any failure
+            num_cpus=self.resources.num_cpus, num_gpus=self.resources.num_gpus, max_retries=2,
+            retry_exceptions=True)
         refs = [task.remote(self.zoo_uri, self.s3, manifest, arch_ids[i:i + size], image_size, self._threads)
                 for i in range(0, len(arch_ids), size)]
         try:

@@ -118,13 +118,13 @@ def decode_one(raw: bytes | None, settings: IngestSettings) -> tuple[bytes | Non
 @dataclass(frozen=True, slots=True)
 class Stored:
     """One validated image: in a spool file of the decoding processes, or, when its stored
-    bytes are the local source file's own, in that file (whose inode, size and modification
-    time must not have changed when it is read again)."""
+    bytes are the local source file's own, in that file (whose device, inode, size,
+    modification time and sha256 must not have changed when it is read again)."""
     spool: str   # the spool file's name in the spool folder, or the source file's absolute path
     offset: int
     length: int
     sha256: str
-    stamp: tuple = ()  # (inode, mtime in ns) of a source file
+    stamp: tuple = ()  # (device, inode, mtime in ns) of a source file
 
 
 _SPOOLS: dict[str, io.BufferedWriter] = {}
@@ -153,7 +153,7 @@ def decode_chunk(refs: list, settings: IngestSettings, spool_dir: str) -> list[t
             out.append((None, why))
         elif kept is ref and path is not None and st.st_size == len(kept):  # read again from the source
             out.append((Stored(path, 0, len(kept), hashlib.sha256(kept).hexdigest(),
-                               (st.st_ino, st.st_mtime_ns)), ""))
+                               (st.st_dev, st.st_ino, st.st_mtime_ns)), ""))
         else:
             out.append((Stored(os.path.basename(spool.name), spool.tell(), len(kept),
                                hashlib.sha256(kept).hexdigest()), ""))
@@ -179,10 +179,10 @@ class SpoolReader:
                 with open(s.spool, "rb") as fh:
                     data = fh.read()
                     st = os.fstat(fh.fileno())
-                    same = (st.st_ino, st.st_mtime_ns, st.st_size, len(data)) == (*s.stamp, s.length, s.length)
+                    same = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, len(data)) == (*s.stamp, s.length, s.length)
             except OSError:
                 same = False
-            if not same:
+            if not same or hashlib.sha256(data).hexdigest() != s.sha256:  # a rewrite may keep its size and time
                 raise DatasetError(f"{s.spool} changed or went away while it was being ingested; "
                                    "add the dataset again once nothing writes to it (the zoo is unchanged)")
             return data

@@ -219,17 +219,18 @@ class ShardStream:
 
     def _write(self, split: str) -> None:
         reader = SpoolReader(self.spool_dir)
-        q = self.queues[split]
+        q, ended = self.queues[split], []
 
         def rows():
             while (batch := q.get()) is not None:
                 for stored, label in batch:
                     yield reader.read(stored), label
+            ended.append(True)
         try:
             self.results[split] = write_split(self.store, self.prefix, split, rows())
         except BaseException as e:  # noqa: BLE001 - handed to finish()
             self.results[split] = e
-            while q.get() is not None:  # let the producer finish its puts
+            while not ended and q.get() is not None:  # the end marker, unless rows() took it
                 pass
         finally:
             reader.close()
@@ -319,7 +320,13 @@ def _write_parts(store, source, name, base_id, by_class, skipped, settings, read
             split_seed=settings.split_seed, skipped_files=len(skipped),
             created_at=datetime.now(timezone.utc).isoformat(), write_id=write_id,
             data_sha256=shards_digest(shards))
-        if not store.write_table(layout.dataset_key(dataset_id), to_table([record]), create_only=True):
+        try:
+            committed = store.write_table(layout.dataset_key(dataset_id), to_table([record]), create_only=True)
+        except BaseException:  # the record did not make it (full disk, a signal): nothing is left
+            for key, _ in shards:
+                store.delete(key)
+            raise
+        if not committed:
             for key, _ in shards:  # another ingestion of this dataset committed first: keep theirs
                 store.delete(key)
             if read_dataset(store, dataset_id).content_sha256 != digest:
