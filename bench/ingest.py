@@ -20,7 +20,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +29,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
-import psutil  # noqa: E402
 from PIL import Image  # noqa: E402
 
 
@@ -63,19 +61,6 @@ if __name__ == "__main__":
 """
 
 
-def peak_rss_of(proc: subprocess.Popen) -> int:
-    """The peak resident set of a process and its children together, sampled every 20 ms."""
-    peak, me = 0, psutil.Process(proc.pid)
-    while proc.poll() is None:
-        try:
-            rss = me.memory_info().rss + sum(c.memory_info().rss for c in me.children(recursive=True))
-        except psutil.Error:
-            continue
-        peak = max(peak, rss)
-        time.sleep(0.02)
-    return peak
-
-
 def plain_loop(files: list[Path]) -> float:
     started = time.perf_counter()
     for f in files:
@@ -87,16 +72,13 @@ def plain_loop(files: list[Path]) -> float:
 def ingest_seconds(folder: Path, zoo: Path) -> tuple[float, int, int]:
     """Ingestion in a fresh process (its memory is its own): seconds inside `ingest`, images,
     peak memory of the process and its decoding processes."""
+    from bench.scale import measure
     script = Path(zoo.parent) / "child.py"
     script.write_text(CHILD)
-    proc = subprocess.Popen([sys.executable, str(script), str(zoo), str(folder)], stdout=subprocess.PIPE,
-                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, text=True)
-    peak = peak_rss_of(proc)
-    out = proc.stdout.read()
-    if proc.returncode != 0:
-        raise SystemExit(f"ingestion failed ({proc.returncode})")
+    _, peak_mb, out = measure([sys.executable, str(script), str(zoo), str(folder)],
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
     figures = json.loads(out.strip().splitlines()[-1])
-    return figures["seconds"], figures["images"], peak
+    return figures["seconds"], figures["images"], peak_mb * 1e6
 
 
 def main() -> None:

@@ -69,24 +69,26 @@ def query_folder(work: Path) -> Path:
     return work / spec.name
 
 
-def measure(cmd: list[str], repeats: int = 1) -> tuple[float, float, str]:
+def measure(cmd: list[str], repeats: int = 1, env: dict | None = None) -> tuple[float, float, str]:
     """(median seconds, peak resident MB, stdout) of `repeats` fresh processes."""
-    runs = [_measure_once(cmd) for _ in range(repeats)]
+    runs = [_measure_once(cmd, env) for _ in range(repeats)]
     return statistics.median(r[0] for r in runs), max(r[1] for r in runs), runs[-1][2]
 
 
-def _measure_once(cmd: list[str]) -> tuple[float, float, str]:
-    """(seconds, peak resident MB, stdout) of a fresh process. Its output is read while it
-    runs (a process blocked on a full pipe would never end)."""
+def _measure_once(cmd: list[str], env: dict | None = None) -> tuple[float, float, str]:
+    """(seconds, peak resident MB of the process and its children together, stdout) of a
+    fresh process. Its output is read while it runs (a process blocked on a full pipe would
+    never end)."""
     started = time.perf_counter()
-    proc = psutil.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = psutil.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     peak, done = 0, threading.Event()
 
     def sample():
         nonlocal peak
         while not done.is_set():
             try:
-                peak = max(peak, proc.memory_info().rss)
+                peak = max(peak, proc.memory_info().rss
+                           + sum(c.memory_info().rss for c in proc.children(recursive=True)))
             except psutil.Error:
                 pass
             time.sleep(0.02)
