@@ -20,8 +20,7 @@ from retriever.features import embed_images, load_backbone, sample_per_class
 from retriever.rerank import RERANK_CHOICES, SCORERS
 from retriever.train import load_version
 from workers.images import decode_images
-from workers.nets import load_checkpoint
-from workers.ofa_space import penultimate
+from workers.nets import checkpoint_features
 from zoo_schema.errors import TansError
 from zoo_schema.layout import checkpoint_uri
 from zoo_schema.manifest import read_manifest
@@ -185,7 +184,6 @@ class Searcher:
 
     def evidence(self, images: list[bytes], labels: np.ndarray, top, scorer) -> np.ndarray:
         """`scorer` of each recalled network's penultimate features of the query images."""
-        width = read_manifest(self.store).width
         x = torch.from_numpy(decode_images(images, self.image_size))
         out = []
         for i in top:
@@ -194,9 +192,9 @@ class Searcher:
             if record is None:
                 raise TansError(f"job {job_id} of the retriever has no result in {self.store.uri}; "
                                 f"run `tans retrain {self.store.uri}`")
-            net = load_checkpoint(self.store, record, width)
+            net = checkpoint_features(self.store, record)
             with torch.no_grad():
-                feats = torch.cat([penultimate(net, x[j:j + 256]) for j in range(0, len(x), 256)]).numpy()
+                feats = torch.cat([net(x[j:j + 256]) for j in range(0, len(x), 256)]).numpy()
             out.append(scorer(feats, labels))
         return np.asarray(out, dtype=np.float64)
 

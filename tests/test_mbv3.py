@@ -40,3 +40,38 @@ def test_a_state_dict_that_is_not_a_supernet_is_refused():
     del state["blocks.3.conv.point_linear.bn.bn.weight"]
     with pytest.raises(RuntimeError, match="point_linear.bn.weight"):
         largest_subnet(state)
+
+
+@pytest.mark.parametrize("width,seed", [(1.0, 0), (1.0, 1), (1.2, 2)])
+def test_a_static_subnet_computes_what_its_ofa_checkpoint_computes(width, seed):
+    """A zoo checkpoint (ofa's get_active_subnet state dict, with tans's classifier) loaded in
+    plain torch gives ofa's penultimate features: random depths, kernels and expand ratios."""
+    import random
+
+    from workers.mbv3 import static_subnet
+    from workers.ofa_space import build_subnet, sample_arch
+    torch.manual_seed(seed)
+    arch = sample_arch(random.Random(seed))
+    net = build_subnet(build_supernet(width), arch, num_classes=7).eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = penultimate(net, x)
+        got = static_subnet(net.state_dict(), arch.depths)(x)
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5), (got - expected).abs().max()
+
+
+def test_a_checkpoint_of_another_arch_is_refused():
+    import random
+
+    from workers.mbv3 import static_subnet
+    from workers.ofa_space import build_subnet, sample_arch
+    arch = sample_arch(random.Random(5))
+    state = build_subnet(build_supernet(1.0), arch, num_classes=3).state_dict()
+    other = tuple(4 if d != 4 else 2 for d in arch.depths)
+    with pytest.raises(RuntimeError, match="depths"):
+        static_subnet(state, other)

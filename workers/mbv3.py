@@ -1,11 +1,13 @@
-"""The largest subnet of an OFA MobileNetV3 supernet in plain torch, for feature extraction.
+"""OFA MobileNetV3 subnets in plain torch, for feature extraction.
 
-`tans search` embeds the query's images with the base supernet's largest subnet. Building it
-with the `ofa` package means importing `ofa.utils`, which imports torchvision's transforms and
-with them torch._dynamo: 1.6 s of a search's 5. This module builds the same network from the
-supernet's state dict alone (the same layers, parameter names and arithmetic as ofa's static
-MobileNetV3: `tests/test_mbv3.py` checks its features against ofa's own). Fine-tuning and
-sub-network extraction still use ofa.
+`tans search` embeds the query's images with the base supernet's largest subnet, and its
+re-rankers compute each recalled zoo network's penultimate features. Building them with the
+`ofa` package means importing `ofa.utils`, which imports torchvision's transforms and with
+them torch._dynamo: 1.6 s of a search. This module builds the same networks from state dicts
+alone (the same layers, parameter names and arithmetic as ofa's static MobileNetV3;
+`tests/test_mbv3.py` checks the features against ofa's own): the largest subnet from a
+supernet's state dict, and any subnet from the state dict ofa's `get_active_subnet` gives (a
+zoo checkpoint). Fine-tuning and sub-network extraction still use ofa.
 """
 from __future__ import annotations
 
@@ -86,19 +88,18 @@ class Block(nn.Module):
         return self.conv(x) + x if self.residual else self.conv(x)
 
 
-class LargestSubnet(nn.Module):
-    """The supernet's largest subnet (all blocks, kernel 7, expand 6) up to its penultimate
-    layer: forward(x) is the feature_mix_layer output, flattened (`ofa_space.penultimate`)."""
+class Subnet(nn.Module):
+    """A static subnet (blocks per stage: `depths`, kernel and expand ratio read from the
+    weights' shapes) up to its penultimate layer: forward(x) is the feature_mix_layer output,
+    flattened (`ofa_space.penultimate`). Its parameter names are ofa's static MobileNetV3's."""
 
-    def __init__(self, state: dict[str, torch.Tensor]):
+    def __init__(self, state: dict[str, torch.Tensor], depths: tuple[int, ...]):
         super().__init__()
         self.first_conv = _conv(state["first_conv.conv.weight"], stride=2, act="h_swish")
-        n = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
-        per_stage = (n - 1) // (len(STAGE_STRIDES) - 1)
+        stages = [0] + [unit + 1 for unit, d in enumerate(depths) for _ in range(d)]  # stage of each block
         blocks = []
-        for i in range(n):
-            stage = 0 if i == 0 else 1 + (i - 1) // per_stage
-            first = i == 0 or (i - 1) % per_stage == 0
+        for i, stage in enumerate(stages):
+            first = i == 0 or stages[i - 1] != stage
             stride = STAGE_STRIDES[stage] if first else 1
             conv = MBConv(state, f"blocks.{i}.conv.", stride, STAGE_ACTS[stage])
             in_c = conv.depth_conv.conv.in_channels if conv.inverted_bottleneck is None \
@@ -116,7 +117,26 @@ class LargestSubnet(nn.Module):
         return self.feature_mix_layer(x.mean((2, 3), keepdim=True)).flatten(1)
 
 
-def largest_subnet(supernet_state: dict[str, torch.Tensor]) -> LargestSubnet:
+def _load(state: dict[str, torch.Tensor], depths: tuple[int, ...]) -> Subnet:
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    with torch.device("meta"):  # no random init of weights that are replaced at once
+        net = Subnet(state, depths)
+    net.load_state_dict({k: v for k, v in state.items() if k in net.state_dict()}, assign=True)
+    return net.eval()
+
+
+def static_subnet(state: dict[str, torch.Tensor], depths: tuple[int, ...]) -> Subnet:
+    """The subnet of a static state dict (what ofa's get_active_subnet holds, as a zoo
+    checkpoint stores it) with `depths` blocks per unit (its arch's), in eval mode. The
+    classifier's weights are not used; a missing or misshapen layer raises RuntimeError."""
+    blocks = {int(k.split(".")[1]) for k in state if k.startswith("blocks.")}
+    if blocks != set(range(1 + sum(depths))):
+        raise RuntimeError(f"the state dict holds blocks {sorted(blocks)[:3]}..{sorted(blocks)[-1:]} "
+                           f"but depths {tuple(depths)} need blocks 0..{sum(depths)}")
+    return _load(state, tuple(depths))
+
+
+def largest_subnet(supernet_state: dict[str, torch.Tensor]) -> Subnet:
     """The largest subnet of an OFA MobileNetV3 supernet state dict, in eval mode. At the
     largest setting ofa's elastic layers use their full weights, so the subnet's weights are
     the supernet's under their static names (`x.conv.conv.weight` -> `x.conv.weight`,
@@ -126,8 +146,6 @@ def largest_subnet(supernet_state: dict[str, torch.Tensor]) -> LargestSubnet:
         if key.endswith("_matrix"):
             continue
         key = re.sub(r"\.conv\.conv\.weight$", ".conv.weight", key)
-        state[re.sub(r"\.bn\.bn\.", ".bn.", key)] = value.float() if value.is_floating_point() else value
-    with torch.device("meta"):  # no random init of weights that are replaced at once
-        net = LargestSubnet(state)
-    net.load_state_dict({k: v for k, v in state.items() if k in net.state_dict()}, assign=True)
-    return net.eval()
+        state[re.sub(r"\.bn\.bn\.", ".bn.", key)] = value
+    n = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+    return _load(state, (((n - 1) // (len(STAGE_STRIDES) - 1)),) * (len(STAGE_STRIDES) - 1))

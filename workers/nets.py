@@ -57,6 +57,15 @@ def checkpoint_bytes(store: ZooStore, record: ResultRecord) -> bytes:
     return data
 
 
+def checkpoint_features(store: ZooStore, record: ResultRecord):
+    """The fine-tuned network of a result row up to its penultimate layer, in plain torch
+    (`workers.mbv3`; no ofa import): net(x) is `ofa_space.penultimate` of `load_checkpoint`."""
+    from safetensors.torch import load as load_safetensors
+
+    from workers.mbv3 import static_subnet
+    return static_subnet(load_safetensors(checkpoint_bytes(store, record)), Arch.parse(record.arch).depths)
+
+
 def load_checkpoint(store: ZooStore, record: ResultRecord, width: float):
     """The fine-tuned network of a result row, its sha256 verified."""
     from safetensors.torch import load as load_safetensors
