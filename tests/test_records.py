@@ -41,3 +41,18 @@ def test_round_trip():
     sink = io.BytesIO()
     pq.write_table(to_table(recs), sink)
     assert from_table(ResultRecord, pq.read_table(io.BytesIO(sink.getvalue()))) == recs
+
+
+def test_job_ids_of_jobs_evaluated_every_epoch_are_those_before_the_setting_existed():
+    """`train.evaluate_every_epoch` (default true) does not enter the ids of existing zoos'
+    jobs, so their resumes find their results; evaluating only the last epoch is another job.
+    The pinned id was computed by workers/job.py before the setting existed."""
+    from workers.job import JobSpec, TrainSettings
+    from zoo_schema.manifest import BaseWeights
+    base = BaseWeights(kind="random", id="random-seed-0", seed=0)
+
+    def spec(train):
+        return JobSpec("shapes-clean", "ab" * 32, 8, "d22222-k3333333333-e3333333333", train, 1.0, base, 0,
+                       (8, 3, 32, 32))
+    assert spec(TrainSettings()).job_id == "79ecae63f82fe812f8bf3cdb"
+    assert spec(TrainSettings(evaluate_every_epoch=False)).job_id not in ("79ecae63f82fe812f8bf3cdb", "")

@@ -29,6 +29,7 @@ class TrainSettings:
     seed: int = 0
     latency_repeats: int = 20
     mixed_precision: bool = True  # only takes effect on CUDA
+    evaluate_every_epoch: bool = True  # False: BatchNorm recalibration and test after the last epoch only
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ class JobSpec:
         fields = {**dataclasses.asdict(self), "base_weights": self.base_weights.to_json()}
         if not fields["init_job"]:
             del fields["init_job"]  # ids of base-weight jobs predate the field and stay stable
+        if fields["train"]["evaluate_every_epoch"]:
+            del fields["train"]["evaluate_every_epoch"]  # so do ids of jobs evaluated every epoch
         blob = json.dumps(fields, sort_keys=True, default=list)
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 

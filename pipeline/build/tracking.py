@@ -99,7 +99,8 @@ class Tracker:
     def _log_result(self, spec: JobSpec, record: ResultRecord) -> None:
         run = self._job_run(spec, "finished")
         metrics = [("train_loss", v, i) for i, v in enumerate(record.epoch_losses)]
-        metrics += [("test_accuracy", v, i) for i, v in enumerate(record.epoch_accuracies)]
+        first = len(record.epoch_losses) - len(record.epoch_accuracies)  # the last epochs were evaluated
+        metrics += [("test_accuracy", v, first + i) for i, v in enumerate(record.epoch_accuracies)]
         metrics += [("accuracy", record.accuracy, 0), ("params", record.params, 0),
                     ("flops", record.flops, 0), ("latency_ms", record.latency_ms, 0),
                     ("train_seconds", record.train_seconds, 0)]

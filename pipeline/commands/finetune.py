@@ -50,8 +50,10 @@ def run_finetune(config: BuildConfig, job_id: str, source: str, log=print) -> Re
     outcome = outcomes[0].result
     if outcome is None:
         raise TansError(f"fine-tuning failed: {outcomes[0].error}")
-    for epoch, (loss, acc) in enumerate(zip(outcome.epoch_losses, outcome.epoch_accuracies), 1):
-        log(f"epoch {epoch}: train loss {loss:.4f}, test accuracy {acc:.4f}")
+    first = len(outcome.epoch_losses) - len(outcome.epoch_accuracies)  # the last epochs were evaluated
+    for epoch, loss in enumerate(outcome.epoch_losses, 1):
+        acc = f", test accuracy {outcome.epoch_accuracies[epoch - 1 - first]:.4f}" if epoch > first else ""
+        log(f"epoch {epoch}: train loss {loss:.4f}{acc}")
     tracker = Tracker(config.mlflow, {"zoo": store.uri, "finetune_of": job_id, "dataset": source},
                       run_name=f"finetune {job_id[:8]} on {dataset.dataset_id}", store=store, width=manifest.width)
     tracker.log_result(spec, outcome)
