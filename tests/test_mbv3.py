@@ -73,5 +73,12 @@ def test_a_checkpoint_of_another_arch_is_refused():
     arch = sample_arch(random.Random(5))
     state = build_subnet(build_supernet(1.0), arch, num_classes=3).state_dict()
     other = tuple(4 if d != 4 else 2 for d in arch.depths)
-    with pytest.raises(RuntimeError, match="depths"):
+    with pytest.raises(RuntimeError, match="another arch"):
         static_subnet(state, other)
+    shifted = (arch.depths[0] + 1, arch.depths[1] - 1, *arch.depths[2:]) if arch.depths[1] > 2 \
+        else (arch.depths[0] - 1, arch.depths[1] + 1, *arch.depths[2:])  # same block count, split otherwise
+    with pytest.raises(RuntimeError, match="another arch"):
+        static_subnet(state, shifted)
+    del state["final_expand_layer.conv.weight"]
+    with pytest.raises(RuntimeError, match="final_expand_layer"):
+        static_subnet(state, arch.depths)

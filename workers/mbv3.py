@@ -4,7 +4,7 @@
 re-rankers compute each recalled zoo network's penultimate features. Building them with the
 `ofa` package means importing `ofa.utils`, which imports torchvision's transforms and with
 them torch._dynamo: 1.6 s of a search. This module builds the same networks from state dicts
-alone (the same layers, parameter names and arithmetic as ofa's static MobileNetV3;
+alone (the same layers, parameter names and arithmetic, up to float rounding, as ofa's static MobileNetV3;
 `tests/test_mbv3.py` checks the features against ofa's own): the largest subnet from a
 supernet's state dict, and any subnet from the state dict ofa's `get_active_subnet` gives (a
 zoo checkpoint). Fine-tuning and sub-network extraction still use ofa.
@@ -18,11 +18,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-# The OFA MobileNetV3 space (ofa's OFAMobileNetV3): per stage, the first block's stride, the
-# activation and whether blocks squeeze-and-excite. Stage 0 is the single first block.
+# The OFA MobileNetV3 space (ofa's OFAMobileNetV3): per stage, the first block's stride and the
+# activation (squeeze-and-excite is read from the weights). Stage 0 is the single first block.
 STAGE_STRIDES = (1, 2, 2, 2, 1, 2)
 STAGE_ACTS = ("relu", "relu", "relu", "h_swish", "h_swish", "h_swish")
-STAGE_SE = (False, False, True, False, True, True)
 
 
 class HSwish(nn.Module):
@@ -104,7 +103,11 @@ class Subnet(nn.Module):
             conv = MBConv(state, f"blocks.{i}.conv.", stride, STAGE_ACTS[stage])
             in_c = conv.depth_conv.conv.in_channels if conv.inverted_bottleneck is None \
                 else conv.inverted_bottleneck.conv.in_channels
-            blocks.append(Block(conv, stride == 1 and in_c == conv.point_linear.conv.out_channels))
+            out_c = conv.point_linear.conv.out_channels
+            if i and first != (in_c != out_c):  # in this space a unit's first block, and only it, changes width
+                raise RuntimeError(f"block {i} ({in_c} -> {out_c} channels) does not fit depths {tuple(depths)}: "
+                                   "the weights are of another arch")
+            blocks.append(Block(conv, stride == 1 and in_c == out_c))
         self.blocks = nn.ModuleList(blocks)
         self.final_expand_layer = _conv(state["final_expand_layer.conv.weight"], act="h_swish")
         self.feature_mix_layer = _conv(state["feature_mix_layer.conv.weight"], bn=False, act="h_swish")
@@ -119,9 +122,13 @@ class Subnet(nn.Module):
 
 def _load(state: dict[str, torch.Tensor], depths: tuple[int, ...]) -> Subnet:
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-    with torch.device("meta"):  # no random init of weights that are replaced at once
-        net = Subnet(state, depths)
-    net.load_state_dict({k: v for k, v in state.items() if k in net.state_dict()}, assign=True)
+    try:
+        with torch.device("meta"):  # no random init of weights that are replaced at once
+            net = Subnet(state, depths)
+    except KeyError as e:
+        raise RuntimeError(f"the state dict has no {e.args[0]}: it is not an OFA MobileNetV3 network") from None
+    keys = net.state_dict().keys()
+    net.load_state_dict({k: v for k, v in state.items() if k in keys}, assign=True)
     return net.eval()
 
 
@@ -131,8 +138,8 @@ def static_subnet(state: dict[str, torch.Tensor], depths: tuple[int, ...]) -> Su
     classifier's weights are not used; a missing or misshapen layer raises RuntimeError."""
     blocks = {int(k.split(".")[1]) for k in state if k.startswith("blocks.")}
     if blocks != set(range(1 + sum(depths))):
-        raise RuntimeError(f"the state dict holds blocks {sorted(blocks)[:3]}..{sorted(blocks)[-1:]} "
-                           f"but depths {tuple(depths)} need blocks 0..{sum(depths)}")
+        raise RuntimeError(f"the state dict holds {len(blocks)} blocks but depths {tuple(depths)} "
+                           f"need {1 + sum(depths)}: the weights are of another arch")
     return _load(state, tuple(depths))
 
 

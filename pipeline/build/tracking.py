@@ -90,7 +90,8 @@ class Tracker:
         return {"dataset_id": spec.dataset_id, "arch": spec.arch, "epochs": t.epochs,
                 "image_size": t.image_size, "batch_size": t.batch_size, "lr": t.lr,
                 "momentum": t.momentum, "weight_decay": t.weight_decay, "seed": t.seed,
-                "width": spec.width, "base_weights": spec.base_weights.id}
+                "width": spec.width, "base_weights": spec.base_weights.id,
+                "evaluate_every_epoch": t.evaluate_every_epoch}
 
     def log_result(self, spec: JobSpec, record: ResultRecord) -> None:
         with deferred():
