@@ -8,10 +8,16 @@
    images each, so R@1 moves in steps of 0.27 points.
 2. Held-out datasets, never in the zoo nor in the base weights' pretraining: five built-in
    ones and the three of real images (`HELD_OUT`).
+   Each is written with 3x the suite's images per class: the train split is the suite's own
+   size (80% of its images per class, the task a user would bring), the test split is the
+   other 2.2x, so that a test accuracy's standard error is about 1 point, not 3-6.
 3. Ground truth per held-out dataset: a fixed set of `--networks` zoo networks — the
    retriever's top-5 (default ranking) plus seeded random others — each fine-tuned for 3
-   epochs with one recipe (the zoo's B.2 defaults) on its train split, scored on its test
-   split (accuracy after epoch 1 and 3).
+   epochs with one recipe (the zoo's B.2 defaults) on its train split, once per seed of
+   `--seeds` (2), scored on its test split (accuracy after epoch 1 and 3, the mean over the
+   seeds). How well the seeds agree on the set's accuracies (Pearson, mean over pairs of
+   seeds) is reported per dataset: when two fine-tunes of the same networks barely agree, no
+   ranking can agree with either.
 4. Rankings of that set, judged by weighted Kendall tau against the 3-epoch accuracies
    (`scipy.stats.weightedtau`, the protocol of LogME / Model Spider): the retriever's
    predicted accuracy (TANS), LogME and a k-NN probe on each network's features of the
@@ -23,11 +29,11 @@
    epochs, and regret against the best network of the set.
 6. Search time for a 10-class query, with and without re-ranking.
 
-    python bench/transfer.py [--networks 16]
+    python bench/transfer.py [--networks 16] [--seeds 2]
 
 The spread of the ground-truth accuracies per dataset is reported next to the test-split
-noise (binomial standard error at the mean accuracy), since no ranking can separate
-networks that differ by less. The last line is the figures as one JSON object.
+noise (binomial standard error at the mean accuracy) and the seeds' agreement, since no
+ranking can separate networks that differ by less. The last line is the figures as one JSON object.
 """
 from __future__ import annotations
 
@@ -51,6 +57,7 @@ HELD_OUT = ["glyphs-hebrew-clean", "stripes-frequency", "hue-shapes-12", "checke
             "mnist-real", "textures-real", "photos-real"]
 CACHE = ROOT / "bench" / ".cache" / "transfer"
 EPOCHS = 3
+TEST_SCALE = 3  # held-out datasets are written with 3x the suite's images per class; the extra 2x is test
 
 
 def log(line: str) -> None:
@@ -90,24 +97,36 @@ def build_zoo():
 
 
 def held_out_splits():
-    """(name, train images, train labels, test images, test labels) of each held-out dataset."""
+    """(name, train images, train labels, test images, test labels) of each held-out dataset:
+    the suite's train size per class, and TEST_SCALE - 0.8 times its images per class as test."""
     from pipeline.datasets import synth
-    from pipeline.datasets.ingest import IngestSettings, read_images, stratified_split
-    specs = {s.name: s for s in synth.suite()}
-    for name in HELD_OUT:
-        folder = CACHE / "held-out" / name
+    from pipeline.datasets.ingest import read_images
+    for spec in synth.suite():
+        if spec.name not in HELD_OUT:
+            continue
+        folder = CACHE / "held-out-large" / spec.name
         if not folder.exists():
-            synth.write_dataset(specs[name], folder.parent, seed=0)
+            large = synth.Spec(spec.name, spec.family, spec.classes, spec.per_class * TEST_SCALE, spec.params)
+            synth.write_dataset(large, folder.parent, seed=0)
         by_class, _ = read_images(str(folder))
-        classes = sorted(by_class)
-        train, test = stratified_split(by_class, classes, IngestSettings())
-        yield name, [b for b, _ in train], [y for _, y in train], [b for b, _ in test], [y for _, y in test]
+        train_per_class = round(0.8 * spec.per_class)
+        train, test = [], []
+        for label, cls in enumerate(sorted(by_class)):
+            images = by_class[cls]
+            train += [(b, label) for b in images[:train_per_class]]
+            test += [(b, label) for b in images[train_per_class:]]
+        yield spec.name, [b for b, _ in train], [y for _, y in train], [b for b, _ in test], [y for _, y in test]
 
 
-def fine_tune(net, classes, x, y, xt, yt, settings):
+def fine_tune(net, classes, x, y, xt, yt, settings, seed=0):
     from workers.training import train
     net.classifier = torch.nn.Linear(net.classifier.in_features, classes)
-    return train(net, x, y, xt, yt, settings, torch.device("cpu"), seed=0)[1]
+    return train(net, x, y, xt, yt, settings, torch.device("cpu"), seed=seed)[1]
+
+
+def fine_tune_seeds(make_net, classes, x, y, xt, yt, settings, seeds):
+    """Accuracy after each epoch of `make_net()` fine-tuned once per seed: [seeds, epochs]."""
+    return np.array([fine_tune(make_net(), classes, x, y, xt, yt, settings, seed) for seed in range(seeds)])
 
 
 def ranks01(v: np.ndarray) -> np.ndarray:
@@ -127,14 +146,18 @@ def main() -> None:
     from zoo_schema.manifest import read_manifest
     p = argparse.ArgumentParser()
     p.add_argument("--networks", type=int, default=16, help="zoo networks fine-tuned per held-out dataset")
+    p.add_argument("--seeds", type=int, default=2, help="fine-tunes per network (the ground truth is their mean)")
     args = p.parse_args()
+    if args.seeds < 1 or args.networks < 6:
+        p.error("--seeds must be at least 1 and --networks at least 6 (the top-5 and one random network)")
     torch.set_num_threads(os.cpu_count() or 1)
     store, config, zoo_seconds = build_zoo()
     manifest = read_manifest(store)
     results = {r.job_id: r for r in read_results(store)}
     searcher = Searcher(store, live_job_ids=set(results), results=results)
     figures = {"zoo": zoo_summary(store, results, zoo_seconds), "same_pair": same_pair(store, config),
-               "held_out": HELD_OUT, "networks": args.networks, "epochs": EPOCHS, "per_dataset": {}}
+               "held_out": HELD_OUT, "networks": args.networks, "epochs": EPOCHS, "seeds": args.seeds,
+               "per_dataset": {}}
     log(f"zoo: {figures['zoo']['networks']} networks, same-pair {figures['same_pair']}")
     limit = float(np.median([r.params for r in results.values()]))
     settings = TrainSettings(epochs=EPOCHS, image_size=config.train.image_size)
@@ -167,24 +190,29 @@ def main() -> None:
         from retriever.features import sample_per_class
         sample = sample_per_class(tr_lab, 10, "search")
         xs, ys = x[sample], np.asarray([tr_lab[i] for i in sample])
-        acc1, acc3, evidence = [], [], {k: [] for k in SCORERS}
+        acc1, acc3, per_seed, evidence = [], [], [], {k: [] for k in SCORERS}
         for job_id in chosen:
             net = load_checkpoint(store, results[job_id], manifest.width)
             with torch.no_grad():
                 f = penultimate(net, xs).numpy()
             for k, scorer in SCORERS.items():
                 evidence[k].append(scorer(f, ys))
-            curve = fine_tune(net, classes, x, y, xt, yt, settings)
-            acc1.append(curve[0])
-            acc3.append(curve[-1])
-        acc3 = np.asarray(acc3)
+            curves = fine_tune_seeds(lambda: load_checkpoint(store, results[job_id], manifest.width),
+                                     classes, x, y, xt, yt, settings, args.seeds)
+            acc1.append(curves[:, 0].mean())
+            acc3.append(curves[:, -1].mean())
+            per_seed.append(curves[:, -1])
+        acc3, per_seed = np.asarray(acc3), np.asarray(per_seed)
         scores = {"tans": predicted, "logme": np.asarray(evidence["logme"]), "knn": np.asarray(evidence["knn"])}
         scores["tans+logme"] = ranks01(scores["tans"]) + ranks01(scores["logme"])
         scores["tans+knn"] = ranks01(scores["tans"]) + ranks01(scores["knn"])
         row = {"accuracy_3_epochs": [round(float(a), 4) for a in acc3],
                "spread": round(float(acc3.max() - acc3.min()), 4),
                "test_noise_se": round(float(np.sqrt(acc3.mean() * (1 - acc3.mean()) / len(te_lab))), 4),
-               "test_images": len(te_lab), "weighted_tau": {}}
+               "test_images": len(te_lab), "train_images": len(tr_lab), "weighted_tau": {}}
+        if args.seeds > 1:  # how well fine-tunes of the same networks agree (NaN -> None when one is constant)
+            c = np.corrcoef(per_seed.T)[np.triu_indices(args.seeds, 1)]
+            row["seed_agreement_pearson"] = round(float(np.mean(c)), 4) if np.isfinite(c).all() else None
         for m in methods[:-1]:
             tau = float(weightedtau(scores[m], acc3).correlation)
             taus[m].append(tau)
@@ -198,22 +226,27 @@ def main() -> None:
         largest = max(fitting, key=lambda r: r.params)
         curves = {"tans_top1": (acc1[0], acc3[0]),
                   "random_zoo_network": (acc1[len(top5)], acc3[len(top5)]) if len(chosen) > len(top5) else None}
+        def mean_curve(make_net):
+            c = fine_tune_seeds(make_net, classes, x, y, xt, yt, settings, args.seeds).mean(0)
+            return c[0], c[-1]
+
         if curves["random_zoo_network"] is None:
             pick = results[str(rng.choice(others))]
-            c = fine_tune(load_checkpoint(store, pick, manifest.width), classes, x, y, xt, yt, settings)
-            curves["random_zoo_network"] = (c[0], c[-1])
+            curves["random_zoo_network"] = mean_curve(lambda: load_checkpoint(store, pick, manifest.width))
         if largest.job_id in chosen:
             i = chosen.index(largest.job_id)
             curves["largest_within_constraint"] = (acc1[i], acc3[i])
         else:
-            c = fine_tune(load_checkpoint(store, largest, manifest.width), classes, x, y, xt, yt, settings)
-            curves["largest_within_constraint"] = (c[0], c[-1])
-        torch.manual_seed(12345)
-        c = fine_tune(model_for(top1.arch, classes, manifest.width), classes, x, y, xt, yt, settings)
-        curves["same_arch_random_init"] = (c[0], c[-1])
+            curves["largest_within_constraint"] = mean_curve(lambda: load_checkpoint(store, largest, manifest.width))
+        init = iter(range(12345, 12345 + args.seeds))
+
+        def random_init():
+            torch.manual_seed(next(init))
+            return model_for(top1.arch, classes, manifest.width)
+
+        curves["same_arch_random_init"] = mean_curve(random_init)
         base = load_base_supernet(store, manifest.width, manifest.base_weights)
-        c = fine_tune(model_for(top1.arch, classes, manifest.width, base), classes, x, y, xt, yt, settings)
-        curves["same_arch_pretrained_base"] = (c[0], c[-1])
+        curves["same_arch_pretrained_base"] = mean_curve(lambda: model_for(top1.arch, classes, manifest.width, base))
         for s in starts:
             firsts[s].append(float(curves[s][0]))
             finals[s].append(float(curves[s][1]))
@@ -263,7 +296,11 @@ def zoo_summary(store, results, seconds) -> dict:
 def search_times() -> dict:
     """`tans search` end to end from the command line, for a 10-class held-out query."""
     out = {}
-    query = str(CACHE / "held-out" / "mnist-real")
+    from pipeline.datasets import synth
+    query = CACHE / "held-out" / "mnist-real"  # the suite's own size: 1,000 images
+    if not query.exists():
+        synth.write_dataset(next(s for s in synth.suite() if s.name == "mnist-real"), query.parent, seed=0)
+    query = str(query)
     for rerank in ("none", "logme", "knn"):
         started = time.perf_counter()
         r = subprocess.run([sys.executable, "-m", "pipeline.cli", "search", str(CACHE / "zoo"), "--dataset", query,
