@@ -10,6 +10,10 @@ machine without CUDA it says so and exits 2, unless `--allow-cpu` (then it measu
 CPU, e.g. as the baseline to compare a GPU run with).
 
     python bench/gpu_smoke.py [--epochs 2] [--image-size 64] [--batch-size 128] [--allow-cpu]
+                              [--evaluate-last-epoch]
+
+`--evaluate-last-epoch` runs the warm pipeline and the plain loop with
+`train.evaluate_every_epoch = false` (both evaluate once, after the last epoch).
 
 The last line is the figures as one JSON object.
 """
@@ -35,6 +39,8 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--dataset", default="glyphs-latin-upper-clean")
     ap.add_argument("--allow-cpu", action="store_true")
+    ap.add_argument("--evaluate-last-epoch", action="store_true",
+                    help="warm pipeline and plain loop evaluate after the last epoch only")
     args = ap.parse_args()
 
     import torch
@@ -67,7 +73,8 @@ def main() -> int:
         figures = {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "cuda": cuda,
                    "torch": torch.__version__, "dataset": dataset.dataset_id,
                    "train_images": dataset.num_train, "arch": largest.id, "epochs": args.epochs,
-                   "image_size": args.image_size, "batch_size": args.batch_size}
+                   "image_size": args.image_size, "batch_size": args.batch_size,
+                   "evaluate_every_epoch": not args.evaluate_last_epoch}
         for amp in (True, False):
             train = TrainSettings(epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size,
                                   mixed_precision=amp, latency_repeats=20)
@@ -92,7 +99,8 @@ def main() -> int:
         walls = []
         for seed in (1, 2):  # the first warms the worker up; the second is measured
             train = TrainSettings(epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size,
-                                  seed=seed, latency_repeats=20)
+                                  seed=seed, latency_repeats=20,
+                                  evaluate_every_epoch=not args.evaluate_last_epoch)
             job = dataclasses.replace(job, train=train)
             started = time.perf_counter()
             record = run_job(job, store.uri, threads=os.cpu_count(), cache=cache)
