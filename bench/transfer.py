@@ -29,7 +29,11 @@
    epochs, and regret against the best network of the set.
 6. Search time for a 10-class query, with and without re-ranking.
 
-    python bench/transfer.py [--networks 16] [--seeds 2]
+    python bench/transfer.py [--networks 16] [--seeds 2] [--zoo-epochs 1] [--zoo-jobs 96]
+                             [--held-out NAME,NAME,...]
+
+`--zoo-epochs` / `--zoo-jobs` build (and cache) another zoo of the same datasets with longer
+fine-tunes or fewer networks; `--held-out` takes a subset of the held-out datasets.
 
 The spread of the ground-truth accuracies per dataset is reported next to the test-split
 noise (binomial standard error at the mean accuracy) and the seeds' agreement, since no
@@ -67,9 +71,9 @@ def log(line: str) -> None:
 ZOO_JOBS = 96
 
 
-def build_zoo():
-    """The zoo of every synthetic dataset but the held-out ones, by the demo's settings,
-    built once in the cache."""
+def build_zoo(epochs: int = 1, jobs: int = ZOO_JOBS):
+    """The zoo of every synthetic dataset but the held-out ones, by the demo's settings (or
+    `epochs` per fine-tune and `jobs` networks), built once in the cache."""
     from pipeline.datasets import synth
     from pipeline.build.run import run_build
     from pipeline.build.config import load_config
@@ -82,9 +86,10 @@ def build_zoo():
         for spec in synth.suite():
             if spec.name not in HELD_OUT:
                 synth.write_dataset(spec, datasets, seed=0)
-    config = load_config(str(ROOT / "demo.toml"), {"zoo": str(CACHE / "zoo"), "datasets": [str(datasets)],
-                                                     "max_jobs": ZOO_JOBS,
-                                                     "mlflow.tracking_uri": f"sqlite:///{CACHE / 'mlflow.db'}"})
+    name = "" if (epochs, jobs) == (1, ZOO_JOBS) else f"-e{epochs}-j{jobs}"
+    config = load_config(str(ROOT / "demo.toml"), {"zoo": str(CACHE / f"zoo{name}"), "datasets": [str(datasets)],
+                                                     "max_jobs": jobs, "train.epochs": epochs,
+                                                     "mlflow.tracking_uri": f"sqlite:///{CACHE / f'mlflow{name}.db'}"})
     store = open_store(config.zoo)
     started = time.perf_counter()
     if len(read_results(store)) < config.max_jobs or not versions(store):
@@ -96,13 +101,13 @@ def build_zoo():
     return store, config, time.perf_counter() - started
 
 
-def held_out_splits():
+def held_out_splits(names=HELD_OUT):
     """(name, train images, train labels, test images, test labels) of each held-out dataset:
     the suite's train size per class, and TEST_SCALE - 0.8 times its images per class as test."""
     from pipeline.datasets import synth
     from pipeline.datasets.ingest import read_images
     for spec in synth.suite():
-        if spec.name not in HELD_OUT:
+        if spec.name not in names:
             continue
         folder = CACHE / "held-out-large" / spec.name
         if not folder.exists():
@@ -147,16 +152,23 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--networks", type=int, default=16, help="zoo networks fine-tuned per held-out dataset")
     p.add_argument("--seeds", type=int, default=2, help="fine-tunes per network (the ground truth is their mean)")
+    p.add_argument("--zoo-epochs", type=int, default=1, help="epochs of each zoo fine-tune (the demo's: 1)")
+    p.add_argument("--zoo-jobs", type=int, default=ZOO_JOBS, help="networks in the zoo")
+    p.add_argument("--held-out", default="", help="comma-separated subset of the held-out datasets")
     args = p.parse_args()
-    if args.seeds < 1 or args.networks < 6:
-        p.error("--seeds must be at least 1 and --networks at least 6 (the top-5 and one random network)")
+    if args.seeds < 1 or args.networks < 6 or args.zoo_epochs < 1 or args.zoo_jobs < 1:
+        p.error("--seeds, --zoo-epochs and --zoo-jobs must be at least 1, --networks at least 6 "
+                "(the top-5 and one random network)")
+    held_out = args.held_out.split(",") if args.held_out else HELD_OUT
+    if set(held_out) - set(HELD_OUT):
+        p.error(f"--held-out takes names of {', '.join(HELD_OUT)} (the zoo is built without them)")
     torch.set_num_threads(os.cpu_count() or 1)
-    store, config, zoo_seconds = build_zoo()
+    store, config, zoo_seconds = build_zoo(args.zoo_epochs, args.zoo_jobs)
     manifest = read_manifest(store)
     results = {r.job_id: r for r in read_results(store)}
     searcher = Searcher(store, live_job_ids=set(results), results=results)
     figures = {"zoo": zoo_summary(store, results, zoo_seconds), "same_pair": same_pair(store, config),
-               "held_out": HELD_OUT, "networks": args.networks, "epochs": EPOCHS, "seeds": args.seeds,
+               "held_out": held_out, "zoo_epochs": args.zoo_epochs, "networks": args.networks, "epochs": EPOCHS, "seeds": args.seeds,
                "per_dataset": {}}
     log(f"zoo: {figures['zoo']['networks']} networks, same-pair {figures['same_pair']}")
     limit = float(np.median([r.params for r in results.values()]))
@@ -169,7 +181,7 @@ def main() -> None:
     finals = {s: [] for s in starts}
     firsts = {s: [] for s in starts}
     regrets = []
-    for name, tr_img, tr_lab, te_img, te_lab in held_out_splits():
+    for name, tr_img, tr_lab, te_img, te_lab in held_out_splits(held_out):
         t0 = time.perf_counter()
         classes = len(set(tr_lab))
         x = torch.from_numpy(decode_images(tr_img, settings.image_size))
@@ -263,7 +275,7 @@ def main() -> None:
     figures["tans_top1_best_on_average"] = bool(final.mean(1).argmax() == 0)
     figures["tans_top1_never_worst"] = bool((final.argmin(0) != 0).all())
     figures["regret_mean"] = round(float(np.mean(regrets)), 4)
-    figures["search_seconds"] = search_times()
+    figures["search_seconds"] = search_times(config.zoo)
     figures["goals"] = {"default_weighted_tau": ">= 0.6 (moonshot 0.8) and above LogME alone",
                         "top1": "best on average and never the worst", "search_with_rerank_s": "< 10"}
     print(json.dumps(figures))
@@ -293,7 +305,7 @@ def zoo_summary(store, results, seconds) -> dict:
             "datasets_best_at_least_twice_chance": len(above), "per_dataset": rows}
 
 
-def search_times() -> dict:
+def search_times(zoo: str) -> dict:
     """`tans search` end to end from the command line, for a 10-class held-out query."""
     out = {}
     from pipeline.datasets import synth
@@ -303,7 +315,7 @@ def search_times() -> dict:
     query = str(query)
     for rerank in ("none", "logme", "knn"):
         started = time.perf_counter()
-        r = subprocess.run([sys.executable, "-m", "pipeline.cli", "search", str(CACHE / "zoo"), "--dataset", query,
+        r = subprocess.run([sys.executable, "-m", "pipeline.cli", "search", zoo, "--dataset", query,
                             "--rerank", rerank, "--json"], capture_output=True, text=True, cwd=ROOT)
         wall = time.perf_counter() - started
         inner = json.loads(r.stdout)["seconds"] if r.returncode == 0 else {"error": r.stderr[-300:]}
