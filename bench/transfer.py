@@ -221,7 +221,11 @@ def main() -> None:
         row = {"accuracy_3_epochs": [round(float(a), 4) for a in acc3],
                "spread": round(float(acc3.max() - acc3.min()), 4),
                "test_noise_se": round(float(np.sqrt(acc3.mean() * (1 - acc3.mean()) / len(te_lab))), 4),
-               "test_images": len(te_lab), "train_images": len(tr_lab), "weighted_tau": {}}
+               "test_images": len(te_lab), "train_images": len(tr_lab), "weighted_tau": {},
+               "set": [{"job_id": j, "arch": results[j].arch, "params": results[j].params,
+                        "source": results[j].dataset_id, "source_accuracy": round(results[j].accuracy, 4),
+                        **{m: round(float(scores[m][i]), 4) for m in ("tans", "logme", "knn")}}
+                       for i, j in enumerate(chosen)]}
         if args.seeds > 1:  # how well fine-tunes of the same networks agree (NaN -> None when one is constant)
             c = np.corrcoef(per_seed.T)[np.triu_indices(args.seeds, 1)]
             row["seed_agreement_pearson"] = round(float(np.mean(c)), 4) if np.isfinite(c).all() else None
