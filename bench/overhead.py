@@ -1,12 +1,13 @@
 """Pipeline overhead: N fine-tune jobs through `tans build` (local Ray, zoo writes, MLflow)
 against a plain loop calling the same training function on the same (dataset, arch) pairs.
 
-Both get the same in-flight parallelism: the pipeline runs the jobs as Ray tasks (one core
-each, as many in flight as cores); the plain loop runs them in as many worker processes
-(one torch thread each, each job taken by the next free process), timed from when its
-processes have loaded the data. Both train the same pairs for the same epochs. The pipeline's time includes everything `tans build` does from
-start to end (ingestion, starting Ray, profiling the 100-arch pool once per zoo, MLflow);
-the retriever stage is switched off, as it trains no network of the zoo.
+Both get the same in-flight parallelism: the pipeline runs the jobs on its default warm
+workers (Ray actors, one core each, as many as cores); the plain loop runs them in as many
+worker processes (one torch thread each, each job taken by the next free process), timed from
+when its processes have loaded the data. Both train the same pairs for the same epochs. The
+pipeline's time includes everything `tans build` does from start to end (ingestion, starting
+Ray, profiling the 100-arch pool once per zoo on the workers, MLflow); the retriever stage is
+switched off, as it trains no network of the zoo.
 Goal (issue 14): the pipeline keeps at least 0.95 of the loop's jobs/hour. Both print where
 their time went: the pipeline from its result rows (data, setup, training, evaluation,
 profiling, checkpoint; summed over jobs that overlap across workers), the loop by timing it.

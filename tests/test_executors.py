@@ -6,6 +6,7 @@ lacks; the replay executor answers the pairs its source zoo holds and fails the 
 """
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -46,9 +47,12 @@ def executor_case(request, tmp_path):
     if request.param.startswith("ray"):
         request.getfixturevalue("ray_cluster")
         resources = ResourceSettings(warm_workers=request.param == "ray-warm-workers")
-        return RayExecutor(store.uri, S3Settings(), resources), specs, failing, None
+        executor = RayExecutor(store.uri, S3Settings(), resources)
+        yield executor, specs, failing, None
+        executor.close()  # its warm workers hold the module cluster's CPUs
+        return
     target = open_store(str(tmp_path / "target"))
-    return ReplayExecutor(store, target), specs, failing, frozenset(Pair(s.dataset_id, s.arch) for s in specs)
+    yield ReplayExecutor(store, target), specs, failing, frozenset(Pair(s.dataset_id, s.arch) for s in specs)
 
 
 def drain(executor, deadline_s: float = 120) -> list[Outcome]:
@@ -135,3 +139,62 @@ def test_executor_profiles_archs_in_order(executor_case, tmp_path):
     if isinstance(executor, ReplayExecutor):
         with pytest.raises(KeyError, match="has no profiles of 1 pool archs"):
             executor.profile(MANIFEST, [*ARCHS, arch_pool(1, 1)[0].id], 32)
+
+
+def test_a_warm_worker_that_never_starts_is_given_up_and_its_job_moved(ray_cluster, tmp_path, monkeypatch):
+    """Just after a node is lost the cluster can still count its resources, and a new warm
+    worker placed on them never starts. Once START_DEADLINE_S has passed with another worker
+    live, the executor gives it up and its queued job runs on the live one: no job waits
+    forever, none counts as failed. (Here a held CPU and a stale `_fits_another` make it.)
+    Profiling, first, makes only as many workers as there is room for."""
+    import ray
+
+    from pipeline.build import executor as executor_module
+    store, specs = committed_zoo(tmp_path / "zoo")
+    hold = ray.remote(num_cpus=1)(type("Hold", (), {})).remote()
+    executor = RayExecutor(store.uri, S3Settings(), ResourceSettings(max_in_flight=2, warm_workers=True))
+    try:
+        ray.get(hold.__ray_ready__.remote(), timeout=60)  # one of the two CPUs taken
+        profiled: list = []  # profiling makes only the worker there is room for (two would hang)
+        thread = threading.Thread(target=lambda: profiled.extend(executor.profile(MANIFEST, ARCHS, 32)), daemon=True)
+        thread.start()
+        thread.join(120)
+        assert [p.arch for p in profiled] == ARCHS and sorted(executor._workers) == [0]
+        executor.submit(specs[0])
+        assert [o.error for o in drain(executor)] == [None]  # on worker 0, on the other CPU
+        monkeypatch.setattr(executor_module, "START_DEADLINE_S", 3.0)
+        monkeypatch.setattr(executor, "_fits_another", lambda: True)  # the stale view
+        executor.submit(specs[1])  # to worker 0, which holds the dataset
+        executor.submit(specs[2])  # to a new worker 1, which cannot start
+        assert sorted(executor._workers) == [0, 1]
+        outcomes = drain(executor, 60)
+        assert sorted(o.spec.job_id for o in outcomes) == sorted(s.job_id for s in specs[1:])
+        assert all(o.error is None for o in outcomes)
+        assert executor.unstarted == 1 and executor.replaced == 0 and sorted(executor._workers) == [0]
+    finally:
+        executor.close()
+        ray.kill(hold)
+
+
+def test_profiling_on_warm_workers_leaves_them_holding_the_base(ray_cluster, tmp_path):
+    """With warm workers, the pool is profiled on them, in one chunk per worker: each then
+    holds the base supernet for the jobs that follow. A worker that died meanwhile is
+    replaced, and its chunk is measured by the live one: the profiles are the same."""
+    import ray
+    store, _ = committed_zoo(tmp_path / "zoo")
+    deadline = time.time() + 60
+    while ray.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
+        time.sleep(0.2)  # the workers of the tests before are gone: room for two
+    executor = RayExecutor(store.uri, S3Settings(), ResourceSettings(max_in_flight=2, warm_workers=True))
+    try:
+        first = executor.profile(MANIFEST, ARCHS, 32)
+        assert sorted(executor._workers) == [0, 1]
+        held = [ray.get(w.__ray_call__.remote(lambda self: list(self.cache._supernets)))
+                for w in executor._workers.values()]
+        assert all(len(h) == 1 and h[0][2] == MANIFEST.base_weights.id for h in held)
+        ray.kill(executor._workers[0])
+        again = executor.profile(MANIFEST, ARCHS, 32)
+        assert executor.replaced == 1 and 0 not in executor._workers
+        assert [(p.arch, p.params, p.flops) for p in again] == [(p.arch, p.params, p.flops) for p in first]
+    finally:
+        executor.close()

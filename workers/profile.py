@@ -14,11 +14,13 @@ LATENCY_REPEATS = 10
 
 
 def profile_archs(store: ZooStore, manifest: Manifest, arch_ids: list[str], image_size: int,
-                  device=None) -> list[ArchProfile]:
-    """The profiles of `arch_ids`, in order, measured on `device` (default: CPU)."""
+                  device=None, supernet=None) -> list[ArchProfile]:
+    """The profiles of `arch_ids`, in order, measured on `device` (default: CPU), with the
+    zoo's base supernet (`supernet` when the caller holds it already; it is not modified)."""
     import torch
     device = device or torch.device("cpu")
-    supernet = load_base_supernet(store, manifest.width, manifest.base_weights)
+    if supernet is None:
+        supernet = load_base_supernet(store, manifest.width, manifest.base_weights)
     profiles = []
     for arch_id in arch_ids:
         model = build_subnet(supernet, Arch.parse(arch_id), num_classes=10).eval()
@@ -32,9 +34,12 @@ def profile_archs(store: ZooStore, manifest: Manifest, arch_ids: list[str], imag
 
 
 def profile_remote(zoo_uri: str, s3: S3Settings | None, manifest: Manifest, arch_ids: list[str],
-                   image_size: int, threads: int) -> list[ArchProfile]:
-    """`profile_archs` as a worker task: on the worker's GPU when it has one, like its jobs."""
+                   image_size: int, threads: int, cache=None) -> list[ArchProfile]:
+    """`profile_archs` on a worker: on its GPU when it has one, like its jobs. A warm worker
+    passes its `JobCache`, so the base supernet it loads here serves its jobs afterwards."""
     import torch
     torch.set_num_threads(threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return profile_archs(open_store(zoo_uri, s3), manifest, arch_ids, image_size, device)
+    store = open_store(zoo_uri, s3)
+    supernet = cache.supernet(store, manifest.width, manifest.base_weights) if cache is not None else None
+    return profile_archs(store, manifest, arch_ids, image_size, device, supernet)

@@ -4,7 +4,8 @@ Contract (`Executor`; tested over the Ray and replay executors):
 - `submit(spec)` starts a job and returns at once; `in_flight` counts the jobs submitted
   and not yet returned by `wait`;
 - `wait(timeout)` returns the outcomes finished so far: at least one unless the timeout
-  passes or nothing is in flight (then []); each job's outcome exactly once;
+  passes or nothing is in flight (then []; the Ray executor also returns [] early, every
+  START_DEADLINE_S / 8, while a warm worker is starting); each job's outcome exactly once;
 - a job's exception is an outcome (`Outcome.error`), never raised; only a signal to stop
   (`Interrupted`) propagates;
 - `universe()` is the set of pairs the executor can run (None: any), which the policy
@@ -42,6 +43,7 @@ from zoo_schema.store import S3Settings, ZooStore
 
 
 REPLACE_AFTER_S = 60.0  # a dead warm worker's slot is refilled after this (see RayExecutor._replace)
+START_DEADLINE_S = 120.0  # a new warm worker not started by then is given up while another is live
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,8 @@ class ResourceSettings:
     num_gpus: float = 0.0           # per fine-tuning task; >0 makes tasks wait for GPU nodes
     max_in_flight: int = 2          # fine-tuning tasks running at once
     max_attempts: int = 3           # a job whose worker died is retried up to this many tries
-    warm_workers: bool = False      # long-lived workers (Ray actors) that keep data and weights;
-                                    # off by default: see README "Warm workers" (node loss)
+    warm_workers: bool = True       # long-lived workers (Ray actors) that keep data and weights;
+                                    # false: a fresh Ray task per job
     worker_cache_mb: int = 2048     # per warm worker: decoded dataset splits held between jobs
 
 
@@ -161,6 +163,10 @@ class WarmWorker:
     def run(self, spec: JobSpec) -> ResultRecord:
         return run_job(spec, self.zoo_uri, self.s3, threads=self.threads, cache=self.cache)
 
+    def profile(self, manifest: Manifest, arch_ids: list[str], image_size: int) -> list[ArchProfile]:
+        """Profile pool archs with the base supernet this worker then keeps for its jobs."""
+        return profile_remote(self.zoo_uri, self.s3, manifest, arch_ids, image_size, self.threads, self.cache)
+
 
 @dataclass
 class RayExecutor:
@@ -189,6 +195,8 @@ class RayExecutor:
         self._workers: dict[int, object] = {}   # slot -> actor handle
         self._holds: dict[int, list[str]] = {}  # slot -> dataset ids it ran, most recent last
         self.replaced = 0                   # workers that died and were replaced
+        self.unstarted = 0                  # workers given up for not starting (see _check_starts)
+        self._starting: dict[int, tuple] = {}  # slot -> (its __ray_ready__ ref, when created)
         self._died: dict[int, float] = {}   # slot -> when its worker died
 
     @property
@@ -204,24 +212,29 @@ class RayExecutor:
             self._ray.kill(actor)
         self._workers.clear()
         self._holds.clear()
+        self._starting.clear()
 
     def submit(self, spec: JobSpec) -> None:
         if not self.resources.warm_workers:
             self._pending[self._task.remote(spec, self.zoo_uri, self.s3, self._threads)] = (spec, None)
             return
-        slot = self._free_slot(spec.dataset_id)
+        self._submit_to(self._free_slot(spec.dataset_id), spec)
+
+    def _submit_to(self, slot: int, spec: JobSpec) -> None:
         if slot not in self._workers:
-            self._workers[slot] = self._actor_class.remote(self.zoo_uri, self.s3, self._threads,
-                                                           self.resources.worker_cache_mb)
+            self._new_worker(slot)
         holds = [d for d in self._holds.get(slot, []) if d != spec.dataset_id] + [spec.dataset_id]
         self._holds[slot] = holds[-8:]
         self._pending[self._workers[slot].run.remote(spec)] = (spec, slot)
 
     def _free_slot(self, dataset_id: str) -> int:
         """A free worker that ran this dataset last (its data is likely still held), else any
-        free worker, else the least loaded one (the job queues behind its current one)."""
+        free worker, else a new worker if the cluster has room, else the least loaded one (the
+        job queues behind its current one). A live worker counts even after the cluster shrank
+        (a node lost) below the slots in use."""
         load = Counter(slot for _, slot in self._pending.values())
-        slots = range(self._capacity())
+        capacity = self._capacity()
+        slots = sorted(set(range(capacity)) | set(self._workers))
         free = [slot for slot in slots if not load[slot]]
         holding = [slot for slot in free if dataset_id in self._holds.get(slot, [])]
         if holding:
@@ -231,18 +244,59 @@ class RayExecutor:
             return running[0]
         now = time.monotonic()
         creatable = [slot for slot in free if now - self._died.get(slot, -REPLACE_AFTER_S) >= REPLACE_AFTER_S]
-        if free and (not self._workers or (creatable and self._fits_another())):
+        if free and (not self._workers or (creatable and len(self._workers) < capacity and self._fits_another())):
             return (creatable or free)[0]  # a new worker: the cluster has room for it now
         # no room for another worker (e.g. a node was lost): queue behind a live one's job
         live = [slot for slot in slots if slot in self._workers] or list(slots)
         return min(live, key=lambda slot: load[slot])
 
+    def _new_worker(self, slot: int) -> None:
+        actor = self._actor_class.remote(self.zoo_uri, self.s3, self._threads, self.resources.worker_cache_mb)
+        self._workers[slot] = actor
+        self._starting[slot] = (actor.__ray_ready__.remote(), time.monotonic())
+
+    def _started(self) -> list[int]:
+        """The slots of the live workers that have started (their constructor has run)."""
+        if self._starting:
+            refs = [ref for ref, _ in self._starting.values()]
+            ready, _ = self._ray.wait(refs, num_returns=len(refs), timeout=0)
+            for slot, (ref, _) in list(self._starting.items()):
+                if ref in ready:
+                    del self._starting[slot]  # started (or failed to: its jobs fail like any other)
+        return [slot for slot in sorted(self._workers) if slot not in self._starting]
+
+    def _give_up_unstarted(self) -> list[int]:
+        """Give up the new workers that have not started within START_DEADLINE_S while another
+        worker has: the cluster can count a lost node's resources for a while and place a
+        worker there that never starts. A worker still starting when none has is waited for:
+        there is nowhere else to go. Returns the slots given up; see `_check_starts`."""
+        started, now = self._started(), time.monotonic()
+        late = [slot for slot, (_, created) in self._starting.items() if now - created >= START_DEADLINE_S]
+        if not started:
+            return []
+        for slot in late:
+            self._ray.kill(self._workers[slot])
+            self._forget(slot)
+            self.unstarted += 1
+        return late
+
+    def _check_starts(self) -> None:
+        """Move the jobs queued on workers given up for not starting (`_give_up_unstarted`) to
+        the least loaded started workers. They never ran, so no attempt is counted."""
+        for slot in self._give_up_unstarted():
+            for ref, (spec, s) in list(self._pending.items()):
+                if s == slot:
+                    self._submit_to(self._least_loaded(self._started()), spec)
+                    del self._pending[ref]
+
+    def _least_loaded(self, slots: list[int]) -> int:
+        load = Counter(slot for _, slot in self._pending.values())
+        return min(slots, key=lambda slot: load[slot])
+
     def _fits_another(self) -> bool:
         """Whether the cluster's free CPUs and GPUs hold one more worker now. A worker keeps
         its resources while it lives, so one created without room could wait forever."""
-        free = self._ray.available_resources()
-        return (free.get("CPU", 0) >= self.resources.num_cpus
-                and free.get("GPU", 0) >= self.resources.num_gpus)
+        return self._room() >= 1
 
     def _capacity(self) -> int:
         """How many warm workers the cluster can hold at once (they keep their CPUs and GPUs
@@ -260,36 +314,93 @@ class RayExecutor:
         then the cluster knows whether the dead worker's node is gone; a worker created
         earlier could be counted on the lost node's resources and never start), and at once
         when no worker is left; meanwhile jobs queue behind the live workers."""
-        self._workers.pop(slot, None)
-        self._holds.pop(slot, None)
-        self._died[slot] = time.monotonic()
+        self._forget(slot)
         self.replaced += 1
 
+    def _forget(self, slot: int) -> None:
+        self._workers.pop(slot, None)
+        self._holds.pop(slot, None)
+        self._starting.pop(slot, None)
+        self._died[slot] = time.monotonic()
+
     def profile(self, manifest: Manifest, arch_ids: list[str], image_size: int) -> list[ArchProfile]:
-        """The archs' profiles, measured by as many parallel tasks as workers fit (with the
-        jobs' CPUs and GPUs, so latency is measured on the device the jobs run on). A task
-        that fails is retried twice; then the error is raised: a build needs the profiles."""
+        """The archs' profiles, measured in parallel chunks, one per worker that fits now (with
+        the jobs' CPUs and GPUs, so latency is measured on the device the jobs run on): on the
+        warm workers, which keep the base supernet they load for the jobs that follow, or as
+        fresh tasks. A chunk that fails is tried twice more (a dead worker is replaced; the
+        chunk goes to a live worker, or to a task when none is left); then the error is
+        raised: a build needs the profiles. A chunk on a worker that does not start while
+        another has is moved as in `_check_starts`."""
         if not arch_ids:
             return []
-        slots = min(self._capacity(), len(arch_ids))
-        size = -(-len(arch_ids) // slots)
         task = self._ray.remote(profile_remote).options(  # idempotent: retried on any failure
             num_cpus=self.resources.num_cpus, num_gpus=self.resources.num_gpus, max_retries=2,
             retry_exceptions=True)
-        refs = [task.remote(self.zoo_uri, self.s3, manifest, arch_ids[i:i + size], image_size, self._threads)
-                for i in range(0, len(arch_ids), size)]
+        warm = self.resources.warm_workers
+        slots = min(self._capacity(), len(arch_ids))
+        if warm:  # a worker keeps its resources: only as many as fit now (a task would just wait)
+            slots = min(slots, max(1, len(self._workers) + self._room()))
+        size = -(-len(arch_ids) // slots)
+        chunks = [arch_ids[i:i + size] for i in range(0, len(arch_ids), size)]
+        refs: dict = {}  # ref -> (chunk index, warm worker slot or None for a task, tries so far)
+
+        def launch(i: int, slot: int | None, tries: int) -> None:
+            if slot is None:
+                ref = task.remote(self.zoo_uri, self.s3, manifest, chunks[i], image_size, self._threads)
+            else:
+                if slot not in self._workers:
+                    self._new_worker(slot)
+                ref = self._workers[slot].profile.remote(manifest, chunks[i], image_size)
+            refs[ref] = (i, slot, tries)
+
+        done: dict[int, list[ArchProfile]] = {}
         try:
-            return [p for chunk in self._ray.get(refs) for p in chunk]
+            free = [slot for slot in range(self._capacity()) if slot not in self._workers]
+            for i, slot in enumerate([*sorted(self._workers), *free][:len(chunks)] if warm else [None] * len(chunks)):
+                launch(i, slot, 0)
+            while refs:
+                ready, _ = self._ray.wait(list(refs), num_returns=1, timeout=START_DEADLINE_S / 8 if warm else None)
+                if not ready:
+                    for gone in self._give_up_unstarted():
+                        for ref, (i, slot, tries) in list(refs.items()):
+                            if slot == gone:
+                                launch(i, self._least_loaded(self._started()), tries)
+                                del refs[ref]
+                    continue
+                i, slot, tries = refs.pop(ready[0])
+                try:
+                    done[i] = self._ray.get(ready[0])
+                except Exception as e:  # noqa: BLE001 - raised once the chunk's tries are spent
+                    if interruption(e) is not None or slot is None or tries >= 2:
+                        raise  # (Ray has retried a task twice itself)
+                    if isinstance(e, self._ray.exceptions.RayActorError):
+                        self._replace(slot)  # dead (a node lost?): the slot gets a fresh worker later
+                    live = self._started() or sorted(self._workers)
+                    launch(i, live[i % len(live)] if live else None, tries + 1)
+            return [p for i in range(len(chunks)) for p in done[i]]
         except BaseException as e:
-            for ref in refs:
-                self._ray.cancel(ref, force=True)
+            for ref, (_, slot, _) in refs.items():
+                if slot is None:
+                    self._ray.cancel(ref, force=True)
+            if any(slot is not None for _, slot, _ in refs.values()):
+                self.close()  # warm workers mid-chunk: stopped with their work
             if interruption(e) is not None:
                 raise interruption(e) from None
             raise
 
+    def _room(self) -> int:
+        """How many more workers the cluster's free CPUs and GPUs hold now."""
+        free = self._ray.available_resources()
+        n = [int(free.get("CPU", 0) // self.resources.num_cpus)] if self.resources.num_cpus > 0 else []
+        n += [int(free.get("GPU", 0) // self.resources.num_gpus)] if self.resources.num_gpus > 0 else []
+        return min(n) if n else self._capacity()
+
     def wait(self, timeout: float | None = None) -> list[Outcome]:
         if not self._pending:
             return []
+        self._check_starts()
+        if self._starting:  # wake up in time to give up a worker that does not start
+            timeout = min(START_DEADLINE_S / 8, timeout if timeout is not None else float("inf"))
         ready, _ = self._ray.wait(list(self._pending), num_returns=1, timeout=timeout)
         outcomes = []
         for ref in ready:
