@@ -5,7 +5,7 @@ keeps them), for the same jobs, in the same run.
 Per job: the phases its result row records (data, setup, training, evaluation, profiling,
 checkpoint) and the wall time from submit to outcome (which also holds Ray's scheduling and,
 for a cold task, the worker process's start). "Non-training" is everything but the training
-steps. Two settings: the demo's (32 px, 1 epoch) and 64 px x 3 epochs; with more than one
+steps. Two settings: 32 px x 1 epoch (the demo's until 11-29; it now trains 2) and 64 px x 3 epochs; with more than one
 epoch also a warm worker evaluating the last epoch only (`train.evaluate_every_epoch = false`).
 Goal (issue 14): a warm job's non-training share <= 10 %.
 
