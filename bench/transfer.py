@@ -2,7 +2,7 @@
 
 1. The zoo: every synthetic built-in dataset but the held-out ones (37), 96 networks by the
    demo's settings (`demo.toml`: Pareto acquisition, 2 random archs per dataset first, 32 px)
-   but 4 epochs per fine-tune (the demo's 1 epoch leaves networks too alike to rank: see the
+   but 4 epochs per fine-tune (1 epoch, the demo's until 11-29, leaves networks too alike to rank: see the
    README), from the default base weights (the shipped pretrained supernet), built once in
    bench/.cache (about 17 minutes), and its retriever. Per zoo dataset: best accuracy against chance.
    Same-pair retrieval (paper Fig. 7b) over its 37 datasets, 10 query sets of unseen test
@@ -34,7 +34,7 @@
                              [--held-out NAME,NAME,...]
 
 `--zoo-epochs` / `--zoo-jobs` build (and cache) another zoo of the same datasets with other
-fine-tune lengths (`--zoo-epochs 1`: the demo's) or another number of networks; `--held-out` takes a subset of the held-out datasets.
+fine-tune lengths (`--zoo-epochs 1`: the demo's until 11-29) or another number of networks; `--held-out` takes a subset of the held-out datasets.
 
 The spread of the ground-truth accuracies per dataset is reported next to the test-split
 noise (binomial standard error at the mean accuracy) and the seeds' agreement, since no
@@ -154,7 +154,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--networks", type=int, default=16, help="zoo networks fine-tuned per held-out dataset")
     p.add_argument("--seeds", type=int, default=2, help="fine-tunes per network (the ground truth is their mean)")
-    p.add_argument("--zoo-epochs", type=int, default=ZOO_EPOCHS, help="epochs of each zoo fine-tune (the demo's: 1)")
+    p.add_argument("--zoo-epochs", type=int, default=ZOO_EPOCHS, help="epochs of each zoo fine-tune (the demo's: 2)")
     p.add_argument("--zoo-jobs", type=int, default=ZOO_JOBS, help="networks in the zoo")
     p.add_argument("--held-out", default="", help="comma-separated subset of the held-out datasets")
     args = p.parse_args()
