@@ -247,8 +247,7 @@ class RayExecutor:
         if free and (not self._workers or (creatable and len(self._workers) < capacity and self._fits_another())):
             return (creatable or free)[0]  # a new worker: the cluster has room for it now
         # no room for another worker (e.g. a node was lost): queue behind a live one's job
-        live = [slot for slot in slots if slot in self._workers] or list(slots)
-        return min(live, key=lambda slot: load[slot])
+        return self._least_loaded([slot for slot in slots if slot in self._workers] or list(slots))
 
     def _new_worker(self, slot: int) -> None:
         actor = self._actor_class.remote(self.zoo_uri, self.s3, self._threads, self.resources.worker_cache_mb)
@@ -355,8 +354,11 @@ class RayExecutor:
 
         done: dict[int, list[ArchProfile]] = {}
         try:
-            free = [slot for slot in range(self._capacity()) if slot not in self._workers]
-            for i, slot in enumerate([*sorted(self._workers), *free][:len(chunks)] if warm else [None] * len(chunks)):
+            targets = [None] * len(chunks)  # tasks
+            if warm:  # the live workers first, then new ones in free slots
+                free = [slot for slot in range(self._capacity()) if slot not in self._workers]
+                targets = [*sorted(self._workers), *free][:len(chunks)]
+            for i, slot in enumerate(targets):
                 launch(i, slot, 0)
             while refs:
                 ready, _ = self._ray.wait(list(refs), num_returns=1, timeout=START_DEADLINE_S / 8 if warm else None)
