@@ -9,7 +9,7 @@ import signal
 import sys
 
 from pipeline.build import signals
-from retriever.rerank import RERANK_CHOICES
+from retriever.rerank import DEFAULT_RERANK, RERANK_CHOICES
 from zoo_schema.errors import TansError
 from zoo_schema.redact import redact
 
@@ -206,13 +206,14 @@ def _search(args) -> int:
     if args.json:
         print(json.dumps(result.as_dict(), indent=1))
         return 0
-    evidence = {"logme": "LogME", "knn": "k-NN"}.get(result.ranked_by)  # a column only when it ranked
-    print(f"{'#':>2} {'job_id':24} {'dataset':28} " + (f"{evidence:>8} " if evidence else "")
-          + f"{'pred.acc':>8} {'cosine':>6} {'params':>7} {'MFLOPs':>7} {'ms':>6}  arch")
+    # the rank score is a column when it is not the predicted accuracy itself
+    label = {"logme": "LogME", "knn": "k-NN", "predicted_accuracy+source_accuracy": "rank"}.get(result.ranked_by)
+    print(f"{'#':>2} {'job_id':24} {'dataset':28} " + (f"{label:>8} " if label else "")
+          + f"{'pred.acc':>8} {'src.acc':>7} {'cosine':>6} {'params':>7} {'MFLOPs':>7} {'ms':>6}  arch")
     for i, h in enumerate(result.hits, 1):
         print(f"{i:>2} {h.job_id:24} {h.dataset_id[:28]:28} "
-              + (f"{h.rank_score:>8.3f} " if evidence else "")
-              + f"{h.predicted_accuracy:>8.3f} {h.score:>6.3f} {h.params / 1e6:>6.2f}M "
+              + (f"{h.rank_score:>8.3f} " if label else "")
+              + f"{h.predicted_accuracy:>8.3f} {h.source_accuracy:>7.3f} {h.score:>6.3f} {h.params / 1e6:>6.2f}M "
               f"{h.flops / 1e6:>7.1f} {h.latency_ms:>6.1f}  {h.arch}")
     weak = sum(h.weak_match for h in result.hits)
     if weak:
@@ -467,9 +468,10 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--dataset", required=True, metavar="PATH",
                    help="ImageFolder directory or Parquet file (local or s3://)")
     q.add_argument("--top-k", type=_positive_int, default=10, metavar="N", help="how many networks to list")
-    q.add_argument("--rerank", choices=RERANK_CHOICES, default="none",
-                   help="order the recalled networks by the retriever's predicted accuracy (none), or by "
-                   "LogME / a k-NN probe on each network's features of your images")
+    q.add_argument("--rerank", choices=RERANK_CHOICES, default=DEFAULT_RERANK,
+                   help="order the recalled networks by the retriever's predicted accuracy (none), by that "
+                   "and each network's accuracy on its own zoo dataset (source), or by LogME / a k-NN probe "
+                   f"on each network's features of your images (default: {DEFAULT_RERANK})")
     q.add_argument("--recall", type=_positive_int, default=20, metavar="N",
                    help="networks recalled from the latent space before ordering")
     q.add_argument("--max-params", type=_size, metavar="N", help="at most this many parameters (e.g. 3M, 250k)")

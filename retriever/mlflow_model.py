@@ -3,14 +3,17 @@ of tans is pickled).
 
 `mlflow.pyfunc.load_model("models:/tans-retriever@champion").predict(df)` takes one query
 dataset and returns the zoo's networks ranked for it (best first), as a DataFrame with
-`rank, job_id, dataset_id, arch, params, flops, latency_ms, score, predicted_accuracy`:
+`rank, job_id, dataset_id, arch, params, flops, latency_ms, score, predicted_accuracy,
+source_accuracy, rank_score, ranked_by`, ordered as `tans search` orders them without the
+query's images (`retriever.search.imageless_score`):
 
 - `df` with a column `features`: one row per query image, each its backbone feature vector
   (`meta.json`'s `image_dim` floats, as `retriever.features` computes them), or
 - `df` with a column `image`: one row per query image, its encoded bytes (PNG, JPEG); the
   backbone is then loaded from the zoo the version was trained on (it must be reachable).
 
-`params={"top_k": N}` limits the ranking. The artifacts are the version's files
+`params={"top_k": N, "rerank": "source" | "none"}` limits the ranking and picks the order
+(default: `tans search`'s default). The artifacts are the version's files
 (`weights.safetensors`, `models.parquet`, `meta.json`); the code needs tans installed.
 """
 from __future__ import annotations
@@ -26,7 +29,8 @@ from safetensors.torch import load_file
 
 from retriever.features import embed_images, load_backbone
 from retriever.model import Retriever
-from retriever.search import RECALL, top_by_cosine
+from retriever.rerank import DEFAULT_RERANK, source_over_chance
+from retriever.search import RECALL, imageless_score, top_by_cosine
 from zoo_schema.manifest import read_manifest
 from zoo_schema.store import open_store
 
@@ -39,6 +43,8 @@ class RetrieverModel(mlflow.pyfunc.PythonModel):
         self.model.eval()
         self.table = pq.read_table(context.artifacts["models"])
         self.embeddings = np.asarray(self.table["embedding"].to_pylist(), dtype=np.float32).reshape(-1, 128)
+        self.source_accuracy = np.asarray(self.table["accuracy"].to_pylist(), dtype=np.float64)
+        self.source_fit = source_over_chance(self.source_accuracy, self.table["num_classes"].to_pylist())
         self.zoo = (context.model_config or {}).get("zoo", "")
         self._backbone = None
 
@@ -55,19 +61,23 @@ class RetrieverModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params=None):
         top_k = int((params or {}).get("top_k", 10))
+        rerank = str((params or {}).get("rerank", DEFAULT_RERANK))
         features = self._features(pd.DataFrame(model_input))
         with torch.no_grad():
             q = self.model.encode_query(torch.from_numpy(features))
             top, scores = top_by_cosine(self.embeddings, q.numpy(), np.ones(len(self.embeddings), bool),
                                         max(RECALL, top_k))
             predicted = self.model.predict(q.expand(len(top), -1), torch.from_numpy(self.embeddings[top])).numpy()
-        order = sorted(range(len(top)), key=lambda j: (-predicted[j], -scores[int(top[j])]))[:top_k]
+        rank_score, ranked_by = imageless_score(rerank, predicted, self.source_fit[top])
+        order = sorted(range(len(top)), key=lambda j: (-rank_score[j], -scores[int(top[j])]))[:top_k]
         rows = []
         for rank, j in enumerate(order, 1):
             i = int(top[j])
             rows.append({"rank": rank, **{c: self.table[c][i].as_py() for c in
                                           ("job_id", "dataset_id", "arch", "params", "flops", "latency_ms")},
-                         "score": float(scores[i]), "predicted_accuracy": float(predicted[j])})
+                         "score": float(scores[i]), "predicted_accuracy": float(predicted[j]),
+                         "source_accuracy": float(self.source_accuracy[i]), "rank_score": float(rank_score[j]),
+                         "ranked_by": ranked_by})
         return pd.DataFrame(rows)
 
 

@@ -9,8 +9,13 @@ features fit the query's labels, without training the network.
 - **k-NN probe**: leave-one-out accuracy of a k-nearest-neighbour vote (cosine) on the
   features. Cheap and, on small data, often as good as published transferability scores.
 
-`SCORERS` is the registry `tans search --rerank` chooses from ("none" keeps the retriever's
-predicted accuracy).
+Besides the query's evidence, the zoo's own: **source** orders the recalled networks by the
+mean of two normalised ranks, the retriever's predicted accuracy and the network's accuracy on
+the zoo dataset it was fine-tuned on, as a share of the way from chance to 1 (how well it
+learned its own task). It needs no images and no network loaded.
+
+`SCORERS` is the registry of evidence scorers `tans search --rerank` chooses from; "none"
+keeps the retriever's predicted accuracy and "source" is the rank mean above.
 """
 from __future__ import annotations
 
@@ -68,4 +73,19 @@ def knn_probe(features: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
 
 
 SCORERS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {"logme": logme, "knn": knn_probe}
-RERANK_CHOICES = ("none", *SCORERS)
+def source_over_chance(accuracy: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """A network's accuracy on its own zoo dataset as a share of the way from chance to 1."""
+    accuracy, classes = np.asarray(accuracy, dtype=np.float64), np.asarray(classes, dtype=np.float64)
+    return (accuracy - 1 / classes) / (1 - 1 / classes)
+
+
+def mean_rank(*scores: np.ndarray) -> np.ndarray:
+    """The mean of each score's normalised rank (0 for the lowest, 1 for the highest; ties share
+    their average rank)."""
+    from scipy.stats import rankdata
+    n = len(scores[0])
+    return np.mean([(rankdata(s) - 1) / max(n - 1, 1) for s in scores], axis=0)
+
+
+RERANK_CHOICES = ("none", "source", *SCORERS)
+DEFAULT_RERANK = "source"  # what `tans search` orders by unless told: the best on bench/transfer.py --split validation

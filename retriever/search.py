@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import torch
 
 from retriever.features import embed_images, load_backbone, sample_per_class
-from retriever.rerank import RERANK_CHOICES, SCORERS
+from retriever.rerank import DEFAULT_RERANK, RERANK_CHOICES, SCORERS, mean_rank, source_over_chance
 from retriever.train import load_version
 from workers.images import decode_images
 from workers.nets import checkpoint_features
@@ -64,6 +64,17 @@ def top_by_cosine(embeddings: np.ndarray, q: np.ndarray, ok: np.ndarray, top_k: 
 RECALL = 20  # candidates recalled by cosine before ranking; fixed, so --top-k never reorders
 
 
+def imageless_score(rerank: str, predicted: np.ndarray, source_fit: np.ndarray) -> tuple[np.ndarray, str]:
+    """(score, its name) of the orderings that need no query images: the predicted accuracy
+    ("none"), or its rank mean with each network's accuracy on its own zoo dataset over chance
+    ("source"). Search and the MLflow pyfunc model both order by this."""
+    if rerank == "none":
+        return predicted, "predicted_accuracy"
+    if rerank == "source":
+        return mean_rank(predicted, source_fit), "predicted_accuracy+source_accuracy"
+    raise TansError(f"ordering {rerank!r} needs the query's images; without them choose none or source")
+
+
 @dataclass(frozen=True)
 class Hit:
     """One ranked zoo network: which it is, what it costs, and why it ranks where it does."""
@@ -77,8 +88,10 @@ class Hit:
     checkpoint_uri: str       # where its weights are, in the zoo the search was given
     score: float              # cosine of query and model in the retriever's latent space
     predicted_accuracy: float
+    source_accuracy: float    # its test accuracy on the zoo dataset it was fine-tuned on
     rank_score: float         # the score that ordered the hits (see `ranked_by`)
-    ranked_by: str            # "predicted_accuracy", "logme" or "knn"
+    ranked_by: str            # "predicted_accuracy", "predicted_accuracy+source_accuracy" (the
+                              # mean of the two's normalised ranks), "logme" or "knn"
     weak_match: bool          # negative cosine: the zoo holds nothing close to the query
 
 
@@ -102,8 +115,9 @@ class Searcher:
 
     Two stages: recall the `recall` models nearest to the query in the learned latent space
     (among those meeting the constraints), then order them by a score: the retriever's
-    predicted accuracy (`rerank="none"`), or evidence computed on the query's own images with
-    each candidate's penultimate features (`"logme"`, `"knn"`; see retriever.rerank). The
+    predicted accuracy (`rerank="none"`), that and each network's accuracy on its own zoo
+    dataset (`"source"`), or evidence computed on the query's own images with each candidate's
+    penultimate features (`"logme"`, `"knn"`; see retriever.rerank). The
     recalled set does not depend on `top_k`, so asking for more hits never reorders the first.
     """
 
@@ -119,6 +133,8 @@ class Searcher:
         self.params = np.asarray(table["params"].to_pylist(), dtype=np.float64)
         self.flops = np.asarray(table["flops"].to_pylist(), dtype=np.float64)
         self.latency = np.asarray(table["latency_ms"].to_pylist(), dtype=np.float64)
+        self.source_accuracy = np.asarray(table["accuracy"].to_pylist(), dtype=np.float64)
+        self.source_fit = source_over_chance(self.source_accuracy, table["num_classes"].to_pylist())
         self.image_size = self.meta["image_size"]
         self.results = results or {}  # job_id -> ResultRecord, for loading candidate networks
         self._backbone = None
@@ -149,16 +165,17 @@ class Searcher:
             return self.model.predict(q.expand(len(top), -1), torch.from_numpy(self.embeddings[top])).numpy()
 
     def search(self, features: np.ndarray, constraints: Constraints = Constraints(), top_k: int = 10,
-               recall: int = RECALL) -> list[Hit]:
-        """The retriever alone (no query images): recall by cosine, order by predicted accuracy."""
+               recall: int = RECALL, rerank: str = DEFAULT_RERANK) -> list[Hit]:
+        """Without the query's images (its backbone features only): recall by cosine, order by
+        `rerank` "none" or "source" (see `imageless_score`)."""
         if top_k < 1:
             raise TansError(f"top_k must be at least 1, not {top_k}")
         q, top, scores = self._recall(features, constraints, max(recall, top_k))
         predicted = self._predicted(q, top)
-        return self._hits(top, scores, predicted, predicted, "predicted_accuracy")[:top_k]
+        return self._hits(top, scores, predicted, *imageless_score(rerank, predicted, self.source_fit[top]))[:top_k]
 
     def rank(self, images: list[bytes], labels: list[int], constraints: Constraints = Constraints(),
-             top_k: int = 10, rerank: str = "none", recall: int = RECALL, per_class: int = 10) -> SearchResult:
+             top_k: int = 10, rerank: str = DEFAULT_RERANK, recall: int = RECALL, per_class: int = 10) -> SearchResult:
         """Search with the query's images: recall, then order by `rerank`'s score."""
         if top_k < 1:
             raise TansError(f"top_k must be at least 1, not {top_k}")
@@ -170,8 +187,8 @@ class Searcher:
         q, top, scores = self._recall(features, constraints, max(recall, top_k))
         predicted = self._predicted(q, top)
         t2 = time.perf_counter()
-        if rerank == "none":
-            hits = self._hits(top, scores, predicted, predicted, "predicted_accuracy")
+        if rerank not in SCORERS:
+            hits = self._hits(top, scores, predicted, *imageless_score(rerank, predicted, self.source_fit[top]))
         else:
             chosen = sample_per_class(labels, per_class, "search")
             evidence = self.evidence([images[i] for i in chosen], np.asarray([labels[i] for i in chosen]),
@@ -207,5 +224,6 @@ class Searcher:
             hits.append(Hit(**{c: self.table[c][i].as_py() for c in cols},
                             checkpoint_uri=checkpoint_uri(self.store, self.table["checkpoint_uri"][i].as_py()),
                             score=float(cosine[i]), predicted_accuracy=float(predicted[j]),
+                            source_accuracy=float(self.source_accuracy[i]),
                             rank_score=float(rank_score[j]), ranked_by=ranked_by, weak_match=bool(cosine[i] < 0)))
         return hits

@@ -36,6 +36,14 @@ def test_constraints_filter_and_measure_violation():
     assert Constraints().mask(params, flops, lat).all()
 
 
+def test_source_prior_and_rank_mean_match_hand_computation():
+    from retriever.rerank import mean_rank, source_over_chance
+    # 0.55 on 10 classes is half-way from chance (0.1) to 1; 0.5 on 2 classes is chance
+    assert source_over_chance([0.55, 0.5, 1.0], [10, 2, 4]) == pytest.approx([0.5, 0.0, 1.0])
+    # ranks (0..1) of [3, 1, 2] are [1, 0, 0.5]; of [0, 0, 9] (a tie shares rank 0.25) are [.25, .25, 1]
+    assert mean_rank(np.array([3.0, 1, 2]), np.array([0.0, 0, 9])) == pytest.approx([0.625, 0.125, 0.75])
+
+
 @pytest.fixture(scope="module")
 def built_zoo(ray_cluster, tiny_datasets, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("retriever")
@@ -98,9 +106,15 @@ def test_registered_retriever_loads_as_an_mlflow_pyfunc_and_ranks_like_search(bu
     labels = [i for i, cls in enumerate(sorted(by_class)) for _ in by_class[cls][:10]]
     searcher = Searcher(store, version)
     features = searcher.query_features(images, labels, per_class=10)
-    expected = [h.job_id for h in searcher.search(features, top_k=5)]
+    hits = searcher.search(features, top_k=5)
+    expected = [h.job_id for h in hits]
     ranked = model.predict(pd.DataFrame({"features": list(features)}), params={"top_k": 5})
     assert list(ranked["job_id"]) == expected and list(ranked["rank"]) == [1, 2, 3, 4, 5]
+    assert list(ranked["ranked_by"]) == [h.ranked_by for h in hits] == ["predicted_accuracy+source_accuracy"] * 5
+    assert list(ranked["rank_score"]) == pytest.approx([h.rank_score for h in hits])
+    by_prediction = model.predict(pd.DataFrame({"features": list(features)}), params={"top_k": 5, "rerank": "none"})
+    assert list(by_prediction["job_id"]) == [h.job_id for h in searcher.search(features, top_k=5, rerank="none")]
+    assert list(by_prediction["predicted_accuracy"]) == sorted(by_prediction["predicted_accuracy"], reverse=True)
     from_images = model.predict(pd.DataFrame({"image": images}), params={"top_k": 5})
     assert list(from_images["job_id"]) == expected
 
@@ -111,13 +125,13 @@ def test_search_ranks_filters_and_explains(built_zoo, tiny_datasets):
     if not versions(store):
         run_retrain(store, SETTINGS, 32, None, None, log=lambda *_: None)
     query = str(tiny_datasets / "hue-6")
-    result = search_dataset(store, query, top_k=3)
+    result = search_dataset(store, query, top_k=3, rerank="none")
     hits = result.hits
     assert 1 <= len(hits) <= 3 and result.ranked_by == "predicted_accuracy"
     preds = [h.predicted_accuracy for h in hits]
     assert preds == sorted(preds, reverse=True)  # ordered by predicted accuracy
     assert hits[0].ranked_by == "predicted_accuracy" and hits[0].checkpoint_uri.startswith(zoo)
-    everything = search_dataset(store, query, top_k=100).hits
+    everything = search_dataset(store, query, top_k=100, rerank="none").hits
     assert [h.job_id for h in everything[:len(hits)]] == [h.job_id for h in hits]  # --top-k never reorders
     smallest = min(h.params for h in everything)
     limited = search_dataset(store, query, Constraints(max_params=smallest), top_k=100).hits
@@ -155,6 +169,28 @@ def test_search_reranks_with_evidence_from_the_query_images(built_zoo, tiny_data
         feats = penultimate(net, torch.from_numpy(decode_images([images[i] for i in chosen], 32))).numpy()
     expected = SCORERS[rerank](feats, np.asarray([labels[i] for i in chosen]))
     assert result.hits[0].rank_score == pytest.approx(expected, rel=1e-6)
+
+
+def test_search_ranks_by_predicted_and_source_accuracy(built_zoo, tiny_datasets):
+    from retriever.rerank import mean_rank, source_over_chance
+    from zoo_schema.results import find_result
+    zoo, _ = built_zoo
+    store = open_store(zoo)
+    if not versions(store):
+        run_retrain(store, SETTINGS, 32, None, None, log=lambda *_: None)
+    query = str(tiny_datasets / "shapes-clean")
+    result = search_dataset(store, query, top_k=100)  # the default
+    hits = result.hits
+    assert result.ranked_by == "predicted_accuracy+source_accuracy" == hits[0].ranked_by
+    assert len(hits) == result.recalled > 2
+    records = [find_result(store, h.job_id) for h in hits]
+    assert [h.source_accuracy for h in hits] == pytest.approx([r.accuracy for r in records])
+    expected = mean_rank(np.array([h.predicted_accuracy for h in hits]),
+                         source_over_chance([r.accuracy for r in records], [r.num_classes for r in records]))
+    assert [h.rank_score for h in hits] == pytest.approx(list(expected))
+    assert [h.rank_score for h in hits] == sorted((h.rank_score for h in hits), reverse=True)
+    first = search_dataset(store, query, top_k=2, rerank="source").hits
+    assert [h.job_id for h in first] == [h.job_id for h in hits[:2]]  # --top-k never reorders
 
 
 def test_retriever_version_loads_back_from_s3(built_zoo, s3_server, s3_bucket):

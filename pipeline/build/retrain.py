@@ -16,6 +16,8 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ParamSchema, ParamSpec
+
+from retriever.rerank import DEFAULT_RERANK
 from mlflow.tracking import MlflowClient
 
 import retriever
@@ -71,7 +73,8 @@ def register(store: ZooStore, version: int, settings: RetrainSettings, metrics: 
         model_dir = folder / "retriever"  # a pyfunc model folder (MLmodel, code, artifacts), then logged
         mlflow.pyfunc.save_model(path=str(model_dir), python_model=str(PYFUNC_CODE), artifacts=artifacts,
                                  model_config={"zoo": store.uri, "version": version},
-                                 signature=ModelSignature(params=ParamSchema([ParamSpec("top_k", "long", 10)])),
+                                 signature=ModelSignature(params=ParamSchema([ParamSpec("top_k", "long", 10),
+                                                                              ParamSpec("rerank", "string", DEFAULT_RERANK)])),
                                  pip_requirements=[f"tans=={_version()}"])
         client.log_artifacts(run.info.run_id, str(model_dir), "retriever")
     try:

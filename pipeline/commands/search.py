@@ -7,6 +7,7 @@ import random
 from pipeline.datasets.decode import decode_one
 from pipeline.datasets.ingest import IngestSettings, check_classes
 from pipeline.datasets.sources import list_source
+from retriever.rerank import DEFAULT_RERANK
 from retriever.search import RECALL, Constraints, Searcher, SearchResult
 from zoo_schema.results import read_results
 from zoo_schema.store import ZooStore
@@ -47,7 +48,7 @@ def query_images(source: str, per_class: int = 10, s3=None) -> tuple[list[bytes]
 
 
 def search_dataset(store: ZooStore, source: str, constraints: Constraints = Constraints(), top_k: int = 10,
-                   per_class: int = 10, s3=None, rerank: str = "none", recall: int = RECALL) -> SearchResult:
+                   per_class: int = 10, s3=None, rerank: str = DEFAULT_RERANK, recall: int = RECALL) -> SearchResult:
     """Validate a sample of a dataset (as ingestion does, without writing it) and search the zoo for it."""
     images, labels = query_images(source, per_class, s3)
     results = {r.job_id: r for r in read_results(store, light=True)}  # no embeddings needed
