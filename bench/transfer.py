@@ -12,26 +12,35 @@
    Each is written with 3x the suite's images per class: the train split is the suite's own
    size (80% of its images per class, the task a user would bring), the test split is the
    other 2.2x, so that a test accuracy's standard error is about 1 point, not 3-6.
-3. Ground truth per held-out dataset: a fixed set of `--networks` zoo networks — the
-   retriever's top-5 (default ranking) plus seeded random others — each fine-tuned for 3
-   epochs with one recipe (the zoo's B.2 defaults) on its train split, once per seed of
-   `--seeds` (2), scored on its test split (accuracy after epoch 1 and 3, the mean over the
-   seeds). How well the seeds agree on the set's accuracies (Pearson, mean over pairs of
-   seeds) is reported per dataset: when two fine-tunes of the same networks barely agree, no
-   ranking can agree with either.
+3. Ground truth per held-out dataset: a fixed set of `--networks` zoo networks — the default
+   search's top-5 plus others in a fixed random order of the zoo per dataset (the same whatever
+   the default ranks first) — each fine-tuned for 3 epochs with one recipe (the zoo's B.2
+   defaults) on its train split, once per seed of `--seeds` (2), scored on its test split
+   (accuracy after epoch 1 and 3, the mean over the seeds). How well the seeds agree on the
+   set's accuracies (Pearson, mean over pairs of seeds) is reported per dataset: when two
+   fine-tunes of the same networks barely agree, no ranking can agree with either. Every
+   fine-tune's accuracies are kept in bench/.cache/transfer/truth-<zoo>.json, so a rerun
+   fine-tunes only what it has not (`fine_tunes` in the JSON says how many).
 4. Rankings of that set, judged by weighted Kendall tau against the 3-epoch accuracies
    (`scipy.stats.weightedtau`, the protocol of LogME / Model Spider): the retriever's
    predicted accuracy (TANS), LogME and a k-NN probe on each network's features of the
-   query's training images, TANS + LogME and TANS + k-NN (the mean of the two rankings'
-   normalised ranks), random (expectation over 1000 shuffles).
+   query's training images, the network's accuracy on its own zoo dataset (raw: `source`,
+   and from chance to 1: `source_over_chance`), TANS + each of them (the mean of the two
+   rankings' normalised ranks; TANS + source_over_chance is `tans search --rerank source`),
+   random (expectation over 1000 shuffles).
 5. The default search's top-1 against the starts a user would otherwise take: a random zoo
    network, the largest network within the constraint (params <= the zoo's median), the
    same architecture from random init and from the pretrained base; accuracy after 1 and 3
    epochs, and regret against the best network of the set.
 6. Search time for a 10-class query, with and without re-ranking.
 
-    python bench/transfer.py [--networks 16] [--seeds 2] [--zoo-epochs 4] [--zoo-jobs 96]
-                             [--held-out NAME,NAME,...]
+    python bench/transfer.py [--split test|validation] [--networks 16] [--seeds 2]
+                             [--zoo-epochs 4] [--zoo-jobs 96] [--held-out NAME,NAME,...]
+
+`--split validation` runs steps 3-4 on five other held-out datasets (`validation_specs`: one of
+real photos, four synthetic variants), in neither the zoo nor the test split: the default
+ranking of `tans search` is chosen by their figures, so the test split's figures judge a
+choice made without them.
 
 `--zoo-epochs` / `--zoo-jobs` build (and cache) another zoo of the same datasets with other
 fine-tune lengths (`--zoo-epochs 1`: the demo's until 11-29) or another number of networks; `--held-out` takes a subset of the held-out datasets.
@@ -48,6 +57,7 @@ import os
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,6 +83,10 @@ ZOO_JOBS = 96
 ZOO_EPOCHS = 4
 
 
+def zoo_name(epochs: int, jobs: int) -> str:
+    return "" if (epochs, jobs) == (1, ZOO_JOBS) else f"-e{epochs}-j{jobs}"
+
+
 def build_zoo(epochs: int = ZOO_EPOCHS, jobs: int = ZOO_JOBS):
     """The zoo of every synthetic dataset but the held-out ones, by the demo's settings (or
     `epochs` per fine-tune and `jobs` networks), built once in the cache."""
@@ -88,7 +102,7 @@ def build_zoo(epochs: int = ZOO_EPOCHS, jobs: int = ZOO_JOBS):
         for spec in synth.suite():
             if spec.name not in HELD_OUT:
                 synth.write_dataset(spec, datasets, seed=0)
-    name = "" if (epochs, jobs) == (1, ZOO_JOBS) else f"-e{epochs}-j{jobs}"
+    name = zoo_name(epochs, jobs)
     config = load_config(str(ROOT / "demo.toml"), {"zoo": str(CACHE / f"zoo{name}"), "datasets": [str(datasets)],
                                                      "max_jobs": jobs, "train.epochs": epochs,
                                                      "mlflow.tracking_uri": f"sqlite:///{CACHE / f'mlflow{name}.db'}"})
@@ -103,14 +117,31 @@ def build_zoo(epochs: int = ZOO_EPOCHS, jobs: int = ZOO_JOBS):
     return store, config, time.perf_counter() - started
 
 
-def held_out_splits(names=HELD_OUT):
-    """(name, train images, train labels, test images, test labels) of each held-out dataset:
+def validation_specs():
+    """Datasets used only to choose among rankings (`--split validation`): in neither the zoo,
+    the base weights' pretraining nor the test split. One of real photos (six other scikit-image
+    pictures), four synthetic variants of the zoo's families."""
+    from pipeline.datasets import synth
+    armenian_lower = [chr(c) for c in range(0x0561, 0x0561 + 20)]
+    fonts = [f for f in synth.FONTS if synth._covers(f, armenian_lower)]
+    return [
+        synth.Spec("objects-real", "photo", ["coins", "moon", "page", "clock", "immunohistochemistry", "cell"],
+                   100, {"noise": 0.02}),
+        synth.Spec("glyphs-armenian-lower-clean", "glyph", armenian_lower, 40,
+                   {"wild": False, "fonts": fonts[:1], "noise": 0.03}),
+        synth.Spec("hue-shapes-8-noisy", "hue", [f"h{i}" for i in range(8)], 50, {"shape": True, "noise": 0.1}),
+        synth.Spec("textures-mixed-noisy", "texture", ["stripes", "waves", "dots", "grid", "rings", "blotches"],
+                   60, {"kind": "mixed", "noise": 0.25}),
+        synth.Spec("shapes-cluttered-6", "shape", synth.SHAPES[:6], 50, {"clutter": 2, "noise": 0.1}),
+    ]
+
+
+def held_out_splits(specs):
+    """(name, train images, train labels, test images, test labels) of each dataset of `specs`:
     the suite's train size per class, and TEST_SCALE - 0.8 times its images per class as test."""
     from pipeline.datasets import synth
     from pipeline.datasets.ingest import read_images
-    for spec in synth.suite():
-        if spec.name not in names:
-            continue
+    for spec in specs:
         folder = CACHE / "held-out-large" / spec.name
         if not folder.exists():
             large = synth.Spec(spec.name, spec.family, spec.classes, spec.per_class * TEST_SCALE, spec.params)
@@ -131,20 +162,59 @@ def fine_tune(net, classes, x, y, xt, yt, settings, seed=0):
     return train(net, x, y, xt, yt, settings, torch.device("cpu"), seed=seed)[1]
 
 
-def fine_tune_seeds(make_net, classes, x, y, xt, yt, settings, seeds):
-    """Accuracy after each epoch of `make_net()` fine-tuned once per seed: [seeds, epochs]."""
-    return np.array([fine_tune(make_net(), classes, x, y, xt, yt, settings, seed) for seed in range(seeds)])
+class GroundTruth:
+    """Fine-tuned accuracies, one entry per (dataset, start, seed): the test accuracy after each
+    epoch. Kept in a JSON file per zoo, rewritten atomically after each fine-tune, so a rerun
+    (another default ranking, more networks, an interrupted run) fine-tunes only what is new."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.data = json.loads(path.read_text()) if path.exists() else {}
+        self.reused = self.trained = 0
+
+    def curves(self, key: str, make_net, classes, x, y, xt, yt, settings, seeds) -> np.ndarray:
+        """[seeds, epochs] accuracies of `make_net(seed)` fine-tuned once per seed."""
+        out = []
+        for seed in range(seeds):
+            k = f"{key}|epochs={settings.epochs}|seed={seed}"
+            if k in self.data:
+                self.reused += 1
+            else:
+                self.data[k] = [round(float(a), 6) for a in fine_tune(make_net(seed), classes, x, y, xt, yt,
+                                                                      settings, seed)]
+                self.trained += 1
+                tmp = self.path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(self.data))
+                os.replace(tmp, self.path)
+            out.append(self.data[k])
+        return np.array(out)
 
 
-def ranks01(v: np.ndarray) -> np.ndarray:
-    return np.argsort(np.argsort(v, kind="stable"), kind="stable") / max(len(v) - 1, 1)
+# the bench's ranking that each `tans search --rerank` choice is (over the recalled networks)
+DEFAULT_RANKING = {"none": "tans", "source": "tans+source_over_chance", "logme": "logme", "knn": "knn"}
+RANKINGS = ["tans", "logme", "knn", "source", "source_over_chance", "tans+logme", "tans+knn", "tans+source",
+            "tans+source_over_chance", "random"]
+
+
+def rankings(row_set: list[dict]) -> dict[str, np.ndarray]:
+    """Every ranking's score of a dataset's set of networks (higher ranks first); "a+b" is the
+    mean of the two rankings' normalised ranks, as `tans search --rerank source` combines them."""
+    from retriever.rerank import mean_rank, source_over_chance
+    col = {k: np.array([n[k] for n in row_set], dtype=np.float64)
+           for k in ("tans", "logme", "knn", "source_accuracy", "source_classes")}
+    scores = {"tans": col["tans"], "logme": col["logme"], "knn": col["knn"], "source": col["source_accuracy"],
+              "source_over_chance": source_over_chance(col["source_accuracy"], col["source_classes"])}
+    for m in [m for m in RANKINGS if "+" in m]:
+        first, second = m.split("+")
+        scores[m] = mean_rank(scores[first], scores[second])
+    return scores
 
 
 def main() -> None:
     from scipy.stats import weightedtau
 
     from zoo_schema.results import read_results
-    from retriever.rerank import SCORERS
+    from retriever.rerank import DEFAULT_RERANK, SCORERS
     from retriever.search import Constraints, Searcher
     from workers.nets import load_base_supernet, load_checkpoint, model_for
     from workers.images import decode_images
@@ -152,48 +222,60 @@ def main() -> None:
     from workers.ofa_space import penultimate
     from zoo_schema.manifest import read_manifest
     p = argparse.ArgumentParser()
+    p.add_argument("--split", choices=("test", "validation"), default="test",
+                   help="test: the held-out datasets, every figure; validation: other held-out datasets, "
+                        "the rankings' tau only (to choose among rankings without looking at the test split)")
     p.add_argument("--networks", type=int, default=16, help="zoo networks fine-tuned per held-out dataset")
     p.add_argument("--seeds", type=int, default=2, help="fine-tunes per network (the ground truth is their mean)")
     p.add_argument("--zoo-epochs", type=int, default=ZOO_EPOCHS, help="epochs of each zoo fine-tune (the demo's: 2)")
     p.add_argument("--zoo-jobs", type=int, default=ZOO_JOBS, help="networks in the zoo")
-    p.add_argument("--held-out", default="", help="comma-separated subset of the held-out datasets")
+    p.add_argument("--held-out", default="", help="comma-separated subset of the split's datasets")
     args = p.parse_args()
     if args.seeds < 1 or args.networks < 6 or args.zoo_epochs < 1 or args.zoo_jobs < 1:
         p.error("--seeds, --zoo-epochs and --zoo-jobs must be at least 1, --networks at least 6 "
                 "(the top-5 and one random network)")
-    held_out = args.held_out.split(",") if args.held_out else HELD_OUT
-    if set(held_out) - set(HELD_OUT):
-        p.error(f"--held-out takes names of {', '.join(HELD_OUT)} (the zoo is built without them)")
+    from pipeline.datasets import synth
+    specs = ([s for s in synth.suite() if s.name in HELD_OUT] if args.split == "test" else validation_specs())
+    names = [s.name for s in specs]
+    if args.held_out:
+        wanted = args.held_out.split(",")
+        if set(wanted) - set(names):
+            p.error(f"--held-out takes names of the {args.split} split: {', '.join(names)}")
+        specs = [s for s in specs if s.name in wanted]
+    test = args.split == "test"
     torch.set_num_threads(os.cpu_count() or 1)
     store, config, zoo_seconds = build_zoo(args.zoo_epochs, args.zoo_jobs)
+    truth = GroundTruth(CACHE / f"truth{zoo_name(args.zoo_epochs, args.zoo_jobs)}.json")
     manifest = read_manifest(store)
     results = {r.job_id: r for r in read_results(store)}
     searcher = Searcher(store, live_job_ids=set(results), results=results)
-    figures = {"zoo": zoo_summary(store, results, zoo_seconds), "same_pair": same_pair(store, config),
-               "held_out": held_out, "zoo_epochs": args.zoo_epochs, "networks": args.networks, "epochs": EPOCHS, "seeds": args.seeds,
-               "per_dataset": {}}
-    log(f"zoo: {figures['zoo']['networks']} networks, same-pair {figures['same_pair']}")
+    figures = {"split": args.split, "held_out": [s.name for s in specs], "zoo_epochs": args.zoo_epochs,
+               "networks": args.networks, "epochs": EPOCHS, "seeds": args.seeds, "default_rerank": DEFAULT_RERANK}
+    if test:
+        figures.update(zoo=zoo_summary(store, results, zoo_seconds), same_pair=same_pair(store, config))
+        log(f"zoo: {figures['zoo']['networks']} networks, same-pair {figures['same_pair']}")
+    figures["per_dataset"] = {}
     limit = float(np.median([r.params for r in results.values()]))
     settings = TrainSettings(epochs=EPOCHS, image_size=config.train.image_size)
     rng = np.random.default_rng(0)
-    methods = ["tans", "logme", "knn", "tans+logme", "tans+knn", "random"]
-    taus = {m: [] for m in methods}
+    taus = {m: [] for m in RANKINGS}
     starts = ["tans_top1", "random_zoo_network", "largest_within_constraint", "same_arch_random_init",
               "same_arch_pretrained_base"]
     finals = {s: [] for s in starts}
     firsts = {s: [] for s in starts}
     regrets = []
-    for name, tr_img, tr_lab, te_img, te_lab in held_out_splits(held_out):
+    for name, tr_img, tr_lab, te_img, te_lab in held_out_splits(specs):
         t0 = time.perf_counter()
         classes = len(set(tr_lab))
         x = torch.from_numpy(decode_images(tr_img, settings.image_size))
         y = torch.tensor(tr_lab)
         xt = torch.from_numpy(decode_images(te_img, settings.image_size))
         yt = torch.tensor(te_lab)
-        default = searcher.rank(tr_img, tr_lab, Constraints(max_params=limit), top_k=5).hits
+        default = searcher.rank(tr_img, tr_lab, Constraints(max_params=limit), top_k=5, rerank=DEFAULT_RERANK).hits
         top5 = [h.job_id for h in default]
-        others = [j for j in sorted(results) if j not in top5]
-        chosen = top5 + list(rng.choice(others, size=max(0, args.networks - len(top5)), replace=False))
+        # the random others: a fixed order per dataset, whatever the default ranking picked
+        order = np.random.default_rng(zlib.crc32(name.encode())).permutation(sorted(results))
+        chosen = top5 + [str(j) for j in order if j not in top5][:args.networks - len(top5)]
         # scores of the set: the retriever's prediction, and evidence on the query's train images
         feats = searcher.query_features(tr_img, tr_lab, per_class=10)
         q = searcher.model.encode_query(torch.from_numpy(feats))
@@ -211,79 +293,81 @@ def main() -> None:
                 f = penultimate(net, xs).numpy()
             for k, scorer in SCORERS.items():
                 evidence[k].append(scorer(f, ys))
-            curves = fine_tune_seeds(lambda: load_checkpoint(store, results[job_id], manifest.width),
-                                     classes, x, y, xt, yt, settings, args.seeds)
+            curves = truth.curves(f"{name}|{job_id}", lambda seed: load_checkpoint(store, results[job_id], manifest.width),
+                                  classes, x, y, xt, yt, settings, args.seeds)
             acc1.append(curves[:, 0].mean())
             acc3.append(curves[:, -1].mean())
             per_seed.append(curves[:, -1])
         acc3, per_seed = np.asarray(acc3), np.asarray(per_seed)
-        scores = {"tans": predicted, "logme": np.asarray(evidence["logme"]), "knn": np.asarray(evidence["knn"])}
-        scores["tans+logme"] = ranks01(scores["tans"]) + ranks01(scores["logme"])
-        scores["tans+knn"] = ranks01(scores["tans"]) + ranks01(scores["knn"])
+        row_set = [{"job_id": j, "arch": results[j].arch, "params": results[j].params,
+                    "source": results[j].dataset_id, "source_accuracy": round(results[j].accuracy, 4),
+                    "source_classes": results[j].num_classes, "tans": round(float(predicted[i]), 4),
+                    "logme": round(float(evidence["logme"][i]), 4), "knn": round(float(evidence["knn"][i]), 4),
+                    "accuracy_3_epochs": round(float(acc3[i]), 4)}
+                   for i, j in enumerate(chosen)]
+        scores = rankings(row_set)
         row = {"accuracy_3_epochs": [round(float(a), 4) for a in acc3],
                "spread": round(float(acc3.max() - acc3.min()), 4),
                "test_noise_se": round(float(np.sqrt(acc3.mean() * (1 - acc3.mean()) / len(te_lab))), 4),
-               "test_images": len(te_lab), "train_images": len(tr_lab), "weighted_tau": {},
-               "set": [{"job_id": j, "arch": results[j].arch, "params": results[j].params,
-                        "source": results[j].dataset_id, "source_accuracy": round(results[j].accuracy, 4),
-                        **{m: round(float(scores[m][i]), 4) for m in ("tans", "logme", "knn")}}
-                       for i, j in enumerate(chosen)]}
+               "test_images": len(te_lab), "train_images": len(tr_lab), "weighted_tau": {}, "set": row_set}
         if args.seeds > 1:  # how well fine-tunes of the same networks agree (NaN -> None when one is constant)
             c = np.corrcoef(per_seed.T)[np.triu_indices(args.seeds, 1)]
             row["seed_agreement_pearson"] = round(float(np.mean(c)), 4) if np.isfinite(c).all() else None
-        for m in methods[:-1]:
+        for m in RANKINGS[:-1]:
             tau = float(weightedtau(scores[m], acc3).correlation)
             taus[m].append(tau)
             row["weighted_tau"][m] = round(tau, 4)
         shuffles = [float(weightedtau(rng.permutation(len(acc3)), acc3).correlation) for _ in range(1000)]
         taus["random"].append(float(np.mean(shuffles)))
         row["weighted_tau"]["random"] = round(taus["random"][-1], 4)
-        # the default search's top-1 against the alternatives
-        top1 = results[top5[0]]
-        fitting = [r for r in results.values() if r.params <= limit]
-        largest = max(fitting, key=lambda r: r.params)
-        curves = {"tans_top1": (acc1[0], acc3[0]),
-                  "random_zoo_network": (acc1[len(top5)], acc3[len(top5)]) if len(chosen) > len(top5) else None}
-        def mean_curve(make_net):
-            c = fine_tune_seeds(make_net, classes, x, y, xt, yt, settings, args.seeds).mean(0)
-            return c[0], c[-1]
+        if test:  # the default search's top-1 against the alternatives
+            top1 = results[top5[0]]
+            fitting = [r for r in results.values() if r.params <= limit]
+            largest = max(fitting, key=lambda r: r.params)
 
-        if curves["random_zoo_network"] is None:
-            pick = results[str(rng.choice(others))]
-            curves["random_zoo_network"] = mean_curve(lambda: load_checkpoint(store, pick, manifest.width))
-        if largest.job_id in chosen:
-            i = chosen.index(largest.job_id)
-            curves["largest_within_constraint"] = (acc1[i], acc3[i])
-        else:
-            curves["largest_within_constraint"] = mean_curve(lambda: load_checkpoint(store, largest, manifest.width))
-        init = iter(range(12345, 12345 + args.seeds))
+            def mean_curve(key, make_net):
+                c = truth.curves(f"{name}|{key}", make_net, classes, x, y, xt, yt, settings, args.seeds).mean(0)
+                return c[0], c[-1]
 
-        def random_init():
-            torch.manual_seed(next(init))
-            return model_for(top1.arch, classes, manifest.width)
+            curves = {"tans_top1": (acc1[0], acc3[0]), "random_zoo_network": (acc1[len(top5)], acc3[len(top5)])}
+            if largest.job_id in chosen:
+                i = chosen.index(largest.job_id)
+                curves["largest_within_constraint"] = (acc1[i], acc3[i])
+            else:
+                curves["largest_within_constraint"] = mean_curve(
+                    largest.job_id, lambda seed: load_checkpoint(store, largest, manifest.width))
 
-        curves["same_arch_random_init"] = mean_curve(random_init)
-        base = load_base_supernet(store, manifest.width, manifest.base_weights)
-        curves["same_arch_pretrained_base"] = mean_curve(lambda: model_for(top1.arch, classes, manifest.width, base))
-        for s in starts:
-            firsts[s].append(float(curves[s][0]))
-            finals[s].append(float(curves[s][1]))
-        regrets.append(float(acc3.max() - acc3[0]))
-        row.update(top1_accuracy_1_and_3_epochs={s: [round(float(v), 4) for v in curves[s]] for s in starts},
-                   regret=round(regrets[-1], 4), seconds=round(time.perf_counter() - t0, 1))
+            def random_init(seed):
+                torch.manual_seed(12345 + seed)
+                return model_for(top1.arch, classes, manifest.width)
+
+            curves["same_arch_random_init"] = mean_curve(f"random-init:{top1.arch}", random_init)
+            base = load_base_supernet(store, manifest.width, manifest.base_weights)
+            curves["same_arch_pretrained_base"] = mean_curve(
+                f"base:{top1.arch}", lambda seed: model_for(top1.arch, classes, manifest.width, base))
+            for s in starts:
+                firsts[s].append(float(curves[s][0]))
+                finals[s].append(float(curves[s][1]))
+            regrets.append(float(acc3.max() - acc3[0]))
+            row.update(top1_accuracy_1_and_3_epochs={s: [round(float(v), 4) for v in curves[s]] for s in starts},
+                       regret=round(regrets[-1], 4))
+        row["seconds"] = round(time.perf_counter() - t0, 1)
         figures["per_dataset"][name] = row
-        log(f"{name}: tau " + ", ".join(f"{m} {row['weighted_tau'][m]:+.2f}" for m in methods)
+        log(f"{name}: tau " + ", ".join(f"{m} {row['weighted_tau'][m]:+.2f}" for m in RANKINGS)
             + f" | top-1 {acc3[0]:.3f} best {acc3.max():.3f} spread {row['spread']:.3f} ({row['seconds']}s)")
     figures["weighted_tau_mean"] = {m: round(float(np.mean(v)), 4) for m, v in taus.items()}
-    final = np.array([finals[s] for s in starts])
-    figures["start_accuracy_mean"] = {s: {"after_1_epoch": round(float(np.mean(firsts[s])), 4),
-                                          "after_3_epochs": round(float(np.mean(finals[s])), 4)} for s in starts}
-    figures["tans_top1_best_on_average"] = bool(final.mean(1).argmax() == 0)
-    figures["tans_top1_never_worst"] = bool((final.argmin(0) != 0).all())
-    figures["regret_mean"] = round(float(np.mean(regrets)), 4)
-    figures["search_seconds"] = search_times(config.zoo)
-    figures["goals"] = {"default_weighted_tau": ">= 0.6 (moonshot 0.8) and above LogME alone",
-                        "top1": "best on average and never the worst", "search_with_rerank_s": "< 10"}
+    figures["default_weighted_tau"] = figures["weighted_tau_mean"][DEFAULT_RANKING[DEFAULT_RERANK]]
+    figures["fine_tunes"] = {"trained": truth.trained, "reused_from_cache": truth.reused}
+    if test:
+        final = np.array([finals[s] for s in starts])
+        figures["start_accuracy_mean"] = {s: {"after_1_epoch": round(float(np.mean(firsts[s])), 4),
+                                              "after_3_epochs": round(float(np.mean(finals[s])), 4)} for s in starts}
+        figures["tans_top1_best_on_average"] = bool(final.mean(1).argmax() == 0)
+        figures["tans_top1_never_worst"] = bool((final.argmin(0) != 0).all())
+        figures["regret_mean"] = round(float(np.mean(regrets)), 4)
+        figures["search_seconds"] = search_times(config.zoo)
+        figures["goals"] = {"default_weighted_tau": ">= 0.6 (moonshot 0.8) and above LogME alone",
+                            "top1": "best on average and never the worst", "search_with_rerank_s": "< 10"}
     print(json.dumps(figures))
 
 
@@ -319,7 +403,8 @@ def search_times(zoo: str) -> dict:
     if not query.exists():
         synth.write_dataset(next(s for s in synth.suite() if s.name == "mnist-real"), query.parent, seed=0)
     query = str(query)
-    for rerank in ("none", "logme", "knn"):
+    from retriever.rerank import RERANK_CHOICES
+    for rerank in RERANK_CHOICES:
         started = time.perf_counter()
         r = subprocess.run([sys.executable, "-m", "pipeline.cli", "search", zoo, "--dataset", query,
                             "--rerank", rerank, "--json"], capture_output=True, text=True, cwd=ROOT)
