@@ -82,9 +82,15 @@ def source_over_chance(accuracy: np.ndarray, classes: np.ndarray) -> np.ndarray:
 def mean_rank(*scores: np.ndarray) -> np.ndarray:
     """The mean of each score's normalised rank (0 for the lowest, 1 for the highest; ties share
     their average rank)."""
-    from scipy.stats import rankdata
     n = len(scores[0])
-    return np.mean([(rankdata(s) - 1) / max(n - 1, 1) for s in scores], axis=0)
+    out = np.zeros(n)
+    for s in scores:
+        values, tie = np.unique(np.asarray(s, dtype=np.float64), return_inverse=True)
+        ranks = np.empty(n)
+        ranks[np.argsort(tie, kind="stable")] = np.arange(n)
+        average = np.bincount(tie, ranks) / np.bincount(tie)   # ties share their mean rank
+        out += average[tie] / max(n - 1, 1)
+    return out / len(scores)
 
 
 RERANK_CHOICES = ("none", "source", *SCORERS)
