@@ -72,7 +72,6 @@ def knn_probe(features: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
     return float((classes[votes.argmax(1)] == labels).mean())
 
 
-SCORERS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {"logme": logme, "knn": knn_probe}
 def source_over_chance(accuracy: np.ndarray, classes: np.ndarray) -> np.ndarray:
     """A network's accuracy on its own zoo dataset as a share of the way from chance to 1."""
     accuracy, classes = np.asarray(accuracy, dtype=np.float64), np.asarray(classes, dtype=np.float64)
@@ -85,7 +84,7 @@ def mean_rank(*scores: np.ndarray) -> np.ndarray:
     n = len(scores[0])
     out = np.zeros(n)
     for s in scores:
-        values, tie = np.unique(np.asarray(s, dtype=np.float64), return_inverse=True)
+        _, tie = np.unique(np.asarray(s, dtype=np.float64), return_inverse=True)
         ranks = np.empty(n)
         ranks[np.argsort(tie, kind="stable")] = np.arange(n)
         average = np.bincount(tie, ranks) / np.bincount(tie)   # ties share their mean rank
@@ -93,5 +92,6 @@ def mean_rank(*scores: np.ndarray) -> np.ndarray:
     return out / len(scores)
 
 
+SCORERS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {"logme": logme, "knn": knn_probe}
 RERANK_CHOICES = ("none", "source", *SCORERS)
 DEFAULT_RERANK = "source"  # what `tans search` orders by unless told: the best on bench/transfer.py --split validation

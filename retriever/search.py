@@ -72,7 +72,9 @@ def imageless_score(rerank: str, predicted: np.ndarray, source_fit: np.ndarray) 
         return predicted, "predicted_accuracy"
     if rerank == "source":
         return mean_rank(predicted, source_fit), "predicted_accuracy+source_accuracy"
-    raise TansError(f"ordering {rerank!r} needs the query's images; without them choose none or source")
+    if rerank in SCORERS:
+        raise TansError(f"ordering {rerank!r} needs the query's images; without them choose none or source")
+    raise TansError(f"unknown ordering {rerank!r}; choose one of {', '.join(RERANK_CHOICES)}")
 
 
 @dataclass(frozen=True)

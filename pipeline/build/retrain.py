@@ -16,12 +16,11 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ParamSchema, ParamSpec
-
-from retriever.rerank import DEFAULT_RERANK
 from mlflow.tracking import MlflowClient
 
 import retriever
 from pipeline.build.tracking import MlflowSettings, tracking_uri
+from retriever.rerank import DEFAULT_RERANK
 from retriever.train import RetrainSettings, gather, grown_enough, save_version, train_retriever, version_blob
 from zoo_schema.layout import RETRIEVER_FILES, retriever_meta_key
 from zoo_schema.store import ZooStore
