@@ -1,6 +1,6 @@
 """How the read-only commands' cost grows with the zoo: `tans status` (from the command line),
 the zoo table read (`tans.open_zoo(ZOO).results()`) and `tans search` (from the command line,
-no re-ranking, a 10-class query of 100 images), each in a fresh process, at 64 (the demo
+its default ordering, which loads no network; a 10-class query of 100 images), each in a fresh process, at 64 (the demo
 zoo's size) / 1,000 / 10,000 / 100,000 result rows. The zoos are synthetic (bench/resume.py's `fill_zoo`: real manifest,
 dataset records, pool profiles and one result file per job, with the results snapshot a little
 behind, as a long build leaves it); each gets a retriever version with untrained weights over
