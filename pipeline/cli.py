@@ -207,7 +207,7 @@ def _search(args) -> int:
         print(json.dumps(result.as_dict(), indent=1))
         return 0
     # the rank score is a column when it is not the predicted accuracy itself
-    label = {"logme": "LogME", "knn": "k-NN", "predicted_accuracy+source_accuracy": "rank"}.get(result.ranked_by)
+    label = {"logme": "LogME", "knn": "k-NN", "predicted_accuracy+source_over_chance": "rank"}.get(result.ranked_by)
     print(f"{'#':>2} {'job_id':24} {'dataset':28} " + (f"{label:>8} " if label else "")
           + f"{'pred.acc':>8} {'src.acc':>7} {'cosine':>6} {'params':>7} {'MFLOPs':>7} {'ms':>6}  arch")
     for i, h in enumerate(result.hits, 1):

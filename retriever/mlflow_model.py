@@ -5,7 +5,8 @@ of tans is pickled).
 dataset and returns the zoo's networks ranked for it (best first), as a DataFrame with
 `rank, job_id, dataset_id, arch, params, flops, latency_ms, score, predicted_accuracy,
 source_accuracy, rank_score, ranked_by`, ordered as `tans search` orders them without the
-query's images (`retriever.search.imageless_score`):
+query's images (`retriever.search.imageless_score`; ranks are taken over every network of the
+version, where search takes them over the networks whose results are still live):
 
 - `df` with a column `features`: one row per query image, each its backbone feature vector
   (`meta.json`'s `image_dim` floats, as `retriever.features` computes them), or
@@ -67,16 +68,16 @@ class RetrieverModel(mlflow.pyfunc.PythonModel):
             q = self.model.encode_query(torch.from_numpy(features))
             top, scores = top_by_cosine(self.embeddings, q.numpy(), np.ones(len(self.embeddings), bool),
                                         max(RECALL, top_k))
-            predicted = self.model.predict(q.expand(len(top), -1), torch.from_numpy(self.embeddings[top])).numpy()
-        rank_score, ranked_by = imageless_score(rerank, predicted, self.source_fit[top])
-        order = sorted(range(len(top)), key=lambda j: (-rank_score[j], -scores[int(top[j])]))[:top_k]
+            predicted = self.model.predict(q.expand(len(self.embeddings), -1), torch.from_numpy(self.embeddings)).numpy()
+        rank_score, ranked_by = imageless_score(rerank, predicted, self.source_fit)  # over the whole table
+        order = sorted(top, key=lambda i: (-rank_score[i], -scores[i]))[:top_k]
         rows = []
-        for rank, j in enumerate(order, 1):
-            i = int(top[j])
+        for rank, i in enumerate(order, 1):
+            i = int(i)
             rows.append({"rank": rank, **{c: self.table[c][i].as_py() for c in
                                           ("job_id", "dataset_id", "arch", "params", "flops", "latency_ms")},
-                         "score": float(scores[i]), "predicted_accuracy": float(predicted[j]),
-                         "source_accuracy": float(self.source_accuracy[i]), "rank_score": float(rank_score[j]),
+                         "score": float(scores[i]), "predicted_accuracy": float(predicted[i]),
+                         "source_accuracy": float(self.source_accuracy[i]), "rank_score": float(rank_score[i]),
                          "ranked_by": ranked_by})
         return pd.DataFrame(rows)
 

@@ -10,9 +10,9 @@ features fit the query's labels, without training the network.
   features. Cheap and, on small data, often as good as published transferability scores.
 
 Besides the query's evidence, the zoo's own: **source** orders the recalled networks by the
-mean of two normalised ranks, the retriever's predicted accuracy and the network's accuracy on
-the zoo dataset it was fine-tuned on, as a share of the way from chance to 1 (how well it
-learned its own task). It needs no images and no network loaded.
+mean of two normalised ranks among all the zoo's networks, the retriever's predicted accuracy
+and the network's accuracy on the zoo dataset it was fine-tuned on, as a share of the way from
+chance to 1 (how well it learned its own task). It needs no images and no network loaded.
 
 `SCORERS` is the registry of evidence scorers `tans search --rerank` chooses from; "none"
 keeps the retriever's predicted accuracy and "source" is the rank mean above.
@@ -74,17 +74,19 @@ def knn_probe(features: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
 
 def source_over_chance(accuracy: np.ndarray, classes: np.ndarray) -> np.ndarray:
     """A network's accuracy on its own zoo dataset as a share of the way from chance to 1."""
-    accuracy, classes = np.asarray(accuracy, dtype=np.float64), np.asarray(classes, dtype=np.float64)
+    accuracy = np.asarray(accuracy, dtype=np.float64)
+    classes = np.maximum(np.asarray(classes, dtype=np.float64), 2)  # a zoo dataset has at least 2 classes
     return (accuracy - 1 / classes) / (1 - 1 / classes)
 
 
 def mean_rank(*scores: np.ndarray) -> np.ndarray:
     """The mean of each score's normalised rank (0 for the lowest, 1 for the highest; ties share
-    their average rank)."""
+    their average rank; NaN ranks lowest)."""
     n = len(scores[0])
     out = np.zeros(n)
     for s in scores:
-        _, tie = np.unique(np.asarray(s, dtype=np.float64), return_inverse=True)
+        s = np.asarray(s, dtype=np.float64)
+        _, tie = np.unique(np.where(np.isnan(s), -np.inf, s), return_inverse=True)
         ranks = np.empty(n)
         ranks[np.argsort(tie, kind="stable")] = np.arange(n)
         average = np.bincount(tie, ranks) / np.bincount(tie)   # ties share their mean rank

@@ -65,16 +65,21 @@ RECALL = 20  # candidates recalled by cosine before ranking; fixed, so --top-k n
 
 
 def imageless_score(rerank: str, predicted: np.ndarray, source_fit: np.ndarray) -> tuple[np.ndarray, str]:
-    """(score, its name) of the orderings that need no query images: the predicted accuracy
-    ("none"), or its rank mean with each network's accuracy on its own zoo dataset over chance
-    ("source"). Search and the MLflow pyfunc model both order by this."""
+    """(score, its name) of the orderings that need no query images, for every network of the
+    retriever's table (`predicted` and `source_fit` cover all of them): the predicted accuracy
+    ("none"), or the mean of its rank and the rank of the network's accuracy on its own zoo
+    dataset over chance ("source"), both ranks taken over the whole table, so that a network's
+    score does not depend on which others were recalled or met the constraints. Search and the
+    MLflow pyfunc model both order by this."""
     if rerank == "none":
         return predicted, "predicted_accuracy"
     if rerank == "source":
-        return mean_rank(predicted, source_fit), "predicted_accuracy+source_accuracy"
+        return mean_rank(predicted, source_fit), "predicted_accuracy+source_over_chance"
     if rerank in SCORERS:
-        raise TansError(f"ordering {rerank!r} needs the query's images; without them choose none or source")
-    raise TansError(f"unknown ordering {rerank!r}; choose one of {', '.join(RERANK_CHOICES)}")
+        raise TansError(f"ordering {rerank!r} loads each recalled network and runs it on the query's images, "
+                        f"which only `tans search` does; here choose none or source")
+    raise TansError(f"unknown ordering {rerank!r}; choose none or source (or, in `tans search`, "
+                    f"{' or '.join(SCORERS)})")
 
 
 @dataclass(frozen=True)
@@ -92,8 +97,8 @@ class Hit:
     predicted_accuracy: float
     source_accuracy: float    # its test accuracy on the zoo dataset it was fine-tuned on
     rank_score: float         # the score that ordered the hits (see `ranked_by`)
-    ranked_by: str            # "predicted_accuracy", "predicted_accuracy+source_accuracy" (the
-                              # mean of the two's normalised ranks), "logme" or "knn"
+    ranked_by: str            # "predicted_accuracy", "predicted_accuracy+source_over_chance" (the
+                              # mean of the two's ranks in the zoo), "logme" or "knn"
     weak_match: bool          # negative cosine: the zoo holds nothing close to the query
 
 
@@ -162,9 +167,16 @@ class Searcher:
         top, scores = top_by_cosine(self.embeddings, q.numpy(), ok, recall)
         return q, top, scores
 
-    def _predicted(self, q, top) -> np.ndarray:
+    def _predicted(self, q, top=None) -> np.ndarray:
+        """The predicted accuracy on the query of the networks `top` (all when None)."""
+        m = torch.from_numpy(self.embeddings if top is None else self.embeddings[top])
         with torch.no_grad():
-            return self.model.predict(q.expand(len(top), -1), torch.from_numpy(self.embeddings[top])).numpy()
+            return self.model.predict(q.expand(len(m), -1), m).numpy()
+
+    def _imageless(self, q, top, scores, rerank: str) -> list[Hit]:
+        predicted = self._predicted(q)
+        rank_score, ranked_by = imageless_score(rerank, predicted, self.source_fit)
+        return self._hits(top, scores, predicted[top], rank_score[top], ranked_by)
 
     def search(self, features: np.ndarray, constraints: Constraints = Constraints(), top_k: int = 10,
                recall: int = RECALL, rerank: str = DEFAULT_RERANK) -> list[Hit]:
@@ -173,8 +185,7 @@ class Searcher:
         if top_k < 1:
             raise TansError(f"top_k must be at least 1, not {top_k}")
         q, top, scores = self._recall(features, constraints, max(recall, top_k))
-        predicted = self._predicted(q, top)
-        return self._hits(top, scores, predicted, *imageless_score(rerank, predicted, self.source_fit[top]))[:top_k]
+        return self._imageless(q, top, scores, rerank)[:top_k]
 
     def rank(self, images: list[bytes], labels: list[int], constraints: Constraints = Constraints(),
              top_k: int = 10, rerank: str = DEFAULT_RERANK, recall: int = RECALL, per_class: int = 10) -> SearchResult:
@@ -187,11 +198,11 @@ class Searcher:
         features = self.query_features(images, labels, per_class)
         t1 = time.perf_counter()
         q, top, scores = self._recall(features, constraints, max(recall, top_k))
-        predicted = self._predicted(q, top)
         t2 = time.perf_counter()
         if rerank not in SCORERS:
-            hits = self._hits(top, scores, predicted, *imageless_score(rerank, predicted, self.source_fit[top]))
+            hits = self._imageless(q, top, scores, rerank)
         else:
+            predicted = self._predicted(q, top)
             chosen = sample_per_class(labels, per_class, "search")
             evidence = self.evidence([images[i] for i in chosen], np.asarray([labels[i] for i in chosen]),
                                      top, SCORERS[rerank])

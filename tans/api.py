@@ -65,14 +65,13 @@ class Zoo:
 
     def search(self, dataset: str, top_k: int = 10, max_params: float | None = None,
                max_flops: float | None = None, max_latency_ms: float | None = None,
-               rerank: str | None = None) -> SearchResult:
+               rerank: str = "source") -> SearchResult:
         """Rank the zoo's networks for a dataset (an ImageFolder directory or a Parquet file);
-        `rerank` as `tans search --rerank` (None: its default)."""
+        `rerank` as `tans search --rerank` (its default: source)."""
         from pipeline.commands.search import search_dataset
-        from retriever.rerank import DEFAULT_RERANK
         from retriever.search import Constraints
         return search_dataset(self.store, dataset, Constraints(max_params, max_flops, max_latency_ms),
-                              top_k=top_k, rerank=rerank or DEFAULT_RERANK)
+                              top_k=top_k, rerank=rerank)
 
 
 def open_zoo(uri: str, s3_endpoint: str | None = None) -> Zoo:

@@ -42,6 +42,13 @@ def test_source_prior_and_rank_mean_match_hand_computation():
     assert source_over_chance([0.55, 0.5, 1.0], [10, 2, 4]) == pytest.approx([0.5, 0.0, 1.0])
     # ranks (0..1) of [3, 1, 2] are [1, 0, 0.5]; of [0, 0, 9] (a tie shares rank 0.25) are [.25, .25, 1]
     assert mean_rank(np.array([3.0, 1, 2]), np.array([0.0, 0, 9])) == pytest.approx([0.625, 0.125, 0.75])
+    # NaN ranks lowest; the public API's default ordering is the command line's
+    assert mean_rank(np.array([np.nan, 1.0])) == pytest.approx([0.0, 1.0])
+    import inspect
+
+    import tans
+    from retriever.rerank import DEFAULT_RERANK
+    assert inspect.signature(tans.Zoo.search).parameters["rerank"].default == DEFAULT_RERANK
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +117,7 @@ def test_registered_retriever_loads_as_an_mlflow_pyfunc_and_ranks_like_search(bu
     expected = [h.job_id for h in hits]
     ranked = model.predict(pd.DataFrame({"features": list(features)}), params={"top_k": 5})
     assert list(ranked["job_id"]) == expected and list(ranked["rank"]) == [1, 2, 3, 4, 5]
-    assert list(ranked["ranked_by"]) == [h.ranked_by for h in hits] == ["predicted_accuracy+source_accuracy"] * 5
+    assert list(ranked["ranked_by"]) == [h.ranked_by for h in hits] == ["predicted_accuracy+source_over_chance"] * 5
     assert list(ranked["rank_score"]) == pytest.approx([h.rank_score for h in hits])
     by_prediction = model.predict(pd.DataFrame({"features": list(features)}), params={"top_k": 5, "rerank": "none"})
     assert list(by_prediction["job_id"]) == [h.job_id for h in searcher.search(features, top_k=5, rerank="none")]
@@ -181,7 +188,7 @@ def test_search_ranks_by_predicted_and_source_accuracy(built_zoo, tiny_datasets)
     query = str(tiny_datasets / "shapes-clean")
     result = search_dataset(store, query, top_k=100)  # the default
     hits = result.hits
-    assert result.ranked_by == "predicted_accuracy+source_accuracy" == hits[0].ranked_by
+    assert result.ranked_by == "predicted_accuracy+source_over_chance" == hits[0].ranked_by
     assert len(hits) == result.recalled > 2
     records = [find_result(store, h.job_id) for h in hits]
     assert [h.source_accuracy for h in hits] == pytest.approx([r.accuracy for r in records])
@@ -191,6 +198,13 @@ def test_search_ranks_by_predicted_and_source_accuracy(built_zoo, tiny_datasets)
     assert [h.rank_score for h in hits] == sorted((h.rank_score for h in hits), reverse=True)
     first = search_dataset(store, query, top_k=2, rerank="source").hits
     assert [h.job_id for h in first] == [h.job_id for h in hits[:2]]  # --top-k never reorders
+    # ranks are taken over the whole zoo: a network's score is the same whichever others were
+    # recalled or met the constraints
+    score = {h.job_id: h.rank_score for h in hits}
+    limit = sorted(h.params for h in hits)[len(hits) // 2]
+    for narrow in (search_dataset(store, query, Constraints(max_params=limit), top_k=100).hits,
+                   search_dataset(store, query, top_k=2, recall=2).hits):
+        assert narrow and [h.rank_score for h in narrow] == pytest.approx([score[h.job_id] for h in narrow])
 
 
 def test_retriever_version_loads_back_from_s3(built_zoo, s3_server, s3_bucket):
