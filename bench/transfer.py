@@ -15,7 +15,7 @@
 3. Ground truth per held-out dataset: a fixed set of `--networks` zoo networks — the default
    search's top-5 plus others in a fixed random order of the zoo per dataset (the same whatever
    the default ranks first) — each fine-tuned for 3 epochs with one recipe (the zoo's B.2
-   defaults) on its train split, once per seed of `--seeds` (2), scored on its test split
+   defaults; a new head seeded by the fine-tune's seed) on its train split, once per seed of `--seeds` (2), scored on its test split
    (accuracy after epoch 1 and 3, the mean over the seeds). How well the seeds agree on the
    set's accuracies (Pearson, mean over pairs of seeds) is reported per dataset: when two
    fine-tunes of the same networks barely agree, no ranking can agree with either. Every
@@ -25,9 +25,10 @@
    (`scipy.stats.weightedtau`, the protocol of LogME / Model Spider): the retriever's
    predicted accuracy (TANS), LogME and a k-NN probe on each network's features of the
    query's training images, the network's accuracy on its own zoo dataset (raw: `source`,
-   and from chance to 1: `source_over_chance`), TANS + each of them (the mean of the two
-   rankings' normalised ranks; TANS + source_over_chance is `tans search --rerank source`),
-   random (expectation over 1000 shuffles).
+   and from chance to 1: `source_over_chance`), TANS + source_over_chance (the score of
+   `tans search --rerank source` itself: the mean of the two's ranks over the whole zoo), TANS
+   + LogME and TANS + k-NN (the mean of the two's ranks within the set), random (expectation
+   over 1000 shuffles).
 5. The default search's top-1 against the starts a user would otherwise take: a random zoo
    network, the largest network within the constraint (params <= the zoo's median), the
    same architecture from random init and from the pretrained base; accuracy after 1 and 3
@@ -38,9 +39,10 @@
                              [--zoo-epochs 4] [--zoo-jobs 96] [--held-out NAME,NAME,...]
 
 `--split validation` runs steps 3-4 on five other held-out datasets (`validation_specs`: one of
-real photos, four synthetic variants), in neither the zoo nor the test split: the default
-ranking of `tans search` is chosen by their figures, so the test split's figures judge a
-choice made without them.
+real photos, four synthetic variants), in neither the zoo nor the test split, with each set
+holding the top-5 of both orderings that need no images (`none`, `source`) before the random
+others: the default ordering of `tans search` is chosen by their figures, so the test split's
+figures judge a choice made without them.
 
 `--zoo-epochs` / `--zoo-jobs` build (and cache) another zoo of the same datasets with other
 fine-tune lengths (`--zoo-epochs 1`: the demo's until 11-29) or another number of networks; `--held-out` takes a subset of the held-out datasets.
@@ -158,19 +160,46 @@ def held_out_splits(specs):
 
 def fine_tune(net, classes, x, y, xt, yt, settings, seed=0):
     from workers.training import train
+    torch.manual_seed(seed)  # the new head's init, as a zoo job seeds it
     net.classifier = torch.nn.Linear(net.classifier.in_features, classes)
     return train(net, x, y, xt, yt, settings, torch.device("cpu"), seed=seed)[1]
 
 
 class GroundTruth:
     """Fine-tuned accuracies, one entry per (dataset, start, seed): the test accuracy after each
-    epoch. Kept in a JSON file per zoo, rewritten atomically after each fine-tune, so a rerun
-    (another default ranking, more networks, an interrupted run) fine-tunes only what is new."""
+    epoch. Kept in a JSON file per zoo, so a rerun (another default ranking, more networks, an
+    interrupted run) fine-tunes only what is new. Each dataset's entries hold while its
+    fingerprint (its spec, TEST_SCALE, the fine-tune recipe, the base weights) is unchanged;
+    otherwise they are dropped. Each write merges with what another run wrote meanwhile (under
+    a lock) and replaces the file atomically."""
 
     def __init__(self, path: Path):
-        self.path = path
-        self.data = json.loads(path.read_text()) if path.exists() else {}
+        self.path, self.lock = path, path.with_suffix(".lock")
+        self.data = self._read()
         self.reused = self.trained = 0
+
+    def _read(self) -> dict:
+        return json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def _write(self, new: dict, drop: str = "") -> None:
+        import fcntl
+        with open(self.lock, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            merged = {k: v for k, v in self._read().items() if not (drop and k.startswith(drop))}
+            merged.update(new)
+            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+            with open(tmp, "w") as f:
+                json.dump(merged, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        self.data = merged
+
+    def use(self, dataset: str, fingerprint: str) -> None:
+        """Drop `dataset`'s entries if they were made under another fingerprint."""
+        key = f"fingerprint|{dataset}"
+        if self.data.get(key) != fingerprint:
+            self._write({key: fingerprint}, drop=f"{dataset}|" if key in self.data else "")
 
     def curves(self, key: str, make_net, classes, x, y, xt, yt, settings, seeds) -> np.ndarray:
         """[seeds, epochs] accuracies of `make_net(seed)` fine-tuned once per seed."""
@@ -180,33 +209,40 @@ class GroundTruth:
             if k in self.data:
                 self.reused += 1
             else:
-                self.data[k] = [round(float(a), 6) for a in fine_tune(make_net(seed), classes, x, y, xt, yt,
-                                                                      settings, seed)]
+                curve = [round(float(a), 6) for a in fine_tune(make_net(seed), classes, x, y, xt, yt, settings, seed)]
+                self._write({k: curve})
                 self.trained += 1
-                tmp = self.path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(self.data))
-                os.replace(tmp, self.path)
             out.append(self.data[k])
         return np.array(out)
 
 
-# the bench's ranking that each `tans search --rerank` choice is (over the recalled networks)
+def fingerprint(spec, settings, base_weights_id: str) -> str:
+    import hashlib
+    from dataclasses import asdict
+    return hashlib.sha256(json.dumps({"spec": [spec.name, spec.family, spec.classes, spec.per_class, spec.params],
+                                      "test_scale": TEST_SCALE, "train": asdict(settings), "base": base_weights_id},
+                                     sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# the bench's ranking that each `tans search --rerank` choice is
 DEFAULT_RANKING = {"none": "tans", "source": "tans+source_over_chance", "logme": "logme", "knn": "knn"}
-RANKINGS = ["tans", "logme", "knn", "source", "source_over_chance", "tans+logme", "tans+knn", "tans+source",
+RANKINGS = ["tans", "logme", "knn", "source", "source_over_chance", "tans+logme", "tans+knn",
             "tans+source_over_chance", "random"]
 
 
 def rankings(row_set: list[dict]) -> dict[str, np.ndarray]:
-    """Every ranking's score of a dataset's set of networks (higher ranks first); "a+b" is the
-    mean of the two rankings' normalised ranks, as `tans search --rerank source` combines them."""
+    """Every ranking's score of a dataset's set of networks (higher ranks first).
+    "tans+source_over_chance" is `tans search --rerank source`'s score itself (ranks over the
+    whole zoo, see retriever.search.imageless_score); "tans+logme" and "tans+knn" are the mean
+    of the two's normalised ranks within the set (LogME and k-NN are computed for the set only)."""
     from retriever.rerank import mean_rank, source_over_chance
     col = {k: np.array([n[k] for n in row_set], dtype=np.float64)
-           for k in ("tans", "logme", "knn", "source_accuracy", "source_classes")}
+           for k in ("tans", "logme", "knn", "source_accuracy", "source_classes", "search_source_score")}
     scores = {"tans": col["tans"], "logme": col["logme"], "knn": col["knn"], "source": col["source_accuracy"],
-              "source_over_chance": source_over_chance(col["source_accuracy"], col["source_classes"])}
-    for m in [m for m in RANKINGS if "+" in m]:
-        first, second = m.split("+")
-        scores[m] = mean_rank(scores[first], scores[second])
+              "source_over_chance": source_over_chance(col["source_accuracy"], col["source_classes"]),
+              "tans+source_over_chance": col["search_source_score"]}
+    for m in ("tans+logme", "tans+knn"):
+        scores[m] = mean_rank(scores["tans"], scores[m.split("+")[1]])
     return scores
 
 
@@ -215,7 +251,7 @@ def main() -> None:
 
     from zoo_schema.results import read_results
     from retriever.rerank import DEFAULT_RERANK, SCORERS
-    from retriever.search import Constraints, Searcher
+    from retriever.search import Constraints, Searcher, imageless_score
     from workers.nets import load_base_supernet, load_checkpoint, model_for
     from workers.images import decode_images
     from workers.job import TrainSettings
@@ -264,8 +300,9 @@ def main() -> None:
     finals = {s: [] for s in starts}
     firsts = {s: [] for s in starts}
     regrets = []
-    for name, tr_img, tr_lab, te_img, te_lab in held_out_splits(specs):
+    for spec, (name, tr_img, tr_lab, te_img, te_lab) in zip(specs, held_out_splits(specs)):
         t0 = time.perf_counter()
+        truth.use(name, fingerprint(spec, settings, manifest.base_weights.id))
         classes = len(set(tr_lab))
         x = torch.from_numpy(decode_images(tr_img, settings.image_size))
         y = torch.tensor(tr_lab)
@@ -273,16 +310,22 @@ def main() -> None:
         yt = torch.tensor(te_lab)
         default = searcher.rank(tr_img, tr_lab, Constraints(max_params=limit), top_k=5, rerank=DEFAULT_RERANK).hits
         top5 = [h.job_id for h in default]
+        if not test:  # choosing between the orderings: the set holds each one's top-5
+            for rerank in ("none", "source"):
+                hits = searcher.rank(tr_img, tr_lab, Constraints(max_params=limit), top_k=5, rerank=rerank).hits
+                top5 += [h.job_id for h in hits if h.job_id not in top5]
         # the random others: a fixed order per dataset, whatever the default ranking picked
         order = np.random.default_rng(zlib.crc32(name.encode())).permutation(sorted(results))
         chosen = top5 + [str(j) for j in order if j not in top5][:args.networks - len(top5)]
         # scores of the set: the retriever's prediction, and evidence on the query's train images
         feats = searcher.query_features(tr_img, tr_lab, per_class=10)
-        q = searcher.model.encode_query(torch.from_numpy(feats))
-        index = {searcher.table["job_id"][i].as_py(): i for i in range(searcher.table.num_rows)}
         with torch.no_grad():
-            emb = torch.from_numpy(searcher.embeddings[[index[j] for j in chosen]])
-            predicted = searcher.model.predict(q.expand(len(chosen), -1), emb).numpy()
+            q = searcher.model.encode_query(torch.from_numpy(feats))
+        index = {searcher.table["job_id"][i].as_py(): i for i in range(searcher.table.num_rows)}
+        rows = [index[j] for j in chosen]
+        predicted_all = searcher._predicted(q)  # every zoo network's, as search ranks them
+        predicted = predicted_all[rows]
+        source_score = imageless_score("source", predicted_all, searcher.source_fit)[0][rows]
         from retriever.features import sample_per_class
         sample = sample_per_class(tr_lab, 10, "search")
         xs, ys = x[sample], np.asarray([tr_lab[i] for i in sample])
@@ -300,13 +343,14 @@ def main() -> None:
             per_seed.append(curves[:, -1])
         acc3, per_seed = np.asarray(acc3), np.asarray(per_seed)
         row_set = [{"job_id": j, "arch": results[j].arch, "params": results[j].params,
-                    "source": results[j].dataset_id, "source_accuracy": round(results[j].accuracy, 4),
-                    "source_classes": results[j].num_classes, "tans": round(float(predicted[i]), 4),
-                    "logme": round(float(evidence["logme"][i]), 4), "knn": round(float(evidence["knn"][i]), 4),
-                    "accuracy_3_epochs": round(float(acc3[i]), 4)}
+                    "source": results[j].dataset_id, "source_accuracy": round(results[j].accuracy, 6),
+                    "source_classes": results[j].num_classes, "tans": round(float(predicted[i]), 6),
+                    "search_source_score": round(float(source_score[i]), 6),
+                    "logme": round(float(evidence["logme"][i]), 6), "knn": round(float(evidence["knn"][i]), 6),
+                    "accuracy_3_epochs": round(float(acc3[i]), 6)}
                    for i, j in enumerate(chosen)]
         scores = rankings(row_set)
-        row = {"accuracy_3_epochs": [round(float(a), 4) for a in acc3],
+        row = {"accuracy_3_epochs": [round(float(a), 6) for a in acc3],
                "spread": round(float(acc3.max() - acc3.min()), 4),
                "test_noise_se": round(float(np.sqrt(acc3.mean() * (1 - acc3.mean()) / len(te_lab))), 4),
                "test_images": len(te_lab), "train_images": len(tr_lab), "weighted_tau": {}, "set": row_set}
@@ -404,6 +448,8 @@ def search_times(zoo: str) -> dict:
         synth.write_dataset(next(s for s in synth.suite() if s.name == "mnist-real"), query.parent, seed=0)
     query = str(query)
     from retriever.rerank import RERANK_CHOICES
+    subprocess.run([sys.executable, "-m", "pipeline.cli", "search", zoo, "--dataset", query, "--json"],
+                   capture_output=True, cwd=ROOT)  # untimed: Python's and torch's files into the page cache
     for rerank in RERANK_CHOICES:
         started = time.perf_counter()
         r = subprocess.run([sys.executable, "-m", "pipeline.cli", "search", zoo, "--dataset", query,
