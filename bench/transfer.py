@@ -417,12 +417,19 @@ def main() -> None:
 
 def same_pair(store, config) -> dict:
     """R@k of the zoo's own datasets with unseen (test) query images, the retriever retrained
-    with the build's settings (the paper's Fig. 7b protocol)."""
-    from retriever.train import evaluate, gather, train_retriever
+    with the build's settings (the paper's Fig. 7b protocol), and which datasets missed: each
+    query dataset whose top-1 was another dataset's model, and in how many of its queries."""
+    from collections import Counter
+
+    from retriever.train import evaluate, gather, same_pair_ranks, train_retriever
     t = gather(store, config.train.image_size, config.retrain.backbone)
     model, _ = train_retriever(t, config.retrain, log=lambda *_: None)
     m = evaluate(model, t, config.retrain, queries_per_dataset=10)
-    return {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}
+    owners, ranks = same_pair_ranks(model, t, config.retrain, queries_per_dataset=10)
+    m = {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}
+    misses = Counter(t.dataset_ids[i] for i, r in zip(owners, ranks) if r > 1)
+    m["top1_misses"] = dict(misses.most_common())
+    return m
 
 
 def zoo_summary(store, results, seconds) -> dict:

@@ -139,21 +139,33 @@ def train_retriever(t: ZooTensors, s: RetrainSettings, log=print) -> tuple[Retri
     return model.eval(), metrics
 
 
-def evaluate(model: Retriever, t: ZooTensors, s: RetrainSettings, queries_per_dataset: int = 1) -> dict:
-    """Same-pair retrieval with unseen (test-split) query images, and predictor error.
-
-    A query's rank is the position of the first model of its own dataset in the cosine
-    ranking of all the zoo's models (paper Fig. 7b); each dataset is queried
-    `queries_per_dataset` times with freshly sampled test images.
-    """
+def _same_pair_queries(model: Retriever, t: ZooTensors, s: RetrainSettings, queries_per_dataset: int):
+    """(dataset index, query embedding, the zoo's models by cosine) of each same-pair query:
+    every dataset queried `queries_per_dataset` times with freshly sampled test-split images."""
     topo, func = _model_inputs(t, s)
     rng = np.random.default_rng(s.seed + 1)
     with torch.no_grad():
         m = model.encode_models(topo, func)
-        ranks, top10_err, all_err = [], [], []
         for i, d in [(i, d) for i, d in enumerate(t.dataset_ids) for _ in range(queries_per_dataset)]:
             q = model.encode_query(torch.from_numpy(sample_query(*t.test_feats[d], s.query_per_class, rng)))
-            order = torch.argsort(m @ q, descending=True).numpy()
+            yield i, q, m, torch.argsort(m @ q, descending=True).numpy()
+
+
+def same_pair_ranks(model: Retriever, t: ZooTensors, s: RetrainSettings,
+                    queries_per_dataset: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(dataset index, rank) of each same-pair query: the position of the first model of the
+    query's own dataset in the cosine ranking of all the zoo's models (paper Fig. 7b)."""
+    out = [(i, int(np.flatnonzero(t.owner[order] == i)[0]) + 1)
+           for i, _, _, order in _same_pair_queries(model, t, s, queries_per_dataset)]
+    return np.array([i for i, _ in out]), np.array([r for _, r in out])
+
+
+def evaluate(model: Retriever, t: ZooTensors, s: RetrainSettings, queries_per_dataset: int = 1) -> dict:
+    """Same-pair retrieval with unseen (test-split) query images (`same_pair_ranks`), and
+    predictor error on each query's own models and on its cosine top-10."""
+    ranks, top10_err, all_err = [], [], []
+    with torch.no_grad():
+        for i, q, m, order in _same_pair_queries(model, t, s, queries_per_dataset):
             ranks.append(int(np.flatnonzero(t.owner[order] == i)[0]) + 1)
             own = np.flatnonzero(t.owner == i)
             pred = model.predict(q.expand(len(own), -1), m[own])
