@@ -125,7 +125,8 @@ class Searcher:
     predicted accuracy (`rerank="none"`), that and each network's accuracy on its own zoo
     dataset (`"source"`), or evidence computed on the query's own images with each candidate's
     penultimate features (`"logme"`, `"knn"`; see retriever.rerank). The
-    recalled set does not depend on `top_k`, so asking for more hits never reorders the first.
+    recalled set does not depend on `top_k` while it is at most `recall`, so asking for more
+    hits never reorders the first.
     """
 
     def __init__(self, store: ZooStore, version: int | None = None, live_job_ids: set[str] | None = None,

@@ -140,23 +140,24 @@ def train_retriever(t: ZooTensors, s: RetrainSettings, log=print) -> tuple[Retri
 
 
 def _same_pair_queries(model: Retriever, t: ZooTensors, s: RetrainSettings, queries_per_dataset: int):
-    """(dataset index, query embedding, the zoo's models by cosine) of each same-pair query:
-    every dataset queried `queries_per_dataset` times with freshly sampled test-split images."""
+    """(dataset index, query embedding, model embeddings, the zoo's models by cosine, rank) of
+    each same-pair query: every dataset queried `queries_per_dataset` times with freshly sampled
+    test-split images; the rank is the position of the first model of the query's own dataset
+    in the cosine ranking of all the zoo's models (paper Fig. 7b)."""
     topo, func = _model_inputs(t, s)
     rng = np.random.default_rng(s.seed + 1)
     with torch.no_grad():
         m = model.encode_models(topo, func)
         for i, d in [(i, d) for i, d in enumerate(t.dataset_ids) for _ in range(queries_per_dataset)]:
             q = model.encode_query(torch.from_numpy(sample_query(*t.test_feats[d], s.query_per_class, rng)))
-            yield i, q, m, torch.argsort(m @ q, descending=True).numpy()
+            order = torch.argsort(m @ q, descending=True).numpy()
+            yield i, q, m, order, int(np.flatnonzero(t.owner[order] == i)[0]) + 1
 
 
 def same_pair_ranks(model: Retriever, t: ZooTensors, s: RetrainSettings,
                     queries_per_dataset: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """(dataset index, rank) of each same-pair query: the position of the first model of the
-    query's own dataset in the cosine ranking of all the zoo's models (paper Fig. 7b)."""
-    out = [(i, int(np.flatnonzero(t.owner[order] == i)[0]) + 1)
-           for i, _, _, order in _same_pair_queries(model, t, s, queries_per_dataset)]
+    """(dataset index, rank) of each same-pair query (see `_same_pair_queries`)."""
+    out = [(i, rank) for i, _, _, _, rank in _same_pair_queries(model, t, s, queries_per_dataset)]
     return np.array([i for i, _ in out]), np.array([r for _, r in out])
 
 
@@ -165,8 +166,8 @@ def evaluate(model: Retriever, t: ZooTensors, s: RetrainSettings, queries_per_da
     predictor error on each query's own models and on its cosine top-10."""
     ranks, top10_err, all_err = [], [], []
     with torch.no_grad():
-        for i, q, m, order in _same_pair_queries(model, t, s, queries_per_dataset):
-            ranks.append(int(np.flatnonzero(t.owner[order] == i)[0]) + 1)
+        for i, q, m, order, rank in _same_pair_queries(model, t, s, queries_per_dataset):
+            ranks.append(rank)
             own = np.flatnonzero(t.owner == i)
             pred = model.predict(q.expand(len(own), -1), m[own])
             all_err.append(((pred - t.accuracy[own]) ** 2).numpy())
