@@ -17,18 +17,23 @@
    the default ranks first) — each fine-tuned for 3 epochs with one recipe (the zoo's B.2
    defaults; a new head seeded by the fine-tune's seed) on its train split, once per seed of `--seeds` (2), scored on its test split
    (accuracy after epoch 1 and 3, the mean over the seeds). How well the seeds agree on the
-   set's accuracies (Pearson, mean over pairs of seeds) is reported per dataset: when two
-   fine-tunes of the same networks barely agree, no ranking can agree with either. Every
+   set's accuracies (Pearson, and the weighted tau of one seed's accuracies against another's,
+   mean over pairs of seeds) is reported per dataset and on average: when two fine-tunes of the
+   same networks barely agree, no ranking can agree with either, so the seed-to-seed tau is the
+   reference a ranking's tau is read against. Every
    fine-tune's accuracies are kept in bench/.cache/transfer/truth-<zoo>.json, so a rerun
    fine-tunes only what it has not (`fine_tunes` in the JSON says how many).
 4. Rankings of that set, judged by weighted Kendall tau against the 3-epoch accuracies
    (`scipy.stats.weightedtau`, the protocol of LogME / Model Spider): the retriever's
    predicted accuracy (TANS), LogME and a k-NN probe on each network's features of the
-   query's training images, the network's accuracy on its own zoo dataset (raw: `source`,
-   and from chance to 1: `source_over_chance`), TANS + source_over_chance (the score of
-   `tans search --rerank source` itself: the mean of the two's ranks over the whole zoo), TANS
-   + LogME and TANS + k-NN (the mean of the two's ranks within the set), random (expectation
-   over 1000 shuffles).
+   query's training images, `finetune`: the held-out loss of a one-epoch fine-tune on the
+   query's training images (retriever.proxy: up to 40 per class, a fifth of them held out; lower
+   ranks first), the network's accuracy on its own zoo dataset (raw: `source`, and from chance
+   to 1: `source_over_chance`), TANS + source_over_chance (the score of `tans search --rerank
+   source` itself: the mean of the two's ranks over the whole zoo), source + finetune (the score
+   of `tans search --rerank finetune` itself: its first 5 networks by the fine-tune's loss, then
+   the rest by the source score), TANS + LogME and TANS + k-NN (the mean of the two's ranks within
+   the set), random (expectation over 1000 shuffles).
 5. The default search's top-1 against the starts a user would otherwise take: a random zoo
    network, the largest network within the constraint (params <= the zoo's median), the
    same architecture from random init and from the pretrained base; accuracy after 1 and 3
@@ -225,9 +230,10 @@ def fingerprint(spec, settings, base_weights_id: str) -> str:
 
 
 # the bench's ranking that each `tans search --rerank` choice is
-DEFAULT_RANKING = {"none": "tans", "source": "tans+source_over_chance", "logme": "logme", "knn": "knn"}
-RANKINGS = ["tans", "logme", "knn", "source", "source_over_chance", "tans+logme", "tans+knn",
-            "tans+source_over_chance", "random"]
+DEFAULT_RANKING = {"none": "tans", "source": "tans+source_over_chance", "logme": "logme", "knn": "knn",
+                   "finetune": "source+finetune"}
+RANKINGS = ["tans", "logme", "knn", "finetune", "source", "source_over_chance", "tans+logme", "tans+knn",
+            "tans+source_over_chance", "source+finetune", "random"]
 
 
 def rankings(row_set: list[dict]) -> dict[str, np.ndarray]:
@@ -237,10 +243,13 @@ def rankings(row_set: list[dict]) -> dict[str, np.ndarray]:
     of the two's normalised ranks within the set (LogME and k-NN are computed for the set only)."""
     from retriever.rerank import mean_rank, source_over_chance
     col = {k: np.array([n[k] for n in row_set], dtype=np.float64)
-           for k in ("tans", "logme", "knn", "source_accuracy", "source_classes", "search_source_score")}
-    scores = {"tans": col["tans"], "logme": col["logme"], "knn": col["knn"], "source": col["source_accuracy"],
+           for k in ("tans", "logme", "knn", "source_accuracy", "source_classes", "search_source_score",
+                     "proxy_loss", "search_finetune_score")}
+    scores = {"tans": col["tans"], "logme": col["logme"], "knn": col["knn"], "finetune": -col["proxy_loss"],
+              "source": col["source_accuracy"],
               "source_over_chance": source_over_chance(col["source_accuracy"], col["source_classes"]),
-              "tans+source_over_chance": col["search_source_score"]}
+              "tans+source_over_chance": col["search_source_score"],
+              "source+finetune": col["search_finetune_score"]}
     for m in ("tans+logme", "tans+knn"):
         scores[m] = mean_rank(scores["tans"], scores[m.split("+")[1]])
     return scores
@@ -251,7 +260,8 @@ def main() -> None:
 
     from zoo_schema.results import read_results
     from retriever.rerank import DEFAULT_RERANK, SCORERS
-    from retriever.search import Constraints, Searcher, imageless_score
+    from retriever import proxy
+    from retriever.search import RECALL, Constraints, Searcher, imageless_score
     from workers.nets import load_base_supernet, load_checkpoint, model_for
     from workers.images import decode_images
     from workers.job import TrainSettings
@@ -299,7 +309,7 @@ def main() -> None:
               "same_arch_pretrained_base"]
     finals = {s: [] for s in starts}
     firsts = {s: [] for s in starts}
-    regrets = []
+    regrets, seed_taus = [], []
     for spec, (name, tr_img, tr_lab, te_img, te_lab) in zip(specs, held_out_splits(specs)):
         t0 = time.perf_counter()
         truth.use(name, fingerprint(spec, settings, manifest.base_weights.id))
@@ -326,6 +336,12 @@ def main() -> None:
         predicted_all = searcher._predicted(q)  # every zoo network's, as search ranks them
         predicted = predicted_all[rows]
         source_score = imageless_score("source", predicted_all, searcher.source_fit)[0][rows]
+        # `tans search --rerank finetune`'s own score: its fine-tuned first networks above the rest,
+        # which keep their source score (retriever.proxy.cascade_score)
+        cascade = {h.job_id: h.rank_score for h in searcher.rank(
+            tr_img, tr_lab, Constraints(max_params=limit), top_k=RECALL, rerank="finetune").hits if h.proxy_loss is not None}
+        finetune_score = [cascade.get(j, source_score[i]) for i, j in enumerate(chosen)]
+        proxy_train, proxy_held = proxy.proxy_split(tr_lab)
         from retriever.features import sample_per_class
         sample = sample_per_class(tr_lab, 10, "search")
         xs, ys = x[sample], np.asarray([tr_lab[i] for i in sample])
@@ -336,6 +352,9 @@ def main() -> None:
                 f = penultimate(net, xs).numpy()
             for k, scorer in SCORERS.items():
                 evidence[k].append(scorer(f, ys))
+            evidence.setdefault("proxy_loss", []).append(proxy.proxy_loss(
+                load_checkpoint(store, results[job_id], manifest.width), classes, x, y, proxy_train, proxy_held,
+                settings.image_size))
             curves = truth.curves(f"{name}|{job_id}", lambda seed: load_checkpoint(store, results[job_id], manifest.width),
                                   classes, x, y, xt, yt, settings, args.seeds)
             acc1.append(curves[:, 0].mean())
@@ -347,6 +366,8 @@ def main() -> None:
                     "source_classes": results[j].num_classes, "tans": round(float(predicted[i]), 6),
                     "search_source_score": round(float(source_score[i]), 6),
                     "logme": round(float(evidence["logme"][i]), 6), "knn": round(float(evidence["knn"][i]), 6),
+                    "proxy_loss": round(float(evidence["proxy_loss"][i]), 6),
+                    "search_finetune_score": round(float(finetune_score[i]), 6),
                     "accuracy_3_epochs": round(float(acc3[i]), 6)}
                    for i, j in enumerate(chosen)]
         scores = rankings(row_set)
@@ -357,6 +378,9 @@ def main() -> None:
         if args.seeds > 1:  # how well fine-tunes of the same networks agree (NaN -> None when one is constant)
             c = np.corrcoef(per_seed.T)[np.triu_indices(args.seeds, 1)]
             row["seed_agreement_pearson"] = round(float(np.mean(c)), 4) if np.isfinite(c).all() else None
+            pairs = zip(*np.triu_indices(args.seeds, 1))  # one seed's fine-tunes ranking another's
+            seed_taus.append(float(np.mean([weightedtau(per_seed[:, i], per_seed[:, j]).correlation for i, j in pairs])))
+            row["seed_to_seed_weighted_tau"] = round(seed_taus[-1], 4)
         for m in RANKINGS[:-1]:
             tau = float(weightedtau(scores[m], acc3).correlation)
             taus[m].append(tau)
@@ -401,6 +425,8 @@ def main() -> None:
             + f" | top-1 {acc3[0]:.3f} best {acc3.max():.3f} spread {row['spread']:.3f} ({row['seconds']}s)")
     figures["weighted_tau_mean"] = {m: round(float(np.mean(v)), 4) for m, v in taus.items()}
     figures["default_weighted_tau"] = figures["weighted_tau_mean"][DEFAULT_RANKING[DEFAULT_RERANK]]
+    if seed_taus:
+        figures["seed_to_seed_weighted_tau_mean"] = round(float(np.mean(seed_taus)), 4)
     figures["fine_tunes"] = {"trained": truth.trained, "reused_from_cache": truth.reused}
     if test:
         final = np.array([finals[s] for s in starts])

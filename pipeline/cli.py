@@ -9,6 +9,7 @@ import signal
 import sys
 
 from pipeline.build import signals
+from retriever import proxy
 from retriever.rerank import DEFAULT_RERANK, RERANK_CHOICES
 from zoo_schema.errors import TansError
 from zoo_schema.redact import redact
@@ -202,17 +203,19 @@ def _search(args) -> int:
     s3 = S3Settings(endpoint_url=args.s3_endpoint)
     constraints = Constraints(args.max_params, args.max_flops, args.max_latency_ms)
     result = search_dataset(_open_existing(args), args.dataset, constraints, args.top_k, s3=s3,
-                            rerank=args.rerank, recall=args.recall)
+                            rerank=args.rerank, recall=args.recall, finetune_top=args.finetune_top)
     if args.json:
         print(json.dumps(result.as_dict(), indent=1))
         return 0
     # the rank score is a column when it is not the predicted accuracy itself
-    label = {"logme": "LogME", "knn": "k-NN", "predicted_accuracy+source_over_chance": "rank"}.get(result.ranked_by)
+    label = {"logme": "LogME", "knn": "k-NN", "predicted_accuracy+source_over_chance": "rank",
+             "finetune": "ft.loss"}.get(result.ranked_by)
     print(f"{'#':>2} {'job_id':24} {'dataset':28} " + (f"{label:>8} " if label else "")
           + f"{'pred.acc':>8} {'src.acc':>7} {'cosine':>6} {'params':>7} {'MFLOPs':>7} {'ms':>6}  arch")
     for i, h in enumerate(result.hits, 1):
         print(f"{i:>2} {h.job_id:24} {h.dataset_id[:28]:28} "
-              + (f"{h.rank_score:>8.3f} " if label else "")
+              + (f"{h.rank_score:>8.3f} " if label and h.ranked_by != "finetune" else
+                 f"{h.proxy_loss:>8.3f} " if h.proxy_loss is not None else f"{'-':>8} " if label else "")
               + f"{h.predicted_accuracy:>8.3f} {h.source_accuracy:>7.3f} {h.score:>6.3f} {h.params / 1e6:>6.2f}M "
               f"{h.flops / 1e6:>7.1f} {h.latency_ms:>6.1f}  {h.arch}")
     weak = sum(h.weak_match for h in result.hits)
@@ -470,8 +473,12 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--top-k", type=_positive_int, default=10, metavar="N", help="how many networks to list")
     q.add_argument("--rerank", choices=RERANK_CHOICES, default=DEFAULT_RERANK,
                    help="order the recalled networks by the retriever's predicted accuracy (none), by that "
-                   "and each network's accuracy on its own zoo dataset (source), or by LogME / a k-NN probe "
-                   f"on each network's features of your images (default: {DEFAULT_RERANK})")
+                   "and each network's accuracy on its own zoo dataset (source), by LogME / a k-NN probe "
+                   "on each network's features of your images, or by source with its first --finetune-top "
+                   f"networks fine-tuned for one epoch on your images (finetune; default: {DEFAULT_RERANK})")
+    q.add_argument("--finetune-top", type=_positive_int, default=proxy.FINETUNE_TOP, metavar="N",
+                   help="with --rerank finetune: how many of the first networks to fine-tune "
+                   f"(default {proxy.FINETUNE_TOP}; each costs about one epoch on {proxy.PER_CLASS} images per class)")
     q.add_argument("--recall", type=_positive_int, default=20, metavar="N",
                    help="networks recalled from the latent space before ordering")
     q.add_argument("--max-params", type=_size, metavar="N", help="at most this many parameters (e.g. 3M, 250k)")

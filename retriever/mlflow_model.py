@@ -14,7 +14,8 @@ version, where search takes them over the networks whose results are still live)
   backbone is then loaded from the zoo the version was trained on (it must be reachable).
 
 `params={"top_k": N, "rerank": "source" | "none"}` limits the ranking and picks the order
-(default: `tans search`'s default). The artifacts are the version's files
+(default: source, the best ordering that needs no network run on images; `tans search`'s
+default, finetune, fine-tunes networks on the query's images, which only `tans search` does). The artifacts are the version's files
 (`weights.safetensors`, `models.parquet`, `meta.json`); the code needs tans installed.
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ from safetensors.torch import load_file
 
 from retriever.features import embed_images, load_backbone
 from retriever.model import Retriever
-from retriever.rerank import DEFAULT_RERANK, source_over_chance
+from retriever.rerank import DEFAULT_IMAGELESS, source_over_chance
 from retriever.search import RECALL, imageless_score, top_by_cosine
 from zoo_schema.manifest import read_manifest
 from zoo_schema.store import open_store
@@ -62,7 +63,7 @@ class RetrieverModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params=None):
         top_k = int((params or {}).get("top_k", 10))
-        rerank = str((params or {}).get("rerank", DEFAULT_RERANK))
+        rerank = str((params or {}).get("rerank", DEFAULT_IMAGELESS))
         features = self._features(pd.DataFrame(model_input))
         with torch.no_grad():
             q = self.model.encode_query(torch.from_numpy(features))

@@ -14,8 +14,10 @@ mean of two normalised ranks among all the zoo's networks, the retriever's predi
 and the network's accuracy on the zoo dataset it was fine-tuned on, as a share of the way from
 chance to 1 (how well it learned its own task). It needs no images and no network loaded.
 
-`SCORERS` is the registry of evidence scorers `tans search --rerank` chooses from; "none"
-keeps the retriever's predicted accuracy and "source" is the rank mean above.
+`SCORERS` is the registry of evidence scorers on features `tans search --rerank` chooses from;
+"none" keeps the retriever's predicted accuracy, "source" is the rank mean above, and
+"finetune" re-orders the first networks of "source" by a one-epoch fine-tune on the query's
+images (retriever.proxy).
 """
 from __future__ import annotations
 
@@ -95,5 +97,6 @@ def mean_rank(*scores: np.ndarray) -> np.ndarray:
 
 
 SCORERS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {"logme": logme, "knn": knn_probe}
-RERANK_CHOICES = ("none", "source", *SCORERS)
-DEFAULT_RERANK = "source"  # what `tans search` orders by unless told: the best on bench/transfer.py --split validation
+RERANK_CHOICES = ("none", "source", *SCORERS, "finetune")
+DEFAULT_RERANK = "finetune"  # what `tans search` orders by unless told: the best on bench/transfer.py --split validation
+DEFAULT_IMAGELESS = "source"  # the best of the orderings that need no images: the MLflow model's default

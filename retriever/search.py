@@ -3,7 +3,8 @@
 Sample `per_class` images per class of the query dataset, embed them with the zoo's
 frozen backbone, encode the query, recall the models of the newest retriever version
 nearest by cosine among those meeting the constraints, and order them by the predicted
-accuracy or by evidence from the query's images (LogME, k-NN; see `Searcher`). Models
+accuracy or by evidence from the query's images (LogME, k-NN, a short fine-tune; see
+`Searcher`). Models
 whose result has since been quarantined are excluded.
 """
 from __future__ import annotations
@@ -17,10 +18,11 @@ import pyarrow.compute as pc
 import torch
 
 from retriever.features import embed_images, load_backbone, sample_per_class
-from retriever.rerank import DEFAULT_RERANK, RERANK_CHOICES, SCORERS, mean_rank, source_over_chance
+from retriever import proxy
+from retriever.rerank import DEFAULT_IMAGELESS, DEFAULT_RERANK, RERANK_CHOICES, SCORERS, mean_rank, source_over_chance
 from retriever.train import load_version
 from workers.images import decode_images
-from workers.nets import checkpoint_features
+from workers.nets import checkpoint_features, load_checkpoint
 from zoo_schema.errors import TansError
 from zoo_schema.layout import checkpoint_uri
 from zoo_schema.manifest import read_manifest
@@ -75,11 +77,11 @@ def imageless_score(rerank: str, predicted: np.ndarray, source_fit: np.ndarray) 
         return predicted, "predicted_accuracy"
     if rerank == "source":
         return mean_rank(predicted, source_fit), "predicted_accuracy+source_over_chance"
-    if rerank in SCORERS:
-        raise TansError(f"ordering {rerank!r} loads each recalled network and runs it on the query's images, "
+    if rerank in RERANK_CHOICES:
+        raise TansError(f"ordering {rerank!r} loads recalled networks and runs them on the query's images, "
                         f"which only `tans search` does; here choose none or source")
     raise TansError(f"unknown ordering {rerank!r}; choose none or source (or, in `tans search`, "
-                    f"{' or '.join(SCORERS)})")
+                    f"{' or '.join(c for c in RERANK_CHOICES if c not in ('none', 'source'))})")
 
 
 @dataclass(frozen=True)
@@ -98,8 +100,10 @@ class Hit:
     source_accuracy: float    # its test accuracy on the zoo dataset it was fine-tuned on
     rank_score: float         # the score that ordered the hits (see `ranked_by`)
     ranked_by: str            # "predicted_accuracy", "predicted_accuracy+source_over_chance" (the
-                              # mean of the two's ranks in the zoo), "logme" or "knn"
+                              # mean of the two's ranks in the zoo), "logme", "knn" or "finetune"
+                              # (the fine-tuned first, by held-out loss, then the source order)
     weak_match: bool          # negative cosine: the zoo holds nothing close to the query
+    proxy_loss: float | None = None  # held-out loss after the short fine-tune ("finetune" only)
 
 
 @dataclass(frozen=True)
@@ -124,9 +128,10 @@ class Searcher:
     (among those meeting the constraints), then order them by a score: the retriever's
     predicted accuracy (`rerank="none"`), that and each network's accuracy on its own zoo
     dataset (`"source"`), or evidence computed on the query's own images with each candidate's
-    penultimate features (`"logme"`, `"knn"`; see retriever.rerank). The
-    recalled set does not depend on `top_k` while it is at most `recall`, so asking for more
-    hits never reorders the first.
+    penultimate features (`"logme"`, `"knn"`; see retriever.rerank), or `"source"` with its
+    first `finetune_top` networks re-ordered by a one-epoch fine-tune on the query's images
+    (`"finetune"`; see retriever.proxy). The recalled set does not depend on `top_k` while it is
+    at most `recall`, so asking for more hits never reorders the first.
     """
 
     def __init__(self, store: ZooStore, version: int | None = None, live_job_ids: set[str] | None = None,
@@ -147,10 +152,13 @@ class Searcher:
         self.results = results or {}  # job_id -> ResultRecord, for loading candidate networks
         self._backbone = None
 
-    def query_features(self, images: list[bytes], labels: list[int], per_class: int = 10) -> np.ndarray:
+    def query_features(self, images: list[bytes], labels: list[int], per_class: int = 10,
+                       chosen: list[int] | None = None) -> np.ndarray:
+        """The query's backbone features of `chosen` images (default: `per_class` of each class, seeded)."""
         if self._backbone is None:
             self._backbone = load_backbone(self.store, read_manifest(self.store), self.meta.get("backbone_key", ""))
-        chosen = sample_per_class(labels, per_class, "search")
+        if chosen is None:
+            chosen = sample_per_class(labels, per_class, "search")
         return embed_images(self._backbone, [images[i] for i in chosen], self.image_size)
 
     def _recall(self, features: np.ndarray, constraints: Constraints, recall: int):
@@ -180,7 +188,7 @@ class Searcher:
         return self._hits(top, scores, predicted[top], rank_score[top], ranked_by)
 
     def search(self, features: np.ndarray, constraints: Constraints = Constraints(), top_k: int = 10,
-               recall: int = RECALL, rerank: str = DEFAULT_RERANK) -> list[Hit]:
+               recall: int = RECALL, rerank: str = DEFAULT_IMAGELESS) -> list[Hit]:
         """Without the query's images (its backbone features only): recall by cosine, order by
         `rerank` "none" or "source" (see `imageless_score`)."""
         if top_k < 1:
@@ -189,18 +197,22 @@ class Searcher:
         return self._imageless(q, top, scores, rerank)[:top_k]
 
     def rank(self, images: list[bytes], labels: list[int], constraints: Constraints = Constraints(),
-             top_k: int = 10, rerank: str = DEFAULT_RERANK, recall: int = RECALL, per_class: int = 10) -> SearchResult:
-        """Search with the query's images: recall, then order by `rerank`'s score."""
-        if top_k < 1:
-            raise TansError(f"top_k must be at least 1, not {top_k}")
+             top_k: int = 10, rerank: str = DEFAULT_RERANK, recall: int = RECALL, per_class: int = 10,
+             finetune_top: int = proxy.FINETUNE_TOP, feature_images: list[int] | None = None) -> SearchResult:
+        """Search with the query's images: recall, then order by `rerank`'s score. The query is
+        embedded from `feature_images` (indices; default: `per_class` of each class, seeded)."""
+        if top_k < 1 or finetune_top < 1:
+            raise TansError(f"top_k and finetune_top must be at least 1, not {top_k} and {finetune_top}")
         if rerank not in RERANK_CHOICES:
             raise TansError(f"unknown re-ranking {rerank!r}; choose one of {', '.join(RERANK_CHOICES)}")
         t0 = time.perf_counter()
-        features = self.query_features(images, labels, per_class)
+        features = self.query_features(images, labels, per_class, feature_images)
         t1 = time.perf_counter()
         q, top, scores = self._recall(features, constraints, max(recall, top_k))
         t2 = time.perf_counter()
-        if rerank not in SCORERS:
+        if rerank == "finetune":
+            hits = self._finetuned(images, labels, q, top, scores, finetune_top)
+        elif rerank not in SCORERS:
             hits = self._imageless(q, top, scores, rerank)
         else:
             predicted = self._predicted(q, top)
@@ -213,23 +225,47 @@ class Searcher:
                             {"query_features": round(t1 - t0, 3), "recall": round(t2 - t1, 3),
                              "rerank": round(t3 - t2, 3), "total": round(t3 - t0, 3)})
 
+    def _record(self, i: int):
+        job_id = self.table["job_id"][int(i)].as_py()
+        record = self.results.get(job_id)
+        if record is None:
+            raise TansError(f"job {job_id} of the retriever has no result in {self.store.uri}; "
+                            f"run `tans retrain {self.store.uri}`")
+        return record
+
+    def _finetuned(self, images: list[bytes], labels: list[int], q, top, scores, finetune_top: int) -> list[Hit]:
+        """The `source` order, its first `finetune_top` re-ordered by the held-out loss of a short
+        fine-tune on the query's images (retriever.proxy)."""
+        train_idx, held_idx = proxy.proxy_split(labels)  # checks the query before any fine-tune
+        predicted = self._predicted(q)
+        source, _ = imageless_score("source", predicted, self.source_fit)
+        order = sorted(range(len(top)), key=lambda j: (-source[top[j]], -scores[int(top[j])]))
+        used = sorted(set(train_idx) | set(held_idx))
+        at = {i: k for k, i in enumerate(used)}
+        x = torch.from_numpy(decode_images([images[i] for i in used], self.image_size))
+        y = torch.as_tensor([labels[i] for i in used])
+        classes = len(set(labels))
+        width = read_manifest(self.store).width
+        losses = {}
+        for j in order[:finetune_top]:
+            net = load_checkpoint(self.store, self._record(top[j]), width)
+            losses[j] = proxy.proxy_loss(net, classes, x, y, [at[i] for i in train_idx], [at[i] for i in held_idx],
+                                         self.image_size)
+        rank_score = proxy.cascade_score(source[top], losses)
+        return self._hits(top, scores, predicted[top], rank_score, "finetune", losses)
+
     def evidence(self, images: list[bytes], labels: np.ndarray, top, scorer) -> np.ndarray:
         """`scorer` of each recalled network's penultimate features of the query images."""
         x = torch.from_numpy(decode_images(images, self.image_size))
         out = []
         for i in top:
-            job_id = self.table["job_id"][int(i)].as_py()
-            record = self.results.get(job_id)
-            if record is None:
-                raise TansError(f"job {job_id} of the retriever has no result in {self.store.uri}; "
-                                f"run `tans retrain {self.store.uri}`")
-            net = checkpoint_features(self.store, record)
+            net = checkpoint_features(self.store, self._record(i))
             with torch.no_grad():
                 feats = torch.cat([net(x[j:j + 256]) for j in range(0, len(x), 256)]).numpy()
             out.append(scorer(feats, labels))
         return np.asarray(out, dtype=np.float64)
 
-    def _hits(self, top, cosine, predicted, rank_score, ranked_by: str) -> list[Hit]:
+    def _hits(self, top, cosine, predicted, rank_score, ranked_by: str, losses: dict | None = None) -> list[Hit]:
         order = sorted(range(len(top)), key=lambda j: (-rank_score[j], -cosine[int(top[j])]))
         cols = ["job_id", "dataset_id", "arch", "params", "flops", "latency_ms"]
         hits = []
@@ -239,5 +275,6 @@ class Searcher:
                             checkpoint_uri=checkpoint_uri(self.store, self.table["checkpoint_uri"][i].as_py()),
                             score=float(cosine[i]), predicted_accuracy=float(predicted[j]),
                             source_accuracy=float(self.source_accuracy[i]),
-                            rank_score=float(rank_score[j]), ranked_by=ranked_by, weak_match=bool(cosine[i] < 0)))
+                            rank_score=float(rank_score[j]), ranked_by=ranked_by, weak_match=bool(cosine[i] < 0),
+                            proxy_loss=(losses or {}).get(j)))
         return hits

@@ -65,13 +65,14 @@ class Zoo:
 
     def search(self, dataset: str, top_k: int = 10, max_params: float | None = None,
                max_flops: float | None = None, max_latency_ms: float | None = None,
-               rerank: str = "source") -> SearchResult:
+               rerank: str = "finetune", finetune_top: int = 3) -> SearchResult:
         """Rank the zoo's networks for a dataset (an ImageFolder directory or a Parquet file);
-        `rerank` as `tans search --rerank` (its default: source)."""
+        `rerank` and `finetune_top` as `tans search --rerank` (its default: finetune) and
+        `--finetune-top` (its default: 3)."""
         from pipeline.commands.search import search_dataset
         from retriever.search import Constraints
         return search_dataset(self.store, dataset, Constraints(max_params, max_flops, max_latency_ms),
-                              top_k=top_k, rerank=rerank)
+                              top_k=top_k, rerank=rerank, finetune_top=finetune_top)
 
 
 def open_zoo(uri: str, s3_endpoint: str | None = None) -> Zoo:

@@ -92,7 +92,7 @@ def test_copied_zoo_keeps_and_checks_its_own_checkpoints(built, tiny_datasets, t
     assert verify_zoo(open_store(str(built[0]))).problems == []
 
     # search names checkpoints inside the zoo it was given
-    assert main(["search", str(copy), "--dataset", str(tiny_datasets / "hue-6"), "--json"]) == 0
+    assert main(["search", str(copy), "--dataset", str(tiny_datasets / "hue-6"), "--rerank", "source", "--json"]) == 0
     hits = json.loads(capsys.readouterr().out)["hits"]
     assert hits and all(h["checkpoint_uri"].startswith(f"{copy}/checkpoints/") for h in hits)
 

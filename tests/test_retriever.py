@@ -48,7 +48,9 @@ def test_source_prior_and_rank_mean_match_hand_computation():
 
     import tans
     from retriever.rerank import DEFAULT_RERANK
+    from retriever.proxy import FINETUNE_TOP
     assert inspect.signature(tans.Zoo.search).parameters["rerank"].default == DEFAULT_RERANK
+    assert inspect.signature(tans.Zoo.search).parameters["finetune_top"].default == FINETUNE_TOP
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +126,10 @@ def test_registered_retriever_loads_as_an_mlflow_pyfunc_and_ranks_like_search(bu
     assert list(by_prediction["predicted_accuracy"]) == sorted(by_prediction["predicted_accuracy"], reverse=True)
     from_images = model.predict(pd.DataFrame({"image": images}), params={"top_k": 5})
     assert list(from_images["job_id"]) == expected
+    from zoo_schema.errors import TansError
+    for needs_images in ("finetune", "logme"):  # orderings that run networks on images: tans search only
+        with pytest.raises(TansError, match=f"ordering '{needs_images}' loads recalled networks"):
+            model.predict(pd.DataFrame({"features": list(features)}), params={"rerank": needs_images})
 
 
 def test_search_ranks_filters_and_explains(built_zoo, tiny_datasets):
@@ -186,7 +192,7 @@ def test_search_ranks_by_predicted_and_source_accuracy(built_zoo, tiny_datasets)
     if not versions(store):
         run_retrain(store, SETTINGS, 32, None, None, log=lambda *_: None)
     query = str(tiny_datasets / "shapes-clean")
-    result = search_dataset(store, query, top_k=100)  # the default
+    result = search_dataset(store, query, top_k=100, rerank="source")
     hits = result.hits
     assert result.ranked_by == "predicted_accuracy+source_over_chance" == hits[0].ranked_by
     assert len(hits) == result.recalled > 2
@@ -202,8 +208,8 @@ def test_search_ranks_by_predicted_and_source_accuracy(built_zoo, tiny_datasets)
     # recalled or met the constraints
     score = {h.job_id: h.rank_score for h in hits}
     limit = sorted(h.params for h in hits)[len(hits) // 2]
-    for narrow in (search_dataset(store, query, Constraints(max_params=limit), top_k=100).hits,
-                   search_dataset(store, query, top_k=2, recall=2).hits):
+    for narrow in (search_dataset(store, query, Constraints(max_params=limit), top_k=100, rerank="source").hits,
+                   search_dataset(store, query, top_k=2, recall=2, rerank="source").hits):
         assert narrow and [h.rank_score for h in narrow] == pytest.approx([score[h.job_id] for h in narrow])
 
 
@@ -300,3 +306,49 @@ def test_pretrain_base_serves_as_base_weights_and_query_backbone(built_zoo, tmp_
         from safetensors.torch import save_file
         save_file({"w": torch.zeros(2)}, str(bad))
         run_retrain(store, replace(SETTINGS, steps=5, backbone=str(bad)), 32, None, None, log=lambda *_: None)
+
+
+def test_proxy_split_holds_out_part_of_every_class_and_names_a_too_small_class():
+    from retriever.proxy import HELD_OUT_SHARE, PER_CLASS, proxy_split
+    from zoo_schema.errors import TansError
+    labels = [0] * 100 + [1] * 3 + [2] * 2
+    train, held = proxy_split(labels)
+    assert not set(train) & set(held)
+    for c, n in ((0, PER_CLASS), (1, 3), (2, 2)):
+        t, h = [i for i in train if labels[i] == c], [i for i in held if labels[i] == c]
+        assert len(t) + len(h) == n and len(h) == max(1, round(HELD_OUT_SHARE * n)) and t
+    assert proxy_split(labels) == (train, held)  # seeded
+    with pytest.raises(TansError, match=r"at least 2 images in every class.*\[1\]"):
+        proxy_split([0, 0, 1])
+
+
+def test_search_finetune_orders_the_first_networks_by_a_short_fine_tune(built_zoo, tiny_datasets):
+    from retriever import proxy
+    from workers.images import decode_images
+    from workers.nets import load_checkpoint
+    from zoo_schema.results import find_result
+    from pipeline.commands.search import query_images
+    zoo, _ = built_zoo
+    store = open_store(zoo)
+    if not versions(store):
+        run_retrain(store, SETTINGS, 32, None, None, log=lambda *_: None)
+    query = str(tiny_datasets / "hue-6")  # 12 images per class: more than the 10 a query is embedded from
+    source = search_dataset(store, query, top_k=100, rerank="source").hits
+    result = search_dataset(store, query, top_k=100, rerank="finetune", finetune_top=2)
+    hits = result.hits
+    assert result.ranked_by == "finetune" and result.seconds["rerank"] > 0
+    # the same recall as the other orderings (the query embedded from the same images)
+    assert sorted(h.job_id for h in hits) == sorted(h.job_id for h in source)
+    tuned = [h for h in hits if h.proxy_loss is not None]
+    assert hits[:2] == tuned and {h.job_id for h in tuned} == {h.job_id for h in source[:2]}
+    assert tuned[0].proxy_loss <= tuned[1].proxy_loss and tuned[1].rank_score >= 1 > hits[2].rank_score
+    assert [h.job_id for h in hits[2:]] == [h.job_id for h in source[2:]]  # the rest keep the source order
+    first = search_dataset(store, query, top_k=1, rerank="finetune", finetune_top=2).hits
+    assert first[0].job_id == hits[0].job_id  # --top-k never reorders
+    # the loss is a one-epoch fine-tune of the network on the query's images, scored on held-out ones
+    images, labels = query_images(query, per_class=proxy.PER_CLASS)
+    train_idx, held_idx = proxy.proxy_split(labels)
+    x, y = torch.from_numpy(decode_images(images, 32)), torch.as_tensor(labels)
+    net = load_checkpoint(store, find_result(store, hits[0].job_id), 1.0)
+    loss = proxy.proxy_loss(net, len(set(labels)), x, y, train_idx, held_idx, 32)
+    assert loss == pytest.approx(hits[0].proxy_loss, rel=1e-4)

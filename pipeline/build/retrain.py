@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 import retriever
 from pipeline.build.tracking import MlflowSettings, tracking_uri
-from retriever.rerank import DEFAULT_RERANK
+from retriever.rerank import DEFAULT_IMAGELESS
 from retriever.train import RetrainSettings, gather, grown_enough, save_version, train_retriever, version_blob
 from zoo_schema.layout import RETRIEVER_FILES, retriever_meta_key
 from zoo_schema.store import ZooStore
@@ -73,7 +73,7 @@ def register(store: ZooStore, version: int, settings: RetrainSettings, metrics: 
         mlflow.pyfunc.save_model(path=str(model_dir), python_model=str(PYFUNC_CODE), artifacts=artifacts,
                                  model_config={"zoo": store.uri, "version": version},
                                  signature=ModelSignature(params=ParamSchema([ParamSpec("top_k", "long", 10),
-                                                                              ParamSpec("rerank", "string", DEFAULT_RERANK)])),
+                                                                              ParamSpec("rerank", "string", DEFAULT_IMAGELESS)])),
                                  pip_requirements=[f"tans=={_version()}"])
         client.log_artifacts(run.info.run_id, str(model_dir), "retriever")
     try:

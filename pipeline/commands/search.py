@@ -3,10 +3,12 @@ zoo's networks for it with the newest retriever version (see `retriever.search`)
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 from pipeline.datasets.decode import decode_one
 from pipeline.datasets.ingest import IngestSettings, check_classes
 from pipeline.datasets.sources import list_source
+from retriever import proxy
 from retriever.rerank import DEFAULT_RERANK
 from retriever.search import RECALL, Constraints, Searcher, SearchResult
 from zoo_schema.results import read_results
@@ -17,8 +19,9 @@ def query_images(source: str, per_class: int = 10, s3=None) -> tuple[list[bytes]
     """Up to `per_class` validated images of each class of a dataset source (labels in sorted
     class order). The source is listed, files are sampled per class (seeded), and only the
     sampled files are read and decoded; a file that does not decode is replaced by the next
-    one of its class, so a query of 100,000 images reads about `per_class` per class. A
-    dataset that is not one (one class, no readable image) gets ingestion's error."""
+    one of its class, so a query of 100,000 images reads about `per_class` per class. A class's
+    first k images are the same for any `per_class` >= k. A dataset that is not one (one class,
+    no readable image) gets ingestion's error."""
     listed = list_source(source, s3)
     by_class: dict[str, list] = {}
     for f in sorted(listed.files, key=lambda f: (f.cls, f.name)):
@@ -48,9 +51,18 @@ def query_images(source: str, per_class: int = 10, s3=None) -> tuple[list[bytes]
 
 
 def search_dataset(store: ZooStore, source: str, constraints: Constraints = Constraints(), top_k: int = 10,
-                   per_class: int = 10, s3=None, rerank: str = DEFAULT_RERANK, recall: int = RECALL) -> SearchResult:
-    """Validate a sample of a dataset (as ingestion does, without writing it) and search the zoo for it."""
-    images, labels = query_images(source, per_class, s3)
+                   per_class: int = 10, s3=None, rerank: str = DEFAULT_RERANK, recall: int = RECALL,
+                   finetune_top: int = proxy.FINETUNE_TOP) -> SearchResult:
+    """Validate a sample of a dataset (as ingestion does, without writing it) and search the zoo
+    for it. The finetune ordering reads more images per class (`proxy.PER_CLASS`) for its
+    fine-tunes; the query is embedded from the `per_class` of each class every ordering reads."""
+    read = max(per_class, proxy.PER_CLASS) if rerank == "finetune" else per_class
+    images, labels = query_images(source, read, s3)
+    first, counts = [], Counter()  # each class's first per_class: the images a smaller read returns
+    for i, c in enumerate(labels):
+        if counts[c] < per_class:
+            first.append(i)
+            counts[c] += 1
     results = {r.job_id: r for r in read_results(store, light=True)}  # no embeddings needed
     searcher = Searcher(store, live_job_ids=set(results), results=results)
-    return searcher.rank(images, labels, constraints, top_k, rerank, recall, per_class)
+    return searcher.rank(images, labels, constraints, top_k, rerank, recall, per_class, finetune_top, first)
