@@ -31,9 +31,10 @@
    ranks first), the network's accuracy on its own zoo dataset (raw: `source`, and from chance
    to 1: `source_over_chance`), TANS + source_over_chance (the score of `tans search --rerank
    source` itself: the mean of the two's ranks over the whole zoo), source + finetune (the score
-   of `tans search --rerank finetune` itself: its first 5 networks by the fine-tune's loss, then
+   of `tans search --rerank finetune` itself: its first 3 networks (`--finetune-top`) by the fine-tune's loss, then
    the rest by the source score), TANS + LogME and TANS + k-NN (the mean of the two's ranks within
-   the set), random (expectation over 1000 shuffles).
+   the set), random (expectation over 1000 shuffles). And `--finetune-top` 1 to 5: the τ of the
+   search's ordering had it fine-tuned that many (the set holds the source order's first 5).
 5. The default search's top-1 against the starts a user would otherwise take: a random zoo
    network, the largest network within the constraint (params <= the zoo's median), the
    same architecture from random init and from the pretrained base; accuracy after 1 and 3
@@ -309,7 +310,7 @@ def main() -> None:
               "same_arch_pretrained_base"]
     finals = {s: [] for s in starts}
     firsts = {s: [] for s in starts}
-    regrets, seed_taus = [], []
+    regrets, seed_taus, sweep = [], [], {}
     for spec, (name, tr_img, tr_lab, te_img, te_lab) in zip(specs, held_out_splits(specs)):
         t0 = time.perf_counter()
         truth.use(name, fingerprint(spec, settings, manifest.base_weights.id))
@@ -318,8 +319,8 @@ def main() -> None:
         y = torch.tensor(tr_lab)
         xt = torch.from_numpy(decode_images(te_img, settings.image_size))
         yt = torch.tensor(te_lab)
-        default = searcher.rank(tr_img, tr_lab, Constraints(max_params=limit), top_k=5, rerank=DEFAULT_RERANK).hits
-        top5 = [h.job_id for h in default]
+        default = searcher.rank(tr_img, tr_lab, Constraints(max_params=limit), top_k=RECALL, rerank=DEFAULT_RERANK).hits
+        top5 = [h.job_id for h in default[:5]]
         feats = searcher.query_features(tr_img, tr_lab, per_class=10)  # those `rank` embedded
         if not test:  # choosing between the orderings: the set holds each one's top-5
             for rerank in ("none", "source"):
@@ -338,8 +339,8 @@ def main() -> None:
         source_score = imageless_score("source", predicted_all, searcher.source_fit)[0][rows]
         # `tans search --rerank finetune`'s own score: its fine-tuned first networks above the rest,
         # which keep their source score (retriever.proxy.cascade_score)
-        cascade = {h.job_id: h.rank_score for h in searcher.rank(
-            tr_img, tr_lab, Constraints(max_params=limit), top_k=RECALL, rerank="finetune").hits if h.proxy_loss is not None}
+        assert DEFAULT_RERANK == "finetune", "the set's first 5 are the default's: the finetune score is read from it"
+        cascade = {h.job_id: h.rank_score for h in default if h.proxy_loss is not None}
         finetune_score = [cascade.get(j, source_score[i]) for i, j in enumerate(chosen)]
         proxy_train, proxy_held = proxy.proxy_split(tr_lab)
         from retriever.features import sample_per_class
@@ -379,12 +380,24 @@ def main() -> None:
             c = np.corrcoef(per_seed.T)[np.triu_indices(args.seeds, 1)]
             row["seed_agreement_pearson"] = round(float(np.mean(c)), 4) if np.isfinite(c).all() else None
             pairs = zip(*np.triu_indices(args.seeds, 1))  # one seed's fine-tunes ranking another's
-            seed_taus.append(float(np.mean([weightedtau(per_seed[:, i], per_seed[:, j]).correlation for i, j in pairs])))
-            row["seed_to_seed_weighted_tau"] = round(seed_taus[-1], 4)
+            tau = float(np.mean([weightedtau(per_seed[:, i], per_seed[:, j]).correlation for i, j in pairs]))
+            if np.isfinite(tau):  # NaN when a seed's accuracies are all equal
+                seed_taus.append(tau)
+            row["seed_to_seed_weighted_tau"] = round(tau, 4) if np.isfinite(tau) else None
         for m in RANKINGS[:-1]:
             tau = float(weightedtau(scores[m], acc3).correlation)
             taus[m].append(tau)
             row["weighted_tau"][m] = round(tau, 4)
+        # --finetune-top R = 1..5: the source order's first R of the set re-ordered by their loss
+        by_source = sorted(range(5), key=lambda i: -row_set[i]["search_source_score"])  # the set's first 5:
+        assert set(by_source[:proxy.FINETUNE_TOP]) == {i for i in range(5) if row_set[i]["job_id"] in cascade}
+        row["finetune_top_weighted_tau"] = {}
+        for r in range(1, 6):
+            cascade = proxy.cascade_score(scores["tans+source_over_chance"],
+                                          {i: row_set[i]["proxy_loss"] for i in by_source[:r]})
+            tau = float(weightedtau(cascade, acc3).correlation)
+            sweep.setdefault(r, []).append(tau)
+            row["finetune_top_weighted_tau"][r] = round(tau, 4)
         shuffles = [float(weightedtau(rng.permutation(len(acc3)), acc3).correlation) for _ in range(1000)]
         taus["random"].append(float(np.mean(shuffles)))
         row["weighted_tau"]["random"] = round(taus["random"][-1], 4)
@@ -427,6 +440,7 @@ def main() -> None:
     figures["default_weighted_tau"] = figures["weighted_tau_mean"][DEFAULT_RANKING[DEFAULT_RERANK]]
     if seed_taus:
         figures["seed_to_seed_weighted_tau_mean"] = round(float(np.mean(seed_taus)), 4)
+    figures["finetune_top_weighted_tau_mean"] = {r: round(float(np.mean(v)), 4) for r, v in sweep.items()}
     figures["fine_tunes"] = {"trained": truth.trained, "reused_from_cache": truth.reused}
     if test:
         final = np.array([finals[s] for s in starts])

@@ -12,8 +12,9 @@ Why a fine-tune and not only features: on `bench/transfer.py --split validation`
 held-out loss after one epoch ranks the networks by their 3-epoch fine-tuned accuracy far
 better than LogME or a k-NN probe on their frozen features (the README has the figures): what
 is measured is the thing the user will do, only shorter. The images: up to `PER_CLASS` per
-class of the query (seeded), of which the last `HELD_OUT_SHARE` of each class (at least one)
-are held out; a class needs two images.
+class of the query and about `BUDGET` in all (seeded), so a search's cost does not grow with
+the number of classes; a shuffled `HELD_OUT_SHARE` of each class (at least one image) is held
+out, and a class of a single image only trains.
 """
 from __future__ import annotations
 
@@ -21,49 +22,63 @@ import numpy as np
 
 from zoo_schema.errors import TansError
 
-PER_CLASS = 40          # query images per class the proxy uses (train + held out)
+PER_CLASS = 40          # at most this many query images per class (train + held out) ...
+BUDGET = 400            # ... and about this many in all: a 20-class query uses 20 per class
 HELD_OUT_SHARE = 0.2    # of each class's images, scored and not trained on
 EPOCHS = 1
 FINETUNE_TOP = 3        # networks fine-tuned by default (the first of the `source` order): the most
                         # that keeps a 10-class search under 10 s on a 2-core CPU (bench/transfer.py)
 
 
-def proxy_split(labels: list[int], per_class: int = PER_CLASS) -> tuple[list[int], list[int]]:
-    """(train indices, held-out indices) of up to `per_class` images of every class, seeded;
-    each class gives its last `HELD_OUT_SHARE` (at least one image) to the held-out part."""
+def per_class(num_classes: int) -> int:
+    """Images per class the proxy uses for a query of `num_classes` classes (2 to PER_CLASS)."""
+    return max(2, min(PER_CLASS, BUDGET // max(num_classes, 1)))
+
+
+def proxy_split(labels: list[int]) -> tuple[list[int], list[int]]:
+    """(train indices, held-out indices) of up to `per_class` images of every class, seeded and
+    shuffled; each class of two or more gives a `HELD_OUT_SHARE` (at least one image) to the
+    held-out part, a class of one image trains only."""
+    import random
+
     from retriever.features import sample_per_class  # torch; the CLI imports this module's constants
-    chosen = sample_per_class(labels, per_class, "proxy")
+    chosen = sample_per_class(labels, per_class(len(set(labels))), "proxy")
     by_class: dict[int, list[int]] = {}
     for i in chosen:
         by_class.setdefault(labels[i], []).append(i)
-    short = sorted(c for c, members in by_class.items() if len(members) < 2)
-    if short:
-        raise TansError(f"the finetune ordering needs at least 2 images in every class of the query; "
-                        f"class(es) {short} (in sorted class order) have 1: add images, or choose "
-                        f"--rerank source")
     train, held = [], []
-    for members in by_class.values():
-        n_held = max(1, round(HELD_OUT_SHARE * len(members)))
-        train += members[:-n_held]
-        held += members[-n_held:]
+    for c, members in sorted(by_class.items()):
+        random.Random(f"proxy-split:{c}").shuffle(members)
+        n_held = max(1, round(HELD_OUT_SHARE * len(members))) if len(members) > 1 else 0
+        train += members[n_held:]
+        held += members[:n_held]
+    if not held:
+        raise TansError("the finetune ordering scores each network on query images it did not train on, "
+                        "and every class of this query has a single image: add images, or order by "
+                        "source (`--rerank source`)")
     return train, held
 
 
 def proxy_loss(net, num_classes: int, x, y, train_idx: list[int], held_idx: list[int], image_size: int,
                seed: int = 0) -> float:
     """The held-out cross-entropy of `net` (a zoo network, modified in place) after `EPOCHS`
-    of fine-tuning on the training part of (x [n, 3, s, s] float tensor, y [n] long tensor)."""
+    of fine-tuning on the training part of (x [n, 3, s, s] float tensor, y [n] long tensor).
+    The caller's torch random state is left as it was."""
     import torch
 
     from workers.job import TrainSettings
     from workers.training import train
-    torch.manual_seed(seed)  # the new head, as a zoo job seeds it
-    net.classifier = torch.nn.Linear(net.classifier.in_features, num_classes)
     tr, ho = torch.as_tensor(train_idx), torch.as_tensor(held_idx)
     settings = TrainSettings(epochs=EPOCHS, image_size=image_size, evaluate_every_epoch=False)
-    train(net, x[tr], y[tr], x[ho], y[ho], settings, torch.device("cpu"), seed=seed)  # ends in eval mode
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # the new head, as a zoo job seeds it
+        net.classifier = torch.nn.Linear(net.classifier.in_features, num_classes)
+        train(net, x[tr], y[tr], x[ho], y[ho], settings, torch.device("cpu"), seed=seed)  # ends in eval mode
     with torch.no_grad():
-        return float(torch.nn.functional.cross_entropy(net(x[ho]), y[ho]))
+        xh, yh = x[ho], y[ho]
+        total = sum(float(torch.nn.functional.cross_entropy(net(xh[i:i + 256]), yh[i:i + 256], reduction="sum"))
+                    for i in range(0, len(ho), 256))
+    return total / len(ho)
 
 
 def cascade_score(source_score: np.ndarray, losses: dict[int, float]) -> np.ndarray:

@@ -225,13 +225,22 @@ class Searcher:
                             {"query_features": round(t1 - t0, 3), "recall": round(t2 - t1, 3),
                              "rerank": round(t3 - t2, 3), "total": round(t3 - t0, 3)})
 
-    def _record(self, i: int):
+    def _network(self, i: int, load):
+        """`load(store, record)` of the recalled network in table row `i`; a checkpoint that is
+        missing or unreadable is a TansError naming it and the fix."""
         job_id = self.table["job_id"][int(i)].as_py()
         record = self.results.get(job_id)
         if record is None:
             raise TansError(f"job {job_id} of the retriever has no result in {self.store.uri}; "
                             f"run `tans retrain {self.store.uri}`")
-        return record
+        try:
+            return load(self.store, record)
+        except TansError:
+            raise
+        except Exception as e:  # a missing file, a truncated or foreign safetensors file
+            raise TansError(f"the checkpoint of job {job_id} ({record.checkpoint_uri}) could not be loaded "
+                            f"({type(e).__name__}: {e}); run `tans verify {self.store.uri}`, or search with "
+                            f"--rerank source, which loads no network") from e
 
     def _finetuned(self, images: list[bytes], labels: list[int], q, top, scores, finetune_top: int) -> list[Hit]:
         """The `source` order, its first `finetune_top` re-ordered by the held-out loss of a short
@@ -248,7 +257,7 @@ class Searcher:
         width = read_manifest(self.store).width
         losses = {}
         for j in order[:finetune_top]:
-            net = load_checkpoint(self.store, self._record(top[j]), width)
+            net = self._network(top[j], lambda store, record: load_checkpoint(store, record, width))
             losses[j] = proxy.proxy_loss(net, classes, x, y, [at[i] for i in train_idx], [at[i] for i in held_idx],
                                          self.image_size)
         rank_score = proxy.cascade_score(source[top], losses)
@@ -259,7 +268,7 @@ class Searcher:
         x = torch.from_numpy(decode_images(images, self.image_size))
         out = []
         for i in top:
-            net = checkpoint_features(self.store, self._record(i))
+            net = self._network(i, checkpoint_features)
             with torch.no_grad():
                 feats = torch.cat([net(x[j:j + 256]) for j in range(0, len(x), 256)]).numpy()
             out.append(scorer(feats, labels))

@@ -308,18 +308,27 @@ def test_pretrain_base_serves_as_base_weights_and_query_backbone(built_zoo, tmp_
         run_retrain(store, replace(SETTINGS, steps=5, backbone=str(bad)), 32, None, None, log=lambda *_: None)
 
 
-def test_proxy_split_holds_out_part_of_every_class_and_names_a_too_small_class():
-    from retriever.proxy import HELD_OUT_SHARE, PER_CLASS, proxy_split
+def test_proxy_split_holds_out_part_of_every_class_within_a_budget():
+    from retriever.proxy import BUDGET, HELD_OUT_SHARE, PER_CLASS, per_class, proxy_split
     from zoo_schema.errors import TansError
-    labels = [0] * 100 + [1] * 3 + [2] * 2
+    labels = [0] * 100 + [1] * 3 + [2] * 1
     train, held = proxy_split(labels)
     assert not set(train) & set(held)
-    for c, n in ((0, PER_CLASS), (1, 3), (2, 2)):
+    for c, n, n_held in ((0, PER_CLASS, round(HELD_OUT_SHARE * PER_CLASS)), (1, 3, 1), (2, 1, 0)):
         t, h = [i for i in train if labels[i] == c], [i for i in held if labels[i] == c]
-        assert len(t) + len(h) == n and len(h) == max(1, round(HELD_OUT_SHARE * n)) and t
+        assert (len(t) + len(h), len(h)) == (n, n_held) and t  # a class of one image only trains
     assert proxy_split(labels) == (train, held)  # seeded
-    with pytest.raises(TansError, match=r"at least 2 images in every class.*\[1\]"):
-        proxy_split([0, 0, 1])
+    # the held-out images are a shuffled share, not the last files of each class
+    big = [0] * 40 + [1] * 40
+    _, held_big = proxy_split(big)
+    assert sorted(i for i in held_big if i < 40) != list(range(32, 40))
+    # the images in all stay near the budget however many classes the query has
+    assert per_class(10) == PER_CLASS and per_class(20) == BUDGET // 20 and per_class(1000) == 2
+    many = [c for c in range(100) for _ in range(50)]
+    train_many, held_many = proxy_split(many)
+    assert len(train_many) + len(held_many) == 100 * per_class(100) <= BUDGET
+    with pytest.raises(TansError, match="every class of this query has a single image"):
+        proxy_split([0, 1, 2])
 
 
 def test_search_finetune_orders_the_first_networks_by_a_short_fine_tune(built_zoo, tiny_datasets):
@@ -346,9 +355,35 @@ def test_search_finetune_orders_the_first_networks_by_a_short_fine_tune(built_zo
     first = search_dataset(store, query, top_k=1, rerank="finetune", finetune_top=2).hits
     assert first[0].job_id == hits[0].job_id  # --top-k never reorders
     # the loss is a one-epoch fine-tune of the network on the query's images, scored on held-out ones
-    images, labels = query_images(query, per_class=proxy.PER_CLASS)
+    images, labels = query_images(query, 10, for_finetune=True)
     train_idx, held_idx = proxy.proxy_split(labels)
     x, y = torch.from_numpy(decode_images(images, 32)), torch.as_tensor(labels)
     net = load_checkpoint(store, find_result(store, hits[0].job_id), 1.0)
     loss = proxy.proxy_loss(net, len(set(labels)), x, y, train_idx, held_idx, 32)
     assert loss == pytest.approx(hits[0].proxy_loss, rel=1e-4)
+
+
+def test_default_search_names_a_missing_checkpoint_and_a_class_that_does_not_decode(built_zoo, tiny_datasets, tmp_path):
+    import shutil
+
+    from pipeline.commands.search import query_images
+    from zoo_schema.errors import TansError
+    from zoo_schema.results import find_result
+    zoo, _ = built_zoo
+    copy = tmp_path / "zoo"
+    shutil.copytree(zoo, copy)
+    store = open_store(str(copy))
+    if not versions(store):
+        run_retrain(store, SETTINGS, 32, None, None, log=lambda *_: None)
+    # a query class whose only file is not an image takes no label: the labels stay 0..k-1
+    query = tmp_path / "query"
+    shutil.copytree(tiny_datasets / "hue-6", query)
+    (query / "zz-broken").mkdir()
+    (query / "zz-broken" / "a.png").write_bytes(b"not a png")
+    images, labels = query_images(str(query), 10, for_finetune=True)
+    assert sorted(set(labels)) == list(range(len({*labels})))
+    first = search_dataset(store, str(query), top_k=3).hits[0]
+    # a checkpoint gone from the zoo stops the default search with the job, the file and the fix
+    (copy / find_result(store, first.job_id).checkpoint_uri).unlink()
+    with pytest.raises(TansError, match=rf"checkpoint of job {first.job_id} .*could not be loaded.*tans verify"):
+        search_dataset(store, str(query), top_k=3)

@@ -15,17 +15,20 @@ from zoo_schema.results import read_results
 from zoo_schema.store import ZooStore
 
 
-def query_images(source: str, per_class: int = 10, s3=None) -> tuple[list[bytes], list[int]]:
+def query_images(source: str, per_class: int = 10, s3=None, for_finetune: bool = False) -> tuple[list[bytes], list[int]]:
     """Up to `per_class` validated images of each class of a dataset source (labels in sorted
     class order). The source is listed, files are sampled per class (seeded), and only the
     sampled files are read and decoded; a file that does not decode is replaced by the next
     one of its class, so a query of 100,000 images reads about `per_class` per class. A class's
-    first k images are the same for any `per_class` >= k. A dataset that is not one (one class,
-    no readable image) gets ingestion's error."""
+    first k images are the same for any `per_class` >= k. `for_finetune`: at least as many as
+    the finetune ordering uses (`retriever.proxy.per_class`). A dataset that is not one (one
+    class, no readable image) gets ingestion's error."""
     listed = list_source(source, s3)
     by_class: dict[str, list] = {}
     for f in sorted(listed.files, key=lambda f: (f.cls, f.name)):
         by_class.setdefault(f.cls, []).append(f)
+    if for_finetune:
+        per_class = max(per_class, proxy.per_class(len(by_class)))
     decoded: dict[str, list[bytes]] = {}
     settings = IngestSettings(min_images_per_class=1)
     skipped = 0
@@ -44,8 +47,8 @@ def query_images(source: str, per_class: int = 10, s3=None) -> tuple[list[bytes]
                     kept.append(image)
     check_classes(source, {c: len(v) for c, v in decoded.items()}, skipped, settings)
     images, labels = [], []
-    for label, cls in enumerate(sorted(decoded)):
-        images += decoded[cls]
+    for label, cls in enumerate(sorted(c for c in decoded if decoded[c])):  # a class none of whose files
+        images += decoded[cls]                                                # decodes is left out
         labels += [label] * len(decoded[cls])
     return images, labels
 
@@ -54,10 +57,9 @@ def search_dataset(store: ZooStore, source: str, constraints: Constraints = Cons
                    per_class: int = 10, s3=None, rerank: str = DEFAULT_RERANK, recall: int = RECALL,
                    finetune_top: int = proxy.FINETUNE_TOP) -> SearchResult:
     """Validate a sample of a dataset (as ingestion does, without writing it) and search the zoo
-    for it. The finetune ordering reads more images per class (`proxy.PER_CLASS`) for its
+    for it. The finetune ordering reads more images per class (`proxy.per_class`) for its
     fine-tunes; the query is embedded from the `per_class` of each class every ordering reads."""
-    read = max(per_class, proxy.PER_CLASS) if rerank == "finetune" else per_class
-    images, labels = query_images(source, read, s3)
+    images, labels = query_images(source, per_class, s3, for_finetune=rerank == "finetune")
     first, counts = [], Counter()  # each class's first per_class: the images a smaller read returns
     for i, c in enumerate(labels):
         if counts[c] < per_class:
