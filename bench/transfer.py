@@ -31,7 +31,7 @@
    ranks first), the network's accuracy on its own zoo dataset (raw: `source`, and from chance
    to 1: `source_over_chance`), TANS + source_over_chance (the score of `tans search --rerank
    source` itself: the mean of the two's ranks over the whole zoo), source + finetune (the score
-   of `tans search --rerank finetune` itself: its first 3 networks (`--finetune-top`) by the fine-tune's loss, then
+   of `tans search --rerank finetune` itself: its first 2 networks (`--finetune-top`) by the fine-tune's loss, then
    the rest by the source score), TANS + LogME and TANS + k-NN (the mean of the two's ranks within
    the set), random (expectation over 1000 shuffles). And `--finetune-top` 1 to 5: the τ of the
    search's ordering had it fine-tuned that many (the set holds the source order's first 5).

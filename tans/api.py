@@ -65,10 +65,10 @@ class Zoo:
 
     def search(self, dataset: str, top_k: int = 10, max_params: float | None = None,
                max_flops: float | None = None, max_latency_ms: float | None = None,
-               rerank: str = "finetune", finetune_top: int = 3) -> SearchResult:
+               rerank: str = "finetune", finetune_top: int = 2) -> SearchResult:
         """Rank the zoo's networks for a dataset (an ImageFolder directory or a Parquet file);
         `rerank` and `finetune_top` as `tans search --rerank` (its default: finetune) and
-        `--finetune-top` (its default: 3)."""
+        `--finetune-top` (its default: 2)."""
         from pipeline.commands.search import search_dataset
         from retriever.search import Constraints
         return search_dataset(self.store, dataset, Constraints(max_params, max_flops, max_latency_ms),
