@@ -26,9 +26,9 @@
 4. Rankings of that set, judged by weighted Kendall tau against the 3-epoch accuracies
    (`scipy.stats.weightedtau`, the protocol of LogME / Model Spider): the retriever's
    predicted accuracy (TANS), LogME and a k-NN probe on each network's features of the
-   query's training images, `finetune`: the held-out loss of a one-epoch fine-tune on the
-   query's training images (retriever.proxy: up to 40 per class, a fifth of them held out; lower
-   ranks first), the network's accuracy on its own zoo dataset (raw: `source`, and from chance
+   query's training images, `finetune`: the cross-fitted held-out loss of a one-epoch
+   fine-tune on the query's training images (retriever.proxy: up to 40 per class and about 400
+   in all, in two folds, each trained on and scored by turns; lower ranks first), the network's accuracy on its own zoo dataset (raw: `source`, and from chance
    to 1: `source_over_chance`), TANS + source_over_chance (the score of `tans search --rerank
    source` itself: the mean of the two's ranks over the whole zoo), source + finetune (the score
    of `tans search --rerank finetune` itself: its first 2 networks (`--finetune-top`) by the fine-tune's loss, then
@@ -342,7 +342,7 @@ def main() -> None:
         assert DEFAULT_RERANK == "finetune", "the set's first 5 are the default's: the finetune score is read from it"
         cascade = {h.job_id: h.rank_score for h in default if h.proxy_loss is not None}
         finetune_score = [cascade.get(j, source_score[i]) for i, j in enumerate(chosen)]
-        proxy_train, proxy_held = proxy.proxy_split(tr_lab)
+        folds = proxy.proxy_folds(tr_lab)
         from retriever.features import sample_per_class
         sample = sample_per_class(tr_lab, 10, "search")
         xs, ys = x[sample], np.asarray([tr_lab[i] for i in sample])
@@ -354,7 +354,7 @@ def main() -> None:
             for k, scorer in SCORERS.items():
                 evidence[k].append(scorer(f, ys))
             evidence.setdefault("proxy_loss", []).append(proxy.proxy_loss(
-                load_checkpoint(store, results[job_id], manifest.width), classes, x, y, proxy_train, proxy_held,
+                lambda: load_checkpoint(store, results[job_id], manifest.width), classes, x, y, folds,
                 settings.image_size))
             curves = truth.curves(f"{name}|{job_id}", lambda seed: load_checkpoint(store, results[job_id], manifest.width),
                                   classes, x, y, xt, yt, settings, args.seeds)

@@ -103,7 +103,7 @@ class Hit:
                               # mean of the two's ranks in the zoo), "logme", "knn" or "finetune"
                               # (the fine-tuned first, by held-out loss, then the source order)
     weak_match: bool          # negative cosine: the zoo holds nothing close to the query
-    proxy_loss: float | None = None  # held-out loss after the short fine-tune ("finetune" only)
+    proxy_loss: float | None = None  # cross-fitted held-out loss of the short fine-tune ("finetune" only)
 
 
 @dataclass(frozen=True)
@@ -243,13 +243,14 @@ class Searcher:
                             f"--rerank source, which loads no network") from e
 
     def _finetuned(self, images: list[bytes], labels: list[int], q, top, scores, finetune_top: int) -> list[Hit]:
-        """The `source` order, its first `finetune_top` re-ordered by the held-out loss of a short
-        fine-tune on the query's images (retriever.proxy)."""
-        train_idx, held_idx = proxy.proxy_split(labels)  # checks the query before any fine-tune
+        """The `source` order, its first `finetune_top` re-ordered by the cross-fitted held-out loss
+        of a short fine-tune on the query's images (retriever.proxy)."""
+        import copy
+        folds = proxy.proxy_folds(labels)  # checks the query before any fine-tune
         predicted = self._predicted(q)
         source, _ = imageless_score("source", predicted, self.source_fit)
         order = sorted(range(len(top)), key=lambda j: (-source[top[j]], -scores[int(top[j])]))
-        used = sorted(set(train_idx) | set(held_idx))
+        used = sorted(set(folds[0]) | set(folds[1]))
         at = {i: k for k, i in enumerate(used)}
         x = torch.from_numpy(decode_images([images[i] for i in used], self.image_size))
         y = torch.as_tensor([labels[i] for i in used])
@@ -258,8 +259,8 @@ class Searcher:
         losses = {}
         for j in order[:finetune_top]:
             net = self._network(top[j], lambda store, record: load_checkpoint(store, record, width))
-            losses[j] = proxy.proxy_loss(net, classes, x, y, [at[i] for i in train_idx], [at[i] for i in held_idx],
-                                         self.image_size)
+            losses[j] = proxy.proxy_loss(lambda: copy.deepcopy(net), classes, x, y,
+                                         ([at[i] for i in folds[0]], [at[i] for i in folds[1]]), self.image_size)
         rank_score = proxy.cascade_score(source[top], losses)
         return self._hits(top, scores, predicted[top], rank_score, "finetune", losses)
 

@@ -308,27 +308,27 @@ def test_pretrain_base_serves_as_base_weights_and_query_backbone(built_zoo, tmp_
         run_retrain(store, replace(SETTINGS, steps=5, backbone=str(bad)), 32, None, None, log=lambda *_: None)
 
 
-def test_proxy_split_holds_out_part_of_every_class_within_a_budget():
-    from retriever.proxy import BUDGET, HELD_OUT_SHARE, PER_CLASS, per_class, proxy_split
+def test_proxy_folds_split_every_class_in_half_within_a_budget():
+    from retriever.proxy import BUDGET, PER_CLASS, per_class, proxy_folds
     from zoo_schema.errors import TansError
     labels = [0] * 100 + [1] * 3 + [2] * 1
-    train, held = proxy_split(labels)
-    assert not set(train) & set(held)
-    for c, n, n_held in ((0, PER_CLASS, round(HELD_OUT_SHARE * PER_CLASS)), (1, 3, 1), (2, 1, 0)):
-        t, h = [i for i in train if labels[i] == c], [i for i in held if labels[i] == c]
-        assert (len(t) + len(h), len(h)) == (n, n_held) and t  # a class of one image only trains
-    assert proxy_split(labels) == (train, held)  # seeded
-    # the held-out images are a shuffled share, not the last files of each class
+    first, second = proxy_folds(labels)
+    assert not set(first) & set(second)
+    for c, n, n_first in ((0, PER_CLASS, PER_CLASS // 2), (1, 3, 1), (2, 1, 0)):
+        f, g = [i for i in first if labels[i] == c], [i for i in second if labels[i] == c]
+        assert (len(f) + len(g), len(f)) == (n, n_first)  # a class's odd image goes to the second
+    assert proxy_folds(labels) == (first, second)  # seeded
+    # the folds are shuffled, not the first and last files of each class
     big = [0] * 40 + [1] * 40
-    _, held_big = proxy_split(big)
-    assert sorted(i for i in held_big if i < 40) != list(range(32, 40))
+    a, _ = proxy_folds(big)
+    assert sorted(i for i in a if i < 40) != list(range(20))
     # the images in all stay near the budget however many classes the query has
     assert per_class(10) == PER_CLASS and per_class(20) == BUDGET // 20 and per_class(1000) == 2
     many = [c for c in range(100) for _ in range(50)]
-    train_many, held_many = proxy_split(many)
-    assert len(train_many) + len(held_many) == 100 * per_class(100) <= BUDGET
+    a, b = proxy_folds(many)
+    assert len(a) + len(b) == 100 * per_class(100) <= BUDGET
     with pytest.raises(TansError, match="every class of this query has a single image"):
-        proxy_split([0, 1, 2])
+        proxy_folds([0, 1, 2])
 
 
 def test_search_finetune_orders_the_first_networks_by_a_short_fine_tune(built_zoo, tiny_datasets):
@@ -356,11 +356,15 @@ def test_search_finetune_orders_the_first_networks_by_a_short_fine_tune(built_zo
     assert first[0].job_id == hits[0].job_id  # --top-k never reorders
     # the loss is a one-epoch fine-tune of the network on the query's images, scored on held-out ones
     images, labels = query_images(query, 10, for_finetune=True)
-    train_idx, held_idx = proxy.proxy_split(labels)
+    folds = proxy.proxy_folds(labels)
     x, y = torch.from_numpy(decode_images(images, 32)), torch.as_tensor(labels)
-    net = load_checkpoint(store, find_result(store, hits[0].job_id), 1.0)
-    loss = proxy.proxy_loss(net, len(set(labels)), x, y, train_idx, held_idx, 32)
+    record = find_result(store, hits[0].job_id)
+    loss = proxy.proxy_loss(lambda: load_checkpoint(store, record, 1.0), len(set(labels)), x, y, folds, 32)
     assert loss == pytest.approx(hits[0].proxy_loss, rel=1e-4)
+    # cross-fitted: the mean of the two folds' summed losses, each fold fine-tuned on the other
+    halves = [proxy.fold_loss(load_checkpoint(store, record, 1.0), len(set(labels)), x, y, a, b, 32)
+              for a, b in (folds, folds[::-1])]
+    assert loss == pytest.approx(sum(halves) / len(labels), rel=1e-4)
 
 
 def test_default_search_names_a_missing_checkpoint_and_a_class_that_does_not_decode(built_zoo, tiny_datasets, tmp_path):
