@@ -478,7 +478,8 @@ def parser() -> argparse.ArgumentParser:
                    f"networks fine-tuned for one epoch on your images (finetune; default: {DEFAULT_RERANK})")
     q.add_argument("--finetune-top", type=_positive_int, default=proxy.FINETUNE_TOP, metavar="N",
                    help="with --rerank finetune: how many of the first networks to fine-tune "
-                   f"(default {proxy.FINETUNE_TOP}; each costs about one epoch on {proxy.PER_CLASS} images per class)")
+                   f"(default {proxy.FINETUNE_TOP}; each is fine-tuned twice for one epoch, on each half of "
+                   f"about {proxy.BUDGET} of your images)")
     q.add_argument("--recall", type=_positive_int, default=20, metavar="N",
                    help="networks recalled from the latent space before ordering")
     q.add_argument("--max-params", type=_size, metavar="N", help="at most this many parameters (e.g. 3M, 250k)")

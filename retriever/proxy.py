@@ -41,7 +41,8 @@ def per_class(num_classes: int) -> int:
 
 def proxy_folds(labels: list[int]) -> tuple[list[int], list[int]]:
     """Two disjoint folds of up to `per_class` images of every class, seeded and shuffled: half
-    of each class in each (a class's odd image in the second)."""
+    of each class in each, the odd image of a class of odd size going to the second and the
+    first fold by turns (so one-image classes spread over both)."""
     import random
 
     from retriever.features import sample_per_class  # torch; the CLI imports this module's constants
@@ -50,14 +51,18 @@ def proxy_folds(labels: list[int]) -> tuple[list[int], list[int]]:
     for i in chosen:
         by_class.setdefault(labels[i], []).append(i)
     first, second = [], []
+    odd_to_second = True
     for c, members in sorted(by_class.items()):
         random.Random(f"proxy-split:{c}").shuffle(members)
-        first += members[:len(members) // 2]
-        second += members[len(members) // 2:]
-    if not first:
-        raise TansError("the finetune ordering scores each network on query images it did not train on, "
-                        "and every class of this query has a single image: add images, or order by "
-                        "source (`--rerank source`)")
+        half = len(members) // 2 + (len(members) % 2 and not odd_to_second)
+        odd_to_second ^= bool(len(members) % 2)
+        first += members[:half]
+        second += members[half:]
+    if min(len(first), len(second)) < 2:
+        raise TansError(f"the finetune ordering fine-tunes each network on one half of the query's images and "
+                        f"scores it on the other, and needs at least 2 images in each half; this query has "
+                        f"{len(first) + len(second)} in {len(by_class)} classes: add images, or order by "
+                        f"source (`--rerank source`)")
     return first, second
 
 

@@ -259,7 +259,7 @@ class Searcher:
         losses = {}
         for j in order[:finetune_top]:
             net = self._network(top[j], lambda store, record: load_checkpoint(store, record, width))
-            losses[j] = proxy.proxy_loss(lambda: copy.deepcopy(net), classes, x, y,
+            losses[j] = proxy.proxy_loss(lambda net=net: copy.deepcopy(net), classes, x, y,
                                          ([at[i] for i in folds[0]], [at[i] for i in folds[1]]), self.image_size)
         rank_score = proxy.cascade_score(source[top], losses)
         return self._hits(top, scores, predicted[top], rank_score, "finetune", losses)

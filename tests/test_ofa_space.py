@@ -112,3 +112,18 @@ def test_evaluating_the_last_epoch_only_trains_the_same_network_and_scores_it_th
     assert losses_last == losses and len(losses) == 3
     assert len(accs) == 3 and accs_last == accs[-1:]
     assert every_eval > 0 and last_eval > 0
+
+
+def test_batchnorm_recalibration_folds_a_last_single_image_into_the_batch_before():
+    """65 images in batches of 64 would leave one image alone in train mode, which BatchNorm on
+    a 1x1 map refuses; it joins the batch before, so the statistics cover all 65."""
+    import torch
+    from torch import nn
+
+    from workers.training import recalibrate_bn
+    model = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
+    x = torch.randn(65, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    recalibrate_bn(model, x, "cpu")
+    with torch.no_grad():
+        features = model[1](model[0](x))
+    assert torch.allclose(model[2].running_mean, features.mean((0, 2, 3)), atol=1e-5)

@@ -314,9 +314,12 @@ def test_proxy_folds_split_every_class_in_half_within_a_budget():
     labels = [0] * 100 + [1] * 3 + [2] * 1
     first, second = proxy_folds(labels)
     assert not set(first) & set(second)
-    for c, n, n_first in ((0, PER_CLASS, PER_CLASS // 2), (1, 3, 1), (2, 1, 0)):
+    for c, n, n_first in ((0, PER_CLASS, PER_CLASS // 2), (1, 3, 1), (2, 1, 1)):
         f, g = [i for i in first if labels[i] == c], [i for i in second if labels[i] == c]
-        assert (len(f) + len(g), len(f)) == (n, n_first)  # a class's odd image goes to the second
+        assert (len(f) + len(g), len(f)) == (n, n_first)  # odd images go to the second and first by turns
+    # one-image classes spread over both folds, so each has two images to train on
+    a, b = proxy_folds([0, 0, 1, 2])
+    assert len(a) == len(b) == 2
     assert proxy_folds(labels) == (first, second)  # seeded
     # the folds are shuffled, not the first and last files of each class
     big = [0] * 40 + [1] * 40
@@ -327,7 +330,7 @@ def test_proxy_folds_split_every_class_in_half_within_a_budget():
     many = [c for c in range(100) for _ in range(50)]
     a, b = proxy_folds(many)
     assert len(a) + len(b) == 100 * per_class(100) <= BUDGET
-    with pytest.raises(TansError, match="every class of this query has a single image"):
+    with pytest.raises(TansError, match="at least 2 images in each half; this query has 3 in 3 classes"):
         proxy_folds([0, 1, 2])
 
 

@@ -21,10 +21,13 @@ def recalibrate_bn(model, x, device, max_images: int = 512, batch_size: int = 64
             m.reset_running_stats()
             m.momentum = None
     sample = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:max_images]]
+    starts = list(range(0, len(sample), batch_size))
+    if len(starts) > 1 and len(sample) - starts[-1] == 1:
+        starts.pop()  # a last batch of one image would fail BatchNorm: it joins the one before
     model.train()
     with torch.no_grad():
-        for i in range(0, len(sample), batch_size):
-            model(sample[i:i + batch_size].to(device))
+        for i, j in zip(starts, starts[1:] + [len(sample)]):
+            model(sample[i:j].to(device))
     model.eval()
 
 
