@@ -60,6 +60,7 @@ ranking can separate networks that differ by less. The last line is the figures 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import subprocess
@@ -354,8 +355,7 @@ def main() -> None:
             for k, scorer in SCORERS.items():
                 evidence[k].append(scorer(f, ys))
             evidence.setdefault("proxy_loss", []).append(proxy.proxy_loss(
-                lambda: load_checkpoint(store, results[job_id], manifest.width), classes, x, y, folds,
-                settings.image_size))
+                lambda net=net: copy.deepcopy(net), classes, x, y, folds, settings.image_size))
             curves = truth.curves(f"{name}|{job_id}", lambda seed: load_checkpoint(store, results[job_id], manifest.width),
                                   classes, x, y, xt, yt, settings, args.seeds)
             acc1.append(curves[:, 0].mean())

@@ -212,10 +212,15 @@ def _search(args) -> int:
              "finetune": "ft.loss"}.get(result.ranked_by)
     print(f"{'#':>2} {'job_id':24} {'dataset':28} " + (f"{label:>8} " if label else "")
           + f"{'pred.acc':>8} {'src.acc':>7} {'cosine':>6} {'params':>7} {'MFLOPs':>7} {'ms':>6}  arch")
+
+    def cell(h) -> str:  # finetune shows each fine-tuned hit's loss, "-" for the others
+        if not label:
+            return ""
+        if h.ranked_by != "finetune":
+            return f"{h.rank_score:>8.3f} "
+        return f"{h.proxy_loss:>8.3f} " if h.proxy_loss is not None else f"{'-':>8} "
     for i, h in enumerate(result.hits, 1):
-        print(f"{i:>2} {h.job_id:24} {h.dataset_id[:28]:28} "
-              + (f"{h.rank_score:>8.3f} " if label and h.ranked_by != "finetune" else
-                 f"{h.proxy_loss:>8.3f} " if h.proxy_loss is not None else f"{'-':>8} " if label else "")
+        print(f"{i:>2} {h.job_id:24} {h.dataset_id[:28]:28} " + cell(h)
               + f"{h.predicted_accuracy:>8.3f} {h.source_accuracy:>7.3f} {h.score:>6.3f} {h.params / 1e6:>6.2f}M "
               f"{h.flops / 1e6:>7.1f} {h.latency_ms:>6.1f}  {h.arch}")
     weak = sum(h.weak_match for h in result.hits)

@@ -66,6 +66,11 @@ def top_by_cosine(embeddings: np.ndarray, q: np.ndarray, ok: np.ndarray, top_k: 
 RECALL = 20  # candidates recalled by cosine before ranking; fixed, so --top-k never reorders
 
 
+def ranked(top, cosine: np.ndarray, rank_score) -> list[int]:
+    """Positions in `top` by `rank_score` (per position), highest first; ties by cosine."""
+    return sorted(range(len(top)), key=lambda j: (-rank_score[j], -cosine[int(top[j])]))
+
+
 def imageless_score(rerank: str, predicted: np.ndarray, source_fit: np.ndarray) -> tuple[np.ndarray, str]:
     """(score, its name) of the orderings that need no query images, for every network of the
     retriever's table (`predicted` and `source_fit` cover all of them): the predicted accuracy
@@ -249,7 +254,7 @@ class Searcher:
         folds = proxy.proxy_folds(labels)  # checks the query before any fine-tune
         predicted = self._predicted(q)
         source, _ = imageless_score("source", predicted, self.source_fit)
-        order = sorted(range(len(top)), key=lambda j: (-source[top[j]], -scores[int(top[j])]))
+        order = ranked(top, scores, source[top])  # the source order, as `_hits` shows it
         used = sorted(set(folds[0]) | set(folds[1]))
         at = {i: k for k, i in enumerate(used)}
         x = torch.from_numpy(decode_images([images[i] for i in used], self.image_size))
@@ -276,7 +281,7 @@ class Searcher:
         return np.asarray(out, dtype=np.float64)
 
     def _hits(self, top, cosine, predicted, rank_score, ranked_by: str, losses: dict | None = None) -> list[Hit]:
-        order = sorted(range(len(top)), key=lambda j: (-rank_score[j], -cosine[int(top[j])]))
+        order = ranked(top, cosine, rank_score)
         cols = ["job_id", "dataset_id", "arch", "params", "flops", "latency_ms"]
         hits = []
         for j in order:
