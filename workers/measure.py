@@ -8,6 +8,8 @@ import time
 
 from workers.ofa_space import penultimate
 
+WARMUP = 3  # forwards before a latency measurement's timed ones
+
 
 def count_flops(model, image_size: int) -> int:
     """Multiply-accumulates of a batch-1 forward, exactly as ofa's `count_net_flops` counts
@@ -51,14 +53,14 @@ def measure_latency_ms(model, image_size: int, device, repeats: int) -> float:
     x = torch.randn(1, 3, image_size, image_size, device=device)
     times = []
     with torch.no_grad():
-        for i in range(repeats + 3):
+        for i in range(repeats + WARMUP):
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t = time.perf_counter()
             model(x)
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            if i >= 3:
+            if i >= WARMUP:
                 times.append((time.perf_counter() - t) * 1000)
     return float(statistics.median(times))
 
