@@ -40,8 +40,10 @@ def _loop_init(zoo: str, dataset_id: str, image_size: int, ready) -> None:
         import importlib
 
         import torch
-        for module in ("ofa.imagenet_classification.elastic_nn.networks", "workers.nets", "workers.training"):
-            importlib.import_module(module)  # what the jobs import, imported before the clock starts
+        from workers.ofa_space import ofa_module
+        ofa_module("imagenet_classification.elastic_nn.networks")  # what the jobs import, before the clock starts
+        for module in ("workers.nets", "workers.training"):
+            importlib.import_module(module)
         from workers.images import load_tensors
         from zoo_schema.manifest import read_manifest
         from zoo_schema.store import open_store

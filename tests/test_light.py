@@ -85,3 +85,16 @@ def test_zoo_table_read_as_arrow_equals_the_records(tmp_path):
     store.write_bytes(keys[-1], store.read_bytes(keys[0]))  # a file holding another job's row
     expected = to_table(read_results(store))
     assert expected.num_rows == len(specs) - 1 and results_table(store).equals(expected)
+
+
+def test_ofa_networks_load_without_torchvision_and_its_data_loader_stays_importable():
+    """`ofa_module` keeps ofa's ImageNet data loader (torchvision, torch._dynamo: 1.2 s) out of
+    a process that only builds and measures networks; importing the loader by name still works."""
+    probe = ("import sys; from workers.ofa_space import build_supernet, build_subnet, arch_pool\n"
+             "from workers.measure import count_flops\n"
+             "net = build_subnet(build_supernet(1.0), arch_pool(0, 1)[0], 10); count_flops(net, 32)\n"
+             "print(sorted(m for m in ('torchvision', 'torch._dynamo') if m in sys.modules))\n"
+             "from ofa.utils.my_dataloader import MyRandomResizedCrop; print(MyRandomResizedCrop.__name__)")
+    r = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["[]", "MyRandomResizedCrop"]

@@ -6,7 +6,7 @@ import platform
 import statistics
 import time
 
-from workers.ofa_space import penultimate
+from workers.ofa_space import ofa_module, penultimate
 
 WARMUP = 3  # forwards before a latency measurement's timed ones
 
@@ -18,7 +18,7 @@ def count_flops(model, image_size: int) -> int:
     import numpy as np
     import torch
     from torch import nn
-    from ofa.utils.my_modules import MyConv2d
+    MyConv2d = ofa_module("utils.my_modules").MyConv2d
 
     counted = (nn.Conv1d, nn.Conv2d, nn.Conv3d, MyConv2d, nn.Linear)  # ofa's register_hooks, by exact type
     ops: dict = {}

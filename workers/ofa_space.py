@@ -111,9 +111,33 @@ def arch_pool(seed: int, size: int) -> list[Arch]:
     return pool
 
 
+def ofa_module(name: str):
+    """`import ofa.<name>` without ofa's ImageNet data loader. The package init of `ofa.utils`
+    imports `ofa.utils.my_dataloader`, which imports torchvision and through it torch._dynamo:
+    1.2 s of CPU in every process that touches ofa (the build driver, which trains nothing,
+    pays it at start-up). tans trains with its own loop and never uses that loader; it can
+    still be imported by its full name, which loads it then."""
+    import importlib
+    import sys
+    import types
+
+    if "ofa.utils" not in sys.modules:
+        placeholder = types.ModuleType("ofa.utils.my_dataloader")  # `from .my_dataloader import *`: nothing
+        sys.modules["ofa.utils.my_dataloader"] = placeholder
+        try:
+            importlib.import_module("ofa.utils")
+        finally:
+            if sys.modules.get("ofa.utils.my_dataloader") is placeholder:
+                del sys.modules["ofa.utils.my_dataloader"]
+            utils = sys.modules.get("ofa.utils")
+            if utils is not None and getattr(utils, "my_dataloader", None) is placeholder:
+                del utils.my_dataloader
+    return importlib.import_module(f"ofa.{name}")
+
+
 def build_supernet(width: float):
     """The full OFA MobileNetV3 supernet of the paper's space at a width multiplier."""
-    from ofa.imagenet_classification.elastic_nn.networks import OFAMobileNetV3
+    OFAMobileNetV3 = ofa_module("imagenet_classification.elastic_nn.networks").OFAMobileNetV3
 
     if width not in WIDTHS:
         raise ConfigError(f"width {width} is not one of {WIDTHS}")
