@@ -299,25 +299,6 @@ def test_sigterm_stops_a_build_cleanly(ray_cluster, tiny_datasets, tmp_path):
     assert run.info.status == "KILLED"
 
 
-def test_a_build_failing_while_mlflow_sets_up_ends_that_run_failed(built, tmp_path):
-    """MLflow's set-up runs on a helper thread while the pool is profiled: a build that fails
-    in profiling (here: a replay source without profiles) still ends the run it made FAILED,
-    not RUNNING, and raises its own error."""
-    from mlflow.tracking import MlflowClient
-
-    from zoo_schema.layout import POOL_PROFILES
-    source = copy_of(built, tmp_path)
-    (source / POOL_PROFILES).unlink()
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    with pytest.raises(KeyError, match="has no profiles of"):
-        run_build(load_config(None, {"zoo": str(tmp_path / "replayed"), "executor": f"replay:{source}",
-                                     "max_jobs": 2, "strategy": "random", "retrain.after_build": False,
-                                     "mlflow.tracking_uri": uri}), log=lambda *_: None)
-    client = MlflowClient(tracking_uri=uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("tans").experiment_id], "tags.`tans.kind` = 'build'")
-    assert run.info.status == "FAILED"
-
-
 def test_a_signal_surfacing_through_a_native_call_is_still_a_clean_stop(tmp_path, capsys, monkeypatch):
     """CI caught SIGTERM arriving inside Ray's Cython `CoreWorker.wait`: Python reported it as
     `SystemError(... returned a result with an exception set)` caused by our `Interrupted`."""

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import threading
 
 from pipeline.acquisition.profiling import profile_pool
 from pipeline.acquisition.registry import check_strategy
@@ -147,29 +146,6 @@ def dataset_name(config: BuildConfig, source: str) -> str:
     return config.names.get(base) or base.removesuffix(".parquet")
 
 
-class InBackground:
-    """`fn()` on a helper thread, started now; `result()` waits for it and returns its value
-    or raises its error. The main thread keeps the signals (and `deferred` blocks do nothing
-    on the helper thread, which no signal reaches)."""
-
-    def __init__(self, fn):
-        self._value = self._error = None
-        self._thread = threading.Thread(target=self._run, args=(fn,), name="tans-background", daemon=True)
-        self._thread.start()
-
-    def _run(self, fn) -> None:
-        try:
-            self._value = fn()
-        except BaseException as e:  # noqa: BLE001 - handed to the caller of result()
-            self._error = e
-
-    def result(self):
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value
-
-
 def run_build(config: BuildConfig, log=print, ray_num_cpus: int | None = None, tracking: bool = True,
               progress=None) -> BuildSummary:
     """Build (or continue building) the zoo of `config`; one driver per zoo (a lease).
@@ -180,16 +156,13 @@ def run_build(config: BuildConfig, log=print, ray_num_cpus: int | None = None, t
     validate_build(config)
     store = open_store(config.zoo, config.s3)
     lease = Lease(store, ttl=config.lease_seconds, log=log).acquire()
-    tracker = executor = mlflow_setup = None
+    tracker = executor = None
     try:
         executor, manifest = make_executor(config, store, log, ray_num_cpus)
-        if tracking:  # MLflow's set-up (seconds on a new store) runs while the workers profile
-            mlflow_setup = InBackground(lambda: Tracker(
-                config.mlflow, flat_params(journal_config(config)),
-                run_name=f"build {store.uri.rstrip('/').rsplit('/', 1)[-1]} ({config.strategy})",
-                store=store, width=manifest.width))
         profile_pool(store, manifest, config.train.image_size, log, executor)  # hypervolumes need it, any strategy
-        tracker = mlflow_setup.result() if mlflow_setup else None
+        tracker = Tracker(config.mlflow, flat_params(journal_config(config)),
+                          run_name=f"build {store.uri.rstrip('/').rsplit('/', 1)[-1]} ({config.strategy})",
+                          store=store, width=manifest.width) if tracking else None
         log(f"building zoo {store.uri}: up to {config.max_jobs} jobs, strategy {config.strategy}, "
             f"executor {config.executor}, {config.resources.max_in_flight} in flight"
             + (f"; MLflow at {redact(tracker.uri)}" if tracker else ""))
@@ -201,11 +174,6 @@ def run_build(config: BuildConfig, log=print, ray_num_cpus: int | None = None, t
                         config.mlflow if tracking else None, log)
     except BaseException as e:
         stop = interruption(e)
-        if tracker is None and mlflow_setup is not None:
-            try:  # the run MLflow set up while the build failed ends too (not left RUNNING)
-                tracker = mlflow_setup.result()
-            except Exception:  # noqa: BLE001 - the build's own error is the one to report
-                pass
         if tracker:
             try:
                 tracker.end("KILLED" if stop or isinstance(e, KeyboardInterrupt) else "FAILED",
