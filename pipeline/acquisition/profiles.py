@@ -5,8 +5,9 @@ records and reading them; `profiling` computes them).
   training images (retriever/features.py: cached in the zoo, so a dataset is embedded
   once, for the acquisition predictor and the retriever alike).
 - Arch profiles: for every architecture of the zoo's pool, with the base weights:
-  parameters, FLOPs, batch-1 latency on the driver's device, and the functional
-  embedding (penultimate output for the manifest's noise, paper A.1). Cached in
+  parameters, FLOPs, batch-1 latency on the workers' device (on a CPU from a per-block
+  table measured there, see workers/profile.py), and the functional embedding
+  (penultimate output for the manifest's noise, paper A.1). Cached in
   `pool/profiles.parquet`, measured on the workers. Latency and parameters of a candidate are thus known without
   training, and one measurement serves every dataset, so hypervolumes are comparable.
 """
