@@ -2,8 +2,9 @@
 
 `tans search` embeds the query's images with the base supernet's largest subnet, and its
 re-rankers compute each recalled zoo network's penultimate features. Building them with the
-`ofa` package means importing `ofa.utils`, which imports torchvision's transforms and with
-them torch._dynamo: 1.6 s of a search. This module builds the same networks from state dicts
+`ofa` package means building its whole supernet and extracting the subnet (and, imported
+plainly rather than through `ofa_space.ofa_module`, ofa pulls in torchvision and
+torch._dynamo: 1.6 s of a search). This module builds the same networks from state dicts
 alone (the same layers, parameter names and arithmetic, up to float rounding, as ofa's static MobileNetV3;
 `tests/test_mbv3.py` checks the features against ofa's own): the largest subnet from a
 supernet's state dict, and any subnet from the state dict ofa's `get_active_subnet` gives (a

@@ -6,12 +6,14 @@ Latency on a CPU comes from a lookup table, as OFA's search does (its `LatencyTa
 it downloads; here it is measured on the worker itself): the batch-1 time of every block
 choice (slot x kernel x expand) and of the fixed stem and head, timed block by block in 9
 full-depth subnets (one per kernel x expand). An arch's latency is the fixed part plus its
-active blocks. On one CPU thread a forward is the sum of its blocks, and the table's
+active blocks. On a CPU a forward is the sum of its blocks, and the table's
 estimate agrees with a direct measurement as well as a second direct measurement does
-(`bench/worker.py` prints both agreements); it costs 9 measured networks instead of one per
-arch. On a GPU the blocks run asynchronously and do not add up, so each arch is measured
-whole there, as a job measures its network; so is each arch of a chunk of fewer than
-`TABLE_MIN_ARCHS` archs (the table costs about what measuring 16 archs whole does)."""
+(`bench/latency_table.py` prints both agreements); it costs 9 measured networks instead of
+one per arch. On a GPU the blocks run asynchronously and do not add up, so each arch is measured
+whole there, as a job measures its network; so is each arch of a pool of fewer than
+`TABLE_MIN_ARCHS` archs (the table costs about what measuring 16 archs whole does). The choice
+is made per pool (`manifest.pool_size`), not per chunk, so one pool's latencies on one kind of
+device all come the same way."""
 from __future__ import annotations
 
 import statistics
@@ -70,8 +72,8 @@ def _block_times_ms(subnet, image_size: int, repeats: int) -> list[float]:
 
 
 def latency_table(supernet, image_size: int, repeats: int = LATENCY_REPEATS) -> LatencyTable:
-    """Measure the table on this CPU thread (the supernet is left as it was found: its active
-    subnet is set, which `build_subnet` does for every arch anyway)."""
+    """Measure the table on this CPU (the supernet's weights are not changed; its active subnet
+    is left at the last one measured, as `build_subnet` leaves it at each arch's)."""
     fixed, block_ms = [], {}
     for k in KERNELS:
         for e in EXPANDS:
@@ -91,7 +93,7 @@ def profile_archs(store: ZooStore, manifest: Manifest, arch_ids: list[str], imag
     if supernet is None:
         supernet = load_base_supernet(store, manifest.width, manifest.base_weights)
     table = latency_table(supernet, image_size) \
-        if device.type == "cpu" and len(arch_ids) >= TABLE_MIN_ARCHS else None
+        if device.type == "cpu" and arch_ids and manifest.pool_size >= TABLE_MIN_ARCHS else None
     profiles = []
     for arch_id in arch_ids:
         arch = Arch.parse(arch_id)
