@@ -17,6 +17,7 @@ from workers.job import TrainSettings, job_spec
 from workers.ofa_space import DEPTHS, EXPANDS, KERNELS, arch_pool
 from zoo_schema.manifest import BaseWeights, Manifest, ensure_manifest
 from zoo_schema.records import DatasetRecord, ResultRecord, to_table
+from zoo_schema import layout
 from zoo_schema.store import S3Settings, open_store
 
 ARCHS = [a.id for a in arch_pool(0, 3)]
@@ -115,6 +116,43 @@ def test_warm_workers_keep_data_and_weights_and_train_as_fresh_tasks_do(ray_clus
     assert [(w.job_id, w.accuracy, w.epoch_losses, w.epoch_accuracies) for w in warm] == \
         [(c.job_id, c.accuracy, c.epoch_losses, c.epoch_accuracies) for c in cold]
 
+
+
+def test_a_job_queued_behind_a_running_one_has_its_data_decoded_meanwhile(ray_cluster, tiny_datasets, tmp_path):
+    """More jobs in flight than warm workers (two on the one 2-CPU worker the cluster holds):
+    the queued job's splits are decoded in the worker's `prefetch` concurrency group while the
+    first job trains, so the queued job finds them held (had the prefetch waited in the jobs'
+    queue, it would have run after the job and the job would have decoded them itself)."""
+    import ray
+
+    from pipeline.build.config import load_config
+    from pipeline.build.run import run_build
+    from zoo_schema.manifest import read_manifest
+    from zoo_schema.shards import read_dataset
+    zoo = tmp_path / "zoo"
+    run_build(load_config(None, {"zoo": str(zoo), "datasets": [str(tiny_datasets)], "max_jobs": 0,
+                                 "arch.pool_size": 5, "retrain.after_build": False}),
+              log=lambda *_: None, tracking=False)  # ingestion and the manifest only
+    store = open_store(str(zoo))
+    manifest, train = read_manifest(store), TrainSettings(epochs=1, latency_repeats=2)
+    first, queued = (job_spec(read_dataset(store, d), a, train, manifest)
+                     for d, a in (("hue-6", ARCHS[0]), ("shapes-clean", ARCHS[1])))
+    executor = RayExecutor(store.uri, S3Settings(), ResourceSettings(max_in_flight=2, num_cpus=2))
+    executor.submit(first)
+    executor.submit(queued)
+    assert executor.in_flight == 2 and len(executor._workers) == 1
+    outcomes = drain(executor)
+    assert [o.error for o in outcomes] == [None, None]
+    stats = ray.get(executor._workers[0].cache_stats.remote())
+    executor.close()
+    assert stats["datasets"] == ["hue-6", "shapes-clean"]
+    # misses: the first job's two splits and the supernet, the prefetch's two splits;
+    # hits: the queued job's two splits and the supernet
+    assert (stats["misses"], stats["hits"]) == (5, 3)
+    # and the jobs still ran one after the other: the queued one started after the first committed
+    done = {o.spec.job_id: o.result for o in outcomes}
+    started = [store.read_json(k)["at"] for k in store.list(layout.start_key(queued.job_id, "x").rsplit("/", 1)[0])]
+    assert len(started) == 1 and started[0] >= done[first.job_id].created_at
 
 
 def test_executor_profiles_archs_in_order(executor_case, tmp_path):

@@ -25,6 +25,7 @@ class JobCache:
         self.max_bytes = max_bytes
         self._splits: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self._supernets: dict[tuple, torch.nn.Module] = {}
+        self._loading: dict[tuple, threading.Event] = {}  # splits being decoded by some thread
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -40,18 +41,30 @@ class JobCache:
 
     def split(self, store: ZooStore, dataset_id: str, dataset_sha256: str, split: str, size: int,
               workers: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """A split's tensors, decoded once: a thread that asks for a split another thread is
+        decoding (a job and the prefetch of its data) waits for that decode, then takes it."""
         key = (store.uri, dataset_id, dataset_sha256, split, size)
-        with self._lock:
-            if key in self._splits:
-                self._splits.move_to_end(key)
-                self.hits += 1
-                return self._splits[key]
-        x, y = load_tensors(store, dataset_id, split, size, workers)
-        with self._lock:
-            self.misses += 1
-            self._splits[key] = (x, y)
-            while len(self._splits) > 1 and self.split_bytes > self.max_bytes:
-                self._splits.popitem(last=False)  # least recently used first
+        while True:
+            with self._lock:
+                if key in self._splits:
+                    self._splits.move_to_end(key)
+                    self.hits += 1
+                    return self._splits[key]
+                loading = self._loading.get(key)
+                if loading is None:
+                    self._loading[key] = threading.Event()
+                    break
+            loading.wait()  # then look again: that decode may have failed (this one then tries)
+        try:
+            x, y = load_tensors(store, dataset_id, split, size, workers)
+            with self._lock:
+                self.misses += 1
+                self._splits[key] = (x, y)
+                while len(self._splits) > 1 and self.split_bytes > self.max_bytes:
+                    self._splits.popitem(last=False)  # least recently used first
+        finally:
+            with self._lock:
+                self._loading.pop(key).set()
         return x, y
 
     def supernet(self, store: ZooStore, width: float, base_weights: BaseWeights) -> torch.nn.Module:

@@ -41,6 +41,22 @@ def committed_result(store: ZooStore, spec: JobSpec) -> ResultRecord:
     return record
 
 
+def prefetch_data(spec: JobSpec, zoo_uri: str, s3: S3Settings | None, cache: JobCache,
+                  threads: int = 1) -> bool:
+    """Decode a queued job's splits into a warm worker's cache while the worker's current job
+    trains, so the job finds them held. True when both are held. It never raises: a job whose
+    data cannot be read meets that error itself when it runs, and reports it there."""
+    try:
+        store = open_store(zoo_uri, s3)
+        if store.exists(spec.result_key):
+            return False  # committed already: the job will not read its data
+        for split in ("train", "test"):
+            cache.split(store, spec.dataset_id, spec.dataset_sha256, split, spec.train.image_size, threads)
+        return True
+    except Exception:  # noqa: BLE001 - a hint only; the job reports its own errors
+        return False
+
+
 def run_job(spec: JobSpec, zoo_uri: str, s3: S3Settings | None = None, threads: int | None = None,
             cache: JobCache | None = None) -> ResultRecord:
     """Fine-tune, evaluate, profile and embed one pair; commit checkpoint and result row. A warm

@@ -33,7 +33,7 @@ from pipeline.build.signals import interruption
 from workers.cache import JobCache
 from workers.job import JobSpec
 from workers.profile import profile_remote
-from workers.run import run_job
+from workers.run import prefetch_data, run_job
 from zoo_schema.errors import Interrupted
 from zoo_schema.layout import checkpoint_uri
 from zoo_schema.manifest import Manifest
@@ -50,7 +50,8 @@ START_DEADLINE_S = 120.0  # a new warm worker not started by then is given up wh
 class ResourceSettings:
     num_cpus: float = 1.0           # per fine-tuning task
     num_gpus: float = 0.0           # per fine-tuning task; >0 makes tasks wait for GPU nodes
-    max_in_flight: int = 2          # fine-tuning tasks running at once
+    max_in_flight: int = 2          # jobs in flight; above the workers that fit, a worker gets a next job
+                                    # queued and decodes its data while the current one trains
     max_attempts: int = 3           # a job whose worker died is retried up to this many tries
     warm_workers: bool = True       # long-lived workers (Ray actors) that keep data and weights;
                                     # false: a fresh Ray task per job
@@ -154,7 +155,8 @@ def _run_remote(spec: JobSpec, zoo_uri: str, s3: S3Settings, threads: int):
 
 class WarmWorker:
     """A long-lived worker (a Ray actor): runs jobs one at a time with a `JobCache`, so the base
-    supernet is loaded and a dataset decoded once per worker, not once per job."""
+    supernet is loaded and a dataset decoded once per worker, not once per job; a job queued
+    behind the running one has its data decoded meanwhile (`prefetch`, in its own thread)."""
 
     def __init__(self, zoo_uri: str, s3: S3Settings, threads: int, cache_mb: int):
         self.zoo_uri, self.s3, self.threads = zoo_uri, s3, threads
@@ -162,6 +164,15 @@ class WarmWorker:
 
     def run(self, spec: JobSpec) -> ResultRecord:
         return run_job(spec, self.zoo_uri, self.s3, threads=self.threads, cache=self.cache)
+
+    def prefetch(self, spec: JobSpec) -> bool:
+        """Decode a job queued behind the running one into the cache (called in the actor's
+        `prefetch` concurrency group, so it runs while `run` trains)."""
+        return prefetch_data(spec, self.zoo_uri, self.s3, self.cache, self.threads)
+
+    def cache_stats(self) -> dict:
+        """What the cache holds and how often it was asked: {datasets, hits, misses}."""
+        return {"datasets": sorted(self.cache.datasets()), "hits": self.cache.hits, "misses": self.cache.misses}
 
     def profile(self, manifest: Manifest, arch_ids: list[str], image_size: int) -> list[ArchProfile]:
         """Profile pool archs with the base supernet this worker then keeps for its jobs."""
@@ -177,7 +188,8 @@ class RayExecutor:
     """Runs each job on the Ray cluster: by default on a pool of warm workers (actors holding
     the base supernet and recently used datasets), as many as `max_in_flight` and the
     cluster's CPUs and GPUs allow; a dataset's next job goes to a free worker that holds it,
-    else to any free one, else it queues behind the least loaded worker's job. A worker that
+    else to any free one, else it queues behind the least loaded worker's job, and that worker
+    decodes the queued job's data meanwhile (`WarmWorker.prefetch`). A worker that
     dies is replaced; its job fails like any other and is retried by the driver. Or one fresh
     task per job (`resources.warm_workers = false`)."""
 
@@ -188,9 +200,10 @@ class RayExecutor:
         self._task = ray.remote(_run_remote).options(
             num_cpus=self.resources.num_cpus, num_gpus=self.resources.num_gpus,
             max_retries=0, retry_exceptions=False)  # the driver retries, recording each reason
-        self._actor_class = ray.remote(WarmWorker).options(
+        self._actor_class = ray.remote(concurrency_groups={"prefetch": 1})(WarmWorker).options(
             num_cpus=self.resources.num_cpus, num_gpus=self.resources.num_gpus, max_restarts=0,
-            max_task_retries=0)
+            max_task_retries=0)  # jobs run one at a time; a prefetch runs beside them
+        self._prefetches: list = []         # refs of prefetch calls (hints: their errors are dropped)
         self._pending: dict = {}            # ref -> (spec, worker slot or None)
         self._workers: dict[int, object] = {}   # slot -> actor handle
         self._holds: dict[int, list[str]] = {}  # slot -> dataset ids it ran, most recent last
@@ -213,6 +226,7 @@ class RayExecutor:
         self._workers.clear()
         self._holds.clear()
         self._starting.clear()
+        self._prefetches.clear()
 
     def submit(self, spec: JobSpec) -> None:
         if not self.resources.warm_workers:
@@ -225,7 +239,10 @@ class RayExecutor:
             self._new_worker(slot)
         holds = [d for d in self._holds.get(slot, []) if d != spec.dataset_id] + [spec.dataset_id]
         self._holds[slot] = holds[-8:]
+        queued = any(s == slot for _, s in self._pending.values())
         self._pending[self._workers[slot].run.remote(spec)] = (spec, slot)
+        if queued:  # it waits behind a running job: its data is decoded meanwhile
+            self._prefetches.append(self._workers[slot].prefetch.options(concurrency_group="prefetch").remote(spec))
 
     def _free_slot(self, dataset_id: str) -> int:
         """A free worker that ran this dataset last (its data is likely still held), else any
@@ -390,6 +407,17 @@ class RayExecutor:
                 raise interruption(e) from None
             raise
 
+    def _drop_finished_prefetches(self) -> None:
+        """Collect the prefetch calls that ended; a worker's death there shows in its jobs."""
+        if not self._prefetches:
+            return
+        done, self._prefetches = self._ray.wait(self._prefetches, num_returns=len(self._prefetches), timeout=0)
+        for ref in done:
+            try:
+                self._ray.get(ref)
+            except Exception:  # noqa: BLE001 - a hint only
+                pass
+
     def _room(self) -> int:
         """How many more workers the cluster's free CPUs and GPUs hold now."""
         free = self._ray.available_resources()
@@ -398,6 +426,7 @@ class RayExecutor:
         return min(n) if n else self._capacity()
 
     def wait(self, timeout: float | None = None) -> list[Outcome]:
+        self._drop_finished_prefetches()
         if not self._pending:
             return []
         self._check_starts()
