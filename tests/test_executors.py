@@ -122,7 +122,7 @@ def test_a_job_queued_behind_a_running_one_has_its_data_decoded_meanwhile(ray_cl
     """More jobs in flight than warm workers (two on the one 2-CPU worker the cluster holds):
     the queued job's splits are decoded in the worker's `prefetch` concurrency group while the
     first job trains, so the queued job finds them held (had the prefetch waited in the jobs'
-    queue, it would have run after the job and the job would have decoded them itself)."""
+    queue, it would have run after the job, found it committed and decoded nothing)."""
     import ray
 
     from pipeline.build.config import load_config
@@ -149,10 +149,54 @@ def test_a_job_queued_behind_a_running_one_has_its_data_decoded_meanwhile(ray_cl
     # misses: the first job's two splits and the supernet, the prefetch's two splits;
     # hits: the queued job's two splits and the supernet
     assert (stats["misses"], stats["hits"]) == (5, 3)
-    # and the jobs still ran one after the other: the queued one started after the first committed
+    # the prefetch held both splits before the queued job started, and that job started only
+    # after the first had committed: the jobs ran one after the other
     done = {o.spec.job_id: o.result for o in outcomes}
     started = [store.read_json(k)["at"] for k in store.list(layout.start_key(queued.job_id, "x").rsplit("/", 1)[0])]
+    ((job_id, held, prefetched_at),) = stats["prefetched"]
+    assert job_id == queued.job_id and held and prefetched_at < started[0]
     assert len(started) == 1 and started[0] >= done[first.job_id].created_at
+
+
+def test_a_dead_workers_second_job_does_not_retire_its_replacement(ray_cluster, tiny_datasets, tmp_path):
+    """A worker killed with a job running and one queued fails both. The first failure's
+    retry gets a new worker in the same slot; the queued job's failure, seen after that, is
+    the old worker's and must not make the executor forget the new one."""
+    import ray
+
+    from pipeline.build.config import load_config
+    from pipeline.build.run import run_build
+    from zoo_schema.manifest import read_manifest
+    from zoo_schema.shards import read_dataset
+    zoo = tmp_path / "zoo"
+    run_build(load_config(None, {"zoo": str(zoo), "datasets": [str(tiny_datasets)], "max_jobs": 0,
+                                 "arch.pool_size": 5, "retrain.after_build": False}),
+              log=lambda *_: None, tracking=False)
+    store = open_store(str(zoo))
+    manifest, train = read_manifest(store), TrainSettings(epochs=1, latency_repeats=2)
+    specs = [job_spec(read_dataset(store, "hue-6"), a, train, manifest) for a in ARCHS[:2]]
+    executor = RayExecutor(store.uri, S3Settings(), ResourceSettings(max_in_flight=2, num_cpus=2))
+    for spec in specs:
+        executor.submit(spec)
+    old = executor._workers[0]
+    ray.kill(old)
+    first = []
+    while not first:
+        first = executor.wait(30)
+    assert first[0].error is not None and executor.replaced == 1
+    executor.submit(first[0].spec)  # the driver's retry: a new worker in slot 0
+    new = executor._workers[0]
+    assert new is not old
+    second = []
+    while not second:
+        second = executor.wait(30)
+    assert second[0].error is not None  # the queued job, failed with the old worker
+    assert executor._workers.get(0) is new and executor.replaced == 1
+    executor.submit(second[0].spec)
+    outcomes = drain(executor)
+    assert sorted(o.spec.job_id for o in outcomes) == sorted(s.job_id for s in specs)
+    assert all(o.error is None for o in outcomes)
+    executor.close()
 
 
 def test_executor_profiles_archs_in_order(executor_case, tmp_path):

@@ -26,6 +26,7 @@ class JobCache:
         self._splits: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self._supernets: dict[tuple, torch.nn.Module] = {}
         self._loading: dict[tuple, threading.Event] = {}  # splits being decoded by some thread
+        self.timing = threading.Lock()  # held while a job times its network: no decode runs beside it
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -56,7 +57,8 @@ class JobCache:
                     break
             loading.wait()  # then look again: that decode may have failed (this one then tries)
         try:
-            x, y = load_tensors(store, dataset_id, split, size, workers)
+            with self.timing:  # a prefetch's decode waits while the running job measures latency
+                x, y = load_tensors(store, dataset_id, split, size, workers)
             with self._lock:
                 self.misses += 1
                 self._splits[key] = (x, y)

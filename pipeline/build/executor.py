@@ -161,6 +161,7 @@ class WarmWorker:
     def __init__(self, zoo_uri: str, s3: S3Settings, threads: int, cache_mb: int):
         self.zoo_uri, self.s3, self.threads = zoo_uri, s3, threads
         self.cache = JobCache(cache_mb << 20)
+        self.prefetched: list[tuple[str, bool, str]] = []
 
     def run(self, spec: JobSpec) -> ResultRecord:
         return run_job(spec, self.zoo_uri, self.s3, threads=self.threads, cache=self.cache)
@@ -168,11 +169,15 @@ class WarmWorker:
     def prefetch(self, spec: JobSpec) -> bool:
         """Decode a job queued behind the running one into the cache (called in the actor's
         `prefetch` concurrency group, so it runs while `run` trains)."""
-        return prefetch_data(spec, self.zoo_uri, self.s3, self.cache, self.threads)
+        held = prefetch_data(spec, self.zoo_uri, self.s3, self.cache, self.threads)
+        self.prefetched.append((spec.job_id, held, datetime.now(timezone.utc).isoformat()))
+        return held
 
     def cache_stats(self) -> dict:
-        """What the cache holds and how often it was asked: {datasets, hits, misses}."""
-        return {"datasets": sorted(self.cache.datasets()), "hits": self.cache.hits, "misses": self.cache.misses}
+        """What the cache holds, how often it was asked, and the prefetches: {datasets, hits,
+        misses, prefetched: [(job id, both splits held, when it ended)]}."""
+        return {"datasets": sorted(self.cache.datasets()), "hits": self.cache.hits, "misses": self.cache.misses,
+                "prefetched": list(self.prefetched)}
 
     def profile(self, manifest: Manifest, arch_ids: list[str], image_size: int) -> list[ArchProfile]:
         """Profile pool archs with the base supernet this worker then keeps for its jobs."""
@@ -204,6 +209,7 @@ class RayExecutor:
             num_cpus=self.resources.num_cpus, num_gpus=self.resources.num_gpus, max_restarts=0,
             max_task_retries=0)  # jobs run one at a time; a prefetch runs beside them
         self._prefetches: list = []         # refs of prefetch calls (hints: their errors are dropped)
+        self._ran_on: dict = {}             # ref -> the actor its job was sent to
         self._pending: dict = {}            # ref -> (spec, worker slot or None)
         self._workers: dict[int, object] = {}   # slot -> actor handle
         self._holds: dict[int, list[str]] = {}  # slot -> dataset ids it ran, most recent last
@@ -227,6 +233,7 @@ class RayExecutor:
         self._holds.clear()
         self._starting.clear()
         self._prefetches.clear()
+        self._ran_on.clear()
 
     def submit(self, spec: JobSpec) -> None:
         if not self.resources.warm_workers:
@@ -240,7 +247,8 @@ class RayExecutor:
         holds = [d for d in self._holds.get(slot, []) if d != spec.dataset_id] + [spec.dataset_id]
         self._holds[slot] = holds[-8:]
         queued = any(s == slot for _, s in self._pending.values())
-        self._pending[self._workers[slot].run.remote(spec)] = (spec, slot)
+        ref = self._workers[slot].run.remote(spec)
+        self._pending[ref], self._ran_on[ref] = (spec, slot), self._workers[slot]
         if queued:  # it waits behind a running job: its data is decoded meanwhile
             self._prefetches.append(self._workers[slot].prefetch.options(concurrency_group="prefetch").remote(spec))
 
@@ -304,6 +312,7 @@ class RayExecutor:
                 if s == slot:
                     self._submit_to(self._least_loaded(self._started()), spec)
                     del self._pending[ref]
+                    self._ran_on.pop(ref, None)
 
     def _least_loaded(self, slots: list[int]) -> int:
         load = Counter(slot for _, slot in self._pending.values())
@@ -415,8 +424,9 @@ class RayExecutor:
         for ref in done:
             try:
                 self._ray.get(ref)
-            except Exception:  # noqa: BLE001 - a hint only
-                pass
+            except Exception as e:  # noqa: BLE001 - a hint only, unless a signal arrived inside get
+                if interruption(e) is not None:
+                    raise interruption(e) from None
 
     def _room(self) -> int:
         """How many more workers the cluster's free CPUs and GPUs hold now."""
@@ -436,12 +446,14 @@ class RayExecutor:
         outcomes = []
         for ref in ready:
             spec, slot = self._pending.pop(ref)
+            actor = self._ran_on.pop(ref, None)
             try:
                 outcomes.append(Outcome(spec, result=self._ray.get(ref)))
             except Exception as e:  # noqa: BLE001 - a failed job is an outcome, not a crash
                 if interruption(e) is not None:  # unless a signal arrived inside ray.get
                     raise interruption(e) from None
-                if slot is not None and isinstance(e, self._ray.exceptions.RayActorError):
+                if slot is not None and isinstance(e, self._ray.exceptions.RayActorError) \
+                        and self._workers.get(slot) is actor:  # not its replacement: a queued job's
                     self._replace(slot)  # the worker died (killed, out of memory, node lost)
                 cause = getattr(e, "cause", None)
                 outcomes.append(Outcome(spec, error=cause if isinstance(cause, BaseException) else e))
