@@ -15,8 +15,9 @@ from pipeline.acquisition.base import Pair
 from pipeline.build.executor import Outcome, RayExecutor, ReplayExecutor, ResourceSettings
 from workers.job import TrainSettings, job_spec
 from workers.ofa_space import DEPTHS, EXPANDS, KERNELS, arch_pool
-from zoo_schema.manifest import BaseWeights, Manifest, ensure_manifest
+from zoo_schema.manifest import BaseWeights, Manifest, ensure_manifest, read_manifest
 from zoo_schema.records import DatasetRecord, ResultRecord, to_table
+from zoo_schema.shards import read_dataset
 from zoo_schema import layout
 from zoo_schema.store import S3Settings, open_store
 
@@ -84,20 +85,23 @@ def test_executor_contract(executor_case):
     executor.close()  # twice is fine
 
 
+def ingested_zoo(datasets, zoo):
+    """A zoo holding the tiny datasets and its manifest, and no results (a build of 0 jobs)."""
+    from pipeline.build.config import load_config
+    from pipeline.build.run import run_build
+    run_build(load_config(None, {"zoo": str(zoo), "datasets": [str(datasets)], "max_jobs": 0,
+                                 "arch.pool_size": 5, "retrain.after_build": False}),
+              log=lambda *_: None, tracking=False)
+    return zoo
+
+
 def test_warm_workers_keep_data_and_weights_and_train_as_fresh_tasks_do(ray_cluster, tiny_datasets, tmp_path):
     """Three jobs on one dataset through one warm worker: the first decodes the data and loads
     the base supernet, the next find them held. The same jobs as fresh tasks, on a copy of the
     zoo, give the same results bit for bit."""
     import shutil
 
-    from pipeline.build.config import load_config
-    from pipeline.build.run import run_build
-    from zoo_schema.manifest import read_manifest
-    from zoo_schema.shards import read_dataset
-    zoo = tmp_path / "zoo"
-    run_build(load_config(None, {"zoo": str(zoo), "datasets": [str(tiny_datasets)], "max_jobs": 0,
-                                 "arch.pool_size": 5, "retrain.after_build": False}),
-              log=lambda *_: None, tracking=False)  # ingestion and the manifest only
+    zoo = ingested_zoo(tiny_datasets, tmp_path / "zoo")
     shutil.copytree(zoo, tmp_path / "copy")
     runs = {}
     for name, warm in (("zoo", True), ("copy", False)):
@@ -125,14 +129,7 @@ def test_a_job_queued_behind_a_running_one_has_its_data_decoded_meanwhile(ray_cl
     queue, it would have run after the job, found it committed and decoded nothing)."""
     import ray
 
-    from pipeline.build.config import load_config
-    from pipeline.build.run import run_build
-    from zoo_schema.manifest import read_manifest
-    from zoo_schema.shards import read_dataset
-    zoo = tmp_path / "zoo"
-    run_build(load_config(None, {"zoo": str(zoo), "datasets": [str(tiny_datasets)], "max_jobs": 0,
-                                 "arch.pool_size": 5, "retrain.after_build": False}),
-              log=lambda *_: None, tracking=False)  # ingestion and the manifest only
+    zoo = ingested_zoo(tiny_datasets, tmp_path / "zoo")
     store = open_store(str(zoo))
     manifest, train = read_manifest(store), TrainSettings(epochs=1, latency_repeats=2)
     first, queued = (job_spec(read_dataset(store, d), a, train, manifest)
@@ -164,14 +161,7 @@ def test_a_dead_workers_second_job_does_not_retire_its_replacement(ray_cluster, 
     the old worker's and must not make the executor forget the new one."""
     import ray
 
-    from pipeline.build.config import load_config
-    from pipeline.build.run import run_build
-    from zoo_schema.manifest import read_manifest
-    from zoo_schema.shards import read_dataset
-    zoo = tmp_path / "zoo"
-    run_build(load_config(None, {"zoo": str(zoo), "datasets": [str(tiny_datasets)], "max_jobs": 0,
-                                 "arch.pool_size": 5, "retrain.after_build": False}),
-              log=lambda *_: None, tracking=False)
+    zoo = ingested_zoo(tiny_datasets, tmp_path / "zoo")
     store = open_store(str(zoo))
     manifest, train = read_manifest(store), TrainSettings(epochs=1, latency_repeats=2)
     specs = [job_spec(read_dataset(store, "hue-6"), a, train, manifest) for a in ARCHS[:2]]
