@@ -32,7 +32,7 @@ def _build(args) -> int:
     config = load_config(args.config, _build_overrides(args), environ={} if args.resolved_config else None)
     progress = Progress()
     try:
-        summary = run_build(config, log=progress.log, progress=progress)
+        summary = run_build(config, log=progress.log, progress=progress, wait=args.wait)
     finally:
         progress.close()
     _log_report(config, summary, progress.log)
@@ -92,7 +92,7 @@ def _resume(args) -> int:
     from pipeline.build.run import last_build_config, run_build
     from zoo_schema.store import S3Settings
     config = last_build_config(args.zoo, S3Settings(endpoint_url=args.s3_endpoint))
-    summary = run_build(config)
+    summary = run_build(config, wait=args.wait, command="tans resume")
     _log_report(config, summary, print)
     if args.json:
         print(json.dumps(summary.as_dict()))
@@ -109,8 +109,9 @@ def _open_existing(args):
 
 
 def _verify(args) -> int:
-    from pipeline.commands.verify import verify_zoo
-    report = verify_zoo(_open_existing(args), args.clean_orphans, dry_run=args.dry_run)
+    from pipeline.commands.verify import WRITER_TIME_LIMIT_S, verify_zoo
+    report = verify_zoo(_open_existing(args), args.clean_orphans, dry_run=args.dry_run, wait=args.wait,
+                        log=(lambda *_: None) if args.json else print)
     if args.json:
         print(json.dumps(report.as_dict(), indent=1))
         return 1 if report.problems else 0
@@ -128,6 +129,13 @@ def _verify(args) -> int:
         print(f"  orphan ({verb}): {k}")
     if len(report.orphans) > 50:
         print(f"  ... and {len(report.orphans) - 50} more orphans (--json lists all)")
+    for k in report.young:
+        print(f"  orphan kept: {k} was written less than {WRITER_TIME_LIMIT_S / 60:.0f} min ago, and a writer that "
+              "lost its lease may still commit it; run --clean-orphans again later")
+    for k in report.foreign:
+        print(f"  not a file tans writes, left alone: {k}")
+    for k in report.outside:
+        print(f"  reached through a symlink out of the zoo, left alone: {k}")
     for k in report.temp_files:
         print(f"  temp file of an interrupted write: {k}")
     return 1 if report.problems else 0
@@ -149,16 +157,18 @@ def _lease(args) -> int:
     if args.json:
         print(json.dumps(info, indent=1))
     elif lease is None:
-        print(f"zoo {store.uri}: no lease; no driver is building it")
+        print(f"zoo {store.uri}: no lease; no command is writing to it")
     else:
         state = {True: "stale", False: "fresh", None: "stale only if unchanged for a TTL"}[info["stale"]]
-        print(f"zoo {store.uri}: leased by {info['holder']} ({info['why']}), ttl {info['ttl_s']:g}s: {state}")
+        print(f"zoo {store.uri}: leased by {info['holder']} running `{info['command']}` ({info['why']}), "
+              f"ttl {info['ttl_s']:g}s: {state}")
     return 0
 
 
 def _retrain(args) -> int:
     from dataclasses import replace
 
+    from pipeline.build.lease import holding
     from pipeline.build.retrain import run_retrain
     from pipeline.build.tracking import MlflowSettings
     from retriever.train import RetrainSettings
@@ -172,8 +182,9 @@ def _retrain(args) -> int:
     for name in ("steps", "positive", "seed", "backbone"):
         if getattr(args, name) is not None:
             settings = replace(settings, **{name: getattr(args, name)})
-    version = run_retrain(store, settings, args.image_size or manifest.noise_shape[-1], args.if_grown,
-                          MlflowSettings(tracking_uri=args.mlflow_uri or ""))
+    with holding(store, "tans retrain", wait=args.wait):
+        version = run_retrain(store, settings, args.image_size or manifest.noise_shape[-1], args.if_grown,
+                              MlflowSettings(tracking_uri=args.mlflow_uri or ""))
     if args.json:
         meta = store.read_json(retriever_meta_key(version)) if version is not None else None
         print(json.dumps({"version": version, "metrics": meta and meta.get("metrics")}))
@@ -239,7 +250,8 @@ def _finetune(args) -> int:
                                        "train.image_size": args.image_size, "address": args.address,
                                        "mlflow.tracking_uri": args.mlflow_uri,
                                        "s3.endpoint_url": args.s3_endpoint})
-    record = run_finetune(config, args.job, args.dataset, log=(lambda *_: None) if args.json else print)
+    record = run_finetune(config, args.job, args.dataset, log=(lambda *_: None) if args.json else print,
+                          wait=args.wait)
     if args.json:
         print(json.dumps(dataclasses.asdict(record)))
     return 0
@@ -273,25 +285,32 @@ def _export(args) -> int:
 
 
 def _datasets_add(args) -> int:
+    from pipeline.build.lease import holding
     from pipeline.datasets.ingest import IngestSettings, ingest
     from zoo_schema.store import S3Settings, open_store
     s3 = S3Settings(endpoint_url=args.s3_endpoint)
     store = open_store(args.zoo, s3)
-    reports = []
-    for source in args.sources:
-        report = ingest(store, source, name=args.name if len(args.sources) == 1 else None,
-                        settings=IngestSettings(split_seed=args.split_seed), s3=s3)
-        reports.append({"source": source, **dataclasses.asdict(report)})
-        if args.json:
-            continue
-        state = "already in the zoo" if report.already_present else "ingested"
-        print(f"{source}: {report.images} images {state} as {', '.join(report.dataset_ids)}; "
-              f"{len(report.skipped)} files skipped")
-        for fname, reason in report.skipped[:20]:
-            print(f"  skipped {fname}: {reason}")
+    with holding(store, "tans datasets add", wait=args.wait, log=(lambda *_: None) if args.json else print):
+        reports = _ingest_each(store, args, IngestSettings(split_seed=args.split_seed), s3, ingest)
     if args.json:
         print(json.dumps(reports))
     return 0
+
+
+def _ingest_each(store, args, settings, s3, ingest) -> list[dict]:
+    reports = []
+    for source in args.sources:
+        report = ingest(store, source, name=args.name if len(args.sources) == 1 else None, settings=settings, s3=s3)
+        reports.append({"source": source, **dataclasses.asdict(report), "duplicates": report.duplicates})
+        if args.json:
+            continue
+        state = "already in the zoo" if report.already_present else "ingested"
+        dupes = f" ({report.duplicates} of them duplicate images)" if report.duplicates else ""
+        print(f"{source}: {report.images} images {state} as {', '.join(report.dataset_ids)}; "
+              f"{len(report.skipped)} files skipped{dupes}")
+        for fname, reason in report.skipped[:20]:
+            print(f"  skipped {fname}: {reason}")
+    return reports
 
 
 def _datasets_synth(args) -> int:
@@ -303,6 +322,8 @@ def _datasets_synth(args) -> int:
 
 
 ZOO_HELP = "the zoo: a local directory or s3://bucket/prefix (default: $TANS_ZOO)"
+WAIT_HELP = ("if another command is writing to the zoo (it holds the zoo's lease), wait until it is done "
+             "instead of stopping with its name")
 S3_HELP = "S3 endpoint URL for s3:// locations, e.g. http://127.0.0.1:9000 (default: $AWS_ENDPOINT_URL)"
 
 
@@ -371,7 +392,7 @@ $AWS_ENDPOINT_URL) > the --config file > defaults.
 exit codes: 0 success; 1 the command ran but did not succeed (a build that finished nothing, a
 verify that found problems); 2 usage error (a mistyped command or flag); 3 a tans error (bad
 input, config or storage: the message says what to do); 130 / 143 stopped by SIGINT / SIGTERM
-(run the same command again to continue)."""
+(run the same command again to continue); 141 the reader of the output went away (`| head`)."""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -393,6 +414,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--address", dest="ray_address", metavar="ADDRESS",
                    help="Ray cluster address (HOST:6379 or auto; default: $RAY_ADDRESS, else a local Ray)")
     b.add_argument("--resolved-config", action="store_true", help=argparse.SUPPRESS)  # what `tans submit` ships
+    b.add_argument("--wait", action="store_true", help=WAIT_HELP)
     b.set_defaults(func=_build)
 
     j = sub.add_parser("submit", help="submit the build to a Ray cluster as a Ray Job (Jobs API)")
@@ -420,6 +442,7 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("resume", help="continue the zoo's last build with its recorded config")
     _zoo_args(r)
     r.add_argument("--json", action="store_true", help="print the build's summary as JSON on the last line")
+    r.add_argument("--wait", action="store_true", help=WAIT_HELP)
     r.set_defaults(func=_resume)
 
     v = sub.add_parser("verify", help="check every result, checkpoint and dataset; quarantine corrupt ones")
@@ -427,10 +450,11 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true", help="print the report as JSON")
     v.add_argument("--clean-orphans", action="store_true",
                    help="delete the listed orphans (objects nothing references) and temp files older than 10 min")
-    v.add_argument("--dry-run", action="store_true", help="only report: quarantine and delete nothing")
+    v.add_argument("--dry-run", action="store_true", help="only report: quarantine and delete nothing (takes no lease)")
+    v.add_argument("--wait", action="store_true", help=WAIT_HELP)
     v.set_defaults(func=_verify)
 
-    le = sub.add_parser("lease", help="show or break the zoo's driver lease (one driver per zoo)")
+    le = sub.add_parser("lease", help="show or break the zoo's lease (one writing command per zoo)")
     lsub = le.add_subparsers(dest="lease_command", required=True)
     ls = lsub.add_parser("show", help="who holds the lease, its age and TTL, and whether it is stale")
     ls.add_argument("--json", action="store_true", help="print JSON")
@@ -455,6 +479,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--mlflow-uri", metavar="URI",
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
     t.add_argument("--json", action="store_true", help="print the new version and its metrics as JSON")
+    t.add_argument("--wait", action="store_true", help=WAIT_HELP)
     t.set_defaults(func=_retrain)
 
     b = sub.add_parser("pretrain-base", help="train the OFA supernet (sandwich rule) on the zoo's datasets, "
@@ -508,6 +533,7 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--mlflow-uri", metavar="URI",
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
     f.add_argument("--json", action="store_true", help="print the new result row as JSON")
+    f.add_argument("--wait", action="store_true", help=WAIT_HELP)
     f.set_defaults(func=_finetune)
 
     s = sub.add_parser("status", help="show what a zoo holds")
@@ -538,6 +564,7 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--name", help="dataset name (one source only); default: the folder name")
     a.add_argument("--split-seed", type=int, default=0, metavar="N", help="seed of the train/test split")
     a.add_argument("--json", action="store_true", help="print what was ingested as JSON")
+    a.add_argument("--wait", action="store_true", help=WAIT_HELP)
     a.set_defaults(func=_datasets_add)
     g = dsub.add_parser("synth", help="write the built-in datasets (offline, deterministic)")
     g.add_argument("--out", required=True, metavar="DIR", help="directory to write one folder per dataset into")
@@ -551,6 +578,7 @@ def parser() -> argparse.ArgumentParser:
 EXIT_USAGE = 2      # argparse: a mistyped command or flag
 EXIT_ERROR = 3      # a tans error: bad input, config, storage; the message says what to do
 EXIT_BUILD = 1      # a build or command that ran but did not succeed (nothing finished, a failed job)
+EXIT_PIPE = 141     # 128 + SIGPIPE, as `head` expects of a writer whose reader went away
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -568,6 +596,9 @@ def main(argv: list[str] | None = None) -> int:
     except TansError as e:
         print(f"tans: error: {redact(str(e))}", file=sys.stderr)
         return EXIT_ERROR
+    except BrokenPipeError:  # the reader went away (`tans status --json | head -1`): end quietly
+        _discard_stdout()
+        return EXIT_PIPE
     except BaseException as e:
         stop = signals.interruption(e)
         if stop is None and not isinstance(e, KeyboardInterrupt):
@@ -596,9 +627,27 @@ def run() -> None:
             sys.modules["pyarrow.fs"].finalize_s3()
         except Exception:  # noqa: BLE001 - S3 was never initialized
             pass
-    sys.stdout.flush()
-    sys.stderr.flush()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _discard_stdout()
+        code = code or EXIT_PIPE
+    try:
+        sys.stderr.flush()
+    except BrokenPipeError:
+        pass
     os._exit(code)
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so that what is still buffered for a closed pipe is dropped
+    instead of raising again at the next flush."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # a stdout without a file (captured): nothing buffered
+        pass
 
 
 if __name__ == "__main__":

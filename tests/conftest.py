@@ -131,3 +131,22 @@ def mlflow_server(s3_server, tmp_path_factory):
         os.killpg(proc.pid, 15)
         proc.wait(30)
         log.close()
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """`mount(size_mb)`: a real file system of that size (tmpfs) under tmp_path, unmounted at
+    the end. Mounting needs root: without it the test is skipped."""
+    mounted = []
+
+    def mount(size_mb: int):
+        where = tmp_path / f"disk{len(mounted)}"
+        where.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(where)], capture_output=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({r.stderr.decode().strip()[:200]}); needs root")
+        mounted.append(where)
+        return where
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", "-l", str(where)], check=False)

@@ -10,7 +10,7 @@ import torch
 
 from pipeline.build.run import base_weights_entry
 from pipeline.build.config import load_config
-from zoo_schema.errors import ConfigError
+from zoo_schema.errors import ConfigError, StorageError
 from workers import weights as base_weights
 from workers.nets import load_base_supernet
 from workers.images import decode_images
@@ -74,12 +74,12 @@ def test_ofa_published_checkpoint_format_is_accepted(tmp_path):
 
 
 def test_pretrained_weights_are_written_whole_or_not_at_all(tmp_path):
-    from pipeline.commands.pretrain import write_file
+    from pipeline.commands.pretrain import write_weights
     out = tmp_path / "weights" / "base.safetensors"
-    write_file(str(out), b"first", None)
-    write_file(str(out), b"second", None)
+    write_weights(str(out), b"first", None)
+    write_weights(str(out), b"second", None)
     assert out.read_bytes() == b"second" and [p.name for p in out.parent.iterdir()] == ["base.safetensors"]
     (tmp_path / "dir.safetensors").mkdir()  # a directory where the file should go: refused, no temp left
-    with pytest.raises(ConfigError, match="cannot write .*dir.safetensors"):
-        write_file(str(tmp_path / "dir.safetensors"), b"x", None)
+    with pytest.raises(StorageError, match="dir.safetensors is a folder"):
+        write_weights(str(tmp_path / "dir.safetensors"), b"x", None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.safetensors", "weights"]

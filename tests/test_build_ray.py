@@ -44,7 +44,8 @@ def check_zoo(store, expected_jobs):
         assert hashlib.sha256(blob).hexdigest() == r.checkpoint_sha256
         model = load_checkpoint(store, r, manifest.width)
         xt, yt = load_tensors(store, r.dataset_id, "test", r.image_size)
-        assert evaluate(model, xt, yt) == pytest.approx(r.accuracy, abs=1e-9)
+        # recomputed on other threads: a near-tie image may flip in float32, nothing more
+        assert evaluate(model, xt, yt) == pytest.approx(r.accuracy, abs=1.01 / len(yt))
     return results
 
 

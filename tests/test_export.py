@@ -59,7 +59,8 @@ def test_load_network_is_ready_to_use(zoo):
     images, labels = load_split(z.store, row["dataset_id"], "test")
     predicted = net.predict(images)  # encoded images in, class names out
     accuracy = np.mean([p == dataset.class_names[y] for p, y in zip(predicted, labels)])
-    assert accuracy == pytest.approx(row["accuracy"], abs=1e-9)  # the row's test accuracy, recomputed
+    # the row's test accuracy, recomputed through another float32 path: a near-tie image may flip
+    assert accuracy == pytest.approx(row["accuracy"], abs=1.01 / len(labels))
     with pytest.raises(TansError, match="has no result"):
         tans.load_network(zoo, "no-such-job")
     with pytest.raises(StorageError, match="there is no zoo at"):

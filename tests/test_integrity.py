@@ -18,7 +18,8 @@ import pytest
 from pipeline.build.run import last_build_config, run_build
 from pipeline.cli import main
 from pipeline.build.config import load_config
-from zoo_schema.errors import ConfigError, DatasetError, StorageError
+from pipeline.build.lease import Lease
+from zoo_schema.errors import ConfigError, DatasetError, StorageError, ZooConflictError
 from zoo_schema.shards import load_split, read_datasets, read_dataset
 from zoo_schema.results import read_results, result_key, scan_results
 from zoo_schema.journal import record_failure
@@ -70,7 +71,7 @@ def test_copied_zoo_keeps_and_checks_its_own_checkpoints(built, tiny_datasets, t
     store = open_store(str(copy))
     results = read_results(store)
     assert all(r.checkpoint_uri.startswith("checkpoints/") for r in results)  # zoo-relative keys
-    report = verify_zoo(store, clean_orphans=True)
+    report = verify_zoo(store, clean_orphans=True, min_age_s=0)
     assert (report.problems, report.orphans) == ([], [])
     assert all((copy / r.checkpoint_uri).exists() for r in results)  # --clean-orphans deleted nothing
 
@@ -78,7 +79,7 @@ def test_copied_zoo_keeps_and_checks_its_own_checkpoints(built, tiny_datasets, t
     legacy = dataclasses.replace(results[0], checkpoint_uri=f"{built[0]}/{results[0].checkpoint_uri}")
     store.write_table(result_key(legacy), to_table([legacy]))
     store.delete("results_index/snapshot.parquet")
-    report = verify_zoo(store, clean_orphans=True)
+    report = verify_zoo(store, clean_orphans=True, min_age_s=0)
     assert (report.problems, report.orphans, report.legacy_checkpoint_refs) == ([], [], 1)
 
     # a flipped byte in the copy is found in the copy (the original is intact)
@@ -136,7 +137,7 @@ def test_ingestion_killed_midway_then_a_smaller_source_never_mixes_splits(tiny_d
     assert report.problems == [] and report.orphans  # the killed ingestion's shards: one, or two
     # when its train and test writers both finished one before the kill; never a live one
     assert {k.split("/")[2] for k in report.orphans} == {k.split("/")[2] for k in store.list("data")} - {record.write_id}
-    verify_zoo(store, clean_orphans=True)
+    verify_zoo(store, clean_orphans=True, min_age_s=0)
     assert (verify_zoo(store).orphans, len(store.list("data"))) == ([], 2)
 
 
@@ -220,7 +221,7 @@ def test_damaged_data_shard_is_found_and_repaired_by_ingesting_again(built, tmp_
     assert "ingested as" in capsys.readouterr().out
     again = read_dataset(store, record.dataset_id)
     assert again.content_sha256 == record.content_sha256  # same content: its results still count
-    assert verify_zoo(store, clean_orphans=True).problems == []
+    assert verify_zoo(store, clean_orphans=True, min_age_s=0).problems == []
     assert verify_zoo(store).orphans == []
 
     # a shard swapped for another dataset's passes the row count but not the sha256
@@ -232,21 +233,103 @@ def test_damaged_data_shard_is_found_and_repaired_by_ingesting_again(built, tmp_
     assert any(p.key.endswith(f"{again.dataset_id}.parquet") for p in problems)
 
 
+def test_a_row_naming_another_jobs_checkpoint_is_set_aside_alone(built, tmp_path):
+    copy = copy_of(built, tmp_path)
+    store = open_store(str(copy))
+    a, b = read_results(store)[:2]
+    thief = dataclasses.replace(a, checkpoint_uri=b.checkpoint_uri, checkpoint_sha256=b.checkpoint_sha256)
+    store.write_table(result_key(thief), to_table([thief]))
+    store.delete("results_index/snapshot.parquet")
+    report = verify_zoo(store)
+    assert [p.key for p in report.problems] == [result_key(a)]
+    assert "not its own job's" in report.problems[0].problem
+    assert store.exists(b.checkpoint_uri) and store.exists(result_key(b))  # the innocent job is untouched
+    again = verify_zoo(store, clean_orphans=True, min_age_s=0)
+    assert again.problems == [] and len(read_results(store)) == 2 and store.exists(b.checkpoint_uri)
+
+
+@pytest.mark.parametrize("ref", ["../../../../etc/passwd", "/etc/passwd", "s3://elsewhere/zoo/checkpoints/x/y"])
+def test_a_bad_key_in_a_row_is_reported_and_the_check_carries_on(built, tmp_path, ref, capsys):
+    copy = copy_of(built, tmp_path)
+    store = open_store(str(copy))
+    a, b, c = read_results(store)
+    bad = dataclasses.replace(a, checkpoint_uri=ref)
+    store.write_table(result_key(bad), to_table([bad]))
+    ckpt = copy / c.checkpoint_uri
+    ckpt.write_bytes(ckpt.read_bytes()[:-1])  # another row is damaged too: it is found as well
+    assert main(["verify", str(copy)]) == 1
+    out = capsys.readouterr().out
+    assert "3 results" in out and "not its own job's" in out and "checkpoint sha256 mismatch" in out
+    assert not store.exists(result_key(a)) and not store.exists(result_key(c)) and store.exists(result_key(b))
+    assert Path("/etc/passwd").exists()
+
+
+def test_verify_never_deletes_through_a_symlink_or_what_tans_did_not_write(built, tmp_path):
+    copy = copy_of(built, tmp_path)
+    store = open_store(str(copy))
+    elsewhere = tmp_path / "other-disk"
+    shutil.move(copy / "checkpoints", elsewhere)
+    (copy / "checkpoints").symlink_to(elsewhere)  # checkpoints on another disk
+    (elsewhere / "photos").mkdir()
+    (elsewhere / "photos" / "holiday.jpg").write_bytes(b"jpeg")
+    (elsewhere / "notes.txt").write_text("mine")
+    stray = elsewhere / ("a" * 24) / (("b" * 64) + ".safetensors")  # named like a checkpoint, unreferenced
+    stray.parent.mkdir()
+    stray.write_bytes(b"x")
+    (copy / "data" / "readme.md").write_text("a user's note inside the zoo")
+    report = verify_zoo(store, clean_orphans=True, min_age_s=0)
+    assert report.problems == [] and report.orphans == []
+    assert sorted(report.foreign) == ["checkpoints/notes.txt", "checkpoints/photos/holiday.jpg", "data/readme.md"]
+    assert report.outside == [f"checkpoints/{'a' * 24}/{'b' * 64}.safetensors"]
+    assert (elsewhere / "photos" / "holiday.jpg").exists() and (elsewhere / "notes.txt").exists() and stray.exists()
+    assert (copy / "data" / "readme.md").exists() and len(read_results(store)) == 3
+
+
+def test_a_damaged_datasets_test_shards_are_not_orphans_and_hints_are_absolute(built, tmp_path, capsys, monkeypatch):
+    copy = copy_of(built, tmp_path)
+    store = open_store(str(copy))
+    record = read_dataset(store, read_results(store)[0].dataset_id)
+    train = next(k for k in store.list("data") if f"/{record.write_id}/train/" in k)
+    test = [k for k in store.list("data") if f"/{record.write_id}/test/" in k]
+    store.delete(train)
+    report = verify_zoo(store, dry_run=True)
+    assert [p.key for p in report.problems] == [f"datasets/{record.dataset_id}.parquet"]
+    assert not set(test) & set(report.orphans)  # the record still names them
+    monkeypatch.chdir(tmp_path)
+    sources = tmp_path / "relative"
+    shutil.copytree(Path(record.source), sources / "mine")
+    assert main(["datasets", "add", "relative/mine", "--zoo", str(tmp_path / "fresh")]) == 0
+    (fresh,) = read_datasets(open_store(str(tmp_path / "fresh")))
+    assert fresh.source == str(sources / "mine")  # recorded absolute: the repair hint works from anywhere
+
+
+def test_export_and_report_replace_planted_links_and_refuse_a_file_as_out(built, tmp_path, capsys):
+    zoo = str(built[0])
+    job = read_results(open_store(zoo))[0].job_id
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    out, rep = tmp_path / "out", tmp_path / "rep"
+    out.mkdir()
+    rep.mkdir()
+    for planted in (out / ".config.json.tmp", out / "config.json", out / "model.safetensors",
+                    rep / "index.html", rep / "status.json"):
+        planted.symlink_to(victim)
+    assert main(["export", zoo, "--job", job, "--out", str(out)]) == 0
+    assert main(["report", zoo, "--out", str(rep)]) == 0
+    assert victim.read_text() == "precious"
+    for written in (out / "config.json", out / "model.safetensors", rep / "index.html", rep / "status.json"):
+        assert written.is_file() and not written.is_symlink()
+    capsys.readouterr()
+    (tmp_path / "afile").write_text("x")
+    for command in (["export", zoo, "--job", job], ["report", zoo]):
+        assert main([*command, "--out", str(tmp_path / "afile")]) == 3
+        assert "exists and is not a folder" in capsys.readouterr().err
+
+
 # -- faults and operations -----------------------------------------------------------------
 
-@pytest.fixture
-def small_disk(tmp_path):
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.decode().strip()}); needs root")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
-
-
-def test_full_disk_is_a_named_error_and_leaves_no_temp_files(small_disk):
-    store = open_store(str(small_disk / "zoo"))
+def test_full_disk_is_a_named_error_and_leaves_no_temp_files(tmpfs):
+    store = open_store(str(tmpfs(2) / "zoo"))
     store.write_bytes("journal/small.json", b"{}")
     with pytest.raises(StorageError, match="the disk is full; free space"):
         store.write_bytes("checkpoints/j/big.safetensors", os.urandom(3 << 20))
@@ -266,11 +349,16 @@ def test_temp_files_of_killed_writes_are_listed_and_cleaned(tmp_path):
     young = tmp_path / "zoo" / "datasets" / ".tmp-4567ef"
     young.write_bytes(b"being written")
     assert verify_zoo(store).temp_files == ["datasets/.tmp-0123abcd", "datasets/.tmp-4567ef"]
-    verify_zoo(store, clean_orphans=True)
+    verify_zoo(store, clean_orphans=True, min_age_s=0)
     assert not old.exists() and young.exists()  # a young one may be a write in progress
-    store.write_bytes(LEASE, b"{}")
-    with pytest.raises(Exception, match="holds the lease"):
-        verify_zoo(store, clean_orphans=True)
+    held = Lease(store, ttl=60, command="tans datasets add").acquire()  # a live writer: nothing is touched
+    with pytest.raises(ZooConflictError, match=r"held by .+ \(`tans datasets add`; .*pass --wait"):
+        verify_zoo(store, clean_orphans=True, min_age_s=0)
+    held.release()
+    store.write_bytes(LEASE, b"{}")  # nobody can tell whether a writer is live: nothing is touched
+    with pytest.raises(ZooConflictError, match="lease file .* is empty or corrupt"):
+        verify_zoo(store, clean_orphans=True, min_age_s=0)
+    assert young.exists()
 
 
 def test_sigterm_stops_a_build_cleanly(ray_cluster, tiny_datasets, tmp_path):

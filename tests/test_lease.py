@@ -42,7 +42,7 @@ def kill(proc):
 
 
 def test_live_holder_is_refused_and_killed_one_taken_over_at_once(zoo, holder):
-    with pytest.raises(ZooConflictError, match=rf"being built by .+:{holder.pid} \(last heartbeat \d+s ago\)"
+    with pytest.raises(ZooConflictError, match=rf"held by .+:{holder.pid} \(`tans build`; last heartbeat \d+s ago\)"
                        r".*tans lease break"):
         Lease(zoo, ttl=60).acquire()
     kill(holder)
@@ -57,7 +57,7 @@ def test_live_holder_is_refused_and_killed_one_taken_over_at_once(zoo, holder):
 def test_reused_pid_is_taken_over(zoo):
     """The recorded pid lives (it is ours) but started at another time: another process."""
     first = Lease(zoo, ttl=60).acquire()
-    with pytest.raises(ZooConflictError, match="being built by"):
+    with pytest.raises(ZooConflictError, match="held by"):
         Lease(zoo, ttl=60).acquire()
     lease = zoo.read_json(LEASE_KEY)
     lease["started"] += 1
@@ -74,7 +74,7 @@ def test_pid_of_another_host_proves_nothing(zoo, holder):
     kill(holder)
     lease = zoo.read_json(LEASE_KEY)
     zoo.write_json(LEASE_KEY, {**lease, "host": "elsewhere", "holder": f"elsewhere:{holder.pid}"})
-    with pytest.raises(ZooConflictError, match=r"being built by elsewhere:\d+ \(last heartbeat"):
+    with pytest.raises(ZooConflictError, match=r"held by elsewhere:\d+ \(`tans build`; last heartbeat"):
         Lease(zoo, ttl=60).acquire()
 
 
@@ -131,7 +131,7 @@ def test_future_heartbeat_that_keeps_changing_is_refused(zoo):
     thread = threading.Thread(target=beat)
     thread.start()
     try:
-        with pytest.raises(ZooConflictError, match=r"elsewhere:1 \(its clock is ~3600s ahead of ours; its "
+        with pytest.raises(ZooConflictError, match=r"elsewhere:1 \(`tans build`; its clock is ~3600s ahead of ours; its "
                            r"heartbeat changed while we watched\)"):
             Lease(zoo, ttl=60, log=lambda m: None).acquire()
     finally:

@@ -67,9 +67,9 @@ def assert_trained_once(store):
 def test_second_driver_is_refused_and_stale_lease_taken_over(tmp_path):
     store = open_store(str(tmp_path / "zoo"))
     first = Lease(store, ttl=60).acquire()
-    with pytest.raises(ZooConflictError, match=r"being built by .+:\d+ \(last heartbeat \d+s ago\)"):
+    with pytest.raises(ZooConflictError, match=r"held by .+:\d+ \(`tans build`; last heartbeat \d+s ago\)"):
         Lease(store, ttl=60).acquire()
-    with pytest.raises(ZooConflictError, match="being built by"):  # a whole build is refused too
+    with pytest.raises(ZooConflictError, match="held by"):  # a whole build is refused too
         run_build(load_config(None, {"zoo": store.uri, "max_jobs": 0}))
     stale = store.read_json(LEASE_KEY)
     stale["heartbeat"] -= 120
@@ -194,7 +194,7 @@ def test_orphan_checkpoints_are_listed_and_cleaned(tmp_path):
     store.write_bytes("checkpoints/deadbeef/00.safetensors", b"orphan")
     report = verify_zoo(store)
     assert report.orphans == ["checkpoints/deadbeef/00.safetensors"]
-    verify_zoo(store, clean_orphans=True)
+    verify_zoo(store, clean_orphans=True, min_age_s=0)
     assert not store.list("checkpoints")
     shutil.rmtree(tmp_path / "zoo")
 
@@ -227,7 +227,7 @@ def test_chaos_moved_zoo_killed_ingestion_and_retrain(ray_cluster, tiny_datasets
     report = verify_zoo(store)
     assert report.problems == [] and report.results_checked == 5
     assert sorted(k.split("/")[0] for k in report.orphans) == ["data", "retriever"]  # what the kills left
-    verify_zoo(store, clean_orphans=True)
+    verify_zoo(store, clean_orphans=True, min_age_s=0)
     assert verify_zoo(store).orphans == [] and versions(store) == [1]
     assert load_version(store).meta["results"] == 5
 

@@ -181,7 +181,8 @@ def test_search_reranks_with_evidence_from_the_query_images(built_zoo, tiny_data
     with torch.no_grad():
         feats = penultimate(net, torch.from_numpy(decode_images([images[i] for i in chosen], 32))).numpy()
     expected = SCORERS[rerank](feats, np.asarray([labels[i] for i in chosen]))
-    assert result.hits[0].rank_score == pytest.approx(expected, rel=1e-6)
+    # the same figure from two float32 feature paths (batched differently): equal to float32 rounding
+    assert result.hits[0].rank_score == pytest.approx(expected, rel=1e-4)
 
 
 def test_search_ranks_by_predicted_and_source_accuracy(built_zoo, tiny_datasets):

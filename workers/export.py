@@ -30,6 +30,7 @@ from zoo_schema.manifest import read_manifest
 from zoo_schema.records import DatasetRecord, ResultRecord
 from zoo_schema.results import find_result
 from zoo_schema.shards import read_dataset
+from zoo_schema.outfiles import output_folder, write_file
 from zoo_schema.store import ZooStore
 
 FORMAT = "tans-network/1"
@@ -124,11 +125,11 @@ class ExportReport:
 
 def export_network(store: ZooStore, job_id: str, out: str | Path) -> ExportReport:
     """Write a zoo network as model.safetensors, config.json, README.md and model.pt2 into
-    `out` (created; existing files of these names are replaced)."""
+    `out` (created; existing files of these names are replaced, each whole or not at all,
+    never written through a link: see `zoo_schema.outfiles`)."""
     net = load_network(store, job_id)
     config = net.config
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = output_folder(out)
     state = {k: v.detach().cpu().contiguous() for k, v in net.model.state_dict().items()}
     files = {
         "model.safetensors": save_safetensors(state, metadata=checkpoint_metadata(config)),
@@ -137,9 +138,7 @@ def export_network(store: ZooStore, job_id: str, out: str | Path) -> ExportRepor
         "model.pt2": exported_program(net.model, config.image_size),
     }
     for name, data in files.items():
-        temp = folder / f".{name}.tmp"
-        temp.write_bytes(data)
-        temp.replace(folder / name)  # each file whole or absent
+        write_file(folder, name, data)
     return ExportReport(str(folder), sorted(files), config)
 
 

@@ -18,6 +18,8 @@ sync`) and every reference still resolves against the zoo it is opened at.
 """
 from __future__ import annotations
 
+import re
+
 from zoo_schema.errors import StorageError
 from zoo_schema.store import ZooStore, check_key, open_store
 
@@ -31,6 +33,19 @@ FAILURES = "journal/failures"
 STARTS = "journal/starts"
 BUILDS = "journal/builds"
 QUARANTINE = "quarantine"
+
+
+# The objects `tans verify --clean-orphans` may delete when nothing references them: only
+# names tans itself writes. Anything else found in the zoo's folders is left alone.
+OWN_OBJECTS = re.compile(
+    r"checkpoints/[0-9a-f]{24}/[0-9a-f]{64}\.safetensors"
+    r"|data/[a-z0-9-]+/(?:[0-9a-f]{16}/)?(?:train|test)/part-\d{5}\.parquet"
+    r"|retriever/(?:files/[0-9a-f]+|v\d+)/(?:weights\.safetensors|models\.parquet)")
+
+
+def is_own_object(key: str) -> bool:
+    """Whether `key` has the name of a checkpoint, shard or retriever file tans writes."""
+    return OWN_OBJECTS.fullmatch(key) is not None
 
 
 def base_weights_key(sha256: str) -> str:

@@ -109,4 +109,7 @@ def reingest_command(store: ZooStore, record: DatasetRecord) -> str:
     """The command that ingests a dataset again from its recorded source."""
     seed = f" --split-seed {record.split_seed}" if record.split_seed else ""
     q = shlex.quote
-    return f"`tans datasets add {q(record.source)} --zoo {q(store.uri)} --name {q(record.name)}{seed}`"
+    command = f"`tans datasets add {q(record.source)} --zoo {q(store.uri)} --name {q(record.name)}{seed}`"
+    if "://" not in record.source and not record.source.startswith("/"):  # recorded before sources were absolute
+        command += " (from the folder the dataset was first added from: its recorded source path is relative)"
+    return command

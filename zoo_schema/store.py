@@ -13,6 +13,9 @@ Contract (checked for both backends by tests/test_store_contract.py):
   behind and raises a `StorageError` that names the cause;
 - `stray_temps()` lists what interrupted writes left behind (local temp files; S3 puts
   are whole or absent, so none there);
+- `age(key)` is the seconds since the object was last written;
+- `leaves_zoo(key)` is True when the key is reached through a link out of the zoo's root
+  (a local symlinked folder); nothing deletes such a key on the zoo's behalf;
 - errors of reachability and credentials are `StorageError`s that say what to check,
   and never carry the credentials themselves.
 """
@@ -86,6 +89,14 @@ class ZooStore:
         """(pyarrow filesystem, base path) for reading the zoo with pyarrow.dataset."""
         raise NotImplementedError
 
+    def age(self, key: str) -> float:
+        """Seconds since the object under `key` was written (FileNotFoundError if absent)."""
+        raise NotImplementedError
+
+    def leaves_zoo(self, key: str) -> bool:
+        """Whether `key` is reached through a link that leaves the zoo's root."""
+        return False
+
     def stray_temps(self) -> list[tuple[str, float]]:
         """(path, age in seconds) of temp files interrupted writes left behind."""
         return []
@@ -152,6 +163,8 @@ class LocalStore(ZooStore):
 
     def write_bytes(self, key: str, data: bytes, create_only: bool = False) -> bool:
         path = self._path(key)
+        if create_only and path.is_file():
+            return False  # no temp copy of what is there already (on a nearly full disk too)
         tmp = path.parent / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -185,6 +198,16 @@ class LocalStore(ZooStore):
         keys = [p.relative_to(self.root).as_posix() for p in base.rglob("*")
                 if p.is_file() and not p.name.startswith(TEMP_PREFIX)]
         return sorted(keys)
+
+    def age(self, key: str) -> float:
+        try:
+            return time.time() - self._path(key).lstat().st_mtime
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{key} is not in the zoo at {self.uri}") from None
+
+    def leaves_zoo(self, key: str) -> bool:
+        real = Path(os.path.realpath(self._path(key)))
+        return real != self.root and self.root not in real.parents
 
     def delete(self, key: str) -> None:
         try:
@@ -337,6 +360,11 @@ class S3Store(ZooStore):
                 keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
             return keys
         return sorted(self._call("list", prefix, pages))
+
+    def age(self, key: str) -> float:
+        full = self._full(key)
+        head = self._call("stat", key, lambda: self.client.head_object(Bucket=self.bucket, Key=full))
+        return time.time() - head["LastModified"].timestamp()
 
     def delete(self, key: str) -> None:
         full = self._full(key)

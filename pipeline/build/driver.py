@@ -7,6 +7,7 @@ journal), so stopping anywhere and running the build again continues it.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from pipeline.build.executor import Executor, Outcome
 from workers.job import JobSpec, job_spec
 from workers.ofa_space import arch_pool
 from zoo_schema.journal import read_failures, record_failure, write_journal
+from zoo_schema.errors import StorageError
 from zoo_schema.manifest import Manifest
 from zoo_schema.records import DatasetRecord, ResultRecord
 from zoo_schema.redact import redact_obj
@@ -51,10 +53,21 @@ class BuildSummary:
         return dict(self.__dict__)
 
 
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO}
+
+
+def storage_fault(error: BaseException | None) -> bool:
+    """Whether a job failed because the zoo's storage refused a write or was out of reach (a
+    full disk, no permission, a read-only or unreachable store), not because of the job."""
+    return isinstance(error, StorageError) or (isinstance(error, OSError) and error.errno in STORAGE_ERRNOS)
+
+
 class Driver:
     """Steps a build. A job that fails is retried (with the reason journaled) until it has
     failed `resources.max_attempts` times; then its pair is given up and counts against
-    the budget. `lease`, when given, is renewed between steps."""
+    the budget. A storage fault (`storage_fault`) is not the job's failure: it stops the
+    build with a StorageError and counts no attempt, so the pair stays trainable. `lease`,
+    when given, is renewed between steps."""
 
     def __init__(self, config: BuildConfig, store: ZooStore, manifest: Manifest, executor: Executor,
                  tracker=None, log=print, lease=None, progress=None):
@@ -127,6 +140,11 @@ class Driver:
                      f"({outcome.train_seconds:.1f}s train) | {self.executor.in_flight} in flight, "
                      f"{self.summary.failed} failed, mean HV {self.mean_hypervolume():.3f}{self._eta()}")
         else:
+            if storage_fault(done.error):  # not the job's fault: stop, and spend no attempt on it
+                raise StorageError(
+                    f"the build stops: a worker could not write job {spec.job_id} ({spec.dataset_id} {spec.arch}) "
+                    f"to the zoo: {str(done.error)[:500]}. No attempt was counted; once that is fixed, the same "
+                    f"command trains the job again and finishes the budget") from None
             failure = record_failure(self.store, spec.job_id, spec.dataset_id, spec.arch, done.error)
             self.failures.append(failure)
             attempts = self.state.failed_attempts()[spec.job_id]

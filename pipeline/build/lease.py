@@ -1,4 +1,10 @@
-"""One driver per zoo: a lease with a heartbeat, kept in the zoo itself.
+"""One writer per zoo: a lease with a heartbeat, kept in the zoo itself.
+
+Every command that writes to a zoo holds it while it writes: the build (and `resume`),
+`tans datasets add`, `tans retrain`, `tans finetune` and `tans verify` (unless --dry-run). A
+second such command is refused with the holder, what it runs and how to wait, or waits
+with `--wait`. Commands that only read (`status`, `search`, `report`, `export`,
+`pretrain-base`, `verify --dry-run`) take no lease.
 
 `journal/lease.json` names its holder ("host:pid", plus the host, pid, process start time
 and kernel boot + pid namespace of the driver), a random token, the TTL and the wall-clock
@@ -24,10 +30,12 @@ the lease is stale. The failure modes, and how each is told:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import socket
+import threading
 import time
 import uuid
 
@@ -112,7 +120,8 @@ def inspect(lease: dict) -> dict:
     age, ttl, gone = time.time() - lease["heartbeat"], lease["ttl"], _gone(lease)
     why = f"its clock is ~{-age:.0f}s ahead of ours" if age < -SKEW else f"last heartbeat {max(age, 0):.0f}s ago"
     stale = True if gone else None if age < -SKEW else age >= ttl
-    return {"holder": lease["holder"], "age_s": round(age, 1), "ttl_s": ttl, "stale": stale,
+    return {"holder": lease["holder"], "command": lease.get("command", "tans build"), "age_s": round(age, 1),
+            "ttl_s": ttl, "stale": stale,
             "why": f"{why}; {gone}" if gone else why}
 
 
@@ -154,53 +163,86 @@ def break_lease(store: ZooStore, force: bool = False, log=print) -> str:
         ("" if stale else " by --force")
 
 
+WAIT_POLL_S = 2.0  # how often a waiting command (`--wait`) looks at the lease again
+
+
 class Lease:
-    def __init__(self, store: ZooStore, ttl: float = 60.0, log=print):
+    """The zoo's one-writer lease, held by `command` (the build, `tans datasets add`, `tans
+    retrain`, `tans finetune`, `tans verify`); see the module docstring."""
+
+    def __init__(self, store: ZooStore, ttl: float = 60.0, log=print, command: str = "tans build"):
         if not 0 < ttl < math.inf:
             raise ConfigError(f"a lease's ttl must be a positive number of seconds, not {ttl!r}")
-        self.store, self.ttl, self.log = store, float(ttl), log
+        self.store, self.ttl, self.log, self.command = store, float(ttl), log, command
         self.token = uuid.uuid4().hex
         pid, host = os.getpid(), socket.gethostname()
         self.holder = f"{host}:{pid}"
         stat = _proc_stat(pid)
-        self._me = {"holder": self.holder, "host": host, "pid": pid, "machine": _machine(),
+        self._me = {"holder": self.holder, "host": host, "pid": pid, "machine": _machine(), "command": command,
                     "started": int(stat[19]) if stat else None, "token": self.token, "ttl": self.ttl}
         self._last = 0.0
+        self._beating: threading.Event | None = None
+        self._lock = threading.Lock()  # a background renewal never writes after `release`
 
     def _payload(self) -> dict:
         return {**self._me, "heartbeat": time.time()}
 
-    def acquire(self) -> "Lease":
-        """Take the zoo's lease, or raise ZooConflictError naming its live holder. Waits up to
-        one TTL when the holder's clock is ahead of ours (see the module docstring)."""
-        current = read_lease(self.store)
-        if current is None and not self.store.write_json(LEASE_KEY, self._payload(), create_only=True):
-            current = read_lease(self.store)  # another driver was faster
-        if current is not None and current["token"] != self.token:
-            info = inspect(current)
-            stale, why = (info["stale"], info["why"]) if info["stale"] is not None else \
-                watch(self.store, current, self.log)
-            if not stale:
-                ttl, age = current["ttl"], info["age_s"]
-                when = f"in {max(0, ttl - age):.0f}s" if age >= -SKEW else \
-                    f"once its heartbeat stays unchanged for {ttl:.0f}s"
-                raise ZooConflictError(
-                    f"the zoo at {self.store.uri} is being built by {current['holder']} ({why}); one "
-                    f"driver per zoo. Wait for that build to finish, or, if its driver is dead, run the "
-                    f"command again after its lease goes stale ({when}) or remove the lease with "
-                    f"`tans lease break {self.store.uri}`")
-            self.log(f"taking over the stale lease of {current['holder']} ({why})")
-            self.store.write_json(LEASE_KEY, self._payload())
+    def acquire(self, wait: bool = False) -> "Lease":
+        """Take the zoo's lease, or raise ZooConflictError naming its live holder and what it
+        runs; with `wait`, wait until that holder releases it (or its lease goes stale) and
+        say once whom we wait for. Waits up to one TTL when the holder's clock is ahead of
+        ours (see the module docstring)."""
+        waiting_for = None
+        while True:
+            try:
+                self._take()
+                break
+            except _Held as held:
+                if not wait:
+                    raise ZooConflictError(str(held)) from None
+                if held.who != waiting_for:
+                    waiting_for = held.who
+                    self.log(f"waiting for {held.who} to release the zoo at {self.store.uri} "
+                             f"(`tans lease show {self.store.uri}`)")
+                time.sleep(WAIT_POLL_S)
+        if waiting_for:
+            self.log(f"the zoo at {self.store.uri} is ours now (waited for {waiting_for})")
         self._verify()
         self._last = time.monotonic()
         return self
+
+    def _take(self) -> None:
+        current = read_lease(self.store)
+        if current is None and not self.store.write_json(LEASE_KEY, self._payload(), create_only=True):
+            current = read_lease(self.store)  # another writer was faster
+        if current is None or current["token"] == self.token:
+            return
+        info = inspect(current)
+        stale, why = (info["stale"], info["why"]) if info["stale"] is not None else \
+            watch(self.store, current, self.log)
+        if not stale:
+            ttl, age = current["ttl"], info["age_s"]
+            when = f"in {max(0, ttl - age):.0f}s" if age >= -SKEW else \
+                f"once its heartbeat stays unchanged for {ttl:.0f}s"
+            who = f"{current['holder']} (`{current.get('command', 'tans build')}`)"
+            raise _Held(who, (
+                f"the zoo at {self.store.uri} is held by {current['holder']} (`{current.get('command', 'tans build')}`; "
+                f"{why}); one writer per zoo. Wait for it to finish (pass --wait to wait), or, if it is dead, "
+                f"run the command again after its lease goes stale ({when}) or remove the lease with "
+                f"`tans lease break {self.store.uri}`"))
+        self.log(f"taking over the stale lease of {current['holder']} ({why})")
+        self.store.write_json(LEASE_KEY, self._payload())
 
     def _verify(self) -> None:
         current = read_lease(self.store)
         if current is None or current["token"] != self.token:
             holder = current["holder"] if current else "nobody"
-            raise ZooConflictError(f"lost the lease on {self.store.uri} to {holder}; this driver stops. "
-                                   "Run the command again once that build is done")
+            raise ZooConflictError(f"lost the lease on {self.store.uri} to {holder}; `{self.command}` stops. "
+                                   "Run the command again once that one is done")
+
+    def check(self) -> None:
+        """Raise ZooConflictError unless we still hold the lease (call it before a commit)."""
+        self._verify()
 
     def heartbeat(self, force: bool = False) -> None:
         """Renew the lease once a third of its TTL has passed (check it now when forced);
@@ -213,6 +255,44 @@ class Lease:
                 self._last = time.monotonic()
 
     def release(self) -> None:
-        current = read_lease(self.store)
-        if current is not None and current["token"] == self.token:
-            self.store.delete(LEASE_KEY)
+        if self._beating is not None:
+            self._beating.set()
+        with self._lock:
+            current = read_lease(self.store)
+            if current is not None and current["token"] == self.token:
+                self.store.delete(LEASE_KEY)
+
+    def beat_in_background(self) -> "Lease":
+        """Renew the lease from a daemon thread until `release` (for commands without a loop of
+        their own). A lost lease stops the renewals; `check()` before a commit then raises."""
+        self._beating = stop = threading.Event()
+
+        def beat():
+            while not stop.wait(max(self.ttl / 3, MIN_BEAT)):
+                try:
+                    with self._lock:
+                        if not stop.is_set():
+                            self.heartbeat(force=True)
+                except Exception as e:  # noqa: BLE001 - lost or unreachable: check() tells the command
+                    self.log(f"could not renew the lease on {self.store.uri}: {e}")
+                    return
+        threading.Thread(target=beat, daemon=True, name="tans-lease").start()
+        return self
+
+
+class _Held(Exception):
+    """The lease is held by a live writer (internal: `acquire` turns it into ZooConflictError)."""
+
+    def __init__(self, who: str, message: str):
+        super().__init__(message)
+        self.who = who
+
+
+@contextlib.contextmanager
+def holding(store: ZooStore, command: str, wait: bool = False, ttl: float = 60.0, log=print):
+    """Hold the zoo's lease for a command that writes to the zoo, renewed in the background."""
+    lease = Lease(store, ttl=ttl, log=log, command=command).acquire(wait).beat_in_background()
+    try:
+        yield lease
+    finally:
+        lease.release()

@@ -66,7 +66,8 @@ def base_weights_entry(store: ZooStore, config: BuildConfig) -> BaseWeights:
     blob = st_save({k: v.contiguous() for k, v in state.items()})
     sha = hashlib.sha256(blob).hexdigest()
     key = layout.base_weights_key(sha)
-    store.write_bytes(key, blob, create_only=True)
+    if not store.exists(key):  # content-addressed: what is there has this sha256 (`tans verify` checks it)
+        store.write_bytes(key, blob, create_only=True)
     return BaseWeights("file", f"sha256:{sha[:16]}", key=key, sha256=sha)
 
 
@@ -84,7 +85,8 @@ def ingest_all(store: ZooStore, config: BuildConfig, log=print) -> None:
         for source in dataset_sources(root, config.s3):
             report = ingest(store, source, name=dataset_name(config, source), settings=config.ingest, s3=config.s3)
             state = "already in the zoo" if report.already_present else f"{report.images} images"
-            skipped = f", {len(report.skipped)} files skipped" if report.skipped else ""
+            dupes = f" ({report.duplicates} duplicate images)" if report.duplicates else ""
+            skipped = f", {len(report.skipped)} files skipped{dupes}" if report.skipped else ""
             log(f"dataset {report.name}: {state}{skipped} -> {', '.join(report.dataset_ids)}")
 
 
@@ -147,7 +149,7 @@ def dataset_name(config: BuildConfig, source: str) -> str:
 
 
 def run_build(config: BuildConfig, log=print, ray_num_cpus: int | None = None, tracking: bool = True,
-              progress=None) -> BuildSummary:
+              progress=None, wait: bool = False, command: str = "tans build") -> BuildSummary:
     """Build (or continue building) the zoo of `config`; one driver per zoo (a lease).
     `progress` (pipeline.build.progress.Progress) shows the live status line on a terminal.
 
@@ -155,7 +157,7 @@ def run_build(config: BuildConfig, log=print, ray_num_cpus: int | None = None, t
     is released and the MLflow run ends FINISHED, FAILED (an error) or KILLED (a signal)."""
     validate_build(config)
     store = open_store(config.zoo, config.s3)
-    lease = Lease(store, ttl=config.lease_seconds, log=log).acquire()
+    lease = Lease(store, ttl=config.lease_seconds, log=log, command=command).acquire(wait)
     tracker = executor = None
     try:
         executor, manifest = make_executor(config, store, log, ray_num_cpus)

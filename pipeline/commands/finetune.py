@@ -11,6 +11,7 @@ from dataclasses import replace
 
 from pipeline.build.config import BuildConfig
 from pipeline.build.executor import RayExecutor, start_ray
+from pipeline.build.lease import holding
 from pipeline.build.tracking import Tracker
 from pipeline.datasets.ingest import ingest
 from workers.job import job_spec
@@ -22,8 +23,15 @@ from zoo_schema.shards import read_datasets
 from zoo_schema.store import open_store
 
 
-def run_finetune(config: BuildConfig, job_id: str, source: str, log=print) -> ResultRecord:
+def run_finetune(config: BuildConfig, job_id: str, source: str, log=print, wait: bool = False) -> ResultRecord:
+    """Ingest `source`, fine-tune job `job_id` on it and commit the result, holding the zoo's
+    lease throughout (with `wait`, after the command that holds it is done)."""
     store = open_store(config.zoo, config.s3)
+    with holding(store, "tans finetune", wait=wait, log=log):
+        return _finetune(store, config, job_id, source, log)
+
+
+def _finetune(store, config: BuildConfig, job_id: str, source: str, log) -> ResultRecord:
     manifest = read_manifest(store)
     if manifest is None:
         raise TansError(f"{config.zoo} is not a tans zoo (no manifest.json)")

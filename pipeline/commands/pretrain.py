@@ -18,7 +18,6 @@ state_dict is written as one safetensors file (local or s3://). That file is bot
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -30,8 +29,9 @@ from workers.images import decode_images
 from workers.nets import load_base_supernet
 from workers.ofa_space import DEPTHS, EXPANDS, KERNELS, build_supernet, sample_arch
 from workers.training import evaluate, recalibrate_bn
-from zoo_schema.errors import ConfigError, DatasetError
+from zoo_schema.errors import ConfigError, DatasetError, StorageError
 from zoo_schema.manifest import read_manifest
+from zoo_schema.outfiles import output_folder, write_file
 from zoo_schema.shards import load_split, read_datasets
 from zoo_schema.store import S3Settings, ZooStore, source_filesystem
 
@@ -109,6 +109,8 @@ def pretrain_base(store: ZooStore, out: str, settings: PretrainSettings = Pretra
 
     if settings.steps < 1 or settings.batch_size < 2:
         raise ConfigError("pretrain-base needs --steps >= 1 and --batch-size >= 2")
+    if not out.startswith("s3://"):
+        local_out(out)  # a bad --out fails now, not after the training
     x, y, dataset_ids = union_data(store, "train", settings.image_size, settings.max_images_per_dataset, settings.seed)
     xt, yt, _ = union_data(store, "test", settings.image_size, settings.max_images_per_dataset, settings.seed)
     supernet, start = start_supernet(store, settings)
@@ -156,13 +158,13 @@ def pretrain_base(store: ZooStore, out: str, settings: PretrainSettings = Pretra
                "settings": asdict(settings)}
     state = {k: v.detach().contiguous() for k, v in supernet.state_dict().items()}
     blob = save(state, metadata={"tans": json.dumps(summary)})
-    write_file(out, blob, s3)
+    write_weights(out, blob, s3)
     log(f"pretrained supernet written to {out}: test accuracy {accuracy['largest']:.3f} (largest), "
         f"{accuracy['smallest']:.3f} (smallest) over {summary['classes']} classes in {seconds:.0f}s")
     return summary
 
 
-def write_file(uri: str, blob: bytes, s3: S3Settings | None) -> None:
+def write_weights(uri: str, blob: bytes, s3: S3Settings | None) -> None:
     """Write the weights whole or not at all: on S3 an upload becomes visible only when it
     completes; a local file is written next to its place, flushed, then renamed over it."""
     if uri.startswith("s3://"):
@@ -173,15 +175,13 @@ def write_file(uri: str, blob: bytes, s3: S3Settings | None) -> None:
         except OSError as e:
             raise ConfigError(f"cannot write {uri}: {e}") from None
         return
+    folder, name = local_out(uri)
+    write_file(folder, name, blob)
+
+
+def local_out(uri: str) -> tuple[Path, str]:
+    """(folder, name) of a local --out file, checked before the training starts."""
     target = Path(uri.removeprefix("file://")).expanduser()
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as fh:
-            fh.write(blob)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise ConfigError(f"cannot write {uri}: {e.strerror or e}; check the path and the free space") from None
+    if target.is_dir() or not target.name:
+        raise StorageError(f"--out {uri} is a folder; pass the path of the .safetensors file to write")
+    return output_folder(target.parent), target.name

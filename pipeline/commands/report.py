@@ -38,6 +38,7 @@ from retriever.train import load_version, versions
 from zoo_schema.manifest import read_manifest
 from zoo_schema.records import ResultRecord
 from zoo_schema.results import read_state
+from zoo_schema.outfiles import output_folder, write_file
 from zoo_schema.store import ZooStore
 
 DPI = 120                 # PNG resolution; the page shows each PNG at its natural pixel size
@@ -451,9 +452,23 @@ class Figure:
 
 
 def write_report(store: ZooStore, out: str, log=print) -> Path:
+    """Render the report in a private temp folder, then publish each file into `out` whole,
+    never through a link planted there (`zoo_schema.outfiles`); returns its index.html."""
+    target = output_folder(out)
+    with tempfile.TemporaryDirectory(prefix="tans-report-") as tmp:
+        plots = render_report(store, Path(tmp))
+        for path in sorted(Path(tmp).rglob("*")):
+            if path.is_file():
+                rel = path.relative_to(tmp)
+                write_file(output_folder(target / rel.parent), rel.name, path.read_bytes())
+    log(f"report written to {target / 'index.html'} ({plots} plots)")
+    return target / "index.html"
+
+
+def render_report(store: ZooStore, folder: Path) -> int:
+    """Write the report's page, status and figures into `folder` (a fresh one); returns the plots."""
     store = ReadOnlyStore(store)
     state = read_state(store)
-    folder = Path(out)
     (folder / "pareto").mkdir(parents=True, exist_ok=True)
     hv = hypervolumes(store, state)
     status = zoo_status(store, state, hv)
@@ -488,8 +503,7 @@ def write_report(store: ZooStore, out: str, log=print) -> Path:
                 fronts.append((v, Figure(f"Pareto front of {v.dataset_id}", name, "", areas)))
     (folder / "index.html").write_text(page(status, views, figures, fronts, retriever, folder, colours))
     (folder / "status.json").write_text(json.dumps(status.as_dict(), indent=1))
-    log(f"report written to {folder / 'index.html'} ({len(figures) + len(fronts)} plots)")
-    return folder / "index.html"
+    return len(figures) + len(fronts)
 
 
 def _img(fig: Figure, folder: Path, name: str) -> str:
@@ -607,5 +621,5 @@ window.addEventListener("load", function () {{
 def log_report(store: ZooStore, tracking_uri: str, run_id: str) -> None:
     """Write the report to a temporary folder and log it as the run's `report/` artifacts."""
     with tempfile.TemporaryDirectory() as tmp:
-        write_report(store, tmp, log=lambda *_: None)
+        render_report(store, Path(tmp))
         MlflowClient(tracking_uri=tracking_uri).log_artifacts(run_id, tmp, "report")

@@ -16,10 +16,19 @@ damaged dataset record is quarantined too, so `tans datasets add` (the command i
 message) ingests it again; a damaged retriever version is quarantined and `tans retrain`
 builds a new one. `--dry-run` only reports.
 
+A row is checked before anything it names is touched: a row whose checkpoint reference is
+not its own job's `checkpoints/<job_id>/<sha256>.safetensors` (another job's checkpoint, a
+path out of the zoo) is set aside by itself, and the object it names is left alone. A bad
+key is a problem of the record that holds it; the check carries on through the whole zoo.
+
 Orphans are objects that nothing references: checkpoints of jobs without a result, data of
 interrupted or replaced ingestions, files of interrupted retriever versions, and temp
-files older than ten minutes. `--clean-orphans` deletes exactly the listed orphans, and
-refuses while a build holds the zoo's lease (it may be about to commit one of them).
+files older than ten minutes. Only names tans writes count as orphans (`layout.OWN_OBJECTS`);
+other files in the zoo's folders are listed as foreign and never deleted, and so are files
+reached through a symlink out of the zoo. Unless --dry-run, verify holds the zoo's lease
+(`pipeline.build.lease`), so it never runs while a build, an ingestion, a retraining or a
+fine-tune writes; `--clean-orphans` also keeps orphans younger than the writers' time limit
+(WRITER_TIME_LIMIT_S), in case a writer that lost its lease is about to commit one.
 """
 from __future__ import annotations
 
@@ -31,7 +40,9 @@ from dataclasses import asdict, dataclass, field
 import pyarrow.parquet as pq
 
 from zoo_schema import layout
-from zoo_schema.errors import ZooConflictError
+from pipeline.build.lease import holding
+from zoo_schema.errors import StorageError
+from zoo_schema.manifest import read_manifest
 from zoo_schema.records import DatasetRecord, from_table
 from zoo_schema.results import CORRUPT, check_result, quarantine, read_result
 from zoo_schema.shards import reingest_command, shard_keys, shards_digest
@@ -39,6 +50,9 @@ from zoo_schema.store import ZooStore
 
 log = logging.getLogger("tans.verify")
 TEMP_MIN_AGE_S = 600.0  # a temp file younger than this may belong to a write in progress
+# An orphan younger than this is kept by --clean-orphans even while we hold the lease: a
+# writer that lost its lease (hung past its TTL) or wrote without one may still commit it.
+WRITER_TIME_LIMIT_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -58,6 +72,9 @@ class VerifyReport:
     legacy_checkpoint_refs: int = 0       # rows of schema 1 holding an absolute checkpoint URI
     problems: list[Problem] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
+    young: list[str] = field(default_factory=list)     # orphans kept: younger than min_age_s
+    foreign: list[str] = field(default_factory=list)   # unreferenced files tans never writes: left alone
+    outside: list[str] = field(default_factory=list)   # unreferenced, reached through a link out of the zoo
     temp_files: list[str] = field(default_factory=list)
     quarantined: bool = False
     orphans_deleted: bool = False
@@ -66,8 +83,18 @@ class VerifyReport:
         return asdict(self)
 
 
-def verify_zoo(store: ZooStore, clean_orphans: bool = False, dry_run: bool = False) -> VerifyReport:
-    report = VerifyReport(zoo=store.uri, quarantined=not dry_run)
+def verify_zoo(store: ZooStore, clean_orphans: bool = False, dry_run: bool = False, wait: bool = False,
+               min_age_s: float = WRITER_TIME_LIMIT_S, log=print) -> VerifyReport:
+    """Check the whole zoo (see the module docstring). Unless `dry_run`, holds the zoo's lease
+    while it works (with `wait`, waits for the writer holding it), so no live writer's objects
+    are quarantined or deleted; `min_age_s` keeps younger orphans all the same."""
+    if dry_run:
+        return _verify(store, VerifyReport(zoo=store.uri, quarantined=False), False, min_age_s)
+    with holding(store, "tans verify" + (" --clean-orphans" if clean_orphans else ""), wait=wait, log=log):
+        return _verify(store, VerifyReport(zoo=store.uri, quarantined=True), clean_orphans, min_age_s)
+
+
+def _verify(store: ZooStore, report: VerifyReport, clean_orphans: bool, min_age_s: float) -> VerifyReport:
     damaged: list[tuple[str, str]] = []  # (key, reason) to quarantine
     build_again = f"a later build re-trains the job (`tans resume {store.uri}`)"
 
@@ -85,20 +112,27 @@ def verify_zoo(store: ZooStore, clean_orphans: bool = False, dry_run: bool = Fal
         except CORRUPT as e:
             problem(key, f"unreadable result file ({type(e).__name__})", build_again, aside=(key,))
             continue
-        wrong = check_result(key, record)
+        wrong = check_result(key, record) or _foreign_checkpoint(record)
         if wrong:
-            problem(key, f"result file {wrong}", build_again, aside=(key,))
+            problem(key, f"result file {wrong}", build_again, record.job_id, aside=(key,))
             continue
         jobs_with_results.add(record.job_id)
         if not layout.is_relative_ref(record.checkpoint_uri):
             report.legacy_checkpoint_refs += 1
-        holder, ckpt = layout.checkpoint_location(store, record.checkpoint_uri)
-        if holder is store:
-            referenced.add(ckpt)
         try:
+            holder, ckpt = layout.checkpoint_location(store, record.checkpoint_uri)
+            if holder is store and (wrong := _foreign_checkpoint(record, holder, ckpt)):
+                problem(key, f"result file {wrong}", build_again, record.job_id, aside=(key,))
+                continue
+            if holder is store:
+                referenced.add(ckpt)
             digest = hashlib.sha256(holder.read_bytes(ckpt)).hexdigest()
         except FileNotFoundError:
             digest = None
+        except StorageError as e:  # a replayed row's source zoo out of reach: nothing is set aside
+            problem(key, f"cannot read its checkpoint: {e}", "check that its zoo is reachable, then verify again",
+                    record.job_id)
+            continue
         if digest != record.checkpoint_sha256:
             text = "checkpoint missing" if digest is None else "checkpoint sha256 mismatch"
             aside = (key, ckpt) if digest is not None and holder is store else (key,)
@@ -110,13 +144,26 @@ def verify_zoo(store: ZooStore, clean_orphans: bool = False, dry_run: bool = Fal
         report.datasets_checked += 1
         try:
             (record,) = from_table(DatasetRecord, store.read_table(key))
-        except CORRUPT as e:
-            problem(key, f"unreadable dataset record ({type(e).__name__})",
+            text = _check_dataset(store, record, data_in_use)
+        except (*CORRUPT, StorageError) as e:
+            problem(key, f"unreadable dataset record ({type(e).__name__}: {str(e)[:200]})",
                     "ingest the dataset again with `tans datasets add SOURCE --zoo ZOO`", aside=(key,))
             continue
-        text = _check_dataset(store, record, data_in_use)
         if text:
             problem(key, text, f"ingest it again: {reingest_command(store, record)}", aside=(key,))
+
+    # -- the base weights the manifest names (written once, content-addressed)
+    manifest = read_manifest(store)
+    base = manifest.base_weights if manifest is not None else None
+    if base is not None and base.key:
+        try:
+            intact = hashlib.sha256(store.read_bytes(base.key)).hexdigest() == base.sha256
+        except FileNotFoundError:
+            intact = None
+        if not intact:
+            problem(base.key, "base weights missing" if intact is None else "base weights sha256 mismatch",
+                    f"the next build copies them again from arch.base_weights (`tans resume {store.uri}`)",
+                    aside=(base.key,) if intact is False else ())
 
     # -- retriever versions
     retriever_in_use: set[str] = set()
@@ -126,29 +173,49 @@ def verify_zoo(store: ZooStore, clean_orphans: bool = False, dry_run: bool = Fal
         if text:
             problem(key, text, f"train a new version with `tans retrain {store.uri}`", aside=(key,))
 
-    # -- orphans and temp files
-    report.orphans = sorted(
+    # -- orphans, foreign files and temp files
+    unreferenced = sorted(
         [k for k in store.list("checkpoints") if k not in referenced and k.split("/")[1] not in jobs_with_results]
         + [k for k in store.list("data") if k not in data_in_use]
         + [k for k in store.list("retriever") if k not in retriever_in_use and not _is_meta(k)])
+    for k in unreferenced:
+        if not layout.is_own_object(k):
+            report.foreign.append(k)
+        elif store.leaves_zoo(k):
+            report.outside.append(k)
+        else:
+            report.orphans.append(k)
     temps = store.stray_temps()
     report.temp_files = [p for p, _ in temps]
-    if not dry_run:
+    if report.quarantined:
         for key, reason in damaged:
             quarantine(store, key, reason)
-    if clean_orphans and not dry_run:
-        if store.exists(layout.LEASE):
-            raise ZooConflictError(
-                f"a build holds the lease of {store.uri} ({layout.LEASE}) and may be about to commit "
-                "one of these objects; nothing was deleted. Run --clean-orphans when no build runs "
-                f"(`tans lease show {store.uri}`)")
+    if clean_orphans:
         for k in report.orphans:
-            store.delete(k)
+            if store.age(k) < min_age_s:
+                report.young.append(k)
+            else:
+                store.delete(k)
         for path, age in temps:
             if age >= TEMP_MIN_AGE_S:
                 store.delete_stray_temp(path)
         report.orphans_deleted = True
     return report
+
+
+def _foreign_checkpoint(record, holder=None, key: str = "") -> str | None:
+    """Why a row's checkpoint reference is not its own job's checkpoint (None when it is):
+    such a row is set aside by itself, and the object it names is never touched. In this
+    zoo a row's checkpoint is `checkpoints/<its job_id>/<its sha256>.safetensors`; a replayed
+    row may name the checkpoint of the source zoo's job, with the same sha256."""
+    own = layout.checkpoint_key(record.job_id, record.checkpoint_sha256)
+    ref = record.checkpoint_uri
+    if layout.is_relative_ref(ref) or holder is not None:
+        wrong = (key or ref) != own
+    else:
+        tail = "checkpoints/" + ref.partition("/checkpoints/")[2]
+        wrong = layout.OWN_OBJECTS.fullmatch(tail) is None or not tail.endswith(f"/{record.checkpoint_sha256}.safetensors")
+    return f"names a checkpoint that is not its own job's ({ref[:200]!r}; expected {own})" if wrong else None
 
 
 def _is_meta(key: str) -> bool:
@@ -157,13 +224,15 @@ def _is_meta(key: str) -> bool:
 
 
 def _check_dataset(store: ZooStore, record: DatasetRecord, in_use: set[str]) -> str | None:
-    """Why a dataset's shards do not match its record (None when they do)."""
+    """Why a dataset's shards do not match its record (None when they do). Every shard the
+    record names is in use, damaged or not, while the record exists."""
+    keys = {split: shard_keys(store, record, split) for split in ("train", "test")}
+    for split_keys in keys.values():
+        in_use.update(split_keys)
     shards = []
     for split, expected in (("train", record.num_train), ("test", record.num_test)):
-        keys = shard_keys(store, record, split)
-        in_use.update(keys)
         rows = 0
-        for k in keys:
+        for k in keys[split]:
             try:
                 data = store.read_bytes(k)
                 rows += _rows(data)
@@ -186,7 +255,7 @@ def _check_version(store: ZooStore, meta_key: str, in_use: set[str]) -> str | No
     try:
         meta = store.read_json(meta_key)
         files = layout.retriever_files(meta_key, meta)
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, StorageError) as e:
         return f"unreadable retriever meta ({type(e).__name__})"
     in_use.update(f["key"] for f in files.values())
     for name, f in files.items():

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import random
 import re
 import tempfile
@@ -40,8 +41,13 @@ class IngestReport:
     name: str
     dataset_ids: list[str]
     images: int
-    skipped: list[tuple[str, str]]  # (file, reason)
+    skipped: list[tuple[str, str]]  # (file, reason), duplicates included
     already_present: bool
+
+    @property
+    def duplicates(self) -> int:
+        """Images dropped as byte-identical copies of an earlier image."""
+        return sum(reason.startswith(DUPLICATE) for _, reason in self.skipped)
 
 
 def slug(name: str) -> str:
@@ -60,6 +66,8 @@ def slug(name: str) -> str:
 
 
 # -- validation ---------------------------------------------------------------------------
+
+DUPLICATE = "duplicate image, dropped: the same bytes as"  # how a dropped copy is listed in `skipped`
 
 def check_classes(name: str, counts: dict[str, int], skipped: int, settings: IngestSettings) -> None:
     """Refuse a dataset whose readable images do not make a classification dataset."""
@@ -86,15 +94,27 @@ def check_classes(name: str, counts: dict[str, int], skipped: int, settings: Ing
 def validate(name: str, source: Source, settings: IngestSettings, spool_dir: str,
              processes: int | None = None, on_class=None) -> tuple[dict[str, list[Stored]], list[tuple[str, str]]]:
     """Decode everything into the spool; return ({class: [Stored]}, skipped) or raise DatasetError.
-    `on_class(class, [Stored])` is called whenever the source moves on from a class."""
+    `on_class(class, [Stored])` is called whenever the source moves on from a class.
+
+    An image whose stored bytes are identical to an earlier one's (in the source's order) is
+    dropped and listed as skipped with DUPLICATE: two copies could land on both sides of
+    the train/test split and inflate every accuracy measured on the dataset."""
     by_class: dict[str, list[Stored]] = {}
     skipped = []
     current = None
+    first_of: dict[str, tuple[str, str]] = {}  # sha256 -> (file name, class) of its first copy
     for f, s, why in decode_source(source, settings, spool_dir, processes):
         if on_class and f.cls != current:
             if current is not None:
                 on_class(current, by_class.get(current, []))
             current = f.cls
+        if s is not None and s.sha256 in first_of:
+            name_, cls_ = first_of[s.sha256]
+            other = "" if cls_ == f.cls else f" of class {cls_!r}"
+            skipped.append((f.name, f"{DUPLICATE} {name_}{other}"))
+            continue
+        if s is not None:
+            first_of[s.sha256] = (f.name, f.cls)
         if s is None:
             skipped.append((f.name, why))
         else:
@@ -152,6 +172,12 @@ def content_hash(by_class: dict[str, list[Stored]], classes: list[str]) -> str:
 
 
 # -- writing to the zoo -------------------------------------------------------------------
+
+def absolute(source: str) -> str:
+    """A source as its record keeps it: local paths made absolute, so that repair hints work
+    from any folder."""
+    return source if "://" in source else os.path.abspath(source)
+
 
 def ingest(store: ZooStore, source: str, name: str | None = None,
            settings: IngestSettings = IngestSettings(), s3: S3Settings | None = None) -> IngestReport:
@@ -316,7 +342,7 @@ def _write_parts(store, source, name, base_id, by_class, skipped, settings, read
                 raise
         record = DatasetRecord(
             dataset_id=dataset_id, name=name, num_classes=len(classes), class_names=classes,
-            num_train=num_train, num_test=num_test, source=source, content_sha256=digest,
+            num_train=num_train, num_test=num_test, source=absolute(source), content_sha256=digest,
             split_seed=settings.split_seed, skipped_files=len(skipped),
             created_at=datetime.now(timezone.utc).isoformat(), write_id=write_id,
             data_sha256=shards_digest(shards))

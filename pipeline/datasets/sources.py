@@ -7,6 +7,7 @@ import os
 import stat
 from dataclasses import dataclass
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -47,18 +48,25 @@ class Source:
         reads each row group once and holds one at a time."""
         (first, images) = self._group
         if first is None or not first <= row < first + len(images):
-            with self.fs.open_input_file(self._parquet_path) as fh:
-                pf = pq.ParquetFile(fh)
-                first = 0
-                for g in range(pf.num_row_groups):
-                    n = pf.metadata.row_group(g).num_rows
-                    if row < first + n:
-                        images = pf.read_row_group(g, columns=["image"]).column("image").to_pylist()
-                        break
-                    first += n
+            try:
+                first, images = self._row_group_of(row)
+            except PARQUET_ERRORS as e:
+                raise unreadable_parquet(self.uri, self.fs, e) from None
             self._group = (first, images)
         img = images[row - first]
         return img.get("bytes") if isinstance(img, dict) else img
+
+    def _row_group_of(self, row: int) -> tuple[int, list]:
+        """(first row, images) of the row group holding `row`."""
+        with self.fs.open_input_file(self._parquet_path) as fh:
+            pf = pq.ParquetFile(fh)
+            first = 0
+            for g in range(pf.num_row_groups):
+                n = pf.metadata.row_group(g).num_rows
+                if row < first + n:
+                    return first, pf.read_row_group(g, columns=["image"]).column("image").to_pylist()
+                first += n
+        raise EOFError(f"row {row} is past the file's last row group")
 
 
 def _info(fs, path, uri):
@@ -167,15 +175,22 @@ def _local_files(root: str) -> tuple[list[tuple[str, str, int]], list[tuple[str,
 def _list_parquet(fs, path: str, uri: str, size: int) -> Source:
     """Rows as (label, "row i", row index); only the label column is read here.
 
-    Null labels are refused rather than guessed: str(None) made them a class "None". Rows
-    without image bytes are skipped when they are read ("no image bytes")."""
-    with fs.open_input_file(path) as fh:
-        pf = pq.ParquetFile(fh)
-        missing = {"image", "label"} - set(pf.schema_arrow.names)
-        if missing:
-            raise DatasetError(f"Parquet dataset {uri} lacks column(s) {sorted(missing)}; it needs "
-                               "'image' (bytes) and 'label' (int or string)")
-        labels = pf.read(columns=["label"]).column("label")
+    A file that is not what it claims (empty, truncated, not Parquet) is refused with the file
+    named, and so are labels that are not plain ints or strings (bytes, lists, structs: their
+    text would be a class name like "b'c0'"), and null labels (str(None) made them a class
+    "None"). Rows without image bytes are skipped when they are read ("no image bytes")."""
+    try:
+        with fs.open_input_file(path) as fh:
+            pf = pq.ParquetFile(fh)
+            schema = pf.schema_arrow
+            missing = {"image", "label"} - set(schema.names)
+            if missing:
+                raise DatasetError(f"Parquet dataset {uri} lacks column(s) {sorted(missing)}; it needs "
+                                   "'image' (bytes) and 'label' (int or string)")
+            _check_columns(schema, uri)
+            labels = pf.read(columns=["label"]).column("label")
+    except PARQUET_ERRORS as e:
+        raise unreadable_parquet(uri, fs, e) from None
     nulls = labels.null_count
     if nulls:
         raise DatasetError(f"Parquet dataset {uri}: {nulls} of {len(labels)} rows have a null "
@@ -183,3 +198,35 @@ def _list_parquet(fs, path: str, uri: str, size: int) -> Source:
     share = size // max(len(labels), 1)
     files = [SourceFile(str(label), f"row {i}", i, share) for i, label in enumerate(labels.to_pylist())]
     return Source(uri, fs, files, [], parquet_path=path)
+
+
+PARQUET_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, EOFError)
+
+
+def unreadable_parquet(uri: str, fs, e: BaseException) -> Exception:
+    """The error for a Parquet source that cannot be read: a damaged file, or (an OSError
+    from an object store) a store out of reach."""
+    first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+    if isinstance(e, OSError) and not isinstance(fs, pafs.LocalFileSystem):
+        return StorageError(f"cannot read dataset source {uri}: {first}; check the endpoint and credentials")
+    return DatasetError(f"Parquet dataset {uri} cannot be read ({type(e).__name__}: {first}): the file is "
+                        "empty, truncated or not Parquet. Write it again (e.g. pandas.DataFrame.to_parquet "
+                        "with 'image' bytes and 'label' columns) and add it again")
+
+
+def _check_columns(schema: pa.Schema, uri: str) -> None:
+    label, image = schema.field("label").type, schema.field("image").type
+    if not (pa.types.is_integer(label) or pa.types.is_string(label) or pa.types.is_large_string(label)
+            or pa.types.is_dictionary(label) and pa.types.is_string(label.value_type)):
+        raise DatasetError(f"Parquet dataset {uri}: its 'label' column is {label}, not ints or strings; "
+                           "write the labels as ints or as text (bytes labels: decode them; one label per "
+                           "image, not lists), then add it again")
+    if not (_is_bytes(image) or pa.types.is_struct(image) and image.get_field_index("bytes") >= 0
+            and _is_bytes(image.field("bytes").type)):
+        raise DatasetError(f"Parquet dataset {uri}: its 'image' column is {image}, not the encoded image "
+                           "file bytes (binary, or a struct with a 'bytes' field as Hugging Face datasets "
+                           "write); store each image's PNG/JPEG bytes, then add it again")
+
+
+def _is_bytes(t: pa.DataType) -> bool:
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t)
