@@ -125,13 +125,13 @@ def _verify(args) -> int:
         action = "quarantined" if report.quarantined else "would be quarantined (--dry-run)"
         print(f"  {p.key}: {p.problem} ({action}); repair: {p.repair}")
     verb = "deleted" if report.orphans_deleted else "would be deleted by --clean-orphans"
+    young = set(report.young)
     for k in report.orphans[:50]:
-        print(f"  orphan ({verb}): {k}")
+        print(f"  orphan kept: {k} was written less than {WRITER_TIME_LIMIT_S / 60:.0f} min ago, and a writer that "
+              "lost its lease may still commit it; run --clean-orphans again later" if k in young else
+              f"  orphan ({verb}): {k}")
     if len(report.orphans) > 50:
         print(f"  ... and {len(report.orphans) - 50} more orphans (--json lists all)")
-    for k in report.young:
-        print(f"  orphan kept: {k} was written less than {WRITER_TIME_LIMIT_S / 60:.0f} min ago, and a writer that "
-              "lost its lease may still commit it; run --clean-orphans again later")
     for k in report.foreign:
         print(f"  not a file tans writes, left alone: {k}")
     for k in report.outside:

@@ -19,8 +19,11 @@ def make_folder(root, classes: dict[str, int], mode="RGB", size=(20, 16)):
         d = root / name
         d.mkdir(parents=True, exist_ok=True)
         for i in range(n):
-            colour = (c * 40 % 256, i * 10 % 256, 100) if mode == "RGB" else c * 40 % 256
-            img = Image.new("RGB", size, colour).convert(mode)
+            tint = sum(map(ord, name))  # classes of separate calls differ too
+            colour = ((c * 40 + tint) % 256, i * 10 % 256, (100 + c * 7) % 256) if mode == "RGB" else (c * 40 + tint) % 256
+            img = Image.new("RGB", size, colour)
+            img.putpixel((i % size[0], i // size[0]), (255, 255, 255))  # every image distinct (no duplicates)
+            img = img.convert(mode)
             img.save(d / f"{i}.png")
     return root
 

@@ -85,7 +85,7 @@ def test_max_pixels_comes_from_the_config(tmp_path, store):
     assert settings.max_pixels == 300
     src = make_folder(tmp_path / "ds", {"a": 5, "b": 5})  # 20x16 = 320 pixels
     Image.new("RGB", (10, 10)).save(src / "a" / "small.png")
-    Image.new("RGB", (10, 10)).save(src / "b" / "small.png")
+    Image.new("RGB", (10, 10), (0, 0, 255)).save(src / "b" / "small.png")  # not a duplicate of a's
     report = ingest(store, str(src), settings=settings)
     assert report.images == 2 and len(report.skipped) == 10
     assert dict(report.skipped)["a/0.png"].startswith("image is 20x16 = 0.0 MP, over ingest.max_pixels")
@@ -146,7 +146,9 @@ def _assert_ramps_survive(tmp_path, store, ramp: Image.Image, suffix: str) -> No
     src = make_folder(tmp_path / "ramps", {"flat": 5})
     (src / "ramp").mkdir()
     for i in range(5):
-        ramp.save(src / "ramp" / f"{i}{suffix}")
+        copy = ramp.copy()
+        copy.putpixel((0, 7), (i + 1) * (1000 if ramp.mode == "I;16" else 0.1))  # distinct images, row 0 intact
+        copy.save(src / "ramp" / f"{i}{suffix}")
     ingest(store, str(src))
     rows = []
     for split in ("train", "test"):

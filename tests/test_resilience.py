@@ -191,11 +191,15 @@ def test_corrupt_checkpoint_and_truncated_result_are_found_and_skipped(ray_clust
 
 def test_orphan_checkpoints_are_listed_and_cleaned(tmp_path):
     store = open_store(str(tmp_path / "zoo"))
-    store.write_bytes("checkpoints/deadbeef/00.safetensors", b"orphan")
+    orphan = f"checkpoints/{'d' * 24}/{'0' * 64}.safetensors"  # a checkpoint's name, no result row
+    store.write_bytes(orphan, b"orphan")
+    store.write_bytes("checkpoints/deadbeef/00.safetensors", b"not a name tans writes")
     report = verify_zoo(store)
-    assert report.orphans == ["checkpoints/deadbeef/00.safetensors"]
+    assert (report.orphans, report.foreign) == ([orphan], ["checkpoints/deadbeef/00.safetensors"])
+    assert verify_zoo(store, clean_orphans=True).young == [orphan]  # just written: a writer may commit it
+    assert store.exists(orphan)
     verify_zoo(store, clean_orphans=True, min_age_s=0)
-    assert not store.list("checkpoints")
+    assert store.list("checkpoints") == ["checkpoints/deadbeef/00.safetensors"]
     shutil.rmtree(tmp_path / "zoo")
 
 

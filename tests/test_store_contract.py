@@ -1,7 +1,9 @@
 """The zoo store contract, run against every backend: local disk and a real S3 endpoint."""
 from __future__ import annotations
 
+import os
 import threading
+import time
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -102,3 +104,21 @@ def test_s3_wrong_credentials_are_named_not_leaked(monkeypatch):
         assert "AKIAWRONGWRONGWRONG1" not in str(info.value)
     finally:
         server.stop()
+
+
+def test_age_and_links_out_of_the_zoo(store, tmp_path):
+    store.write_bytes("checkpoints/j/a.bin", b"x")
+    assert -5 < store.age("checkpoints/j/a.bin") < 60  # S3's clock is the endpoint's: a little slack
+    with pytest.raises(FileNotFoundError):
+        store.age("checkpoints/j/none.bin")
+    assert store.leaves_zoo("checkpoints/j/a.bin") is False
+    if store.uri.startswith("s3://"):
+        return  # object stores have no links
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "b.bin").write_bytes(b"y")
+    (store.root / "linked").symlink_to(outside)
+    assert store.leaves_zoo("linked/b.bin") is True
+    old = time.time() - 3600
+    os.utime(store.root / "checkpoints/j/a.bin", (old, old))
+    assert store.age("checkpoints/j/a.bin") >= 3600
