@@ -48,11 +48,11 @@ def log(line: str) -> None:
 
 def build_pool():
     """The evaluated pool (built once; a rerun resumes or does nothing)."""
-    from pipeline.datasets import synth
-    from pipeline.build.run import run_build
-    from pipeline.build.config import load_config
-    from zoo_schema.results import read_state
-    from zoo_schema.store import open_store
+    from tans.pipeline.datasets import synth
+    from tans.pipeline.execution.run import run_build
+    from tans.pipeline.execution.config import load_config
+    from tans.zoo_schema.results import read_state
+    from tans.zoo_schema.store import open_store
     config = load_config(POOL_CONFIG)
     data = Path(config.datasets[0])
     if not data.exists():
@@ -70,13 +70,13 @@ def build_pool():
 def replay_curves(config, source, strategy: str, seed: int, in_flight: int, max_jobs: int):
     """One replayed construction: its zoo state, pool profiles, seconds, and the seconds its
     policy spent proposing (the driver's policy is wrapped to time `propose`)."""
-    import pipeline.build.driver as driver_module
-    from pipeline.build.run import run_build
-    from pipeline.build.config import load_config
-    from pipeline.acquisition.profiling import profile_pool
-    from zoo_schema.results import read_state
-    from zoo_schema.manifest import read_manifest
-    from zoo_schema.store import open_store
+    import tans.pipeline.execution.driver as driver_module
+    from tans.pipeline.execution.run import run_build
+    from tans.pipeline.execution.config import load_config
+    from tans.pipeline.acquisition.compute_priors import profile_pool
+    from tans.zoo_schema.results import read_state
+    from tans.zoo_schema.manifest import read_manifest
+    from tans.zoo_schema.store import open_store
     target = Path(tempfile.mkdtemp(prefix=f"tans-replay-{strategy}-{seed}-"))
     cfg = load_config(POOL_CONFIG, {"zoo": str(target / "zoo"), "datasets": [], "strategy": strategy,
                                     "seed": seed, "max_jobs": max_jobs,
@@ -112,9 +112,9 @@ def replay_curves(config, source, strategy: str, seed: int, in_flight: int, max_
 
 def normalized_history(state, profiles, full_hv: dict[str, float]) -> np.ndarray:
     """Mean over datasets of hv(D)/hv_full(D) after each result (commit order)."""
-    from pipeline.acquisition.hypervolume import normalizer_for, point_of
-    from pipeline.acquisition.hypervolume import normalized_hypervolume
-    from pipeline.acquisition.profiles import Prior
+    from tans.pipeline.acquisition.hypervolume import normalizer_for, point_of
+    from tans.pipeline.acquisition.hypervolume import normalized_hypervolume
+    from tans.pipeline.acquisition.priors import Prior
     norm, prior = normalizer_for(profiles), Prior({}, profiles)
     points: dict[str, list] = {d: [] for d in full_hv}
     current = {d: 0.0 for d in full_hv}
@@ -127,12 +127,12 @@ def normalized_history(state, profiles, full_hv: dict[str, float]) -> np.ndarray
 
 
 def time_paper_scale_step() -> dict:
-    from pipeline.acquisition.pareto import ParetoPolicy
-    from pipeline.acquisition.base import ParetoSettings, PolicyContext
-    from pipeline.acquisition.profiles import ArchProfile, Prior
-    from zoo_schema.results import ZooState
-    from workers.ofa_space import arch_pool
-    from zoo_schema.records import DatasetRecord, ResultRecord
+    from tans.pipeline.acquisition.pareto import ParetoPolicy
+    from tans.pipeline.acquisition.base import ParetoSettings, PolicyContext
+    from tans.pipeline.acquisition.priors import ArchProfile, Prior
+    from tans.zoo_schema.results import ZooState
+    from tans.workers.networks.ofa_space import arch_pool
+    from tans.zoo_schema.records import DatasetRecord, ResultRecord
     rng = np.random.default_rng(0)
     pool = [a.id for a in arch_pool(0, 100)]
     datasets = [f"d{i:03d}" for i in range(140)]
@@ -196,12 +196,12 @@ def main() -> None:
     ap.add_argument("--qnehvi-seeds", type=int, default=3, help="BoTorch is the slowest to propose (~1.7 s a pick)")
     args = ap.parse_args()
 
-    from pipeline.acquisition.hypervolume import normalizer_for, point_of
-    from pipeline.acquisition.hypervolume import normalized_hypervolume
-    from pipeline.acquisition.profiles import Prior
-    from pipeline.acquisition.profiling import load_prior
-    from zoo_schema.results import read_state
-    from zoo_schema.manifest import read_manifest
+    from tans.pipeline.acquisition.hypervolume import normalizer_for, point_of
+    from tans.pipeline.acquisition.hypervolume import normalized_hypervolume
+    from tans.pipeline.acquisition.priors import Prior
+    from tans.pipeline.acquisition.compute_priors import load_prior
+    from tans.zoo_schema.results import read_state
+    from tans.zoo_schema.manifest import read_manifest
 
     config, source, pool_seconds = build_pool()
     state = read_state(source)

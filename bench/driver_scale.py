@@ -64,8 +64,8 @@ def pool_profiles(n_archs: int) -> dict:
     if path.exists():
         return json.loads(path.read_text())
     import torch
-    from workers.measure import measure_latency_ms
-    from workers.ofa_space import arch_pool, build_subnet, build_supernet
+    from tans.workers.networks.measure import measure_latency_ms
+    from tans.workers.networks.ofa_space import arch_pool, build_subnet, build_supernet
     torch.set_num_threads(1)
     supernet = build_supernet(1.0)
     out = {}
@@ -81,9 +81,9 @@ def accuracy_model(seed: int) -> dict:
     """The per-dataset (mu, beta), and the residual spreads, fitted on the real pool."""
     sys.path.insert(0, str(ROOT / "bench"))
     from acquisition import POOL_CONFIG, build_pool
-    from pipeline.build.config import load_config
-    from zoo_schema.results import read_state
-    from zoo_schema.store import open_store
+    from tans.pipeline.execution.config import load_config
+    from tans.zoo_schema.results import read_state
+    from tans.zoo_schema.store import open_store
     pool = Path(load_config(POOL_CONFIG).zoo)
     # the cached pool as it is (even while bench/acquisition.py is still building it); built if absent
     source = open_store(str(pool)) if (pool / "manifest.json").exists() else build_pool()[1]
@@ -107,12 +107,12 @@ def accuracy_model(seed: int) -> dict:
 
 def make_source(root: Path, n_datasets: int, profiles: dict, model: dict, seed: int):
     """The 14,000-result source zoo (manifest, dataset records, result rows and their snapshot)."""
-    from workers.ofa_space import Arch
-    from zoo_schema import layout
-    from zoo_schema.manifest import BaseWeights, Manifest
-    from zoo_schema.records import DatasetRecord, ResultRecord, to_table
-    from zoo_schema.results import result_key, write_snapshot
-    from zoo_schema.store import open_store
+    from tans.workers.networks.ofa_space import Arch
+    from tans.zoo_schema import layout
+    from tans.zoo_schema.manifest import BaseWeights, Manifest
+    from tans.zoo_schema.records import DatasetRecord, ResultRecord, to_table
+    from tans.zoo_schema.results import result_key, write_snapshot
+    from tans.zoo_schema.store import open_store
     rng = np.random.default_rng(seed)
     store = open_store(str(root))
     manifest = Manifest(1.0, [3, 5, 7], [3, 4, 6], [2, 3, 4], 0, [8, 3, 32, 32],
@@ -143,14 +143,14 @@ def make_source(root: Path, n_datasets: int, profiles: dict, model: dict, seed: 
 
 def run_child(source_root: str, in_flight: int, seed: int) -> dict:
     """One replay build of every pair of the source, timed per step."""
-    from pipeline.acquisition.base import PolicyContext
-    from pipeline.acquisition.pareto import ParetoPolicy
-    from pipeline.acquisition.profiles import PROFILES_KEY, ArchProfile, Prior
-    from pipeline.build.config import load_config
-    from pipeline.build.driver import Driver
-    from pipeline.build.executor import ReplayExecutor
-    from pipeline.build.run import seed_replay_zoo
-    from zoo_schema.store import LocalStore, open_store
+    from tans.pipeline.acquisition.base import PolicyContext
+    from tans.pipeline.acquisition.pareto import ParetoPolicy
+    from tans.pipeline.acquisition.priors import PROFILES_KEY, ArchProfile, Prior
+    from tans.pipeline.execution.config import load_config
+    from tans.pipeline.execution.driver import Driver
+    from tans.pipeline.execution.executor import ReplayExecutor
+    from tans.pipeline.execution.run import seed_replay_zoo
+    from tans.zoo_schema.store import LocalStore, open_store
     import psutil
     import pyarrow as pa
     import torch
@@ -190,7 +190,7 @@ def run_child(source_root: str, in_flight: int, seed: int) -> dict:
     target_root = Path(tempfile.mkdtemp(prefix=f"tans-driver-scale-{in_flight}-"))
     target = CountingStore(target_root / "zoo")
     manifest = seed_replay_zoo(target, source)
-    from zoo_schema.results import read_results
+    from tans.zoo_schema.results import read_results
     rows = read_results(source)
     datasets = sorted({r.dataset_id for r in rows})
     archs = sorted({r.arch for r in rows})

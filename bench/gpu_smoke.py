@@ -1,7 +1,7 @@
 """GPU smoke test: one real fine-tune on CUDA (fp16 mixed precision), images/s.
 
 Writes one built-in dataset, ingests it into a temporary zoo and runs the worker's job
-(`workers.run.run_job`, the code every Ray fine-tuning task runs) on the largest
+(`tans.workers.run.run_job`, the code every Ray fine-tuning task runs) on the largest
 architecture of the space, then the same job with mixed precision off, and reports
 training images/s for both, the batch-1 latency and the device. Then it runs the job as a
 warm worker does (with its cache) and a plain PyTorch training loop on the same data, and
@@ -45,18 +45,18 @@ def main() -> int:
 
     import torch
 
-    from pipeline.datasets import synth
-    from pipeline.datasets.ingest import ingest
-    from zoo_schema.shards import read_datasets
-    from workers.cache import JobCache
-    from workers.images import load_tensors
-    from workers.nets import model_for
-    from workers.run import run_job
-    from workers.training import train as plain_train
-    from workers.job import JobSpec, TrainSettings
-    from zoo_schema.manifest import BaseWeights
-    from workers.ofa_space import DEPTHS, EXPANDS, KERNELS, Arch
-    from zoo_schema.store import open_store
+    from tans.pipeline.datasets import synth
+    from tans.pipeline.datasets.ingest import ingest
+    from tans.zoo_schema.shards import read_datasets
+    from tans.workers.cache import JobCache
+    from tans.workers.networks.images import load_tensors
+    from tans.workers.networks.nets import model_for
+    from tans.workers.run import run_job
+    from tans.workers.networks.training import train as plain_train
+    from tans.workers.job import JobSpec, TrainSettings
+    from tans.zoo_schema.manifest import BaseWeights
+    from tans.workers.networks.ofa_space import DEPTHS, EXPANDS, KERNELS, Arch
+    from tans.zoo_schema.store import open_store
     cuda = torch.cuda.is_available()
     if not cuda and not args.allow_cpu:
         print("no CUDA device here; run this on a GPU node (or pass --allow-cpu for a CPU baseline)",

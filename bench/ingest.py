@@ -52,8 +52,8 @@ def generate(folder: Path, images: int, classes: int) -> None:
 
 CHILD = """
 import json, sys, time
-from pipeline.datasets.ingest import IngestSettings, ingest
-from zoo_schema.store import open_store
+from tans.pipeline.datasets.ingest import IngestSettings, ingest
+from tans.zoo_schema.store import open_store
 if __name__ == "__main__":
     started = time.perf_counter()
     report = ingest(open_store(sys.argv[1]), sys.argv[2], name="bench", settings=IngestSettings())

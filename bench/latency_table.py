@@ -1,4 +1,4 @@
-"""The pool profile's CPU latency from a per-block lookup table (`workers.profile.LatencyTable`)
+"""The pool profile's CPU latency from a per-block lookup table (`tans.workers.measure_archs.LatencyTable`)
 against measuring each network whole, on the same architectures in the same run.
 
 For N pool archs of the embedded default (pretrained base weights, 32 px, one torch thread):
@@ -33,11 +33,11 @@ def main() -> None:
     import torch
     from scipy.stats import spearmanr
 
-    from workers import weights
-    from workers.measure import measure_latency_ms
-    from workers.ofa_space import arch_pool, build_subnet, build_supernet
-    from workers.profile import LATENCY_REPEATS, latency_table
-    from workers.weights import read_state_dict
+    from tans.workers.networks import weights
+    from tans.workers.networks.measure import measure_latency_ms
+    from tans.workers.networks.ofa_space import arch_pool, build_subnet, build_supernet
+    from tans.workers.measure_archs import LATENCY_REPEATS, latency_table
+    from tans.workers.networks.weights import read_state_dict
 
     torch.set_num_threads(1)
     supernet = build_supernet(weights.WIDTH)

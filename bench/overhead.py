@@ -40,13 +40,13 @@ def _loop_init(zoo: str, dataset_id: str, image_size: int, ready) -> None:
         import importlib
 
         import torch
-        from workers.ofa_space import ofa_module
+        from tans.workers.networks.ofa_space import ofa_module
         ofa_module("imagenet_classification.elastic_nn.networks")  # what the jobs import, before the clock starts
-        for module in ("workers.nets", "workers.training"):
+        for module in ("tans.workers.networks.nets", "tans.workers.networks.training"):
             importlib.import_module(module)
-        from workers.images import load_tensors
-        from zoo_schema.manifest import read_manifest
-        from zoo_schema.store import open_store
+        from tans.workers.networks.images import load_tensors
+        from tans.zoo_schema.manifest import read_manifest
+        from tans.zoo_schema.store import open_store
         torch.set_num_threads(1)
         store = open_store(zoo)
         _LOOP.update(store=store, manifest=read_manifest(store),
@@ -61,8 +61,8 @@ def _loop_init(zoo: str, dataset_id: str, image_size: int, ready) -> None:
 def _loop_job(job: tuple) -> dict:
     """One job of the plain loop: the base supernet, the subnet, the training function."""
     import torch
-    from workers.nets import load_base_supernet, model_for
-    from workers.training import train
+    from tans.workers.networks.nets import load_base_supernet, model_for
+    from tans.workers.networks.training import train
     arch, num_classes, settings = job
     store, manifest = _LOOP["store"], _LOOP["manifest"]
     clock = time.perf_counter()
@@ -80,11 +80,11 @@ def main() -> None:
     ap.add_argument("--dataset", default="shapes-clean")
     args = ap.parse_args()
 
-    from pipeline.datasets import synth
-    from pipeline.build.run import run_build
-    from pipeline.build.config import load_config
-    from zoo_schema.results import read_results
-    from zoo_schema.store import open_store
+    from tans.pipeline.datasets import synth
+    from tans.pipeline.execution.run import run_build
+    from tans.pipeline.execution.config import load_config
+    from tans.zoo_schema.results import read_results
+    from tans.zoo_schema.store import open_store
 
     cores = os.cpu_count() or 1
     work = Path(tempfile.mkdtemp(prefix="tans-bench-overhead-"))

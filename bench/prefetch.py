@@ -31,8 +31,8 @@ DATASETS = ("glyphs-latin-upper-wild", "glyphs-latin-lower-wild", "glyphs-greek-
 
 
 def run_mode(zoo: str, specs: list, in_flight: int) -> dict:
-    from pipeline.build.executor import RayExecutor, ResourceSettings
-    from zoo_schema.store import S3Settings
+    from tans.pipeline.execution.executor import RayExecutor, ResourceSettings
+    from tans.zoo_schema.store import S3Settings
     executor = RayExecutor(zoo, S3Settings(), ResourceSettings(max_in_flight=in_flight, num_cpus=1))
     executor.submit(specs[0])  # warm-up: imports, the base supernet, the first dataset
     results = [_next(executor)]
@@ -66,14 +66,14 @@ def main() -> None:
     args = ap.parse_args()
     import ray
 
-    from pipeline.build.config import load_config
-    from pipeline.build.run import run_build
-    from pipeline.datasets import synth
-    from workers.job import TrainSettings, job_spec
-    from workers.ofa_space import arch_pool
-    from zoo_schema.manifest import read_manifest
-    from zoo_schema.shards import read_dataset
-    from zoo_schema.store import open_store
+    from tans.pipeline.execution.config import load_config
+    from tans.pipeline.execution.run import run_build
+    from tans.pipeline.datasets import synth
+    from tans.workers.job import TrainSettings, job_spec
+    from tans.workers.networks.ofa_space import arch_pool
+    from tans.zoo_schema.manifest import read_manifest
+    from tans.zoo_schema.shards import read_dataset
+    from tans.zoo_schema.store import open_store
     work = Path(tempfile.mkdtemp(prefix="tans-bench-prefetch-"))
     for spec in synth.suite():
         if spec.name in DATASETS:

@@ -43,9 +43,9 @@ def fill_zoo(store, n_results: int, n_datasets: int = 120) -> None:
     import numpy as np
     import pyarrow as pa
     from concurrent.futures import ThreadPoolExecutor
-    from zoo_schema.manifest import BaseWeights, Manifest, ensure_manifest
-    from zoo_schema.records import DatasetRecord, ResultRecord, to_table
-    from workers.ofa_space import arch_pool
+    from tans.zoo_schema.manifest import BaseWeights, Manifest, ensure_manifest
+    from tans.zoo_schema.records import DatasetRecord, ResultRecord, to_table
+    from tans.workers.networks.ofa_space import arch_pool
     rng = np.random.default_rng(0)
     ensure_manifest(store, Manifest(width=1.0, kernels=[3, 5, 7], expands=[3, 4, 6], depths=[2, 3, 4],
                                     noise_seed=0, noise_shape=[8, 3, 32, 32],
@@ -77,7 +77,7 @@ def fill_zoo(store, n_results: int, n_datasets: int = 120) -> None:
         records = list(pool_exec.map(write, range(len(pairs))))
     # the driver snapshots its results every SNAPSHOT_MIN_NEW commits: the zoo of a build that
     # died holds a snapshot a little behind its last commits
-    from zoo_schema.results import SNAPSHOT_MIN_NEW, write_snapshot
+    from tans.zoo_schema.results import SNAPSHOT_MIN_NEW, write_snapshot
     write_snapshot(store, records[:len(records) - SNAPSHOT_MIN_NEW + 1])
 
 
@@ -93,9 +93,9 @@ def plain_read_seconds(store) -> float:
 
 def startup_seconds(zoo: str, s3, strategy: str, tmp: Path) -> float:
     """From run_build's start to the driver's first dispatch (the submit is intercepted)."""
-    from pipeline.build import run as build
-    from pipeline.build.config import load_config
-    from pipeline.build.executor import RayExecutor
+    from tans.pipeline.execution import run as build
+    from tans.pipeline.execution.config import load_config
+    from tans.pipeline.execution.executor import RayExecutor
 
     class Probe(RayExecutor):
         def submit(self, spec):
@@ -124,8 +124,8 @@ def main() -> None:
     ap.add_argument("--strategy", default="random")
     args = ap.parse_args()
     import ray
-    from pipeline.build.executor import start_ray
-    from zoo_schema.store import S3Settings, open_store
+    from tans.pipeline.execution.executor import start_ray
+    from tans.zoo_schema.store import S3Settings, open_store
 
     tmp = Path(tempfile.mkdtemp(prefix="tans-bench-resume-"))
     started = time.perf_counter()

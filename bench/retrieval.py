@@ -60,7 +60,7 @@ PRETRAIN_STEPS = 1000
 
 def pretrained_base(store) -> str:
     """The pool's pretrained supernet file (trained once, then cached)."""
-    from pipeline.commands.pretrain import PretrainSettings, pretrain_base
+    from tans.pipeline.commands.pretrain import PretrainSettings, pretrain_base
     path = ROOT / "bench" / ".cache" / "pretrained-base.safetensors"
     summary_path = path.with_suffix(".json")
     if not path.exists():
@@ -74,10 +74,10 @@ def pretrained_zoo(base_file: str):
     supernet, as the paper's zoo starts from pretrained OFA: 5 pool archs per dataset
     (random strategy, 100 jobs, 1 epoch), built once and cached."""
     from acquisition import POOL_CONFIG
-    from pipeline.build.run import run_build
-    from pipeline.build.config import load_config
-    from zoo_schema.results import read_state
-    from zoo_schema.store import open_store
+    from tans.pipeline.execution.run import run_build
+    from tans.pipeline.execution.config import load_config
+    from tans.zoo_schema.results import read_state
+    from tans.zoo_schema.store import open_store
     folder = ROOT / "bench" / ".cache" / "pretrained-zoo"
     config = load_config(POOL_CONFIG, {"zoo": str(folder / "zoo"), "max_jobs": 100, "arch.base_weights": base_file,
                                        "retrain.after_build": False,
@@ -91,7 +91,7 @@ def pretrained_zoo(base_file: str):
 
 
 def same_pair(t, settings, t_random_backbone) -> dict:
-    from retriever.train import evaluate, train_retriever
+    from tans.retriever.train import evaluate, train_retriever
     out = {}
     variants = {
         "tans_weighted_positives": (settings, t),
@@ -132,15 +132,15 @@ def _rank_stats(ranks: np.ndarray) -> dict:
 def transfer(store, t, settings, model, extra_bases: dict, epochs: int = 3) -> dict:
     """Fine-tune held-out datasets from each starting point; accuracy after each epoch.
     `extra_bases` names further supernets whose subnet of TANS's arch is a start."""
-    from pipeline.datasets import synth
-    from pipeline.datasets.ingest import IngestSettings, read_images, stratified_split
-    from retriever.search import Constraints, Searcher
-    from retriever.train import save_version
-    from workers.training import train
-    from workers.nets import load_base_supernet, load_checkpoint, model_for
-    from workers.images import decode_images
-    from workers.job import TrainSettings
-    from zoo_schema.manifest import read_manifest
+    from tans.pipeline.datasets import synth
+    from tans.pipeline.datasets.ingest import IngestSettings, read_images, stratified_split
+    from tans.retriever.search import Constraints, Searcher
+    from tans.retriever.train import save_version
+    from tans.workers.networks.training import train
+    from tans.workers.networks.nets import load_base_supernet, load_checkpoint, model_for
+    from tans.workers.networks.images import decode_images
+    from tans.workers.job import TrainSettings
+    from tans.zoo_schema.manifest import read_manifest
     manifest = read_manifest(store)
     folder = ROOT / "bench" / ".cache" / "retrieval-heldout"
     specs = {s.name: s for s in synth.suite()}
@@ -199,7 +199,7 @@ def transfer(store, t, settings, model, extra_bases: dict, epochs: int = 3) -> d
 
 
 def latency(store, t, settings, model) -> dict:
-    from retriever.search import Searcher, top_by_cosine
+    from tans.retriever.search import Searcher, top_by_cosine
     out = {}
     q = torch.nn.functional.normalize(torch.randn(128), dim=0).numpy()
     for n in (14_000, 1_000_000):
@@ -213,7 +213,7 @@ def latency(store, t, settings, model) -> dict:
             times.append(time.perf_counter() - started)
         out[f"search_ms_{n}"] = round(statistics.median(times) * 1000, 3)
     searcher = Searcher(store)
-    from pipeline.datasets.ingest import read_images
+    from tans.pipeline.datasets.ingest import read_images
     by_class, _ = read_images(str(ROOT / "bench" / ".cache" / "acquisition-pool" / "datasets" / "glyphs-latin-upper-clean"))
     images, labels = [], []
     for label, cls in enumerate(sorted(by_class)):
@@ -230,7 +230,7 @@ def latency(store, t, settings, model) -> dict:
 
 
 def training_time_14k(settings) -> dict:
-    from retriever.train import ZooTensors, train_retriever
+    from tans.retriever.train import ZooTensors, train_retriever
     rng = np.random.default_rng(0)
     datasets = [f"d{i:03d}" for i in range(140)]
     feats = {d: (rng.normal(size=(200, 1280)).astype(np.float32), np.repeat(np.arange(10), 20)) for d in datasets}
@@ -247,8 +247,8 @@ def training_time_14k(settings) -> dict:
 
 def main() -> None:
     from acquisition import build_pool
-    from retriever.train import RetrainSettings
-    from retriever.train import gather
+    from tans.retriever.train import RetrainSettings
+    from tans.retriever.train import gather
     _, store, _ = build_pool()
     started = time.perf_counter()
     settings = RetrainSettings(backbone=pretrained_base(store))
@@ -263,13 +263,13 @@ def main() -> None:
     figures["zoo"] = {"datasets": len(t.dataset_ids), "models": len(t.results)}
     figures["same_pair"], model = same_pair(t, settings, t_random)
     figures["paper_same_pair"] = {"R@1": 80.7, "R@5": 96.4, "R@10": 99.3}
-    from workers.weights import read_state_dict
-    from workers.ofa_space import build_supernet
+    from tans.workers.networks.weights import read_state_dict
+    from tans.workers.networks.ofa_space import build_supernet
     pretrained = build_supernet(1.0)
     pretrained.load_state_dict(read_state_dict(settings.backbone))
     figures["transfer"] = transfer(store, t, settings, model, {"f_same_arch_pretrained_base": pretrained})
     # the same protocol on a zoo whose networks were fine-tuned from the pretrained supernet
-    from retriever.train import evaluate, train_retriever
+    from tans.retriever.train import evaluate, train_retriever
     store2 = pretrained_zoo(settings.backbone)
     t2 = gather(store2, 32)  # its base weights are the pretrained supernet: the default backbone
     settings2 = replace(settings, backbone="")

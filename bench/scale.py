@@ -42,12 +42,12 @@ def add_version(store) -> None:
     import numpy as np
     import torch
 
-    from retriever.features import load_backbone
-    from retriever.model import Retriever
-    from retriever.train import RetrainSettings, ZooTensors, save_version
-    from workers.weights import shipped
-    from zoo_schema.manifest import read_manifest
-    from zoo_schema.results import read_results
+    from tans.retriever.features import load_backbone
+    from tans.retriever.model import Retriever
+    from tans.retriever.train import RetrainSettings, ZooTensors, save_version
+    from tans.workers.networks.weights import shipped
+    from tans.zoo_schema.manifest import read_manifest
+    from tans.zoo_schema.results import read_results
     spec = str(shipped()[0])
     backbone = load_backbone(store, read_manifest(store), spec)
     results = read_results(store)
@@ -64,7 +64,7 @@ def add_version(store) -> None:
 
 def query_folder(work: Path) -> Path:
     """A held-out built-in dataset (10 classes) as an ImageFolder to search with."""
-    from pipeline.datasets import synth
+    from tans.pipeline.datasets import synth
     spec = {s.name: s for s in synth.suite()}["stripes-frequency"]
     synth.write_dataset(spec, work, seed=0)
     return work / spec.name
@@ -110,8 +110,8 @@ def main() -> None:
     ap.add_argument("--work", default="", help="keep the zoos in this folder and reuse them in a later run "
                                                "(writing 100,000 result files takes ~10 min)")
     args = ap.parse_args()
-    from retriever.train import versions
-    from zoo_schema.store import open_store
+    from tans.retriever.train import versions
+    from tans.zoo_schema.store import open_store
     work = Path(args.work or tempfile.mkdtemp(prefix="tans-bench-scale-"))
     query = work / "stripes-frequency" if (work / "stripes-frequency").exists() else query_folder(work)
     figures = {}
@@ -125,17 +125,17 @@ def main() -> None:
         made = time.perf_counter() - started
         repeats = 3 if n < 100_000 else 1  # the median of 3 runs; one at 100,000 (10 s each)
         if not warm:  # one untimed run first: Python's and torch's files in the page cache, as for
-            measure([sys.executable, "-m", "pipeline.cli", "search", str(zoo), "--dataset", str(query),
+            measure([sys.executable, "-m", "tans.pipeline.cli", "search", str(zoo), "--dataset", str(query),
                      "--top-k", "5", "--rerank", "source", "--json"] if versions(open_store(str(zoo))) else
-                    [sys.executable, "-m", "pipeline.cli", "status", str(zoo), "--json"])  # any command after the first
+                    [sys.executable, "-m", "tans.pipeline.cli", "status", str(zoo), "--json"])  # any command after the first
             warm = True
-        status_s, status_mb, out = measure([sys.executable, "-m", "pipeline.cli", "status", str(zoo), "--json"], repeats)
+        status_s, status_mb, out = measure([sys.executable, "-m", "tans.pipeline.cli", "status", str(zoo), "--json"], repeats)
         assert json.loads(out)["finished_jobs"] == n
         table_s, table_mb, out = measure([sys.executable, "-c", TABLE, str(zoo)], repeats)
         assert int(out.strip()) == n
         if not versions(open_store(str(zoo))):
             add_version(open_store(str(zoo)))
-        search_s, search_mb, out = measure([sys.executable, "-m", "pipeline.cli", "search", str(zoo),
+        search_s, search_mb, out = measure([sys.executable, "-m", "tans.pipeline.cli", "search", str(zoo),
                                             "--dataset", str(query), "--top-k", "5", "--rerank", "source",
                                             "--json"], repeats)
         assert len(json.loads(out)["hits"]) == 5

@@ -27,7 +27,7 @@
    (`scipy.stats.weightedtau`, the protocol of LogME / Model Spider): the retriever's
    predicted accuracy (TANS), LogME and a k-NN probe on each network's features of the
    query's training images, `finetune`: the cross-fitted held-out loss of a one-epoch
-   fine-tune on the query's training images (retriever.proxy: up to 40 per class and about 400
+   fine-tune on the query's training images (tans.retriever.proxy: up to 40 per class and about 400
    in all, in two folds, each trained on and scored by turns; lower ranks first), the network's accuracy on its own zoo dataset (raw: `source`, and from chance
    to 1: `source_over_chance`), TANS + source_over_chance (the score of `tans search --rerank
    source` itself: the mean of the two's ranks over the whole zoo), source + finetune (the score
@@ -99,13 +99,13 @@ def zoo_name(epochs: int, jobs: int) -> str:
 def build_zoo(epochs: int = ZOO_EPOCHS, jobs: int = ZOO_JOBS):
     """The zoo of every synthetic dataset but the held-out ones, by the demo's settings (or
     `epochs` per fine-tune and `jobs` networks), built once in the cache."""
-    from pipeline.datasets import synth
-    from pipeline.build.run import run_build
-    from pipeline.build.config import load_config
-    from pipeline.build.retrain import run_retrain
-    from zoo_schema.results import read_results
-    from retriever.train import versions
-    from zoo_schema.store import open_store
+    from tans.pipeline.datasets import synth
+    from tans.pipeline.execution.run import run_build
+    from tans.pipeline.execution.config import load_config
+    from tans.pipeline.execution.retrain import run_retrain
+    from tans.zoo_schema.results import read_results
+    from tans.retriever.train import versions
+    from tans.zoo_schema.store import open_store
     datasets = CACHE / "datasets"
     if not datasets.exists():
         for spec in synth.suite():
@@ -130,7 +130,7 @@ def validation_specs():
     """Datasets used only to choose among rankings (`--split validation`): in neither the zoo,
     the base weights' pretraining nor the test split. One of real photos (six other scikit-image
     pictures), four synthetic variants of the zoo's families."""
-    from pipeline.datasets import synth
+    from tans.pipeline.datasets import synth
     armenian_lower = [chr(c) for c in range(0x0561, 0x0561 + 20)]
     fonts = [f for f in synth.FONTS if synth._covers(f, armenian_lower)]
     return [
@@ -148,8 +148,8 @@ def validation_specs():
 def held_out_splits(specs):
     """(name, train images, train labels, test images, test labels) of each dataset of `specs`:
     the suite's train size per class, and TEST_SCALE - 0.8 times its images per class as test."""
-    from pipeline.datasets import synth
-    from pipeline.datasets.ingest import read_images
+    from tans.pipeline.datasets import synth
+    from tans.pipeline.datasets.ingest import read_images
     for spec in specs:
         folder = CACHE / "held-out-large" / spec.name
         if not folder.exists():
@@ -166,7 +166,7 @@ def held_out_splits(specs):
 
 
 def fine_tune(net, classes, x, y, xt, yt, settings, seed=0):
-    from workers.training import train
+    from tans.workers.networks.training import train
     torch.manual_seed(seed)  # the new head's init, as a zoo job seeds it
     net.classifier = torch.nn.Linear(net.classifier.in_features, classes)
     return train(net, x, y, xt, yt, settings, torch.device("cpu"), seed=seed)[1]
@@ -241,9 +241,9 @@ RANKINGS = ["tans", "logme", "knn", "finetune", "source", "source_over_chance", 
 def rankings(row_set: list[dict]) -> dict[str, np.ndarray]:
     """Every ranking's score of a dataset's set of networks (higher ranks first).
     "tans+source_over_chance" is `tans search --rerank source`'s score itself (ranks over the
-    whole zoo, see retriever.search.imageless_score); "tans+logme" and "tans+knn" are the mean
+    whole zoo, see tans.retriever.search.imageless_score); "tans+logme" and "tans+knn" are the mean
     of the two's normalised ranks within the set (LogME and k-NN are computed for the set only)."""
-    from retriever.rerank import mean_rank, source_over_chance
+    from tans.retriever.rerank import mean_rank, source_over_chance
     col = {k: np.array([n[k] for n in row_set], dtype=np.float64)
            for k in ("tans", "logme", "knn", "source_accuracy", "source_classes", "search_source_score",
                      "proxy_loss", "search_finetune_score")}
@@ -260,15 +260,15 @@ def rankings(row_set: list[dict]) -> dict[str, np.ndarray]:
 def main() -> None:
     from scipy.stats import weightedtau
 
-    from zoo_schema.results import read_results
-    from retriever.rerank import DEFAULT_RERANK, SCORERS
-    from retriever import proxy
-    from retriever.search import RECALL, Constraints, Searcher, imageless_score
-    from workers.nets import load_base_supernet, load_checkpoint, model_for
-    from workers.images import decode_images
-    from workers.job import TrainSettings
-    from workers.ofa_space import penultimate
-    from zoo_schema.manifest import read_manifest
+    from tans.zoo_schema.results import read_results
+    from tans.retriever.rerank import DEFAULT_RERANK, SCORERS
+    from tans.retriever import proxy
+    from tans.retriever.search import RECALL, Constraints, Searcher, imageless_score
+    from tans.workers.networks.nets import load_base_supernet, load_checkpoint, model_for
+    from tans.workers.networks.images import decode_images
+    from tans.workers.job import TrainSettings
+    from tans.workers.networks.ofa_space import penultimate
+    from tans.zoo_schema.manifest import read_manifest
     p = argparse.ArgumentParser()
     p.add_argument("--split", choices=("test", "validation"), default="test",
                    help="test: the held-out datasets, every figure; validation: other held-out datasets, "
@@ -282,7 +282,7 @@ def main() -> None:
     if args.seeds < 1 or args.networks < 6 or args.zoo_epochs < 1 or args.zoo_jobs < 1:
         p.error("--seeds, --zoo-epochs and --zoo-jobs must be at least 1, --networks at least 6 "
                 "(the top-5 and one random network)")
-    from pipeline.datasets import synth
+    from tans.pipeline.datasets import synth
     specs = ([s for s in synth.suite() if s.name in HELD_OUT] if args.split == "test" else validation_specs())
     names = [s.name for s in specs]
     if args.held_out:
@@ -339,12 +339,12 @@ def main() -> None:
         predicted = predicted_all[rows]
         source_score = imageless_score("source", predicted_all, searcher.source_fit)[0][rows]
         # `tans search --rerank finetune`'s own score: its fine-tuned first networks above the rest,
-        # which keep their source score (retriever.proxy.cascade_score)
+        # which keep their source score (tans.retriever.proxy.cascade_score)
         assert DEFAULT_RERANK == "finetune", "the set's first 5 are the default's: the finetune score is read from it"
         cascade = {h.job_id: h.rank_score for h in default if h.proxy_loss is not None}
         finetune_score = [cascade.get(j, source_score[i]) for i, j in enumerate(chosen)]
         folds = proxy.proxy_folds(tr_lab)
-        from retriever.features import sample_per_class
+        from tans.retriever.features import sample_per_class
         sample = sample_per_class(tr_lab, 10, "search")
         xs, ys = x[sample], np.asarray([tr_lab[i] for i in sample])
         acc1, acc3, per_seed, evidence = [], [], [], {k: [] for k in SCORERS}
@@ -461,7 +461,7 @@ def same_pair(store, config) -> dict:
     query dataset whose top-1 was another dataset's model, and in how many of its queries."""
     from collections import Counter
 
-    from retriever.train import evaluate, gather, same_pair_ranks, train_retriever
+    from tans.retriever.train import evaluate, gather, same_pair_ranks, train_retriever
     t = gather(store, config.train.image_size, config.retrain.backbone)
     model, _ = train_retriever(t, config.retrain, log=lambda *_: None)
     m = evaluate(model, t, config.retrain, queries_per_dataset=10)
@@ -473,7 +473,7 @@ def same_pair(store, config) -> dict:
 
 
 def zoo_summary(store, results, seconds) -> dict:
-    from zoo_schema.shards import read_datasets
+    from tans.zoo_schema.shards import read_datasets
     rows = {}
     for d in read_datasets(store):
         accs = [r.accuracy for r in results.values() if r.dataset_id == d.dataset_id]
@@ -489,17 +489,17 @@ def zoo_summary(store, results, seconds) -> dict:
 def search_times(zoo: str) -> dict:
     """`tans search` end to end from the command line, for a 10-class held-out query."""
     out = {}
-    from pipeline.datasets import synth
+    from tans.pipeline.datasets import synth
     query = CACHE / "held-out" / "mnist-real"  # the suite's own size: 1,000 images
     if not query.exists():
         synth.write_dataset(next(s for s in synth.suite() if s.name == "mnist-real"), query.parent, seed=0)
     query = str(query)
-    from retriever.rerank import RERANK_CHOICES
-    subprocess.run([sys.executable, "-m", "pipeline.cli", "search", zoo, "--dataset", query, "--json"],
+    from tans.retriever.rerank import RERANK_CHOICES
+    subprocess.run([sys.executable, "-m", "tans.pipeline.cli", "search", zoo, "--dataset", query, "--json"],
                    capture_output=True, cwd=ROOT)  # untimed: Python's and torch's files into the page cache
     for rerank in RERANK_CHOICES:
         started = time.perf_counter()
-        r = subprocess.run([sys.executable, "-m", "pipeline.cli", "search", zoo, "--dataset", query,
+        r = subprocess.run([sys.executable, "-m", "tans.pipeline.cli", "search", zoo, "--dataset", query,
                             "--rerank", rerank, "--json"], capture_output=True, text=True, cwd=ROOT)
         wall = time.perf_counter() - started
         inner = json.loads(r.stdout)["seconds"] if r.returncode == 0 else {"error": r.stderr[-300:]}

@@ -36,11 +36,11 @@ def phases(r) -> dict[str, float]:
 
 
 def run(zoo: str, dataset_id: str, archs: list[str], train, warm: bool) -> dict:
-    from pipeline.build.executor import RayExecutor, ResourceSettings
-    from workers.job import job_spec
-    from zoo_schema.manifest import read_manifest
-    from zoo_schema.shards import read_dataset
-    from zoo_schema.store import S3Settings, open_store
+    from tans.pipeline.execution.executor import RayExecutor, ResourceSettings
+    from tans.workers.job import job_spec
+    from tans.zoo_schema.manifest import read_manifest
+    from tans.zoo_schema.shards import read_dataset
+    from tans.zoo_schema.store import S3Settings, open_store
     store = open_store(zoo)
     manifest, dataset = read_manifest(store), read_dataset(store, dataset_id)
     executor = RayExecutor(store.uri, S3Settings(), ResourceSettings(max_in_flight=1, warm_workers=warm))
@@ -75,11 +75,11 @@ def main() -> None:
     args = ap.parse_args()
     import ray
 
-    from pipeline.build.config import load_config
-    from pipeline.build.run import run_build
-    from pipeline.datasets import synth
-    from workers.job import TrainSettings
-    from workers.ofa_space import arch_pool
+    from tans.pipeline.execution.config import load_config
+    from tans.pipeline.execution.run import run_build
+    from tans.pipeline.datasets import synth
+    from tans.workers.job import TrainSettings
+    from tans.workers.networks.ofa_space import arch_pool
     work = Path(tempfile.mkdtemp(prefix="tans-bench-worker-"))
     spec = next(s for s in synth.suite() if s.name == args.dataset)
     synth.write_dataset(spec, work / "datasets", seed=0)

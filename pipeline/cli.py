@@ -8,11 +8,11 @@ import os
 import signal
 import sys
 
-from pipeline.build import signals
-from retriever import proxy
-from retriever.rerank import DEFAULT_RERANK, RERANK_CHOICES
-from zoo_schema.errors import TansError
-from zoo_schema.redact import redact
+from tans.pipeline.execution import signals
+from tans.retriever import proxy
+from tans.retriever.rerank import DEFAULT_RERANK, RERANK_CHOICES
+from tans.zoo_schema.errors import TansError
+from tans.zoo_schema.redact import redact
 
 
 def _build_overrides(args) -> dict:
@@ -26,9 +26,9 @@ def _build_overrides(args) -> dict:
 
 
 def _build(args) -> int:
-    from pipeline.build.config import load_config
-    from pipeline.build.progress import Progress
-    from pipeline.build.run import run_build
+    from tans.pipeline.execution.config import load_config
+    from tans.pipeline.execution.progress import Progress
+    from tans.pipeline.execution.run import run_build
     config = load_config(args.config, _build_overrides(args), environ={} if args.resolved_config else None)
     progress = Progress()
     try:
@@ -45,15 +45,15 @@ def _log_report(config, summary, log) -> None:
     """The zoo's report as artifacts of the build's MLflow run (`report/index.html`)."""
     if not summary.mlflow_run or not summary.zoo_results:
         return
-    from pipeline.build.tracking import tracking_uri
-    from pipeline.commands.report import log_report
-    from zoo_schema.store import open_store
+    from tans.pipeline.execution.tracking import tracking_uri
+    from tans.pipeline.commands.report import log_report
+    from tans.zoo_schema.store import open_store
     log_report(open_store(config.zoo, config.s3), tracking_uri(config.mlflow), summary.mlflow_run)
     log("the zoo's report is logged to the build's MLflow run (artifacts: report/index.html)")
 
 
 def _submit(args) -> int:
-    from pipeline.commands.submit import follow, submit
+    from tans.pipeline.commands.submit import follow, submit
     sid = submit(args.address, args.config, _build_overrides(args))
     if not args.wait:
         return 0
@@ -63,7 +63,7 @@ def _submit(args) -> int:
 
 
 def _jobs(args) -> int:
-    from pipeline.commands import submit
+    from tans.pipeline.commands import submit
     if args.jobs_command == "list":
         rows = [submit.describe(j) for j in submit.tans_jobs(submit.client(args.address))]
         if args.json:
@@ -89,8 +89,8 @@ def _jobs(args) -> int:
 
 
 def _resume(args) -> int:
-    from pipeline.build.run import last_build_config, run_build
-    from zoo_schema.store import S3Settings
+    from tans.pipeline.execution.run import last_build_config, run_build
+    from tans.zoo_schema.store import S3Settings
     config = last_build_config(args.zoo, S3Settings(endpoint_url=args.s3_endpoint))
     summary = run_build(config, wait=args.wait, command="tans resume")
     _log_report(config, summary, print)
@@ -101,15 +101,15 @@ def _resume(args) -> int:
 
 def _open_existing(args):
     """The zoo a read-only command was given; a path with no zoo is an error, never created."""
-    from zoo_schema.manifest import require_zoo
-    from zoo_schema.store import S3Settings, open_store
+    from tans.zoo_schema.manifest import require_zoo
+    from tans.zoo_schema.store import S3Settings, open_store
     store = open_store(args.zoo, S3Settings(endpoint_url=args.s3_endpoint))
     require_zoo(store)
     return store
 
 
 def _verify(args) -> int:
-    from pipeline.commands.verify import WRITER_TIME_LIMIT_S, verify_zoo
+    from tans.pipeline.commands.verify import WRITER_TIME_LIMIT_S, verify_zoo
     report = verify_zoo(_open_existing(args), args.clean_orphans, dry_run=args.dry_run, wait=args.wait,
                         log=(lambda *_: None) if args.json else print)
     if args.json:
@@ -142,10 +142,10 @@ def _verify(args) -> int:
 
 
 def _lease(args) -> int:
-    from pipeline.build.lease import break_lease, inspect, read_lease
-    from zoo_schema.layout import LEASE
-    from zoo_schema.manifest import require_zoo
-    from zoo_schema.store import S3Settings, open_store
+    from tans.pipeline.execution.lease import break_lease, inspect, read_lease
+    from tans.zoo_schema.layout import LEASE
+    from tans.zoo_schema.manifest import require_zoo
+    from tans.zoo_schema.store import S3Settings, open_store
     store = open_store(args.zoo, S3Settings(endpoint_url=args.s3_endpoint))
     if not store.exists(LEASE):
         require_zoo(store)  # a mistyped path is an error, not "no lease"
@@ -168,12 +168,12 @@ def _lease(args) -> int:
 def _retrain(args) -> int:
     from dataclasses import replace
 
-    from pipeline.build.lease import holding
-    from pipeline.build.retrain import run_retrain
-    from pipeline.build.tracking import MlflowSettings
-    from retriever.train import RetrainSettings
-    from zoo_schema.layout import retriever_meta_key
-    from zoo_schema.manifest import read_manifest
+    from tans.pipeline.execution.lease import holding
+    from tans.pipeline.execution.retrain import run_retrain
+    from tans.pipeline.execution.tracking import MlflowSettings
+    from tans.retriever.train import RetrainSettings
+    from tans.zoo_schema.layout import retriever_meta_key
+    from tans.zoo_schema.manifest import read_manifest
     store = _open_existing(args)
     manifest = read_manifest(store)
     if manifest is None:
@@ -194,8 +194,8 @@ def _retrain(args) -> int:
 def _pretrain_base(args) -> int:
     from dataclasses import replace
 
-    from pipeline.commands.pretrain import PretrainSettings, pretrain_base
-    from zoo_schema.store import S3Settings
+    from tans.pipeline.commands.pretrain import PretrainSettings, pretrain_base
+    from tans.zoo_schema.store import S3Settings
     s3 = S3Settings(endpoint_url=args.s3_endpoint)
     settings = PretrainSettings()
     for name in ("steps", "batch_size", "lr", "image_size", "random_subnets", "seed"):
@@ -208,9 +208,9 @@ def _pretrain_base(args) -> int:
 
 
 def _search(args) -> int:
-    from pipeline.commands.search import search_dataset
-    from retriever.search import Constraints
-    from zoo_schema.store import S3Settings
+    from tans.pipeline.commands.search import search_dataset
+    from tans.retriever.search import Constraints
+    from tans.zoo_schema.store import S3Settings
     s3 = S3Settings(endpoint_url=args.s3_endpoint)
     constraints = Constraints(args.max_params, args.max_flops, args.max_latency_ms)
     result = search_dataset(_open_existing(args), args.dataset, constraints, args.top_k, s3=s3,
@@ -244,8 +244,8 @@ def _search(args) -> int:
 
 
 def _finetune(args) -> int:
-    from pipeline.build.config import load_config
-    from pipeline.commands.finetune import run_finetune
+    from tans.pipeline.execution.config import load_config
+    from tans.pipeline.commands.finetune import run_finetune
     config = load_config(args.config, {"zoo": args.zoo, "train.epochs": args.epochs,
                                        "train.image_size": args.image_size, "address": args.address,
                                        "mlflow.tracking_uri": args.mlflow_uri,
@@ -258,14 +258,14 @@ def _finetune(args) -> int:
 
 
 def _status(args) -> int:
-    from pipeline.commands.status import format_status, zoo_status
+    from tans.pipeline.commands.status import format_status, zoo_status
     status = zoo_status(_open_existing(args))
     print(json.dumps(status.as_dict(), indent=1) if args.json else format_status(status))
     return 0
 
 
 def _report(args) -> int:
-    from pipeline.commands.report import write_report
+    from tans.pipeline.commands.report import write_report
     folder = write_report(_open_existing(args), args.out)
     if args.json:
         print(json.dumps({"report": str(folder)}))
@@ -273,7 +273,7 @@ def _report(args) -> int:
 
 
 def _export(args) -> int:
-    from workers.export import export_network
+    from tans.workers.networks.export import export_network
     report = export_network(_open_existing(args), args.job, args.out)
     if args.json:
         print(json.dumps(dataclasses.asdict(report), indent=1))
@@ -285,9 +285,9 @@ def _export(args) -> int:
 
 
 def _datasets_add(args) -> int:
-    from pipeline.build.lease import holding
-    from pipeline.datasets.ingest import IngestSettings, ingest
-    from zoo_schema.store import S3Settings, open_store
+    from tans.pipeline.execution.lease import holding
+    from tans.pipeline.datasets.ingest import IngestSettings, ingest
+    from tans.zoo_schema.store import S3Settings, open_store
     s3 = S3Settings(endpoint_url=args.s3_endpoint)
     store = open_store(args.zoo, s3)
     with holding(store, "tans datasets add", wait=args.wait, log=(lambda *_: None) if args.json else print):
@@ -314,7 +314,7 @@ def _ingest_each(store, args, settings, s3, ingest) -> list[dict]:
 
 
 def _datasets_synth(args) -> int:
-    from pipeline.datasets.synth import generate
+    from tans.pipeline.datasets.synth import generate
     names = generate(args.out, count=args.count, seed=args.seed)
     print(json.dumps({"out": args.out, "datasets": names}) if args.json else
           f"wrote {len(names)} datasets to {args.out}")

@@ -20,16 +20,16 @@ import torch
 from safetensors.numpy import load as numpy_load, save as numpy_save
 from safetensors.torch import load as torch_load, save as torch_save
 
-from workers.images import decode_images
-from workers.mbv3 import largest_subnet
-from workers.nets import base_supernet_state
-from workers.ofa_space import build_supernet
-from workers.weights import read_state_dict
-from zoo_schema import layout
-from zoo_schema.errors import ConfigError
-from zoo_schema.manifest import Manifest
-from zoo_schema.shards import load_split
-from zoo_schema.store import ZooStore
+from tans.workers.networks.images import decode_images
+from tans.workers.networks.mbv3 import largest_subnet
+from tans.workers.networks.nets import base_supernet_state
+from tans.workers.networks.ofa_space import build_supernet
+from tans.workers.networks.weights import read_state_dict
+from tans.zoo_schema import layout
+from tans.zoo_schema.errors import ConfigError
+from tans.zoo_schema.manifest import Manifest
+from tans.zoo_schema.shards import load_split
+from tans.zoo_schema.store import ZooStore
 
 PER_CLASS_CAP = 20
 

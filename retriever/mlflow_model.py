@@ -5,11 +5,11 @@ of tans is pickled).
 dataset and returns the zoo's networks ranked for it (best first), as a DataFrame with
 `rank, job_id, dataset_id, arch, params, flops, latency_ms, score, predicted_accuracy,
 source_accuracy, rank_score, ranked_by`, ordered as `tans search` orders them without the
-query's images (`retriever.search.imageless_score`; ranks are taken over every network of the
+query's images (`tans.retriever.search.imageless_score`; ranks are taken over every network of the
 version, where search takes them over the networks whose results are still live):
 
 - `df` with a column `features`: one row per query image, each its backbone feature vector
-  (`meta.json`'s `image_dim` floats, as `retriever.features` computes them), or
+  (`meta.json`'s `image_dim` floats, as `tans.retriever.features` computes them), or
 - `df` with a column `image`: one row per query image, its encoded bytes (PNG, JPEG); the
   backbone is then loaded from the zoo the version was trained on (it must be reachable).
 
@@ -29,12 +29,12 @@ import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file
 
-from retriever.features import embed_images, load_backbone
-from retriever.model import Retriever
-from retriever.rerank import DEFAULT_IMAGELESS, source_over_chance
-from retriever.search import RECALL, imageless_score, top_by_cosine
-from zoo_schema.manifest import read_manifest
-from zoo_schema.store import open_store
+from tans.retriever.features import embed_images, load_backbone
+from tans.retriever.model import Retriever
+from tans.retriever.rerank import DEFAULT_IMAGELESS, source_over_chance
+from tans.retriever.search import RECALL, imageless_score, top_by_cosine
+from tans.zoo_schema.manifest import read_manifest
+from tans.zoo_schema.store import open_store
 
 
 class RetrieverModel(mlflow.pyfunc.PythonModel):

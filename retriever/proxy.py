@@ -1,7 +1,7 @@
 """A short fine-tune as evidence: how well a candidate network learns the query's own task.
 
 `tans search --rerank finetune` orders the recalled networks by `source` (see
-retriever.rerank), then scores each of the first `--finetune-top` by a cross-fitted short
+tans.retriever.rerank), then scores each of the first `--finetune-top` by a cross-fitted short
 fine-tune on the query's images: the query's images are split in two folds (half of each
 class in each); the network is fine-tuned for one epoch with the zoo's recipe (paper B.2: SGD
 with Nesterov momentum, cosine schedule; a new head for the query's classes, seeded) on one
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from zoo_schema.errors import TansError
+from tans.zoo_schema.errors import TansError
 
 PER_CLASS = 40          # at most this many query images per class (train + held out) ...
 BUDGET = 400            # ... and about this many in all: a 20-class query uses 20 per class
@@ -45,7 +45,7 @@ def proxy_folds(labels: list[int]) -> tuple[list[int], list[int]]:
     first fold by turns (so one-image classes spread over both)."""
     import random
 
-    from retriever.features import sample_per_class  # torch; the CLI imports this module's constants
+    from tans.retriever.features import sample_per_class  # torch; the CLI imports this module's constants
     chosen = sample_per_class(labels, per_class(len(set(labels))), "proxy")
     by_class: dict[int, list[int]] = {}
     for i in chosen:
@@ -73,8 +73,8 @@ def fold_loss(net, num_classes: int, x, y, train_idx: list[int], held_idx: list[
     The caller's torch random state is left as it was."""
     import torch
 
-    from workers.job import TrainSettings
-    from workers.training import train
+    from tans.workers.job import TrainSettings
+    from tans.workers.networks.training import train
     tr, ho = torch.as_tensor(train_idx), torch.as_tensor(held_idx)
     settings = TrainSettings(epochs=EPOCHS, image_size=image_size, evaluate_every_epoch=False)
     with torch.random.fork_rng(devices=[]):
@@ -100,7 +100,7 @@ def cascade_score(source_score: np.ndarray, losses: dict[int, float]) -> np.ndar
     """The finetune ordering's score of the recalled networks: those fine-tuned (`losses`:
     position -> held-out loss) above all others, by their mean rank of the negative loss
     (ties share it), in [1, 2]; the others keep their `source` score, in [0, 1]."""
-    from retriever.rerank import mean_rank
+    from tans.retriever.rerank import mean_rank
     out = np.asarray(source_score, dtype=np.float64).copy()
     if losses:
         positions = list(losses)

@@ -17,7 +17,7 @@ chance to 1 (how well it learned its own task). It needs no images and no networ
 `SCORERS` is the registry of evidence scorers on features `tans search --rerank` chooses from;
 "none" keeps the retriever's predicted accuracy, "source" is the rank mean above, and
 "finetune" re-orders the first networks of "source" by a one-epoch fine-tune on the query's
-images (retriever.proxy).
+images (tans.retriever.proxy).
 """
 from __future__ import annotations
 

@@ -17,16 +17,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from retriever.features import embed_images, load_backbone, sample_per_class
-from retriever import proxy
-from retriever.rerank import DEFAULT_IMAGELESS, DEFAULT_RERANK, RERANK_CHOICES, SCORERS, mean_rank, source_over_chance
-from retriever.train import load_version
-from workers.images import decode_images
-from workers.nets import checkpoint_features, load_checkpoint
-from zoo_schema.errors import TansError
-from zoo_schema.layout import checkpoint_uri
-from zoo_schema.manifest import read_manifest
-from zoo_schema.store import ZooStore
+from tans.retriever.features import embed_images, load_backbone, sample_per_class
+from tans.retriever import proxy
+from tans.retriever.rerank import DEFAULT_IMAGELESS, DEFAULT_RERANK, RERANK_CHOICES, SCORERS, mean_rank, source_over_chance
+from tans.retriever.train import load_version
+from tans.workers.networks.images import decode_images
+from tans.workers.networks.nets import checkpoint_features, load_checkpoint
+from tans.zoo_schema.errors import TansError
+from tans.zoo_schema.layout import checkpoint_uri
+from tans.zoo_schema.manifest import read_manifest
+from tans.zoo_schema.store import ZooStore
 
 
 @dataclass(frozen=True)
@@ -133,9 +133,9 @@ class Searcher:
     (among those meeting the constraints), then order them by a score: the retriever's
     predicted accuracy (`rerank="none"`), that and each network's accuracy on its own zoo
     dataset (`"source"`), or evidence computed on the query's own images with each candidate's
-    penultimate features (`"logme"`, `"knn"`; see retriever.rerank), or `"source"` with its
+    penultimate features (`"logme"`, `"knn"`; see tans.retriever.rerank), or `"source"` with its
     first `finetune_top` networks re-ordered by a one-epoch fine-tune on the query's images
-    (`"finetune"`; see retriever.proxy). The recalled set does not depend on `top_k` while it is
+    (`"finetune"`; see tans.retriever.proxy). The recalled set does not depend on `top_k` while it is
     at most `recall`, so asking for more hits never reorders the first.
     """
 
@@ -249,7 +249,7 @@ class Searcher:
 
     def _finetuned(self, images: list[bytes], labels: list[int], q, top, scores, finetune_top: int) -> list[Hit]:
         """The `source` order, its first `finetune_top` re-ordered by the cross-fitted held-out loss
-        of a short fine-tune on the query's images (retriever.proxy)."""
+        of a short fine-tune on the query's images (tans.retriever.proxy)."""
         import copy
         folds = proxy.proxy_folds(labels)  # checks the query before any fine-tune
         predicted = self._predicted(q)

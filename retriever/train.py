@@ -28,13 +28,13 @@ import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load
 
-from retriever.features import backbone_id, load_backbone, split_features
-from retriever.model import Retriever, retriever_loss
-from zoo_schema import layout
-from zoo_schema.errors import TansError
-from zoo_schema.manifest import read_manifest
-from zoo_schema.results import read_state
-from zoo_schema.store import ZooStore
+from tans.retriever.features import backbone_id, load_backbone, split_features
+from tans.retriever.model import Retriever, retriever_loss
+from tans.zoo_schema import layout
+from tans.zoo_schema.errors import TansError
+from tans.zoo_schema.manifest import read_manifest
+from tans.zoo_schema.results import read_state
+from tans.zoo_schema.store import ZooStore
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class ZooTensors:
     train_feats: dict[str, tuple[np.ndarray, np.ndarray]]
     test_feats: dict[str, tuple[np.ndarray, np.ndarray]]
     results: list
-    backbone: object                # retriever.features.Backbone
+    backbone: object                # tans.retriever.features.Backbone
     topology: torch.Tensor
     func: torch.Tensor
     accuracy: torch.Tensor

@@ -8,25 +8,25 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from zoo_schema.manifest import require_zoo
-from zoo_schema.records import DatasetRecord
-from zoo_schema.results import results_table
-from zoo_schema.shards import read_datasets
-from zoo_schema.store import S3Settings, ZooStore, open_store
+from tans.zoo_schema.manifest import require_zoo
+from tans.zoo_schema.records import DatasetRecord
+from tans.zoo_schema.results import results_table
+from tans.zoo_schema.shards import read_datasets
+from tans.zoo_schema.store import S3Settings, ZooStore, open_store
 
 if TYPE_CHECKING:  # torch is imported only by what needs it: networks, export, search
-    from retriever.search import SearchResult
-    from workers.export import ExportReport, Network
+    from tans.retriever.search import SearchResult
+    from tans.workers.networks.export import ExportReport, Network
 
 _TORCH_TYPES = ("ExportReport", "Network", "NetworkConfig")
 
 
 def __getattr__(name: str):
-    """`tans.Network`, `tans.NetworkConfig`, `tans.ExportReport` come from workers.export, which
+    """`tans.Network`, `tans.NetworkConfig`, `tans.ExportReport` come from tans.workers.networks.export, which
     imports torch: only when asked for, so `import tans` and reading the zoo's tables stay light."""
     if name in _TORCH_TYPES:
-        import workers.export
-        return getattr(workers.export, name)
+        import tans.workers.networks.export
+        return getattr(tans.workers.networks.export, name)
     raise AttributeError(f"module 'tans' has no attribute {name!r}")
 
 
@@ -55,12 +55,12 @@ class Zoo:
 
     def network(self, job_id: str) -> Network:
         """The fine-tuned network of a job: a torch module with `preprocess`, `predict`, `config`."""
-        from workers.export import load_network
+        from tans.workers.networks.export import load_network
         return load_network(self.store, job_id)
 
     def export(self, job_id: str, out: str | Path) -> ExportReport:
         """model.safetensors, config.json, README.md and model.pt2 of a job, into `out`."""
-        from workers.export import export_network
+        from tans.workers.networks.export import export_network
         return export_network(self.store, job_id, out)
 
     def search(self, dataset: str, top_k: int = 10, max_params: float | None = None,
@@ -69,8 +69,8 @@ class Zoo:
         """Rank the zoo's networks for a dataset (an ImageFolder directory or a Parquet file);
         `rerank` and `finetune_top` as `tans search --rerank` (its default: finetune) and
         `--finetune-top` (its default: 2)."""
-        from pipeline.commands.search import search_dataset
-        from retriever.search import Constraints
+        from tans.pipeline.commands.search import search_dataset
+        from tans.retriever.search import Constraints
         return search_dataset(self.store, dataset, Constraints(max_params, max_flops, max_latency_ms),
                               top_k=top_k, rerank=rerank, finetune_top=finetune_top)
 

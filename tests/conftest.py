@@ -100,7 +100,7 @@ TINY = {"hue-6": 12, "shapes-clean": 10, "digits-sklearn": 0, "glyphs-digits-cle
 @pytest.fixture(scope="session")
 def tiny_datasets(tmp_path_factory):
     """Four small real image datasets in the ImageFolder layout (built-in generators)."""
-    from pipeline.datasets import synth
+    from tans.pipeline.datasets import synth
     out = tmp_path_factory.mktemp("datasets")
     specs = {s.name: s for s in synth.suite()}
     for name, per_class in TINY.items():

@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 
-from zoo_schema.store import LocalStore, S3Settings, S3Store, open_store
+from tans.zoo_schema.store import LocalStore, S3Settings, S3Store, open_store
 
 
 def arm(prefix: str, after: int) -> None:
@@ -35,11 +35,11 @@ def main() -> None:
     store = open_store(spec["zoo"], S3Settings(endpoint_url=spec.get("endpoint")))
     arm(spec["prefix"], spec["after"])
     if spec["call"] == "ingest":
-        from pipeline.datasets.ingest import ingest
+        from tans.pipeline.datasets.ingest import ingest
         ingest(store, spec["source"], name=spec.get("name"))
     elif spec["call"] == "retrain":
-        from retriever.train import RetrainSettings
-        from pipeline.build.retrain import run_retrain
+        from tans.retriever.train import RetrainSettings
+        from tans.pipeline.execution.retrain import run_retrain
         run_retrain(store, RetrainSettings(steps=5), spec["image_size"], None, None, log=lambda *_: None)
     else:
         raise SystemExit(f"unknown call {spec['call']!r}")

@@ -4,14 +4,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.acquisition.base import ParetoSettings, PolicyContext
-from pipeline.acquisition.hypervolume import REF, Normalizer, gains, hv_history, hypervolume, normalized_hypervolume
-from pipeline.acquisition.pareto import ParetoPolicy, training_size
-from pipeline.acquisition.predictor import fit, mc_grid, mc_samples
-from pipeline.acquisition.profiles import ArchProfile, Prior
-from workers.ofa_space import arch_pool
-from zoo_schema.records import DatasetRecord, ResultRecord
-from zoo_schema.results import ZooState
+from tans.pipeline.acquisition.base import ParetoSettings, PolicyContext
+from tans.pipeline.acquisition.hypervolume import REF, Normalizer, gains, hv_history, hypervolume, normalized_hypervolume
+from tans.pipeline.acquisition.pareto import ParetoPolicy, training_size
+from tans.pipeline.acquisition.predictor import fit, mc_grid, mc_samples
+from tans.pipeline.acquisition.priors import ArchProfile, Prior
+from tans.workers.networks.ofa_space import arch_pool
+from tans.zoo_schema.records import DatasetRecord, ResultRecord
+from tans.zoo_schema.results import ZooState
 
 
 def test_hypervolume_gain_matches_hand_computation():

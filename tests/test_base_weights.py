@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.build.run import base_weights_entry
-from pipeline.build.config import load_config
-from zoo_schema.errors import ConfigError, StorageError
-from workers import weights as base_weights
-from workers.nets import load_base_supernet
-from workers.images import decode_images
-from workers.ofa_space import build_supernet
-from zoo_schema.store import open_store
+from tans.pipeline.execution.run import base_weights_entry
+from tans.pipeline.execution.config import load_config
+from tans.zoo_schema.errors import ConfigError, StorageError
+from tans.workers.networks import weights as base_weights
+from tans.workers.networks.nets import load_base_supernet
+from tans.workers.networks.images import decode_images
+from tans.workers.networks.ofa_space import build_supernet
+from tans.zoo_schema.store import open_store
 
 
 def test_shipped_weights_match_their_recipe_and_are_the_default(tmp_path):
@@ -41,8 +41,8 @@ def test_shipped_weights_recognise_their_pretraining_tasks(name, tmp_path):
     slots, datasets in the recipe's order) is far above chance (1/394)."""
     import dataclasses
 
-    from pipeline.datasets import synth
-    from pipeline.datasets.ingest import read_images
+    from tans.pipeline.datasets import synth
+    from tans.pipeline.datasets.ingest import read_images
     from safetensors.torch import load_file
     path, recipe = base_weights.shipped()
     specs = {s.name: s for s in synth.suite()}
@@ -74,7 +74,7 @@ def test_ofa_published_checkpoint_format_is_accepted(tmp_path):
 
 
 def test_pretrained_weights_are_written_whole_or_not_at_all(tmp_path):
-    from pipeline.commands.pretrain import write_weights
+    from tans.pipeline.commands.pretrain import write_weights
     out = tmp_path / "weights" / "base.safetensors"
     write_weights(str(out), b"first", None)
     write_weights(str(out), b"second", None)

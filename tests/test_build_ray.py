@@ -9,16 +9,16 @@ import json
 import pytest
 import torch
 
-from pipeline.build.run import run_build
-from pipeline.build.config import load_config
-from zoo_schema.results import ZooState, read_results
-from zoo_schema.journal import read_failures
-from pipeline.commands.status import format_status, zoo_status
-from workers.training import evaluate
-from workers.nets import load_checkpoint
-from workers.images import load_tensors
-from zoo_schema.manifest import read_manifest
-from zoo_schema.store import S3Settings, open_store
+from tans.pipeline.execution.run import run_build
+from tans.pipeline.execution.config import load_config
+from tans.zoo_schema.results import ZooState, read_results
+from tans.zoo_schema.journal import read_failures
+from tans.pipeline.commands.status import format_status, zoo_status
+from tans.workers.networks.training import evaluate
+from tans.workers.networks.nets import load_checkpoint
+from tans.workers.networks.images import load_tensors
+from tans.zoo_schema.manifest import read_manifest
+from tans.zoo_schema.store import S3Settings, open_store
 
 
 def config(zoo, data, tmp_path, **kw):
@@ -61,7 +61,7 @@ def test_local_build_resume_and_status(ray_cluster, tiny_datasets, tmp_path, cap
     retrain = {"retrain.after_build": True, "retrain.steps": 20}
     summary = run_build(config(zoo, tiny_datasets, tmp_path, **retrain))
     assert (summary.finished, summary.failed, summary.stop_reason) == (5, 0, "job budget reached")
-    from retriever.train import versions
+    from tans.retriever.train import versions
     store = open_store(zoo)
     results = check_zoo(store, 5)
     assert len({r.dataset_id for r in results}) == 4  # the random strategy spreads over datasets
@@ -129,10 +129,10 @@ def test_build_with_zoo_on_s3(ray_cluster, tiny_datasets, tmp_path, s3_server, s
 def test_failed_job_is_recorded_and_build_goes_on(ray_cluster, tiny_datasets, tmp_path):
     zoo = str(tmp_path / "zoo")
     store = open_store(zoo)
-    from pipeline.datasets.ingest import ingest
+    from tans.pipeline.datasets.ingest import ingest
     ingest(store, str(tiny_datasets / "hue-6"))
     ingest(store, str(tiny_datasets / "shapes-clean"))
-    from zoo_schema.shards import read_dataset, shard_keys
+    from tans.zoo_schema.shards import read_dataset, shard_keys
     for key in shard_keys(store, read_dataset(store, "shapes-clean"), "train"):  # no training data left
         store.delete(key)
     summary = run_build(config(zoo, tiny_datasets, tmp_path, datasets=[], max_jobs=4,
@@ -151,7 +151,7 @@ def test_failed_job_is_recorded_and_build_goes_on(ray_cluster, tiny_datasets, tm
 
 
 def test_manifest_conflict_is_refused(ray_cluster, tiny_datasets, tmp_path):
-    from zoo_schema.errors import ZooConflictError
+    from tans.zoo_schema.errors import ZooConflictError
     zoo = str(tmp_path / "zoo")
     run_build(config(zoo, tiny_datasets, tmp_path, max_jobs=0))
     with pytest.raises(ZooConflictError, match="width: zoo has 1.0, build asks 1.2"):
@@ -162,10 +162,10 @@ def test_manifest_conflict_is_refused(ray_cluster, tiny_datasets, tmp_path):
 def test_pareto_build_on_ray_then_replay_gives_same_proposals(ray_cluster, tiny_datasets, tmp_path):
     """Algorithm 1 end to end on Ray; the replay executor rebuilds the same state from that
     zoo, and the policy proposes the same pairs from either state."""
-    from pipeline.acquisition.base import PolicyContext
-    from pipeline.acquisition.pareto import ParetoPolicy
-    from zoo_schema.results import read_state
-    from workers.ofa_space import arch_pool
+    from tans.pipeline.acquisition.base import PolicyContext
+    from tans.pipeline.acquisition.pareto import ParetoPolicy
+    from tans.zoo_schema.results import read_state
+    from tans.workers.networks.ofa_space import arch_pool
     zoo = str(tmp_path / "zoo")
     pareto = {"strategy": "pareto", "arch.pool_size": 10, "pareto.n_init_per_dataset": 1,
               "max_jobs": 7}

@@ -9,8 +9,8 @@ import time
 import pytest
 import torch
 
-from workers import cache as cache_module
-from workers.cache import JobCache
+from tans.workers import cache as cache_module
+from tans.workers.cache import JobCache
 
 
 class _Store:

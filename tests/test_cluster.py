@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from pipeline.build.run import run_build
-from pipeline.build.config import load_config
-from zoo_schema.results import read_results
-from zoo_schema.journal import read_failures, read_starts
-from zoo_schema.store import open_store
+from tans.pipeline.execution.run import run_build
+from tans.pipeline.execution.config import load_config
+from tans.zoo_schema.results import read_results
+from tans.zoo_schema.journal import read_failures, read_starts
+from tans.zoo_schema.store import open_store
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def test_fine_tunes_land_on_gpu_nodes_and_node_loss_is_survived(cluster, tiny_da
     resources (still counted for a while) is given up after START_DEADLINE_S, shortened here."""
     import ray
 
-    from pipeline.build import executor as executor_module
+    from tans.pipeline.execution import executor as executor_module
     monkeypatch.setattr(executor_module, "START_DEADLINE_S", 15.0)
     c, gpu_nodes = cluster
     head_id = ray.get_runtime_context().get_node_id()

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.build.config import load_config
-from zoo_schema.errors import ConfigError
+from tans.pipeline.execution.config import load_config
+from tans.zoo_schema.errors import ConfigError
 
 
 def test_defaults_need_no_file():

@@ -1,4 +1,4 @@
-"""The Executor contract (pipeline/build/executor.py), tested over both executors.
+"""The Executor contract (pipeline/execution/executor.py), tested over both executors.
 
 Each runs against a zoo whose rows are written directly (no fine-tuning): the Ray executor's
 workers answer a committed job with its row at once, and fail a job whose dataset the zoo
@@ -11,15 +11,15 @@ import time
 
 import pytest
 
-from pipeline.acquisition.base import Pair
-from pipeline.build.executor import Outcome, RayExecutor, ReplayExecutor, ResourceSettings
-from workers.job import TrainSettings, job_spec
-from workers.ofa_space import DEPTHS, EXPANDS, KERNELS, arch_pool
-from zoo_schema.manifest import BaseWeights, Manifest, ensure_manifest, read_manifest
-from zoo_schema.records import DatasetRecord, ResultRecord, to_table
-from zoo_schema.shards import read_dataset
-from zoo_schema import layout
-from zoo_schema.store import S3Settings, open_store
+from tans.pipeline.acquisition.base import Pair
+from tans.pipeline.execution.executor import Outcome, RayExecutor, ReplayExecutor, ResourceSettings
+from tans.workers.job import TrainSettings, job_spec
+from tans.workers.networks.ofa_space import DEPTHS, EXPANDS, KERNELS, arch_pool
+from tans.zoo_schema.manifest import BaseWeights, Manifest, ensure_manifest, read_manifest
+from tans.zoo_schema.records import DatasetRecord, ResultRecord, to_table
+from tans.zoo_schema.shards import read_dataset
+from tans.zoo_schema import layout
+from tans.zoo_schema.store import S3Settings, open_store
 
 ARCHS = [a.id for a in arch_pool(0, 3)]
 MANIFEST = Manifest(width=1.0, kernels=list(KERNELS), expands=list(EXPANDS), depths=list(DEPTHS), noise_seed=0,
@@ -87,8 +87,8 @@ def test_executor_contract(executor_case):
 
 def ingested_zoo(datasets, zoo):
     """A zoo holding the tiny datasets and its manifest, and no results (a build of 0 jobs)."""
-    from pipeline.build.config import load_config
-    from pipeline.build.run import run_build
+    from tans.pipeline.execution.config import load_config
+    from tans.pipeline.execution.run import run_build
     run_build(load_config(None, {"zoo": str(zoo), "datasets": [str(datasets)], "max_jobs": 0,
                                  "arch.pool_size": 5, "retrain.after_build": False}),
               log=lambda *_: None, tracking=False)
@@ -195,8 +195,8 @@ def test_executor_profiles_archs_in_order(executor_case, tmp_path):
     the source zoo's."""
     import numpy as np
 
-    from pipeline.acquisition.profiles import PROFILES_KEY
-    from workers.profile import profile_archs
+    from tans.pipeline.acquisition.priors import PROFILES_KEY
+    from tans.workers.measure_archs import profile_archs
     executor, _, _, _ = executor_case
     store = open_store(str(tmp_path / "zoo"))
     local = profile_archs(store, MANIFEST, ARCHS, 32)
@@ -221,7 +221,7 @@ def test_a_warm_worker_that_never_starts_is_given_up_and_its_job_moved(ray_clust
     Profiling, first, makes only as many workers as there is room for."""
     import ray
 
-    from pipeline.build import executor as executor_module
+    from tans.pipeline.execution import executor as executor_module
     store, specs = committed_zoo(tmp_path / "zoo")
     hold = ray.remote(num_cpus=1)(type("Hold", (), {})).remote()
     executor = RayExecutor(store.uri, S3Settings(), ResourceSettings(max_in_flight=2, warm_workers=True))

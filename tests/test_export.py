@@ -13,11 +13,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import tans
-from pipeline.build.config import load_config
-from pipeline.build.run import run_build
-from pipeline.cli import main
-from zoo_schema.errors import StorageError, TansError
-from zoo_schema.shards import load_split
+from tans.pipeline.execution.config import load_config
+from tans.pipeline.execution.run import run_build
+from tans.pipeline.cli import main
+from tans.zoo_schema.errors import StorageError, TansError
+from tans.zoo_schema.shards import load_split
 
 FRESH = r"""
 import json, sys

@@ -40,7 +40,7 @@ def test_ray_cluster_yaml_passes_rays_validator():
 
 
 def test_kuberay_rayjob_runs_a_tans_build_with_gpu_workers():
-    from pipeline.cli import parser
+    from tans.pipeline.cli import parser
     job = yaml.safe_load((ROOT / "infra/kuberay/rayjob.yaml").read_text())
     assert job["kind"] == "RayJob" and job["apiVersion"].startswith("ray.io/")
     argv = shlex.split(job["spec"]["entrypoint"])

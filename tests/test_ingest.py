@@ -8,10 +8,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from zoo_schema.errors import DatasetError
-from pipeline.datasets.ingest import IngestSettings, ingest
-from zoo_schema.shards import load_split, read_datasets
-from zoo_schema.store import S3Settings, open_store
+from tans.zoo_schema.errors import DatasetError
+from tans.pipeline.datasets.ingest import IngestSettings, ingest
+from tans.zoo_schema.shards import load_split, read_datasets
+from tans.zoo_schema.store import S3Settings, open_store
 
 
 def make_folder(root, classes: dict[str, int], mode="RGB", size=(20, 16)):

@@ -17,11 +17,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.build.config import load_config
-from zoo_schema.errors import DatasetError
-from pipeline.datasets.ingest import IngestSettings, ingest, slug
-from zoo_schema.shards import load_split, read_datasets
-from zoo_schema.store import check_key, open_store
+from tans.pipeline.execution.config import load_config
+from tans.zoo_schema.errors import DatasetError
+from tans.pipeline.datasets.ingest import IngestSettings, ingest, slug
+from tans.zoo_schema.shards import load_split, read_datasets
+from tans.zoo_schema.store import check_key, open_store
 
 from tests.test_ingest import _png, make_folder
 
@@ -43,8 +43,8 @@ def test_decompression_bomb_is_skipped_without_decoding(tmp_path):
     # In a fresh process, whose peak RSS (VmHWM) is its own: ru_maxrss would inherit pytest's.
     script = textwrap.dedent("""
         import sys
-        from pipeline.datasets.ingest import ingest
-        from zoo_schema.store import open_store
+        from tans.pipeline.datasets.ingest import ingest
+        from tans.zoo_schema.store import open_store
         def peak_mb():
             return int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) // 1024
         before = peak_mb()

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import pipeline.datasets.ingest as ingest_mod
-from pipeline.datasets.decode import SpoolReader
-from pipeline.datasets.ingest import IngestSettings, ingest, read_images, validate
-from pipeline.datasets.sources import list_source
-from zoo_schema.errors import DatasetError
-from zoo_schema.shards import load_split, read_datasets
-from zoo_schema.store import open_store
+import tans.pipeline.datasets.ingest as ingest_mod
+from tans.pipeline.datasets.decode import SpoolReader
+from tans.pipeline.datasets.ingest import IngestSettings, ingest, read_images, validate
+from tans.pipeline.datasets.sources import list_source
+from tans.zoo_schema.errors import DatasetError
+from tans.zoo_schema.shards import load_split, read_datasets
+from tans.zoo_schema.store import open_store
 
 
 def _jpeg(path, size=(40, 30), seed=0, mode="RGB"):
@@ -146,7 +146,7 @@ def test_a_zoo_that_refuses_a_write_stops_the_ingestion_and_keeps_nothing(tmp_pa
     refused by the zoo (a full disk): the error comes out, nothing hangs, nothing is left."""
     import threading
 
-    from zoo_schema.errors import StorageError
+    from tans.zoo_schema.errors import StorageError
     src = jpeg_folder(tmp_path / "ds", {"a": 6, "b": 6})
     store = open_store(str(tmp_path / "zoo"))
     real = store.write_bytes

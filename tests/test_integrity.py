@@ -15,21 +15,21 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.build.run import last_build_config, run_build
-from pipeline.cli import main
-from pipeline.build.config import load_config
-from pipeline.build.lease import Lease
-from zoo_schema.errors import ConfigError, DatasetError, StorageError, ZooConflictError
-from zoo_schema.shards import load_split, read_datasets, read_dataset
-from zoo_schema.results import read_results, result_key, scan_results
-from zoo_schema.journal import record_failure
-from pipeline.commands.verify import verify_zoo
+from tans.pipeline.execution.run import last_build_config, run_build
+from tans.pipeline.cli import main
+from tans.pipeline.execution.config import load_config
+from tans.pipeline.execution.lease import Lease
+from tans.zoo_schema.errors import ConfigError, DatasetError, StorageError, ZooConflictError
+from tans.zoo_schema.shards import load_split, read_datasets, read_dataset
+from tans.zoo_schema.results import read_results, result_key, scan_results
+from tans.zoo_schema.journal import record_failure
+from tans.pipeline.commands.verify import verify_zoo
 from tests.test_resilience import overrides
-from workers.job import JobSpec
-from zoo_schema.layout import LEASE
-from zoo_schema.manifest import read_manifest
-from zoo_schema.records import to_table
-from zoo_schema.store import open_store
+from tans.workers.job import JobSpec
+from tans.zoo_schema.layout import LEASE
+from tans.zoo_schema.manifest import read_manifest
+from tans.zoo_schema.records import to_table
+from tans.zoo_schema.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -142,7 +142,7 @@ def test_ingestion_killed_midway_then_a_smaller_source_never_mixes_splits(tiny_d
 
 
 def test_retrain_killed_midway_leaves_no_mixed_version(built, tmp_path):
-    from retriever.train import load_version, versions
+    from tans.retriever.train import load_version, versions
     copy = copy_of(built, tmp_path)
     store = open_store(str(copy))
     before = versions(store)
@@ -150,8 +150,8 @@ def test_retrain_killed_midway_leaves_no_mixed_version(built, tmp_path):
     assert versions(store) == before
     report = verify_zoo(store)
     assert report.problems == [] and [k.rsplit("/", 1)[-1] for k in report.orphans] == ["weights.safetensors"]
-    from retriever.train import RetrainSettings
-    from pipeline.build.retrain import run_retrain
+    from tans.retriever.train import RetrainSettings
+    from tans.pipeline.execution.retrain import run_retrain
     version = run_retrain(store, RetrainSettings(steps=5), 32, None, None, log=lambda *_: None)
     loaded = load_version(store, version)
     meta = loaded.meta
@@ -163,8 +163,8 @@ def test_retrain_killed_midway_leaves_no_mixed_version(built, tmp_path):
 def test_two_retrains_at_once_each_publish_a_whole_version(built, tmp_path):
     import threading
 
-    from retriever.train import RetrainSettings
-    from retriever.train import gather, load_version, save_version, train_retriever, versions
+    from tans.retriever.train import RetrainSettings
+    from tans.retriever.train import gather, load_version, save_version, train_retriever, versions
     copy = copy_of(built, tmp_path)
     store = open_store(str(copy))
     settings = RetrainSettings(steps=5)
@@ -186,7 +186,7 @@ def test_two_retrains_at_once_each_publish_a_whole_version(built, tmp_path):
 # -- files that are not what their key says ------------------------------------------------
 
 def test_result_file_holding_another_jobs_row_is_refused_and_set_aside(built, tmp_path):
-    from workers.run import run_job
+    from tans.workers.run import run_job
     copy = copy_of(built, tmp_path)
     store = open_store(str(copy))
     a, b = read_results(store)[:2]
@@ -369,7 +369,7 @@ def test_sigterm_stops_a_build_cleanly(ray_cluster, tiny_datasets, tmp_path):
     cfg = tmp_path / "build.toml"
     from tests.test_resilience import toml
     cfg.write_text(toml(o))
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "build", "--config", str(cfg)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "tans.pipeline.cli", "build", "--config", str(cfg)], cwd=ROOT,
                             env={**os.environ, "RAY_AUTH_MODE": "token"},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     store = open_store(str(zoo))
@@ -390,8 +390,8 @@ def test_sigterm_stops_a_build_cleanly(ray_cluster, tiny_datasets, tmp_path):
 def test_a_signal_surfacing_through_a_native_call_is_still_a_clean_stop(tmp_path, capsys, monkeypatch):
     """CI caught SIGTERM arriving inside Ray's Cython `CoreWorker.wait`: Python reported it as
     `SystemError(... returned a result with an exception set)` caused by our `Interrupted`."""
-    import pipeline.cli as cli
-    from zoo_schema.errors import Interrupted
+    import tans.pipeline.cli as cli
+    from tans.zoo_schema.errors import Interrupted
 
     def wait_in_native_code(args):
         try:
@@ -458,7 +458,7 @@ def test_whole_config_is_checked_before_anything_starts(tiny_datasets, tmp_path)
         run_build(load_config(None, {"zoo": str(zoo), "datasets": [str(collide)]}))
     assert not zoo.exists()
     config = load_config(None, {"zoo": str(zoo), "datasets": [str(collide)], "names": {"My Data": "my-data-2"}})
-    from pipeline.build.run import validate_build
+    from tans.pipeline.execution.run import validate_build
     assert len(validate_build(config)) == 2
 
 
@@ -487,7 +487,7 @@ def test_sigterm_during_ray_start_up_leaves_no_ray_process(tiny_datasets, tmp_pa
             except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
                 pass
         return found
-    proc = psutil.Popen([sys.executable, "-m", "pipeline.cli", "build", "--config", str(cfg)], cwd=ROOT,
+    proc = psutil.Popen([sys.executable, "-m", "tans.pipeline.cli", "build", "--config", str(cfg)], cwd=ROOT,
                         env={**os.environ, "TANS_TEST_MARK": marker}, stdout=subprocess.DEVNULL,
                         stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
@@ -503,7 +503,7 @@ def test_sigterm_during_ray_start_up_leaves_no_ray_process(tiny_datasets, tmp_pa
 
 
 def test_zoo_copied_to_s3_verifies_and_searches_there(built, tiny_datasets, s3_server, s3_bucket, capsys):
-    from zoo_schema.store import S3Settings
+    from tans.zoo_schema.store import S3Settings
     remote_uri = f"s3://{s3_bucket}/moved/zoo"
     remote = open_store(remote_uri, S3Settings(endpoint_url=s3_server.url))
     for path in sorted(p for p in Path(built[0]).rglob("*") if p.is_file()):

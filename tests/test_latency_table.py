@@ -1,4 +1,4 @@
-"""The pool profile's CPU latency lookup table (workers/profile.py): each piece of a forward
+"""The pool profile's CPU latency lookup table (workers/measure_archs.py): each piece of a forward
 timed where it runs, one entry per block choice keyed as ofa orders the blocks, an arch's
 latency the fixed part plus its active blocks, used for every chunk of a pool large enough
 to pay for it. (How well the table agrees with direct measurements is a timing question,
@@ -9,10 +9,10 @@ from dataclasses import replace
 
 import torch
 
-from workers import profile
-from workers.ofa_space import EXPANDS, KERNELS, MAX_DEPTH, SLOTS, UNITS, Arch, arch_pool, build_supernet
-from zoo_schema.manifest import BaseWeights, Manifest
-from zoo_schema.store import open_store
+from tans.workers import measure_archs as profile
+from tans.workers.networks.ofa_space import EXPANDS, KERNELS, MAX_DEPTH, SLOTS, UNITS, Arch, arch_pool, build_supernet
+from tans.zoo_schema.manifest import BaseWeights, Manifest
+from tans.zoo_schema.store import open_store
 
 MANIFEST = Manifest(width=1.0, kernels=list(KERNELS), expands=list(EXPANDS), depths=[2, 3, 4], noise_seed=0,
                     noise_shape=[2, 3, 32, 32], base_weights=BaseWeights("random", "random-seed0", seed=0),

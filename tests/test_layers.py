@@ -1,46 +1,51 @@
-"""The one-way import rule of README "Architecture", checked on the source (every import,
-at module level or inside a function): a layer imports only the layers below it.
+"""The one-way import rule of docs/architecture.md, checked on the source (every import, at
+module level or inside a function): a layer imports only the layers below it.
 
-    tans (the public API), pipeline.cli
-      -> pipeline.commands
-        -> pipeline.build
-          -> pipeline.acquisition, pipeline.datasets
-            -> retriever -> workers -> zoo_schema (imports nothing of tans)
+    tans (the public API), tans.pipeline.cli
+      -> tans.pipeline.commands
+        -> tans.pipeline.execution
+          -> tans.pipeline.acquisition, tans.pipeline.datasets
+            -> tans.retriever -> tans.workers -> tans.zoo_schema (imports nothing of tans)
 
-and no two modules import each other, directly or in a circle.
+`tans.layers` (the list of layer folders, a constant) may be imported from anywhere; and no
+two modules import each other, directly or in a circle. The repository's layer folders
+install as `tans.<folder>` (setup.py), so the module `tans.pipeline.cli` is the file
+`pipeline/cli.py`.
 """
 from __future__ import annotations
 
 import ast
+import runpy
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("zoo_schema", "workers", "retriever", "pipeline", "tans")
+LAYERS = runpy.run_path(str(ROOT / "tans" / "layers.py"))["LAYERS"]
+Z, W, R, P = (f"tans.{name}" for name in ("zoo_schema", "workers", "retriever", "pipeline"))
 # what each layer may import besides itself; a module's layer is its longest matching prefix
 ALLOWED = {
-    "zoo_schema": set(),
-    "workers": {"zoo_schema"},
-    "retriever": {"zoo_schema", "workers"},
-    "pipeline.datasets": {"zoo_schema", "workers"},
-    "pipeline.acquisition": {"zoo_schema", "workers", "retriever"},
-    "pipeline.build": {"zoo_schema", "workers", "retriever", "pipeline.acquisition", "pipeline.datasets"},
-    "pipeline.commands": {"zoo_schema", "workers", "retriever", "pipeline.acquisition", "pipeline.datasets",
-                          "pipeline.build"},
-    "pipeline.cli": {"zoo_schema", "workers", "retriever", "pipeline.acquisition", "pipeline.datasets",
-                     "pipeline.build", "pipeline.commands"},
-    "pipeline": set(),  # the package's __init__: a docstring only
-    "tans": {"zoo_schema", "workers", "retriever", "pipeline.acquisition", "pipeline.datasets",
-             "pipeline.build", "pipeline.commands"},  # the public face, on top
+    "tans.layers": set(),
+    Z: set(),
+    W: {Z},
+    R: {Z, W},
+    f"{P}.datasets": {Z, W},
+    f"{P}.acquisition": {Z, W, R},
+    f"{P}.execution": {Z, W, R, f"{P}.acquisition", f"{P}.datasets"},
+    f"{P}.commands": {Z, W, R, f"{P}.acquisition", f"{P}.datasets", f"{P}.execution"},
+    f"{P}.cli": {Z, W, R, f"{P}.acquisition", f"{P}.datasets", f"{P}.execution", f"{P}.commands"},
+    P: set(),  # the package's __init__: a docstring only
+    "tans": {Z, W, R, f"{P}.acquisition", f"{P}.datasets", f"{P}.execution", f"{P}.commands"},  # the public face
 }
+EVERYWHERE = {"tans.layers"}
 
 
 def modules() -> dict[str, Path]:
+    """{module name: file} of every module of the installed namespace, from the repository."""
     out = {}
-    for package in PACKAGES:
-        for path in sorted((ROOT / package).rglob("*.py")):
-            name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    for folder, package in [("tans", "tans")] + [(layer, f"tans.{layer}") for layer in LAYERS]:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            name = ".".join([package, *path.relative_to(ROOT / folder).with_suffix("").parts])
             out[name.removesuffix(".__init__")] = path
     return out
 
@@ -73,13 +78,28 @@ GRAPH = {m: imports(p, modules()) - {m} for m, p in modules().items()}
 @pytest.mark.parametrize("module", sorted(GRAPH))
 def test_imports_only_point_down(module):
     own = layer(module)
-    wrong = sorted(t for t in GRAPH[module]
-                   if layer(t) != own and layer(t) not in ALLOWED[own]
-                   and not module.startswith(t + "."))  # a module may import its own package
-    assert not wrong, f"{module} (layer {own}) imports {wrong}, which are not below it"
+    wrong = upward(module)
+    assert not wrong, f"{module} (layer {layer(module)}) imports {wrong}, which are not below it"
+
+
+def upward(module: str) -> list[str]:
+    own = layer(module)
+    return sorted(t for t in GRAPH[module]
+                  if layer(t) != own and layer(t) not in ALLOWED[own] and t not in EVERYWHERE
+                  and not module.startswith(t + "."))  # a module may import its own package
 
 
 def test_no_import_cycles():
+    cycles = import_cycles()
+    assert not cycles, f"import circles: {cycles}"
+
+
+def layer_violations() -> tuple[list[str], list[list[str]]]:
+    """(upward imports as 'module -> target', import circles): what bench/code_shape.py reports."""
+    return [f"{m} -> {t}" for m in sorted(GRAPH) for t in upward(m)], import_cycles()
+
+
+def import_cycles() -> list[list[str]]:
     index, low, stack, on_stack, cycles = {}, {}, [], set(), []
 
     def visit(v):
@@ -106,8 +126,7 @@ def test_no_import_cycles():
         if v not in index:
             visit(v)
     # a package's __init__ importing its own modules (to register them) is not a circle
-    cycles = [c for c in cycles if not all(m.startswith(c[0] + ".") or m == c[0] for m in c)]
-    assert not cycles, f"import circles: {cycles}"
+    return [c for c in cycles if not all(m.startswith(c[0] + ".") or m == c[0] for m in c)]
 
 
 @pytest.mark.parametrize("package", [m for m, p in sorted(modules().items()) if p.name == "__init__.py"])
@@ -122,7 +141,23 @@ def test_packages_do_nothing_when_imported(package):
 def test_the_rule_catches_an_upward_import(tmp_path):
     """The check itself can fail: a zoo_schema module importing the pipeline is caught."""
     bad = tmp_path / "bad.py"
-    bad.write_text("def f():\n    from pipeline.build.config import BuildConfig\n")
+    bad.write_text("def f():\n    from tans.pipeline.execution.config import BuildConfig\n")
     found = imports(bad, modules())
-    assert "pipeline.build.config" in found
-    assert layer("pipeline.build.config") not in ALLOWED[layer("zoo_schema.bad")]
+    assert "tans.pipeline.execution.config" in found
+    assert layer("tans.pipeline.execution.config") not in ALLOWED[layer("tans.zoo_schema.bad")]
+
+
+def test_the_wheel_installs_one_top_level_package(tmp_path):
+    """Built as users install it, the wheel holds `tans/...` and its metadata, nothing else at
+    the top: no `pipeline`, `workers`, `retriever` or `zoo_schema` in their site-packages."""
+    import subprocess
+    import sys
+    import zipfile
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path), str(ROOT)], check=True, capture_output=True, timeout=300)
+    (wheel,) = tmp_path.glob("tans-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names} == {"tans", wheel.name.split("-py3")[0] + ".dist-info"}
+    for layer_name in LAYERS:
+        assert f"tans/{layer_name}/__init__.py" in names
+    assert "tans/pipeline/cli.py" in names and "tans/workers/networks/pretrained/ofa-mbv3-w1.0-suite24.json" in names

@@ -11,13 +11,13 @@ import time
 
 import pytest
 
-from pipeline.cli import main
-from pipeline.build.config import load_config
-from zoo_schema.errors import ConfigError, ZooConflictError
-from pipeline.build.lease import LEASE_KEY, Lease
-from zoo_schema.store import open_store
+from tans.pipeline.cli import main
+from tans.pipeline.execution.config import load_config
+from tans.zoo_schema.errors import ConfigError, ZooConflictError
+from tans.pipeline.execution.lease import LEASE_KEY, Lease
+from tans.zoo_schema.store import open_store
 
-HOLD = ("import sys, time; from pipeline.build.lease import Lease; from zoo_schema.store import open_store; "
+HOLD = ("import sys, time; from tans.pipeline.execution.lease import Lease; from tans.zoo_schema.store import open_store; "
         "Lease(open_store(sys.argv[1]), ttl=60).acquire(); print('held', flush=True); time.sleep(60)")
 
 

@@ -9,14 +9,14 @@ from pathlib import Path
 
 from PIL import Image
 
-import pipeline.commands.search as search
+import tans.pipeline.commands.search as search
 from tests.test_executors import committed_zoo
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = r"""
 import json, sys
 import tans
-from pipeline.cli import main
+from tans.pipeline.cli import main
 codes = [main(["status", sys.argv[1], "--json"]), main(["verify", sys.argv[1], "--json", "--dry-run"])]
 rows = tans.open_zoo(sys.argv[1]).results().num_rows
 print(json.dumps({"codes": codes, "rows": rows,
@@ -61,7 +61,7 @@ def test_light_reading_drops_only_the_embeddings(tmp_path):
     from the files committed after it alike; every other field is what a full read gives."""
     import dataclasses
 
-    from zoo_schema.results import read_results, write_snapshot
+    from tans.zoo_schema.results import read_results, write_snapshot
     store, specs = committed_zoo(tmp_path / "zoo")
     full = read_results(store)
     write_snapshot(store, full[:1])  # one row from the snapshot, the others from their files
@@ -75,8 +75,8 @@ def test_zoo_table_read_as_arrow_equals_the_records(tmp_path):
     """`tans.open_zoo(ZOO).results()` reads Arrow directly (snapshot + files committed since);
     it equals converting the records, also when a file holds another job's row (then the
     records are read, which leave that file out)."""
-    from zoo_schema.records import to_table
-    from zoo_schema.results import read_results, results_table, write_snapshot
+    from tans.zoo_schema.records import to_table
+    from tans.zoo_schema.results import read_results, results_table, write_snapshot
     store, specs = committed_zoo(tmp_path / "zoo")
     assert results_table(store).equals(to_table(read_results(store)))
     write_snapshot(store, read_results(store)[:2])
@@ -90,8 +90,8 @@ def test_zoo_table_read_as_arrow_equals_the_records(tmp_path):
 def test_ofa_networks_load_without_torchvision_and_its_data_loader_stays_importable():
     """`ofa_module` keeps ofa's ImageNet data loader (torchvision, torch._dynamo: 1.2 s) out of
     a process that only builds and measures networks; importing the loader by name still works."""
-    probe = ("import sys; from workers.ofa_space import build_supernet, build_subnet, arch_pool\n"
-             "from workers.measure import count_flops\n"
+    probe = ("import sys; from tans.workers.networks.ofa_space import build_supernet, build_subnet, arch_pool\n"
+             "from tans.workers.networks.measure import count_flops\n"
              "net = build_subnet(build_supernet(1.0), arch_pool(0, 1)[0], 10); count_flops(net, 32)\n"
              "print(sorted(m for m in ('torchvision', 'torch._dynamo') if m in sys.modules))\n"
              "from ofa.utils.my_dataloader import MyRandomResizedCrop; print(MyRandomResizedCrop.__name__)")

@@ -17,23 +17,23 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.build.config import load_config
-from pipeline.build.lease import LEASE_KEY, Lease
-from pipeline.build.run import base_weights_entry, run_build
-from pipeline.cli import main
-from pipeline.commands.verify import verify_zoo
-from zoo_schema.errors import StorageError
-from zoo_schema.journal import read_failures
-from zoo_schema.outfiles import output_folder, write_file
-from zoo_schema.results import read_results
-from zoo_schema.shards import load_split, read_datasets
-from zoo_schema.store import open_store
+from tans.pipeline.execution.config import load_config
+from tans.pipeline.execution.lease import LEASE_KEY, Lease
+from tans.pipeline.execution.run import base_weights_entry, run_build
+from tans.pipeline.cli import main
+from tans.pipeline.commands.verify import verify_zoo
+from tans.zoo_schema.errors import StorageError
+from tans.zoo_schema.journal import read_failures
+from tans.zoo_schema.outfiles import output_folder, write_file
+from tans.zoo_schema.results import read_results
+from tans.zoo_schema.shards import load_split, read_datasets
+from tans.zoo_schema.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def tans(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "tans.pipeline.cli", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=600, **kw)
 
 
@@ -60,7 +60,7 @@ def test_verify_clean_orphans_never_deletes_an_ingestion_in_flight(tmp_path, tin
     zoo = tmp_path / "zoo"
     assert main(["datasets", "add", str(tiny_datasets / "hue-6"), "--zoo", str(zoo)]) == 0
     big = image_folder(tmp_path / "big", classes=6, per_class=60, side=320)
-    adding = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "datasets", "add", str(big), "--zoo", str(zoo)],
+    adding = subprocess.Popen([sys.executable, "-m", "tans.pipeline.cli", "datasets", "add", str(big), "--zoo", str(zoo)],
                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         store = open_store(str(zoo))
@@ -96,7 +96,7 @@ def test_a_second_writer_is_refused_or_waits(tmp_path, tiny_datasets):
     assert read_datasets(zoo) == []  # nothing written
     show = tans("lease", "show", str(tmp_path / "zoo"))
     assert "running `tans retrain`" in show.stdout
-    waiting = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "datasets", "add", str(tiny_datasets / "hue-6"),
+    waiting = subprocess.Popen([sys.executable, "-m", "tans.pipeline.cli", "datasets", "add", str(tiny_datasets / "hue-6"),
                                 "--zoo", str(tmp_path / "zoo"), "--wait"], cwd=ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     time.sleep(4)
@@ -245,6 +245,6 @@ def test_a_closed_pipe_ends_quietly(tmp_path, tiny_datasets):
     assert main(["datasets", "add", str(tiny_datasets / "hue-6"), str(tiny_datasets / "shapes-clean"),
                  "--zoo", str(zoo)]) == 0
     for _ in range(4):
-        r = subprocess.run(f"{sys.executable} -m pipeline.cli status --json {zoo} | head -1", shell=True,
+        r = subprocess.run(f"{sys.executable} -m tans.pipeline.cli status --json {zoo} | head -1", shell=True,
                            cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert r.stdout.strip() == "{" and r.stderr == "", r.stderr

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workers.mbv3 import largest_subnet
-from workers.ofa_space import build_supernet, penultimate
+from tans.workers.networks.mbv3 import largest_subnet
+from tans.workers.networks.ofa_space import build_supernet, penultimate
 
 
 def _largest(supernet):
-    """ofa's own largest subnet, as search built it before workers.mbv3."""
+    """ofa's own largest subnet, as search built it before tans.workers.networks.mbv3."""
     supernet.set_max_net()
     return supernet.get_active_subnet(preserve_weight=True)
 
@@ -48,8 +48,8 @@ def test_a_static_subnet_computes_what_its_ofa_checkpoint_computes(width, seed):
     plain torch gives ofa's penultimate features: random depths, kernels and expand ratios."""
     import random
 
-    from workers.mbv3 import static_subnet
-    from workers.ofa_space import build_subnet, sample_arch
+    from tans.workers.networks.mbv3 import static_subnet
+    from tans.workers.networks.ofa_space import build_subnet, sample_arch
     torch.manual_seed(seed)
     arch = sample_arch(random.Random(seed))
     net = build_subnet(build_supernet(width), arch, num_classes=7).eval()
@@ -68,8 +68,8 @@ def test_a_static_subnet_computes_what_its_ofa_checkpoint_computes(width, seed):
 def test_a_checkpoint_of_another_arch_is_refused():
     import random
 
-    from workers.mbv3 import static_subnet
-    from workers.ofa_space import build_subnet, sample_arch
+    from tans.workers.networks.mbv3 import static_subnet
+    from tans.workers.networks.ofa_space import build_subnet, sample_arch
     arch = sample_arch(random.Random(5))
     state = build_subnet(build_supernet(1.0), arch, num_classes=3).state_dict()
     other = tuple(4 if d != 4 else 2 for d in arch.depths)

@@ -5,8 +5,8 @@ import random
 import pytest
 import torch
 
-from zoo_schema.errors import ConfigError
-from workers.ofa_space import Arch, build_subnet, build_supernet, feature_dim, penultimate, sample_arch
+from tans.zoo_schema.errors import ConfigError
+from tans.workers.networks.ofa_space import Arch, build_subnet, build_supernet, feature_dim, penultimate, sample_arch
 
 
 def test_arch_id_round_trip_and_topology_zeroes_inactive_blocks():
@@ -48,10 +48,10 @@ def test_subnet_has_weights_of_supernet_and_right_penultimate(width):
 
 
 def test_base_weights_from_a_file_are_checked_and_stored_as_safetensors(tmp_path):
-    from pipeline.build.run import wanted_manifest
-    from pipeline.build.config import load_config
-    from workers.nets import load_base_supernet
-    from zoo_schema.store import open_store
+    from tans.pipeline.execution.run import wanted_manifest
+    from tans.pipeline.execution.config import load_config
+    from tans.workers.networks.nets import load_base_supernet
+    from tans.zoo_schema.store import open_store
     torch.manual_seed(5)
     supernet = build_supernet(1.0)
     path = tmp_path / "ofa_supernet.pth"
@@ -78,8 +78,8 @@ def test_flop_count_equals_ofas_count_net_flops_and_leaves_the_model_as_it_was()
     import torch
     from ofa.utils.pytorch_utils import count_net_flops
 
-    from workers.measure import count_flops
-    from workers.ofa_space import build_subnet, build_supernet, sample_arch
+    from tans.workers.networks.measure import count_flops
+    from tans.workers.networks.ofa_space import build_subnet, build_supernet, sample_arch
     supernet = build_supernet(1.2)
     for seed in range(6):
         model = build_subnet(supernet, sample_arch(random.Random(seed)), num_classes=3 + seed).train()
@@ -95,8 +95,8 @@ def test_evaluating_the_last_epoch_only_trains_the_same_network_and_scores_it_th
     """Per-epoch evaluation does not touch the training (its BatchNorm re-estimation draws from
     its own generator and is redone from scratch each time): skipping it for all but the last
     epoch gives the same losses and the same final accuracy, with one accuracy, in less time."""
-    from workers.job import TrainSettings
-    from workers.training import train
+    from tans.workers.job import TrainSettings
+    from tans.workers.networks.training import train
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(96, 3, 32, 32, generator=g), torch.randint(0, 3, (96,), generator=g)
     xt, yt = torch.rand(40, 3, 32, 32, generator=g), torch.randint(0, 3, (40,), generator=g)
@@ -120,7 +120,7 @@ def test_batchnorm_recalibration_folds_a_last_single_image_into_the_batch_before
     import torch
     from torch import nn
 
-    from workers.training import recalibrate_bn
+    from tans.workers.networks.training import recalibrate_bn
     model = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
     x = torch.randn(65, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     recalibrate_bn(model, x, "cpu")

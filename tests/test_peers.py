@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.acquisition import peers
-from pipeline.acquisition.base import Pair, PolicyContext
-from pipeline.acquisition.registry import create_policy
+from tans.pipeline.acquisition import peers
+from tans.pipeline.acquisition.base import Pair, PolicyContext
+from tans.pipeline.acquisition.registry import create_policy
 from tests.test_acquisition import DATASETS, POOL, make_prior, make_state, result
-from zoo_schema.results import ZooState
+from tans.zoo_schema.results import ZooState
 
 
 def policy(name: str, seed: int = 0):
@@ -94,7 +94,7 @@ def test_snap_returns_the_nearest_allowed_pool_arch():
 
 @pytest.mark.parametrize("name", ["nsga2", "tpe", "qnehvi"])
 def test_peers_start_from_the_same_initial_design_as_random_and_pareto(name):
-    from pipeline.acquisition.random import RandomPolicy
+    from tans.pipeline.acquisition.random import RandomPolicy
     empty = make_state(0)
     first = policy(name).propose(empty, peers.STARTUP * len(DATASETS))
     order = RandomPolicy(PolicyContext(0, tuple(POOL)))

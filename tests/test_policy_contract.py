@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.acquisition.base import Pair, ParetoSettings, PolicyContext
-from pipeline.acquisition.registry import POLICIES, create_policy
+from tans.pipeline.acquisition.base import Pair, ParetoSettings, PolicyContext
+from tans.pipeline.acquisition.registry import POLICIES, create_policy
 from tests.test_acquisition import DATASETS, POOL, make_prior, make_state
-from zoo_schema.journal import Failure
-from zoo_schema.results import ZooState
+from tans.zoo_schema.journal import Failure
+from tans.zoo_schema.results import ZooState
 
 
 def policy(name: str, seed: int = 0):

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.build.config import load_config
-from zoo_schema.errors import ConfigError
-from pipeline.build.progress import Progress
+from tans.pipeline.execution.config import load_config
+from tans.zoo_schema.errors import ConfigError
+from tans.pipeline.execution.progress import Progress
 
 ROOT = Path(__file__).resolve().parents[1]
 ESCAPE = re.compile(r"\x1b\[(\d*)([A-Za-z])")
@@ -236,8 +236,8 @@ def test_counts_can_be_given_and_a_line_without_counts_is_cut(xterm):
 SCRIPT = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, {root!r})
-    from pipeline.build import signals
-    from pipeline.build.progress import Progress
+    from tans.pipeline.execution import signals
+    from tans.pipeline.execution.progress import Progress
     {helpers}
     signals.install()  # as `tans` does: SIGTERM raises Interrupted
     progress = Progress()  # on sys.stdout, as `tans build` makes it
@@ -285,7 +285,7 @@ def test_a_process_on_a_terminal_closes_its_bar_even_when_stopped(stop):
     else:
         assert after[0] == "Traceback (most recent call last):"
         assert after[-2] == ("KeyboardInterrupt" if stop == "KeyboardInterrupt"
-                             else "zoo_schema.errors.Interrupted: stopped by SIGTERM")
+                             else "tans.zoo_schema.errors.Interrupted: stopped by SIGTERM")
     assert max(len(d) for d in renders(out)) <= 79
 
 
@@ -336,7 +336,7 @@ def test_progress_redraws_one_status_line_on_a_terminal(monkeypatch):
 
 
 def test_submitted_config_needs_shared_locations_and_gets_a_stable_id(tmp_path, monkeypatch):
-    from pipeline.commands.submit import cluster_config, submission_base
+    from tans.pipeline.commands.submit import cluster_config, submission_base
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(ConfigError, match="relative path"):
         cluster_config(load_config(None, {"zoo": "./zoo", "mlflow.tracking_uri": "http://m:5000"}))

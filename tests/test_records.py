@@ -6,7 +6,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from zoo_schema.records import SCHEMA_VERSION, ResultRecord, arrow_schema, from_table, to_table
+from tans.zoo_schema.records import SCHEMA_VERSION, ResultRecord, arrow_schema, from_table, to_table
 
 PUBLIC = ["job_id", "dataset_id", "arch", "topology", "accuracy", "params", "flops", "latency_ms",
           "functional_embedding", "checkpoint_uri", "checkpoint_sha256", "created_at"]
@@ -47,8 +47,8 @@ def test_job_ids_of_jobs_evaluated_every_epoch_are_those_before_the_setting_exis
     """`train.evaluate_every_epoch` (default true) does not enter the ids of existing zoos'
     jobs, so their resumes find their results; evaluating only the last epoch is another job.
     The pinned id was computed by workers/job.py before the setting existed."""
-    from workers.job import JobSpec, TrainSettings
-    from zoo_schema.manifest import BaseWeights
+    from tans.workers.job import JobSpec, TrainSettings
+    from tans.zoo_schema.manifest import BaseWeights
     base = BaseWeights(kind="random", id="random-seed-0", seed=0)
 
     def spec(train):

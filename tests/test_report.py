@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main
-from workers.ofa_space import DEPTHS, EXPANDS, KERNELS
-from zoo_schema import layout
-from zoo_schema.manifest import BaseWeights, Manifest, ensure_manifest
-from zoo_schema.records import DatasetRecord, ResultRecord, to_table
-from zoo_schema.store import open_store
+from tans.pipeline.cli import main
+from tans.workers.networks.ofa_space import DEPTHS, EXPANDS, KERNELS
+from tans.zoo_schema import layout
+from tans.zoo_schema.manifest import BaseWeights, Manifest, ensure_manifest
+from tans.zoo_schema.records import DatasetRecord, ResultRecord, to_table
+from tans.zoo_schema.store import open_store
 
 MANIFEST = Manifest(width=1.0, kernels=list(KERNELS), expands=list(EXPANDS), depths=list(DEPTHS), noise_seed=0,
                     noise_shape=[2, 3, 32, 32], base_weights=BaseWeights("random", "random-seed0", seed=0),
@@ -74,7 +74,7 @@ def smallest_text(monkeypatch):
     """The smallest text (px at the figure's dpi) of every figure the report saves."""
     import matplotlib.text
 
-    from pipeline.commands import report
+    from tans.pipeline.commands import report
     sizes: dict[str, float] = {}
     save = report._save
 

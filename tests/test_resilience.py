@@ -12,14 +12,14 @@ import time
 
 import pytest
 
-from pipeline.build.run import run_build
-from pipeline.build.config import load_config
-from zoo_schema.errors import ZooConflictError
-from pipeline.build.lease import LEASE_KEY, Lease
-from zoo_schema.results import read_results, read_state
-from zoo_schema.journal import read_failures, read_starts
-from pipeline.commands.verify import verify_zoo
-from zoo_schema.store import S3Settings, open_store
+from tans.pipeline.execution.run import run_build
+from tans.pipeline.execution.config import load_config
+from tans.zoo_schema.errors import ZooConflictError
+from tans.pipeline.execution.lease import LEASE_KEY, Lease
+from tans.zoo_schema.results import read_results, read_state
+from tans.zoo_schema.journal import read_failures, read_starts
+from tans.pipeline.commands.verify import verify_zoo
+from tans.zoo_schema.store import S3Settings, open_store
 
 
 def overrides(zoo, data, tmp_path, **kw):
@@ -97,7 +97,7 @@ def test_sigkill_driver_at_several_points_then_resume(ray_cluster, tiny_datasets
     store = open_store(str(zoo))
 
     def driver():
-        return subprocess.Popen([sys.executable, "-m", "pipeline.cli", "build", "--config", str(cfg)],
+        return subprocess.Popen([sys.executable, "-m", "tans.pipeline.cli", "build", "--config", str(cfg)],
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for kill_after in (1, 3):
         proc = driver()
@@ -167,7 +167,7 @@ def test_s3_endpoint_stopped_30s_mid_build(ray_cluster, tiny_datasets, tmp_path)
 # -- integrity -----------------------------------------------------------------------------
 
 def test_corrupt_checkpoint_and_truncated_result_are_found_and_skipped(ray_cluster, tiny_datasets, tmp_path):
-    from pipeline.cli import main
+    from tans.pipeline.cli import main
     zoo = str(tmp_path / "zoo")
     run_build(load_config(None, overrides(zoo, tiny_datasets, tmp_path, max_jobs=3)))
     store = open_store(zoo)
@@ -211,8 +211,8 @@ def test_chaos_moved_zoo_killed_ingestion_and_retrain(ray_cluster, tiny_datasets
     exactly what the kills left, and the results equal an uninterrupted build's."""
     import dataclasses
 
-    from pipeline.build.run import last_build_config
-    from retriever.train import load_version, versions
+    from tans.pipeline.execution.run import last_build_config
+    from tans.retriever.train import load_version, versions
     from tests.test_integrity import crash
     first = tmp_path / "first"
     crash({"call": "ingest", "zoo": str(first), "source": str(tiny_datasets / "hue-6"), "prefix": "data/",

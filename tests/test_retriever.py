@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.build.run import run_build
-from pipeline.build.config import load_config
-from retriever.train import RetrainSettings
-from pipeline.build.retrain import REGISTERED_MODEL, run_retrain
-from retriever.model import contrastive_loss
-from retriever.search import Constraints, NoModelFits, Searcher
-from pipeline.commands.search import search_dataset
-from retriever.train import grown_enough, load_version, versions
-from zoo_schema.store import S3Settings, open_store
+from tans.pipeline.execution.run import run_build
+from tans.pipeline.execution.config import load_config
+from tans.retriever.train import RetrainSettings
+from tans.pipeline.execution.retrain import REGISTERED_MODEL, run_retrain
+from tans.retriever.model import contrastive_loss
+from tans.retriever.search import Constraints, NoModelFits, Searcher
+from tans.pipeline.commands.search import search_dataset
+from tans.retriever.train import grown_enough, load_version, versions
+from tans.zoo_schema.store import S3Settings, open_store
 
 
 def test_contrastive_loss_matches_hand_computation():
@@ -37,7 +37,7 @@ def test_constraints_filter_and_measure_violation():
 
 
 def test_source_prior_and_rank_mean_match_hand_computation():
-    from retriever.rerank import mean_rank, source_over_chance
+    from tans.retriever.rerank import mean_rank, source_over_chance
     # 0.55 on 10 classes is half-way from chance (0.1) to 1; 0.5 on 2 classes is chance
     assert source_over_chance([0.55, 0.5, 1.0], [10, 2, 4]) == pytest.approx([0.5, 0.0, 1.0])
     # ranks (0..1) of [3, 1, 2] are [1, 0, 0.5]; of [0, 0, 9] (a tie shares rank 0.25) are [.25, .25, 1]
@@ -47,8 +47,8 @@ def test_source_prior_and_rank_mean_match_hand_computation():
     import inspect
 
     import tans
-    from retriever.rerank import DEFAULT_RERANK
-    from retriever.proxy import FINETUNE_TOP
+    from tans.retriever.rerank import DEFAULT_RERANK
+    from tans.retriever.proxy import FINETUNE_TOP
     assert inspect.signature(tans.Zoo.search).parameters["rerank"].default == DEFAULT_RERANK
     assert inspect.signature(tans.Zoo.search).parameters["finetune_top"].default == FINETUNE_TOP
 
@@ -69,7 +69,7 @@ SETTINGS = RetrainSettings(steps=40)
 
 def test_retrain_threshold_versions_and_registry(built_zoo):
     from mlflow.tracking import MlflowClient
-    from pipeline.build.tracking import MlflowSettings
+    from tans.pipeline.execution.tracking import MlflowSettings
     zoo, tmp = built_zoo
     store = open_store(zoo)
     mlflow = MlflowSettings(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}")
@@ -98,8 +98,8 @@ def test_registered_retriever_loads_as_an_mlflow_pyfunc_and_ranks_like_search(bu
     import mlflow
     import pandas as pd
 
-    from pipeline.build.tracking import MlflowSettings
-    from pipeline.datasets.ingest import IngestSettings, read_images
+    from tans.pipeline.execution.tracking import MlflowSettings
+    from tans.pipeline.datasets.ingest import IngestSettings, read_images
     zoo, tmp = built_zoo
     store = open_store(zoo)
     uri = f"sqlite:///{tmp / 'pyfunc.db'}"
@@ -126,7 +126,7 @@ def test_registered_retriever_loads_as_an_mlflow_pyfunc_and_ranks_like_search(bu
     assert list(by_prediction["predicted_accuracy"]) == sorted(by_prediction["predicted_accuracy"], reverse=True)
     from_images = model.predict(pd.DataFrame({"image": images}), params={"top_k": 5})
     assert list(from_images["job_id"]) == expected
-    from zoo_schema.errors import TansError
+    from tans.zoo_schema.errors import TansError
     for needs_images in ("finetune", "logme"):  # orderings that run networks on images: tans search only
         with pytest.raises(TansError, match=f"ordering '{needs_images}' loads recalled networks"):
             model.predict(pd.DataFrame({"features": list(features)}), params={"rerank": needs_images})
@@ -155,10 +155,10 @@ def test_search_ranks_filters_and_explains(built_zoo, tiny_datasets):
 
 @pytest.mark.parametrize("rerank", ["logme", "knn"])
 def test_search_reranks_with_evidence_from_the_query_images(built_zoo, tiny_datasets, rerank):
-    from retriever.rerank import SCORERS
-    from workers.nets import load_checkpoint
-    from workers.images import decode_images
-    from workers.ofa_space import penultimate
+    from tans.retriever.rerank import SCORERS
+    from tans.workers.networks.nets import load_checkpoint
+    from tans.workers.networks.images import decode_images
+    from tans.workers.networks.ofa_space import penultimate
     zoo, _ = built_zoo
     store = open_store(zoo)
     if not versions(store):
@@ -171,8 +171,8 @@ def test_search_reranks_with_evidence_from_the_query_images(built_zoo, tiny_data
     first = search_dataset(store, query, top_k=2, rerank=rerank).hits
     assert [h.job_id for h in first] == [h.job_id for h in result.hits[:2]]
     # the score is the scorer on the network's own features of the sampled query images
-    from pipeline.commands.search import query_images
-    from zoo_schema.results import find_result
+    from tans.pipeline.commands.search import query_images
+    from tans.zoo_schema.results import find_result
     images, labels = query_images(query, per_class=10)
     assert len(set(labels)) >= 2 and all(labels.count(c) == 10 for c in set(labels))  # sampled per class
     chosen = list(range(len(images)))
@@ -186,8 +186,8 @@ def test_search_reranks_with_evidence_from_the_query_images(built_zoo, tiny_data
 
 
 def test_search_ranks_by_predicted_and_source_accuracy(built_zoo, tiny_datasets):
-    from retriever.rerank import mean_rank, source_over_chance
-    from zoo_schema.results import find_result
+    from tans.retriever.rerank import mean_rank, source_over_chance
+    from tans.zoo_schema.results import find_result
     zoo, _ = built_zoo
     store = open_store(zoo)
     if not versions(store):
@@ -235,8 +235,8 @@ def test_retriever_version_loads_back_from_s3(built_zoo, s3_server, s3_bucket):
 
 
 def test_finetune_a_zoo_network_on_a_new_dataset(built_zoo, tiny_datasets, tmp_path):
-    from pipeline.commands.finetune import run_finetune
-    from zoo_schema.results import read_results
+    from tans.pipeline.commands.finetune import run_finetune
+    from tans.zoo_schema.results import read_results
     zoo, tmp = built_zoo
     store = open_store(zoo)
     start = read_results(store)[0]
@@ -274,9 +274,9 @@ def test_resnet18_backbone_from_a_local_weights_file(built_zoo, tiny_datasets, t
 def test_pretrain_base_serves_as_base_weights_and_query_backbone(built_zoo, tmp_path):
     """`tans pretrain-base`: sandwich-rule training on the union of the zoo's datasets; the
     file it writes is accepted as a new zoo's base weights and as a retriever backbone."""
-    from pipeline.build.run import base_weights_entry
-    from zoo_schema.shards import read_datasets
-    from pipeline.commands.pretrain import PretrainSettings, pretrain_base, sandwich_configs
+    from tans.pipeline.execution.run import base_weights_entry
+    from tans.zoo_schema.shards import read_datasets
+    from tans.pipeline.commands.pretrain import PretrainSettings, pretrain_base, sandwich_configs
     from safetensors import safe_open
     zoo, _ = built_zoo
     store = open_store(zoo)
@@ -286,8 +286,8 @@ def test_pretrain_base_serves_as_base_weights_and_query_backbone(built_zoo, tmp_
     out = tmp_path / "base" / "pretrained.safetensors"
     summary = pretrain_base(store, str(out), PretrainSettings(steps=6, batch_size=32), log=lambda *_: None)
     assert summary["classes"] == sum(d.num_classes for d in read_datasets(store))
-    from workers.nets import load_base_supernet
-    from zoo_schema.manifest import read_manifest
+    from tans.workers.networks.nets import load_base_supernet
+    from tans.zoo_schema.manifest import read_manifest
     manifest = read_manifest(store)  # pretraining starts from the zoo's own base weights
     assert summary["start"] == manifest.base_weights.id and 0 <= summary["test_accuracy_largest"] <= 1
     with safe_open(str(out), "pt") as fh:
@@ -310,8 +310,8 @@ def test_pretrain_base_serves_as_base_weights_and_query_backbone(built_zoo, tmp_
 
 
 def test_proxy_folds_split_every_class_in_half_within_a_budget():
-    from retriever.proxy import BUDGET, PER_CLASS, per_class, proxy_folds
-    from zoo_schema.errors import TansError
+    from tans.retriever.proxy import BUDGET, PER_CLASS, per_class, proxy_folds
+    from tans.zoo_schema.errors import TansError
     labels = [0] * 100 + [1] * 3 + [2] * 1
     first, second = proxy_folds(labels)
     assert not set(first) & set(second)
@@ -336,11 +336,11 @@ def test_proxy_folds_split_every_class_in_half_within_a_budget():
 
 
 def test_search_finetune_orders_the_first_networks_by_a_short_fine_tune(built_zoo, tiny_datasets):
-    from retriever import proxy
-    from workers.images import decode_images
-    from workers.nets import load_checkpoint
-    from zoo_schema.results import find_result
-    from pipeline.commands.search import query_images
+    from tans.retriever import proxy
+    from tans.workers.networks.images import decode_images
+    from tans.workers.networks.nets import load_checkpoint
+    from tans.zoo_schema.results import find_result
+    from tans.pipeline.commands.search import query_images
     zoo, _ = built_zoo
     store = open_store(zoo)
     if not versions(store):
@@ -374,9 +374,9 @@ def test_search_finetune_orders_the_first_networks_by_a_short_fine_tune(built_zo
 def test_default_search_names_a_missing_checkpoint_and_a_class_that_does_not_decode(built_zoo, tiny_datasets, tmp_path):
     import shutil
 
-    from pipeline.commands.search import query_images
-    from zoo_schema.errors import TansError
-    from zoo_schema.results import find_result
+    from tans.pipeline.commands.search import query_images
+    from tans.zoo_schema.errors import TansError
+    from tans.zoo_schema.results import find_result
     zoo, _ = built_zoo
     copy = tmp_path / "zoo"
     shutil.copytree(zoo, copy)

@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
 
-from zoo_schema.errors import StorageError
-from zoo_schema.store import S3Settings, open_store
+from tans.zoo_schema.errors import StorageError
+from tans.zoo_schema.store import S3Settings, open_store
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -42,7 +42,7 @@ def ray_head(tmp_path_factory):
         url = f"http://127.0.0.1:{dash}"
         deadline = time.time() + 90
         while True:  # the Jobs API answers once the dashboard's job module is up
-            r = subprocess.run([sys.executable, "-m", "pipeline.cli", "jobs", "list", "--address", url],
+            r = subprocess.run([sys.executable, "-m", "tans.pipeline.cli", "jobs", "list", "--address", url],
                                env=env, capture_output=True, text=True, timeout=60)
             if r.returncode == 0 or time.time() > deadline:
                 break
@@ -54,7 +54,7 @@ def ray_head(tmp_path_factory):
 
 
 def tans(*args, env=None, timeout=600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], env=env or base_env(),
+    return subprocess.run([sys.executable, "-m", "tans.pipeline.cli", *args], env=env or base_env(),
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
@@ -73,8 +73,8 @@ def test_submit_a_build_to_a_ray_head_with_s3_zoo_and_mlflow_server(
         ray_head, mlflow_server, s3_server, tiny_datasets, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from zoo_schema.results import read_results
-    from zoo_schema.store import S3Settings, open_store
+    from tans.zoo_schema.results import read_results
+    from tans.zoo_schema.store import S3Settings, open_store
     bucket = s3_server.bucket("cluster-zoo")
     zoo = f"s3://{bucket}/zoo"
     config = tmp_path / "build.toml"

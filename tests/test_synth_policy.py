@@ -5,14 +5,14 @@ import hashlib
 import numpy as np
 import pytest
 
-from pipeline.datasets import synth
-from zoo_schema.errors import ConfigError
-from pipeline.acquisition.base import PolicyContext
-from pipeline.acquisition.random import RandomPolicy
-from pipeline.acquisition.registry import create_policy
-from zoo_schema.results import ZooState
-from workers.ofa_space import arch_pool
-from zoo_schema.records import DatasetRecord
+from tans.pipeline.datasets import synth
+from tans.zoo_schema.errors import ConfigError
+from tans.pipeline.acquisition.base import PolicyContext
+from tans.pipeline.acquisition.random import RandomPolicy
+from tans.pipeline.acquisition.registry import create_policy
+from tans.zoo_schema.results import ZooState
+from tans.workers.networks.ofa_space import arch_pool
+from tans.zoo_schema.records import DatasetRecord
 
 
 def test_suite_size_and_class_counts():

@@ -1,4 +1,3 @@
-"""The networks toolkit and the job a Ray worker runs: the OFA arch space and subnets
-(`ofa_space`), weights files (`weights`), images (`images`), networks (`nets`), the
-training loop (`training`), measurements (`measure`), the job spec (`job`) and `run.run_job`.
-Imports only `zoo_schema`."""
+"""What a Ray worker runs: the job spec (`job`), fine-tuning one pair and committing it
+(`run.run_job`), the warm worker's cache (`cache`) and measuring pool architectures
+(`measure_archs`). The networks themselves are in `networks`. Imports only `zoo_schema`."""

@@ -14,10 +14,10 @@ from collections import OrderedDict
 
 import torch
 
-from workers.images import load_tensors
-from workers.nets import load_base_supernet
-from zoo_schema.manifest import BaseWeights
-from zoo_schema.store import ZooStore
+from tans.workers.networks.images import load_tensors
+from tans.workers.networks.nets import load_base_supernet
+from tans.zoo_schema.manifest import BaseWeights
+from tans.zoo_schema.store import ZooStore
 
 
 class JobCache:

@@ -11,9 +11,9 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from zoo_schema import layout
-from zoo_schema.manifest import BaseWeights, Manifest
-from zoo_schema.records import DatasetRecord
+from tans.zoo_schema import layout
+from tans.zoo_schema.manifest import BaseWeights, Manifest
+from tans.zoo_schema.records import DatasetRecord
 
 
 @dataclass(frozen=True)

@@ -16,20 +16,20 @@ from datetime import datetime, timezone
 import torch
 from safetensors.torch import save as save_safetensors
 
-from workers.cache import JobCache
-from workers.export import checkpoint_metadata, network_config
-from workers.images import load_tensors
-from workers.job import JobSpec
-from workers.measure import count_flops, device_name, functional_embedding, measure_latency_ms
-from workers.nets import load_base_supernet, load_checkpoint, model_for
-from workers.ofa_space import Arch
-from workers.training import train
-from zoo_schema.errors import StorageError, TansError
-from zoo_schema.journal import record_start
-from zoo_schema.records import ResultRecord, to_table
-from zoo_schema.results import find_result, read_result
-from zoo_schema.shards import read_dataset
-from zoo_schema.store import S3Settings, ZooStore, open_store
+from tans.workers.cache import JobCache
+from tans.workers.networks.export import checkpoint_metadata, network_config
+from tans.workers.networks.images import load_tensors
+from tans.workers.job import JobSpec
+from tans.workers.networks.measure import count_flops, device_name, functional_embedding, measure_latency_ms
+from tans.workers.networks.nets import load_base_supernet, load_checkpoint, model_for
+from tans.workers.networks.ofa_space import Arch
+from tans.workers.networks.training import train
+from tans.zoo_schema.errors import StorageError, TansError
+from tans.zoo_schema.journal import record_start
+from tans.zoo_schema.records import ResultRecord, to_table
+from tans.zoo_schema.results import find_result, read_result
+from tans.zoo_schema.shards import read_dataset
+from tans.zoo_schema.store import S3Settings, ZooStore, open_store
 
 
 def committed_result(store: ZooStore, spec: JobSpec) -> ResultRecord:

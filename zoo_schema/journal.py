@@ -3,7 +3,7 @@
 - failures: one entry per failed attempt of a job (`journal/failures/<job>/<id>.json`);
 - starts: a worker began a job (host, pid, Ray node);
 - builds: a build started or stopped, with its config and reason.
-The lease (`journal/lease.json`) is the build runtime's: see `pipeline.build.lease`.
+The lease (`journal/lease.json`) is the build runtime's: see `tans.pipeline.execution.lease`.
 """
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from zoo_schema import layout
-from zoo_schema.redact import redact, redact_obj
-from zoo_schema.store import ZooStore
+from tans.zoo_schema import layout
+from tans.zoo_schema.redact import redact, redact_obj
+from tans.zoo_schema.store import ZooStore
 
 
 @dataclass(frozen=True)

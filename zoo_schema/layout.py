@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import re
 
-from zoo_schema.errors import StorageError
-from zoo_schema.store import ZooStore, check_key, open_store
+from tans.zoo_schema.errors import StorageError
+from tans.zoo_schema.store import ZooStore, check_key, open_store
 
 MANIFEST = "manifest.json"
 LEASE = "journal/lease.json"

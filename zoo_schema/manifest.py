@@ -10,10 +10,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from zoo_schema import layout
-from zoo_schema.errors import StorageError, ZooConflictError
-from zoo_schema.records import SCHEMA_VERSION
-from zoo_schema.store import ZooStore
+from tans.zoo_schema import layout
+from tans.zoo_schema.errors import StorageError, ZooConflictError
+from tans.zoo_schema.records import SCHEMA_VERSION
+from tans.zoo_schema.store import ZooStore
 
 MANIFEST_KEY = layout.MANIFEST
 
@@ -52,7 +52,7 @@ class Manifest:
     noise_seed: int
     noise_shape: list[int]
     base_weights: BaseWeights
-    pool_seed: int = 0   # the candidate architectures: workers.ofa_space.arch_pool(seed, size)
+    pool_seed: int = 0   # the candidate architectures: tans.workers.networks.ofa_space.arch_pool(seed, size)
     pool_size: int = 100
     schema_version: int = field(default=SCHEMA_VERSION, compare=False)  # checked by ensure_manifest
     created_at: str = field(default="", compare=False)

@@ -15,7 +15,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from zoo_schema.errors import StorageError
+from tans.zoo_schema.errors import StorageError
 
 
 def output_folder(path: str | os.PathLike, what: str = "--out") -> Path:

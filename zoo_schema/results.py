@@ -10,11 +10,11 @@ from datetime import datetime, timezone
 
 import pyarrow as pa
 
-from zoo_schema import layout
-from zoo_schema.journal import Failure, read_failures
-from zoo_schema.records import DatasetRecord, ResultRecord, arrow_schema, from_table, to_table
-from zoo_schema.shards import read_datasets
-from zoo_schema.store import ZooStore
+from tans.zoo_schema import layout
+from tans.zoo_schema.journal import Failure, read_failures
+from tans.zoo_schema.records import DatasetRecord, ResultRecord, arrow_schema, from_table, to_table
+from tans.zoo_schema.shards import read_datasets
+from tans.zoo_schema.store import ZooStore
 
 log = logging.getLogger("tans.results")
 # What reading a damaged file raises (bad bytes, a wrong schema). An I/O error is not damage:

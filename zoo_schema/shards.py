@@ -10,10 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from zoo_schema import layout
-from zoo_schema.errors import DatasetError
-from zoo_schema.records import DatasetRecord, from_table
-from zoo_schema.store import ZooStore
+from tans.zoo_schema import layout
+from tans.zoo_schema.errors import DatasetError
+from tans.zoo_schema.records import DatasetRecord, from_table
+from tans.zoo_schema.store import ZooStore
 
 SHARD_ROWS = 2048
 SHARD_BYTES = 8 << 20

@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from zoo_schema.errors import StorageError
+from tans.zoo_schema.errors import StorageError
 
 log = logging.getLogger("tans.store")
 _SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=+-]*$")

@@ -14,9 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, NamedTuple, Protocol
 
-from zoo_schema.manifest import Manifest
-from zoo_schema.results import ZooState
-from zoo_schema.store import ZooStore
+from tans.zoo_schema.manifest import Manifest
+from tans.zoo_schema.results import ZooState
+from tans.zoo_schema.store import ZooStore
 
 
 class Pair(NamedTuple):
@@ -48,7 +48,7 @@ class PolicyContext:
     manifest: Manifest | None = None
     image_size: int = 32
     pareto: ParetoSettings = ParetoSettings()
-    prior: object | None = None                # a pipeline.acquisition.profiles.Prior
+    prior: object | None = None                # a tans.pipeline.acquisition.priors.Prior
     log: Callable[[str], None] = field(default=print, compare=False)
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.acquisition.profiles import Prior
-from zoo_schema.records import ResultRecord
+from tans.pipeline.acquisition.priors import Prior
+from tans.zoo_schema.records import ResultRecord
 
 REF = np.array([1.1, 1.1, 1.1])
 REF_VOLUME = float(np.prod(REF))

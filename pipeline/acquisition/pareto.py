@@ -28,14 +28,14 @@ from collections import Counter
 
 import numpy as np
 
-from pipeline.acquisition import predictor
-from pipeline.acquisition.base import Pair, PolicyContext, first_allowed, taken_pairs
-from pipeline.acquisition.hypervolume import Normalizer, gains, point_of
-from pipeline.acquisition.profiles import Prior, topology_of
-from pipeline.acquisition.profiling import load_prior
-from pipeline.acquisition.random import RandomPolicy
-from zoo_schema.records import ResultRecord
-from zoo_schema.results import ZooState
+from tans.pipeline.acquisition import predictor
+from tans.pipeline.acquisition.base import Pair, PolicyContext, first_allowed, taken_pairs
+from tans.pipeline.acquisition.hypervolume import Normalizer, gains, point_of
+from tans.pipeline.acquisition.priors import Prior, topology_of
+from tans.pipeline.acquisition.compute_priors import load_prior
+from tans.pipeline.acquisition.random import RandomPolicy
+from tans.zoo_schema.records import ResultRecord
+from tans.zoo_schema.results import ZooState
 
 
 def training_size(n_results: int, n_init_total: int, every: int) -> int:

@@ -43,10 +43,10 @@ from collections import Counter
 
 import numpy as np
 
-from pipeline.acquisition.base import Pair, PolicyContext, taken_pairs
-from pipeline.acquisition.random import RandomPolicy
-from workers.ofa_space import SLOTS, UNITS, Arch
-from zoo_schema.results import ZooState
+from tans.pipeline.acquisition.base import Pair, PolicyContext, taken_pairs
+from tans.pipeline.acquisition.random import RandomPolicy
+from tans.workers.networks.ofa_space import SLOTS, UNITS, Arch
+from tans.zoo_schema.results import ZooState
 
 STARTUP = 3          # random trials per dataset before TPE / qNEHVI model the results
 POPULATION = 4       # NSGA-II: a dataset gets ~18 of 30 archs in the benchmark, so Optuna's
@@ -108,7 +108,7 @@ class PeerPolicy:
 
     def profiles(self) -> dict:
         if self._profiles is None:  # only the pool profiles (cached in the zoo), not the dataset features
-            from pipeline.acquisition.profiling import profile_pool
+            from tans.pipeline.acquisition.compute_priors import profile_pool
             c = self.context
             self._profiles = profile_pool(c.store, c.manifest, c.image_size, c.log)
         return self._profiles

@@ -4,8 +4,8 @@ from __future__ import annotations
 import random
 from typing import Iterator
 
-from pipeline.acquisition.base import Pair, PolicyContext, first_allowed, taken_pairs
-from zoo_schema.results import ZooState
+from tans.pipeline.acquisition.base import Pair, PolicyContext, first_allowed, taken_pairs
+from tans.zoo_schema.results import ZooState
 
 
 class RandomPolicy:

@@ -10,14 +10,14 @@ from __future__ import annotations
 import importlib
 from typing import Callable
 
-from zoo_schema.errors import ConfigError
+from tans.zoo_schema.errors import ConfigError
 
 POLICIES: dict[str, Callable | str] = {
-    "random": "pipeline.acquisition.random:RandomPolicy",
-    "pareto": "pipeline.acquisition.pareto:ParetoPolicy",
-    "nsga2": "pipeline.acquisition.peers:NSGA2Policy",
-    "tpe": "pipeline.acquisition.peers:TPEPolicy",
-    "qnehvi": "pipeline.acquisition.peers:QNEHVIPolicy",
+    "random": "tans.pipeline.acquisition.random:RandomPolicy",
+    "pareto": "tans.pipeline.acquisition.pareto:ParetoPolicy",
+    "nsga2": "tans.pipeline.acquisition.peers:NSGA2Policy",
+    "tpe": "tans.pipeline.acquisition.peers:TPEPolicy",
+    "qnehvi": "tans.pipeline.acquisition.peers:QNEHVIPolicy",
 }
 
 

@@ -1,1 +1,1 @@
-"""The commands behind `tans` (one module each); `pipeline.cli` parses and dispatches."""
+"""The commands behind `tans` (one module each); `tans.pipeline.cli` parses and dispatches."""

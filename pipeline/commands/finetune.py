@@ -9,18 +9,18 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from pipeline.build.config import BuildConfig
-from pipeline.build.executor import RayExecutor, start_ray
-from pipeline.build.lease import holding
-from pipeline.build.tracking import Tracker
-from pipeline.datasets.ingest import ingest
-from workers.job import job_spec
-from zoo_schema.errors import DatasetError, TansError
-from zoo_schema.manifest import read_manifest
-from zoo_schema.records import ResultRecord
-from zoo_schema.results import find_result
-from zoo_schema.shards import read_datasets
-from zoo_schema.store import open_store
+from tans.pipeline.execution.config import BuildConfig
+from tans.pipeline.execution.executor import RayExecutor, start_ray
+from tans.pipeline.execution.lease import holding
+from tans.pipeline.execution.tracking import Tracker
+from tans.pipeline.datasets.ingest import ingest
+from tans.workers.job import job_spec
+from tans.zoo_schema.errors import DatasetError, TansError
+from tans.zoo_schema.manifest import read_manifest
+from tans.zoo_schema.records import ResultRecord
+from tans.zoo_schema.results import find_result
+from tans.zoo_schema.shards import read_datasets
+from tans.zoo_schema.store import open_store
 
 
 def run_finetune(config: BuildConfig, job_id: str, source: str, log=print, wait: bool = False) -> ResultRecord:

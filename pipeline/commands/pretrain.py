@@ -25,15 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
-from workers.images import decode_images
-from workers.nets import load_base_supernet
-from workers.ofa_space import DEPTHS, EXPANDS, KERNELS, build_supernet, sample_arch
-from workers.training import evaluate, recalibrate_bn
-from zoo_schema.errors import ConfigError, DatasetError, StorageError
-from zoo_schema.manifest import read_manifest
-from zoo_schema.outfiles import output_folder, write_file
-from zoo_schema.shards import load_split, read_datasets
-from zoo_schema.store import S3Settings, ZooStore, source_filesystem
+from tans.workers.networks.images import decode_images
+from tans.workers.networks.nets import load_base_supernet
+from tans.workers.networks.ofa_space import DEPTHS, EXPANDS, KERNELS, build_supernet, sample_arch
+from tans.workers.networks.training import evaluate, recalibrate_bn
+from tans.zoo_schema.errors import ConfigError, DatasetError, StorageError
+from tans.zoo_schema.manifest import read_manifest
+from tans.zoo_schema.outfiles import output_folder, write_file
+from tans.zoo_schema.shards import load_split, read_datasets
+from tans.zoo_schema.store import S3Settings, ZooStore, source_filesystem
 
 N_CLASSES = 1000  # the supernet's classifier
 

@@ -31,15 +31,15 @@ from pathlib import Path
 import numpy as np
 from mlflow.tracking import MlflowClient
 
-from pipeline.acquisition.hypervolume import front_indices
-from pipeline.commands.status import ZooStatus, hypervolumes, zoo_status
-from retriever.features import load_backbone, split_features
-from retriever.train import load_version, versions
-from zoo_schema.manifest import read_manifest
-from zoo_schema.records import ResultRecord
-from zoo_schema.results import read_state
-from zoo_schema.outfiles import output_folder, write_file
-from zoo_schema.store import ZooStore
+from tans.pipeline.acquisition.hypervolume import front_indices
+from tans.pipeline.commands.status import ZooStatus, hypervolumes, zoo_status
+from tans.retriever.features import load_backbone, split_features
+from tans.retriever.train import load_version, versions
+from tans.zoo_schema.manifest import read_manifest
+from tans.zoo_schema.records import ResultRecord
+from tans.zoo_schema.results import read_state
+from tans.zoo_schema.outfiles import output_folder, write_file
+from tans.zoo_schema.store import ZooStore
 
 DPI = 120                 # PNG resolution; the page shows each PNG at its natural pixel size
 MIN_TEXT_PX = 12          # the smallest text of any plot, in pixels at 100% zoom
@@ -453,7 +453,7 @@ class Figure:
 
 def write_report(store: ZooStore, out: str, log=print) -> Path:
     """Render the report in a private temp folder, then publish each file into `out` whole,
-    never through a link planted there (`zoo_schema.outfiles`); returns its index.html."""
+    never through a link planted there (`tans.zoo_schema.outfiles`); returns its index.html."""
     target = output_folder(out)
     with tempfile.TemporaryDirectory(prefix="tans-report-") as tmp:
         plots = render_report(store, Path(tmp))

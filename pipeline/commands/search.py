@@ -1,18 +1,18 @@
 """`tans search`: read a dataset as ingestion would (validated, nothing written), then rank the
-zoo's networks for it with the newest retriever version (see `retriever.search`)."""
+zoo's networks for it with the newest retriever version (see `tans.retriever.search`)."""
 from __future__ import annotations
 
 import random
 from collections import Counter
 
-from pipeline.datasets.decode import decode_one
-from pipeline.datasets.ingest import IngestSettings, check_classes
-from pipeline.datasets.sources import list_source
-from retriever import proxy
-from retriever.rerank import DEFAULT_RERANK
-from retriever.search import RECALL, Constraints, Searcher, SearchResult
-from zoo_schema.results import read_results
-from zoo_schema.store import ZooStore
+from tans.pipeline.datasets.decode import decode_one
+from tans.pipeline.datasets.ingest import IngestSettings, check_classes
+from tans.pipeline.datasets.sources import list_source
+from tans.retriever import proxy
+from tans.retriever.rerank import DEFAULT_RERANK
+from tans.retriever.search import RECALL, Constraints, Searcher, SearchResult
+from tans.zoo_schema.results import read_results
+from tans.zoo_schema.store import ZooStore
 
 
 def query_images(source: str, per_class: int = 10, s3=None, for_finetune: bool = False) -> tuple[list[bytes], list[int]]:
@@ -21,7 +21,7 @@ def query_images(source: str, per_class: int = 10, s3=None, for_finetune: bool =
     sampled files are read and decoded; a file that does not decode is replaced by the next
     one of its class, so a query of 100,000 images reads about `per_class` per class. A class's
     first k images are the same for any `per_class` >= k. `for_finetune`: at least as many as
-    the finetune ordering uses (`retriever.proxy.per_class`). A dataset that is not one (one
+    the finetune ordering uses (`tans.retriever.proxy.per_class`). A dataset that is not one (one
     class, no readable image) gets ingestion's error."""
     listed = list_source(source, s3)
     by_class: dict[str, list] = {}

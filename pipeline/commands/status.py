@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from pipeline.acquisition.hypervolume import dataset_hypervolumes, front_indices, hv_history
-from pipeline.acquisition.profiles import cached_profiles
-from zoo_schema.manifest import read_manifest
-from zoo_schema.results import ZooState, read_state
-from zoo_schema.store import ZooStore
+from tans.pipeline.acquisition.hypervolume import dataset_hypervolumes, front_indices, hv_history
+from tans.pipeline.acquisition.priors import cached_profiles
+from tans.zoo_schema.manifest import read_manifest
+from tans.zoo_schema.results import ZooState, read_state
+from tans.zoo_schema.store import ZooStore
 
 
 @dataclass(frozen=True)

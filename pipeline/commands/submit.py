@@ -22,13 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.build.config import BuildConfig, load_config
-from zoo_schema.errors import ConfigError, TansError
+from tans.pipeline.execution.config import BuildConfig, load_config
+from tans.layers import LAYERS
+from tans.zoo_schema.errors import ConfigError, TansError
 
-PACKAGES = ("pipeline", "workers", "zoo_schema", "retriever")
-ROOT = Path(__file__).resolve().parents[2]  # the folder holding the packages
 CONFIG_NAME = "build.json"
-ENTRYPOINT = f"python -m pipeline.cli build --config {CONFIG_NAME} --resolved-config"  # the environment is not read
+ENTRYPOINT = f"python -m tans.pipeline.cli build --config {CONFIG_NAME} --resolved-config"  # the environment is not read
 
 
 class ClusterError(TansError):
@@ -87,9 +86,7 @@ def submit(address: str, config_path: str | None, overrides: dict | None = None,
         return live[-1].submission_id
     sid = base if not attempts else f"{base}-r{len(attempts) + 1}"
     with tempfile.TemporaryDirectory(prefix="tans-submit-") as staging:
-        for package in PACKAGES:
-            shutil.copytree(ROOT / package, Path(staging) / package,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        stage_package(Path(staging))
         (Path(staging) / CONFIG_NAME).write_text(json.dumps(dataclasses.asdict(config), indent=1))
         try:
             c.submit_job(entrypoint=ENTRYPOINT, submission_id=sid,
@@ -107,6 +104,18 @@ def submit(address: str, config_path: str | None, overrides: dict | None = None,
         f"  status:    tans jobs status {sid} --address {address}\n"
         f"  stop it:   tans jobs stop {sid} --address {address}")
     return sid
+
+
+def stage_package(staging: Path) -> None:
+    """Copy the `tans` package as this process imports it (the public API and each layer,
+    wherever it is installed from) into `staging/tans`, the job's working_dir."""
+    import importlib
+
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("tans",) + tuple(f"tans.{layer}" for layer in LAYERS):
+        source = Path(importlib.import_module(name).__file__).parent
+        target = staging.joinpath(*name.split("."))
+        shutil.copytree(source, target, ignore=skip, dirs_exist_ok=True)
 
 
 def describe(info) -> dict:

@@ -26,7 +26,7 @@ interrupted or replaced ingestions, files of interrupted retriever versions, and
 files older than ten minutes. Only names tans writes count as orphans (`layout.OWN_OBJECTS`);
 other files in the zoo's folders are listed as foreign and never deleted, and so are files
 reached through a symlink out of the zoo. Unless --dry-run, verify holds the zoo's lease
-(`pipeline.build.lease`), so it never runs while a build, an ingestion, a retraining or a
+(`tans.pipeline.execution.lease`), so it never runs while a build, an ingestion, a retraining or a
 fine-tune writes; `--clean-orphans` also keeps orphans younger than the writers' time limit
 (WRITER_TIME_LIMIT_S), in case a writer that lost its lease is about to commit one.
 """
@@ -39,14 +39,14 @@ from dataclasses import asdict, dataclass, field
 
 import pyarrow.parquet as pq
 
-from zoo_schema import layout
-from pipeline.build.lease import holding
-from zoo_schema.errors import StorageError
-from zoo_schema.manifest import read_manifest
-from zoo_schema.records import DatasetRecord, from_table
-from zoo_schema.results import CORRUPT, check_result, quarantine, read_result
-from zoo_schema.shards import reingest_command, shard_keys, shards_digest
-from zoo_schema.store import ZooStore
+from tans.zoo_schema import layout
+from tans.pipeline.execution.lease import holding
+from tans.zoo_schema.errors import StorageError
+from tans.zoo_schema.manifest import read_manifest
+from tans.zoo_schema.records import DatasetRecord, from_table
+from tans.zoo_schema.results import CORRUPT, check_result, quarantine, read_result
+from tans.zoo_schema.shards import reingest_command, shard_keys, shards_digest
+from tans.zoo_schema.store import ZooStore
 
 log = logging.getLogger("tans.verify")
 TEMP_MIN_AGE_S = 600.0  # a temp file younger than this may belong to a write in progress

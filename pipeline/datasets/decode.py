@@ -13,9 +13,9 @@ from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
-from pipeline.datasets.settings import IngestSettings
-from pipeline.datasets.sources import Source
-from zoo_schema.errors import DatasetError, StorageError
+from tans.pipeline.datasets.settings import IngestSettings
+from tans.pipeline.datasets.sources import Source
+from tans.zoo_schema.errors import DatasetError, StorageError
 
 
 class ImageTooLarge(ValueError):

@@ -26,14 +26,14 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from pipeline.datasets.decode import SpoolReader, Stored, decode_source
-from pipeline.datasets.settings import IngestSettings
-from pipeline.datasets.sources import Source, list_source
-from zoo_schema import layout
-from zoo_schema.errors import DatasetError, StorageError
-from zoo_schema.records import DatasetRecord, to_table
-from zoo_schema.shards import read_dataset, read_datasets, shards_digest, write_split
-from zoo_schema.store import S3Settings, ZooStore
+from tans.pipeline.datasets.decode import SpoolReader, Stored, decode_source
+from tans.pipeline.datasets.settings import IngestSettings
+from tans.pipeline.datasets.sources import Source, list_source
+from tans.zoo_schema import layout
+from tans.zoo_schema.errors import DatasetError, StorageError
+from tans.zoo_schema.records import DatasetRecord, to_table
+from tans.zoo_schema.shards import read_dataset, read_datasets, shards_digest, write_split
+from tans.zoo_schema.store import S3Settings, ZooStore
 
 
 @dataclass(frozen=True)

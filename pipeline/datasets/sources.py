@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from zoo_schema.errors import DatasetError, StorageError
-from zoo_schema.store import S3Settings, source_filesystem
+from tans.zoo_schema.errors import DatasetError, StorageError
+from tans.zoo_schema.store import S3Settings, source_filesystem
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 

@@ -15,7 +15,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zoo_schema.errors import ConfigError
+from tans.zoo_schema.errors import ConfigError
 
 SIZE = 32
 

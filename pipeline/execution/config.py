@@ -12,20 +12,20 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.acquisition.base import ParetoSettings
-from pipeline.build.executor import ResourceSettings
-from pipeline.build.tracking import MlflowSettings
-from pipeline.datasets.ingest import IngestSettings
-from retriever.train import RetrainSettings
-from workers.job import TrainSettings
-from zoo_schema.errors import ConfigError
-from zoo_schema.store import S3Settings
+from tans.pipeline.acquisition.base import ParetoSettings
+from tans.pipeline.execution.executor import ResourceSettings
+from tans.pipeline.execution.tracking import MlflowSettings
+from tans.pipeline.datasets.ingest import IngestSettings
+from tans.retriever.train import RetrainSettings
+from tans.workers.job import TrainSettings
+from tans.zoo_schema.errors import ConfigError
+from tans.zoo_schema.store import S3Settings
 
 
 @dataclass(frozen=True)
 class ArchSettings:
     width: float = 1.0              # 1.0 (1280-d penultimate) or 1.2 (1536-d, the paper's)
-    base_weights: str = "pretrained"  # the shipped pretrained supernet (workers/weights.py),
+    base_weights: str = "pretrained"  # the shipped pretrained supernet (workers/networks/weights.py),
                                       # "random", or a path/URI of an OFA supernet state_dict
     base_seed: int = 0              # seed of the random base weights
     noise_seed: int = 0             # functional-embedding noise (fixed in the manifest)

@@ -12,22 +12,22 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from pipeline.acquisition.base import Pair, PolicyContext
-from pipeline.acquisition.hypervolume import dataset_hypervolumes, hv_history
-from pipeline.acquisition.profiling import profile_pool
-from pipeline.acquisition.registry import create_policy
-from pipeline.build.config import BuildConfig
-from pipeline.build.executor import Executor, Outcome
-from workers.job import JobSpec, job_spec
-from workers.ofa_space import arch_pool
-from zoo_schema.journal import read_failures, record_failure, write_journal
-from zoo_schema.errors import StorageError
-from zoo_schema.manifest import Manifest
-from zoo_schema.records import DatasetRecord, ResultRecord
-from zoo_schema.redact import redact_obj
-from zoo_schema.results import SNAPSHOT_MIN_NEW, ZooState, quarantine, scan_results, write_snapshot
-from zoo_schema.shards import read_datasets
-from zoo_schema.store import ZooStore
+from tans.pipeline.acquisition.base import Pair, PolicyContext
+from tans.pipeline.acquisition.hypervolume import dataset_hypervolumes, hv_history
+from tans.pipeline.acquisition.compute_priors import profile_pool
+from tans.pipeline.acquisition.registry import create_policy
+from tans.pipeline.execution.config import BuildConfig
+from tans.pipeline.execution.executor import Executor, Outcome
+from tans.workers.job import JobSpec, job_spec
+from tans.workers.networks.ofa_space import arch_pool
+from tans.zoo_schema.journal import read_failures, record_failure, write_journal
+from tans.zoo_schema.errors import StorageError
+from tans.zoo_schema.manifest import Manifest
+from tans.zoo_schema.records import DatasetRecord, ResultRecord
+from tans.zoo_schema.redact import redact_obj
+from tans.zoo_schema.results import SNAPSHOT_MIN_NEW, ZooState, quarantine, scan_results, write_snapshot
+from tans.zoo_schema.shards import read_datasets
+from tans.zoo_schema.store import ZooStore
 
 
 def journal_config(config: BuildConfig) -> dict:

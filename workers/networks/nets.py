@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import hashlib
 
-from workers.ofa_space import Arch, build_subnet, build_supernet
-from zoo_schema.errors import StorageError
-from zoo_schema.layout import checkpoint_location
-from zoo_schema.manifest import BaseWeights
-from zoo_schema.records import ResultRecord
-from zoo_schema.store import ZooStore
+from tans.workers.networks.ofa_space import Arch, build_subnet, build_supernet
+from tans.zoo_schema.errors import StorageError
+from tans.zoo_schema.layout import checkpoint_location
+from tans.zoo_schema.manifest import BaseWeights
+from tans.zoo_schema.records import ResultRecord
+from tans.zoo_schema.store import ZooStore
 
 
 def base_supernet_state(store: ZooStore, width: float, base_weights: BaseWeights) -> dict:
@@ -59,10 +59,10 @@ def checkpoint_bytes(store: ZooStore, record: ResultRecord) -> bytes:
 
 def checkpoint_features(store: ZooStore, record: ResultRecord):
     """The fine-tuned network of a result row up to its penultimate layer, in plain torch
-    (`workers.mbv3`; no ofa import): net(x) is `ofa_space.penultimate` of `load_checkpoint`."""
+    (`tans.workers.networks.mbv3`; no ofa import): net(x) is `ofa_space.penultimate` of `load_checkpoint`."""
     from safetensors.torch import load as load_safetensors
 
-    from workers.mbv3 import static_subnet
+    from tans.workers.networks.mbv3 import static_subnet
     return static_subnet(load_safetensors(checkpoint_bytes(store, record)), Arch.parse(record.arch).depths)
 
 

@@ -20,12 +20,12 @@ import statistics
 import time
 from dataclasses import dataclass
 
-from workers.measure import WARMUP, count_flops, functional_embedding, measure_latency_ms
-from workers.nets import load_base_supernet
-from workers.ofa_space import EXPANDS, KERNELS, MAX_DEPTH, SLOTS, UNITS, Arch, build_subnet
-from zoo_schema.manifest import Manifest
-from zoo_schema.records import ArchProfile
-from zoo_schema.store import S3Settings, ZooStore, open_store
+from tans.workers.networks.measure import WARMUP, count_flops, functional_embedding, measure_latency_ms
+from tans.workers.networks.nets import load_base_supernet
+from tans.workers.networks.ofa_space import EXPANDS, KERNELS, MAX_DEPTH, SLOTS, UNITS, Arch, build_subnet
+from tans.zoo_schema.manifest import Manifest
+from tans.zoo_schema.records import ArchProfile
+from tans.zoo_schema.store import S3Settings, ZooStore, open_store
 
 LATENCY_REPEATS = 10
 TABLE_MIN_ARCHS = 16

@@ -14,13 +14,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.build.signals import deferred
-from workers.export import network_config
-from workers.nets import checkpoint_bytes
-from workers.job import JobSpec
-from zoo_schema.shards import read_dataset
-from zoo_schema.records import ResultRecord
-from zoo_schema.redact import redact
+from tans.pipeline.execution.signals import deferred
+from tans.workers.networks.export import network_config
+from tans.workers.networks.nets import checkpoint_bytes
+from tans.workers.job import JobSpec
+from tans.zoo_schema.shards import read_dataset
+from tans.zoo_schema.records import ResultRecord
+from tans.zoo_schema.redact import redact
 
 
 @dataclass(frozen=True)

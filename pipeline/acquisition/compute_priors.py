@@ -1,17 +1,17 @@
 """Computing what `profiles` holds: the pool's arch profiles (measured once with the base
 weights and cached in `pool/profiles.parquet`) and each dataset's feature (cached by
-`retriever.features`). This is the part that needs torch and the networks."""
+`tans.retriever.features`). This is the part that needs torch and the networks."""
 from __future__ import annotations
 
 import numpy as np
 
-from pipeline.acquisition.profiles import PROFILES_KEY, ArchProfile, Prior, cached_profiles
-from retriever.features import load_backbone, split_features
-from workers.ofa_space import arch_pool
-from workers.profile import profile_archs
-from zoo_schema.manifest import Manifest
-from zoo_schema.records import to_table
-from zoo_schema.store import ZooStore
+from tans.pipeline.acquisition.priors import PROFILES_KEY, ArchProfile, Prior, cached_profiles
+from tans.retriever.features import load_backbone, split_features
+from tans.workers.networks.ofa_space import arch_pool
+from tans.workers.measure_archs import profile_archs
+from tans.zoo_schema.manifest import Manifest
+from tans.zoo_schema.records import to_table
+from tans.zoo_schema.store import ZooStore
 
 
 def profile_pool(store: ZooStore, manifest: Manifest, image_size: int, log=print,

@@ -39,9 +39,9 @@ import threading
 import time
 import uuid
 
-from zoo_schema import layout
-from zoo_schema.errors import ConfigError, ZooConflictError
-from zoo_schema.store import ZooStore
+from tans.zoo_schema import layout
+from tans.zoo_schema.errors import ConfigError, ZooConflictError
+from tans.zoo_schema.store import ZooStore
 
 LEASE_KEY = layout.LEASE
 SKEW = 5.0      # a heartbeat further ahead of our clock than this: the holder's clock is ahead

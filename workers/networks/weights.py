@@ -18,8 +18,8 @@ import io
 import json
 from pathlib import Path
 
-from zoo_schema.errors import ConfigError
-from zoo_schema.store import source_filesystem
+from tans.zoo_schema.errors import ConfigError
+from tans.zoo_schema.store import source_filesystem
 
 NAME = "ofa-mbv3-w1.0-suite24"
 FOLDER = Path(__file__).resolve().parent / "pretrained"

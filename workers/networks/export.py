@@ -23,15 +23,15 @@ from pathlib import Path
 import torch
 from safetensors.torch import save as save_safetensors
 
-from workers.images import MEAN, STD, decode_images
-from workers.nets import load_checkpoint
-from zoo_schema.errors import TansError
-from zoo_schema.manifest import read_manifest
-from zoo_schema.records import DatasetRecord, ResultRecord
-from zoo_schema.results import find_result
-from zoo_schema.shards import read_dataset
-from zoo_schema.outfiles import output_folder, write_file
-from zoo_schema.store import ZooStore
+from tans.workers.networks.images import MEAN, STD, decode_images
+from tans.workers.networks.nets import load_checkpoint
+from tans.zoo_schema.errors import TansError
+from tans.zoo_schema.manifest import read_manifest
+from tans.zoo_schema.records import DatasetRecord, ResultRecord
+from tans.zoo_schema.results import find_result
+from tans.zoo_schema.shards import read_dataset
+from tans.zoo_schema.outfiles import output_folder, write_file
+from tans.zoo_schema.store import ZooStore
 
 FORMAT = "tans-network/1"
 
@@ -41,7 +41,7 @@ class NetworkConfig:
     """What a user needs to run a zoo network: its input, its outputs, where it came from."""
 
     job_id: str
-    architecture: str          # OFA MobileNetV3 subnet: ks/e/d per block (workers.ofa_space.Arch)
+    architecture: str          # OFA MobileNetV3 subnet: ks/e/d per block (tans.workers.networks.ofa_space.Arch)
     family: str                # "ofa_mobilenetv3"
     width: float               # width multiplier of the supernet
     image_size: int            # the input is [N, 3, image_size, image_size]
@@ -126,7 +126,7 @@ class ExportReport:
 def export_network(store: ZooStore, job_id: str, out: str | Path) -> ExportReport:
     """Write a zoo network as model.safetensors, config.json, README.md and model.pt2 into
     `out` (created; existing files of these names are replaced, each whole or not at all,
-    never written through a link: see `zoo_schema.outfiles`)."""
+    never written through a link: see `tans.zoo_schema.outfiles`)."""
     net = load_network(store, job_id)
     config = net.config
     folder = output_folder(out)

@@ -6,7 +6,7 @@ import platform
 import statistics
 import time
 
-from workers.ofa_space import ofa_module, penultimate
+from tans.workers.networks.ofa_space import ofa_module, penultimate
 
 WARMUP = 3  # forwards before a latency measurement's timed ones
 

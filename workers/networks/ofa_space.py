@@ -11,7 +11,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from zoo_schema.errors import ConfigError
+from tans.zoo_schema.errors import ConfigError
 
 UNITS = 5
 MAX_DEPTH = 4

@@ -27,19 +27,19 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Protocol
 
-from pipeline.acquisition.base import Pair
-from pipeline.acquisition.profiles import cached_profiles
-from pipeline.build.signals import interruption
-from workers.cache import JobCache
-from workers.job import JobSpec
-from workers.profile import profile_remote
-from workers.run import prefetch_data, run_job
-from zoo_schema.errors import Interrupted
-from zoo_schema.layout import checkpoint_uri
-from zoo_schema.manifest import Manifest
-from zoo_schema.records import ArchProfile, ResultRecord, to_table
-from zoo_schema.results import read_result, read_results
-from zoo_schema.store import S3Settings, ZooStore
+from tans.pipeline.acquisition.base import Pair
+from tans.pipeline.acquisition.priors import cached_profiles
+from tans.pipeline.execution.signals import interruption
+from tans.workers.cache import JobCache
+from tans.workers.job import JobSpec
+from tans.workers.measure_archs import profile_remote
+from tans.workers.run import prefetch_data, run_job
+from tans.zoo_schema.errors import Interrupted
+from tans.zoo_schema.layout import checkpoint_uri
+from tans.zoo_schema.manifest import Manifest
+from tans.zoo_schema.records import ArchProfile, ResultRecord, to_table
+from tans.zoo_schema.results import read_result, read_results
+from tans.zoo_schema.store import S3Settings, ZooStore
 
 
 REPLACE_AFTER_S = 60.0  # a dead warm worker's slot is refilled after this (see RayExecutor._replace)

@@ -18,12 +18,12 @@ from mlflow.models import ModelSignature
 from mlflow.types import ParamSchema, ParamSpec
 from mlflow.tracking import MlflowClient
 
-import retriever
-from pipeline.build.tracking import MlflowSettings, tracking_uri
-from retriever.rerank import DEFAULT_IMAGELESS
-from retriever.train import RetrainSettings, gather, grown_enough, save_version, train_retriever, version_blob
-from zoo_schema.layout import RETRIEVER_FILES, retriever_meta_key
-from zoo_schema.store import ZooStore
+from tans import retriever
+from tans.pipeline.execution.tracking import MlflowSettings, tracking_uri
+from tans.retriever.rerank import DEFAULT_IMAGELESS
+from tans.retriever.train import RetrainSettings, gather, grown_enough, save_version, train_retriever, version_blob
+from tans.zoo_schema.layout import RETRIEVER_FILES, retriever_meta_key
+from tans.zoo_schema.store import ZooStore
 
 REGISTERED_MODEL = "tans-retriever"
 PYFUNC_CODE = Path(retriever.__file__).resolve().parent / "mlflow_model.py"  # MLflow runs it; not imported here

@@ -6,7 +6,7 @@ records and reading them; `profiling` computes them).
   once, for the acquisition predictor and the retriever alike).
 - Arch profiles: for every architecture of the zoo's pool, with the base weights:
   parameters, FLOPs, batch-1 latency on the workers' device (on a CPU from a per-block
-  table measured there, see workers/profile.py), and the functional embedding
+  table measured there, see workers/measure_archs.py), and the functional embedding
   (penultimate output for the manifest's noise, paper A.1). Cached in
   `pool/profiles.parquet`, measured on the workers. Latency and parameters of a candidate are thus known without
   training, and one measurement serves every dataset, so hypervolumes are comparable.
@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from workers.ofa_space import Arch
-from zoo_schema import layout
-from zoo_schema.records import ArchProfile  # noqa: F401 - the profiles' record, used with Prior
-from zoo_schema.store import ZooStore
+from tans.workers.networks.ofa_space import Arch
+from tans.zoo_schema import layout
+from tans.zoo_schema.records import ArchProfile  # noqa: F401 - the profiles' record, used with Prior
+from tans.zoo_schema.store import ZooStore
 
 PROFILES_KEY = layout.POOL_PROFILES
 

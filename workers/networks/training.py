@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from workers.images import stage_on
-from workers.job import TrainSettings
+from tans.workers.networks.images import stage_on
+from tans.workers.job import TrainSettings
 
 
 def recalibrate_bn(model, x, device, max_images: int = 512, batch_size: int = 64) -> None:

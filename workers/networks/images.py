@@ -6,8 +6,8 @@ import io
 
 import numpy as np
 
-from zoo_schema.shards import load_split
-from zoo_schema.store import ZooStore
+from tans.zoo_schema.shards import load_split
+from tans.zoo_schema.store import ZooStore
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(1, 3, 1, 1)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32).reshape(1, 3, 1, 1)

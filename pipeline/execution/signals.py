@@ -10,7 +10,7 @@ import contextlib
 import signal
 import threading
 
-from zoo_schema.errors import Interrupted
+from tans.zoo_schema.errors import Interrupted
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _state = threading.local()

@@ -3,24 +3,24 @@ from __future__ import annotations
 
 import hashlib
 
-from pipeline.acquisition.profiling import profile_pool
-from pipeline.acquisition.registry import check_strategy
-from pipeline.build.config import BuildConfig, build_dataclass
-from pipeline.build.driver import BuildSummary, Driver, journal_config
-from pipeline.build.executor import RayExecutor, ReplayExecutor, start_ray
-from pipeline.build.lease import Lease
-from pipeline.build.retrain import run_retrain
-from pipeline.build.signals import interruption
-from pipeline.build.tracking import Tracker, flat_params
-from pipeline.datasets.ingest import ingest, slug
-from workers import weights
-from workers.ofa_space import DEPTHS, EXPANDS, KERNELS, build_supernet
-from workers.weights import read_state_dict
-from zoo_schema import layout
-from zoo_schema.errors import ConfigError, DatasetError
-from zoo_schema.manifest import MANIFEST_KEY, BaseWeights, Manifest, ensure_manifest, read_manifest, require_zoo
-from zoo_schema.redact import is_redacted, redact
-from zoo_schema.store import ZooStore, open_store, source_filesystem
+from tans.pipeline.acquisition.compute_priors import profile_pool
+from tans.pipeline.acquisition.registry import check_strategy
+from tans.pipeline.execution.config import BuildConfig, build_dataclass
+from tans.pipeline.execution.driver import BuildSummary, Driver, journal_config
+from tans.pipeline.execution.executor import RayExecutor, ReplayExecutor, start_ray
+from tans.pipeline.execution.lease import Lease
+from tans.pipeline.execution.retrain import run_retrain
+from tans.pipeline.execution.signals import interruption
+from tans.pipeline.execution.tracking import Tracker, flat_params
+from tans.pipeline.datasets.ingest import ingest, slug
+from tans.workers.networks import weights
+from tans.workers.networks.ofa_space import DEPTHS, EXPANDS, KERNELS, build_supernet
+from tans.workers.networks.weights import read_state_dict
+from tans.zoo_schema import layout
+from tans.zoo_schema.errors import ConfigError, DatasetError
+from tans.zoo_schema.manifest import MANIFEST_KEY, BaseWeights, Manifest, ensure_manifest, read_manifest, require_zoo
+from tans.zoo_schema.redact import is_redacted, redact
+from tans.zoo_schema.store import ZooStore, open_store, source_filesystem
 
 
 def dataset_sources(root: str, s3=None) -> list[str]:
@@ -151,7 +151,7 @@ def dataset_name(config: BuildConfig, source: str) -> str:
 def run_build(config: BuildConfig, log=print, ray_num_cpus: int | None = None, tracking: bool = True,
               progress=None, wait: bool = False, command: str = "tans build") -> BuildSummary:
     """Build (or continue building) the zoo of `config`; one driver per zoo (a lease).
-    `progress` (pipeline.build.progress.Progress) shows the live status line on a terminal.
+    `progress` (tans.pipeline.execution.progress.Progress) shows the live status line on a terminal.
 
     The config is validated whole before anything starts. However the build ends, the lease
     is released and the MLflow run ends FINISHED, FAILED (an error) or KILLED (a signal)."""
