@@ -1,20 +1,27 @@
-# The two set-up commands of the README: `make demo` and `make test`.
-# Both create the virtual environment and install what they need first.
+# The two set-up commands of the README are `make demo` and `make test`; the others serve
+# development (docs/development.md). Every target creates the virtual environment and
+# installs what it needs first, at the versions of constraints.txt.
 VENV ?= .venv
 PYTHON ?= python3
 BIN = $(VENV)/bin
+PIP = $(BIN)/pip install --quiet --constraint constraints.txt
 
-.PHONY: demo test install
+.PHONY: demo test test-fast lint format docs install
 
-# The demo needs the project; the tests also need the test extras (pytest, moto, duckdb).
-$(BIN)/.installed: pyproject.toml
+# The demo needs the project; the tests also need the optional peers (Optuna, BoTorch) and
+# the test tools (pytest, moto, duckdb, ruff); the docs the site generator.
+$(BIN)/.installed: pyproject.toml setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e .
+	$(PIP) -e .
 	touch $@
 
 $(BIN)/.installed-test: $(BIN)/.installed
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(PIP) -e '.[peers,test]'
+	touch $@
+
+$(BIN)/.installed-docs: $(BIN)/.installed
+	$(PIP) -e '.[docs]'
 	touch $@
 
 install: $(BIN)/.installed
@@ -34,5 +41,21 @@ demo: $(BIN)/.installed
 	$(if $(shell id -u | grep -x 0),,sudo) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(if $(shell id -u | grep -x 0),,sudo) apt-get install -y -qq chromium
 
-test: $(BIN)/.installed-test /usr/bin/chromium
+# Everything: lint, the docs site, then the whole suite.
+test: $(BIN)/.installed-test $(BIN)/.installed-docs /usr/bin/chromium lint docs
 	$(BIN)/python -m pytest -q
+
+# Unit and contract tests only: no Ray, no training, no subprocesses or servers.
+test-fast: $(BIN)/.installed-test
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(BIN)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(BIN)/.installed-test
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+docs: $(BIN)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet

@@ -1,6 +1,7 @@
 """Packaging: the repository's layer folders install as one namespace, `tans` (`tans.pipeline`,
 `tans.workers`, ...), so that nothing but `tans` lands in site-packages. Metadata is in
 pyproject.toml; the list of layers is `tans/layers.py`."""
+
 import runpy
 
 from setuptools import find_packages, setup

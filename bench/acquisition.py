@@ -21,6 +21,7 @@
 
 Writes bench/.cache/acquisition.png; the last line is the figures as one JSON object.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,10 +50,11 @@ def log(line: str) -> None:
 def build_pool():
     """The evaluated pool (built once; a rerun resumes or does nothing)."""
     from tans.pipeline.datasets import synth
-    from tans.pipeline.execution.run import run_build
     from tans.pipeline.execution.config import load_config
+    from tans.pipeline.execution.run import run_build
     from tans.zoo_schema.results import read_state
     from tans.zoo_schema.store import open_store
+
     config = load_config(POOL_CONFIG)
     data = Path(config.datasets[0])
     if not data.exists():
@@ -61,6 +63,7 @@ def build_pool():
     if len(read_state(store).results) < config.max_jobs:
         run_build(config, log=log)
         import ray
+
         ray.shutdown()
     stops = [store.read_json(k) for k in store.list("journal/builds")]
     seconds = sum(s.get("seconds", 0) for s in stops if s.get("event") == "stop")
@@ -71,17 +74,27 @@ def replay_curves(config, source, strategy: str, seed: int, in_flight: int, max_
     """One replayed construction: its zoo state, pool profiles, seconds, and the seconds its
     policy spent proposing (the driver's policy is wrapped to time `propose`)."""
     import tans.pipeline.execution.driver as driver_module
-    from tans.pipeline.execution.run import run_build
-    from tans.pipeline.execution.config import load_config
     from tans.pipeline.acquisition.compute_priors import profile_pool
-    from tans.zoo_schema.results import read_state
+    from tans.pipeline.execution.config import load_config
+    from tans.pipeline.execution.run import run_build
     from tans.zoo_schema.manifest import read_manifest
+    from tans.zoo_schema.results import read_state
     from tans.zoo_schema.store import open_store
+
     target = Path(tempfile.mkdtemp(prefix=f"tans-replay-{strategy}-{seed}-"))
-    cfg = load_config(POOL_CONFIG, {"zoo": str(target / "zoo"), "datasets": [], "strategy": strategy,
-                                    "seed": seed, "max_jobs": max_jobs,
-                                    "executor": f"replay:{source.uri}",
-                                    "resources.max_in_flight": in_flight, "retrain.after_build": False})
+    cfg = load_config(
+        POOL_CONFIG,
+        {
+            "zoo": str(target / "zoo"),
+            "datasets": [],
+            "strategy": strategy,
+            "seed": seed,
+            "max_jobs": max_jobs,
+            "executor": f"replay:{source.uri}",
+            "resources.max_in_flight": in_flight,
+            "retrain.after_build": False,
+        },
+    )
     proposing = [0.0]
     create = driver_module.create_policy
 
@@ -95,8 +108,10 @@ def replay_curves(config, source, strategy: str, seed: int, in_flight: int, max_
                 return propose(*args, **kw)
             finally:
                 proposing[0] += time.perf_counter() - t0
+
         policy.propose = timed
         return policy
+
     driver_module.create_policy = timed_policy
     started = time.perf_counter()
     try:
@@ -112,9 +127,9 @@ def replay_curves(config, source, strategy: str, seed: int, in_flight: int, max_
 
 def normalized_history(state, profiles, full_hv: dict[str, float]) -> np.ndarray:
     """Mean over datasets of hv(D)/hv_full(D) after each result (commit order)."""
-    from tans.pipeline.acquisition.hypervolume import normalizer_for, point_of
-    from tans.pipeline.acquisition.hypervolume import normalized_hypervolume
+    from tans.pipeline.acquisition.hypervolume import normalized_hypervolume, normalizer_for, point_of
     from tans.pipeline.acquisition.priors import Prior
+
     norm, prior = normalizer_for(profiles), Prior({}, profiles)
     points: dict[str, list] = {d: [] for d in full_hv}
     current = {d: 0.0 for d in full_hv}
@@ -127,32 +142,58 @@ def normalized_history(state, profiles, full_hv: dict[str, float]) -> np.ndarray
 
 
 def time_paper_scale_step() -> dict:
-    from tans.pipeline.acquisition.pareto import ParetoPolicy
     from tans.pipeline.acquisition.base import ParetoSettings, PolicyContext
+    from tans.pipeline.acquisition.pareto import ParetoPolicy
     from tans.pipeline.acquisition.priors import ArchProfile, Prior
-    from tans.zoo_schema.results import ZooState
     from tans.workers.networks.ofa_space import arch_pool
     from tans.zoo_schema.records import DatasetRecord, ResultRecord
+    from tans.zoo_schema.results import ZooState
+
     rng = np.random.default_rng(0)
     pool = [a.id for a in arch_pool(0, 100)]
     datasets = [f"d{i:03d}" for i in range(140)]
-    prior = Prior({d: rng.normal(size=2560).astype(np.float32) for d in datasets},
-                  {a: ArchProfile(a, int(rng.integers(2e6, 6e6)), 1, float(rng.uniform(5, 20)),
-                                  rng.normal(size=1280).tolist()) for a in pool})
+    prior = Prior(
+        {d: rng.normal(size=2560).astype(np.float32) for d in datasets},
+        {
+            a: ArchProfile(a, int(rng.integers(2e6, 6e6)), 1, float(rng.uniform(5, 20)), rng.normal(size=1280).tolist())
+            for a in pool
+        },
+    )
     pairs = []
     for r in range(100):  # round robin: every dataset gets its initial pairs first
         for i, d in enumerate(datasets):
             pairs.append((d, pool[(r * 37 + i * 11) % 100]))
 
     def record(d, a, n):
-        return ResultRecord(f"j{n:05d}", d, a, [0] * 45, float(rng.uniform(0.1, 0.95)), 1, 1, 1.0, "cpu",
-                            [0.0], "x", "0", 2, 1, 32, 1.0, [1.0], [0.5], "b", f"t{n:05d}")
+        return ResultRecord(
+            f"j{n:05d}",
+            d,
+            a,
+            [0] * 45,
+            float(rng.uniform(0.1, 0.95)),
+            1,
+            1,
+            1.0,
+            "cpu",
+            [0.0],
+            "x",
+            "0",
+            2,
+            1,
+            32,
+            1.0,
+            [1.0],
+            [0.5],
+            "b",
+            f"t{n:05d}",
+        )
+
     results = [record(d, a, n) for n, (d, a) in enumerate(pairs[:750])]
-    state = ZooState([DatasetRecord(d, d, 2, ["a", "b"], 8, 2, "x", "s", 0, 0, "t") for d in datasets],
-                     results, [])
+    state = ZooState([DatasetRecord(d, d, 2, ["a", "b"], 8, 2, "x", "s", 0, 0, "t") for d in datasets], results, [])
     pending = set(pairs[750:758])
-    policy = ParetoPolicy(PolicyContext(0, tuple(pool), prior=prior, pareto=ParetoSettings(n_init_per_dataset=5),
-                                        log=lambda line: None))
+    policy = ParetoPolicy(
+        PolicyContext(0, tuple(pool), prior=prior, pareto=ParetoSettings(n_init_per_dataset=5), log=lambda line: None)
+    )
     started = time.perf_counter()
     policy.propose(state, 1, pending=pending)
     with_training = time.perf_counter() - started
@@ -163,15 +204,19 @@ def time_paper_scale_step() -> dict:
         started = time.perf_counter()
         policy.propose(state, 1, pending=pending)
         steps.append(time.perf_counter() - started)
-    return {"paper_scale_step_seconds": round(float(np.median(steps)), 3),
-            "paper_scale_step_with_retrain_seconds": round(with_training, 3),
-            "paper_scale_candidates_scored": len(policy.last_scores)}
+    return {
+        "paper_scale_step_seconds": round(float(np.median(steps)), 3),
+        "paper_scale_step_with_retrain_seconds": round(with_training, 3),
+        "paper_scale_candidates_scored": len(policy.last_scores),
+    }
 
 
 def plot(curves: dict, path: Path, pool_size: int) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6, 4))
     for strategy, runs in curves.items():
         arr = np.stack(runs)
@@ -196,21 +241,23 @@ def main() -> None:
     ap.add_argument("--qnehvi-seeds", type=int, default=3, help="BoTorch is the slowest to propose (~1.7 s a pick)")
     args = ap.parse_args()
 
-    from tans.pipeline.acquisition.hypervolume import normalizer_for, point_of
-    from tans.pipeline.acquisition.hypervolume import normalized_hypervolume
-    from tans.pipeline.acquisition.priors import Prior
     from tans.pipeline.acquisition.compute_priors import load_prior
-    from tans.zoo_schema.results import read_state
+    from tans.pipeline.acquisition.hypervolume import normalized_hypervolume, normalizer_for, point_of
+    from tans.pipeline.acquisition.priors import Prior
     from tans.zoo_schema.manifest import read_manifest
+    from tans.zoo_schema.results import read_state
 
     config, source, pool_seconds = build_pool()
     state = read_state(source)
     dataset_ids = sorted(d.dataset_id for d in state.datasets)
     prior = load_prior(source, read_manifest(source), dataset_ids, config.train.image_size, log)
     norm = normalizer_for(prior.profiles)
-    full_hv = {d: normalized_hypervolume(np.array([point_of(r, norm, Prior({}, prior.profiles))
-                                                   for r in state.results if r.dataset_id == d]))
-               for d in dataset_ids}
+    full_hv = {
+        d: normalized_hypervolume(
+            np.array([point_of(r, norm, Prior({}, prior.profiles)) for r in state.results if r.dataset_id == d])
+        )
+        for d in dataset_ids
+    }
     pool_size = len(state.results)
     max_jobs = int(round(BUDGETS[-1] * pool_size))
 
@@ -224,14 +271,17 @@ def main() -> None:
             curves[strategy].append(normalized_history(st, profiles, full_hv)[:max_jobs])
             replay_seconds[strategy].append(seconds)
             propose_seconds[strategy].append(proposing / max(len(st.results), 1))
-            log(f"{strategy} seed {seed}: {curves[strategy][-1][-1]:.4f} at {max_jobs} jobs ({seconds:.1f}s, "
-                f"{propose_seconds[strategy][-1] * 1000:.1f} ms proposing per job)")
+            log(
+                f"{strategy} seed {seed}: {curves[strategy][-1][-1]:.4f} at {max_jobs} jobs ({seconds:.1f}s, "
+                f"{propose_seconds[strategy][-1] * 1000:.1f} ms proposing per job)"
+            )
 
     table, final = {}, {}
     for strategy, runs in curves.items():
         arr = np.stack(runs)
-        table[strategy] = {f"{int(b * 100)}%": round(float(arr[:, int(round(b * pool_size)) - 1].mean()), 4)
-                           for b in BUDGETS}
+        table[strategy] = {
+            f"{int(b * 100)}%": round(float(arr[:, int(round(b * pool_size)) - 1].mean()), 4) for b in BUDGETS
+        }
         final[strategy] = float(arr[:, max_jobs - 1].mean())
 
     def jobs_to_reach(strategy: str, level: float) -> float | None:
@@ -243,16 +293,22 @@ def main() -> None:
     plot(curves, out_png, pool_size)
     peers = [k for k in curves if k not in ("random", "pareto")]
     figures = {
-        "pool_pairs": pool_size, "pool_datasets": len(dataset_ids), "pool_build_seconds": round(pool_seconds),
-        "seeds": seeds, "in_flight": args.in_flight, "budget_jobs": max_jobs,
+        "pool_pairs": pool_size,
+        "pool_datasets": len(dataset_ids),
+        "pool_build_seconds": round(pool_seconds),
+        "seeds": seeds,
+        "in_flight": args.in_flight,
+        "budget_jobs": max_jobs,
         "mean_normalized_hypervolume": table,
         "jobs_to_match_random_final": {k: jobs_to_reach(k, final["random"]) for k in curves if k != "random"},
         "goal_jobs_to_match": "<= 0.6 (moonshot <= 0.4)",
         "pareto_jobs_to_match_peer_final": {k: jobs_to_reach("pareto", final[k]) for k in peers}
-        if "pareto" in curves else {},
+        if "pareto" in curves
+        else {},
         "proposal_ms_per_job": {k: round(float(np.mean(v)) * 1000, 2) for k, v in propose_seconds.items()},
         "replay_seconds_per_run": {k: round(float(np.mean(v)), 1) for k, v in replay_seconds.items()},
-        **time_paper_scale_step(), "goal_step_seconds": "< 1",
+        **time_paper_scale_step(),
+        "goal_step_seconds": "< 1",
         "plot": str(out_png.relative_to(ROOT)),
     }
     print(json.dumps(figures))

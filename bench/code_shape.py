@@ -7,6 +7,7 @@ Goals: no module over 400 lines, no class over 15 methods, no function over 60 l
 upward import and no import circle (tests/test_layers.py checks the last two on every run),
 a README of at most 250 lines. Prints the offenders and, on its last line, one JSON object.
 """
+
 from __future__ import annotations
 
 import ast
@@ -34,10 +35,17 @@ def measure() -> dict:
                     functions.append((node.end_lineno - node.lineno + 1, f"{rel}:{node.name}"))
     sys.path.insert(0, str(ROOT))
     from tests.test_layers import layer_violations  # the same check the suite runs
+
     upward, circles = layer_violations()
     readme = len((ROOT / "README.md").read_text().splitlines())
-    return {"modules": modules, "classes": classes, "functions": functions, "upward": upward,
-            "circles": circles, "readme": readme}
+    return {
+        "modules": modules,
+        "classes": classes,
+        "functions": functions,
+        "upward": upward,
+        "circles": circles,
+        "readme": readme,
+    }
 
 
 def main() -> None:
@@ -51,16 +59,25 @@ def main() -> None:
         for n, where in rows:
             print(f"over the {kind} limit of {LIMITS[kind]}: {where} ({n})")
     funcs = sorted(n for n, _ in m["functions"])
-    print(json.dumps({
-        "modules": len(m["modules"]), "max_module_lines": max(n for n, _ in m["modules"]),
-        "modules_over_400": len(over["module_lines"]),
-        "max_class_methods": max((n for n, _ in m["classes"]), default=0),
-        "classes_over_15_methods": len(over["class_methods"]),
-        "functions": len(funcs), "median_function_lines": funcs[len(funcs) // 2], "max_function_lines": funcs[-1],
-        "functions_over_60": len(over["function_lines"]),
-        "upward_imports": len(m["upward"]), "import_circles": len(m["circles"]),
-        "readme_lines": m["readme"], "readme_ok": m["readme"] <= LIMITS["readme_lines"],
-    }))
+    print(
+        json.dumps(
+            {
+                "modules": len(m["modules"]),
+                "max_module_lines": max(n for n, _ in m["modules"]),
+                "modules_over_400": len(over["module_lines"]),
+                "max_class_methods": max((n for n, _ in m["classes"]), default=0),
+                "classes_over_15_methods": len(over["class_methods"]),
+                "functions": len(funcs),
+                "median_function_lines": funcs[len(funcs) // 2],
+                "max_function_lines": funcs[-1],
+                "functions_over_60": len(over["function_lines"]),
+                "upward_imports": len(m["upward"]),
+                "import_circles": len(m["circles"]),
+                "readme_lines": m["readme"],
+                "readme_ok": m["readme"] <= LIMITS["readme_lines"],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ without MLflow. Reported per job: driver seconds split into proposal (the policy
 commit (store writes: the result row, which a worker writes in a real build, the snapshot
 and journal) and bookkeeping (the rest of the driver's step); store operations; and peak
 memory. Wall and CPU seconds of the driver process are both reported: on a shared machine
-the CPU seconds are the driver's own cost. Goal: driver seconds per job below 1 % of a typical GPU fine-tune (60 s assumed:
+the CPU seconds are the driver's own cost. Goal: driver seconds per job below 1 % of a typical
+GPU fine-tune (60 s assumed:
 one OFA subnet, a few epochs of a small dataset on one GPU), i.e. < 0.6 s, and never above
 the time 64 workers take to finish one job each (60 s / 64 = 0.94 s).
 
@@ -30,6 +31,7 @@ the time 64 workers take to finish one job each (60 s / 64 = 0.94 s).
 
 Writes bench/.cache/driver_scale.png; the last line is the figures as one JSON object.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,15 +66,19 @@ def pool_profiles(n_archs: int) -> dict:
     if path.exists():
         return json.loads(path.read_text())
     import torch
+
     from tans.workers.networks.measure import measure_latency_ms
     from tans.workers.networks.ofa_space import arch_pool, build_subnet, build_supernet
+
     torch.set_num_threads(1)
     supernet = build_supernet(1.0)
     out = {}
     for arch in arch_pool(0, n_archs):
         model = build_subnet(supernet, arch, num_classes=10).eval()
-        out[arch.id] = {"params": sum(p.numel() for p in model.parameters()),
-                        "latency_ms": measure_latency_ms(model, 32, torch.device("cpu"), repeats=10)}
+        out[arch.id] = {
+            "params": sum(p.numel() for p in model.parameters()),
+            "latency_ms": measure_latency_ms(model, 32, torch.device("cpu"), repeats=10),
+        }
     path.write_text(json.dumps(out))
     return out
 
@@ -81,9 +87,11 @@ def accuracy_model(seed: int) -> dict:
     """The per-dataset (mu, beta), and the residual spreads, fitted on the real pool."""
     sys.path.insert(0, str(ROOT / "bench"))
     from acquisition import POOL_CONFIG, build_pool
+
     from tans.pipeline.execution.config import load_config
     from tans.zoo_schema.results import read_state
     from tans.zoo_schema.store import open_store
+
     pool = Path(load_config(POOL_CONFIG).zoo)
     # the cached pool as it is (even while bench/acquisition.py is still building it); built if absent
     source = open_store(str(pool)) if (pool / "manifest.json").exists() else build_pool()[1]
@@ -101,8 +109,13 @@ def accuracy_model(seed: int) -> dict:
             resid.setdefault(r.arch, []).append(e)
     arch_means = np.array([np.mean(v) for v in resid.values()])
     all_resid = np.concatenate([np.array(v) - np.mean(v) for v in resid.values()])
-    return {"fits": fits, "arch_sd": float(arch_means.std()), "noise_sd": float(all_resid.std()),
-            "real_pairs": len(results), "real_datasets": len(fits)}
+    return {
+        "fits": fits,
+        "arch_sd": float(arch_means.std()),
+        "noise_sd": float(all_resid.std()),
+        "real_pairs": len(results),
+        "real_datasets": len(fits),
+    }
 
 
 def make_source(root: Path, n_datasets: int, profiles: dict, model: dict, seed: int):
@@ -113,10 +126,20 @@ def make_source(root: Path, n_datasets: int, profiles: dict, model: dict, seed: 
     from tans.zoo_schema.records import DatasetRecord, ResultRecord, to_table
     from tans.zoo_schema.results import result_key, write_snapshot
     from tans.zoo_schema.store import open_store
+
     rng = np.random.default_rng(seed)
     store = open_store(str(root))
-    manifest = Manifest(1.0, [3, 5, 7], [3, 4, 6], [2, 3, 4], 0, [8, 3, 32, 32],
-                        BaseWeights("random", "random:0", seed=0), pool_seed=0, pool_size=len(profiles))
+    manifest = Manifest(
+        1.0,
+        [3, 5, 7],
+        [3, 4, 6],
+        [2, 3, 4],
+        0,
+        [8, 3, 32, 32],
+        BaseWeights("random", "random:0", seed=0),
+        pool_seed=0,
+        pool_size=len(profiles),
+    )
     store.write_json(layout.MANIFEST, manifest.to_json())
     archs = list(profiles)
     logp = np.log([profiles[a]["params"] for a in archs])
@@ -125,16 +148,40 @@ def make_source(root: Path, n_datasets: int, profiles: dict, model: dict, seed: 
     results = []
     for i in range(n_datasets):
         d = f"synthetic-{i:03d}"
-        store.write_table(layout.dataset_key(d), to_table([DatasetRecord(
-            d, d, 10, [str(c) for c in range(10)], 800, 200, "synthetic", "0" * 64, 0, 0, "t")]))
+        store.write_table(
+            layout.dataset_key(d),
+            to_table(
+                [DatasetRecord(d, d, 10, [str(c) for c in range(10)], 800, 200, "synthetic", "0" * 64, 0, 0, "t")]
+            ),
+        )
         mu, beta = model["fits"][int(rng.integers(len(model["fits"])))]
         mu, beta = mu + rng.normal(0, 0.02), beta + rng.normal(0, 0.02)
         acc = np.clip(mu + beta * s + gamma + rng.normal(0, model["noise_sd"], len(archs)), 0.01, 0.99)
         for j, a in enumerate(archs):
-            results.append(ResultRecord(
-                f"src-{i:03d}-{j:03d}", d, a, Arch.parse(a).topology(), float(acc[j]),
-                int(profiles[a]["params"]), 0, float(profiles[a]["latency_ms"]), "cpu", [], "x", "0",
-                10, 1, 32, 60.0, [1.0], [float(acc[j])], "random", "2026-01-01T00:00:00+00:00"))
+            results.append(
+                ResultRecord(
+                    f"src-{i:03d}-{j:03d}",
+                    d,
+                    a,
+                    Arch.parse(a).topology(),
+                    float(acc[j]),
+                    int(profiles[a]["params"]),
+                    0,
+                    float(profiles[a]["latency_ms"]),
+                    "cpu",
+                    [],
+                    "x",
+                    "0",
+                    10,
+                    1,
+                    32,
+                    60.0,
+                    [1.0],
+                    [float(acc[j])],
+                    "random",
+                    "2026-01-01T00:00:00+00:00",
+                )
+            )
     for r in results:  # each row is its own file, as a worker commits it; the snapshot caches them
         store.write_table(result_key(r), to_table([r]), create_only=True)
     write_snapshot(store, results)
@@ -143,6 +190,10 @@ def make_source(root: Path, n_datasets: int, profiles: dict, model: dict, seed: 
 
 def run_child(source_root: str, in_flight: int, seed: int) -> dict:
     """One replay build of every pair of the source, timed per step."""
+    import psutil
+    import pyarrow as pa
+    import torch
+
     from tans.pipeline.acquisition.base import PolicyContext
     from tans.pipeline.acquisition.pareto import ParetoPolicy
     from tans.pipeline.acquisition.priors import PROFILES_KEY, ArchProfile, Prior
@@ -151,9 +202,7 @@ def run_child(source_root: str, in_flight: int, seed: int) -> dict:
     from tans.pipeline.execution.executor import ReplayExecutor
     from tans.pipeline.execution.run import seed_replay_zoo
     from tans.zoo_schema.store import LocalStore, open_store
-    import psutil
-    import pyarrow as pa
-    import torch
+
     torch.set_num_threads(1)
 
     clock: Counter = Counter()
@@ -168,8 +217,9 @@ def run_child(source_root: str, in_flight: int, seed: int) -> dict:
             try:
                 return fn(*args, **kw)
             finally:
-                clock["store_" + ("write" if name in ("write_bytes", "delete") else "read")] += \
+                clock["store_" + ("write" if name in ("write_bytes", "delete") else "read")] += (
                     time.perf_counter() - started
+                )
 
         def read_bytes(self, key):
             return self._timed("read_bytes", super().read_bytes, key)
@@ -191,23 +241,38 @@ def run_child(source_root: str, in_flight: int, seed: int) -> dict:
     target = CountingStore(target_root / "zoo")
     manifest = seed_replay_zoo(target, source)
     from tans.zoo_schema.results import read_results
+
     rows = read_results(source)
     datasets = sorted({r.dataset_id for r in rows})
     archs = sorted({r.arch for r in rows})
     rng = np.random.default_rng(seed)
-    profiles = {a: ArchProfile(a, r.params, 0, r.latency_ms, rng.normal(size=1280).astype(np.float32).tolist())
-                for r in rows for a in [r.arch]}
+    profiles = {
+        a: ArchProfile(a, r.params, 0, r.latency_ms, rng.normal(size=1280).astype(np.float32).tolist())
+        for r in rows
+        for a in [r.arch]
+    }
     target.write_table(PROFILES_KEY, pa.Table.from_pylist([p.__dict__ for p in profiles.values()]))
     prior = Prior({d: rng.normal(size=2560).astype(np.float32) for d in datasets}, profiles)
-    config = load_config(None, {"zoo": str(target_root / "zoo"), "datasets": [], "strategy": "pareto",
-                                "seed": seed, "max_jobs": len(rows), "executor": f"replay:{source_root}",
-                                "resources.max_in_flight": in_flight, "retrain.after_build": False})
+    config = load_config(
+        None,
+        {
+            "zoo": str(target_root / "zoo"),
+            "datasets": [],
+            "strategy": "pareto",
+            "seed": seed,
+            "max_jobs": len(rows),
+            "executor": f"replay:{source_root}",
+            "resources.max_in_flight": in_flight,
+            "retrain.after_build": False,
+        },
+    )
     executor = ReplayExecutor(source, target)
     proc = psutil.Process()
     rss_start = proc.memory_info().rss
     driver = Driver(config, target, manifest, executor, tracker=None, log=lambda line: None)
-    driver.policy = ParetoPolicy(PolicyContext(seed, tuple(archs), prior=prior, pareto=config.pareto,
-                                               log=lambda line: None))
+    driver.policy = ParetoPolicy(
+        PolicyContext(seed, tuple(archs), prior=prior, pareto=config.pareto, log=lambda line: None)
+    )
     propose = driver.policy.propose
 
     def timed_propose(*args, **kw):
@@ -217,6 +282,7 @@ def run_child(source_root: str, in_flight: int, seed: int) -> dict:
         finally:
             clock["proposal"] += time.perf_counter() - started
             clock["proposal_cpu"] += time.process_time() - cpu
+
     driver.policy.propose = timed_propose
 
     timeline, worst_step, rss_peak = [], 0.0, rss_start
@@ -233,11 +299,17 @@ def run_child(source_root: str, in_flight: int, seed: int) -> dict:
         if done - mark["jobs"] >= 500 or not more:
             rss_peak = max(rss_peak, proc.memory_info().rss)
             n = max(done - mark["jobs"], 1)
-            timeline.append({"jobs": done, **{k: (clock[k] - mark[k]) / n for k in
-                                              ("step", "proposal", "store_write", "store_read")}})
+            timeline.append(
+                {
+                    "jobs": done,
+                    **{k: (clock[k] - mark[k]) / n for k in ("step", "proposal", "store_write", "store_read")},
+                }
+            )
             mark = {"jobs": done, **{k: clock[k] for k in ("step", "proposal", "store_write", "store_read")}}
-            log(f"in flight {in_flight}: {done} jobs, {timeline[-1]['step'] * 1000:.1f} ms/job lately, "
-                f"rss {proc.memory_info().rss / 2**20:.0f} MB")
+            log(
+                f"in flight {in_flight}: {done} jobs, {timeline[-1]['step'] * 1000:.1f} ms/job lately, "
+                f"rss {proc.memory_info().rss / 2**20:.0f} MB"
+            )
         if not more:
             break
     summary = driver.finish()
@@ -245,8 +317,12 @@ def run_child(source_root: str, in_flight: int, seed: int) -> dict:
     jobs = summary.finished
     commit = clock["store_write"]
     figures = {
-        "in_flight": in_flight, "jobs": jobs, "datasets": len(datasets), "archs": len(archs),
-        "stop_reason": summary.stop_reason, "wall_seconds": round(total, 1),
+        "in_flight": in_flight,
+        "jobs": jobs,
+        "datasets": len(datasets),
+        "archs": len(archs),
+        "stop_reason": summary.stop_reason,
+        "wall_seconds": round(total, 1),
         "driver_seconds_per_job": round(clock["step"] / jobs, 4),
         "driver_cpu_seconds_per_job": round(clock["step_cpu"] / jobs, 4),
         "proposal_cpu_seconds_per_job": round(clock["proposal_cpu"] / jobs, 4),
@@ -256,7 +332,8 @@ def run_child(source_root: str, in_flight: int, seed: int) -> dict:
         "worst_step_seconds": round(worst_step, 3),
         "last_1000_seconds_per_job": round(float(np.mean([t["step"] for t in timeline[-2:]])), 4),
         "store_ops_per_job": {k: round(v / jobs, 2) for k, v in sorted(ops.items())},
-        "rss_start_mb": round(rss_start / 2**20), "rss_peak_mb": round(rss_peak / 2**20),
+        "rss_start_mb": round(rss_start / 2**20),
+        "rss_peak_mb": round(rss_peak / 2**20),
         "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "final_mean_hypervolume": round(driver.mean_hypervolume(), 4),
         "timeline": timeline,
@@ -267,8 +344,10 @@ def run_child(source_root: str, in_flight: int, seed: int) -> dict:
 
 def plot(runs: list[dict], path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 4), sharey=True, squeeze=False)
     for ax, run in zip(axes[0], runs):
         t = run["timeline"]
@@ -277,8 +356,13 @@ def plot(runs: list[dict], path: Path) -> None:
         write = np.array([p["store_write"] for p in t]) * 1000
         rest = np.array([p["step"] for p in t]) * 1000 - prop - write
         ax.stackplot(x, prop, write, rest, labels=["proposal", "commit (store writes)", "bookkeeping"], alpha=0.8)
-        ax.axhline(ASSUMED_GPU_JOB_SECONDS * 10, color="red", ls="--", lw=1,
-                   label=f"1 % of a {ASSUMED_GPU_JOB_SECONDS:.0f} s GPU job")
+        ax.axhline(
+            ASSUMED_GPU_JOB_SECONDS * 10,
+            color="red",
+            ls="--",
+            lw=1,
+            label=f"1 % of a {ASSUMED_GPU_JOB_SECONDS:.0f} s GPU job",
+        )
         ax.set_title(f"{run['jobs']} jobs, {run['in_flight']} in flight")
         ax.set_xlabel("results in the zoo")
         ax.grid(alpha=0.3)

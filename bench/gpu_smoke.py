@@ -17,6 +17,7 @@ CPU, e.g. as the baseline to compare a GPU run with).
 
 The last line is the figures as one JSON object.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,28 +40,31 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--dataset", default="glyphs-latin-upper-clean")
     ap.add_argument("--allow-cpu", action="store_true")
-    ap.add_argument("--evaluate-last-epoch", action="store_true",
-                    help="warm pipeline and plain loop evaluate after the last epoch only")
+    ap.add_argument(
+        "--evaluate-last-epoch",
+        action="store_true",
+        help="warm pipeline and plain loop evaluate after the last epoch only",
+    )
     args = ap.parse_args()
 
     import torch
 
     from tans.pipeline.datasets import synth
     from tans.pipeline.datasets.ingest import ingest
-    from tans.zoo_schema.shards import read_datasets
     from tans.workers.cache import JobCache
+    from tans.workers.job import JobSpec, TrainSettings
     from tans.workers.networks.images import load_tensors
     from tans.workers.networks.nets import model_for
-    from tans.workers.run import run_job
-    from tans.workers.networks.training import train as plain_train
-    from tans.workers.job import JobSpec, TrainSettings
-    from tans.zoo_schema.manifest import BaseWeights
     from tans.workers.networks.ofa_space import DEPTHS, EXPANDS, KERNELS, Arch
+    from tans.workers.networks.training import train as plain_train
+    from tans.workers.run import run_job
+    from tans.zoo_schema.manifest import BaseWeights
+    from tans.zoo_schema.shards import read_datasets
     from tans.zoo_schema.store import open_store
+
     cuda = torch.cuda.is_available()
     if not cuda and not args.allow_cpu:
-        print("no CUDA device here; run this on a GPU node (or pass --allow-cpu for a CPU baseline)",
-              file=sys.stderr)
+        print("no CUDA device here; run this on a GPU node (or pass --allow-cpu for a CPU baseline)", file=sys.stderr)
         print(json.dumps({"cuda": False, "error": "no CUDA device"}))
         return 2
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,37 +74,65 @@ def main() -> int:
         ingest(store, str(Path(tmp) / "data" / args.dataset))
         dataset = read_datasets(store)[0]
         largest = Arch.from_config([max(KERNELS)] * 20, [max(EXPANDS)] * 20, [max(DEPTHS)] * 5)
-        figures = {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "cuda": cuda,
-                   "torch": torch.__version__, "dataset": dataset.dataset_id,
-                   "train_images": dataset.num_train, "arch": largest.id, "epochs": args.epochs,
-                   "image_size": args.image_size, "batch_size": args.batch_size,
-                   "evaluate_every_epoch": not args.evaluate_last_epoch}
+        figures = {
+            "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+            "cuda": cuda,
+            "torch": torch.__version__,
+            "dataset": dataset.dataset_id,
+            "train_images": dataset.num_train,
+            "arch": largest.id,
+            "epochs": args.epochs,
+            "image_size": args.image_size,
+            "batch_size": args.batch_size,
+            "evaluate_every_epoch": not args.evaluate_last_epoch,
+        }
         for amp in (True, False):
-            train = TrainSettings(epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size,
-                                  mixed_precision=amp, latency_repeats=20)
-            job = JobSpec(dataset_id=dataset.dataset_id, dataset_sha256=dataset.content_sha256,
-                          num_classes=dataset.num_classes, arch=largest.id, train=train, width=1.0,
-                          base_weights=BaseWeights("random", "random-seed0", seed=0),
-                          noise_seed=0, noise_shape=(8, 3, args.image_size, args.image_size))
+            train = TrainSettings(
+                epochs=args.epochs,
+                image_size=args.image_size,
+                batch_size=args.batch_size,
+                mixed_precision=amp,
+                latency_repeats=20,
+            )
+            job = JobSpec(
+                dataset_id=dataset.dataset_id,
+                dataset_sha256=dataset.content_sha256,
+                num_classes=dataset.num_classes,
+                arch=largest.id,
+                train=train,
+                width=1.0,
+                base_weights=BaseWeights("random", "random-seed0", seed=0),
+                noise_seed=0,
+                noise_shape=(8, 3, args.image_size, args.image_size),
+            )
             started = time.perf_counter()
             record = run_job(job, store.uri, threads=os.cpu_count())
             key = "mixed_precision" if amp else "fp32"
-            figures[key] = {"train_images_per_s": round(args.epochs * dataset.num_train / record.train_seconds, 1),
-                            "train_seconds": round(record.train_seconds, 2),
-                            "job_seconds": round(time.perf_counter() - started, 2),
-                            "accuracy": round(record.accuracy, 4), "latency_ms": round(record.latency_ms, 3),
-                            "latency_device": record.latency_device}
+            figures[key] = {
+                "train_images_per_s": round(args.epochs * dataset.num_train / record.train_seconds, 1),
+                "train_seconds": round(record.train_seconds, 2),
+                "job_seconds": round(time.perf_counter() - started, 2),
+                "accuracy": round(record.accuracy, 4),
+                "latency_ms": round(record.latency_ms, 3),
+                "latency_device": record.latency_device,
+            }
             print(f"{key}: {figures[key]}", file=sys.stderr)
-        figures["amp_speedup"] = round(figures["mixed_precision"]["train_images_per_s"]
-                                       / figures["fp32"]["train_images_per_s"], 3)
+        figures["amp_speedup"] = round(
+            figures["mixed_precision"]["train_images_per_s"] / figures["fp32"]["train_images_per_s"], 3
+        )
         # the pipeline on a warm worker (what each Ray actor runs) vs a plain PyTorch loop:
         # images/s over the whole job (data, setup, training, evaluation, profiling, commit)
         cache = JobCache()
         walls = []
         for seed in (1, 2):  # the first warms the worker up; the second is measured
-            train = TrainSettings(epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size,
-                                  seed=seed, latency_repeats=20,
-                                  evaluate_every_epoch=not args.evaluate_last_epoch)
+            train = TrainSettings(
+                epochs=args.epochs,
+                image_size=args.image_size,
+                batch_size=args.batch_size,
+                seed=seed,
+                latency_repeats=20,
+                evaluate_every_epoch=not args.evaluate_last_epoch,
+            )
             job = dataclasses.replace(job, train=train)
             started = time.perf_counter()
             record = run_job(job, store.uri, threads=os.cpu_count(), cache=cache)
@@ -113,9 +145,10 @@ def main() -> int:
         plain_train(model, x, y, xt, yt, train, device, seed=3)
         plain = time.perf_counter() - started
         images = args.epochs * dataset.num_train
-        figures["warm_pipeline"] = {"job_images_per_s": round(images / walls[1], 1),
-                                    "non_training_share": round(1 - (record.train_seconds - record.eval_seconds)
-                                                                / walls[1], 3)}
+        figures["warm_pipeline"] = {
+            "job_images_per_s": round(images / walls[1], 1),
+            "non_training_share": round(1 - (record.train_seconds - record.eval_seconds) / walls[1], 3),
+        }
         figures["plain_loop_images_per_s"] = round(images / plain, 1)
         figures["warm_pipeline_over_plain_loop"] = round(plain / walls[1], 3)
         figures["goal"] = "warm_pipeline_over_plain_loop >= 0.95"

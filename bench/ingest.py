@@ -13,6 +13,7 @@ Goal (issue 14): ingestion >= 1.8x the plain loop's images/s on 2 cores.
 
 The last line is the figures as one JSON object.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,9 @@ def generate(folder: Path, images: int, classes: int) -> None:
     bases = []
     for c in range(classes):
         (folder / f"class-{c:02d}").mkdir(parents=True, exist_ok=True)
-        base = np.stack([np.sin(xx / (20 + 7 * c)) * 80 + 120, np.cos(yy / (15 + 5 * c)) * 70 + 110,
-                         (xx + yy) / 875 * 200], axis=-1)
+        base = np.stack(
+            [np.sin(xx / (20 + 7 * c)) * 80 + 120, np.cos(yy / (15 + 5 * c)) * 70 + 110, (xx + yy) / 875 * 200], axis=-1
+        )
         bases.append([np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8) for _ in range(4)])
     for i in range(images):
         c = i % classes
@@ -73,10 +75,12 @@ def ingest_seconds(folder: Path, zoo: Path) -> tuple[float, int, int]:
     """Ingestion in a fresh process (its memory is its own): seconds inside `ingest`, images,
     peak memory of the process and its decoding processes."""
     from bench.scale import measure
+
     script = Path(zoo.parent) / "child.py"
     script.write_text(CHILD)
-    _, peak_mb, out = measure([sys.executable, str(script), str(zoo), str(folder)],
-                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    _, peak_mb, out = measure(
+        [sys.executable, str(script), str(zoo), str(folder)], env={**os.environ, "PYTHONPATH": str(ROOT)}
+    )
     figures = json.loads(out.strip().splitlines()[-1])
     return figures["seconds"], figures["images"], peak_mb * 1e6
 
@@ -99,7 +103,9 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     figures = {
-        "images": len(files), "source_mb": round(mb, 1), "cores": os.cpu_count(),
+        "images": len(files),
+        "source_mb": round(mb, 1),
+        "cores": os.cpu_count(),
         "plain_loop_images_per_s": round(len(files) / loop_s, 1),
         "ingest_images_per_s": round(large_images / large_s, 1),
         "ratio": round((large_images / large_s) / (len(files) / loop_s), 3),

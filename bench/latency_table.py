@@ -12,6 +12,7 @@ clear), and the seconds each way costs for the whole pool.
 
 The last line is the figures as one JSON object.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,10 +34,10 @@ def main() -> None:
     import torch
     from scipy.stats import spearmanr
 
+    from tans.workers.measure_archs import LATENCY_REPEATS, latency_table
     from tans.workers.networks import weights
     from tans.workers.networks.measure import measure_latency_ms
     from tans.workers.networks.ofa_space import arch_pool, build_subnet, build_supernet
-    from tans.workers.measure_archs import LATENCY_REPEATS, latency_table
     from tans.workers.networks.weights import read_state_dict
 
     torch.set_num_threads(1)
@@ -65,17 +66,26 @@ def main() -> None:
     def mape(a, b) -> float:
         return float(np.mean(np.abs(a - b) / b))
 
-    print(json.dumps({
-        "archs": len(archs), "image_size": args.image_size, "threads": 1,
-        "table_vs_measured_spearman": round(float(spearmanr(estimated, first)[0]), 3),
-        "table_vs_measured_mape": round(mape(estimated, first), 4),
-        "measured_vs_remeasured_spearman": round(float(spearmanr(second, first)[0]), 3),
-        "measured_vs_remeasured_mape": round(mape(second, first), 4),
-        "mean_latency_ms": {"table": round(float(estimated.mean()), 3), "measured": round(float(first.mean()), 3)},
-        "table_seconds": round(table_s, 2),
-        "direct_seconds_per_arch": round(first_s / len(archs), 4),
-        "break_even_archs": round(table_s / (first_s / len(archs)), 1),
-    }))
+    print(
+        json.dumps(
+            {
+                "archs": len(archs),
+                "image_size": args.image_size,
+                "threads": 1,
+                "table_vs_measured_spearman": round(float(spearmanr(estimated, first)[0]), 3),
+                "table_vs_measured_mape": round(mape(estimated, first), 4),
+                "measured_vs_remeasured_spearman": round(float(spearmanr(second, first)[0]), 3),
+                "measured_vs_remeasured_mape": round(mape(second, first), 4),
+                "mean_latency_ms": {
+                    "table": round(float(estimated.mean()), 3),
+                    "measured": round(float(first.mean()), 3),
+                },
+                "table_seconds": round(table_s, 2),
+                "direct_seconds_per_arch": round(first_s / len(archs), 4),
+                "break_even_archs": round(table_s / (first_s / len(archs)), 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

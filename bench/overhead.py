@@ -16,6 +16,7 @@ profiling, checkpoint; summed over jobs that overlap across workers), the loop b
 
 The last line is the figures as one JSON object.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,18 +41,24 @@ def _loop_init(zoo: str, dataset_id: str, image_size: int, ready) -> None:
         import importlib
 
         import torch
+
         from tans.workers.networks.ofa_space import ofa_module
+
         ofa_module("imagenet_classification.elastic_nn.networks")  # what the jobs import, before the clock starts
         for module in ("tans.workers.networks.nets", "tans.workers.networks.training"):
             importlib.import_module(module)
         from tans.workers.networks.images import load_tensors
         from tans.zoo_schema.manifest import read_manifest
         from tans.zoo_schema.store import open_store
+
         torch.set_num_threads(1)
         store = open_store(zoo)
-        _LOOP.update(store=store, manifest=read_manifest(store),
-                     train=load_tensors(store, dataset_id, "train", image_size),
-                     test=load_tensors(store, dataset_id, "test", image_size))
+        _LOOP.update(
+            store=store,
+            manifest=read_manifest(store),
+            train=load_tensors(store, dataset_id, "train", image_size),
+            test=load_tensors(store, dataset_id, "test", image_size),
+        )
     except BaseException:
         ready.abort()
         raise
@@ -61,12 +68,16 @@ def _loop_init(zoo: str, dataset_id: str, image_size: int, ready) -> None:
 def _loop_job(job: tuple) -> dict:
     """One job of the plain loop: the base supernet, the subnet, the training function."""
     import torch
+
     from tans.workers.networks.nets import load_base_supernet, model_for
     from tans.workers.networks.training import train
+
     arch, num_classes, settings = job
     store, manifest = _LOOP["store"], _LOOP["manifest"]
     clock = time.perf_counter()
-    model = model_for(arch, num_classes, manifest.width, load_base_supernet(store, manifest.width, manifest.base_weights))
+    model = model_for(
+        arch, num_classes, manifest.width, load_base_supernet(store, manifest.width, manifest.base_weights)
+    )
     setup = time.perf_counter() - clock
     clock, timings = time.perf_counter(), {}
     train(model, *_LOOP["train"], *_LOOP["test"], settings, torch.device("cpu"), seed=0, timings=timings)
@@ -81,8 +92,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from tans.pipeline.datasets import synth
-    from tans.pipeline.execution.run import run_build
     from tans.pipeline.execution.config import load_config
+    from tans.pipeline.execution.run import run_build
     from tans.zoo_schema.results import read_results
     from tans.zoo_schema.store import open_store
 
@@ -90,18 +101,30 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="tans-bench-overhead-"))
     spec = next(s for s in synth.suite() if s.name == args.dataset)
     synth.write_dataset(spec, work / "datasets", seed=0)
-    config = load_config(None, {
-        "zoo": str(work / "zoo"), "datasets": [str(work / "datasets")], "max_jobs": args.jobs,
-        "train.epochs": args.epochs, "resources.max_in_flight": cores,
-        "resources.num_cpus": 1.0, "retrain.after_build": False,
-        "mlflow.tracking_uri": f"sqlite:///{work / 'mlflow.db'}"})
+    config = load_config(
+        None,
+        {
+            "zoo": str(work / "zoo"),
+            "datasets": [str(work / "datasets")],
+            "max_jobs": args.jobs,
+            "train.epochs": args.epochs,
+            "resources.max_in_flight": cores,
+            "resources.num_cpus": 1.0,
+            "retrain.after_build": False,
+            "mlflow.tracking_uri": f"sqlite:///{work / 'mlflow.db'}",
+        },
+    )
 
     started, cpu = time.perf_counter(), time.process_time()
-    summary = run_build(config, log=lambda line: print(f"[{time.perf_counter() - started:5.1f}s] {line}", file=sys.stderr),
-                        ray_num_cpus=cores)
+    summary = run_build(
+        config,
+        log=lambda line: print(f"[{time.perf_counter() - started:5.1f}s] {line}", file=sys.stderr),
+        ray_num_cpus=cores,
+    )
     pipeline_s = time.perf_counter() - started
     driver_cpu_s = time.process_time() - cpu  # the driver's own CPU time, on the workers' cores here
     import ray
+
     ray.shutdown()
 
     store = open_store(config.zoo)
@@ -116,14 +139,20 @@ def main() -> None:
         loop_s = time.perf_counter() - started
     loop_phases = {k: sum(d[k] for d in done) for k in ("setup", "training", "evaluation")}  # summed over jobs
     pipeline_phases = {  # summed over the jobs (they overlap in time across workers)
-        "data": sum(r.data_seconds for r in results), "setup": sum(r.setup_seconds for r in results),
+        "data": sum(r.data_seconds for r in results),
+        "setup": sum(r.setup_seconds for r in results),
         "training": sum(r.train_seconds - r.eval_seconds for r in results),
-        "evaluation": sum(r.eval_seconds for r in results), "profiling": sum(r.profile_seconds for r in results),
-        "checkpoint": sum(r.checkpoint_seconds for r in results)}
+        "evaluation": sum(r.eval_seconds for r in results),
+        "profiling": sum(r.profile_seconds for r in results),
+        "checkpoint": sum(r.checkpoint_seconds for r in results),
+    }
 
     n = len(results)
     figures = {
-        "jobs": n, "epochs": args.epochs, "dataset": args.dataset, "cores": cores,
+        "jobs": n,
+        "epochs": args.epochs,
+        "dataset": args.dataset,
+        "cores": cores,
         "pipeline_seconds": round(pipeline_s, 2),
         "pipeline_driver_seconds": round(summary.seconds, 2),
         "pipeline_driver_cpu_seconds": round(driver_cpu_s, 2),

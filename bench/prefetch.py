@@ -13,6 +13,7 @@ seconds from the first counted submit to the last outcome; and their ratios, in 
 
 The last line is the figures as one JSON object.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,13 +27,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
-DATASETS = ("glyphs-latin-upper-wild", "glyphs-latin-lower-wild", "glyphs-greek-upper-wild",
-            "glyphs-greek-lower-wild", "glyphs-cyrillic-upper-wild", "glyphs-cyrillic-lower-wild")
+DATASETS = (
+    "glyphs-latin-upper-wild",
+    "glyphs-latin-lower-wild",
+    "glyphs-greek-upper-wild",
+    "glyphs-greek-lower-wild",
+    "glyphs-cyrillic-upper-wild",
+    "glyphs-cyrillic-lower-wild",
+)
 
 
 def run_mode(zoo: str, specs: list, in_flight: int) -> dict:
     from tans.pipeline.execution.executor import RayExecutor, ResourceSettings
     from tans.zoo_schema.store import S3Settings
+
     executor = RayExecutor(zoo, S3Settings(), ResourceSettings(max_in_flight=in_flight, num_cpus=1))
     executor.submit(specs[0])  # warm-up: imports, the base supernet, the first dataset
     results = [_next(executor)]
@@ -44,9 +52,12 @@ def run_mode(zoo: str, specs: list, in_flight: int) -> dict:
     wall = time.perf_counter() - started
     executor.close()
     counted = results[1:]
-    return {"jobs": len(counted), "wall_seconds": round(wall, 2),
-            "mean_data_seconds": round(sum(r.data_seconds for r in counted) / len(counted), 3),
-            "mean_train_seconds": round(sum(r.train_seconds for r in counted) / len(counted), 2)}
+    return {
+        "jobs": len(counted),
+        "wall_seconds": round(wall, 2),
+        "mean_data_seconds": round(sum(r.data_seconds for r in counted) / len(counted), 3),
+        "mean_train_seconds": round(sum(r.train_seconds for r in counted) / len(counted), 2),
+    }
 
 
 def _next(executor):
@@ -66,14 +77,15 @@ def main() -> None:
     args = ap.parse_args()
     import ray
 
+    from tans.pipeline.datasets import synth
     from tans.pipeline.execution.config import load_config
     from tans.pipeline.execution.run import run_build
-    from tans.pipeline.datasets import synth
     from tans.workers.job import TrainSettings, job_spec
     from tans.workers.networks.ofa_space import arch_pool
     from tans.zoo_schema.manifest import read_manifest
     from tans.zoo_schema.shards import read_dataset
     from tans.zoo_schema.store import open_store
+
     work = Path(tempfile.mkdtemp(prefix="tans-bench-prefetch-"))
     for spec in synth.suite():
         if spec.name in DATASETS:
@@ -84,9 +96,21 @@ def main() -> None:
     figures = {"image_size": args.image_size, "epochs": args.epochs, "datasets": list(DATASETS)}
     for mode, in_flight in (("one_in_flight", 1), ("two_in_flight_prefetch", 2)):
         zoo = str(work / f"zoo-{mode}")  # a zoo each: no job is committed already
-        run_build(load_config(None, {"zoo": zoo, "datasets": [str(work / "datasets")], "max_jobs": 0,
-                                     "train.image_size": args.image_size, "arch.pool_size": 4,
-                                     "retrain.after_build": False}), log=lambda *_: None, tracking=False)
+        run_build(
+            load_config(
+                None,
+                {
+                    "zoo": zoo,
+                    "datasets": [str(work / "datasets")],
+                    "max_jobs": 0,
+                    "train.image_size": args.image_size,
+                    "arch.pool_size": 4,
+                    "retrain.after_build": False,
+                },
+            ),
+            log=lambda *_: None,
+            tracking=False,
+        )
         store = open_store(zoo)
         manifest = read_manifest(store)
         specs = [job_spec(read_dataset(store, synth_id), arch, train, manifest) for synth_id in DATASETS]

@@ -6,13 +6,15 @@ the 100-arch pool profiles and 10,000 result rows with full-size functional embe
 no checkpoints or images are needed to resume. The build connects to an already running
 local Ray (cluster start-up is not resume overhead; its time is printed separately) and
 stops at its first dispatch. Imports and MLflow's schema set-up are paid once per process
-on a small warm-up zoo (printed as first_startup_in_process_seconds). The zoo holds the results snapshot a build writes every 64
+on a small warm-up zoo (printed as first_startup_in_process_seconds). The zoo holds the results
+snapshot a build writes every 64
 commits, 63 commits behind (the worst case). Goal: start-up at most 2x the plain read, and under 10 s.
 
     python bench/resume.py [--results 10000] [--strategy random]
 
 The last line is the figures as one JSON object.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,49 +42,92 @@ class FirstDispatch(Exception):
 
 def fill_zoo(store, n_results: int, n_datasets: int = 120) -> None:
     """A zoo as a long build leaves it: manifest, datasets, pool profiles, result rows."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import numpy as np
     import pyarrow as pa
-    from concurrent.futures import ThreadPoolExecutor
+
+    from tans.workers.networks.ofa_space import arch_pool
     from tans.zoo_schema.manifest import BaseWeights, Manifest, ensure_manifest
     from tans.zoo_schema.records import DatasetRecord, ResultRecord, to_table
-    from tans.workers.networks.ofa_space import arch_pool
+
     rng = np.random.default_rng(0)
-    ensure_manifest(store, Manifest(width=1.0, kernels=[3, 5, 7], expands=[3, 4, 6], depths=[2, 3, 4],
-                                    noise_seed=0, noise_shape=[8, 3, 32, 32],
-                                    base_weights=BaseWeights("random", "random-seed0", seed=0)))
+    ensure_manifest(
+        store,
+        Manifest(
+            width=1.0,
+            kernels=[3, 5, 7],
+            expands=[3, 4, 6],
+            depths=[2, 3, 4],
+            noise_seed=0,
+            noise_shape=[8, 3, 32, 32],
+            base_weights=BaseWeights("random", "random-seed0", seed=0),
+        ),
+    )
     pool = arch_pool(0, 100)
-    store.write_table("pool/profiles.parquet", pa.Table.from_pylist([
-        {"arch": a.id, "params": int(rng.integers(2e6, 6e6)), "flops": int(rng.integers(5e6, 1e7)),
-         "latency_ms": float(rng.uniform(5, 20)), "functional_embedding": rng.normal(size=1280).tolist()}
-        for a in pool]))
-    now = datetime.now(timezone.utc).isoformat()
+    store.write_table(
+        "pool/profiles.parquet",
+        pa.Table.from_pylist(
+            [
+                {
+                    "arch": a.id,
+                    "params": int(rng.integers(2e6, 6e6)),
+                    "flops": int(rng.integers(5e6, 1e7)),
+                    "latency_ms": float(rng.uniform(5, 20)),
+                    "functional_embedding": rng.normal(size=1280).tolist(),
+                }
+                for a in pool
+            ]
+        ),
+    )
+    now = datetime.now(UTC).isoformat()
     datasets = [f"ds{i:03d}" for i in range(n_datasets)]
     for d in datasets:
-        store.write_table(f"datasets/{d}.parquet", to_table([DatasetRecord(
-            d, d, 10, [str(c) for c in range(10)], 800, 200, "bench", "0" * 64, 0, 0, now)]))
+        store.write_table(
+            f"datasets/{d}.parquet",
+            to_table([DatasetRecord(d, d, 10, [str(c) for c in range(10)], 800, 200, "bench", "0" * 64, 0, 0, now)]),
+        )
     pairs = [(d, a.id, a.topology()) for d in datasets for a in pool][:n_results]
 
     def write(i):
         d, arch, topo = pairs[i]
-        r = ResultRecord(job_id=f"{i:024x}", dataset_id=d, arch=arch, topology=topo,
-                         accuracy=float(rng.uniform(0.05, 0.95)), params=4_000_000, flops=8_000_000,
-                         latency_ms=10.0, latency_device="cpu", functional_embedding=[0.5] * 1280,
-                         checkpoint_uri=store.uri_of(f"checkpoints/{i:024x}/x.safetensors"),
-                         checkpoint_sha256="0" * 64, num_classes=10, epochs=2, image_size=32,
-                         train_seconds=10.0, epoch_losses=[1.0, 0.5], epoch_accuracies=[0.4, 0.5],
-                         base_weights="random-seed0", created_at=now)
+        r = ResultRecord(
+            job_id=f"{i:024x}",
+            dataset_id=d,
+            arch=arch,
+            topology=topo,
+            accuracy=float(rng.uniform(0.05, 0.95)),
+            params=4_000_000,
+            flops=8_000_000,
+            latency_ms=10.0,
+            latency_device="cpu",
+            functional_embedding=[0.5] * 1280,
+            checkpoint_uri=store.uri_of(f"checkpoints/{i:024x}/x.safetensors"),
+            checkpoint_sha256="0" * 64,
+            num_classes=10,
+            epochs=2,
+            image_size=32,
+            train_seconds=10.0,
+            epoch_losses=[1.0, 0.5],
+            epoch_accuracies=[0.4, 0.5],
+            base_weights="random-seed0",
+            created_at=now,
+        )
         store.write_table(f"results/dataset={d}/{r.job_id}.parquet", to_table([r]), create_only=True)
         return r
+
     with ThreadPoolExecutor(16) as pool_exec:
         records = list(pool_exec.map(write, range(len(pairs))))
     # the driver snapshots its results every SNAPSHOT_MIN_NEW commits: the zoo of a build that
     # died holds a snapshot a little behind its last commits
     from tans.zoo_schema.results import SNAPSHOT_MIN_NEW, write_snapshot
-    write_snapshot(store, records[:len(records) - SNAPSHOT_MIN_NEW + 1])
+
+    write_snapshot(store, records[: len(records) - SNAPSHOT_MIN_NEW + 1])
 
 
 def plain_read_seconds(store) -> float:
     import pyarrow.dataset as pads
+
     fs, base = store.arrow_filesystem()
     started = time.perf_counter()
     table = pads.dataset(f"{base}/results", filesystem=fs, format="parquet").to_table()
@@ -100,9 +145,15 @@ def startup_seconds(zoo: str, s3, strategy: str, tmp: Path) -> float:
     class Probe(RayExecutor):
         def submit(self, spec):
             raise FirstDispatch(spec.job_id)
-    overrides = {"zoo": zoo, "strategy": strategy, "max_jobs": 20000, "arch.pool_size": 100,
-                 "retrain.after_build": False,
-                 "mlflow.tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}"}
+
+    overrides = {
+        "zoo": zoo,
+        "strategy": strategy,
+        "max_jobs": 20000,
+        "arch.pool_size": 100,
+        "retrain.after_build": False,
+        "mlflow.tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
+    }
     if s3:
         overrides["s3.endpoint_url"] = s3.endpoint_url
     config = load_config(None, overrides)
@@ -124,6 +175,7 @@ def main() -> None:
     ap.add_argument("--strategy", default="random")
     args = ap.parse_args()
     import ray
+
     from tans.pipeline.execution.executor import start_ray
     from tans.zoo_schema.store import S3Settings, open_store
 
@@ -145,11 +197,15 @@ def main() -> None:
     figures["local_startup_seconds"] = round(startup_seconds(local.uri, None, args.strategy, tmp), 3)
 
     port = 5000 + random.randrange(1000, 4000)
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         time.sleep(3)
         import boto3
+
         endpoint = f"http://127.0.0.1:{port}"
         boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="bench")
         s3 = S3Settings(endpoint_url=endpoint)
@@ -162,7 +218,9 @@ def main() -> None:
         server.wait()
     ray.shutdown()
     for where in ("local", "s3"):
-        figures[f"{where}_ratio"] = round(figures[f"{where}_startup_seconds"] / figures[f"{where}_plain_read_seconds"], 2)
+        figures[f"{where}_ratio"] = round(
+            figures[f"{where}_startup_seconds"] / figures[f"{where}_plain_read_seconds"], 2
+        )
     figures["goal"] = "ratio <= 2 and startup < 10 s"
     print(json.dumps(figures))
 

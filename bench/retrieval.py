@@ -29,6 +29,7 @@
 
 The last line is the figures as one JSON object.
 """
+
 from __future__ import annotations
 
 import json
@@ -61,6 +62,7 @@ PRETRAIN_STEPS = 1000
 def pretrained_base(store) -> str:
     """The pool's pretrained supernet file (trained once, then cached)."""
     from tans.pipeline.commands.pretrain import PretrainSettings, pretrain_base
+
     path = ROOT / "bench" / ".cache" / "pretrained-base.safetensors"
     summary_path = path.with_suffix(".json")
     if not path.exists():
@@ -74,24 +76,35 @@ def pretrained_zoo(base_file: str):
     supernet, as the paper's zoo starts from pretrained OFA: 5 pool archs per dataset
     (random strategy, 100 jobs, 1 epoch), built once and cached."""
     from acquisition import POOL_CONFIG
-    from tans.pipeline.execution.run import run_build
+
     from tans.pipeline.execution.config import load_config
+    from tans.pipeline.execution.run import run_build
     from tans.zoo_schema.results import read_state
     from tans.zoo_schema.store import open_store
+
     folder = ROOT / "bench" / ".cache" / "pretrained-zoo"
-    config = load_config(POOL_CONFIG, {"zoo": str(folder / "zoo"), "max_jobs": 100, "arch.base_weights": base_file,
-                                       "retrain.after_build": False,
-                                       "mlflow.tracking_uri": f"sqlite:///{folder / 'mlflow.db'}"})
+    config = load_config(
+        POOL_CONFIG,
+        {
+            "zoo": str(folder / "zoo"),
+            "max_jobs": 100,
+            "arch.base_weights": base_file,
+            "retrain.after_build": False,
+            "mlflow.tracking_uri": f"sqlite:///{folder / 'mlflow.db'}",
+        },
+    )
     store = open_store(config.zoo)
     if len(read_state(store).results) < config.max_jobs:
         run_build(config, log=log)
         import ray
+
         ray.shutdown()
     return store
 
 
 def same_pair(t, settings, t_random_backbone) -> dict:
     from tans.retriever.train import evaluate, train_retriever
+
     out = {}
     variants = {
         "tans_weighted_positives": (settings, t),
@@ -118,15 +131,20 @@ def same_pair(t, settings, t_random_backbone) -> dict:
     out["random_ranking"] = _rank_stats(np.array(ranks))
     params = np.array([r.params for r in t.results])
     order = np.argsort(-params, kind="stable")
-    out["largest_params_ranking"] = _rank_stats(np.array(
-        [int(np.flatnonzero(t.owner[order] == i)[0]) + 1 for i in range(len(t.dataset_ids))]))
+    out["largest_params_ranking"] = _rank_stats(
+        np.array([int(np.flatnonzero(t.owner[order] == i)[0]) + 1 for i in range(len(t.dataset_ids))])
+    )
     return out, models["tans_weighted_positives"]
 
 
 def _rank_stats(ranks: np.ndarray) -> dict:
-    return {"R@1": round(float((ranks <= 1).mean() * 100), 2), "R@5": round(float((ranks <= 5).mean() * 100), 2),
-            "R@10": round(float((ranks <= 10).mean() * 100), 2), "mean_rank": round(float(ranks.mean()), 2),
-            "median_rank": float(np.median(ranks))}
+    return {
+        "R@1": round(float((ranks <= 1).mean() * 100), 2),
+        "R@5": round(float((ranks <= 5).mean() * 100), 2),
+        "R@10": round(float((ranks <= 10).mean() * 100), 2),
+        "mean_rank": round(float(ranks.mean()), 2),
+        "median_rank": float(np.median(ranks)),
+    }
 
 
 def transfer(store, t, settings, model, extra_bases: dict, epochs: int = 3) -> dict:
@@ -136,11 +154,12 @@ def transfer(store, t, settings, model, extra_bases: dict, epochs: int = 3) -> d
     from tans.pipeline.datasets.ingest import IngestSettings, read_images, stratified_split
     from tans.retriever.search import Constraints, Searcher
     from tans.retriever.train import save_version
-    from tans.workers.networks.training import train
-    from tans.workers.networks.nets import load_base_supernet, load_checkpoint, model_for
-    from tans.workers.networks.images import decode_images
     from tans.workers.job import TrainSettings
+    from tans.workers.networks.images import decode_images
+    from tans.workers.networks.nets import load_base_supernet, load_checkpoint, model_for
+    from tans.workers.networks.training import train
     from tans.zoo_schema.manifest import read_manifest
+
     manifest = read_manifest(store)
     folder = ROOT / "bench" / ".cache" / "retrieval-heldout"
     specs = {s.name: s for s in synth.suite()}
@@ -154,9 +173,17 @@ def transfer(store, t, settings, model, extra_bases: dict, epochs: int = 3) -> d
     results = {r.job_id: r for r in t.results}
     rng = np.random.default_rng(0)
     train_settings = TrainSettings(epochs=epochs, image_size=32)
-    curves: dict[str, list] = {k: [] for k in ("a_tans_top1", "b_random_zoo_model", "c_largest_params_fitting",
-                                               "d_same_arch_random_init", "e_same_arch_base_weights",
-                                               *extra_bases)}
+    curves: dict[str, list] = {
+        k: []
+        for k in (
+            "a_tans_top1",
+            "b_random_zoo_model",
+            "c_largest_params_fitting",
+            "d_same_arch_random_init",
+            "e_same_arch_base_weights",
+            *extra_bases,
+        )
+    }
     torch.set_num_threads(os.cpu_count() or 1)
     for name in HELD_OUT:
         by_class, _ = read_images(str(folder / name))
@@ -181,8 +208,9 @@ def transfer(store, t, settings, model, extra_bases: dict, epochs: int = 3) -> d
         torch.manual_seed(12345)
         fresh = model_for(top.arch, len(classes), manifest.width)
         curves["d_same_arch_random_init"].append(train(fresh, x, y, xt, yt, train_settings, torch.device("cpu"), 0)[1])
-        base = model_for(top.arch, len(classes), manifest.width,
-                         load_base_supernet(store, manifest.width, manifest.base_weights))
+        base = model_for(
+            top.arch, len(classes), manifest.width, load_base_supernet(store, manifest.width, manifest.base_weights)
+        )
         curves["e_same_arch_base_weights"].append(train(base, x, y, xt, yt, train_settings, torch.device("cpu"), 0)[1])
         for key, supernet in extra_bases.items():
             warm = model_for(top.arch, len(classes), manifest.width, supernet)
@@ -191,15 +219,20 @@ def transfer(store, t, settings, model, extra_bases: dict, epochs: int = 3) -> d
     per_start = {k: [round(float(a), 4) for a in np.mean(np.array(v), axis=0)] for k, v in curves.items()}
     finals = np.array([[c[-1] for c in v] for v in curves.values()])  # [start, dataset]
     worst = finals.argmin(0)
-    return {"datasets": HELD_OUT, "constraint_max_params": limit, "epochs": epochs,
-            "mean_accuracy_per_epoch": per_start,
-            "final_accuracy_per_dataset": {k: [round(float(c[-1]), 4) for c in v] for k, v in curves.items()},
-            "tans_best_on_average": bool(finals.mean(1).argmax() == 0),
-            "tans_never_worst": bool((worst != 0).all())}
+    return {
+        "datasets": HELD_OUT,
+        "constraint_max_params": limit,
+        "epochs": epochs,
+        "mean_accuracy_per_epoch": per_start,
+        "final_accuracy_per_dataset": {k: [round(float(c[-1]), 4) for c in v] for k, v in curves.items()},
+        "tans_best_on_average": bool(finals.mean(1).argmax() == 0),
+        "tans_never_worst": bool((worst != 0).all()),
+    }
 
 
 def latency(store, t, settings, model) -> dict:
     from tans.retriever.search import Searcher, top_by_cosine
+
     out = {}
     q = torch.nn.functional.normalize(torch.randn(128), dim=0).numpy()
     for n in (14_000, 1_000_000):
@@ -214,7 +247,10 @@ def latency(store, t, settings, model) -> dict:
         out[f"search_ms_{n}"] = round(statistics.median(times) * 1000, 3)
     searcher = Searcher(store)
     from tans.pipeline.datasets.ingest import read_images
-    by_class, _ = read_images(str(ROOT / "bench" / ".cache" / "acquisition-pool" / "datasets" / "glyphs-latin-upper-clean"))
+
+    by_class, _ = read_images(
+        str(ROOT / "bench" / ".cache" / "acquisition-pool" / "datasets" / "glyphs-latin-upper-clean")
+    )
     images, labels = [], []
     for label, cls in enumerate(sorted(by_class)):
         images += by_class[cls]
@@ -231,15 +267,22 @@ def latency(store, t, settings, model) -> dict:
 
 def training_time_14k(settings) -> dict:
     from tans.retriever.train import ZooTensors, train_retriever
+
     rng = np.random.default_rng(0)
     datasets = [f"d{i:03d}" for i in range(140)]
     feats = {d: (rng.normal(size=(200, 1280)).astype(np.float32), np.repeat(np.arange(10), 20)) for d in datasets}
     n = 14_000
-    t = ZooTensors(datasets, feats, feats, [None] * n, None,
-                   torch.from_numpy(rng.integers(0, 7, (n, 45)).astype(np.float32)),
-                   torch.from_numpy(rng.normal(size=(n, 1280)).astype(np.float32)),
-                   torch.from_numpy(rng.uniform(0.05, 0.95, n).astype(np.float32)),
-                   np.repeat(np.arange(140), 100))
+    t = ZooTensors(
+        datasets,
+        feats,
+        feats,
+        [None] * n,
+        None,
+        torch.from_numpy(rng.integers(0, 7, (n, 45)).astype(np.float32)),
+        torch.from_numpy(rng.normal(size=(n, 1280)).astype(np.float32)),
+        torch.from_numpy(rng.uniform(0.05, 0.95, n).astype(np.float32)),
+        np.repeat(np.arange(140), 100),
+    )
     started = time.perf_counter()
     train_retriever(t, settings, log=lambda line: None)
     return {"train_seconds_14k_zoo": round(time.perf_counter() - started, 1), "train_steps": settings.steps}
@@ -247,15 +290,29 @@ def training_time_14k(settings) -> dict:
 
 def main() -> None:
     from acquisition import build_pool
-    from tans.retriever.train import RetrainSettings
-    from tans.retriever.train import gather
+
+    from tans.retriever.train import RetrainSettings, gather
+
     _, store, _ = build_pool()
     started = time.perf_counter()
     settings = RetrainSettings(backbone=pretrained_base(store))
     pretrain = json.loads((ROOT / "bench" / ".cache" / "pretrained-base.json").read_text())
-    figures = {"pretrain_base": {k: pretrain[k] for k in ("steps", "classes", "train_images", "seconds",
-                                                          "first_loss", "final_loss", "test_accuracy_largest",
-                                                          "test_accuracy_smallest") if k in pretrain}}
+    figures = {
+        "pretrain_base": {
+            k: pretrain[k]
+            for k in (
+                "steps",
+                "classes",
+                "train_images",
+                "seconds",
+                "first_loss",
+                "final_loss",
+                "test_accuracy_largest",
+                "test_accuracy_smallest",
+            )
+            if k in pretrain
+        }
+    }
     figures["pretrain_base"]["steps"] = pretrain["settings"]["steps"]
     t = gather(store, 32, settings.backbone)
     t_random = gather(store, 32)
@@ -263,28 +320,37 @@ def main() -> None:
     figures["zoo"] = {"datasets": len(t.dataset_ids), "models": len(t.results)}
     figures["same_pair"], model = same_pair(t, settings, t_random)
     figures["paper_same_pair"] = {"R@1": 80.7, "R@5": 96.4, "R@10": 99.3}
-    from tans.workers.networks.weights import read_state_dict
     from tans.workers.networks.ofa_space import build_supernet
+    from tans.workers.networks.weights import read_state_dict
+
     pretrained = build_supernet(1.0)
     pretrained.load_state_dict(read_state_dict(settings.backbone))
     figures["transfer"] = transfer(store, t, settings, model, {"f_same_arch_pretrained_base": pretrained})
     # the same protocol on a zoo whose networks were fine-tuned from the pretrained supernet
     from tans.retriever.train import evaluate, train_retriever
+
     store2 = pretrained_zoo(settings.backbone)
     t2 = gather(store2, 32)  # its base weights are the pretrained supernet: the default backbone
     settings2 = replace(settings, backbone="")
     model2, _ = train_retriever(t2, settings2, log=lambda line: None)
     same2 = evaluate(model2, t2, settings2, queries_per_dataset=10)
     figures["pretrained_zoo"] = {
-        "models": len(t2.results), "datasets": len(t2.dataset_ids),
+        "models": len(t2.results),
+        "datasets": len(t2.dataset_ids),
         "mean_accuracy": round(float(np.mean([r.accuracy for r in t2.results])), 4),
         "pool_zoo_mean_accuracy": round(float(np.mean([r.accuracy for r in t.results])), 4),
         "same_pair": {k: round(v, 4) if isinstance(v, float) else v for k, v in same2.items()},
-        "transfer": transfer(store2, t2, settings2, model2, {})}
+        "transfer": transfer(store2, t2, settings2, model2, {}),
+    }
     figures["latency"] = latency(store, t, settings, model)
     figures["training"] = training_time_14k(settings)
-    figures["goals"] = {"R@1": ">= 80.7", "search_ms_14000": "< 5", "search_ms_1000000": "< 100",
-                        "search_with_features_ms": "< 1000", "train_seconds_14k_zoo": "< 600"}
+    figures["goals"] = {
+        "R@1": ">= 80.7",
+        "search_ms_14000": "< 5",
+        "search_ms_1000000": "< 100",
+        "search_with_features_ms": "< 1000",
+        "train_seconds_14k_zoo": "< 600",
+    }
     print(json.dumps(figures))
 
 

@@ -15,6 +15,7 @@ Goals (issue 14, on the demo zoo): `status` < 1 s and < 300 MB; `search` < 3 s.
 
 The last line is the figures as one JSON object.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,23 +49,31 @@ def add_version(store) -> None:
     from tans.workers.networks.weights import shipped
     from tans.zoo_schema.manifest import read_manifest
     from tans.zoo_schema.results import read_results
+
     spec = str(shipped()[0])
     backbone = load_backbone(store, read_manifest(store), spec)
     results = read_results(store)
     datasets = sorted({r.dataset_id for r in results})
     index = {d: i for i, d in enumerate(datasets)}
     torch.manual_seed(0)
-    t = ZooTensors(datasets, {}, {}, results, backbone,
-                   torch.tensor([r.topology for r in results], dtype=torch.float32),
-                   torch.tensor([r.functional_embedding for r in results], dtype=torch.float32),
-                   torch.tensor([r.accuracy for r in results], dtype=torch.float32),
-                   np.array([index[r.dataset_id] for r in results]))
+    t = ZooTensors(
+        datasets,
+        {},
+        {},
+        results,
+        backbone,
+        torch.tensor([r.topology for r in results], dtype=torch.float32),
+        torch.tensor([r.functional_embedding for r in results], dtype=torch.float32),
+        torch.tensor([r.accuracy for r in results], dtype=torch.float32),
+        np.array([index[r.dataset_id] for r in results]),
+    )
     save_version(store, Retriever(1280, 1280), t, RetrainSettings(backbone=spec), {"bench": "scale"}, 32)
 
 
 def query_folder(work: Path) -> Path:
     """A held-out built-in dataset (10 classes) as an ImageFolder to search with."""
     from tans.pipeline.datasets import synth
+
     spec = {s.name: s for s in synth.suite()}["stripes-frequency"]
     synth.write_dataset(spec, work, seed=0)
     return work / spec.name
@@ -88,11 +97,13 @@ def _measure_once(cmd: list[str], env: dict | None = None) -> tuple[float, float
         nonlocal peak
         while not done.is_set():
             try:
-                peak = max(peak, proc.memory_info().rss
-                           + sum(c.memory_info().rss for c in proc.children(recursive=True)))
+                peak = max(
+                    peak, proc.memory_info().rss + sum(c.memory_info().rss for c in proc.children(recursive=True))
+                )
             except psutil.Error:
                 pass
             time.sleep(0.02)
+
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     out, err = proc.communicate()
@@ -107,11 +118,15 @@ def _measure_once(cmd: list[str], env: dict | None = None) -> tuple[float, float
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="64,1000,10000,100000")
-    ap.add_argument("--work", default="", help="keep the zoos in this folder and reuse them in a later run "
-                                               "(writing 100,000 result files takes ~10 min)")
+    ap.add_argument(
+        "--work",
+        default="",
+        help="keep the zoos in this folder and reuse them in a later run (writing 100,000 result files takes ~10 min)",
+    )
     args = ap.parse_args()
     from tans.retriever.train import versions
     from tans.zoo_schema.store import open_store
+
     work = Path(args.work or tempfile.mkdtemp(prefix="tans-bench-scale-"))
     query = work / "stripes-frequency" if (work / "stripes-frequency").exists() else query_folder(work)
     figures = {}
@@ -125,24 +140,60 @@ def main() -> None:
         made = time.perf_counter() - started
         repeats = 3 if n < 100_000 else 1  # the median of 3 runs; one at 100,000 (10 s each)
         if not warm:  # one untimed run first: Python's and torch's files in the page cache, as for
-            measure([sys.executable, "-m", "tans.pipeline.cli", "search", str(zoo), "--dataset", str(query),
-                     "--top-k", "5", "--rerank", "source", "--json"] if versions(open_store(str(zoo))) else
-                    [sys.executable, "-m", "tans.pipeline.cli", "status", str(zoo), "--json"])  # any command after the first
+            measure(
+                [
+                    sys.executable,
+                    "-m",
+                    "tans.pipeline.cli",
+                    "search",
+                    str(zoo),
+                    "--dataset",
+                    str(query),
+                    "--top-k",
+                    "5",
+                    "--rerank",
+                    "source",
+                    "--json",
+                ]
+                if versions(open_store(str(zoo)))
+                else [sys.executable, "-m", "tans.pipeline.cli", "status", str(zoo), "--json"]
+            )  # any command after the first
             warm = True
-        status_s, status_mb, out = measure([sys.executable, "-m", "tans.pipeline.cli", "status", str(zoo), "--json"], repeats)
+        status_s, status_mb, out = measure(
+            [sys.executable, "-m", "tans.pipeline.cli", "status", str(zoo), "--json"], repeats
+        )
         assert json.loads(out)["finished_jobs"] == n
         table_s, table_mb, out = measure([sys.executable, "-c", TABLE, str(zoo)], repeats)
         assert int(out.strip()) == n
         if not versions(open_store(str(zoo))):
             add_version(open_store(str(zoo)))
-        search_s, search_mb, out = measure([sys.executable, "-m", "tans.pipeline.cli", "search", str(zoo),
-                                            "--dataset", str(query), "--top-k", "5", "--rerank", "source",
-                                            "--json"], repeats)
+        search_s, search_mb, out = measure(
+            [
+                sys.executable,
+                "-m",
+                "tans.pipeline.cli",
+                "search",
+                str(zoo),
+                "--dataset",
+                str(query),
+                "--top-k",
+                "5",
+                "--rerank",
+                "source",
+                "--json",
+            ],
+            repeats,
+        )
         assert len(json.loads(out)["hits"]) == 5
-        figures[str(n)] = {"status_seconds": round(status_s, 2), "status_peak_mb": round(status_mb),
-                           "table_seconds": round(table_s, 2), "table_peak_mb": round(table_mb),
-                           "search_seconds": round(search_s, 2), "search_peak_mb": round(search_mb),
-                           "zoo_written_seconds": None if reused else round(made, 1)}
+        figures[str(n)] = {
+            "status_seconds": round(status_s, 2),
+            "status_peak_mb": round(status_mb),
+            "table_seconds": round(table_s, 2),
+            "table_peak_mb": round(table_mb),
+            "search_seconds": round(search_s, 2),
+            "search_peak_mb": round(search_mb),
+            "zoo_written_seconds": None if reused else round(made, 1),
+        }
         print(n, figures[str(n)], file=sys.stderr)
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)

@@ -15,7 +15,8 @@
 3. Ground truth per held-out dataset: a fixed set of `--networks` zoo networks — the default
    search's top-5 plus others in a fixed random order of the zoo per dataset (the same whatever
    the default ranks first) — each fine-tuned for 3 epochs with one recipe (the zoo's B.2
-   defaults; a new head seeded by the fine-tune's seed) on its train split, once per seed of `--seeds` (2), scored on its test split
+   defaults; a new head seeded by the fine-tune's seed) on its train split, once per seed of
+   `--seeds` (2), scored on its test split
    (accuracy after epoch 1 and 3, the mean over the seeds). How well the seeds agree on the
    set's accuracies (Pearson, and the weighted tau of one seed's accuracies against another's,
    mean over pairs of seeds) is reported per dataset and on average: when two fine-tunes of the
@@ -28,7 +29,8 @@
    predicted accuracy (TANS), LogME and a k-NN probe on each network's features of the
    query's training images, `finetune`: the cross-fitted held-out loss of a one-epoch
    fine-tune on the query's training images (tans.retriever.proxy: up to 40 per class and about 400
-   in all, in two folds, each trained on and scored by turns; lower ranks first), the network's accuracy on its own zoo dataset (raw: `source`, and from chance
+   in all, in two folds, each trained on and scored by turns; lower ranks first), the network's
+   accuracy on its own zoo dataset (raw: `source`, and from chance
    to 1: `source_over_chance`), TANS + source_over_chance (the score of `tans search --rerank
    source` itself: the mean of the two's ranks over the whole zoo), source + finetune (the score
    of `tans search --rerank finetune` itself: its first 2 networks (`--finetune-top`) by the fine-tune's loss, then
@@ -51,12 +53,14 @@ others: the default ordering of `tans search` is chosen by their figures, so the
 figures judge a choice made without them.
 
 `--zoo-epochs` / `--zoo-jobs` build (and cache) another zoo of the same datasets with other
-fine-tune lengths (`--zoo-epochs 1`: the demo's until 11-29) or another number of networks; `--held-out` takes a subset of the held-out datasets.
+fine-tune lengths (`--zoo-epochs 1`) or another number of networks; `--held-out` takes a
+subset of the held-out datasets.
 
 The spread of the ground-truth accuracies per dataset is reported next to the test-split
 noise (binomial standard error at the mean accuracy) and the seeds' agreement, since no
 ranking can separate networks that differ by less. The last line is the figures as one JSON object.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -77,8 +81,16 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-HELD_OUT = ["glyphs-hebrew-clean", "stripes-frequency", "hue-shapes-12", "checker-scale", "count-dots-noisy",
-            "mnist-real", "textures-real", "photos-real"]
+HELD_OUT = [
+    "glyphs-hebrew-clean",
+    "stripes-frequency",
+    "hue-shapes-12",
+    "checker-scale",
+    "count-dots-noisy",
+    "mnist-real",
+    "textures-real",
+    "photos-real",
+]
 CACHE = ROOT / "bench" / ".cache" / "transfer"
 EPOCHS = 3
 TEST_SCALE = 3  # held-out datasets are written with 3x the suite's images per class; the extra 2x is test
@@ -100,26 +112,35 @@ def build_zoo(epochs: int = ZOO_EPOCHS, jobs: int = ZOO_JOBS):
     """The zoo of every synthetic dataset but the held-out ones, by the demo's settings (or
     `epochs` per fine-tune and `jobs` networks), built once in the cache."""
     from tans.pipeline.datasets import synth
-    from tans.pipeline.execution.run import run_build
     from tans.pipeline.execution.config import load_config
     from tans.pipeline.execution.retrain import run_retrain
-    from tans.zoo_schema.results import read_results
+    from tans.pipeline.execution.run import run_build
     from tans.retriever.train import versions
+    from tans.zoo_schema.results import read_results
     from tans.zoo_schema.store import open_store
+
     datasets = CACHE / "datasets"
     if not datasets.exists():
         for spec in synth.suite():
             if spec.name not in HELD_OUT:
                 synth.write_dataset(spec, datasets, seed=0)
     name = zoo_name(epochs, jobs)
-    config = load_config(str(ROOT / "demo.toml"), {"zoo": str(CACHE / f"zoo{name}"), "datasets": [str(datasets)],
-                                                     "max_jobs": jobs, "train.epochs": epochs,
-                                                     "mlflow.tracking_uri": f"sqlite:///{CACHE / f'mlflow{name}.db'}"})
+    config = load_config(
+        str(ROOT / "demo.toml"),
+        {
+            "zoo": str(CACHE / f"zoo{name}"),
+            "datasets": [str(datasets)],
+            "max_jobs": jobs,
+            "train.epochs": epochs,
+            "mlflow.tracking_uri": f"sqlite:///{CACHE / f'mlflow{name}.db'}",
+        },
+    )
     store = open_store(config.zoo)
     started = time.perf_counter()
     if len(read_results(store)) < config.max_jobs or not versions(store):
         run_build(config, log=log)
         import ray
+
         ray.shutdown()
     if not versions(store):
         run_retrain(store, config.retrain, config.train.image_size, None, None, log)
@@ -131,16 +152,32 @@ def validation_specs():
     the base weights' pretraining nor the test split. One of real photos (six other scikit-image
     pictures), four synthetic variants of the zoo's families."""
     from tans.pipeline.datasets import synth
+
     armenian_lower = [chr(c) for c in range(0x0561, 0x0561 + 20)]
     fonts = [f for f in synth.FONTS if synth._covers(f, armenian_lower)]
     return [
-        synth.Spec("objects-real", "photo", ["coins", "moon", "page", "clock", "immunohistochemistry", "cell"],
-                   100, {"noise": 0.02}),
-        synth.Spec("glyphs-armenian-lower-clean", "glyph", armenian_lower, 40,
-                   {"wild": False, "fonts": fonts[:1], "noise": 0.03}),
+        synth.Spec(
+            "objects-real",
+            "photo",
+            ["coins", "moon", "page", "clock", "immunohistochemistry", "cell"],
+            100,
+            {"noise": 0.02},
+        ),
+        synth.Spec(
+            "glyphs-armenian-lower-clean",
+            "glyph",
+            armenian_lower,
+            40,
+            {"wild": False, "fonts": fonts[:1], "noise": 0.03},
+        ),
         synth.Spec("hue-shapes-8-noisy", "hue", [f"h{i}" for i in range(8)], 50, {"shape": True, "noise": 0.1}),
-        synth.Spec("textures-mixed-noisy", "texture", ["stripes", "waves", "dots", "grid", "rings", "blotches"],
-                   60, {"kind": "mixed", "noise": 0.25}),
+        synth.Spec(
+            "textures-mixed-noisy",
+            "texture",
+            ["stripes", "waves", "dots", "grid", "rings", "blotches"],
+            60,
+            {"kind": "mixed", "noise": 0.25},
+        ),
         synth.Spec("shapes-cluttered-6", "shape", synth.SHAPES[:6], 50, {"clutter": 2, "noise": 0.1}),
     ]
 
@@ -150,6 +187,7 @@ def held_out_splits(specs):
     the suite's train size per class, and TEST_SCALE - 0.8 times its images per class as test."""
     from tans.pipeline.datasets import synth
     from tans.pipeline.datasets.ingest import read_images
+
     for spec in specs:
         folder = CACHE / "held-out-large" / spec.name
         if not folder.exists():
@@ -167,6 +205,7 @@ def held_out_splits(specs):
 
 def fine_tune(net, classes, x, y, xt, yt, settings, seed=0):
     from tans.workers.networks.training import train
+
     torch.manual_seed(seed)  # the new head's init, as a zoo job seeds it
     net.classifier = torch.nn.Linear(net.classifier.in_features, classes)
     return train(net, x, y, xt, yt, settings, torch.device("cpu"), seed=seed)[1]
@@ -190,6 +229,7 @@ class GroundTruth:
 
     def _write(self, new: dict, drop: str = "") -> None:
         import fcntl
+
         with open(self.lock, "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             merged = {k: v for k, v in self._read().items() if not (drop and k.startswith(drop))}
@@ -226,16 +266,42 @@ class GroundTruth:
 def fingerprint(spec, settings, base_weights_id: str) -> str:
     import hashlib
     from dataclasses import asdict
-    return hashlib.sha256(json.dumps({"spec": [spec.name, spec.family, spec.classes, spec.per_class, spec.params],
-                                      "test_scale": TEST_SCALE, "train": asdict(settings), "base": base_weights_id},
-                                     sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    return hashlib.sha256(
+        json.dumps(
+            {
+                "spec": [spec.name, spec.family, spec.classes, spec.per_class, spec.params],
+                "test_scale": TEST_SCALE,
+                "train": asdict(settings),
+                "base": base_weights_id,
+            },
+            sort_keys=True,
+            default=str,
+        ).encode()
+    ).hexdigest()[:16]
 
 
 # the bench's ranking that each `tans search --rerank` choice is
-DEFAULT_RANKING = {"none": "tans", "source": "tans+source_over_chance", "logme": "logme", "knn": "knn",
-                   "finetune": "source+finetune"}
-RANKINGS = ["tans", "logme", "knn", "finetune", "source", "source_over_chance", "tans+logme", "tans+knn",
-            "tans+source_over_chance", "source+finetune", "random"]
+DEFAULT_RANKING = {
+    "none": "tans",
+    "source": "tans+source_over_chance",
+    "logme": "logme",
+    "knn": "knn",
+    "finetune": "source+finetune",
+}
+RANKINGS = [
+    "tans",
+    "logme",
+    "knn",
+    "finetune",
+    "source",
+    "source_over_chance",
+    "tans+logme",
+    "tans+knn",
+    "tans+source_over_chance",
+    "source+finetune",
+    "random",
+]
 
 
 def rankings(row_set: list[dict]) -> dict[str, np.ndarray]:
@@ -244,14 +310,30 @@ def rankings(row_set: list[dict]) -> dict[str, np.ndarray]:
     whole zoo, see tans.retriever.search.imageless_score); "tans+logme" and "tans+knn" are the mean
     of the two's normalised ranks within the set (LogME and k-NN are computed for the set only)."""
     from tans.retriever.rerank import mean_rank, source_over_chance
-    col = {k: np.array([n[k] for n in row_set], dtype=np.float64)
-           for k in ("tans", "logme", "knn", "source_accuracy", "source_classes", "search_source_score",
-                     "proxy_loss", "search_finetune_score")}
-    scores = {"tans": col["tans"], "logme": col["logme"], "knn": col["knn"], "finetune": -col["proxy_loss"],
-              "source": col["source_accuracy"],
-              "source_over_chance": source_over_chance(col["source_accuracy"], col["source_classes"]),
-              "tans+source_over_chance": col["search_source_score"],
-              "source+finetune": col["search_finetune_score"]}
+
+    col = {
+        k: np.array([n[k] for n in row_set], dtype=np.float64)
+        for k in (
+            "tans",
+            "logme",
+            "knn",
+            "source_accuracy",
+            "source_classes",
+            "search_source_score",
+            "proxy_loss",
+            "search_finetune_score",
+        )
+    }
+    scores = {
+        "tans": col["tans"],
+        "logme": col["logme"],
+        "knn": col["knn"],
+        "finetune": -col["proxy_loss"],
+        "source": col["source_accuracy"],
+        "source_over_chance": source_over_chance(col["source_accuracy"], col["source_classes"]),
+        "tans+source_over_chance": col["search_source_score"],
+        "source+finetune": col["search_finetune_score"],
+    }
     for m in ("tans+logme", "tans+knn"):
         scores[m] = mean_rank(scores["tans"], scores[m.split("+")[1]])
     return scores
@@ -260,19 +342,24 @@ def rankings(row_set: list[dict]) -> dict[str, np.ndarray]:
 def main() -> None:
     from scipy.stats import weightedtau
 
-    from tans.zoo_schema.results import read_results
-    from tans.retriever.rerank import DEFAULT_RERANK, SCORERS
     from tans.retriever import proxy
+    from tans.retriever.rerank import DEFAULT_RERANK, SCORERS
     from tans.retriever.search import RECALL, Constraints, Searcher, imageless_score
-    from tans.workers.networks.nets import load_base_supernet, load_checkpoint, model_for
-    from tans.workers.networks.images import decode_images
     from tans.workers.job import TrainSettings
+    from tans.workers.networks.images import decode_images
+    from tans.workers.networks.nets import load_base_supernet, load_checkpoint, model_for
     from tans.workers.networks.ofa_space import penultimate
     from tans.zoo_schema.manifest import read_manifest
+    from tans.zoo_schema.results import read_results
+
     p = argparse.ArgumentParser()
-    p.add_argument("--split", choices=("test", "validation"), default="test",
-                   help="test: the held-out datasets, every figure; validation: other held-out datasets, "
-                        "the rankings' tau only (to choose among rankings without looking at the test split)")
+    p.add_argument(
+        "--split",
+        choices=("test", "validation"),
+        default="test",
+        help="test: the held-out datasets, every figure; validation: other held-out datasets, "
+        "the rankings' tau only (to choose among rankings without looking at the test split)",
+    )
     p.add_argument("--networks", type=int, default=16, help="zoo networks fine-tuned per held-out dataset")
     p.add_argument("--seeds", type=int, default=2, help="fine-tunes per network (the ground truth is their mean)")
     p.add_argument("--zoo-epochs", type=int, default=ZOO_EPOCHS, help="epochs of each zoo fine-tune (the demo's: 2)")
@@ -280,10 +367,13 @@ def main() -> None:
     p.add_argument("--held-out", default="", help="comma-separated subset of the split's datasets")
     args = p.parse_args()
     if args.seeds < 1 or args.networks < 6 or args.zoo_epochs < 1 or args.zoo_jobs < 1:
-        p.error("--seeds, --zoo-epochs and --zoo-jobs must be at least 1, --networks at least 6 "
-                "(the top-5 and one random network)")
+        p.error(
+            "--seeds, --zoo-epochs and --zoo-jobs must be at least 1, --networks at least 6 "
+            "(the top-5 and one random network)"
+        )
     from tans.pipeline.datasets import synth
-    specs = ([s for s in synth.suite() if s.name in HELD_OUT] if args.split == "test" else validation_specs())
+
+    specs = [s for s in synth.suite() if s.name in HELD_OUT] if args.split == "test" else validation_specs()
     names = [s.name for s in specs]
     if args.held_out:
         wanted = args.held_out.split(",")
@@ -297,8 +387,15 @@ def main() -> None:
     manifest = read_manifest(store)
     results = {r.job_id: r for r in read_results(store)}
     searcher = Searcher(store, live_job_ids=set(results), results=results)
-    figures = {"split": args.split, "held_out": [s.name for s in specs], "zoo_epochs": args.zoo_epochs,
-               "networks": args.networks, "epochs": EPOCHS, "seeds": args.seeds, "default_rerank": DEFAULT_RERANK}
+    figures = {
+        "split": args.split,
+        "held_out": [s.name for s in specs],
+        "zoo_epochs": args.zoo_epochs,
+        "networks": args.networks,
+        "epochs": EPOCHS,
+        "seeds": args.seeds,
+        "default_rerank": DEFAULT_RERANK,
+    }
     if test:
         figures.update(zoo=zoo_summary(store, results, zoo_seconds), same_pair=same_pair(store, config))
         log(f"zoo: {figures['zoo']['networks']} networks, same-pair {figures['same_pair']}")
@@ -307,8 +404,13 @@ def main() -> None:
     settings = TrainSettings(epochs=EPOCHS, image_size=config.train.image_size)
     rng = np.random.default_rng(0)
     taus = {m: [] for m in RANKINGS}
-    starts = ["tans_top1", "random_zoo_network", "largest_within_constraint", "same_arch_random_init",
-              "same_arch_pretrained_base"]
+    starts = [
+        "tans_top1",
+        "random_zoo_network",
+        "largest_within_constraint",
+        "same_arch_random_init",
+        "same_arch_pretrained_base",
+    ]
     finals = {s: [] for s in starts}
     firsts = {s: [] for s in starts}
     regrets, seed_taus, sweep = [], [], {}
@@ -329,7 +431,7 @@ def main() -> None:
                 top5 += [h.job_id for h in hits if h.job_id not in top5]
         # the random others: a fixed order per dataset, whatever the default ranking picked
         order = np.random.default_rng(zlib.crc32(name.encode())).permutation(sorted(results))
-        chosen = top5 + [str(j) for j in order if j not in top5][:args.networks - len(top5)]
+        chosen = top5 + [str(j) for j in order if j not in top5][: args.networks - len(top5)]
         # scores of the set: the retriever's prediction, and evidence on the query's train images
         with torch.no_grad():
             q = searcher.model.encode_query(torch.from_numpy(feats))
@@ -345,6 +447,7 @@ def main() -> None:
         finetune_score = [cascade.get(j, source_score[i]) for i, j in enumerate(chosen)]
         folds = proxy.proxy_folds(tr_lab)
         from tans.retriever.features import sample_per_class
+
         sample = sample_per_class(tr_lab, 10, "search")
         xs, ys = x[sample], np.asarray([tr_lab[i] for i in sample])
         acc1, acc3, per_seed, evidence = [], [], [], {k: [] for k in SCORERS}
@@ -354,28 +457,52 @@ def main() -> None:
                 f = penultimate(net, xs).numpy()
             for k, scorer in SCORERS.items():
                 evidence[k].append(scorer(f, ys))
-            evidence.setdefault("proxy_loss", []).append(proxy.proxy_loss(
-                lambda net=net: copy.deepcopy(net), classes, x, y, folds, settings.image_size))
-            curves = truth.curves(f"{name}|{job_id}", lambda seed: load_checkpoint(store, results[job_id], manifest.width),
-                                  classes, x, y, xt, yt, settings, args.seeds)
+            evidence.setdefault("proxy_loss", []).append(
+                proxy.proxy_loss(lambda net=net: copy.deepcopy(net), classes, x, y, folds, settings.image_size)
+            )
+            curves = truth.curves(
+                f"{name}|{job_id}",
+                lambda seed: load_checkpoint(store, results[job_id], manifest.width),
+                classes,
+                x,
+                y,
+                xt,
+                yt,
+                settings,
+                args.seeds,
+            )
             acc1.append(curves[:, 0].mean())
             acc3.append(curves[:, -1].mean())
             per_seed.append(curves[:, -1])
         acc3, per_seed = np.asarray(acc3), np.asarray(per_seed)
-        row_set = [{"job_id": j, "arch": results[j].arch, "params": results[j].params,
-                    "source": results[j].dataset_id, "source_accuracy": round(results[j].accuracy, 6),
-                    "source_classes": results[j].num_classes, "tans": round(float(predicted[i]), 6),
-                    "search_source_score": round(float(source_score[i]), 6),
-                    "logme": round(float(evidence["logme"][i]), 6), "knn": round(float(evidence["knn"][i]), 6),
-                    "proxy_loss": round(float(evidence["proxy_loss"][i]), 6),
-                    "search_finetune_score": round(float(finetune_score[i]), 6),
-                    "accuracy_3_epochs": round(float(acc3[i]), 6)}
-                   for i, j in enumerate(chosen)]
+        row_set = [
+            {
+                "job_id": j,
+                "arch": results[j].arch,
+                "params": results[j].params,
+                "source": results[j].dataset_id,
+                "source_accuracy": round(results[j].accuracy, 6),
+                "source_classes": results[j].num_classes,
+                "tans": round(float(predicted[i]), 6),
+                "search_source_score": round(float(source_score[i]), 6),
+                "logme": round(float(evidence["logme"][i]), 6),
+                "knn": round(float(evidence["knn"][i]), 6),
+                "proxy_loss": round(float(evidence["proxy_loss"][i]), 6),
+                "search_finetune_score": round(float(finetune_score[i]), 6),
+                "accuracy_3_epochs": round(float(acc3[i]), 6),
+            }
+            for i, j in enumerate(chosen)
+        ]
         scores = rankings(row_set)
-        row = {"accuracy_3_epochs": [round(float(a), 6) for a in acc3],
-               "spread": round(float(acc3.max() - acc3.min()), 4),
-               "test_noise_se": round(float(np.sqrt(acc3.mean() * (1 - acc3.mean()) / len(te_lab))), 4),
-               "test_images": len(te_lab), "train_images": len(tr_lab), "weighted_tau": {}, "set": row_set}
+        row = {
+            "accuracy_3_epochs": [round(float(a), 6) for a in acc3],
+            "spread": round(float(acc3.max() - acc3.min()), 4),
+            "test_noise_se": round(float(np.sqrt(acc3.mean() * (1 - acc3.mean()) / len(te_lab))), 4),
+            "test_images": len(te_lab),
+            "train_images": len(tr_lab),
+            "weighted_tau": {},
+            "set": row_set,
+        }
         if args.seeds > 1:  # how well fine-tunes of the same networks agree (NaN -> None when one is constant)
             c = np.corrcoef(per_seed.T)[np.triu_indices(args.seeds, 1)]
             row["seed_agreement_pearson"] = round(float(np.mean(c)), 4) if np.isfinite(c).all() else None
@@ -390,11 +517,12 @@ def main() -> None:
             row["weighted_tau"][m] = round(tau, 4)
         # --finetune-top R = 1..5: the source order's first R of the set re-ordered by their loss
         by_source = sorted(range(5), key=lambda i: -row_set[i]["search_source_score"])  # the set's first 5:
-        assert set(by_source[:proxy.FINETUNE_TOP]) == {i for i in range(5) if row_set[i]["job_id"] in cascade}
+        assert set(by_source[: proxy.FINETUNE_TOP]) == {i for i in range(5) if row_set[i]["job_id"] in cascade}
         row["finetune_top_weighted_tau"] = {}
         for r in range(1, 6):
-            cascade = proxy.cascade_score(scores["tans+source_over_chance"],
-                                          {i: row_set[i]["proxy_loss"] for i in by_source[:r]})
+            cascade = proxy.cascade_score(
+                scores["tans+source_over_chance"], {i: row_set[i]["proxy_loss"] for i in by_source[:r]}
+            )
             tau = float(weightedtau(cascade, acc3).correlation)
             sweep.setdefault(r, []).append(tau)
             row["finetune_top_weighted_tau"][r] = round(tau, 4)
@@ -416,7 +544,8 @@ def main() -> None:
                 curves["largest_within_constraint"] = (acc1[i], acc3[i])
             else:
                 curves["largest_within_constraint"] = mean_curve(
-                    largest.job_id, lambda seed: load_checkpoint(store, largest, manifest.width))
+                    largest.job_id, lambda seed: load_checkpoint(store, largest, manifest.width)
+                )
 
             def random_init(seed):
                 torch.manual_seed(12345 + seed)
@@ -425,17 +554,23 @@ def main() -> None:
             curves["same_arch_random_init"] = mean_curve(f"random-init:{top1.arch}", random_init)
             base = load_base_supernet(store, manifest.width, manifest.base_weights)
             curves["same_arch_pretrained_base"] = mean_curve(
-                f"base:{top1.arch}", lambda seed: model_for(top1.arch, classes, manifest.width, base))
+                f"base:{top1.arch}", lambda seed: model_for(top1.arch, classes, manifest.width, base)
+            )
             for s in starts:
                 firsts[s].append(float(curves[s][0]))
                 finals[s].append(float(curves[s][1]))
             regrets.append(float(acc3.max() - acc3[0]))
-            row.update(top1_accuracy_1_and_3_epochs={s: [round(float(v), 4) for v in curves[s]] for s in starts},
-                       regret=round(regrets[-1], 4))
+            row.update(
+                top1_accuracy_1_and_3_epochs={s: [round(float(v), 4) for v in curves[s]] for s in starts},
+                regret=round(regrets[-1], 4),
+            )
         row["seconds"] = round(time.perf_counter() - t0, 1)
         figures["per_dataset"][name] = row
-        log(f"{name}: tau " + ", ".join(f"{m} {row['weighted_tau'][m]:+.2f}" for m in RANKINGS)
-            + f" | top-1 {acc3[0]:.3f} best {acc3.max():.3f} spread {row['spread']:.3f} ({row['seconds']}s)")
+        log(
+            f"{name}: tau "
+            + ", ".join(f"{m} {row['weighted_tau'][m]:+.2f}" for m in RANKINGS)
+            + f" | top-1 {acc3[0]:.3f} best {acc3.max():.3f} spread {row['spread']:.3f} ({row['seconds']}s)"
+        )
     figures["weighted_tau_mean"] = {m: round(float(np.mean(v)), 4) for m, v in taus.items()}
     figures["default_weighted_tau"] = figures["weighted_tau_mean"][DEFAULT_RANKING[DEFAULT_RERANK]]
     if seed_taus:
@@ -444,14 +579,22 @@ def main() -> None:
     figures["fine_tunes"] = {"trained": truth.trained, "reused_from_cache": truth.reused}
     if test:
         final = np.array([finals[s] for s in starts])
-        figures["start_accuracy_mean"] = {s: {"after_1_epoch": round(float(np.mean(firsts[s])), 4),
-                                              "after_3_epochs": round(float(np.mean(finals[s])), 4)} for s in starts}
+        figures["start_accuracy_mean"] = {
+            s: {
+                "after_1_epoch": round(float(np.mean(firsts[s])), 4),
+                "after_3_epochs": round(float(np.mean(finals[s])), 4),
+            }
+            for s in starts
+        }
         figures["tans_top1_best_on_average"] = bool(final.mean(1).argmax() == 0)
         figures["tans_top1_never_worst"] = bool((final.argmin(0) != 0).all())
         figures["regret_mean"] = round(float(np.mean(regrets)), 4)
         figures["search_seconds"] = search_times(config.zoo)
-        figures["goals"] = {"default_weighted_tau": ">= 0.6 (moonshot 0.8) and above LogME alone",
-                            "top1": "best on average and never the worst", "search_with_rerank_s": "< 10"}
+        figures["goals"] = {
+            "default_weighted_tau": ">= 0.6 (moonshot 0.8) and above LogME alone",
+            "top1": "best on average and never the worst",
+            "search_with_rerank_s": "< 10",
+        }
     print(json.dumps(figures))
 
 
@@ -462,6 +605,7 @@ def same_pair(store, config) -> dict:
     from collections import Counter
 
     from tans.retriever.train import evaluate, gather, same_pair_ranks, train_retriever
+
     t = gather(store, config.train.image_size, config.retrain.backbone)
     model, _ = train_retriever(t, config.retrain, log=lambda *_: None)
     m = evaluate(model, t, config.retrain, queries_per_dataset=10)
@@ -474,33 +618,62 @@ def same_pair(store, config) -> dict:
 
 def zoo_summary(store, results, seconds) -> dict:
     from tans.zoo_schema.shards import read_datasets
+
     rows = {}
     for d in read_datasets(store):
         accs = [r.accuracy for r in results.values() if r.dataset_id == d.dataset_id]
         if accs:
-            rows[d.dataset_id] = {"best": round(max(accs), 4), "chance": round(1 / d.num_classes, 4),
-                                  "networks": len(accs)}
+            rows[d.dataset_id] = {
+                "best": round(max(accs), 4),
+                "chance": round(1 / d.num_classes, 4),
+                "networks": len(accs),
+            }
     above = [k for k, v in rows.items() if v["best"] >= 2 * v["chance"]]
-    return {"networks": len(results), "datasets": len(rows), "build_seconds": round(seconds, 1),
-            "base_weights": json.loads(store.read_bytes("manifest.json"))["base_weights"]["id"],
-            "datasets_best_at_least_twice_chance": len(above), "per_dataset": rows}
+    return {
+        "networks": len(results),
+        "datasets": len(rows),
+        "build_seconds": round(seconds, 1),
+        "base_weights": json.loads(store.read_bytes("manifest.json"))["base_weights"]["id"],
+        "datasets_best_at_least_twice_chance": len(above),
+        "per_dataset": rows,
+    }
 
 
 def search_times(zoo: str) -> dict:
     """`tans search` end to end from the command line, for a 10-class held-out query."""
     out = {}
     from tans.pipeline.datasets import synth
+
     query = CACHE / "held-out" / "mnist-real"  # the suite's own size: 1,000 images
     if not query.exists():
         synth.write_dataset(next(s for s in synth.suite() if s.name == "mnist-real"), query.parent, seed=0)
     query = str(query)
     from tans.retriever.rerank import RERANK_CHOICES
-    subprocess.run([sys.executable, "-m", "tans.pipeline.cli", "search", zoo, "--dataset", query, "--json"],
-                   capture_output=True, cwd=ROOT)  # untimed: Python's and torch's files into the page cache
+
+    subprocess.run(
+        [sys.executable, "-m", "tans.pipeline.cli", "search", zoo, "--dataset", query, "--json"],
+        capture_output=True,
+        cwd=ROOT,
+    )  # untimed: Python's and torch's files into the page cache
     for rerank in RERANK_CHOICES:
         started = time.perf_counter()
-        r = subprocess.run([sys.executable, "-m", "tans.pipeline.cli", "search", zoo, "--dataset", query,
-                            "--rerank", rerank, "--json"], capture_output=True, text=True, cwd=ROOT)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tans.pipeline.cli",
+                "search",
+                zoo,
+                "--dataset",
+                query,
+                "--rerank",
+                rerank,
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
         wall = time.perf_counter() - started
         inner = json.loads(r.stdout)["seconds"] if r.returncode == 0 else {"error": r.stderr[-300:]}
         out[rerank] = {"command_seconds": round(wall, 2), **inner}

@@ -8,6 +8,7 @@ state_dict file can be named instead. Up to
 `query_features/<backbone tag>/<dataset_id>/<split>.safetensors` with the backbone id; the
 acquisition predictor's dataset features and the retriever's query sets both read them.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,8 +18,10 @@ import struct
 
 import numpy as np
 import torch
-from safetensors.numpy import load as numpy_load, save as numpy_save
-from safetensors.torch import load as torch_load, save as torch_save
+from safetensors.numpy import load as numpy_load
+from safetensors.numpy import save as numpy_save
+from safetensors.torch import load as torch_load
+from safetensors.torch import save as torch_save
 
 from tans.workers.networks.images import decode_images
 from tans.workers.networks.mbv3 import largest_subnet
@@ -52,8 +55,9 @@ def load_backbone(store: ZooStore, manifest: Manifest, spec: str = "") -> Backbo
     (safetensors) so that search finds the same backbone later."""
     if not spec:
         state = base_supernet_state(store, manifest.width, manifest.base_weights)
-        return Backbone("base", f"ofa-max:{manifest.base_weights.id}:w{manifest.width}", "",
-                        largest_subnet(state), "ofa")
+        return Backbone(
+            "base", f"ofa-max:{manifest.base_weights.id}:w{manifest.width}", "", largest_subnet(state), "ofa"
+        )
     what = "retrain.backbone (a `tans pretrain-base` supernet or a torchvision resnet18)"
     if spec.startswith("base/"):
         blob = store.read_bytes(spec)
@@ -68,10 +72,12 @@ def load_backbone(store: ZooStore, manifest: Manifest, spec: str = "") -> Backbo
             width = {1280: 1.0, 1536: 1.2}[state["feature_mix_layer.conv.weight"].shape[0]]
             if not spec.startswith("base/"):  # a new file: the whole supernet, not only its largest subnet
                 build_supernet(width).load_state_dict(state)
-            backbone = Backbone(f"ofa-{sha[:12]}", f"ofa-max:sha256:{sha[:16]}:w{width}", key,
-                                largest_subnet(state), "ofa")
+            backbone = Backbone(
+                f"ofa-{sha[:12]}", f"ofa-max:sha256:{sha[:16]}:w{width}", key, largest_subnet(state), "ofa"
+            )
         else:
             import torchvision  # 1.3 s of import (it pulls in torch._dynamo): only for this backbone
+
             net = torchvision.models.resnet18(weights=None)
             net.load_state_dict(state)
             net.fc = torch.nn.Identity()
@@ -91,7 +97,7 @@ def embed_images(backbone: Backbone, images: list[bytes], image_size: int, batch
     out = []
     with torch.no_grad():
         for i in range(0, len(images), batch):
-            x = torch.from_numpy(decode_images(images[i:i + batch], image_size))
+            x = torch.from_numpy(decode_images(images[i : i + batch], image_size))
             out.append(backbone.embed(x).numpy())
     return np.concatenate(out).astype(np.float32)
 
@@ -105,8 +111,9 @@ def sample_per_class(labels: list[int], per_class: int, seed: str) -> list[int]:
     return [i for c in sorted(by_class) for i in sorted(rng.sample(by_class[c], min(per_class, len(by_class[c]))))]
 
 
-def split_features(store: ZooStore, manifest: Manifest, dataset_id: str, split: str, image_size: int,
-                   backbone: Backbone | None = None) -> tuple[np.ndarray, np.ndarray]:
+def split_features(
+    store: ZooStore, manifest: Manifest, dataset_id: str, split: str, image_size: int, backbone: Backbone | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(features [n, d], labels [n]) of up to PER_CLASS_CAP images per class (cached)."""
     backbone = backbone if backbone is not None else load_backbone(store, manifest)
     key = layout.query_features_key(backbone.tag, dataset_id, split)
@@ -127,4 +134,4 @@ def split_features(store: ZooStore, manifest: Manifest, dataset_id: str, split: 
 
 def _metadata(blob: bytes) -> dict:
     (n,) = struct.unpack("<Q", blob[:8])
-    return json.loads(blob[8:8 + n]).get("__metadata__", {})
+    return json.loads(blob[8 : 8 + n]).get("__metadata__", {})

@@ -15,9 +15,11 @@ version, where search takes them over the networks whose results are still live)
 
 `params={"top_k": N, "rerank": "source" | "none"}` limits the ranking and picks the order
 (default: source, the best ordering that needs no network run on images; `tans search`'s
-default, finetune, fine-tunes networks on the query's images, which only `tans search` does). The artifacts are the version's files
+default, finetune, fine-tunes networks on the query's images, which only `tans search` does).
+The artifacts are the version's files
 (`weights.safetensors`, `models.parquet`, `meta.json`); the code needs tans installed.
 """
+
 from __future__ import annotations
 
 import json
@@ -58,8 +60,10 @@ class RetrieverModel(mlflow.pyfunc.PythonModel):
                 store = open_store(self.zoo)
                 self._backbone = load_backbone(store, read_manifest(store), self.meta.get("backbone_key", ""))
             return embed_images(self._backbone, [bytes(b) for b in model_input["image"]], self.meta["image_size"])
-        raise ValueError("the input needs a column 'features' (one feature vector per query image) "
-                         "or 'image' (one encoded image per row)")
+        raise ValueError(
+            "the input needs a column 'features' (one feature vector per query image) "
+            "or 'image' (one encoded image per row)"
+        )
 
     def predict(self, context, model_input, params=None):
         top_k = int((params or {}).get("top_k", 10))
@@ -67,19 +71,31 @@ class RetrieverModel(mlflow.pyfunc.PythonModel):
         features = self._features(pd.DataFrame(model_input))
         with torch.no_grad():
             q = self.model.encode_query(torch.from_numpy(features))
-            top, scores = top_by_cosine(self.embeddings, q.numpy(), np.ones(len(self.embeddings), bool),
-                                        max(RECALL, top_k))
-            predicted = self.model.predict(q.expand(len(self.embeddings), -1), torch.from_numpy(self.embeddings)).numpy()
+            top, scores = top_by_cosine(
+                self.embeddings, q.numpy(), np.ones(len(self.embeddings), bool), max(RECALL, top_k)
+            )
+            predicted = self.model.predict(
+                q.expand(len(self.embeddings), -1), torch.from_numpy(self.embeddings)
+            ).numpy()
         rank_score, ranked_by = imageless_score(rerank, predicted, self.source_fit)  # over the whole table
         order = sorted(top, key=lambda i: (-rank_score[i], -scores[i]))[:top_k]
         rows = []
         for rank, i in enumerate(order, 1):
             i = int(i)
-            rows.append({"rank": rank, **{c: self.table[c][i].as_py() for c in
-                                          ("job_id", "dataset_id", "arch", "params", "flops", "latency_ms")},
-                         "score": float(scores[i]), "predicted_accuracy": float(predicted[i]),
-                         "source_accuracy": float(self.source_accuracy[i]), "rank_score": float(rank_score[i]),
-                         "ranked_by": ranked_by})
+            rows.append(
+                {
+                    "rank": rank,
+                    **{
+                        c: self.table[c][i].as_py()
+                        for c in ("job_id", "dataset_id", "arch", "params", "flops", "latency_ms")
+                    },
+                    "score": float(scores[i]),
+                    "predicted_accuracy": float(predicted[i]),
+                    "source_accuracy": float(self.source_accuracy[i]),
+                    "rank_score": float(rank_score[i]),
+                    "ranked_by": ranked_by,
+                }
+            )
         return pd.DataFrame(rows)
 
 

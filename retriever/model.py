@@ -8,6 +8,7 @@
 - Loss: hinge contrastive loss in both directions (query->models, model->queries) with
   margin 0.2, summed over the batch's negatives, plus lambda * MSE of the predictor.
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,8 +23,12 @@ class Retriever(nn.Module):
         self.query = nn.Sequential(nn.Linear(image_dim, hidden), nn.ReLU(), nn.Linear(hidden, DIM))
         self.model = nn.Sequential(nn.Linear(45 + func_dim, hidden), nn.ReLU(), nn.Linear(hidden, DIM))
         self.predictor = nn.Sequential(nn.Linear(2 * DIM, 2 * DIM), nn.ReLU(), nn.Linear(2 * DIM, 1))
-        for name, dim in (("image_mean", image_dim), ("image_std", image_dim),
-                          ("func_mean", func_dim), ("func_std", func_dim)):
+        for name, dim in (
+            ("image_mean", image_dim),
+            ("image_std", image_dim),
+            ("func_mean", func_dim),
+            ("func_std", func_dim),
+        ):
             self.register_buffer(name, torch.zeros(dim) if "mean" in name else torch.ones(dim))
 
     def set_normalization(self, images: torch.Tensor, func: torch.Tensor) -> None:

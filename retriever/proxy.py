@@ -21,17 +21,18 @@ which fifth it was moved a set's tau by 0.41 on a validation dataset of bench/tr
 (textures-mixed-noisy: 0.47 with the last files of each class held out, 0.06 with a shuffled
 fifth).
 """
+
 from __future__ import annotations
 
 import numpy as np
 
 from tans.zoo_schema.errors import TansError
 
-PER_CLASS = 40          # at most this many query images per class (train + held out) ...
-BUDGET = 400            # ... and about this many in all: a 20-class query uses 20 per class
+PER_CLASS = 40  # at most this many query images per class (train + held out) ...
+BUDGET = 400  # ... and about this many in all: a 20-class query uses 20 per class
 EPOCHS = 1
-FINETUNE_TOP = 2        # networks fine-tuned by default (the first of the `source` order): the best
-                        # weighted tau of 1-5 on bench/transfer.py --split validation
+FINETUNE_TOP = 2  # networks fine-tuned by default (the first of the `source` order): the best
+# weighted tau of 1-5 on bench/transfer.py --split validation
 
 
 def per_class(num_classes: int) -> int:
@@ -46,6 +47,7 @@ def proxy_folds(labels: list[int]) -> tuple[list[int], list[int]]:
     import random
 
     from tans.retriever.features import sample_per_class  # torch; the CLI imports this module's constants
+
     chosen = sample_per_class(labels, per_class(len(set(labels))), "proxy")
     by_class: dict[int, list[int]] = {}
     for i in chosen:
@@ -59,15 +61,18 @@ def proxy_folds(labels: list[int]) -> tuple[list[int], list[int]]:
         first += members[:half]
         second += members[half:]
     if min(len(first), len(second)) < 2:
-        raise TansError(f"the finetune ordering fine-tunes each network on one half of the query's images and "
-                        f"scores it on the other, and needs at least 2 images in each half; this query has "
-                        f"{len(first) + len(second)} in {len(by_class)} classes: add images, or order by "
-                        f"source (`--rerank source`)")
+        raise TansError(
+            f"the finetune ordering fine-tunes each network on one half of the query's images and "
+            f"scores it on the other, and needs at least 2 images in each half; this query has "
+            f"{len(first) + len(second)} in {len(by_class)} classes: add images, or order by "
+            f"source (`--rerank source`)"
+        )
     return first, second
 
 
-def fold_loss(net, num_classes: int, x, y, train_idx: list[int], held_idx: list[int], image_size: int,
-              seed: int = 0) -> float:
+def fold_loss(
+    net, num_classes: int, x, y, train_idx: list[int], held_idx: list[int], image_size: int, seed: int = 0
+) -> float:
     """The summed cross-entropy on `held_idx` of `net` (a zoo network, modified in place) after
     `EPOCHS` of fine-tuning on `train_idx` of (x [n, 3, s, s] float tensor, y [n] long tensor).
     The caller's torch random state is left as it was."""
@@ -75,6 +80,7 @@ def fold_loss(net, num_classes: int, x, y, train_idx: list[int], held_idx: list[
 
     from tans.workers.job import TrainSettings
     from tans.workers.networks.training import train
+
     tr, ho = torch.as_tensor(train_idx), torch.as_tensor(held_idx)
     settings = TrainSettings(epochs=EPOCHS, image_size=image_size, evaluate_every_epoch=False)
     with torch.random.fork_rng(devices=[]):
@@ -83,16 +89,19 @@ def fold_loss(net, num_classes: int, x, y, train_idx: list[int], held_idx: list[
         train(net, x[tr], y[tr], x[ho], y[ho], settings, torch.device("cpu"), seed=seed)  # ends in eval mode
     with torch.no_grad():
         xh, yh = x[ho], y[ho]
-        return sum(float(torch.nn.functional.cross_entropy(net(xh[i:i + 256]), yh[i:i + 256], reduction="sum"))
-                   for i in range(0, len(ho), 256))
+        return sum(
+            float(torch.nn.functional.cross_entropy(net(xh[i : i + 256]), yh[i : i + 256], reduction="sum"))
+            for i in range(0, len(ho), 256)
+        )
 
 
 def proxy_loss(make_net, num_classes: int, x, y, folds: tuple[list[int], list[int]], image_size: int) -> float:
     """Cross-fitted held-out loss: a fresh `make_net()` fine-tuned on each fold and scored on the
     other; the mean cross-entropy over every image of both folds."""
     first, second = folds
-    total = (fold_loss(make_net(), num_classes, x, y, first, second, image_size)
-             + fold_loss(make_net(), num_classes, x, y, second, first, image_size))
+    total = fold_loss(make_net(), num_classes, x, y, first, second, image_size) + fold_loss(
+        make_net(), num_classes, x, y, second, first, image_size
+    )
     return total / (len(first) + len(second))
 
 
@@ -101,6 +110,7 @@ def cascade_score(source_score: np.ndarray, losses: dict[int, float]) -> np.ndar
     position -> held-out loss) above all others, by their mean rank of the negative loss
     (ties share it), in [1, 2]; the others keep their `source` score, in [0, 1]."""
     from tans.retriever.rerank import mean_rank
+
     out = np.asarray(source_score, dtype=np.float64).copy()
     if losses:
         positions = list(losses)

@@ -19,9 +19,10 @@ chance to 1 (how well it learned its own task). It needs no images and no networ
 "finetune" re-orders the first networks of "source" by a one-epoch fine-tune on the query's
 images (tans.retriever.proxy).
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -30,17 +31,17 @@ def logme(features: np.ndarray, labels: np.ndarray, iterations: int = 20, tol: f
     """LogME of features [n, d] for integer labels [n]."""
     f = np.asarray(features, dtype=np.float64)
     n, d = f.shape
-    u, sv, vt = np.linalg.svd(f, full_matrices=False)   # f = u diag(sv) vt
-    s = sv ** 2                                          # eigenvalues of f^T f (rank r)
+    u, sv, vt = np.linalg.svd(f, full_matrices=False)  # f = u diag(sv) vt
+    s = sv**2  # eigenvalues of f^T f (rank r)
     evidences = []
     for c in np.unique(labels):
         y = (labels == c).astype(np.float64)
-        uty = u.T @ y                                    # projections of y on f's left vectors
+        uty = u.T @ y  # projections of y on f's left vectors
         alpha, beta = 1.0, 1.0
         for _ in range(iterations):
             gamma = float((beta * s / (alpha + beta * s)).sum())
-            m_coef = beta * sv * uty / (alpha + beta * s)   # posterior mean m = vt.T @ m_coef
-            m2 = float((m_coef ** 2).sum())
+            m_coef = beta * sv * uty / (alpha + beta * s)  # posterior mean m = vt.T @ m_coef
+            m2 = float((m_coef**2).sum())
             fitted = u @ (sv * m_coef)
             residual = float(((y - fitted) ** 2).sum())
             new_alpha = gamma / (m2 + 1e-10)
@@ -51,11 +52,17 @@ def logme(features: np.ndarray, labels: np.ndarray, iterations: int = 20, tol: f
                 break
         # log p(y | alpha, beta) with the posterior at the final precisions
         m_coef = beta * sv * uty / (alpha + beta * s)
-        m2 = float((m_coef ** 2).sum())
+        m2 = float((m_coef**2).sum())
         residual = float(((y - u @ (sv * m_coef)) ** 2).sum())
         log_det = float(np.log(alpha + beta * s).sum()) + (d - len(s)) * np.log(alpha)
-        evidence = (d / 2 * np.log(alpha) + n / 2 * np.log(beta) - 0.5 * log_det
-                    - beta / 2 * residual - alpha / 2 * m2 - n / 2 * np.log(2 * np.pi))
+        evidence = (
+            d / 2 * np.log(alpha)
+            + n / 2 * np.log(beta)
+            - 0.5 * log_det
+            - beta / 2 * residual
+            - alpha / 2 * m2
+            - n / 2 * np.log(2 * np.pi)
+        )
         evidences.append(evidence / n)
     return float(np.mean(evidences))
 
@@ -69,8 +76,14 @@ def knn_probe(features: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
     k = max(1, min(k, len(f) - 1))
     neighbours = np.argpartition(-sim, k - 1, axis=1)[:, :k]
     classes = np.unique(labels)
-    votes = np.stack([(labels[neighbours] == c).sum(1) + 1e-3 * (sim[np.arange(len(f))[:, None], neighbours]
-                      * (labels[neighbours] == c)).sum(1) for c in classes], axis=1)
+    votes = np.stack(
+        [
+            (labels[neighbours] == c).sum(1)
+            + 1e-3 * (sim[np.arange(len(f))[:, None], neighbours] * (labels[neighbours] == c)).sum(1)
+            for c in classes
+        ],
+        axis=1,
+    )
     return float((classes[votes.argmax(1)] == labels).mean())
 
 
@@ -91,12 +104,14 @@ def mean_rank(*scores: np.ndarray) -> np.ndarray:
         _, tie = np.unique(np.where(np.isnan(s), -np.inf, s), return_inverse=True)
         ranks = np.empty(n)
         ranks[np.argsort(tie, kind="stable")] = np.arange(n)
-        average = np.bincount(tie, ranks) / np.bincount(tie)   # ties share their mean rank
+        average = np.bincount(tie, ranks) / np.bincount(tie)  # ties share their mean rank
         out += average[tie] / max(n - 1, 1)
     return out / len(scores)
 
 
 SCORERS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {"logme": logme, "knn": knn_probe}
 RERANK_CHOICES = ("none", "source", *SCORERS, "finetune")
-DEFAULT_RERANK = "finetune"  # what `tans search` orders by unless told: the best on bench/transfer.py --split validation
+DEFAULT_RERANK = (
+    "finetune"  # what `tans search` orders by unless told: the best on bench/transfer.py --split validation
+)
 DEFAULT_IMAGELESS = "source"  # the best of the orderings that need no images: the MLflow model's default

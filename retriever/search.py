@@ -7,6 +7,7 @@ accuracy or by evidence from the query's images (LogME, k-NN, a short fine-tune;
 `Searcher`). Models
 whose result has since been quarantined are excluded.
 """
+
 from __future__ import annotations
 
 import time
@@ -17,9 +18,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from tans.retriever.features import embed_images, load_backbone, sample_per_class
 from tans.retriever import proxy
-from tans.retriever.rerank import DEFAULT_IMAGELESS, DEFAULT_RERANK, RERANK_CHOICES, SCORERS, mean_rank, source_over_chance
+from tans.retriever.features import embed_images, load_backbone, sample_per_class
+from tans.retriever.rerank import (
+    DEFAULT_IMAGELESS,
+    DEFAULT_RERANK,
+    RERANK_CHOICES,
+    SCORERS,
+    mean_rank,
+    source_over_chance,
+)
 from tans.retriever.train import load_version
 from tans.workers.networks.images import decode_images
 from tans.workers.networks.nets import checkpoint_features, load_checkpoint
@@ -83,10 +91,14 @@ def imageless_score(rerank: str, predicted: np.ndarray, source_fit: np.ndarray) 
     if rerank == "source":
         return mean_rank(predicted, source_fit), "predicted_accuracy+source_over_chance"
     if rerank in RERANK_CHOICES:
-        raise TansError(f"ordering {rerank!r} loads recalled networks and runs them on the query's images, "
-                        f"which only `tans search` does; here choose none or source")
-    raise TansError(f"unknown ordering {rerank!r}; choose none or source (or, in `tans search`, "
-                    f"{' or '.join(c for c in RERANK_CHOICES if c not in ('none', 'source'))})")
+        raise TansError(
+            f"ordering {rerank!r} loads recalled networks and runs them on the query's images, "
+            f"which only `tans search` does; here choose none or source"
+        )
+    raise TansError(
+        f"unknown ordering {rerank!r}; choose none or source (or, in `tans search`, "
+        f"{' or '.join(c for c in RERANK_CHOICES if c not in ('none', 'source'))})"
+    )
 
 
 @dataclass(frozen=True)
@@ -94,20 +106,20 @@ class Hit:
     """One ranked zoo network: which it is, what it costs, and why it ranks where it does."""
 
     job_id: str
-    dataset_id: str           # the zoo dataset it was fine-tuned on
+    dataset_id: str  # the zoo dataset it was fine-tuned on
     arch: str
     params: int
     flops: int
     latency_ms: float
-    checkpoint_uri: str       # where its weights are, in the zoo the search was given
-    score: float              # cosine of query and model in the retriever's latent space
+    checkpoint_uri: str  # where its weights are, in the zoo the search was given
+    score: float  # cosine of query and model in the retriever's latent space
     predicted_accuracy: float
-    source_accuracy: float    # its test accuracy on the zoo dataset it was fine-tuned on
-    rank_score: float         # the score that ordered the hits (see `ranked_by`)
-    ranked_by: str            # "predicted_accuracy", "predicted_accuracy+source_over_chance" (the
-                              # mean of the two's ranks in the zoo), "logme", "knn" or "finetune"
-                              # (the fine-tuned first, by held-out loss, then the source order)
-    weak_match: bool          # negative cosine: the zoo holds nothing close to the query
+    source_accuracy: float  # its test accuracy on the zoo dataset it was fine-tuned on
+    rank_score: float  # the score that ordered the hits (see `ranked_by`)
+    ranked_by: str  # "predicted_accuracy", "predicted_accuracy+source_over_chance" (the
+    # mean of the two's ranks in the zoo), "logme", "knn" or "finetune"
+    # (the fine-tuned first, by held-out loss, then the source order)
+    weak_match: bool  # negative cosine: the zoo holds nothing close to the query
     proxy_loss: float | None = None  # cross-fitted held-out loss of the short fine-tune ("finetune" only)
 
 
@@ -122,8 +134,12 @@ class SearchResult:
     seconds: dict
 
     def as_dict(self) -> dict:
-        return {"ranked_by": self.ranked_by, "recalled": self.recalled, "seconds": self.seconds,
-                "hits": [asdict(h) for h in self.hits]}
+        return {
+            "ranked_by": self.ranked_by,
+            "recalled": self.recalled,
+            "seconds": self.seconds,
+            "hits": [asdict(h) for h in self.hits],
+        }
 
 
 class Searcher:
@@ -139,8 +155,13 @@ class Searcher:
     at most `recall`, so asking for more hits never reorders the first.
     """
 
-    def __init__(self, store: ZooStore, version: int | None = None, live_job_ids: set[str] | None = None,
-                 results: dict | None = None):
+    def __init__(
+        self,
+        store: ZooStore,
+        version: int | None = None,
+        live_job_ids: set[str] | None = None,
+        results: dict | None = None,
+    ):
         self.store = store
         loaded = load_version(store, version)
         self.model, self.meta, table = loaded.model, loaded.meta, loaded.models
@@ -157,8 +178,9 @@ class Searcher:
         self.results = results or {}  # job_id -> ResultRecord, for loading candidate networks
         self._backbone = None
 
-    def query_features(self, images: list[bytes], labels: list[int], per_class: int = 10,
-                       chosen: list[int] | None = None) -> np.ndarray:
+    def query_features(
+        self, images: list[bytes], labels: list[int], per_class: int = 10, chosen: list[int] | None = None
+    ) -> np.ndarray:
         """The query's backbone features of `chosen` images (default: `per_class` of each class, seeded)."""
         if self._backbone is None:
             self._backbone = load_backbone(self.store, read_manifest(self.store), self.meta.get("backbone_key", ""))
@@ -177,7 +199,8 @@ class Searcher:
             raise NoModelFits(
                 f"no model in the zoo meets the constraints; the closest is {self.table['job_id'][i].as_py()} "
                 f"({self.table['arch'][i].as_py()}: {self.params[i] / 1e6:.2f}M params, "
-                f"{self.flops[i] / 1e6:.1f}M FLOPs, {self.latency[i]:.1f} ms)")
+                f"{self.flops[i] / 1e6:.1f}M FLOPs, {self.latency[i]:.1f} ms)"
+            )
         top, scores = top_by_cosine(self.embeddings, q.numpy(), ok, recall)
         return q, top, scores
 
@@ -192,8 +215,14 @@ class Searcher:
         rank_score, ranked_by = imageless_score(rerank, predicted, self.source_fit)
         return self._hits(top, scores, predicted[top], rank_score[top], ranked_by)
 
-    def search(self, features: np.ndarray, constraints: Constraints = Constraints(), top_k: int = 10,
-               recall: int = RECALL, rerank: str = DEFAULT_IMAGELESS) -> list[Hit]:
+    def search(
+        self,
+        features: np.ndarray,
+        constraints: Constraints = Constraints(),
+        top_k: int = 10,
+        recall: int = RECALL,
+        rerank: str = DEFAULT_IMAGELESS,
+    ) -> list[Hit]:
         """Without the query's images (its backbone features only): recall by cosine, order by
         `rerank` "none" or "source" (see `imageless_score`)."""
         if top_k < 1:
@@ -201,9 +230,18 @@ class Searcher:
         q, top, scores = self._recall(features, constraints, max(recall, top_k))
         return self._imageless(q, top, scores, rerank)[:top_k]
 
-    def rank(self, images: list[bytes], labels: list[int], constraints: Constraints = Constraints(),
-             top_k: int = 10, rerank: str = DEFAULT_RERANK, recall: int = RECALL, per_class: int = 10,
-             finetune_top: int = proxy.FINETUNE_TOP, feature_images: list[int] | None = None) -> SearchResult:
+    def rank(
+        self,
+        images: list[bytes],
+        labels: list[int],
+        constraints: Constraints = Constraints(),
+        top_k: int = 10,
+        rerank: str = DEFAULT_RERANK,
+        recall: int = RECALL,
+        per_class: int = 10,
+        finetune_top: int = proxy.FINETUNE_TOP,
+        feature_images: list[int] | None = None,
+    ) -> SearchResult:
         """Search with the query's images: recall, then order by `rerank`'s score. The query is
         embedded from `feature_images` (indices; default: `per_class` of each class, seeded)."""
         if top_k < 1 or finetune_top < 1:
@@ -222,13 +260,22 @@ class Searcher:
         else:
             predicted = self._predicted(q, top)
             chosen = sample_per_class(labels, per_class, "search")
-            evidence = self.evidence([images[i] for i in chosen], np.asarray([labels[i] for i in chosen]),
-                                     top, SCORERS[rerank])
+            evidence = self.evidence(
+                [images[i] for i in chosen], np.asarray([labels[i] for i in chosen]), top, SCORERS[rerank]
+            )
             hits = self._hits(top, scores, predicted, evidence, rerank)
         t3 = time.perf_counter()
-        return SearchResult(hits[:top_k], hits[0].ranked_by, len(top),
-                            {"query_features": round(t1 - t0, 3), "recall": round(t2 - t1, 3),
-                             "rerank": round(t3 - t2, 3), "total": round(t3 - t0, 3)})
+        return SearchResult(
+            hits[:top_k],
+            hits[0].ranked_by,
+            len(top),
+            {
+                "query_features": round(t1 - t0, 3),
+                "recall": round(t2 - t1, 3),
+                "rerank": round(t3 - t2, 3),
+                "total": round(t3 - t0, 3),
+            },
+        )
 
     def _network(self, i: int, load):
         """`load(store, record)` of the recalled network in table row `i`; a checkpoint that is
@@ -236,21 +283,25 @@ class Searcher:
         job_id = self.table["job_id"][int(i)].as_py()
         record = self.results.get(job_id)
         if record is None:
-            raise TansError(f"job {job_id} of the retriever has no result in {self.store.uri}; "
-                            f"run `tans retrain {self.store.uri}`")
+            raise TansError(
+                f"job {job_id} of the retriever has no result in {self.store.uri}; run `tans retrain {self.store.uri}`"
+            )
         try:
             return load(self.store, record)
         except TansError:
             raise
         except Exception as e:  # a missing file, a truncated or foreign safetensors file
-            raise TansError(f"the checkpoint of job {job_id} ({record.checkpoint_uri}) could not be loaded "
-                            f"({type(e).__name__}: {e}); run `tans verify {self.store.uri}`, or search with "
-                            f"--rerank source, which loads no network") from e
+            raise TansError(
+                f"the checkpoint of job {job_id} ({record.checkpoint_uri}) could not be loaded "
+                f"({type(e).__name__}: {e}); run `tans verify {self.store.uri}`, or search with "
+                f"--rerank source, which loads no network"
+            ) from e
 
     def _finetuned(self, images: list[bytes], labels: list[int], q, top, scores, finetune_top: int) -> list[Hit]:
         """The `source` order, its first `finetune_top` re-ordered by the cross-fitted held-out loss
         of a short fine-tune on the query's images (tans.retriever.proxy)."""
         import copy
+
         folds = proxy.proxy_folds(labels)  # checks the query before any fine-tune
         predicted = self._predicted(q)
         source, _ = imageless_score("source", predicted, self.source_fit)
@@ -264,8 +315,14 @@ class Searcher:
         losses = {}
         for j in order[:finetune_top]:
             net = self._network(top[j], lambda store, record: load_checkpoint(store, record, width))
-            losses[j] = proxy.proxy_loss(lambda net=net: copy.deepcopy(net), classes, x, y,
-                                         ([at[i] for i in folds[0]], [at[i] for i in folds[1]]), self.image_size)
+            losses[j] = proxy.proxy_loss(
+                lambda net=net: copy.deepcopy(net),
+                classes,
+                x,
+                y,
+                ([at[i] for i in folds[0]], [at[i] for i in folds[1]]),
+                self.image_size,
+            )
         rank_score = proxy.cascade_score(source[top], losses)
         return self._hits(top, scores, predicted[top], rank_score, "finetune", losses)
 
@@ -276,7 +333,7 @@ class Searcher:
         for i in top:
             net = self._network(i, checkpoint_features)
             with torch.no_grad():
-                feats = torch.cat([net(x[j:j + 256]) for j in range(0, len(x), 256)]).numpy()
+                feats = torch.cat([net(x[j : j + 256]) for j in range(0, len(x), 256)]).numpy()
             out.append(scorer(feats, labels))
         return np.asarray(out, dtype=np.float64)
 
@@ -286,10 +343,17 @@ class Searcher:
         hits = []
         for j in order:
             i = int(top[j])
-            hits.append(Hit(**{c: self.table[c][i].as_py() for c in cols},
-                            checkpoint_uri=checkpoint_uri(self.store, self.table["checkpoint_uri"][i].as_py()),
-                            score=float(cosine[i]), predicted_accuracy=float(predicted[j]),
-                            source_accuracy=float(self.source_accuracy[i]),
-                            rank_score=float(rank_score[j]), ranked_by=ranked_by, weak_match=bool(cosine[i] < 0),
-                            proxy_loss=(losses or {}).get(j)))
+            hits.append(
+                Hit(
+                    **{c: self.table[c][i].as_py() for c in cols},
+                    checkpoint_uri=checkpoint_uri(self.store, self.table["checkpoint_uri"][i].as_py()),
+                    score=float(cosine[i]),
+                    predicted_accuracy=float(predicted[j]),
+                    source_accuracy=float(self.source_accuracy[i]),
+                    rank_score=float(rank_score[j]),
+                    ranked_by=ranked_by,
+                    weak_match=bool(cosine[i] < 0),
+                    proxy_loss=(losses or {}).get(j),
+                )
+            )
         return hits

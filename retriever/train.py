@@ -13,6 +13,7 @@ by `retriever/v<N>/meta.json` (results count, backbone, settings, metrics, and t
 files with their sha256), written create-only after them. The newest version is the one
 search uses.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,7 +21,7 @@ import io
 import json
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
@@ -41,20 +42,20 @@ from tans.zoo_schema.store import ZooStore
 class RetrainSettings:
     """The retriever's meta-training (paper B.1) and when a build triggers it."""
 
-    after_build: bool = True        # retrain at the end of `tans build` ...
-    if_grown: float = 0.1           # ... if the zoo grew by this fraction (<1) or count (>=1)
+    after_build: bool = True  # retrain at the end of `tans build` ...
+    if_grown: float = 0.1  # ... if the zoo grew by this fraction (<1) or count (>=1)
     steps: int = 300
-    lr: float = 1e-3                # paper: 1e-2 (Adam); 1e-3 is steadier on small zoos
+    lr: float = 1e-3  # paper: 1e-2 (Adam); 1e-3 is steadier on small zoos
     margin: float = 0.2
-    lam: float = 1.0                # weight of the predictor's MSE
+    lam: float = 1.0  # weight of the predictor's MSE
     query_per_class: int = 10
-    positive: str = "weighted"      # "weighted" (toward well-performing models) or "uniform" (official)
+    positive: str = "weighted"  # "weighted" (toward well-performing models) or "uniform" (official)
     temperature: float = 0.1
     seed: int = 0
-    use_functional: bool = True     # ablations: without the functional embedding...
-    use_topology: bool = True       # ...or without the topology vector
-    backbone: str = ""              # "": the base supernet's largest subnet; or a file (local or
-                                    # s3://): a `tans pretrain-base` supernet or a torchvision ResNet18
+    use_functional: bool = True  # ablations: without the functional embedding...
+    use_topology: bool = True  # ...or without the topology vector
+    backbone: str = ""  # "": the base supernet's largest subnet; or a file (local or
+    # s3://): a `tans pretrain-base` supernet or a torchvision ResNet18
 
 
 @dataclass
@@ -65,11 +66,11 @@ class ZooTensors:
     train_feats: dict[str, tuple[np.ndarray, np.ndarray]]
     test_feats: dict[str, tuple[np.ndarray, np.ndarray]]
     results: list
-    backbone: object                # tans.retriever.features.Backbone
+    backbone: object  # tans.retriever.features.Backbone
     topology: torch.Tensor
     func: torch.Tensor
     accuracy: torch.Tensor
-    owner: np.ndarray               # dataset index of each model
+    owner: np.ndarray  # dataset index of each model
 
 
 def gather(store: ZooStore, image_size: int, backbone_spec: str = "") -> ZooTensors:
@@ -84,11 +85,16 @@ def gather(store: ZooStore, image_size: int, backbone_spec: str = "") -> ZooTens
     test = {d: split_features(store, manifest, d, "test", image_size, backbone) for d in dataset_ids}
     index = {d: i for i, d in enumerate(dataset_ids)}
     return ZooTensors(
-        dataset_ids, train, test, results, backbone,
+        dataset_ids,
+        train,
+        test,
+        results,
+        backbone,
         torch.tensor([r.topology for r in results], dtype=torch.float32),
         torch.tensor([r.functional_embedding for r in results], dtype=torch.float32),
         torch.tensor([r.accuracy for r in results], dtype=torch.float32),
-        np.array([index[r.dataset_id] for r in results]))
+        np.array([index[r.dataset_id] for r in results]),
+    )
 
 
 def sample_query(feats: np.ndarray, labels: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:
@@ -132,8 +138,10 @@ def train_retriever(t: ZooTensors, s: RetrainSettings, log=print) -> tuple[Retri
         loss.backward()
         opt.step()
         if step % 100 == 0 or step == s.steps - 1:
-            log(f"retriever step {step}: loss {loss.item():.4f} (contrastive {contrastive.item():.4f}, "
-                f"mse {mse.item():.4f})")
+            log(
+                f"retriever step {step}: loss {loss.item():.4f} (contrastive {contrastive.item():.4f}, "
+                f"mse {mse.item():.4f})"
+            )
     metrics = evaluate(model, t, s)
     metrics["train_seconds"] = round(time.perf_counter() - started, 2)
     return model.eval(), metrics
@@ -154,8 +162,9 @@ def _same_pair_queries(model: Retriever, t: ZooTensors, s: RetrainSettings, quer
             yield i, q, m, order, int(np.flatnonzero(t.owner[order] == i)[0]) + 1
 
 
-def same_pair_ranks(model: Retriever, t: ZooTensors, s: RetrainSettings,
-                    queries_per_dataset: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def same_pair_ranks(
+    model: Retriever, t: ZooTensors, s: RetrainSettings, queries_per_dataset: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
     """(dataset index, rank) of each same-pair query (see `_same_pair_queries`)."""
     out = [(i, rank) for i, _, _, _, rank in _same_pair_queries(model, t, s, queries_per_dataset)]
     return np.array([i for i, _ in out]), np.array([r for _, r in out])
@@ -175,15 +184,22 @@ def evaluate(model: Retriever, t: ZooTensors, s: RetrainSettings, queries_per_da
             pred_top = model.predict(q.expand(len(top), -1), m[top])
             top10_err.append(((pred_top - t.accuracy[top]) ** 2).numpy())
     ranks = np.array(ranks)
-    return {"datasets": len(t.dataset_ids), "queries": len(ranks), "models": len(t.results),
-            "R@1": float((ranks <= 1).mean() * 100), "R@5": float((ranks <= 5).mean() * 100),
-            "R@10": float((ranks <= 10).mean() * 100), "mean_rank": float(ranks.mean()),
-            "median_rank": float(np.median(ranks)),
-            "predictor_mse_own_models": float(np.concatenate(all_err).mean()),
-            "predictor_mse_top10": float(np.concatenate(top10_err).mean())}
+    return {
+        "datasets": len(t.dataset_ids),
+        "queries": len(ranks),
+        "models": len(t.results),
+        "R@1": float((ranks <= 1).mean() * 100),
+        "R@5": float((ranks <= 5).mean() * 100),
+        "R@10": float((ranks <= 10).mean() * 100),
+        "mean_rank": float(ranks.mean()),
+        "median_rank": float(np.median(ranks)),
+        "predictor_mse_own_models": float(np.concatenate(all_err).mean()),
+        "predictor_mse_top10": float(np.concatenate(top10_err).mean()),
+    }
 
 
 # -- versions -----------------------------------------------------------------------------
+
 
 def versions(store: ZooStore) -> list[int]:
     """Complete retriever versions (meta.json written), ascending."""
@@ -195,8 +211,9 @@ def versions(store: ZooStore) -> list[int]:
     return sorted(out)
 
 
-def save_version(store: ZooStore, model: Retriever, t: ZooTensors, s: RetrainSettings, metrics: dict,
-                 image_size: int) -> int:
+def save_version(
+    store: ZooStore, model: Retriever, t: ZooTensors, s: RetrainSettings, metrics: dict, image_size: int
+) -> int:
     """Write a new version: its files under a fresh prefix first, then the create-only meta.json
     that names them with their sha256 (the commit). A crash leaves unreferenced files, never a
     version mixing two trainings; a concurrent retrain that took the number moves us to the next."""
@@ -205,35 +222,52 @@ def save_version(store: ZooStore, model: Retriever, t: ZooTensors, s: RetrainSet
 
     import pyarrow.parquet as pq
     from safetensors.torch import save
+
     topo, func = _model_inputs(t, s)
     with torch.no_grad():
         m = model.encode_models(topo, func).numpy()
-    rows = pa.table({
-        "job_id": [r.job_id for r in t.results], "dataset_id": [r.dataset_id for r in t.results],
-        "arch": [r.arch for r in t.results], "accuracy": [r.accuracy for r in t.results],
-        "params": [r.params for r in t.results], "flops": [r.flops for r in t.results],
-        "latency_ms": [r.latency_ms for r in t.results], "num_classes": [r.num_classes for r in t.results],
-        "checkpoint_uri": [r.checkpoint_uri for r in t.results],
-        "embedding": pa.array(m.tolist(), type=pa.list_(pa.float32()))})
+    rows = pa.table(
+        {
+            "job_id": [r.job_id for r in t.results],
+            "dataset_id": [r.dataset_id for r in t.results],
+            "arch": [r.arch for r in t.results],
+            "accuracy": [r.accuracy for r in t.results],
+            "params": [r.params for r in t.results],
+            "flops": [r.flops for r in t.results],
+            "latency_ms": [r.latency_ms for r in t.results],
+            "num_classes": [r.num_classes for r in t.results],
+            "checkpoint_uri": [r.checkpoint_uri for r in t.results],
+            "embedding": pa.array(m.tolist(), type=pa.list_(pa.float32())),
+        }
+    )
     sink = io.BytesIO()
     pq.write_table(rows, sink, compression="zstd")
-    blobs = {"weights": save({k: v.contiguous() for k, v in model.state_dict().items()}),
-             "models": sink.getvalue()}
+    blobs = {"weights": save({k: v.contiguous() for k, v in model.state_dict().items()}), "models": sink.getvalue()}
     prefix = layout.retriever_files_prefix(uuid.uuid4().hex[:16])
     files = {}
     for name, blob in blobs.items():
         key = f"{prefix}/{layout.RETRIEVER_FILES[name]}"
         store.write_bytes(key, blob, create_only=True)
         files[name] = {"key": key, "sha256": hashlib.sha256(blob).hexdigest()}
-    meta = {"results": len(t.results), "datasets": len(t.dataset_ids),
-            "backbone": backbone_id(t.backbone, image_size), "backbone_key": t.backbone.key,
-            "image_size": image_size,
-            "image_dim": int(model.image_mean.shape[0]),
-            "func_dim": int(model.func_mean.shape[0]), "settings": asdict(s), "metrics": metrics,
-            "files": files, "created_at": datetime.now(timezone.utc).isoformat()}
+    meta = {
+        "results": len(t.results),
+        "datasets": len(t.dataset_ids),
+        "backbone": backbone_id(t.backbone, image_size),
+        "backbone_key": t.backbone.key,
+        "image_size": image_size,
+        "image_dim": int(model.image_mean.shape[0]),
+        "func_dim": int(model.func_mean.shape[0]),
+        "settings": asdict(s),
+        "metrics": metrics,
+        "files": files,
+        "created_at": datetime.now(UTC).isoformat(),
+    }
     version = (versions(store) or [0])[-1] + 1
-    while not store.write_bytes(layout.retriever_meta_key(version),
-                                json.dumps({"version": version, **meta}, indent=1).encode(), create_only=True):
+    while not store.write_bytes(
+        layout.retriever_meta_key(version),
+        json.dumps({"version": version, **meta}, indent=1).encode(),
+        create_only=True,
+    ):
         version += 1
     return version
 
@@ -243,8 +277,10 @@ def version_blob(store: ZooStore, version: int, meta: dict, name: str) -> bytes:
     f = layout.retriever_files(layout.retriever_meta_key(version), meta)[name]
     data = store.read_bytes(f["key"])
     if f["sha256"] and hashlib.sha256(data).hexdigest() != f["sha256"]:
-        raise TansError(f"retriever v{version}'s {name} file {f['key']} does not match its recorded sha256; "
-                        f"run `tans verify {store.uri}`, then `tans retrain {store.uri}`")
+        raise TansError(
+            f"retriever v{version}'s {name} file {f['key']} does not match its recorded sha256; "
+            f"run `tans verify {store.uri}`, then `tans retrain {store.uri}`"
+        )
     return data
 
 
@@ -270,8 +306,9 @@ def load_version(store: ZooStore, version: int | None = None) -> RetrieverVersio
     meta = store.read_json(layout.retriever_meta_key(version))
     model = Retriever(meta["image_dim"], meta["func_dim"])
     model.load_state_dict(load(version_blob(store, version, meta, "weights")))
-    return RetrieverVersion(version, model.eval(), meta,
-                            pq.read_table(io.BytesIO(version_blob(store, version, meta, "models"))))
+    return RetrieverVersion(
+        version, model.eval(), meta, pq.read_table(io.BytesIO(version_blob(store, version, meta, "models")))
+    )
 
 
 def grown_enough(store: ZooStore, if_grown: float | None) -> tuple[bool, str]:

@@ -15,4 +15,5 @@ torch; networks, export and search do. Everything else (the `pipeline`, `workers
 `retriever` and `zoo_schema` packages) is internal and may change between versions; the
 command line (`tans --help`) and the zoo format (README "The zoo") are stable too.
 """
+
 from tans.api import Zoo, __getattr__, __version__, export_network, load_network, open_zoo  # noqa: F401

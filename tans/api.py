@@ -1,4 +1,5 @@
-"""The public API behind `import tans` (see tans/__init__.py for what is stable)."""
+"""The public API behind `import tans` (`tans/__init__.py` says what is stable)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ def __getattr__(name: str):
     imports torch: only when asked for, so `import tans` and reading the zoo's tables stay light."""
     if name in _TORCH_TYPES:
         import tans.workers.networks.export
+
         return getattr(tans.workers.networks.export, name)
     raise AttributeError(f"module 'tans' has no attribute {name!r}")
 
@@ -38,56 +40,153 @@ except PackageNotFoundError:  # a source tree that was never installed
 
 @dataclass(frozen=True)
 class Zoo:
-    """An existing zoo, opened for reading (nothing is ever written through it)."""
+    """An existing zoo, opened for reading: nothing is ever written through it. Make one with
+    `open_zoo`.
+
+    Attributes:
+        store: the zoo's store (local directory or S3 prefix).
+    """
 
     store: ZooStore
 
     @property
     def uri(self) -> str:
+        """The zoo's location: an absolute local path or `s3://bucket/prefix`."""
         return self.store.uri
 
     def results(self) -> pa.Table:
-        """Every committed result, one row per network (the columns of README "The zoo")."""
+        """Every committed result, one row per network.
+
+        Returns:
+            A pyarrow Table with the public result columns (`job_id`, `dataset_id`, `arch`,
+                `accuracy`, `params`, `flops`, `latency_ms`, `checkpoint_uri`, ...; see the zoo
+                format). Reading it does not import torch.
+        """
         return results_table(self.store)
 
     def datasets(self) -> list[DatasetRecord]:
+        """The zoo's datasets.
+
+        Returns:
+            One record per dataset (id, name, classes and class names, image counts, source),
+                sorted by id.
+        """
         return read_datasets(self.store)
 
     def network(self, job_id: str) -> Network:
-        """The fine-tuned network of a job: a torch module with `preprocess`, `predict`, `config`."""
+        """The fine-tuned network of a job.
+
+        Args:
+            job_id: a `job_id` of `results()` or of a search hit.
+
+        Returns:
+            A torch module with `preprocess(images)`, `predict(images)` (class names) and
+                `config` (architecture, input size, normalization, class names, source).
+
+        Raises:
+            TansError: the zoo has no result for `job_id`, or its checkpoint does not match
+                the recorded sha256.
+        """
         from tans.workers.networks.export import load_network
+
         return load_network(self.store, job_id)
 
     def export(self, job_id: str, out: str | Path) -> ExportReport:
-        """model.safetensors, config.json, README.md and model.pt2 of a job, into `out`."""
+        """Write a job's network for use without tans.
+
+        Args:
+            job_id: the network's job id.
+            out: a folder (created when absent; an existing file, or another user's folder,
+                is an error).
+
+        Returns:
+            What was written: `model.safetensors`, `config.json`, `README.md` (a model card)
+                and `model.pt2` (a `torch.export` program), with the network's config.
+        """
         from tans.workers.networks.export import export_network
+
         return export_network(self.store, job_id, out)
 
-    def search(self, dataset: str, top_k: int = 10, max_params: float | None = None,
-               max_flops: float | None = None, max_latency_ms: float | None = None,
-               rerank: str = "finetune", finetune_top: int = 2) -> SearchResult:
-        """Rank the zoo's networks for a dataset (an ImageFolder directory or a Parquet file);
-        `rerank` and `finetune_top` as `tans search --rerank` (its default: finetune) and
-        `--finetune-top` (its default: 2)."""
+    def search(
+        self,
+        dataset: str,
+        top_k: int = 10,
+        max_params: float | None = None,
+        max_flops: float | None = None,
+        max_latency_ms: float | None = None,
+        rerank: str = "finetune",
+        finetune_top: int = 2,
+    ) -> SearchResult:
+        """Rank the zoo's networks for a dataset, as `tans search` does.
+
+        Args:
+            dataset: an ImageFolder directory or a Parquet file (`image`, `label`), local or
+                `s3://`.
+            top_k: how many networks to return.
+            max_params: at most this many parameters (None: no limit).
+            max_flops: at most this many FLOPs at the zoo's input size.
+            max_latency_ms: at most this batch-1 latency, as measured on the zoo's workers.
+            rerank: the ordering: `finetune` (default), `source`, `none`, `logme` or `knn`.
+            finetune_top: with `finetune`, how many of the first networks are fine-tuned
+                briefly on the dataset's images to order them.
+
+        Returns:
+            The ranking: `hits` (job id, source dataset, predicted and source accuracy,
+                cosine, costs, checkpoint), how it was ranked, and its timings.
+        """
         from tans.pipeline.commands.search import search_dataset
         from tans.retriever.search import Constraints
-        return search_dataset(self.store, dataset, Constraints(max_params, max_flops, max_latency_ms),
-                              top_k=top_k, rerank=rerank, finetune_top=finetune_top)
+
+        return search_dataset(
+            self.store,
+            dataset,
+            Constraints(max_params, max_flops, max_latency_ms),
+            top_k=top_k,
+            rerank=rerank,
+            finetune_top=finetune_top,
+        )
 
 
 def open_zoo(uri: str, s3_endpoint: str | None = None) -> Zoo:
-    """Open an existing zoo (a local directory or s3://bucket/prefix); a path that holds no
-    zoo is an error, and nothing is created there."""
+    """Open an existing zoo for reading.
+
+    Args:
+        uri: a local directory or `s3://bucket/prefix`.
+        s3_endpoint: the S3 endpoint URL (default: `$AWS_ENDPOINT_URL`, else AWS).
+
+    Returns:
+        The zoo.
+
+    Raises:
+        TansError: no zoo is there (nothing is created), or the store cannot be reached.
+    """
     store = open_store(str(uri), S3Settings(endpoint_url=s3_endpoint))
     require_zoo(store)
     return Zoo(store)
 
 
 def load_network(zoo: str | Zoo, job_id: str) -> Network:
-    """`open_zoo(zoo).network(job_id)`."""
+    """A zoo network as a torch module: `open_zoo(zoo).network(job_id)`.
+
+    Args:
+        zoo: a zoo, or its location.
+        job_id: the network's job id.
+
+    Returns:
+        The network (see `Zoo.network`).
+    """
     return (zoo if isinstance(zoo, Zoo) else open_zoo(zoo)).network(job_id)
 
 
 def export_network(zoo: str | Zoo, job_id: str, out: str | Path) -> ExportReport:
-    """`open_zoo(zoo).export(job_id, out)`."""
+    """Write a zoo network for use without tans: `open_zoo(zoo).export(job_id, out)`.
+
+    Args:
+        zoo: a zoo, or its location.
+        job_id: the network's job id.
+        out: the folder to write into.
+
+    Returns:
+        What was written (see `Zoo.export`).
+    """
     return (zoo if isinstance(zoo, Zoo) else open_zoo(zoo)).export(job_id, out)

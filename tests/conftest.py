@@ -1,5 +1,6 @@
 """Shared fixtures: a real S3 endpoint (moto server on 127.0.0.1), a real local Ray,
 and small real image datasets from the built-in suite."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,9 +35,11 @@ class MotoServer:
         self.proc = None
 
     def start(self):
-        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
-                                      "-p", str(self.port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.time() + 30
         while time.time() < deadline:
             try:
@@ -54,6 +57,7 @@ class MotoServer:
 
     def bucket(self, name: str) -> str:
         import boto3
+
         boto3.client("s3", endpoint_url=self.url).create_bucket(Bucket=name)
         return name
 
@@ -87,8 +91,10 @@ def s3_bucket(s3_server, request):
 def ray_cluster():
     """A local Ray for the test module, on loopback, with two logical GPUs."""
     import ray
-    ctx = ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, configure_logging=False,
-                   log_to_driver=False)
+
+    ctx = ray.init(
+        address="local", num_cpus=2, num_gpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False
+    )
     assert ctx.address_info["node_ip_address"] == "127.0.0.1"
     yield ctx
     ray.shutdown()
@@ -101,6 +107,7 @@ TINY = {"hue-6": 12, "shapes-clean": 10, "digits-sklearn": 0, "glyphs-digits-cle
 def tiny_datasets(tmp_path_factory):
     """Four small real image datasets in the ImageFolder layout (built-in generators)."""
     from tans.pipeline.datasets import synth
+
     out = tmp_path_factory.mktemp("datasets")
     specs = {s.name: s for s in synth.suite()}
     for name, per_class in TINY.items():
@@ -120,10 +127,28 @@ def mlflow_server(s3_server, tmp_path_factory):
     port = free_port()
     env = {**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3_server.url, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     log = open(tmp / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "-h", "127.0.0.1", "-p", str(port),
-                             "-w", "1", "--backend-store-uri", f"sqlite:///{tmp / 'mlflow.db'}",
-                             "--artifacts-destination", "s3://mlflow-artifacts/runs"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-w",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{tmp / 'mlflow.db'}",
+            "--artifacts-destination",
+            "s3://mlflow-artifacts/runs",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/health", timeout=120)
         yield f"http://127.0.0.1:{port}"
@@ -147,6 +172,19 @@ def tmpfs(tmp_path):
             pytest.skip(f"cannot mount a tmpfs here ({r.stderr.decode().strip()[:200]}); needs root")
         mounted.append(where)
         return where
+
     yield mount
     for where in mounted:
         subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+# Fixtures that make a test slow (a Ray cluster, servers, a mounted file system): a test that
+# uses one, directly or through another fixture, is marked `slow`, and `make test-fast`
+# (pytest -m "not slow") leaves it out. Slow tests without such a fixture say so themselves.
+SLOW_FIXTURES = {"ray_cluster", "s3_server", "s3_bucket", "mlflow_server", "tmpfs"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

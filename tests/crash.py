@@ -5,6 +5,7 @@ after its N-th store write below a key prefix.
 
 Exits by SIGKILL when the write happens; with exit 0 if the call ends first.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,6 +28,7 @@ def arm(prefix: str, after: int) -> None:
                 if count["n"] >= after:
                     os.kill(os.getpid(), signal.SIGKILL)
             return done
+
         cls.write_bytes = write
 
 
@@ -36,10 +38,12 @@ def main() -> None:
     arm(spec["prefix"], spec["after"])
     if spec["call"] == "ingest":
         from tans.pipeline.datasets.ingest import ingest
+
         ingest(store, spec["source"], name=spec.get("name"))
     elif spec["call"] == "retrain":
-        from tans.retriever.train import RetrainSettings
         from tans.pipeline.execution.retrain import run_retrain
+        from tans.retriever.train import RetrainSettings
+
         run_retrain(store, RetrainSettings(steps=5), spec["image_size"], None, None, log=lambda *_: None)
     else:
         raise SystemExit(f"unknown call {spec['call']!r}")

@@ -1,30 +1,38 @@
 """Algorithm 1 pieces: hypervolume gain, MC-dropout predictor, pending jobs, determinism."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from tans.pipeline.acquisition.base import ParetoSettings, PolicyContext
-from tans.pipeline.acquisition.hypervolume import REF, Normalizer, gains, hv_history, hypervolume, normalized_hypervolume
+from tans.pipeline.acquisition.hypervolume import (
+    REF,
+    Normalizer,
+    gains,
+    hv_history,
+    hypervolume,
+    normalized_hypervolume,
+)
 from tans.pipeline.acquisition.pareto import ParetoPolicy, training_size
 from tans.pipeline.acquisition.predictor import fit, mc_grid, mc_samples
-from tans.pipeline.acquisition.priors import ArchProfile, Prior
-from tans.workers.networks.ofa_space import arch_pool
-from tans.zoo_schema.records import DatasetRecord, ResultRecord
 from tans.zoo_schema.results import ZooState
+from tests.helpers import DATASETS, POOL, make_prior, make_state, result
 
 
 def test_hypervolume_gain_matches_hand_computation():
     assert REF.tolist() == [1.1, 1.1, 1.1]
     front = np.array([[0.1, 0.1, 0.1]])
     assert hypervolume(front) == pytest.approx(1.0)  # (1.1 - 0.1)^3
-    cands = np.array([
-        [0.0, 0.5, 0.5],     # box 1.1*0.6*0.6 = 0.396, overlap with front 1.0*0.6*0.6 = 0.36
-        [0.2, 0.2, 0.2],     # dominated: adds nothing
-        [0.05, 0.05, 0.05],  # dominates the front: 1.05^3 - 1
-        [0.1, 0.1, 0.1],     # equal to the front: adds nothing
-    ])
-    assert gains(front, cands) == pytest.approx([0.036, 0.0, 1.05 ** 3 - 1.0, 0.0])
+    cands = np.array(
+        [
+            [0.0, 0.5, 0.5],  # box 1.1*0.6*0.6 = 0.396, overlap with front 1.0*0.6*0.6 = 0.36
+            [0.2, 0.2, 0.2],  # dominated: adds nothing
+            [0.05, 0.05, 0.05],  # dominates the front: 1.05^3 - 1
+            [0.1, 0.1, 0.1],  # equal to the front: adds nothing
+        ]
+    )
+    assert gains(front, cands) == pytest.approx([0.036, 0.0, 1.05**3 - 1.0, 0.0])
     assert gains(np.zeros((0, 3)), cands[:1]) == pytest.approx([0.396])
     # two-point front: union of boxes by inclusion-exclusion
     two = np.array([[0.1, 0.6, 0.1], [0.6, 0.1, 0.1]])
@@ -51,40 +59,17 @@ def test_training_size_follows_retrain_cadence():
 
 # -- a small synthetic world: 4 datasets x 12 pool archs, accuracy from a hidden rule ------
 
-POOL = [a.id for a in arch_pool(0, 12)]
-DATASETS = [f"d{i}" for i in range(4)]
-
-
-def make_prior(seed=0):
-    rng = np.random.default_rng(seed)
-    features = {d: rng.normal(size=16).astype(np.float32) for d in DATASETS}
-    profiles = {a: ArchProfile(a, int(1e6 + 4e5 * i), int(5e6 + i), 2.0 + 0.7 * ((i * 5) % 12),
-                               rng.normal(size=8).tolist()) for i, a in enumerate(POOL)}
-    return Prior(features, profiles)
-
-
-def result(d, a, acc, n):
-    return ResultRecord(job_id=f"job-{d}-{a[:12]}-{n}", dataset_id=d, arch=a, topology=[0] * 45,
-                        accuracy=acc, params=1, flops=1, latency_ms=1.0, latency_device="cpu",
-                        functional_embedding=[0.0], checkpoint_uri="x", checkpoint_sha256="0",
-                        num_classes=2, epochs=1, image_size=32, train_seconds=1.0, epoch_losses=[1.0],
-                        epoch_accuracies=[acc], base_weights="b", created_at=f"2026-01-01T00:00:{n:02d}")
-
-
-def make_state(n_per_dataset=3):
-    ds = [DatasetRecord(d, d, 2, ["a", "b"], 8, 2, "x", "sha", 0, 0, "t") for d in DATASETS]
-    results, n = [], 0
-    for j, d in enumerate(DATASETS):
-        for i in range(n_per_dataset):
-            a = POOL[(i * 3 + j) % len(POOL)]
-            results.append(result(d, a, 0.2 + 0.15 * j + 0.05 * i, n))
-            n += 1
-    return ZooState(ds, results, [])
-
 
 def policy(seed=0):
-    return ParetoPolicy(PolicyContext(seed, tuple(POOL), prior=make_prior(), log=lambda *_: None,
-                                      pareto=ParetoSettings(n_init_per_dataset=3, retrain_every=64)))
+    return ParetoPolicy(
+        PolicyContext(
+            seed,
+            tuple(POOL),
+            prior=make_prior(),
+            log=lambda *_: None,
+            pareto=ParetoSettings(n_init_per_dataset=3, retrain_every=64),
+        )
+    )
 
 
 def test_mc_dropout_samples_differ_and_are_seeded():

@@ -1,4 +1,5 @@
 """Base weights: the shipped pretrained supernet (the default) and OFA's published format."""
+
 from __future__ import annotations
 
 import hashlib
@@ -8,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from tans.pipeline.execution.run import base_weights_entry
 from tans.pipeline.execution.config import load_config
-from tans.zoo_schema.errors import ConfigError, StorageError
+from tans.pipeline.execution.run import base_weights_entry
 from tans.workers.networks import weights as base_weights
-from tans.workers.networks.nets import load_base_supernet
 from tans.workers.networks.images import decode_images
+from tans.workers.networks.nets import load_base_supernet
 from tans.workers.networks.ofa_space import build_supernet
+from tans.zoo_schema.errors import ConfigError, StorageError
 from tans.zoo_schema.store import open_store
 
 
@@ -41,12 +42,14 @@ def test_shipped_weights_recognise_their_pretraining_tasks(name, tmp_path):
     slots, datasets in the recipe's order) is far above chance (1/394)."""
     import dataclasses
 
+    from safetensors.torch import load_file
+
     from tans.pipeline.datasets import synth
     from tans.pipeline.datasets.ingest import read_images
-    from safetensors.torch import load_file
+
     path, recipe = base_weights.shipped()
     specs = {s.name: s for s in synth.suite()}
-    offset = sum(len(specs[d].classes) for d in recipe["datasets"][:recipe["datasets"].index(name)])
+    offset = sum(len(specs[d].classes) for d in recipe["datasets"][: recipe["datasets"].index(name)])
     spec = dataclasses.replace(specs[name], per_class=10) if specs[name].per_class else specs[name]
     synth.write_dataset(spec, tmp_path, seed=1)
     by_class, _ = read_images(str(tmp_path / name))
@@ -75,6 +78,7 @@ def test_ofa_published_checkpoint_format_is_accepted(tmp_path):
 
 def test_pretrained_weights_are_written_whole_or_not_at_all(tmp_path):
     from tans.pipeline.commands.pretrain import write_weights
+
     out = tmp_path / "weights" / "base.safetensors"
     write_weights(str(out), b"first", None)
     write_weights(str(out), b"second", None)

@@ -1,5 +1,6 @@
 """Integration: real builds on a local Ray (logical GPUs), real OFA fine-tuning on real
 images, the zoo on local disk and on an S3 endpoint, MLflow in a sqlite store."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -9,22 +10,29 @@ import json
 import pytest
 import torch
 
-from tans.pipeline.execution.run import run_build
-from tans.pipeline.execution.config import load_config
-from tans.zoo_schema.results import ZooState, read_results
-from tans.zoo_schema.journal import read_failures
 from tans.pipeline.commands.status import format_status, zoo_status
-from tans.workers.networks.training import evaluate
-from tans.workers.networks.nets import load_checkpoint
+from tans.pipeline.execution.config import load_config
+from tans.pipeline.execution.run import run_build
 from tans.workers.networks.images import load_tensors
+from tans.workers.networks.nets import load_checkpoint
+from tans.workers.networks.training import evaluate
+from tans.zoo_schema.journal import read_failures
 from tans.zoo_schema.manifest import read_manifest
+from tans.zoo_schema.results import ZooState, read_results
 from tans.zoo_schema.store import S3Settings, open_store
 
 
 def config(zoo, data, tmp_path, **kw):
-    overrides = {"zoo": zoo, "datasets": [str(data)], "max_jobs": 5, "train.epochs": 1,
-                 "train.latency_repeats": 3, "resources.num_gpus": 0.5, "retrain.after_build": False,
-                 "mlflow.tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    overrides = {
+        "zoo": zoo,
+        "datasets": [str(data)],
+        "max_jobs": 5,
+        "train.epochs": 1,
+        "train.latency_repeats": 3,
+        "resources.num_gpus": 0.5,
+        "retrain.after_build": False,
+        "mlflow.tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    }
     overrides.update(kw)
     return load_config(None, overrides)
 
@@ -51,6 +59,7 @@ def check_zoo(store, expected_jobs):
 
 def mlflow_job_runs(tmp_path):
     from mlflow.tracking import MlflowClient
+
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name("tans")
     return client.search_runs([exp.experiment_id], "tags.`tans.kind` = 'job'")
@@ -62,6 +71,7 @@ def test_local_build_resume_and_status(ray_cluster, tiny_datasets, tmp_path, cap
     summary = run_build(config(zoo, tiny_datasets, tmp_path, **retrain))
     assert (summary.finished, summary.failed, summary.stop_reason) == (5, 0, "job budget reached")
     from tans.retriever.train import versions
+
     store = open_store(zoo)
     results = check_zoo(store, 5)
     assert len({r.dataset_id for r in results}) == 4  # the random strategy spreads over datasets
@@ -70,9 +80,12 @@ def test_local_build_resume_and_status(ray_cluster, tiny_datasets, tmp_path, cap
     assert len(runs) == 5
     assert {r.data.tags["tans.job_id"] for r in runs} == {r.job_id for r in results}
     from mlflow.tracking import MlflowClient
+
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert sorted(a.path for a in client.list_artifacts(runs[0].info.run_id, "network")) == \
-        ["network/config.json", "network/model.safetensors"]  # each job's network is an artifact of its run
+    assert sorted(a.path for a in client.list_artifacts(runs[0].info.run_id, "network")) == [
+        "network/config.json",
+        "network/model.safetensors",
+    ]  # each job's network is an artifact of its run
     (build_run,) = client.search_runs([runs[0].info.experiment_id], "tags.`tans.kind` = 'build'")
     assert build_run.info.run_name == "build zoo (pareto)" and build_run.info.status == "FINISHED"
     assert build_run.data.params["train.epochs"] == "1" and build_run.data.params["resources.max_attempts"] == "3"
@@ -93,8 +106,14 @@ def test_local_build_resume_and_status(ray_cluster, tiny_datasets, tmp_path, cap
     row = next(r for r in status.per_dataset if r.jobs)
     assert row.pareto_front >= 1 and row.best_accuracy is not None
     # each row says where its job's time went; status sums it
-    assert all(r.data_seconds > 0 and r.setup_seconds > 0 and 0 < r.eval_seconds < r.train_seconds
-               and r.profile_seconds > 0 and r.checkpoint_seconds > 0 for r in read_results(store))
+    assert all(
+        r.data_seconds > 0
+        and r.setup_seconds > 0
+        and 0 < r.eval_seconds < r.train_seconds
+        and r.profile_seconds > 0
+        and r.checkpoint_seconds > 0
+        for r in read_results(store)
+    )
     assert 0 < status.non_training_share < 1 and status.job_seconds["training"] > 0
     text = format_status(status)
     assert "hue-6" in text and "6 finished jobs" in text and "not training" in text
@@ -113,6 +132,7 @@ def test_build_with_zoo_on_s3(ray_cluster, tiny_datasets, tmp_path, s3_server, s
     assert all(r.checkpoint_uri.startswith("checkpoints/") for r in results)
     # the results are one Hive-partitioned Parquet dataset, readable with plain pyarrow
     import pyarrow.dataset as pads
+
     fs, base = store.arrow_filesystem()
     table = pads.dataset(f"{base}/results", filesystem=fs, format="parquet", partitioning="hive").to_table()
     assert sorted(table["job_id"].to_pylist()) == sorted(r.job_id for r in results)
@@ -130,20 +150,20 @@ def test_failed_job_is_recorded_and_build_goes_on(ray_cluster, tiny_datasets, tm
     zoo = str(tmp_path / "zoo")
     store = open_store(zoo)
     from tans.pipeline.datasets.ingest import ingest
+
     ingest(store, str(tiny_datasets / "hue-6"))
     ingest(store, str(tiny_datasets / "shapes-clean"))
     from tans.zoo_schema.shards import read_dataset, shard_keys
+
     for key in shard_keys(store, read_dataset(store, "shapes-clean"), "train"):  # no training data left
         store.delete(key)
-    summary = run_build(config(zoo, tiny_datasets, tmp_path, datasets=[], max_jobs=4,
-                               **{"resources.max_attempts": 2}))
+    summary = run_build(config(zoo, tiny_datasets, tmp_path, datasets=[], max_jobs=4, **{"resources.max_attempts": 2}))
     failures = read_failures(store)
     # each failing job was tried twice (reason journaled each time), then given up
     assert summary.failed >= 1 and summary.finished + summary.failed == 4
     assert len(failures) == 2 * summary.failed
     assert {f.dataset_id for f in failures} == {"shapes-clean"}
-    assert all("the train split of dataset 'shapes-clean'" in f.error and "holds 0 images" in f.error
-               for f in failures)
+    assert all("the train split of dataset 'shapes-clean'" in f.error and "holds 0 images" in f.error for f in failures)
     assert {r.dataset_id for r in read_results(store)} == {"hue-6"}
     assert zoo_status(store).failed_jobs == summary.failed
     failed_runs = [r for r in mlflow_job_runs(tmp_path) if r.info.status == "FAILED"]
@@ -152,11 +172,13 @@ def test_failed_job_is_recorded_and_build_goes_on(ray_cluster, tiny_datasets, tm
 
 def test_manifest_conflict_is_refused(ray_cluster, tiny_datasets, tmp_path):
     from tans.zoo_schema.errors import ZooConflictError
+
     zoo = str(tmp_path / "zoo")
     run_build(config(zoo, tiny_datasets, tmp_path, max_jobs=0))
     with pytest.raises(ZooConflictError, match="width: zoo has 1.0, build asks 1.2"):
-        run_build(config(zoo, tiny_datasets, tmp_path, max_jobs=0,
-                         **{"arch.width": 1.2, "arch.base_weights": "random"}))
+        run_build(
+            config(zoo, tiny_datasets, tmp_path, max_jobs=0, **{"arch.width": 1.2, "arch.base_weights": "random"})
+        )
 
 
 def test_pareto_build_on_ray_then_replay_gives_same_proposals(ray_cluster, tiny_datasets, tmp_path):
@@ -164,11 +186,11 @@ def test_pareto_build_on_ray_then_replay_gives_same_proposals(ray_cluster, tiny_
     zoo, and the policy proposes the same pairs from either state."""
     from tans.pipeline.acquisition.base import PolicyContext
     from tans.pipeline.acquisition.pareto import ParetoPolicy
-    from tans.zoo_schema.results import read_state
     from tans.workers.networks.ofa_space import arch_pool
+    from tans.zoo_schema.results import read_state
+
     zoo = str(tmp_path / "zoo")
-    pareto = {"strategy": "pareto", "arch.pool_size": 10, "pareto.n_init_per_dataset": 1,
-              "max_jobs": 7}
+    pareto = {"strategy": "pareto", "arch.pool_size": 10, "pareto.n_init_per_dataset": 1, "max_jobs": 7}
     lines: list[str] = []
     summary = run_build(config(zoo, tiny_datasets, tmp_path, **pareto), log=lines.append)
     assert summary.finished == 7
@@ -181,23 +203,39 @@ def test_pareto_build_on_ray_then_replay_gives_same_proposals(ray_cluster, tiny_
     assert {r.arch for r in state.results} <= set(pool)
 
     replay_zoo = str(tmp_path / "replayed")
-    replay = run_build(config(replay_zoo, tiny_datasets, tmp_path, strategy="random", max_jobs=7,
-                              executor=f"replay:{zoo}"), tracking=False)
+    replay = run_build(
+        config(replay_zoo, tiny_datasets, tmp_path, strategy="random", max_jobs=7, executor=f"replay:{zoo}"),
+        tracking=False,
+    )
     assert replay.finished == 7
     replayed = read_state(open_store(replay_zoo))
-    assert {(r.dataset_id, r.arch, r.accuracy) for r in replayed.results} == \
-        {(r.dataset_id, r.arch, r.accuracy) for r in state.results}
+    assert {(r.dataset_id, r.arch, r.accuracy) for r in replayed.results} == {
+        (r.dataset_id, r.arch, r.accuracy) for r in state.results
+    }
     assert {r.job_id for r in replayed.results} == {r.job_id for r in state.results}
 
     def proposals(s, st):
         cfg = load_config(None, pareto)
-        return ParetoPolicy(PolicyContext(0, tuple(pool), store=s, manifest=read_manifest(s), pareto=cfg.pareto,
-                                          image_size=cfg.train.image_size, log=lambda *_: None)).propose(st, 3)
+        return ParetoPolicy(
+            PolicyContext(
+                0,
+                tuple(pool),
+                store=s,
+                manifest=read_manifest(s),
+                pareto=cfg.pareto,
+                image_size=cfg.train.image_size,
+                log=lambda *_: None,
+            )
+        ).propose(st, 3)
+
     # the predictor trains on the first m results in commit order: with the Ray build's commit
     # times, the replayed zoo (its copied features and profiles) gives the same proposals
     when = {(r.dataset_id, r.arch): r.created_at for r in state.results}
-    aligned = ZooState(replayed.datasets, [dataclasses.replace(r, created_at=when[(r.dataset_id, r.arch)])
-                                           for r in replayed.results], replayed.failures)
+    aligned = ZooState(
+        replayed.datasets,
+        [dataclasses.replace(r, created_at=when[(r.dataset_id, r.arch)]) for r in replayed.results],
+        replayed.failures,
+    )
     assert proposals(store, state) == proposals(open_store(replay_zoo), aligned)
     status = zoo_status(store)
     assert 0 < status.mean_hypervolume <= 1 and len(status.hypervolume_history) >= 1
@@ -206,8 +244,10 @@ def test_pareto_build_on_ray_then_replay_gives_same_proposals(ray_cluster, tiny_
         peer_zoo = str(tmp_path / f"peer-{name}")
         peer = config(peer_zoo, tiny_datasets, tmp_path, strategy=name, max_jobs=6, executor=f"replay:{zoo}")
         assert run_build(peer, tracking=False).finished == 6
-        grown = run_build(config(peer_zoo, tiny_datasets, tmp_path, strategy=name, max_jobs=7,
-                                 executor=f"replay:{zoo}"), tracking=False)
+        grown = run_build(
+            config(peer_zoo, tiny_datasets, tmp_path, strategy=name, max_jobs=7, executor=f"replay:{zoo}"),
+            tracking=False,
+        )
         peer_state = read_state(open_store(peer_zoo))
         assert grown.finished == 1 and len(peer_state.results) == 7
         assert len({(r.dataset_id, r.arch) for r in peer_state.results}) == 7

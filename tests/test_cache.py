@@ -1,6 +1,7 @@
 """A warm worker's cache (workers/cache.py) when a job and the prefetch of its data ask for the
 same split at once: one decode, both get its tensors; a decode that fails leaves the split to
 the next caller, who decodes it itself."""
+
 from __future__ import annotations
 
 import threading
@@ -27,8 +28,12 @@ def test_concurrent_requests_for_a_split_decode_it_once(monkeypatch):
 
     monkeypatch.setattr(cache_module, "load_tensors", slow_load)
     cache, got = JobCache(), {}
-    threads = [threading.Thread(target=lambda n=n: got.__setitem__(n, cache.split(_Store(), "d", "sha", "train", 8)),
-                                name=f"t{n}") for n in range(3)]
+    threads = [
+        threading.Thread(
+            target=lambda n=n: got.__setitem__(n, cache.split(_Store(), "d", "sha", "train", 8)), name=f"t{n}"
+        )
+        for n in range(3)
+    ]
     for t in threads:
         t.start()
     for t in threads:

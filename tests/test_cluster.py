@@ -1,6 +1,7 @@
 """A multi-node Ray on loopback (ray.cluster_utils.Cluster): a CPU-only head for the
 driver, worker nodes declaring logical GPUs for the fine-tunes. Removing a node mid-build
 loses nothing: its job is retried elsewhere."""
+
 from __future__ import annotations
 
 import threading
@@ -8,17 +9,20 @@ import time
 
 import pytest
 
-from tans.pipeline.execution.run import run_build
 from tans.pipeline.execution.config import load_config
-from tans.zoo_schema.results import read_results
+from tans.pipeline.execution.run import run_build
 from tans.zoo_schema.journal import read_failures, read_starts
+from tans.zoo_schema.results import read_results
 from tans.zoo_schema.store import open_store
+
+pytestmark = pytest.mark.slow  # real processes, Ray clusters, file systems
 
 
 @pytest.fixture(scope="module")
 def cluster():
     import ray
     from ray.cluster_utils import Cluster
+
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
     gpu_nodes = [c.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
     c.wait_for_nodes()
@@ -35,17 +39,29 @@ def test_fine_tunes_land_on_gpu_nodes_and_node_loss_is_survived(cluster, tiny_da
     import ray
 
     from tans.pipeline.execution import executor as executor_module
+
     monkeypatch.setattr(executor_module, "START_DEADLINE_S", 15.0)
     c, gpu_nodes = cluster
     head_id = ray.get_runtime_context().get_node_id()
     zoo = str(tmp_path / "zoo")
     store = open_store(zoo)
-    config = load_config(None, {
-        "zoo": zoo, "datasets": [str(tiny_datasets)], "max_jobs": 4, "strategy": "random",
-        "train.epochs": 1, "train.latency_repeats": 3, "arch.pool_size": 10,
-        "resources.num_gpus": 1.0, "resources.num_cpus": 1.0, "resources.warm_workers": warm,
-        "retrain.after_build": False,
-        "mlflow.tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"})
+    config = load_config(
+        None,
+        {
+            "zoo": zoo,
+            "datasets": [str(tiny_datasets)],
+            "max_jobs": 4,
+            "strategy": "random",
+            "train.epochs": 1,
+            "train.latency_repeats": 3,
+            "arch.pool_size": 10,
+            "resources.num_gpus": 1.0,
+            "resources.num_cpus": 1.0,
+            "resources.warm_workers": warm,
+            "retrain.after_build": False,
+            "mlflow.tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        },
+    )
     outcome = {}
     thread = threading.Thread(target=lambda: outcome.update(summary=run_build(config)))
     thread.start()

@@ -19,15 +19,18 @@ def test_file_and_overrides(tmp_path):
     assert (c.zoo, c.max_jobs, c.train.epochs, c.s3.endpoint_url) == ("s3://b/z", 5, 4, "http://127.0.0.1:1")
 
 
-@pytest.mark.parametrize("text,message", [
-    ("max_jbos = 3", r"unknown config key\(s\) max_jbos; valid keys: .*max_jobs"),
-    ("[train]\nepoch = 3", r"unknown config key\(s\) train.epoch; valid keys in \[train\]: .*epochs"),
-    ("[trian]\nepochs = 3", r"unknown config key\(s\) trian"),
-    ("max_jobs = 'ten'", "max_jobs must be int"),
-    ("[train]\nepochs = 0", "train.epochs must be >= 1"),
-    ("[arch]\nwidth = 1.5", "arch.width must be 1.0 or 1.2"),
-    ("max_jobs = [", "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("max_jbos = 3", r"unknown config key\(s\) max_jbos; valid keys: .*max_jobs"),
+        ("[train]\nepoch = 3", r"unknown config key\(s\) train.epoch; valid keys in \[train\]: .*epochs"),
+        ("[trian]\nepochs = 3", r"unknown config key\(s\) trian"),
+        ("max_jobs = 'ten'", "max_jobs must be int"),
+        ("[train]\nepochs = 0", "train.epochs must be >= 1"),
+        ("[arch]\nwidth = 1.5", "arch.width must be 1.0 or 1.2"),
+        ("max_jobs = [", "not valid TOML"),
+    ],
+)
 def test_bad_config_is_named(tmp_path, text, message):
     p = tmp_path / "bad.toml"
     p.write_text(text)

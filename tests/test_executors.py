@@ -4,6 +4,7 @@ Each runs against a zoo whose rows are written directly (no fine-tuning): the Ra
 workers answer a committed job with its row at once, and fail a job whose dataset the zoo
 lacks; the replay executor answers the pairs its source zoo holds and fails the others.
 """
+
 from __future__ import annotations
 
 import threading
@@ -14,34 +15,24 @@ import pytest
 from tans.pipeline.acquisition.base import Pair
 from tans.pipeline.execution.executor import Outcome, RayExecutor, ReplayExecutor, ResourceSettings
 from tans.workers.job import TrainSettings, job_spec
-from tans.workers.networks.ofa_space import DEPTHS, EXPANDS, KERNELS, arch_pool
-from tans.zoo_schema.manifest import BaseWeights, Manifest, ensure_manifest, read_manifest
-from tans.zoo_schema.records import DatasetRecord, ResultRecord, to_table
-from tans.zoo_schema.shards import read_dataset
+from tans.workers.networks.ofa_space import arch_pool
 from tans.zoo_schema import layout
+from tans.zoo_schema.manifest import read_manifest
+from tans.zoo_schema.records import DatasetRecord, to_table
+from tans.zoo_schema.shards import read_dataset
 from tans.zoo_schema.store import S3Settings, open_store
+from tests.helpers import ARCHS, MANIFEST, committed_zoo
 
-ARCHS = [a.id for a in arch_pool(0, 3)]
-MANIFEST = Manifest(width=1.0, kernels=list(KERNELS), expands=list(EXPANDS), depths=list(DEPTHS), noise_seed=0,
-                    noise_shape=[2, 3, 32, 32], base_weights=BaseWeights("random", "random-seed0", seed=0),
-                    pool_size=3)
-DATASET = DatasetRecord("d0", "d0", 2, ["a", "b"], 8, 2, "x", "sha", 0, 0, "t")
 MISSING = DatasetRecord("not-in-the-zoo", "n", 2, ["a", "b"], 8, 2, "x", "sha2", 0, 0, "t")
 
 
-def committed_zoo(path) -> tuple:
-    """A zoo holding a result row for each of ARCHS on DATASET; returns (store, their specs)."""
-    store = open_store(str(path))
-    ensure_manifest(store, MANIFEST)
-    specs = [job_spec(DATASET, a, TrainSettings(), MANIFEST) for a in ARCHS]
-    for n, spec in enumerate(specs):
-        row = ResultRecord(spec.job_id, spec.dataset_id, spec.arch, [0] * 45, 0.5 + n / 10, 1, 1, 1.0, "cpu",
-                           [0.0], "x", "0", 2, 1, 32, 1.0, [1.0], [0.5], "random-seed0", "t")
-        store.write_table(spec.result_key, to_table([row]), create_only=True)
-    return store, specs
-
-
-@pytest.fixture(params=["ray-warm-workers", "ray-tasks", "replay"])
+@pytest.fixture(
+    params=[
+        pytest.param("ray-warm-workers", marks=pytest.mark.slow),
+        pytest.param("ray-tasks", marks=pytest.mark.slow),
+        "replay",
+    ]
+)
 def executor_case(request, tmp_path):
     """(executor, specs it completes, a spec it fails, its universe)."""
     store, specs = committed_zoo(tmp_path / "zoo")
@@ -89,9 +80,21 @@ def ingested_zoo(datasets, zoo):
     """A zoo holding the tiny datasets and its manifest, and no results (a build of 0 jobs)."""
     from tans.pipeline.execution.config import load_config
     from tans.pipeline.execution.run import run_build
-    run_build(load_config(None, {"zoo": str(zoo), "datasets": [str(datasets)], "max_jobs": 0,
-                                 "arch.pool_size": 5, "retrain.after_build": False}),
-              log=lambda *_: None, tracking=False)
+
+    run_build(
+        load_config(
+            None,
+            {
+                "zoo": str(zoo),
+                "datasets": [str(datasets)],
+                "max_jobs": 0,
+                "arch.pool_size": 5,
+                "retrain.after_build": False,
+            },
+        ),
+        log=lambda *_: None,
+        tracking=False,
+    )
     return zoo
 
 
@@ -115,11 +118,12 @@ def test_warm_workers_keep_data_and_weights_and_train_as_fresh_tasks_do(ray_clus
             assert outcome.error is None, outcome.error
             runs[name].append(outcome.result)
     warm, cold = runs["zoo"], runs["copy"]
-    assert all(w.data_seconds < warm[0].data_seconds / 3 and w.setup_seconds < warm[0].setup_seconds
-               for w in warm[1:])  # held by the worker
-    assert [(w.job_id, w.accuracy, w.epoch_losses, w.epoch_accuracies) for w in warm] == \
-        [(c.job_id, c.accuracy, c.epoch_losses, c.epoch_accuracies) for c in cold]
-
+    assert all(
+        w.data_seconds < warm[0].data_seconds / 3 and w.setup_seconds < warm[0].setup_seconds for w in warm[1:]
+    )  # held by the worker
+    assert [(w.job_id, w.accuracy, w.epoch_losses, w.epoch_accuracies) for w in warm] == [
+        (c.job_id, c.accuracy, c.epoch_losses, c.epoch_accuracies) for c in cold
+    ]
 
 
 def test_a_job_queued_behind_a_running_one_has_its_data_decoded_meanwhile(ray_cluster, tiny_datasets, tmp_path):
@@ -132,8 +136,10 @@ def test_a_job_queued_behind_a_running_one_has_its_data_decoded_meanwhile(ray_cl
     zoo = ingested_zoo(tiny_datasets, tmp_path / "zoo")
     store = open_store(str(zoo))
     manifest, train = read_manifest(store), TrainSettings(epochs=1, latency_repeats=2)
-    first, queued = (job_spec(read_dataset(store, d), a, train, manifest)
-                     for d, a in (("hue-6", ARCHS[0]), ("shapes-clean", ARCHS[1])))
+    first, queued = (
+        job_spec(read_dataset(store, d), a, train, manifest)
+        for d, a in (("hue-6", ARCHS[0]), ("shapes-clean", ARCHS[1]))
+    )
     executor = RayExecutor(store.uri, S3Settings(), ResourceSettings(max_in_flight=2, num_cpus=2))
     executor.submit(first)
     executor.submit(queued)
@@ -197,6 +203,7 @@ def test_executor_profiles_archs_in_order(executor_case, tmp_path):
 
     from tans.pipeline.acquisition.priors import PROFILES_KEY
     from tans.workers.measure_archs import profile_archs
+
     executor, _, _, _ = executor_case
     store = open_store(str(tmp_path / "zoo"))
     local = profile_archs(store, MANIFEST, ARCHS, 32)
@@ -205,8 +212,9 @@ def test_executor_profiles_archs_in_order(executor_case, tmp_path):
     got = executor.profile(MANIFEST, ARCHS, 32)
     assert [p.arch for p in got] == ARCHS
     assert [(p.params, p.flops) for p in got] == [(p.params, p.flops) for p in local]
-    assert all(np.allclose(g.functional_embedding, w.functional_embedding, rtol=1e-4, atol=1e-6)
-               for g, w in zip(got, local))
+    assert all(
+        np.allclose(g.functional_embedding, w.functional_embedding, rtol=1e-4, atol=1e-6) for g, w in zip(got, local)
+    )
     assert all(p.latency_ms > 0 for p in got)
     if isinstance(executor, ReplayExecutor):
         with pytest.raises(KeyError, match="has no profiles of 1 pool archs"):
@@ -222,6 +230,7 @@ def test_a_warm_worker_that_never_starts_is_given_up_and_its_job_moved(ray_clust
     import ray
 
     from tans.pipeline.execution import executor as executor_module
+
     store, specs = committed_zoo(tmp_path / "zoo")
     hold = ray.remote(num_cpus=1)(type("Hold", (), {})).remote()
     executor = RayExecutor(store.uri, S3Settings(), ResourceSettings(max_in_flight=2, warm_workers=True))
@@ -253,6 +262,7 @@ def test_profiling_on_warm_workers_leaves_them_holding_the_base(ray_cluster, tmp
     holds the base supernet for the jobs that follow. A worker that died meanwhile is
     replaced, and its chunk is measured by the live one: the profiles are the same."""
     import ray
+
     store, _ = committed_zoo(tmp_path / "zoo")
     deadline = time.time() + 60
     while ray.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
@@ -261,8 +271,9 @@ def test_profiling_on_warm_workers_leaves_them_holding_the_base(ray_cluster, tmp
     try:
         first = executor.profile(MANIFEST, ARCHS, 32)
         assert sorted(executor._workers) == [0, 1]
-        held = [ray.get(w.__ray_call__.remote(lambda self: list(self.cache._supernets)))
-                for w in executor._workers.values()]
+        held = [
+            ray.get(w.__ray_call__.remote(lambda self: list(self.cache._supernets))) for w in executor._workers.values()
+        ]
         assert all(len(h) == 1 and h[0][2] == MANIFEST.base_weights.id for h in held)
         ray.kill(executor._workers[0])
         again = executor.profile(MANIFEST, ARCHS, 32)

@@ -1,5 +1,6 @@
 """Zoo networks outside tans: `tans.load_network` and `tans export`, loaded back in a fresh
 process that imports only torch and safetensors."""
+
 from __future__ import annotations
 
 import json
@@ -13,9 +14,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import tans
+from tans.pipeline.cli import main
 from tans.pipeline.execution.config import load_config
 from tans.pipeline.execution.run import run_build
-from tans.pipeline.cli import main
 from tans.zoo_schema.errors import StorageError, TansError
 from tans.zoo_schema.shards import load_split
 
@@ -39,10 +40,23 @@ print(json.dumps({"logits": logits.tolist(), "classes": [config["class_names"][i
 def zoo(ray_cluster, tiny_datasets, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("export")
     path = str(tmp / "zoo")
-    run_build(load_config(None, {"zoo": path, "datasets": [str(tiny_datasets)], "max_jobs": 2, "strategy": "random",
-                                 "train.epochs": 1, "train.latency_repeats": 3, "arch.pool_size": 10,
-                                 "retrain.after_build": False, "mlflow.tracking_uri": f"sqlite:///{tmp / 'm.db'}"}),
-              log=lambda *_: None)
+    run_build(
+        load_config(
+            None,
+            {
+                "zoo": path,
+                "datasets": [str(tiny_datasets)],
+                "max_jobs": 2,
+                "strategy": "random",
+                "train.epochs": 1,
+                "train.latency_repeats": 3,
+                "arch.pool_size": 10,
+                "retrain.after_build": False,
+                "mlflow.tracking_uri": f"sqlite:///{tmp / 'm.db'}",
+            },
+        ),
+        log=lambda *_: None,
+    )
     return path
 
 

@@ -1,4 +1,5 @@
 """Ingestion: every bad-input case gets a clear error, and nothing half-written is visible."""
+
 from __future__ import annotations
 
 import io
@@ -8,24 +9,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tans.zoo_schema.errors import DatasetError
 from tans.pipeline.datasets.ingest import IngestSettings, ingest
+from tans.zoo_schema.errors import DatasetError
 from tans.zoo_schema.shards import load_split, read_datasets
 from tans.zoo_schema.store import S3Settings, open_store
-
-
-def make_folder(root, classes: dict[str, int], mode="RGB", size=(20, 16)):
-    for c, (name, n) in enumerate(classes.items()):
-        d = root / name
-        d.mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            tint = sum(map(ord, name))  # classes of separate calls differ too
-            colour = ((c * 40 + tint) % 256, i * 10 % 256, (100 + c * 7) % 256) if mode == "RGB" else (c * 40 + tint) % 256
-            img = Image.new("RGB", size, colour)
-            img.putpixel((i % size[0], i // size[0]), (255, 255, 255))  # every image distinct (no duplicates)
-            img = img.convert(mode)
-            img.save(d / f"{i}.png")
-    return root
+from tests.helpers import make_folder, png
 
 
 @pytest.fixture
@@ -118,14 +106,8 @@ def test_conflicting_content_under_same_name_is_refused(tmp_path, store):
     assert [r.dataset_id for r in read_datasets(store)] == ["ds", "ds-v2"]
 
 
-def _png(colour):
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 8), colour).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def test_parquet_source_with_hf_struct_images(tmp_path, store):
-    rows = [{"bytes": _png((i * 20, 0, 0)), "path": None} for i in range(12)]
+    rows = [{"bytes": png((i * 20, 0, 0)), "path": None} for i in range(12)]
     table = pa.table({"image": rows, "label": ["red"] * 6 + ["blue"] * 6})
     pq.write_table(table, tmp_path / "colours.parquet")
     report = ingest(store, str(tmp_path / "colours.parquet"))
@@ -133,13 +115,14 @@ def test_parquet_source_with_hf_struct_images(tmp_path, store):
 
 
 def test_parquet_without_label_column(tmp_path, store):
-    pq.write_table(pa.table({"image": [_png((0, 0, 0))]}), tmp_path / "x.parquet")
+    pq.write_table(pa.table({"image": [png((0, 0, 0))]}), tmp_path / "x.parquet")
     with pytest.raises(DatasetError, match="lacks column\\(s\\) \\['label'\\]"):
         ingest(store, str(tmp_path / "x.parquet"))
 
 
 def test_s3_source_into_s3_zoo(tmp_path, s3_server, s3_bucket):
     import boto3
+
     src = make_folder(tmp_path / "s3ds", {"a": 5, "b": 5})
     client = boto3.client("s3", endpoint_url=s3_server.url)
     for f in src.rglob("*.png"):

@@ -1,6 +1,7 @@
 """Ingestion of hostile or unusual input, with real files on disk: decompression bombs,
 symlinks leaving the folder or looping, 16-bit images, hidden folders, null Parquet labels,
 non-ASCII names."""
+
 from __future__ import annotations
 
 import io
@@ -17,13 +18,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from tans.pipeline.datasets.ingest import IngestSettings, ingest, slug
 from tans.pipeline.execution.config import load_config
 from tans.zoo_schema.errors import DatasetError
-from tans.pipeline.datasets.ingest import IngestSettings, ingest, slug
 from tans.zoo_schema.shards import load_split, read_datasets
 from tans.zoo_schema.store import check_key, open_store
-
-from tests.test_ingest import _png, make_folder
+from tests.helpers import make_folder, png
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,6 +34,7 @@ def store(tmp_path):
 
 
 # -- decompression bombs ------------------------------------------------------------------
+
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc")
 def test_decompression_bomb_is_skipped_without_decoding(tmp_path):
@@ -51,8 +52,13 @@ def test_decompression_bomb_is_skipped_without_decoding(tmp_path):
         report = ingest(open_store(sys.argv[1]), sys.argv[2])
         print(peak_mb() - before, report.images, dict(report.skipped)["a/bomb.png"], sep="\\n")
     """)
-    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "zoo"), str(src)],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "zoo"), str(src)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     growth_mb, images, reason = out.stdout.splitlines()
     assert reason == "image is 13000x13000 = 169.0 MP, over ingest.max_pixels (40.0 MP)"
@@ -93,6 +99,7 @@ def test_max_pixels_comes_from_the_config(tmp_path, store):
 
 # -- symlinks -----------------------------------------------------------------------------
 
+
 def test_symlinks_leaving_the_folder_are_not_followed(tmp_path, store):
     src = make_folder(tmp_path / "ds", {"a": 6, "b": 6})
     outside = make_folder(tmp_path / "outside", {"x": 5})
@@ -101,8 +108,9 @@ def test_symlinks_leaving_the_folder_are_not_followed(tmp_path, store):
     (src / "b" / "root").symlink_to("/")
     (src / "b" / "passwd.png").symlink_to("/etc/passwd")
     report = ingest(store, str(src))
-    assert dict(report.skipped) == {p: "symlink leaves the dataset folder" for p in
-                                    ("a/secret.png", "c", "b/root", "b/passwd.png")}
+    assert dict(report.skipped) == {
+        p: "symlink leaves the dataset folder" for p in ("a/secret.png", "c", "b/root", "b/passwd.png")
+    }
     assert report.images == 12 and read_datasets(store)[0].class_names == ["a", "b"]
 
 
@@ -115,9 +123,11 @@ def test_symlink_cycles_and_aliases_are_read_once(tmp_path, store):
     (src / "inside").mkdir()
     (src / "inside" / "ok.png").symlink_to("../b/2.png")
     report = ingest(store, str(src))
-    assert dict(report.skipped) == {"b/copy.png": "same file as a/0.png",
-                                    "b/hard.png": "same file as a/1.png",
-                                    "inside/ok.png": "same file as b/2.png"}
+    assert dict(report.skipped) == {
+        "b/copy.png": "same file as a/0.png",
+        "b/hard.png": "same file as a/1.png",
+        "inside/ok.png": "same file as b/2.png",
+    }
     assert report.images == 12
 
 
@@ -134,11 +144,14 @@ def test_fifo_and_dangling_link_are_skipped(tmp_path, store):
     os.mkfifo(src / "a" / "pipe.png")  # reading it would block forever
     (src / "b" / "gone.png").symlink_to(src / "b" / "missing.png")
     report = ingest(store, str(src))
-    assert dict(report.skipped) == {"a/pipe.png": "not a regular file",
-                                    "b/gone.png": "cannot read file (No such file or directory)"}
+    assert dict(report.skipped) == {
+        "a/pipe.png": "not a regular file",
+        "b/gone.png": "cannot read file (No such file or directory)",
+    }
 
 
 # -- 16-bit and float images --------------------------------------------------------------
+
 
 def _assert_ramps_survive(tmp_path, store, ramp: Image.Image, suffix: str) -> None:
     """A class of `ramp` images, ingested, still runs evenly from black to white when read back
@@ -173,6 +186,7 @@ def test_float_tiff_in_unit_range_is_scaled(tmp_path, store):
 
 # -- hidden folders -----------------------------------------------------------------------
 
+
 def test_hidden_files_and_folders_are_ignored_silently(tmp_path, store):
     src = make_folder(tmp_path / "ds", {"a": 5, "b": 5})
     make_folder(src / ".ipynb_checkpoints", {"a": 5})
@@ -186,17 +200,17 @@ def test_hidden_files_and_folders_are_ignored_silently(tmp_path, store):
 
 # -- Parquet nulls ------------------------------------------------------------------------
 
+
 def test_parquet_null_labels_are_refused(tmp_path, store):
     labels = ["red"] * 6 + [None, None] + ["blue"] * 6
-    pq.write_table(pa.table({"image": [_png((i, 0, 0)) for i in range(14)], "label": labels}),
-                   tmp_path / "p.parquet")
+    pq.write_table(pa.table({"image": [png((i, 0, 0)) for i in range(14)], "label": labels}), tmp_path / "p.parquet")
     with pytest.raises(DatasetError, match=r"2 of 14 rows have a null label; drop those rows or fill"):
         ingest(store, str(tmp_path / "p.parquet"))
     assert read_datasets(store) == []
 
 
 def test_parquet_null_images_are_skipped_rows(tmp_path, store):
-    images = [{"bytes": _png((i, 0, 0)), "path": None} for i in range(12)]
+    images = [{"bytes": png((i, 0, 0)), "path": None} for i in range(12)]
     images[3] = None
     images[7] = {"bytes": None, "path": "lost.png"}
     pq.write_table(pa.table({"image": images, "label": [0] * 6 + [1] * 6}), tmp_path / "p.parquet")
@@ -206,6 +220,7 @@ def test_parquet_null_images_are_skipped_rows(tmp_path, store):
 
 
 # -- non-ASCII names ----------------------------------------------------------------------
+
 
 def test_slug_is_ascii_and_keeps_existing_ids():
     for name in ("glyphs-hebrew-clean", "animals", "k01-part2"):

@@ -1,5 +1,6 @@
 """Streaming, parallel ingestion: JPEGs kept as they are, decoding on several processes, shards
 written while the dataset decodes, and the same zoo content whichever way it is written."""
+
 from __future__ import annotations
 
 import io
@@ -19,8 +20,7 @@ from tans.zoo_schema.store import open_store
 
 def _jpeg(path, size=(40, 30), seed=0, mode="RGB"):
     rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).convert(mode).save(
-        path, quality=90)
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).convert(mode).save(path, quality=90)
 
 
 def jpeg_folder(root, classes: dict[str, int], size=(40, 30)):
@@ -91,8 +91,11 @@ def test_streamed_shards_equal_shards_written_after_decoding(tmp_path, monkeypat
     ingest(streamed, str(src))
     feeds = []
     real_feed = ingest_mod.ShardStream.feed
-    monkeypatch.setattr(ingest_mod.ShardStream, "feed", lambda self, cls, images: feeds.append(cls) or
-                        (self.abandon() if cls == "b" else real_feed(self, cls, images)))
+    monkeypatch.setattr(
+        ingest_mod.ShardStream,
+        "feed",
+        lambda self, cls, images: feeds.append(cls) or (self.abandon() if cls == "b" else real_feed(self, cls, images)),
+    )
     fallback = open_store(str(tmp_path / "zoo2"))
     ingest(fallback, str(src))  # the stream stops at class b: written from the spool instead
     assert feeds == ["a", "b", "c"]
@@ -124,6 +127,7 @@ def test_a_source_file_changed_while_ingesting_is_refused_and_nothing_is_left(tm
         if stored.spool.endswith("b/002.jpg"):
             _jpeg(stored.spool, seed=1234)  # another writer replaces the file
         return real_read(self, stored)
+
     monkeypatch.setattr(SpoolReader, "read", read_after_an_edit)
     zoo = tmp_path / "zoo"
     with pytest.raises(DatasetError, match=r"b/002.jpg changed or went away while it was being ingested"):
@@ -147,6 +151,7 @@ def test_a_zoo_that_refuses_a_write_stops_the_ingestion_and_keeps_nothing(tmp_pa
     import threading
 
     from tans.zoo_schema.errors import StorageError
+
     src = jpeg_folder(tmp_path / "ds", {"a": 6, "b": 6})
     store = open_store(str(tmp_path / "zoo"))
     real = store.write_bytes
@@ -155,10 +160,12 @@ def test_a_zoo_that_refuses_a_write_stops_the_ingestion_and_keeps_nothing(tmp_pa
         if refused in key:
             raise StorageError(f"write {key}: the disk is full (test)")
         return real(key, data, create_only)
+
     monkeypatch.setattr(store, "write_bytes", refuse)
     errors = []
-    worker = threading.Thread(target=lambda: errors.append(pytest.raises(StorageError, ingest, store, str(src))),
-                              daemon=True)
+    worker = threading.Thread(
+        target=lambda: errors.append(pytest.raises(StorageError, ingest, store, str(src))), daemon=True
+    )
     worker.start()
     worker.join(60)
     assert not worker.is_alive(), "ingestion hung"

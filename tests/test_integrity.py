@@ -1,6 +1,7 @@
 """Nothing lost, nothing mixed: moved and copied zoos, writes killed midway, files swapped
 or damaged, a full disk, signals, secrets in URIs, mistyped paths. Real files, real
 processes, a real Ray build."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,21 +16,21 @@ from pathlib import Path
 
 import pytest
 
-from tans.pipeline.execution.run import last_build_config, run_build
 from tans.pipeline.cli import main
+from tans.pipeline.commands.verify import verify_zoo
 from tans.pipeline.execution.config import load_config
 from tans.pipeline.execution.lease import Lease
-from tans.zoo_schema.errors import ConfigError, DatasetError, StorageError, ZooConflictError
-from tans.zoo_schema.shards import load_split, read_datasets, read_dataset
-from tans.zoo_schema.results import read_results, result_key, scan_results
-from tans.zoo_schema.journal import record_failure
-from tans.pipeline.commands.verify import verify_zoo
-from tests.test_resilience import overrides
+from tans.pipeline.execution.run import last_build_config, run_build
 from tans.workers.job import JobSpec
+from tans.zoo_schema.errors import ConfigError, DatasetError, StorageError, ZooConflictError
+from tans.zoo_schema.journal import record_failure
 from tans.zoo_schema.layout import LEASE
 from tans.zoo_schema.manifest import read_manifest
 from tans.zoo_schema.records import to_table
+from tans.zoo_schema.results import read_results, result_key, scan_results
+from tans.zoo_schema.shards import load_split, read_dataset, read_datasets
 from tans.zoo_schema.store import open_store
+from tests.helpers import build_overrides, crash, toml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,8 +39,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def built(ray_cluster, tiny_datasets, tmp_path_factory):
     """A small real zoo: 3 fine-tuned networks and a retriever version."""
     tmp = tmp_path_factory.mktemp("integrity")
-    config = load_config(None, overrides(str(tmp / "zoo"), tiny_datasets, tmp, max_jobs=3,
-                                         **{"retrain.after_build": True, "retrain.steps": 20}))
+    config = load_config(
+        None,
+        build_overrides(
+            str(tmp / "zoo"), tiny_datasets, tmp, max_jobs=3, **{"retrain.after_build": True, "retrain.steps": 20}
+        ),
+    )
     run_build(config, log=lambda *_: None)
     return tmp / "zoo", config
 
@@ -50,21 +55,23 @@ def copy_of(built, tmp_path) -> Path:
     return target
 
 
-def crash(spec: dict) -> None:
-    """Run a call that is SIGKILLed right after its N-th write below a prefix."""
-    r = subprocess.run([sys.executable, "-m", "tests.crash", json.dumps(spec)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
-
-
 def spec_of(store, record, config) -> JobSpec:
     m, d = read_manifest(store), read_dataset(store, record.dataset_id)
-    return JobSpec(dataset_id=d.dataset_id, dataset_sha256=d.content_sha256, num_classes=d.num_classes,
-                   arch=record.arch, train=config.train, width=m.width, base_weights=m.base_weights,
-                   noise_seed=m.noise_seed, noise_shape=tuple(m.noise_shape))
+    return JobSpec(
+        dataset_id=d.dataset_id,
+        dataset_sha256=d.content_sha256,
+        num_classes=d.num_classes,
+        arch=record.arch,
+        train=config.train,
+        width=m.width,
+        base_weights=m.base_weights,
+        noise_seed=m.noise_seed,
+        noise_shape=tuple(m.noise_shape),
+    )
 
 
 # -- a moved or copied zoo -----------------------------------------------------------------
+
 
 def test_copied_zoo_keeps_and_checks_its_own_checkpoints(built, tiny_datasets, tmp_path, capsys):
     copy = copy_of(built, tmp_path)
@@ -117,6 +124,7 @@ def test_resume_builds_the_zoo_it_is_given(built, tmp_path, monkeypatch):
 
 # -- crashes mid-write ---------------------------------------------------------------------
 
+
 def test_ingestion_killed_midway_then_a_smaller_source_never_mixes_splits(tiny_datasets, tmp_path):
     zoo = tmp_path / "zoo"
     source = tmp_path / "digits"
@@ -136,13 +144,16 @@ def test_ingestion_killed_midway_then_a_smaller_source_never_mixes_splits(tiny_d
     report = verify_zoo(store)
     assert report.problems == [] and report.orphans  # the killed ingestion's shards: one, or two
     # when its train and test writers both finished one before the kill; never a live one
-    assert {k.split("/")[2] for k in report.orphans} == {k.split("/")[2] for k in store.list("data")} - {record.write_id}
+    assert {k.split("/")[2] for k in report.orphans} == {k.split("/")[2] for k in store.list("data")} - {
+        record.write_id
+    }
     verify_zoo(store, clean_orphans=True, min_age_s=0)
     assert (verify_zoo(store).orphans, len(store.list("data"))) == ([], 2)
 
 
 def test_retrain_killed_midway_leaves_no_mixed_version(built, tmp_path):
     from tans.retriever.train import load_version, versions
+
     copy = copy_of(built, tmp_path)
     store = open_store(str(copy))
     before = versions(store)
@@ -150,8 +161,9 @@ def test_retrain_killed_midway_leaves_no_mixed_version(built, tmp_path):
     assert versions(store) == before
     report = verify_zoo(store)
     assert report.problems == [] and [k.rsplit("/", 1)[-1] for k in report.orphans] == ["weights.safetensors"]
-    from tans.retriever.train import RetrainSettings
     from tans.pipeline.execution.retrain import run_retrain
+    from tans.retriever.train import RetrainSettings
+
     version = run_retrain(store, RetrainSettings(steps=5), 32, None, None, log=lambda *_: None)
     loaded = load_version(store, version)
     meta = loaded.meta
@@ -163,16 +175,18 @@ def test_retrain_killed_midway_leaves_no_mixed_version(built, tmp_path):
 def test_two_retrains_at_once_each_publish_a_whole_version(built, tmp_path):
     import threading
 
-    from tans.retriever.train import RetrainSettings
-    from tans.retriever.train import gather, load_version, save_version, train_retriever, versions
+    from tans.retriever.train import RetrainSettings, gather, load_version, save_version, train_retriever, versions
+
     copy = copy_of(built, tmp_path)
     store = open_store(str(copy))
     settings = RetrainSettings(steps=5)
     tensors = gather(store, 32)
     trained = [train_retriever(tensors, dataclasses.replace(settings, seed=s), log=lambda *_: None) for s in (1, 2)]
     saved = []
-    threads = [threading.Thread(target=lambda m=m, x=x: saved.append(save_version(store, m, tensors, settings, x, 32)))
-               for m, x in trained]
+    threads = [
+        threading.Thread(target=lambda m=m, x=x: saved.append(save_version(store, m, tensors, settings, x, 32)))
+        for m, x in trained
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -185,8 +199,10 @@ def test_two_retrains_at_once_each_publish_a_whole_version(built, tmp_path):
 
 # -- files that are not what their key says ------------------------------------------------
 
+
 def test_result_file_holding_another_jobs_row_is_refused_and_set_aside(built, tmp_path):
     from tans.workers.run import run_job
+
     copy = copy_of(built, tmp_path)
     store = open_store(str(copy))
     a, b = read_results(store)[:2]
@@ -311,8 +327,13 @@ def test_export_and_report_replace_planted_links_and_refuse_a_file_as_out(built,
     out, rep = tmp_path / "out", tmp_path / "rep"
     out.mkdir()
     rep.mkdir()
-    for planted in (out / ".config.json.tmp", out / "config.json", out / "model.safetensors",
-                    rep / "index.html", rep / "status.json"):
+    for planted in (
+        out / ".config.json.tmp",
+        out / "config.json",
+        out / "model.safetensors",
+        rep / "index.html",
+        rep / "status.json",
+    ):
         planted.symlink_to(victim)
     assert main(["export", zoo, "--job", job, "--out", str(out)]) == 0
     assert main(["report", zoo, "--out", str(rep)]) == 0
@@ -327,6 +348,7 @@ def test_export_and_report_replace_planted_links_and_refuse_a_file_as_out(built,
 
 
 # -- faults and operations -----------------------------------------------------------------
+
 
 def test_full_disk_is_a_named_error_and_leaves_no_temp_files(tmpfs):
     store = open_store(str(tmpfs(2) / "zoo"))
@@ -363,15 +385,19 @@ def test_temp_files_of_killed_writes_are_listed_and_cleaned(tmp_path):
 
 def test_sigterm_stops_a_build_cleanly(ray_cluster, tiny_datasets, tmp_path):
     from mlflow.tracking import MlflowClient
+
     zoo = tmp_path / "zoo"
-    o = overrides(str(zoo), tiny_datasets, tmp_path, max_jobs=20,
-                  address=ray_cluster.address_info["gcs_address"])
+    o = build_overrides(str(zoo), tiny_datasets, tmp_path, max_jobs=20, address=ray_cluster.address_info["gcs_address"])
     cfg = tmp_path / "build.toml"
-    from tests.test_resilience import toml
     cfg.write_text(toml(o))
-    proc = subprocess.Popen([sys.executable, "-m", "tans.pipeline.cli", "build", "--config", str(cfg)], cwd=ROOT,
-                            env={**os.environ, "RAY_AUTH_MODE": "token"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tans.pipeline.cli", "build", "--config", str(cfg)],
+        cwd=ROOT,
+        env={**os.environ, "RAY_AUTH_MODE": "token"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     store = open_store(str(zoo))
     deadline = time.time() + 300
     while not store.list("results") and time.time() < deadline and proc.poll() is None:
@@ -382,8 +408,7 @@ def test_sigterm_stops_a_build_cleanly(ray_cluster, tiny_datasets, tmp_path):
     assert "stopped by SIGTERM" in err and "Traceback" not in err
     assert not store.exists(LEASE)  # released: the next build starts at once
     client = MlflowClient(tracking_uri=o["mlflow.tracking_uri"])
-    (run,) = client.search_runs([client.get_experiment_by_name("tans").experiment_id],
-                                "tags.`tans.kind` = 'build'")
+    (run,) = client.search_runs([client.get_experiment_by_name("tans").experiment_id], "tags.`tans.kind` = 'build'")
     assert run.info.status == "KILLED"
 
 
@@ -414,20 +439,34 @@ def test_a_signal_surfacing_through_a_native_call_is_still_a_clean_stop(tmp_path
 
 def test_credentials_in_uris_are_never_written(built, mlflow_server, tmp_path, capsys):
     from mlflow.tracking import MlflowClient
+
     secret = "pa55-Wrd-SECRET"
     uri = mlflow_server.replace("http://", f"http://alice:{secret}@")
     zoo = tmp_path / "replayed"
     lines = []
-    run_build(load_config(None, {"zoo": str(zoo), "executor": f"replay:{built[0]}", "max_jobs": 2,
-                                 "strategy": "random", "arch.pool_size": 10, "retrain.after_build": False,
-                                 "mlflow.tracking_uri": uri, "mlflow.experiment": "secrets-test"}),
-              log=lines.append)  # its own experiment: the server is shared with test_submit
+    run_build(
+        load_config(
+            None,
+            {
+                "zoo": str(zoo),
+                "executor": f"replay:{built[0]}",
+                "max_jobs": 2,
+                "strategy": "random",
+                "arch.pool_size": 10,
+                "retrain.after_build": False,
+                "mlflow.tracking_uri": uri,
+                "mlflow.experiment": "secrets-test",
+            },
+        ),
+        log=lines.append,
+    )  # its own experiment: the server is shared with test_submit
     store = open_store(str(zoo))
     written = "\n".join(lines) + "".join(store.read_bytes(k).decode() for k in store.list("journal"))
     assert "alice:***@" in written and secret not in written
     client = MlflowClient(tracking_uri=mlflow_server)
-    runs = client.search_runs([client.get_experiment_by_name("secrets-test").experiment_id],
-                              "tags.`tans.kind` = 'build'")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("secrets-test").experiment_id], "tags.`tans.kind` = 'build'"
+    )
     assert runs and all(secret not in json.dumps([r.data.params, r.data.tags]) for r in runs)
     record_failure(store, "j", "d", "a", RuntimeError(f"cannot reach {uri}/api"))
     assert secret not in "".join(store.read_bytes(k).decode() for k in store.list("journal/failures"))
@@ -435,8 +474,19 @@ def test_credentials_in_uris_are_never_written(built, mlflow_server, tmp_path, c
 
 # -- mistyped input ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("command", [["status"], ["verify"], ["verify", "--json"], ["report", "--out", "r"],
-                                     ["search", "--dataset", "x"], ["retrain"], ["resume"]])
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["status"],
+        ["verify"],
+        ["verify", "--json"],
+        ["report", "--out", "r"],
+        ["search", "--dataset", "x"],
+        ["retrain"],
+        ["resume"],
+    ],
+)
 def test_read_only_commands_on_a_mistyped_path_create_nothing(command, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     missing = tmp_path / "no-such-zoo"
@@ -448,7 +498,9 @@ def test_read_only_commands_on_a_mistyped_path_create_nothing(command, tmp_path,
 def test_whole_config_is_checked_before_anything_starts(tiny_datasets, tmp_path):
     zoo = tmp_path / "zoo"
     started = time.monotonic()
-    with pytest.raises(ConfigError, match="unknown strategy 'bogus'; valid strategies: nsga2, pareto, qnehvi, random, tpe"):
+    with pytest.raises(
+        ConfigError, match="unknown strategy 'bogus'; valid strategies: nsga2, pareto, qnehvi, random, tpe"
+    ):
         run_build(load_config(None, {"zoo": str(zoo), "datasets": [str(tiny_datasets)], "strategy": "bogus"}))
     assert time.monotonic() - started < 10 and not zoo.exists()
     collide = tmp_path / "collide"
@@ -459,6 +511,7 @@ def test_whole_config_is_checked_before_anything_starts(tiny_datasets, tmp_path)
     assert not zoo.exists()
     config = load_config(None, {"zoo": str(zoo), "datasets": [str(collide)], "names": {"My Data": "my-data-2"}})
     from tans.pipeline.execution.run import validate_build
+
     assert len(validate_build(config)) == 2
 
 
@@ -468,14 +521,14 @@ def test_search_top_k_must_be_positive(capsys):
     assert exit_.value.code == 2 and "must be at least 1" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_sigterm_during_ray_start_up_leaves_no_ray_process(tiny_datasets, tmp_path):
     """A local Ray half-started when SIGTERM arrives is stopped with the build: every process
     carrying this build's environment marker is gone afterwards."""
     import psutil
 
-    from tests.test_resilience import toml
     cfg = tmp_path / "build.toml"
-    cfg.write_text(toml(overrides(str(tmp_path / "zoo"), tiny_datasets, tmp_path, max_jobs=2)))
+    cfg.write_text(toml(build_overrides(str(tmp_path / "zoo"), tiny_datasets, tmp_path, max_jobs=2)))
     marker = f"tans-test-{os.getpid()}-{time.time_ns()}"
 
     def marked() -> list:
@@ -487,9 +540,15 @@ def test_sigterm_during_ray_start_up_leaves_no_ray_process(tiny_datasets, tmp_pa
             except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
                 pass
         return found
-    proc = psutil.Popen([sys.executable, "-m", "tans.pipeline.cli", "build", "--config", str(cfg)], cwd=ROOT,
-                        env={**os.environ, "TANS_TEST_MARK": marker}, stdout=subprocess.DEVNULL,
-                        stderr=subprocess.PIPE, text=True)
+
+    proc = psutil.Popen(
+        [sys.executable, "-m", "tans.pipeline.cli", "build", "--config", str(cfg)],
+        cwd=ROOT,
+        env={**os.environ, "TANS_TEST_MARK": marker},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not any(c.name() == "raylet" for c in proc.children(recursive=True)):
         time.sleep(0.05)
@@ -504,14 +563,29 @@ def test_sigterm_during_ray_start_up_leaves_no_ray_process(tiny_datasets, tmp_pa
 
 def test_zoo_copied_to_s3_verifies_and_searches_there(built, tiny_datasets, s3_server, s3_bucket, capsys):
     from tans.zoo_schema.store import S3Settings
+
     remote_uri = f"s3://{s3_bucket}/moved/zoo"
     remote = open_store(remote_uri, S3Settings(endpoint_url=s3_server.url))
     for path in sorted(p for p in Path(built[0]).rglob("*") if p.is_file()):
         remote.write_bytes(path.relative_to(built[0]).as_posix(), path.read_bytes())
     report = verify_zoo(remote, clean_orphans=True, dry_run=True)
     assert (report.problems, report.orphans, report.results_checked) == ([], [], 3)
-    assert main(["search", remote_uri, "--s3-endpoint", s3_server.url, "--dataset",
-                 str(tiny_datasets / "shapes-clean"), "--json", "--top-k", "2"]) == 0
+    assert (
+        main(
+            [
+                "search",
+                remote_uri,
+                "--s3-endpoint",
+                s3_server.url,
+                "--dataset",
+                str(tiny_datasets / "shapes-clean"),
+                "--json",
+                "--top-k",
+                "2",
+            ]
+        )
+        == 0
+    )
     hits = json.loads(capsys.readouterr().out)["hits"]
     assert all(h["checkpoint_uri"].startswith(f"{remote_uri}/checkpoints/") for h in hits)
     remote.delete(read_results(remote)[0].checkpoint_uri)

@@ -3,6 +3,7 @@ timed where it runs, one entry per block choice keyed as ofa orders the blocks, 
 latency the fixed part plus its active blocks, used for every chunk of a pool large enough
 to pay for it. (How well the table agrees with direct measurements is a timing question,
 answered by bench/latency_table.py, not here.)"""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -14,9 +15,16 @@ from tans.workers.networks.ofa_space import EXPANDS, KERNELS, MAX_DEPTH, SLOTS, 
 from tans.zoo_schema.manifest import BaseWeights, Manifest
 from tans.zoo_schema.store import open_store
 
-MANIFEST = Manifest(width=1.0, kernels=list(KERNELS), expands=list(EXPANDS), depths=[2, 3, 4], noise_seed=0,
-                    noise_shape=[2, 3, 32, 32], base_weights=BaseWeights("random", "random-seed0", seed=0),
-                    pool_size=profile.TABLE_MIN_ARCHS)
+MANIFEST = Manifest(
+    width=1.0,
+    kernels=list(KERNELS),
+    expands=list(EXPANDS),
+    depths=[2, 3, 4],
+    noise_seed=0,
+    noise_shape=[2, 3, 32, 32],
+    base_weights=BaseWeights("random", "random-seed0", seed=0),
+    pool_size=profile.TABLE_MIN_ARCHS,
+)
 
 
 class _Clock:
@@ -50,17 +58,22 @@ def test_each_piece_of_the_forward_is_timed_where_it_runs(monkeypatch):
 def test_the_table_is_keyed_by_slot_kernel_and_expand_as_ofa_orders_the_blocks(monkeypatch):
     """The 9 full-depth subnets' blocks land under (slot, kernel, expand) read from the block
     itself; the stem and head are the fixed part."""
+
     def coded_times(subnet, image_size, repeats):
-        return [1.0, *(slot * 100 + b.conv.kernel_size * 10 + b.conv.expand_ratio
-                       for slot, b in enumerate(subnet.blocks[1:])), 2.0]
+        return [
+            1.0,
+            *(slot * 100 + b.conv.kernel_size * 10 + b.conv.expand_ratio for slot, b in enumerate(subnet.blocks[1:])),
+            2.0,
+        ]
 
     monkeypatch.setattr(profile, "_block_times_ms", coded_times)
     table = profile.latency_table(build_supernet(1.0), 32)
     assert table.fixed_ms == 3.0
     assert table.block_ms == {(s, k, e): s * 100 + k * 10 + e for s in range(SLOTS) for k in KERNELS for e in EXPANDS}
     arch = arch_pool(0, 1)[0]
-    assert table.estimate_ms(arch) == 3.0 + sum(s * 100 + k * 10 + e for s, (k, e)
-                                                in enumerate(zip(arch.kernels, arch.expands)) if k)
+    assert table.estimate_ms(arch) == 3.0 + sum(
+        s * 100 + k * 10 + e for s, (k, e) in enumerate(zip(arch.kernels, arch.expands)) if k
+    )
 
 
 def test_a_measured_table_ranks_the_largest_arch_above_the_smallest():
@@ -78,8 +91,9 @@ def test_every_chunk_of_a_large_pool_takes_the_table_and_a_small_pool_is_measure
 
     def fake_table(supernet, image_size, repeats=profile.LATENCY_REPEATS):
         made.append(image_size)
-        return profile.LatencyTable(image_size, 1.0, {(s, k, e): 0.25 for s in range(SLOTS)
-                                                      for k in KERNELS for e in EXPANDS})
+        return profile.LatencyTable(
+            image_size, 1.0, {(s, k, e): 0.25 for s in range(SLOTS) for k in KERNELS for e in EXPANDS}
+        )
 
     monkeypatch.setattr(profile, "latency_table", fake_table)
     store, supernet = open_store(str(tmp_path / "zoo")), build_supernet(1.0)

@@ -12,6 +12,7 @@ two modules import each other, directly or in a circle. The repository's layer f
 install as `tans.<folder>` (setup.py), so the module `tans.pipeline.cli` is the file
 `pipeline/cli.py`.
 """
+
 from __future__ import annotations
 
 import ast
@@ -77,16 +78,17 @@ GRAPH = {m: imports(p, modules()) - {m} for m, p in modules().items()}
 
 @pytest.mark.parametrize("module", sorted(GRAPH))
 def test_imports_only_point_down(module):
-    own = layer(module)
     wrong = upward(module)
     assert not wrong, f"{module} (layer {layer(module)}) imports {wrong}, which are not below it"
 
 
 def upward(module: str) -> list[str]:
     own = layer(module)
-    return sorted(t for t in GRAPH[module]
-                  if layer(t) != own and layer(t) not in ALLOWED[own] and t not in EVERYWHERE
-                  and not module.startswith(t + "."))  # a module may import its own package
+    return sorted(
+        t
+        for t in GRAPH[module]
+        if layer(t) != own and layer(t) not in ALLOWED[own] and t not in EVERYWHERE and not module.startswith(t + ".")
+    )  # a module may import its own package
 
 
 def test_no_import_cycles():
@@ -122,6 +124,7 @@ def import_cycles() -> list[list[str]]:
                     break
             if len(component) > 1:
                 cycles.append(sorted(component))
+
     for v in GRAPH:
         if v not in index:
             visit(v)
@@ -134,8 +137,9 @@ def test_packages_do_nothing_when_imported(package):
     """An import has no side effects: package __init__ files hold a docstring and imports."""
     tree = ast.parse(modules()[package].read_text())
     body = tree.body[1:] if tree.body and isinstance(tree.body[0], ast.Expr) else tree.body
-    assert all(isinstance(n, (ast.Import, ast.ImportFrom)) for n in body), \
+    assert all(isinstance(n, (ast.Import, ast.ImportFrom)) for n in body), (
         f"{package}/__init__.py does more than import"
+    )
 
 
 def test_the_rule_catches_an_upward_import(tmp_path):
@@ -153,8 +157,24 @@ def test_the_wheel_installs_one_top_level_package(tmp_path):
     import subprocess
     import sys
     import zipfile
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path), str(ROOT)], check=True, capture_output=True, timeout=300)
+
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (wheel,) = tmp_path.glob("tans-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/")[0] for n in names} == {"tans", wheel.name.split("-py3")[0] + ".dist-info"}

@@ -1,5 +1,6 @@
 """The zoo lease with real processes: a SIGKILLed holder, a live one, a reused pid, a clock
 ahead of ours, a corrupt lease file, and `tans lease show/break`."""
+
 from __future__ import annotations
 
 import json
@@ -13,12 +14,14 @@ import pytest
 
 from tans.pipeline.cli import main
 from tans.pipeline.execution.config import load_config
-from tans.zoo_schema.errors import ConfigError, ZooConflictError
 from tans.pipeline.execution.lease import LEASE_KEY, Lease
+from tans.zoo_schema.errors import ConfigError, ZooConflictError
 from tans.zoo_schema.store import open_store
 
-HOLD = ("import sys, time; from tans.pipeline.execution.lease import Lease; from tans.zoo_schema.store import open_store; "
-        "Lease(open_store(sys.argv[1]), ttl=60).acquire(); print('held', flush=True); time.sleep(60)")
+HOLD = (
+    "import sys, time; from tans.pipeline.execution.lease import Lease; from tans.zoo_schema.store import open_store; "
+    "Lease(open_store(sys.argv[1]), ttl=60).acquire(); print('held', flush=True); time.sleep(60)"
+)
 
 
 @pytest.fixture
@@ -42,8 +45,11 @@ def kill(proc):
 
 
 def test_live_holder_is_refused_and_killed_one_taken_over_at_once(zoo, holder):
-    with pytest.raises(ZooConflictError, match=rf"held by .+:{holder.pid} \(`tans build`; last heartbeat \d+s ago\)"
-                       r".*tans lease break"):
+    with pytest.raises(
+        ZooConflictError,
+        match=rf"held by .+:{holder.pid} \(`tans build`; last heartbeat \d+s ago\)"
+        r".*tans lease break",
+    ):
         Lease(zoo, ttl=60).acquire()
     kill(holder)
     messages, start = [], time.monotonic()
@@ -128,11 +134,15 @@ def test_future_heartbeat_that_keeps_changing_is_refused(zoo):
     def beat():
         while not stop.wait(0.2):
             zoo.write_json(LEASE_KEY, {**lease, "heartbeat": time.time() + 3600})
+
     thread = threading.Thread(target=beat)
     thread.start()
     try:
-        with pytest.raises(ZooConflictError, match=r"elsewhere:1 \(`tans build`; its clock is ~3600s ahead of ours; its "
-                           r"heartbeat changed while we watched\)"):
+        with pytest.raises(
+            ZooConflictError,
+            match=r"elsewhere:1 \(`tans build`; its clock is ~3600s ahead of ours; its "
+            r"heartbeat changed while we watched\)",
+        ):
             Lease(zoo, ttl=60, log=lambda m: None).acquire()
     finally:
         stop.set()
@@ -142,8 +152,11 @@ def test_future_heartbeat_that_keeps_changing_is_refused(zoo):
 @pytest.mark.parametrize("content", [b"", b"{not json", b'{"holder": 1}', b"[]"])
 def test_corrupt_lease_file_is_a_clear_error(zoo, content, capsys):
     zoo.write_bytes(LEASE_KEY, content)
-    with pytest.raises(ZooConflictError, match=r"lease file .+journal/lease.json is empty or corrupt.*"
-                       rf"`tans lease break {zoo.uri}`"):
+    with pytest.raises(
+        ZooConflictError,
+        match=r"lease file .+journal/lease.json is empty or corrupt.*"
+        rf"`tans lease break {zoo.uri}`",
+    ):
         Lease(zoo, ttl=60).acquire()
     assert zoo.read_bytes(LEASE_KEY) == content  # not taken over
     assert main(["lease", "show", zoo.uri]) == 3

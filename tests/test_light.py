@@ -1,4 +1,5 @@
 """Read-only commands stay light, and a search query decodes only the images it samples."""
+
 from __future__ import annotations
 
 import io
@@ -7,10 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 import tans.pipeline.commands.search as search
-from tests.test_executors import committed_zoo
+from tests.helpers import committed_zoo
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = r"""
@@ -26,8 +28,7 @@ print(json.dumps({"codes": codes, "rows": rows,
 
 def test_status_verify_and_the_zoo_table_never_import_torch_ray_or_mlflow(tmp_path):
     store, specs = committed_zoo(tmp_path / "zoo")
-    r = subprocess.run([sys.executable, "-c", PROBE, store.uri], cwd=ROOT, capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run([sys.executable, "-c", PROBE, store.uri], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     probe = json.loads(r.stdout.strip().splitlines()[-1])
     assert probe["heavy"] == [] and probe["codes"][0] == 0 and probe["rows"] == len(specs)
@@ -62,6 +63,7 @@ def test_light_reading_drops_only_the_embeddings(tmp_path):
     import dataclasses
 
     from tans.zoo_schema.results import read_results, write_snapshot
+
     store, specs = committed_zoo(tmp_path / "zoo")
     full = read_results(store)
     write_snapshot(store, full[:1])  # one row from the snapshot, the others from their files
@@ -77,6 +79,7 @@ def test_zoo_table_read_as_arrow_equals_the_records(tmp_path):
     records are read, which leave that file out)."""
     from tans.zoo_schema.records import to_table
     from tans.zoo_schema.results import read_results, results_table, write_snapshot
+
     store, specs = committed_zoo(tmp_path / "zoo")
     assert results_table(store).equals(to_table(read_results(store)))
     write_snapshot(store, read_results(store)[:2])
@@ -87,14 +90,17 @@ def test_zoo_table_read_as_arrow_equals_the_records(tmp_path):
     assert expected.num_rows == len(specs) - 1 and results_table(store).equals(expected)
 
 
+@pytest.mark.slow
 def test_ofa_networks_load_without_torchvision_and_its_data_loader_stays_importable():
     """`ofa_module` keeps ofa's ImageNet data loader (torchvision, torch._dynamo: 1.2 s) out of
     a process that only builds and measures networks; importing the loader by name still works."""
-    probe = ("import sys; from tans.workers.networks.ofa_space import build_supernet, build_subnet, arch_pool\n"
-             "from tans.workers.networks.measure import count_flops\n"
-             "net = build_subnet(build_supernet(1.0), arch_pool(0, 1)[0], 10); count_flops(net, 32)\n"
-             "print(sorted(m for m in ('torchvision', 'torch._dynamo') if m in sys.modules))\n"
-             "from ofa.utils.my_dataloader import MyRandomResizedCrop; print(MyRandomResizedCrop.__name__)")
+    probe = (
+        "import sys; from tans.workers.networks.ofa_space import build_supernet, build_subnet, arch_pool\n"
+        "from tans.workers.networks.measure import count_flops\n"
+        "net = build_subnet(build_supernet(1.0), arch_pool(0, 1)[0], 10); count_flops(net, 32)\n"
+        "print(sorted(m for m in ('torchvision', 'torch._dynamo') if m in sys.modules))\n"
+        "from ofa.utils.my_dataloader import MyRandomResizedCrop; print(MyRandomResizedCrop.__name__)"
+    )
     r = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split() == ["[]", "MyRandomResizedCrop"]

@@ -1,9 +1,9 @@
 """A zoo in use: commands at once on one zoo, a disk that fills mid-build, input that is not
 what it claims, output folders someone prepared, readers that go away. Real processes,
 real files, a real small file system."""
+
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import subprocess
@@ -11,57 +11,50 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
+from tans.pipeline.cli import main
+from tans.pipeline.commands.verify import verify_zoo
 from tans.pipeline.execution.config import load_config
 from tans.pipeline.execution.lease import LEASE_KEY, Lease
 from tans.pipeline.execution.run import base_weights_entry, run_build
-from tans.pipeline.cli import main
-from tans.pipeline.commands.verify import verify_zoo
 from tans.zoo_schema.errors import StorageError
 from tans.zoo_schema.journal import read_failures
 from tans.zoo_schema.outfiles import output_folder, write_file
 from tans.zoo_schema.results import read_results
 from tans.zoo_schema.shards import load_split, read_datasets
 from tans.zoo_schema.store import open_store
+from tests.helpers import build_overrides, noise_folder, noise_png
+
+pytestmark = pytest.mark.slow  # real processes, Ray clusters, file systems
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def tans(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tans.pipeline.cli", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600, **kw)
-
-
-def png(seed: int, side: int) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)
-    out = io.BytesIO()
-    Image.fromarray(pixels).save(out, format="PNG")
-    return out.getvalue()
-
-
-def image_folder(root: Path, classes: int, per_class: int, side: int = 24, seed: int = 0) -> Path:
-    for c in range(classes):
-        (root / f"c{c}").mkdir(parents=True)
-        for i in range(per_class):
-            (root / f"c{c}" / f"{i}.png").write_bytes(png(seed + 1000 * c + i, side))
-    return root
+    return subprocess.run(
+        [sys.executable, "-m", "tans.pipeline.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=600, **kw
+    )
 
 
 # -- commands at once on one zoo -----------------------------------------------------------
+
 
 def test_verify_clean_orphans_never_deletes_an_ingestion_in_flight(tmp_path, tiny_datasets):
     """`datasets add` holds the zoo while it writes shards; `verify --clean-orphans` is refused
     (naming the writer), or with --wait waits for it, and the zoo verifies clean after."""
     zoo = tmp_path / "zoo"
     assert main(["datasets", "add", str(tiny_datasets / "hue-6"), "--zoo", str(zoo)]) == 0
-    big = image_folder(tmp_path / "big", classes=6, per_class=60, side=320)
-    adding = subprocess.Popen([sys.executable, "-m", "tans.pipeline.cli", "datasets", "add", str(big), "--zoo", str(zoo)],
-                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    big = noise_folder(tmp_path / "big", classes=6, per_class=60, side=320)
+    adding = subprocess.Popen(
+        [sys.executable, "-m", "tans.pipeline.cli", "datasets", "add", str(big), "--zoo", str(zoo)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         store = open_store(str(zoo))
         deadline = time.time() + 120
@@ -96,9 +89,23 @@ def test_a_second_writer_is_refused_or_waits(tmp_path, tiny_datasets):
     assert read_datasets(zoo) == []  # nothing written
     show = tans("lease", "show", str(tmp_path / "zoo"))
     assert "running `tans retrain`" in show.stdout
-    waiting = subprocess.Popen([sys.executable, "-m", "tans.pipeline.cli", "datasets", "add", str(tiny_datasets / "hue-6"),
-                                "--zoo", str(tmp_path / "zoo"), "--wait"], cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    waiting = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tans.pipeline.cli",
+            "datasets",
+            "add",
+            str(tiny_datasets / "hue-6"),
+            "--zoo",
+            str(tmp_path / "zoo"),
+            "--wait",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(4)
     assert waiting.poll() is None and read_datasets(zoo) == []  # still waiting
     held.release()
@@ -109,12 +116,13 @@ def test_a_second_writer_is_refused_or_waits(tmp_path, tiny_datasets):
 
 # -- a full disk ---------------------------------------------------------------------------
 
+
 def test_a_full_disk_stops_the_build_and_spends_no_budget(ray_cluster, tiny_datasets, tmp_path, tmpfs):
     small_disk = tmpfs(256)
     from mlflow.tracking import MlflowClient
-    from tests.test_resilience import overrides
+
     zoo = small_disk / "zoo"
-    o = overrides(str(zoo), tiny_datasets, tmp_path, max_jobs=6, address=ray_cluster.address_info["gcs_address"])
+    o = build_overrides(str(zoo), tiny_datasets, tmp_path, max_jobs=6, address=ray_cluster.address_info["gcs_address"])
     config = load_config(None, o)
     filler = small_disk / "filler"
     with open(filler, "wb") as f:  # leave room for the datasets, the base weights (30 MB) and about a checkpoint
@@ -155,6 +163,7 @@ def test_base_weights_already_in_the_zoo_are_not_written_again(tmpfs):
 
 # -- input that is not what it claims -------------------------------------------------------
 
+
 def parquet_dataset(path: Path, images: list[bytes], labels) -> Path:
     pq.write_table(pa.table({"image": pa.array(images, pa.binary()), "label": labels}), path)
     return path
@@ -162,13 +171,20 @@ def parquet_dataset(path: Path, images: list[bytes], labels) -> Path:
 
 @pytest.mark.parametrize("damage", ["empty", "truncated", "footer", "foreign"])
 def test_damaged_parquet_is_refused_by_every_command_that_reads_it(tmp_path, damage, tiny_datasets):
-    good = parquet_dataset(tmp_path / "good.parquet", [png(i, 16) for i in range(30)], [f"c{i % 3}" for i in range(30)])
+    good = parquet_dataset(
+        tmp_path / "good.parquet", [noise_png(i, 16) for i in range(30)], [f"c{i % 3}" for i in range(30)]
+    )
     blob = good.read_bytes()
     bad = tmp_path / "bad" / "data.parquet"
     bad.parent.mkdir()
-    bad.write_bytes({"empty": b"", "truncated": blob[:len(blob) // 2],
-                     "footer": blob[:-8] + (2_000_000_000).to_bytes(4, "little") + b"PAR1",
-                     "foreign": b"not parquet at all " * 50}[damage])
+    bad.write_bytes(
+        {
+            "empty": b"",
+            "truncated": blob[: len(blob) // 2],
+            "footer": blob[:-8] + (2_000_000_000).to_bytes(4, "little") + b"PAR1",
+            "foreign": b"not parquet at all " * 50,
+        }[damage]
+    )
     zoo = tmp_path / "zoo"
     r = tans("datasets", "add", str(bad), "--zoo", str(zoo))
     assert r.returncode == 3 and "Traceback" not in r.stderr, r.stderr
@@ -182,19 +198,24 @@ def test_damaged_parquet_is_refused_by_every_command_that_reads_it(tmp_path, dam
     assert f"Parquet dataset {bad} cannot be read" in r.stderr or "no built networks" in r.stderr
 
 
-@pytest.mark.parametrize("labels, kind", [(pa.array([f"c{i % 3}".encode() for i in range(30)], pa.binary()), "binary"),
-                                          (pa.array([[i % 3] for i in range(30)]), "list<element: int64>")])
+@pytest.mark.parametrize(
+    "labels, kind",
+    [
+        (pa.array([f"c{i % 3}".encode() for i in range(30)], pa.binary()), "binary"),
+        (pa.array([[i % 3] for i in range(30)]), "list<element: int64>"),
+    ],
+)
 def test_labels_that_are_not_ints_or_strings_are_refused(tmp_path, labels, kind):
-    path = parquet_dataset(tmp_path / "d.parquet", [png(i, 16) for i in range(30)], labels)
+    path = parquet_dataset(tmp_path / "d.parquet", [noise_png(i, 16) for i in range(30)], labels)
     r = tans("datasets", "add", str(path), "--zoo", str(tmp_path / "zoo"))
     assert r.returncode == 3 and f"its 'label' column is {kind}, not ints or strings" in r.stderr, r.stderr
 
 
 def test_duplicate_images_never_straddle_the_split(tmp_path):
-    images = [png(i, 16) for i in range(30)]
+    images = [noise_png(i, 16) for i in range(30)]
     labels = [f"c{i % 3}" for i in range(30)]
     path = parquet_dataset(tmp_path / "twice.parquet", images + images, labels + labels)  # written twice
-    folder = image_folder(tmp_path / "folder", classes=3, per_class=10, side=16)
+    folder = noise_folder(tmp_path / "folder", classes=3, per_class=10, side=16)
     shutil.copy(folder / "c0" / "0.png", folder / "c0" / "copy.png")  # the same image twice in one class
     shutil.copy(folder / "c0" / "1.png", folder / "c2" / "stray.png")  # and once in another class
     zoo = tmp_path / "zoo"
@@ -213,6 +234,7 @@ def test_duplicate_images_never_straddle_the_split(tmp_path):
 
 
 # -- output folders someone prepared --------------------------------------------------------
+
 
 def test_outputs_replace_planted_links_instead_of_writing_through_them(tmp_path):
     victim = tmp_path / "victim"
@@ -240,11 +262,20 @@ def test_outputs_replace_planted_links_instead_of_writing_through_them(tmp_path)
 
 # -- readers that go away ------------------------------------------------------------------
 
+
 def test_a_closed_pipe_ends_quietly(tmp_path, tiny_datasets):
     zoo = tmp_path / "zoo"
-    assert main(["datasets", "add", str(tiny_datasets / "hue-6"), str(tiny_datasets / "shapes-clean"),
-                 "--zoo", str(zoo)]) == 0
+    assert (
+        main(["datasets", "add", str(tiny_datasets / "hue-6"), str(tiny_datasets / "shapes-clean"), "--zoo", str(zoo)])
+        == 0
+    )
     for _ in range(4):
-        r = subprocess.run(f"{sys.executable} -m tans.pipeline.cli status --json {zoo} | head -1", shell=True,
-                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            f"{sys.executable} -m tans.pipeline.cli status --json {zoo} | head -1",
+            shell=True,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert r.stdout.strip() == "{" and r.stderr == "", r.stderr

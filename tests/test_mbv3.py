@@ -1,5 +1,6 @@
 """The plain-torch largest subnet (what `tans search` embeds queries with) computes what ofa's
 largest subnet computes, from the same supernet weights."""
+
 from __future__ import annotations
 
 import pytest
@@ -50,6 +51,7 @@ def test_a_static_subnet_computes_what_its_ofa_checkpoint_computes(width, seed):
 
     from tans.workers.networks.mbv3 import static_subnet
     from tans.workers.networks.ofa_space import build_subnet, sample_arch
+
     torch.manual_seed(seed)
     arch = sample_arch(random.Random(seed))
     net = build_subnet(build_supernet(width), arch, num_classes=7).eval()
@@ -70,13 +72,17 @@ def test_a_checkpoint_of_another_arch_is_refused():
 
     from tans.workers.networks.mbv3 import static_subnet
     from tans.workers.networks.ofa_space import build_subnet, sample_arch
+
     arch = sample_arch(random.Random(5))
     state = build_subnet(build_supernet(1.0), arch, num_classes=3).state_dict()
     other = tuple(4 if d != 4 else 2 for d in arch.depths)
     with pytest.raises(RuntimeError, match="another arch"):
         static_subnet(state, other)
-    shifted = (arch.depths[0] + 1, arch.depths[1] - 1, *arch.depths[2:]) if arch.depths[1] > 2 \
-        else (arch.depths[0] - 1, arch.depths[1] + 1, *arch.depths[2:])  # same block count, split otherwise
+    shifted = (
+        (arch.depths[0] + 1, arch.depths[1] - 1, *arch.depths[2:])
+        if arch.depths[1] > 2
+        else (arch.depths[0] - 1, arch.depths[1] + 1, *arch.depths[2:])
+    )  # same block count, split otherwise
     with pytest.raises(RuntimeError, match="another arch"):
         static_subnet(state, shifted)
     del state["final_expand_layer.conv.weight"]

@@ -5,8 +5,8 @@ import random
 import pytest
 import torch
 
-from tans.zoo_schema.errors import ConfigError
 from tans.workers.networks.ofa_space import Arch, build_subnet, build_supernet, feature_dim, penultimate, sample_arch
+from tans.zoo_schema.errors import ConfigError
 
 
 def test_arch_id_round_trip_and_topology_zeroes_inactive_blocks():
@@ -17,7 +17,7 @@ def test_arch_id_round_trip_and_topology_zeroes_inactive_blocks():
     assert Arch.parse(arch.id) == arch
     topo = arch.topology()
     assert len(topo) == 45 and topo[40:] == [2, 3, 4, 2, 3]
-    assert topo[2:4] == [0, 0] and topo[20 + 2:20 + 4] == [0, 0]  # unit 1 uses 2 of 4 slots
+    assert topo[2:4] == [0, 0] and topo[20 + 2 : 20 + 4] == [0, 0]  # unit 1 uses 2 of 4 slots
     assert topo[8:12] == [3, 5, 7, 3]
 
 
@@ -48,10 +48,11 @@ def test_subnet_has_weights_of_supernet_and_right_penultimate(width):
 
 
 def test_base_weights_from_a_file_are_checked_and_stored_as_safetensors(tmp_path):
-    from tans.pipeline.execution.run import wanted_manifest
     from tans.pipeline.execution.config import load_config
+    from tans.pipeline.execution.run import wanted_manifest
     from tans.workers.networks.nets import load_base_supernet
     from tans.zoo_schema.store import open_store
+
     torch.manual_seed(5)
     supernet = build_supernet(1.0)
     path = tmp_path / "ofa_supernet.pth"
@@ -80,6 +81,7 @@ def test_flop_count_equals_ofas_count_net_flops_and_leaves_the_model_as_it_was()
 
     from tans.workers.networks.measure import count_flops
     from tans.workers.networks.ofa_space import build_subnet, build_supernet, sample_arch
+
     supernet = build_supernet(1.2)
     for seed in range(6):
         model = build_subnet(supernet, sample_arch(random.Random(seed)), num_classes=3 + seed).train()
@@ -91,12 +93,14 @@ def test_flop_count_equals_ofas_count_net_flops_and_leaves_the_model_as_it_was()
         assert not model._forward_hooks and all(not m._forward_hooks for m in model.modules())
 
 
+@pytest.mark.slow
 def test_evaluating_the_last_epoch_only_trains_the_same_network_and_scores_it_the_same():
     """Per-epoch evaluation does not touch the training (its BatchNorm re-estimation draws from
     its own generator and is redone from scratch each time): skipping it for all but the last
     epoch gives the same losses and the same final accuracy, with one accuracy, in less time."""
     from tans.workers.job import TrainSettings
     from tans.workers.networks.training import train
+
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(96, 3, 32, 32, generator=g), torch.randint(0, 3, (96,), generator=g)
     xt, yt = torch.rand(40, 3, 32, 32, generator=g), torch.randint(0, 3, (40,), generator=g)
@@ -106,8 +110,17 @@ def test_evaluating_the_last_epoch_only_trains_the_same_network_and_scores_it_th
         torch.manual_seed(0)
         model = build_subnet(build_supernet(1.0), arch, num_classes=3)
         timings = {}
-        runs[every] = train(model, x, y, xt, yt, TrainSettings(epochs=3, evaluate_every_epoch=every),
-                            torch.device("cpu"), seed=0, timings=timings) + (timings["eval"],)
+        runs[every] = train(
+            model,
+            x,
+            y,
+            xt,
+            yt,
+            TrainSettings(epochs=3, evaluate_every_epoch=every),
+            torch.device("cpu"),
+            seed=0,
+            timings=timings,
+        ) + (timings["eval"],)
     (losses, accs, every_eval), (losses_last, accs_last, last_eval) = runs[True], runs[False]
     assert losses_last == losses and len(losses) == 3
     assert len(accs) == 3 and accs_last == accs[-1:]
@@ -121,6 +134,7 @@ def test_batchnorm_recalibration_folds_a_last_single_image_into_the_batch_before
     from torch import nn
 
     from tans.workers.networks.training import recalibrate_bn
+
     model = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
     x = torch.randn(65, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     recalibrate_bn(model, x, "cpu")

@@ -1,6 +1,7 @@
 """The peer policies (pipeline/acquisition/peers.py) on the synthetic world of
 tests/test_acquisition.py: NSGA-II's rebuilt generations, determinism across a resume,
 the spread over datasets, and the snap to the pool."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -9,8 +10,8 @@ import pytest
 from tans.pipeline.acquisition import peers
 from tans.pipeline.acquisition.base import Pair, PolicyContext
 from tans.pipeline.acquisition.registry import create_policy
-from tests.test_acquisition import DATASETS, POOL, make_prior, make_state, result
 from tans.zoo_schema.results import ZooState
+from tests.helpers import DATASETS, POOL, make_prior, make_state, result
 
 
 def policy(name: str, seed: int = 0):
@@ -25,6 +26,7 @@ def one_dataset_state(n: int) -> ZooState:
 
 def test_nsga2_study_rebuilds_the_generations():
     from optuna.samplers import NSGAIISampler
+
     assert peers.GENERATION_KEY == NSGAIISampler._get_generation_key()
     state = one_dataset_state(9)
     p = policy("nsga2")
@@ -58,6 +60,7 @@ def test_qnehvi_resumes_and_picks_pool_genomes(monkeypatch):
     def spy(genomes, free, x):
         nearest.append(float(((genomes[free] - x) ** 2).sum(1).min()))
         return snap(genomes, free, x)
+
     monkeypatch.setattr(peers, "snap", spy)
     batch = policy("qnehvi").propose(state, 2)
     assert len(set(batch)) == 2 and nearest == [0.0, 0.0]  # the acquisition's argmax is a pool genome
@@ -95,9 +98,10 @@ def test_snap_returns_the_nearest_allowed_pool_arch():
 @pytest.mark.parametrize("name", ["nsga2", "tpe", "qnehvi"])
 def test_peers_start_from_the_same_initial_design_as_random_and_pareto(name):
     from tans.pipeline.acquisition.random import RandomPolicy
+
     empty = make_state(0)
     first = policy(name).propose(empty, peers.STARTUP * len(DATASETS))
     order = RandomPolicy(PolicyContext(0, tuple(POOL)))
     for d in DATASETS:
-        assert [a for dd, a in first if dd == d] == order.permutation(d)[:peers.STARTUP]
+        assert [a for dd, a in first if dd == d] == order.permutation(d)[: peers.STARTUP]
     assert set(first) == set(policy("pareto").propose(empty, peers.STARTUP * len(DATASETS)))

@@ -1,20 +1,29 @@
 """The Policy contract (pipeline/acquisition/base.py), tested over every registered strategy
 on a small synthetic world (tests/test_acquisition.py): 4 datasets x 12 pool architectures
 with a known pool profile, so the Pareto policy reaches its predictor phase."""
+
 from __future__ import annotations
 
 import pytest
 
 from tans.pipeline.acquisition.base import Pair, ParetoSettings, PolicyContext
 from tans.pipeline.acquisition.registry import POLICIES, create_policy
-from tests.test_acquisition import DATASETS, POOL, make_prior, make_state
 from tans.zoo_schema.journal import Failure
 from tans.zoo_schema.results import ZooState
+from tests.helpers import DATASETS, POOL, make_prior, make_state
 
 
 def policy(name: str, seed: int = 0):
-    return create_policy(name, PolicyContext(seed, tuple(POOL), prior=make_prior(), log=lambda *_: None,
-                                             pareto=ParetoSettings(n_init_per_dataset=3, retrain_every=4)))
+    return create_policy(
+        name,
+        PolicyContext(
+            seed,
+            tuple(POOL),
+            prior=make_prior(),
+            log=lambda *_: None,
+            pareto=ParetoSettings(n_init_per_dataset=3, retrain_every=4),
+        ),
+    )
 
 
 def world(n_per_dataset: int) -> ZooState:

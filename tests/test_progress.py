@@ -1,6 +1,7 @@
 """Live progress: a bar cut to the terminal's width on a terminal (checked on a real
 pseudo-terminal through a small terminal emulator), plain log lines elsewhere; submit's config
 checks and ids."""
+
 from __future__ import annotations
 
 import fcntl
@@ -20,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from tans.pipeline.execution.config import load_config
-from tans.zoo_schema.errors import ConfigError
 from tans.pipeline.execution.progress import Progress
+from tans.zoo_schema.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 ESCAPE = re.compile(r"\x1b\[(\d*)([A-Za-z])")
@@ -36,16 +37,16 @@ class Screen:
         self.width, self.rows, self.row, self.col, self.wraps = width, [[]], 0, 0, 0
         self.wrapped: set[int] = set()  # the rows a wrapped line goes on to
 
-    def feed(self, text: str) -> "Screen":
+    def feed(self, text: str) -> Screen:
         i = 0
         while i < len(text):
             ch = text[i]
             if ch == "\x1b":
                 m = ESCAPE.match(text, i)
-                assert m and m[2] in "KA", f"unexpected escape {text[i:i + 8]!r}"
+                assert m and m[2] in "KA", f"unexpected escape {text[i : i + 8]!r}"
                 if m[2] == "K":
                     line = self.rows[self.row]
-                    del line[0 if m[1] == "2" else min(self.col, self.width):]
+                    del line[0 if m[1] == "2" else min(self.col, self.width) :]
                 else:
                     self.row = max(0, self.row - int(m[1] or 1))
                 i = m.end()
@@ -63,12 +64,12 @@ class Screen:
                     self.col = 0
                 line = self.rows[self.row]
                 line.extend(" " * (self.col - len(line)))
-                line[self.col:self.col + 1] = [ch]
+                line[self.col : self.col + 1] = [ch]
                 self.col += 1
             i += 1
         return self
 
-    def resize(self, width: int) -> "Screen":
+    def resize(self, width: int) -> Screen:
         """Narrowed as xterm does it: the rows are cut, nothing reflows."""
         self.width, self.col = width, min(self.col, width)
         self.rows = [row[:width] for row in self.rows]
@@ -131,13 +132,17 @@ class PtyReader(threading.Thread):
 
 def status(i: int, total: int = 40) -> str:
     """A status line the way Driver.progress_line writes it (87-97 characters)."""
-    return (f"jobs: {i}/{total} in the zoo ({i} this run), {i % 5} in flight, {i // 7} failed | "
-            f"mean HV {i / total:.3f} eta {(total - i) * 0.7:.1f} min")
+    return (
+        f"jobs: {i}/{total} in the zoo ({i} this run), {i % 5} in flight, {i // 7} failed | "
+        f"mean HV {i / total:.3f} eta {(total - i) * 0.7:.1f} min"
+    )
 
 
 def result(i: int, total: int = 40) -> str:
-    return (f"[{i}/{total}] cifar10 ofa-arch-{i:04d} acc=0.912 params=5.12M flops=230.4M "
-            f"latency=12.3ms (41.0s train) | {i % 5} in flight, {i // 7} failed, mean HV 0.400")
+    return (
+        f"[{i}/{total}] cifar10 ofa-arch-{i:04d} acc=0.912 params=5.12M flops=230.4M "
+        f"latency=12.3ms (41.0s train) | {i % 5} in flight, {i // 7} failed, mean HV 0.400"
+    )
 
 
 def drive(progress: Progress, n: int = 20, total: int = 40) -> list[str]:
@@ -175,9 +180,11 @@ def run_on_pty(columns: int, body) -> tuple[str, list[str]]:
     return out, logs
 
 
-LAST = {80: "jobs 20/40 |████▌    | in the zoo (20 this run), … | mean HV 0.500 eta 14.0 min",
-        60: "jobs 20/40 |████████▌        | … mean HV 0.500 eta 14.0 min",
-        40: "jobs 20/40 |████    | in the zoo (20 t…"}  # not even "… <the last figure>" fits
+LAST = {
+    80: "jobs 20/40 |████▌    | in the zoo (20 this run), … | mean HV 0.500 eta 14.0 min",
+    60: "jobs 20/40 |████████▌        | … mean HV 0.500 eta 14.0 min",
+    40: "jobs 20/40 |████    | in the zoo (20 t…",
+}  # not even "… <the last figure>" fits
 
 
 @pytest.mark.parametrize("columns", [80, 60, 40])
@@ -207,6 +214,7 @@ def test_the_bar_follows_a_resized_terminal(xterm):
         set_width(progress.stream.fileno(), 50)
         progress.log("RESIZED")
         return logs + ["RESIZED"] + drive(progress, 5)
+
     out, logs = run_on_pty(100, body)
     before, after = out.split("RESIZED")
     assert max(map(len, renders(before))) == 99  # the whole status, the bar filling the rest
@@ -224,6 +232,7 @@ def test_counts_can_be_given_and_a_line_without_counts_is_cut(xterm):
         progress.update(status(3), done=5, total=10)
         progress.update("jobs: 0/0 in the zoo (0 this run), 0 in flight, 0 failed | mean HV 0.000 eta -")
         return []
+
     out, _ = run_on_pty(60, body)
     drawn = renders(out)
     assert drawn[0] == "starting the cluster and reading the zoo starting the clus…"
@@ -261,8 +270,9 @@ def run_script(stdout, stop=None, **kw):
     code = SCRIPT.format(root=str(ROOT), stop=stop, helpers=helpers)
     env = {**os.environ, "TERM": "xterm-256color", "PYTHONIOENCODING": "utf-8"}
     env.pop("COLUMNS", None)
-    return subprocess.run([sys.executable, "-c", code], stdout=stdout, stderr=subprocess.STDOUT,
-                          env=env, timeout=60, **kw)
+    return subprocess.run(
+        [sys.executable, "-c", code], stdout=stdout, stderr=subprocess.STDOUT, env=env, timeout=60, **kw
+    )
 
 
 @pytest.mark.parametrize("stop", [None, "KeyboardInterrupt", "SIGTERM"])
@@ -279,13 +289,16 @@ def test_a_process_on_a_terminal_closes_its_bar_even_when_stopped(stop):
     # the results, then the last status on its own line, then what came after it
     assert lines[:n] == [result(i) for i in range(1, n + 1)]
     assert lines[n].startswith(f"jobs {n}/40 |") and lines[n].endswith(f"eta {(40 - n) * 0.7:.1f} min")
-    after = lines[n + 1:]
+    after = lines[n + 1 :]
     if stop is None:
         assert after == ["done", ""]
     else:
         assert after[0] == "Traceback (most recent call last):"
-        assert after[-2] == ("KeyboardInterrupt" if stop == "KeyboardInterrupt"
-                             else "tans.zoo_schema.errors.Interrupted: stopped by SIGTERM")
+        assert after[-2] == (
+            "KeyboardInterrupt"
+            if stop == "KeyboardInterrupt"
+            else "tans.zoo_schema.errors.Interrupted: stopped by SIGTERM"
+        )
     assert max(len(d) for d in renders(out)) <= 79
 
 
@@ -310,6 +323,7 @@ def test_a_dumb_terminal_gets_plain_lines(monkeypatch):
     class Terminal(io.StringIO):
         def isatty(self):
             return True
+
     monkeypatch.setenv("TERM", "dumb")
     assert not Progress(Terminal()).live
     monkeypatch.setenv("TERM", "xterm")
@@ -320,6 +334,7 @@ def test_progress_redraws_one_status_line_on_a_terminal(monkeypatch):
     class Terminal(io.StringIO):  # no encoding: an ASCII bar
         def isatty(self):
             return True
+
     monkeypatch.setenv("TERM", "xterm")
     monkeypatch.setenv("COLUMNS", "40")  # a stream without a terminal of its own
     out = Terminal()
@@ -330,13 +345,16 @@ def test_progress_redraws_one_status_line_on_a_terminal(monkeypatch):
     p.close()  # twice is harmless
     # the status is drawn, erased for the log line and drawn again under it, redrawn, left
     bar1, bar2 = "|" + "#" * 7 + " " * 21 + "|", "|" + "#" * 14 + " " * 14 + "|"
-    assert out.getvalue() == (f"\r\x1b[Kjobs 1/4 {bar1}\r\x1b[K\r[1/4] a result\n"
-                              f"\r\x1b[Kjobs 1/4 {bar1}\r\x1b[Kjobs 2/4 {bar2}"
-                              f"\r\x1b[Kjobs 2/4 {bar2}\n")
+    assert out.getvalue() == (
+        f"\r\x1b[Kjobs 1/4 {bar1}\r\x1b[K\r[1/4] a result\n"
+        f"\r\x1b[Kjobs 1/4 {bar1}\r\x1b[Kjobs 2/4 {bar2}"
+        f"\r\x1b[Kjobs 2/4 {bar2}\n"
+    )
 
 
 def test_submitted_config_needs_shared_locations_and_gets_a_stable_id(tmp_path, monkeypatch):
     from tans.pipeline.commands.submit import cluster_config, submission_base
+
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(ConfigError, match="relative path"):
         cluster_config(load_config(None, {"zoo": "./zoo", "mlflow.tracking_uri": "http://m:5000"}))

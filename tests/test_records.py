@@ -8,16 +8,45 @@ import pyarrow.parquet as pq
 
 from tans.zoo_schema.records import SCHEMA_VERSION, ResultRecord, arrow_schema, from_table, to_table
 
-PUBLIC = ["job_id", "dataset_id", "arch", "topology", "accuracy", "params", "flops", "latency_ms",
-          "functional_embedding", "checkpoint_uri", "checkpoint_sha256", "created_at"]
+PUBLIC = [
+    "job_id",
+    "dataset_id",
+    "arch",
+    "topology",
+    "accuracy",
+    "params",
+    "flops",
+    "latency_ms",
+    "functional_embedding",
+    "checkpoint_uri",
+    "checkpoint_sha256",
+    "created_at",
+]
 
 
 def record(**kw):
-    base = dict(job_id="j1", dataset_id="d1", arch="a", topology=[3] * 45, accuracy=0.5, params=10,
-                flops=20, latency_ms=1.5, latency_device="cpu", functional_embedding=[0.25] * 4,
-                checkpoint_uri="/z/c", checkpoint_sha256="00", num_classes=2, epochs=1, image_size=32,
-                train_seconds=1.0, epoch_losses=[1.0], epoch_accuracies=[0.5], base_weights="random-seed0",
-                created_at="2026-01-01T00:00:00")
+    base = dict(
+        job_id="j1",
+        dataset_id="d1",
+        arch="a",
+        topology=[3] * 45,
+        accuracy=0.5,
+        params=10,
+        flops=20,
+        latency_ms=1.5,
+        latency_device="cpu",
+        functional_embedding=[0.25] * 4,
+        checkpoint_uri="/z/c",
+        checkpoint_sha256="00",
+        num_classes=2,
+        epochs=1,
+        image_size=32,
+        train_seconds=1.0,
+        epoch_losses=[1.0],
+        epoch_accuracies=[0.5],
+        base_weights="random-seed0",
+        created_at="2026-01-01T00:00:00",
+    )
     base.update(kw)
     return ResultRecord(**base)
 
@@ -49,10 +78,13 @@ def test_job_ids_of_jobs_evaluated_every_epoch_are_those_before_the_setting_exis
     The pinned id was computed by workers/job.py before the setting existed."""
     from tans.workers.job import JobSpec, TrainSettings
     from tans.zoo_schema.manifest import BaseWeights
+
     base = BaseWeights(kind="random", id="random-seed-0", seed=0)
 
     def spec(train):
-        return JobSpec("shapes-clean", "ab" * 32, 8, "d22222-k3333333333-e3333333333", train, 1.0, base, 0,
-                       (8, 3, 32, 32))
+        return JobSpec(
+            "shapes-clean", "ab" * 32, 8, "d22222-k3333333333-e3333333333", train, 1.0, base, 0, (8, 3, 32, 32)
+        )
+
     assert spec(TrainSettings()).job_id == "79ecae63f82fe812f8bf3cdb"
     assert spec(TrainSettings(evaluate_every_epoch=False)).job_id not in ("79ecae63f82fe812f8bf3cdb", "")

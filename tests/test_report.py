@@ -5,6 +5,7 @@ PNG's), every text of every figure >= 10 px, each dataset's Pareto-front job ids
 front table (and a dominated network's not), chance levels and at-chance datasets on the
 page, datasets sorted by best accuracy, the zoo left untouched, and a zoo with no results.
 """
+
 from __future__ import annotations
 
 import re
@@ -20,33 +21,76 @@ from tans.zoo_schema.manifest import BaseWeights, Manifest, ensure_manifest
 from tans.zoo_schema.records import DatasetRecord, ResultRecord, to_table
 from tans.zoo_schema.store import open_store
 
-MANIFEST = Manifest(width=1.0, kernels=list(KERNELS), expands=list(EXPANDS), depths=list(DEPTHS), noise_seed=0,
-                    noise_shape=[2, 3, 32, 32], base_weights=BaseWeights("random", "random-seed0", seed=0),
-                    pool_size=3)
+MANIFEST = Manifest(
+    width=1.0,
+    kernels=list(KERNELS),
+    expands=list(EXPANDS),
+    depths=list(DEPTHS),
+    noise_seed=0,
+    noise_shape=[2, 3, 32, 32],
+    base_weights=BaseWeights("random", "random-seed0", seed=0),
+    pool_size=3,
+)
 # dataset -> classes, [(job id, accuracy, latency ms, params)]
 ZOO = {
-    "glyphs-latin": (20, [("aaaa0001glyphsfront00001", 0.80, 5.0, 3_000_000),
-                          ("aaaa0002glyphsfront00002", 0.70, 4.0, 3_500_000),
-                          ("aaaa0003glyphsdominated3", 0.60, 6.0, 4_000_000)]),   # dominated by 0001
-    "hue-fine": (4, [("bbbb0001huefront00000001", 0.30, 5.0, 3_000_000),      # best 0.30 < 1.5 x 1/4
-                     ("bbbb0002huedominated0002", 0.25, 7.0, 3_100_000)]),
-    "shapes-many": (2, [(f"cccc000{i}shapes000000000{i}", 0.9 - 0.01 * i, 5.0 + i, 3_000_000 + 10_000 * i)
-                        for i in range(6)]),                                      # 6: a box; only #0 on the front
+    "glyphs-latin": (
+        20,
+        [
+            ("aaaa0001glyphsfront00001", 0.80, 5.0, 3_000_000),
+            ("aaaa0002glyphsfront00002", 0.70, 4.0, 3_500_000),
+            ("aaaa0003glyphsdominated3", 0.60, 6.0, 4_000_000),
+        ],
+    ),  # dominated by 0001
+    "hue-fine": (
+        4,
+        [
+            ("bbbb0001huefront00000001", 0.30, 5.0, 3_000_000),  # best 0.30 < 1.5 x 1/4
+            ("bbbb0002huedominated0002", 0.25, 7.0, 3_100_000),
+        ],
+    ),
+    "shapes-many": (
+        2,
+        [(f"cccc000{i}shapes000000000{i}", 0.9 - 0.01 * i, 5.0 + i, 3_000_000 + 10_000 * i) for i in range(6)],
+    ),  # 6: a box; only #0 on the front
 }
-FRONTS = {"glyphs-latin": {"aaaa0001glyphsfront00001", "aaaa0002glyphsfront00002"},
-          "hue-fine": {"bbbb0001huefront00000001"}, "shapes-many": {"cccc0000shapes0000000000"}}
+FRONTS = {
+    "glyphs-latin": {"aaaa0001glyphsfront00001", "aaaa0002glyphsfront00002"},
+    "hue-fine": {"bbbb0001huefront00000001"},
+    "shapes-many": {"cccc0000shapes0000000000"},
+}
 
 
 def small_zoo(path: Path, results: bool = True) -> str:
     store = open_store(str(path))
     ensure_manifest(store, MANIFEST)
     for d, (classes, rows) in ZOO.items():
-        record = DatasetRecord(d, d, classes, [str(c) for c in range(classes)], 8 * classes, 2 * classes, "x",
-                               "sha-" + d, 0, 0, "t")
+        record = DatasetRecord(
+            d, d, classes, [str(c) for c in range(classes)], 8 * classes, 2 * classes, "x", "sha-" + d, 0, 0, "t"
+        )
         store.write_table(layout.dataset_key(d), to_table([record]), create_only=True)
         for job, acc, lat, params in rows if results else []:
-            row = ResultRecord(job, d, "arch-" + job[:8], [0] * 45, acc, params, 1, lat, "cpu", [0.0], "x", "0",
-                               classes, 1, 32, 1.0, [1.0], [acc], "random-seed0", "t")
+            row = ResultRecord(
+                job,
+                d,
+                "arch-" + job[:8],
+                [0] * 45,
+                acc,
+                params,
+                1,
+                lat,
+                "cpu",
+                [0.0],
+                "x",
+                "0",
+                classes,
+                1,
+                32,
+                1.0,
+                [1.0],
+                [acc],
+                "random-seed0",
+                "t",
+            )
             store.write_table(layout.result_key(d, job), to_table([row]), create_only=True)
     return str(path)
 
@@ -57,9 +101,9 @@ def png_dpi(path: Path) -> float:
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     pos = 8
     while pos < len(data):
-        (length,), kind = struct.unpack(">I", data[pos:pos + 4]), data[pos + 4:pos + 8]
+        (length,), kind = struct.unpack(">I", data[pos : pos + 4]), data[pos + 4 : pos + 8]
         if kind == b"pHYs":
-            x, _, unit = struct.unpack(">IIB", data[pos + 8:pos + 17])
+            x, _, unit = struct.unpack(">IIB", data[pos + 8 : pos + 17])
             return x * 0.0254 if unit == 1 else 0.0
         pos += 12 + length
     return 0.0
@@ -75,6 +119,7 @@ def smallest_text(monkeypatch):
     import matplotlib.text
 
     from tans.pipeline.commands import report
+
     sizes: dict[str, float] = {}
     save = report._save
 
@@ -83,6 +128,7 @@ def smallest_text(monkeypatch):
         texts = [t for t in fig.findobj(matplotlib.text.Text) if t.get_visible() and t.get_text().strip()]
         sizes[Path(path).name] = min(t.get_fontsize() * fig.dpi / 72 for t in texts)
         save(fig, path)
+
     monkeypatch.setattr(report, "_save", measuring)
     return sizes
 

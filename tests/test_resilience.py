@@ -1,5 +1,6 @@
 """Failures with real processes: SIGKILLed drivers and workers, a stopped S3 endpoint,
 two drivers on one zoo, corrupt files. Nothing lost, nothing trained twice."""
+
 from __future__ import annotations
 
 import os
@@ -12,57 +13,18 @@ import time
 
 import pytest
 
-from tans.pipeline.execution.run import run_build
-from tans.pipeline.execution.config import load_config
-from tans.zoo_schema.errors import ZooConflictError
-from tans.pipeline.execution.lease import LEASE_KEY, Lease
-from tans.zoo_schema.results import read_results, read_state
-from tans.zoo_schema.journal import read_failures, read_starts
 from tans.pipeline.commands.verify import verify_zoo
+from tans.pipeline.execution.config import load_config
+from tans.pipeline.execution.lease import LEASE_KEY, Lease
+from tans.pipeline.execution.run import run_build
+from tans.zoo_schema.errors import ZooConflictError
+from tans.zoo_schema.journal import read_failures, read_starts
+from tans.zoo_schema.results import read_results, read_state
 from tans.zoo_schema.store import S3Settings, open_store
-
-
-def overrides(zoo, data, tmp_path, **kw):
-    o = {"zoo": zoo, "datasets": [str(data)], "max_jobs": 5, "strategy": "random",
-         "train.epochs": 1, "train.latency_repeats": 3, "arch.pool_size": 10, "lease_seconds": 6.0,
-         "retrain.after_build": False,
-         "mlflow.tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    o.update(kw)
-    return o
-
-
-def toml(o: dict) -> str:
-    """A flat TOML file from dotted overrides."""
-    import json
-    tables: dict[str, dict] = {}
-    for k, v in o.items():
-        head, _, leaf = k.rpartition(".")
-        tables.setdefault(head, {})[leaf] = v
-    lines = [f"{k} = {json.dumps(v)}" for k, v in tables.pop("", {}).items()]
-    for table, items in tables.items():
-        lines.append(f"[{table}]")
-        lines += [f"{k} = {json.dumps(v)}" for k, v in items.items()]
-    return "\n".join(lines) + "\n"
-
-
-def wait_for(predicate, timeout=240, every=0.2):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(every)
-    raise AssertionError("condition not reached in time")
-
-
-def assert_trained_once(store):
-    """No completed job was fine-tuned again after its result was committed."""
-    results = {r.job_id: r for r in read_results(store)}
-    for start in read_starts(store):
-        r = results.get(start["job_id"])
-        assert r is None or start["at"] <= r.created_at, f"{start['job_id']} trained after its commit"
-
+from tests.helpers import assert_trained_once, build_overrides, crash, toml, wait_for
 
 # -- leases --------------------------------------------------------------------------------
+
 
 def test_second_driver_is_refused_and_stale_lease_taken_over(tmp_path):
     store = open_store(str(tmp_path / "zoo"))
@@ -85,6 +47,7 @@ def test_second_driver_is_refused_and_stale_lease_taken_over(tmp_path):
 
 # -- driver killed -------------------------------------------------------------------------
 
+
 def test_sigkill_driver_at_several_points_then_resume(ray_cluster, tiny_datasets, tmp_path):
     """The driver runs as its own process on the shared Ray; it is SIGKILLed after 1 and
     after 3 committed results, then run again to the end. The zoo equals an uninterrupted
@@ -92,13 +55,18 @@ def test_sigkill_driver_at_several_points_then_resume(ray_cluster, tiny_datasets
     gcs = ray_cluster.address_info["gcs_address"]
     zoo = tmp_path / "zoo"
     cfg = tmp_path / "build.toml"
-    cfg.write_text(toml(overrides(str(zoo), tiny_datasets, tmp_path, max_jobs=6, address=gcs)))
+    cfg.write_text(toml(build_overrides(str(zoo), tiny_datasets, tmp_path, max_jobs=6, address=gcs)))
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
     store = open_store(str(zoo))
 
     def driver():
-        return subprocess.Popen([sys.executable, "-m", "tans.pipeline.cli", "build", "--config", str(cfg)],
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return subprocess.Popen(
+            [sys.executable, "-m", "tans.pipeline.cli", "build", "--config", str(cfg)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
     for kill_after in (1, 3):
         proc = driver()
         wait_for(lambda: len(store.list("results")) >= kill_after or proc.poll() is not None)
@@ -113,18 +81,22 @@ def test_sigkill_driver_at_several_points_then_resume(ray_cluster, tiny_datasets
     assert len(read_starts(store)) >= 6
 
     reference = tmp_path / "reference"
-    run_build(load_config(None, overrides(str(reference), tiny_datasets, tmp_path, max_jobs=6)))
+    run_build(load_config(None, build_overrides(str(reference), tiny_datasets, tmp_path, max_jobs=6)))
     assert {r.job_id for r in interrupted} == {r.job_id for r in read_results(open_store(str(reference)))}
 
 
 # -- worker killed -------------------------------------------------------------------------
 
+
 def test_sigkill_worker_mid_job_is_retried(ray_cluster, tiny_datasets, tmp_path):
     zoo = str(tmp_path / "zoo")
     store = open_store(zoo)
     outcome = {}
-    thread = threading.Thread(target=lambda: outcome.update(
-        summary=run_build(load_config(None, overrides(zoo, tiny_datasets, tmp_path, max_jobs=3)))))
+    thread = threading.Thread(
+        target=lambda: outcome.update(
+            summary=run_build(load_config(None, build_overrides(zoo, tiny_datasets, tmp_path, max_jobs=3)))
+        )
+    )
     thread.start()
     wait_for(lambda: store.list("journal/starts"))
     victim = read_starts(store)[0]
@@ -140,16 +112,19 @@ def test_sigkill_worker_mid_job_is_retried(ray_cluster, tiny_datasets, tmp_path)
 
 # -- storage outage ------------------------------------------------------------------------
 
+
 def test_s3_endpoint_stopped_30s_mid_build(ray_cluster, tiny_datasets, tmp_path):
     from tests.conftest import MotoServer
+
     server = MotoServer().start()
     try:
         bucket = server.bucket("outage")
         zoo = f"s3://{bucket}/zoo"
         store = open_store(zoo, S3Settings(endpoint_url=server.url))
         outcome = {}
-        o = overrides(zoo, tiny_datasets, tmp_path, max_jobs=4, lease_seconds=120.0,
-                      **{"s3.endpoint_url": server.url})
+        o = build_overrides(
+            zoo, tiny_datasets, tmp_path, max_jobs=4, lease_seconds=120.0, **{"s3.endpoint_url": server.url}
+        )
         thread = threading.Thread(target=lambda: outcome.update(summary=run_build(load_config(None, o))))
         thread.start()
         wait_for(lambda: len(store.list("results")) >= 1, timeout=300)
@@ -166,10 +141,12 @@ def test_s3_endpoint_stopped_30s_mid_build(ray_cluster, tiny_datasets, tmp_path)
 
 # -- integrity -----------------------------------------------------------------------------
 
+
 def test_corrupt_checkpoint_and_truncated_result_are_found_and_skipped(ray_cluster, tiny_datasets, tmp_path):
     from tans.pipeline.cli import main
+
     zoo = str(tmp_path / "zoo")
-    run_build(load_config(None, overrides(zoo, tiny_datasets, tmp_path, max_jobs=3)))
+    run_build(load_config(None, build_overrides(zoo, tiny_datasets, tmp_path, max_jobs=3)))
     store = open_store(zoo)
     a, b, c = read_results(store)
     ckpt = tmp_path / "zoo" / a.checkpoint_uri  # a zoo-relative key
@@ -185,7 +162,7 @@ def test_corrupt_checkpoint_and_truncated_result_are_found_and_skipped(ray_clust
     assert store.exists(f"quarantine/{a.checkpoint_uri}")
     # acquisition and search see only the sound result; a later build re-trains the others
     assert [r.job_id for r in read_state(store).results] == [c.job_id]
-    again = run_build(load_config(None, overrides(zoo, tiny_datasets, tmp_path, max_jobs=3)))
+    again = run_build(load_config(None, build_overrides(zoo, tiny_datasets, tmp_path, max_jobs=3)))
     assert again.finished == 2 and len(read_results(store)) == 3
 
 
@@ -205,6 +182,7 @@ def test_orphan_checkpoints_are_listed_and_cleaned(tmp_path):
 
 # -- chaos ---------------------------------------------------------------------------------
 
+
 def test_chaos_moved_zoo_killed_ingestion_and_retrain(ray_cluster, tiny_datasets, tmp_path):
     """Ingestion killed mid-write, a build, the zoo moved, retraining killed mid-write, the
     build resumed and grown in its new place: `verify` then finds no problem, its orphans are
@@ -213,18 +191,18 @@ def test_chaos_moved_zoo_killed_ingestion_and_retrain(ray_cluster, tiny_datasets
 
     from tans.pipeline.execution.run import last_build_config
     from tans.retriever.train import load_version, versions
-    from tests.test_integrity import crash
+
     first = tmp_path / "first"
-    crash({"call": "ingest", "zoo": str(first), "source": str(tiny_datasets / "hue-6"), "prefix": "data/",
-           "after": 1})
-    run_build(load_config(None, overrides(str(first), tiny_datasets, tmp_path, max_jobs=3)), log=lambda *_: None)
+    crash({"call": "ingest", "zoo": str(first), "source": str(tiny_datasets / "hue-6"), "prefix": "data/", "after": 1})
+    run_build(load_config(None, build_overrides(str(first), tiny_datasets, tmp_path, max_jobs=3)), log=lambda *_: None)
     moved = tmp_path / "elsewhere" / "zoo"
     moved.parent.mkdir()
     shutil.move(first, moved)
     crash({"call": "retrain", "zoo": str(moved), "prefix": "retriever/files/", "after": 1, "image_size": 32})
     config = last_build_config(str(moved), log=lambda *_: None)
-    config = dataclasses.replace(config, max_jobs=5, retrain=dataclasses.replace(config.retrain, after_build=True,
-                                                                                 steps=20))
+    config = dataclasses.replace(
+        config, max_jobs=5, retrain=dataclasses.replace(config.retrain, after_build=True, steps=20)
+    )
     assert run_build(config, log=lambda *_: None).finished == 2
     store = open_store(str(moved))
     assert not first.exists()  # nothing was written at the old place
@@ -236,9 +214,12 @@ def test_chaos_moved_zoo_killed_ingestion_and_retrain(ray_cluster, tiny_datasets
     assert load_version(store).meta["results"] == 5
 
     reference = tmp_path / "reference"
-    run_build(load_config(None, overrides(str(reference), tiny_datasets, tmp_path, max_jobs=5)), log=lambda *_: None)
+    run_build(
+        load_config(None, build_overrides(str(reference), tiny_datasets, tmp_path, max_jobs=5)), log=lambda *_: None
+    )
     ref = open_store(str(reference))
     assert {r.job_id for r in read_results(store)} == {r.job_id for r in read_results(ref)}
-    assert [(d.dataset_id, d.content_sha256, d.num_train, d.num_test) for d in read_state(store).datasets] == \
-        [(d.dataset_id, d.content_sha256, d.num_train, d.num_test) for d in read_state(ref).datasets]
+    assert [(d.dataset_id, d.content_sha256, d.num_train, d.num_test) for d in read_state(store).datasets] == [
+        (d.dataset_id, d.content_sha256, d.num_train, d.num_test) for d in read_state(ref).datasets
+    ]
     assert_trained_once(store)

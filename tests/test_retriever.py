@@ -1,4 +1,5 @@
 """The retriever: loss, constraints, retrain threshold, versions on local disk and S3, search."""
+
 from __future__ import annotations
 
 import json
@@ -8,14 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from tans.pipeline.execution.run import run_build
+from tans.pipeline.commands.search import search_dataset
 from tans.pipeline.execution.config import load_config
-from tans.retriever.train import RetrainSettings
 from tans.pipeline.execution.retrain import REGISTERED_MODEL, run_retrain
+from tans.pipeline.execution.run import run_build
 from tans.retriever.model import contrastive_loss
 from tans.retriever.search import Constraints, NoModelFits, Searcher
-from tans.pipeline.commands.search import search_dataset
-from tans.retriever.train import grown_enough, load_version, versions
+from tans.retriever.train import RetrainSettings, grown_enough, load_version, versions
 from tans.zoo_schema.store import S3Settings, open_store
 
 
@@ -38,6 +38,7 @@ def test_constraints_filter_and_measure_violation():
 
 def test_source_prior_and_rank_mean_match_hand_computation():
     from tans.retriever.rerank import mean_rank, source_over_chance
+
     # 0.55 on 10 classes is half-way from chance (0.1) to 1; 0.5 on 2 classes is chance
     assert source_over_chance([0.55, 0.5, 1.0], [10, 2, 4]) == pytest.approx([0.5, 0.0, 1.0])
     # ranks (0..1) of [3, 1, 2] are [1, 0, 0.5]; of [0, 0, 9] (a tie shares rank 0.25) are [.25, .25, 1]
@@ -47,8 +48,9 @@ def test_source_prior_and_rank_mean_match_hand_computation():
     import inspect
 
     import tans
-    from tans.retriever.rerank import DEFAULT_RERANK
     from tans.retriever.proxy import FINETUNE_TOP
+    from tans.retriever.rerank import DEFAULT_RERANK
+
     assert inspect.signature(tans.Zoo.search).parameters["rerank"].default == DEFAULT_RERANK
     assert inspect.signature(tans.Zoo.search).parameters["finetune_top"].default == FINETUNE_TOP
 
@@ -57,10 +59,22 @@ def test_source_prior_and_rank_mean_match_hand_computation():
 def built_zoo(ray_cluster, tiny_datasets, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("retriever")
     zoo = str(tmp / "zoo")
-    run_build(load_config(None, {
-        "zoo": zoo, "datasets": [str(tiny_datasets)], "max_jobs": 8, "strategy": "random",
-        "train.epochs": 1, "train.latency_repeats": 3, "arch.pool_size": 10,
-        "retrain.after_build": False, "mlflow.tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}"}))
+    run_build(
+        load_config(
+            None,
+            {
+                "zoo": zoo,
+                "datasets": [str(tiny_datasets)],
+                "max_jobs": 8,
+                "strategy": "random",
+                "train.epochs": 1,
+                "train.latency_repeats": 3,
+                "arch.pool_size": 10,
+                "retrain.after_build": False,
+                "mlflow.tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
+            },
+        )
+    )
     return zoo, tmp
 
 
@@ -69,7 +83,9 @@ SETTINGS = RetrainSettings(steps=40)
 
 def test_retrain_threshold_versions_and_registry(built_zoo):
     from mlflow.tracking import MlflowClient
+
     from tans.pipeline.execution.tracking import MlflowSettings
+
     zoo, tmp = built_zoo
     store = open_store(zoo)
     mlflow = MlflowSettings(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}")
@@ -98,8 +114,9 @@ def test_registered_retriever_loads_as_an_mlflow_pyfunc_and_ranks_like_search(bu
     import mlflow
     import pandas as pd
 
-    from tans.pipeline.execution.tracking import MlflowSettings
     from tans.pipeline.datasets.ingest import IngestSettings, read_images
+    from tans.pipeline.execution.tracking import MlflowSettings
+
     zoo, tmp = built_zoo
     store = open_store(zoo)
     uri = f"sqlite:///{tmp / 'pyfunc.db'}"
@@ -127,6 +144,7 @@ def test_registered_retriever_loads_as_an_mlflow_pyfunc_and_ranks_like_search(bu
     from_images = model.predict(pd.DataFrame({"image": images}), params={"top_k": 5})
     assert list(from_images["job_id"]) == expected
     from tans.zoo_schema.errors import TansError
+
     for needs_images in ("finetune", "logme"):  # orderings that run networks on images: tans search only
         with pytest.raises(TansError, match=f"ordering '{needs_images}' loads recalled networks"):
             model.predict(pd.DataFrame({"features": list(features)}), params={"rerank": needs_images})
@@ -145,7 +163,7 @@ def test_search_ranks_filters_and_explains(built_zoo, tiny_datasets):
     assert preds == sorted(preds, reverse=True)  # ordered by predicted accuracy
     assert hits[0].ranked_by == "predicted_accuracy" and hits[0].checkpoint_uri.startswith(zoo)
     everything = search_dataset(store, query, top_k=100, rerank="none").hits
-    assert [h.job_id for h in everything[:len(hits)]] == [h.job_id for h in hits]  # --top-k never reorders
+    assert [h.job_id for h in everything[: len(hits)]] == [h.job_id for h in hits]  # --top-k never reorders
     smallest = min(h.params for h in everything)
     limited = search_dataset(store, query, Constraints(max_params=smallest), top_k=100).hits
     assert limited and all(h.params <= smallest for h in limited)
@@ -156,9 +174,10 @@ def test_search_ranks_filters_and_explains(built_zoo, tiny_datasets):
 @pytest.mark.parametrize("rerank", ["logme", "knn"])
 def test_search_reranks_with_evidence_from_the_query_images(built_zoo, tiny_datasets, rerank):
     from tans.retriever.rerank import SCORERS
-    from tans.workers.networks.nets import load_checkpoint
     from tans.workers.networks.images import decode_images
+    from tans.workers.networks.nets import load_checkpoint
     from tans.workers.networks.ofa_space import penultimate
+
     zoo, _ = built_zoo
     store = open_store(zoo)
     if not versions(store):
@@ -173,6 +192,7 @@ def test_search_reranks_with_evidence_from_the_query_images(built_zoo, tiny_data
     # the score is the scorer on the network's own features of the sampled query images
     from tans.pipeline.commands.search import query_images
     from tans.zoo_schema.results import find_result
+
     images, labels = query_images(query, per_class=10)
     assert len(set(labels)) >= 2 and all(labels.count(c) == 10 for c in set(labels))  # sampled per class
     chosen = list(range(len(images)))
@@ -188,6 +208,7 @@ def test_search_reranks_with_evidence_from_the_query_images(built_zoo, tiny_data
 def test_search_ranks_by_predicted_and_source_accuracy(built_zoo, tiny_datasets):
     from tans.retriever.rerank import mean_rank, source_over_chance
     from tans.zoo_schema.results import find_result
+
     zoo, _ = built_zoo
     store = open_store(zoo)
     if not versions(store):
@@ -199,8 +220,10 @@ def test_search_ranks_by_predicted_and_source_accuracy(built_zoo, tiny_datasets)
     assert len(hits) == result.recalled > 2
     records = [find_result(store, h.job_id) for h in hits]
     assert [h.source_accuracy for h in hits] == pytest.approx([r.accuracy for r in records])
-    expected = mean_rank(np.array([h.predicted_accuracy for h in hits]),
-                         source_over_chance([r.accuracy for r in records], [r.num_classes for r in records]))
+    expected = mean_rank(
+        np.array([h.predicted_accuracy for h in hits]),
+        source_over_chance([r.accuracy for r in records], [r.num_classes for r in records]),
+    )
     assert [h.rank_score for h in hits] == pytest.approx(list(expected))
     assert [h.rank_score for h in hits] == sorted((h.rank_score for h in hits), reverse=True)
     first = search_dataset(store, query, top_k=2, rerank="source").hits
@@ -209,8 +232,10 @@ def test_search_ranks_by_predicted_and_source_accuracy(built_zoo, tiny_datasets)
     # recalled or met the constraints
     score = {h.job_id: h.rank_score for h in hits}
     limit = sorted(h.params for h in hits)[len(hits) // 2]
-    for narrow in (search_dataset(store, query, Constraints(max_params=limit), top_k=100, rerank="source").hits,
-                   search_dataset(store, query, top_k=2, recall=2, rerank="source").hits):
+    for narrow in (
+        search_dataset(store, query, Constraints(max_params=limit), top_k=100, rerank="source").hits,
+        search_dataset(store, query, top_k=2, recall=2, rerank="source").hits,
+    ):
         assert narrow and [h.rank_score for h in narrow] == pytest.approx([score[h.job_id] for h in narrow])
 
 
@@ -220,8 +245,7 @@ def test_retriever_version_loads_back_from_s3(built_zoo, s3_server, s3_bucket):
     if not versions(local):
         run_retrain(local, SETTINGS, 32, None, None, log=lambda *_: None)
     remote = open_store(f"s3://{s3_bucket}/zoo", S3Settings(endpoint_url=s3_server.url))
-    for key in (["manifest.json"] + local.list("retriever")
-                + local.list("results")):
+    for key in ["manifest.json"] + local.list("retriever") + local.list("results"):
         remote.write_bytes(key, local.read_bytes(key))
     loaded = load_version(remote)
     model, meta, local_model = loaded.model, loaded.meta, load_version(local).model
@@ -237,14 +261,23 @@ def test_retriever_version_loads_back_from_s3(built_zoo, s3_server, s3_bucket):
 def test_finetune_a_zoo_network_on_a_new_dataset(built_zoo, tiny_datasets, tmp_path):
     from tans.pipeline.commands.finetune import run_finetune
     from tans.zoo_schema.results import read_results
+
     zoo, tmp = built_zoo
     store = open_store(zoo)
     start = read_results(store)[0]
     new = tmp_path / "new-task"
     import shutil
+
     shutil.copytree(tiny_datasets / "shapes-clean", new / "shapes-renamed")
-    config = load_config(None, {"zoo": zoo, "train.epochs": 2, "train.latency_repeats": 3,
-                                "mlflow.tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}"})
+    config = load_config(
+        None,
+        {
+            "zoo": zoo,
+            "train.epochs": 2,
+            "train.latency_repeats": 3,
+            "mlflow.tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
+        },
+    )
     lines: list[str] = []
     record = run_finetune(config, start.job_id, str(new / "shapes-renamed"), log=lines.append)
     assert record.base_weights == f"job:{start.job_id}" and record.arch == start.arch
@@ -258,6 +291,7 @@ def test_finetune_a_zoo_network_on_a_new_dataset(built_zoo, tiny_datasets, tmp_p
 def test_resnet18_backbone_from_a_local_weights_file(built_zoo, tiny_datasets, tmp_path):
     """The paper's query backbone, when the user has its weights as a file (no download)."""
     import torchvision
+
     zoo, _ = built_zoo
     store = open_store(zoo)
     weights = tmp_path / "resnet18.pth"
@@ -274,13 +308,16 @@ def test_resnet18_backbone_from_a_local_weights_file(built_zoo, tiny_datasets, t
 def test_pretrain_base_serves_as_base_weights_and_query_backbone(built_zoo, tmp_path):
     """`tans pretrain-base`: sandwich-rule training on the union of the zoo's datasets; the
     file it writes is accepted as a new zoo's base weights and as a retriever backbone."""
+    from safetensors import safe_open
+
+    from tans.pipeline.commands.pretrain import PretrainSettings, pretrain_base, sandwich_configs
     from tans.pipeline.execution.run import base_weights_entry
     from tans.zoo_schema.shards import read_datasets
-    from tans.pipeline.commands.pretrain import PretrainSettings, pretrain_base, sandwich_configs
-    from safetensors import safe_open
+
     zoo, _ = built_zoo
     store = open_store(zoo)
     import random as _random
+
     configs = sandwich_configs(_random.Random(0), 2)
     assert configs[0] is None and configs[1] == {"ks": 3, "e": 3, "d": 2} and len(configs) == 4
     out = tmp_path / "base" / "pretrained.safetensors"
@@ -288,6 +325,7 @@ def test_pretrain_base_serves_as_base_weights_and_query_backbone(built_zoo, tmp_
     assert summary["classes"] == sum(d.num_classes for d in read_datasets(store))
     from tans.workers.networks.nets import load_base_supernet
     from tans.zoo_schema.manifest import read_manifest
+
     manifest = read_manifest(store)  # pretraining starts from the zoo's own base weights
     assert summary["start"] == manifest.base_weights.id and 0 <= summary["test_accuracy_largest"] <= 1
     with safe_open(str(out), "pt") as fh:
@@ -305,6 +343,7 @@ def test_pretrain_base_serves_as_base_weights_and_query_backbone(built_zoo, tmp_
     with pytest.raises(Exception, match="holds neither"):
         bad = tmp_path / "bad.safetensors"
         from safetensors.torch import save_file
+
         save_file({"w": torch.zeros(2)}, str(bad))
         run_retrain(store, replace(SETTINGS, steps=5, backbone=str(bad)), 32, None, None, log=lambda *_: None)
 
@@ -312,6 +351,7 @@ def test_pretrain_base_serves_as_base_weights_and_query_backbone(built_zoo, tmp_
 def test_proxy_folds_split_every_class_in_half_within_a_budget():
     from tans.retriever.proxy import BUDGET, PER_CLASS, per_class, proxy_folds
     from tans.zoo_schema.errors import TansError
+
     labels = [0] * 100 + [1] * 3 + [2] * 1
     first, second = proxy_folds(labels)
     assert not set(first) & set(second)
@@ -336,11 +376,12 @@ def test_proxy_folds_split_every_class_in_half_within_a_budget():
 
 
 def test_search_finetune_orders_the_first_networks_by_a_short_fine_tune(built_zoo, tiny_datasets):
+    from tans.pipeline.commands.search import query_images
     from tans.retriever import proxy
     from tans.workers.networks.images import decode_images
     from tans.workers.networks.nets import load_checkpoint
     from tans.zoo_schema.results import find_result
-    from tans.pipeline.commands.search import query_images
+
     zoo, _ = built_zoo
     store = open_store(zoo)
     if not versions(store):
@@ -366,8 +407,10 @@ def test_search_finetune_orders_the_first_networks_by_a_short_fine_tune(built_zo
     loss = proxy.proxy_loss(lambda: load_checkpoint(store, record, 1.0), len(set(labels)), x, y, folds, 32)
     assert loss == pytest.approx(hits[0].proxy_loss, rel=1e-4)
     # cross-fitted: the mean of the two folds' summed losses, each fold fine-tuned on the other
-    halves = [proxy.fold_loss(load_checkpoint(store, record, 1.0), len(set(labels)), x, y, a, b, 32)
-              for a, b in (folds, folds[::-1])]
+    halves = [
+        proxy.fold_loss(load_checkpoint(store, record, 1.0), len(set(labels)), x, y, a, b, 32)
+        for a, b in (folds, folds[::-1])
+    ]
     assert loss == pytest.approx(sum(halves) / len(labels), rel=1e-4)
 
 
@@ -377,6 +420,7 @@ def test_default_search_names_a_missing_checkpoint_and_a_class_that_does_not_dec
     from tans.pipeline.commands.search import query_images
     from tans.zoo_schema.errors import TansError
     from tans.zoo_schema.results import find_result
+
     zoo, _ = built_zoo
     copy = tmp_path / "zoo"
     shutil.copytree(zoo, copy)

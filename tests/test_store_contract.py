@@ -1,4 +1,5 @@
 """The zoo store contract, run against every backend: local disk and a real S3 endpoint."""
+
 from __future__ import annotations
 
 import os
@@ -53,6 +54,7 @@ def test_concurrent_create_only_has_one_winner(store):
     def writer(i):
         if store.write_bytes("race/commit", f"writer {i}".encode(), create_only=True):
             wins.append(i)
+
     threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
     for t in threads:
         t.start()
@@ -93,6 +95,7 @@ def test_unsupported_uri():
 def test_s3_wrong_credentials_are_named_not_leaked(monkeypatch):
     """A moto server that checks credentials (INITIAL_NO_AUTH_ACTION_COUNT=0) refuses ours."""
     from tests.conftest import MotoServer
+
     monkeypatch.setenv("INITIAL_NO_AUTH_ACTION_COUNT", "0")
     server = MotoServer().start()
     try:

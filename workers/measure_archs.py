@@ -14,6 +14,7 @@ whole there, as a job measures its network; so is each arch of a pool of fewer t
 `TABLE_MIN_ARCHS` archs (the table costs about what measuring 16 archs whole does). The choice
 is made per pool (`manifest.pool_size`), not per chunk, so one pool's latencies on one kind of
 device all come the same way."""
+
 from __future__ import annotations
 
 import statistics
@@ -41,14 +42,16 @@ class LatencyTable:
     block_ms: dict
 
     def estimate_ms(self, arch: Arch) -> float:
-        return self.fixed_ms + sum(self.block_ms[(slot, k, e)]
-                                   for slot, (k, e) in enumerate(zip(arch.kernels, arch.expands)) if k)
+        return self.fixed_ms + sum(
+            self.block_ms[(slot, k, e)] for slot, (k, e) in enumerate(zip(arch.kernels, arch.expands)) if k
+        )
 
 
 def _block_times_ms(subnet, image_size: int, repeats: int) -> list[float]:
     """Median batch-1 ms of [stem + first block, each later block, head] of a subnet (its
     forward, timed piece by piece; CPU)."""
     import torch
+
     subnet.eval()
     x0 = torch.randn(1, 3, image_size, image_size)
     runs = []
@@ -84,35 +87,57 @@ def latency_table(supernet, image_size: int, repeats: int = LATENCY_REPEATS) -> 
     return LatencyTable(image_size, statistics.median(fixed), block_ms)
 
 
-def profile_archs(store: ZooStore, manifest: Manifest, arch_ids: list[str], image_size: int,
-                  device=None, supernet=None) -> list[ArchProfile]:
+def profile_archs(
+    store: ZooStore, manifest: Manifest, arch_ids: list[str], image_size: int, device=None, supernet=None
+) -> list[ArchProfile]:
     """The profiles of `arch_ids`, in order, measured on `device` (default: CPU), with the
     zoo's base supernet (`supernet` when the caller holds it already; it is not modified)."""
     import torch
+
     device = device or torch.device("cpu")
     if supernet is None:
         supernet = load_base_supernet(store, manifest.width, manifest.base_weights)
-    table = latency_table(supernet, image_size) \
-        if device.type == "cpu" and arch_ids and manifest.pool_size >= TABLE_MIN_ARCHS else None
+    table = (
+        latency_table(supernet, image_size)
+        if device.type == "cpu" and arch_ids and manifest.pool_size >= TABLE_MIN_ARCHS
+        else None
+    )
     profiles = []
     for arch_id in arch_ids:
         arch = Arch.parse(arch_id)
         model = build_subnet(supernet, arch, num_classes=10).eval()
         params, flops = sum(p.numel() for p in model.parameters()), count_flops(model, image_size)
         model.to(device)
-        latency = table.estimate_ms(arch) if table is not None else \
-            measure_latency_ms(model, image_size, device, repeats=LATENCY_REPEATS)
-        profiles.append(ArchProfile(
-            arch=arch_id, params=params, flops=flops, latency_ms=latency,
-            functional_embedding=functional_embedding(model, manifest.noise_seed, manifest.noise_shape, device)))
+        latency = (
+            table.estimate_ms(arch)
+            if table is not None
+            else measure_latency_ms(model, image_size, device, repeats=LATENCY_REPEATS)
+        )
+        profiles.append(
+            ArchProfile(
+                arch=arch_id,
+                params=params,
+                flops=flops,
+                latency_ms=latency,
+                functional_embedding=functional_embedding(model, manifest.noise_seed, manifest.noise_shape, device),
+            )
+        )
     return profiles
 
 
-def profile_remote(zoo_uri: str, s3: S3Settings | None, manifest: Manifest, arch_ids: list[str],
-                   image_size: int, threads: int, cache=None) -> list[ArchProfile]:
+def profile_remote(
+    zoo_uri: str,
+    s3: S3Settings | None,
+    manifest: Manifest,
+    arch_ids: list[str],
+    image_size: int,
+    threads: int,
+    cache=None,
+) -> list[ArchProfile]:
     """`profile_archs` on a worker: on its GPU when it has one, like its jobs. A warm worker
     passes its `JobCache`, so the base supernet it loads here serves its jobs afterwards."""
     import torch
+
     torch.set_num_threads(threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     store = open_store(zoo_uri, s3)

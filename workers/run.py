@@ -5,21 +5,22 @@ never overwrites a committed one), then the result row, create-only. The row is 
 commit: a job whose row exists is done, and a second writer of the same job is a no-op
 that returns the committed record.
 """
+
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import hashlib
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import torch
 from safetensors.torch import save as save_safetensors
 
 from tans.workers.cache import JobCache
+from tans.workers.job import JobSpec
 from tans.workers.networks.export import checkpoint_metadata, network_config
 from tans.workers.networks.images import load_tensors
-from tans.workers.job import JobSpec
 from tans.workers.networks.measure import count_flops, device_name, functional_embedding, measure_latency_ms
 from tans.workers.networks.nets import load_base_supernet, load_checkpoint, model_for
 from tans.workers.networks.ofa_space import Arch
@@ -36,14 +37,15 @@ def committed_result(store: ZooStore, spec: JobSpec) -> ResultRecord:
     """The row committed under a job's result key, refused unless it is that job's."""
     record = read_result(store, spec.result_key)
     if (record.job_id, record.dataset_id, record.arch) != (spec.job_id, spec.dataset_id, spec.arch):
-        raise StorageError(f"{spec.result_key} in {store.uri} holds the row of job {record.job_id} "
-                           f"({record.dataset_id}, {record.arch}), not of its own job: run `tans verify "
-                           f"{store.uri}` (it sets the file aside), then build again to re-train the job")
+        raise StorageError(
+            f"{spec.result_key} in {store.uri} holds the row of job {record.job_id} "
+            f"({record.dataset_id}, {record.arch}), not of its own job: run `tans verify "
+            f"{store.uri}` (it sets the file aside), then build again to re-train the job"
+        )
     return record
 
 
-def prefetch_data(spec: JobSpec, zoo_uri: str, s3: S3Settings | None, cache: JobCache,
-                  threads: int = 1) -> bool:
+def prefetch_data(spec: JobSpec, zoo_uri: str, s3: S3Settings | None, cache: JobCache, threads: int = 1) -> bool:
     """Decode a queued job's splits into a warm worker's cache while the worker's current job
     trains, so the job finds them held. True when both are held. It never raises: a job whose
     data cannot be read meets that error itself when it runs, and reports it there."""
@@ -58,8 +60,9 @@ def prefetch_data(spec: JobSpec, zoo_uri: str, s3: S3Settings | None, cache: Job
         return False
 
 
-def run_job(spec: JobSpec, zoo_uri: str, s3: S3Settings | None = None, threads: int | None = None,
-            cache: JobCache | None = None) -> ResultRecord:
+def run_job(
+    spec: JobSpec, zoo_uri: str, s3: S3Settings | None = None, threads: int | None = None, cache: JobCache | None = None
+) -> ResultRecord:
     """Fine-tune, evaluate, profile and embed one pair; commit checkpoint and result row. A warm
     worker passes its `cache` (the base supernet and decoded splits it already holds); the
     result is the same with or without it."""
@@ -90,8 +93,11 @@ def run_job(spec: JobSpec, zoo_uri: str, s3: S3Settings | None = None, threads: 
         model = load_checkpoint(store, source, spec.width)
         model.classifier = torch.nn.Linear(model.classifier.in_features, spec.num_classes)
     else:
-        supernet = (cache.supernet(store, spec.width, spec.base_weights) if cache is not None
-                    else load_base_supernet(store, spec.width, spec.base_weights))
+        supernet = (
+            cache.supernet(store, spec.width, spec.base_weights)
+            if cache is not None
+            else load_base_supernet(store, spec.width, spec.base_weights)
+        )
         torch.manual_seed(seed)  # the new classifier's init depends on the job alone, warm or cold
         model = model_for(spec.arch, spec.num_classes, spec.width, supernet)
     setup_seconds = time.perf_counter() - clock
@@ -110,15 +116,31 @@ def run_job(spec: JobSpec, zoo_uri: str, s3: S3Settings | None = None, threads: 
     profile_seconds = time.perf_counter() - clock
 
     record = ResultRecord(
-        job_id=spec.job_id, dataset_id=spec.dataset_id, arch=spec.arch,
-        topology=Arch.parse(spec.arch).topology(), accuracy=float(accs[-1]), params=int(params),
-        flops=flops, latency_ms=latency, latency_device=device_name(device),
-        functional_embedding=embedding, checkpoint_uri="", checkpoint_sha256="",
-        num_classes=spec.num_classes, epochs=settings.epochs, image_size=settings.image_size,
-        train_seconds=train_seconds, epoch_losses=losses, epoch_accuracies=accs,
+        job_id=spec.job_id,
+        dataset_id=spec.dataset_id,
+        arch=spec.arch,
+        topology=Arch.parse(spec.arch).topology(),
+        accuracy=float(accs[-1]),
+        params=int(params),
+        flops=flops,
+        latency_ms=latency,
+        latency_device=device_name(device),
+        functional_embedding=embedding,
+        checkpoint_uri="",
+        checkpoint_sha256="",
+        num_classes=spec.num_classes,
+        epochs=settings.epochs,
+        image_size=settings.image_size,
+        train_seconds=train_seconds,
+        epoch_losses=losses,
+        epoch_accuracies=accs,
         base_weights=f"job:{spec.init_job}" if spec.init_job else spec.base_weights.id,
-        created_at=datetime.now(timezone.utc).isoformat(), data_seconds=data_seconds,
-        setup_seconds=setup_seconds, eval_seconds=timings.get("eval", 0.0), profile_seconds=profile_seconds)
+        created_at=datetime.now(UTC).isoformat(),
+        data_seconds=data_seconds,
+        setup_seconds=setup_seconds,
+        eval_seconds=timings.get("eval", 0.0),
+        profile_seconds=profile_seconds,
+    )
     # the checkpoint describes itself: its metadata holds what `tans export` writes as config.json
     config = network_config(record, read_dataset(store, spec.dataset_id), spec.width)
     clock = time.perf_counter()
@@ -127,8 +149,9 @@ def run_job(spec: JobSpec, zoo_uri: str, s3: S3Settings | None = None, threads: 
     sha = hashlib.sha256(blob).hexdigest()
     ckpt_key = spec.checkpoint_key(sha)
     store.write_bytes(ckpt_key, blob, create_only=True)
-    record = dataclasses.replace(record, checkpoint_uri=ckpt_key, checkpoint_sha256=sha,
-                                 checkpoint_seconds=time.perf_counter() - clock)
+    record = dataclasses.replace(
+        record, checkpoint_uri=ckpt_key, checkpoint_sha256=sha, checkpoint_seconds=time.perf_counter() - clock
+    )
     if not store.write_table(spec.result_key, to_table([record]), create_only=True):
         committed = committed_result(store, spec)
         if committed.checkpoint_sha256 != sha:  # another attempt won: drop our copy, keep theirs

@@ -31,5 +31,6 @@ class Interrupted(BaseException):
 
     def __init__(self, signum: int):
         import signal
+
         super().__init__(f"stopped by {signal.Signals(signum).name}")
         self.signum = signum

@@ -5,6 +5,7 @@
 - builds: a build started or stopped, with its config and reason.
 The lease (`journal/lease.json`) is the build runtime's: see `tans.pipeline.execution.lease`.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,7 @@ import socket
 import traceback
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from tans.zoo_schema import layout
 from tans.zoo_schema.redact import redact, redact_obj
@@ -36,7 +37,7 @@ def read_failures(store: ZooStore) -> list[Failure]:
 def record_failure(store: ZooStore, job_id: str, dataset_id: str, arch: str, error: BaseException) -> Failure:
     """Append one failed attempt to the journal (its own file: appends never collide)."""
     text = "".join(traceback.format_exception_only(type(error), error)).strip()
-    failure = Failure(job_id, dataset_id, arch, redact(text)[-4000:], datetime.now(timezone.utc).isoformat())
+    failure = Failure(job_id, dataset_id, arch, redact(text)[-4000:], datetime.now(UTC).isoformat())
     store.write_json(layout.failure_key(job_id, uuid.uuid4().hex), failure.__dict__, create_only=True)
     return failure
 
@@ -46,12 +47,18 @@ def record_start(store: ZooStore, job_id: str) -> None:
     node = None
     try:
         import ray
+
         if ray.is_initialized():
             node = ray.get_runtime_context().get_node_id()
     except Exception:  # noqa: BLE001 - the node id is informative only
         node = None
-    entry = {"job_id": job_id, "host": socket.gethostname(), "pid": os.getpid(), "node_id": node,
-             "at": datetime.now(timezone.utc).isoformat()}
+    entry = {
+        "job_id": job_id,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "node_id": node,
+        "at": datetime.now(UTC).isoformat(),
+    }
     store.write_json(layout.start_key(job_id, uuid.uuid4().hex), entry, create_only=True)
 
 
@@ -61,6 +68,9 @@ def read_starts(store: ZooStore) -> list[dict]:
 
 def write_journal(store: ZooStore, kind: str, payload: dict) -> None:
     """An append-only journal entry (build starts and stops, with reasons)."""
-    payload = redact_obj({"at": datetime.now(timezone.utc).isoformat(), **payload})
-    store.write_bytes(layout.journal_key(kind, f"{payload['at'].replace(':', '-')}-{uuid.uuid4().hex[:8]}"),
-                      json.dumps(payload, sort_keys=True).encode(), create_only=True)
+    payload = redact_obj({"at": datetime.now(UTC).isoformat(), **payload})
+    store.write_bytes(
+        layout.journal_key(kind, f"{payload['at'].replace(':', '-')}-{uuid.uuid4().hex[:8]}"),
+        json.dumps(payload, sort_keys=True).encode(),
+        create_only=True,
+    )

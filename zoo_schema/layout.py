@@ -16,6 +16,7 @@ sync`) and every reference still resolves against the zoo it is opened at.
   its files (written first, under `retriever/files/<token>/`) with their sha256; version-1
   layouts keep the files next to the meta.
 """
+
 from __future__ import annotations
 
 import re
@@ -27,7 +28,7 @@ MANIFEST = "manifest.json"
 LEASE = "journal/lease.json"
 SNAPSHOT = "results_index/snapshot.parquet"
 POOL_PROFILES = "pool/profiles.parquet"
-RESULTS = "results"        # prefixes listed by readers
+RESULTS = "results"  # prefixes listed by readers
 DATASETS = "datasets"
 FAILURES = "journal/failures"
 STARTS = "journal/starts"
@@ -40,7 +41,8 @@ QUARANTINE = "quarantine"
 OWN_OBJECTS = re.compile(
     r"checkpoints/[0-9a-f]{24}/[0-9a-f]{64}\.safetensors"
     r"|data/[a-z0-9-]+/(?:[0-9a-f]{16}/)?(?:train|test)/part-\d{5}\.parquet"
-    r"|retriever/(?:files/[0-9a-f]+|v\d+)/(?:weights\.safetensors|models\.parquet)")
+    r"|retriever/(?:files/[0-9a-f]+|v\d+)/(?:weights\.safetensors|models\.parquet)"
+)
 
 
 def is_own_object(key: str) -> bool:
@@ -82,10 +84,14 @@ def result_key(dataset_id: str, job_id: str) -> str:
 def parse_result_key(key: str) -> tuple[str, str] | None:
     """(dataset_id, job_id) named by a result key, None if the key is not one."""
     parts = key.split("/")
-    if len(parts) != 3 or parts[0] != "results" or not parts[1].startswith("dataset=") \
-            or not parts[2].endswith(".parquet"):
+    if (
+        len(parts) != 3
+        or parts[0] != "results"
+        or not parts[1].startswith("dataset=")
+        or not parts[2].endswith(".parquet")
+    ):
         return None
-    return parts[1][len("dataset="):], parts[2][:-len(".parquet")]
+    return parts[1][len("dataset=") :], parts[2][: -len(".parquet")]
 
 
 def checkpoint_key(job_id: str, sha256: str) -> str:

@@ -8,6 +8,7 @@
   unpredictable name (`mkstemp`: `O_CREAT | O_EXCL`, mode 0600), flushed, then renamed over
   its name with `os.replace`, which replaces a symlink standing there instead of following it.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,21 +34,28 @@ def output_folder(path: str | os.PathLike, what: str = "--out") -> Path:
         except FileExistsError:  # made by someone else meanwhile: check it like any existing one
             return output_folder(path, what)
         except OSError as e:
-            raise StorageError(f"cannot create {what} folder {folder}: {e.strerror}; check the path "
-                               "and the free space") from None
+            raise StorageError(
+                f"cannot create {what} folder {folder}: {e.strerror}; check the path and the free space"
+            ) from None
         return folder
     if stat.S_ISLNK(st.st_mode):
         real = folder.resolve()
         if st.st_uid != os.geteuid() or not real.is_dir():
-            raise StorageError(f"{what} {folder} is a symlink (to {real}) that is not yours or not a folder; "
-                               "pass the real folder, or a new path")
+            raise StorageError(
+                f"{what} {folder} is a symlink (to {real}) that is not yours or not a folder; "
+                "pass the real folder, or a new path"
+            )
         return output_folder(real, what)
     if not stat.S_ISDIR(st.st_mode):
-        raise StorageError(f"{what} {folder} exists and is not a folder; pass a folder path (it is created "
-                           "when absent) or remove that file")
+        raise StorageError(
+            f"{what} {folder} exists and is not a folder; pass a folder path (it is created "
+            "when absent) or remove that file"
+        )
     if st.st_uid != os.geteuid():
-        raise StorageError(f"{what} {folder} belongs to another user (uid {st.st_uid}); its contents could "
-                           "redirect the files written there. Pass a folder of your own, or a new path")
+        raise StorageError(
+            f"{what} {folder} belongs to another user (uid {st.st_uid}); its contents could "
+            "redirect the files written there. Pass a folder of your own, or a new path"
+        )
     return folder
 
 

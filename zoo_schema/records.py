@@ -3,6 +3,7 @@
 Files written from these schemas carry `tans.schema_version` in their key-value metadata
 and are plain Parquet, readable by pandas, DuckDB and Polars without tans installed.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -49,7 +50,7 @@ class ResultRecord:
     latency_ms: float
     latency_device: str
     functional_embedding: list[float]
-    checkpoint_uri: str       # a zoo-relative key (schema 2); absolute in older or replayed rows
+    checkpoint_uri: str  # a zoo-relative key (schema 2); absolute in older or replayed rows
     checkpoint_sha256: str
     num_classes: int
     epochs: int
@@ -98,10 +99,11 @@ class ArchProfile:
 
 def arrow_schema(record_type: type) -> pa.Schema:
     """The Parquet schema of a record type, with the schema version in its metadata."""
-    fields = [pa.field(f.name, _OVERRIDES.get(f.name) or _ARROW_TYPES[f.type], nullable=False)
-              for f in dataclasses.fields(record_type)]  # f.type is the annotation's text
-    return pa.schema(fields, metadata={"tans.schema_version": str(SCHEMA_VERSION),
-                                       "tans.record": record_type.__name__})
+    fields = [
+        pa.field(f.name, _OVERRIDES.get(f.name) or _ARROW_TYPES[f.type], nullable=False)
+        for f in dataclasses.fields(record_type)
+    ]  # f.type is the annotation's text
+    return pa.schema(fields, metadata={"tans.schema_version": str(SCHEMA_VERSION), "tans.record": record_type.__name__})
 
 
 def to_table(records: list) -> pa.Table:

@@ -4,14 +4,18 @@ A URI may carry a password (`http://user:PASSWORD@host`) or a signed query
 (`?X-Amz-Signature=...&token=...`); `redact` masks both wherever they appear in a text, and
 `redact_obj` does so through nested dicts and lists (a config written to the journal).
 """
+
 from __future__ import annotations
 
 import re
 
 MASK = "***"
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/@\s:]*):(?P<secret>[^/@\s]+)@")
-_QUERY = re.compile(r"(?P<key>[?&](?:[A-Za-z0-9_-]*(?:signature|token|secret|password|passwd|pwd|"
-                    r"credential|key|sig)[A-Za-z0-9_-]*))=(?P<value>[^&\s#]+)", re.IGNORECASE)
+_QUERY = re.compile(
+    r"(?P<key>[?&](?:[A-Za-z0-9_-]*(?:signature|token|secret|password|passwd|pwd|"
+    r"credential|key|sig)[A-Za-z0-9_-]*))=(?P<value>[^&\s#]+)",
+    re.IGNORECASE,
+)
 
 
 def redact(text: str) -> str:

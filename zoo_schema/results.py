@@ -2,11 +2,12 @@
 resume a build). Reading never writes: setting a damaged file aside (`quarantine`) and
 refreshing the snapshot (`write_snapshot`) are explicit calls of the driver and of verify.
 """
+
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pyarrow as pa
 
@@ -44,8 +45,11 @@ class ZooState:
         """(dataset_id, arch) pairs that failed max_attempts times and have no result."""
         attempts = self.failed_attempts()
         done = self.done_ids
-        return {(f.dataset_id, f.arch) for f in self.failures
-                if attempts[f.job_id] >= self.max_attempts and f.job_id not in done}
+        return {
+            (f.dataset_id, f.arch)
+            for f in self.failures
+            if attempts[f.job_id] >= self.max_attempts and f.job_id not in done
+        }
 
 
 SNAPSHOT_KEY = layout.SNAPSHOT
@@ -73,8 +77,8 @@ class ResultsRead:
     """What reading the committed results found."""
 
     results: list[ResultRecord]
-    outside_snapshot: int                 # files read one by one (the snapshot did not hold them)
-    unusable: list[tuple[str, str]]       # (key, reason): unreadable, or not its key's job
+    outside_snapshot: int  # files read one by one (the snapshot did not hold them)
+    unusable: list[tuple[str, str]]  # (key, reason): unreadable, or not its key's job
 
 
 # What summaries (`tans status`) do not need: 1,280 floats a row, nine tenths of a row's size.
@@ -128,14 +132,17 @@ def results_table(store: ZooStore) -> pa.Table:
     is not its file's), the records are read and converted instead, with the same result."""
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
+
     schema = arrow_schema(ResultRecord)
     keys = [k for k in store.list(layout.RESULTS) if k.endswith(".parquet")]
     if not keys:
         return schema.empty_table()
 
     def key_column(table: pa.Table):
-        return pc.binary_join_element_wise(f"{layout.RESULTS}/dataset=", table["dataset_id"], "/",
-                                           table["job_id"], ".parquet", "")
+        return pc.binary_join_element_wise(
+            f"{layout.RESULTS}/dataset=", table["dataset_id"], "/", table["job_id"], ".parquet", ""
+        )
+
     try:
         parts, listed = [], set(keys)
         try:
@@ -147,8 +154,9 @@ def results_table(store: ZooStore) -> pa.Table:
             pass
         if listed:
             fs, base = store.arrow_filesystem()
-            files = pads.dataset([f"{base}/{k}" for k in sorted(listed)], filesystem=fs, format="parquet",
-                                 schema=schema).to_table()
+            files = pads.dataset(
+                [f"{base}/{k}" for k in sorted(listed)], filesystem=fs, format="parquet", schema=schema
+            ).to_table()
             if files.num_rows != len(listed) or set(key_column(files).to_pylist()) != listed:
                 raise ValueError("a result file holds another job's row")
             parts.append(files)
@@ -171,6 +179,7 @@ def _read_snapshot(store: ZooStore, light: bool = False) -> dict[str, ResultReco
     try:
         if light:  # only the columns wanted are read from the file
             import pyarrow.parquet as pq
+
             fs, base = store.arrow_filesystem()
             try:
                 table = _light(pq.read_table(f"{base}/{SNAPSHOT_KEY}", filesystem=fs, columns=_columns(True)))
@@ -188,21 +197,24 @@ def _read_snapshot(store: ZooStore, light: bool = False) -> dict[str, ResultReco
 def check_result(key: str, record: ResultRecord) -> str | None:
     """Why a result file's row is not its key's job (None when it is)."""
     if result_key(record) != key:
-        return (f"holds the row of job {record.job_id} (dataset {record.dataset_id}), "
-                f"not of the job its key names")
+        return f"holds the row of job {record.job_id} (dataset {record.dataset_id}), not of the job its key names"
     return None
 
 
-def _read_files(store: ZooStore, keys: list[str], light: bool = False) -> tuple[dict[str, ResultRecord], list[tuple[str, str]]]:
+def _read_files(
+    store: ZooStore, keys: list[str], light: bool = False
+) -> tuple[dict[str, ResultRecord], list[tuple[str, str]]]:
     """Result files by key: as one threaded pyarrow dataset, or one by one if that fails or
     any row is not its file's (a dataset read cannot tell which file a row came from)."""
     import pyarrow.dataset as pads
+
     if not keys:
         return {}, []
     fs, base = store.arrow_filesystem()
     try:
-        table = pads.dataset([f"{base}/{k}" for k in keys], filesystem=fs, format="parquet",
-                             schema=arrow_schema(ResultRecord)).to_table(columns=_columns(light))
+        table = pads.dataset(
+            [f"{base}/{k}" for k in keys], filesystem=fs, format="parquet", schema=arrow_schema(ResultRecord)
+        ).to_table(columns=_columns(light))
         table = _light(table) if light else table
         rows = {result_key(r): r for r in from_table(ResultRecord, table)}
         if table.num_rows == len(keys) and set(rows) == set(keys):
@@ -245,6 +257,6 @@ def quarantine(store: ZooStore, key: str, reason: str) -> None:
         n += 1
         target, reason_key = layout.quarantine_keys(f"{key}.{n}")
     store.write_bytes(target, data)
-    store.write_json(reason_key, {"key": key, "reason": reason, "at": datetime.now(timezone.utc).isoformat()})
+    store.write_json(reason_key, {"key": key, "reason": reason, "at": datetime.now(UTC).isoformat()})
     store.delete(key)
     log.warning("quarantined %s: %s", key, reason)

@@ -1,6 +1,7 @@
 """A dataset's images in the zoo: Parquet shards under `data/<id>/<write_id>/{train,test}/`,
 published by the create-only dataset record that names the prefix, the row counts and the
 shards' sha256 (see `layout`). Reading a split checks it against its record."""
+
 from __future__ import annotations
 
 import hashlib
@@ -33,8 +34,9 @@ def read_dataset(store: ZooStore, dataset_id: str) -> DatasetRecord:
     try:
         (record,) = from_table(DatasetRecord, store.read_table(layout.dataset_key(dataset_id)))
     except FileNotFoundError:
-        raise DatasetError(f"the zoo at {store.uri} has no dataset {dataset_id!r}; add it with "
-                           "`tans datasets add SOURCE --zoo ZOO`") from None
+        raise DatasetError(
+            f"the zoo at {store.uri} has no dataset {dataset_id!r}; add it with `tans datasets add SOURCE --zoo ZOO`"
+        ) from None
     return record
 
 
@@ -80,8 +82,10 @@ def write_split(store: ZooStore, prefix: str, split: str, rows) -> list[tuple[st
 
 
 def _write_shard(store: ZooStore, key: str, chunk: list) -> tuple[str, str]:
-    table = pa.table({"image": pa.array([r[0] for r in chunk], pa.binary()),
-                      "label": pa.array([r[1] for r in chunk], pa.int32())}, schema=DATA_SCHEMA)
+    table = pa.table(
+        {"image": pa.array([r[0] for r in chunk], pa.binary()), "label": pa.array([r[1] for r in chunk], pa.int32())},
+        schema=DATA_SCHEMA,
+    )
     sink = pa.BufferOutputStream()  # arrow's memory pool reuses its pages: no copy through Python bytes
     pq.write_table(table, sink, compression={"image": "none", "label": "zstd"})
     data = sink.getvalue()
@@ -101,7 +105,8 @@ def load_split(store: ZooStore, dataset_id: str, split: str) -> tuple[list[bytes
             f"the {split} split of dataset {dataset_id!r} in {store.uri} holds "
             f"{0 if table is None else table.num_rows} images, its record says {expected}: the zoo's copy "
             f"is damaged; run `tans verify {store.uri}` (it sets the dataset aside), then "
-            f"{reingest_command(store, record)}")
+            f"{reingest_command(store, record)}"
+        )
     return table.column("image").to_pylist(), table.column("label").to_pylist()
 
 

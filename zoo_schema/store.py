@@ -19,6 +19,7 @@ Contract (checked for both backends by tests/test_store_contract.py):
 - errors of reachability and credentials are `StorageError`s that say what to check,
   and never carry the credentials themselves.
 """
+
 from __future__ import annotations
 
 import errno
@@ -47,8 +48,10 @@ def check_key(key: str) -> str:
     parts = key.split("/")
     bad = [p for p in parts if not _SEGMENT.match(p) or p in (".", "..")]
     if not key or bad:
-        raise StorageError(f"refusing zoo key {key!r}: segments {bad} are not plain names "
-                           "(letters, digits, _ . = + -; no '..', no leading '/')")
+        raise StorageError(
+            f"refusing zoo key {key!r}: segments {bad} are not plain names "
+            "(letters, digits, _ . = + -; no '..', no leading '/')"
+        )
     return key
 
 
@@ -113,7 +116,7 @@ class ZooStore:
         prefix = self.uri.rstrip("/") + "/"
         if not uri.startswith(prefix):
             raise StorageError(f"{uri} is not inside the zoo at {self.uri}")
-        return check_key(uri[len(prefix):])
+        return check_key(uri[len(prefix) :])
 
     def read_json(self, key: str):
         return json.loads(self.read_bytes(key))
@@ -131,9 +134,13 @@ class ZooStore:
         return self.write_bytes(key, sink.getvalue(), create_only=create_only)
 
 
-_OS_CAUSES = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
-              errno.EACCES: "permission denied", errno.EPERM: "permission denied",
-              errno.EROFS: "the file system is read-only"}
+_OS_CAUSES = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EROFS: "the file system is read-only",
+}
 TEMP_PREFIX = ".tmp-"
 
 
@@ -147,9 +154,10 @@ class LocalStore(ZooStore):
 
     def _fail(self, action: str, key: str, e: OSError) -> StorageError:
         cause = _OS_CAUSES.get(e.errno, e.strerror or type(e).__name__)
-        fix = {errno.ENOSPC: "free space (or move the zoo) and run the same command again",
-               errno.EDQUOT: "free space (or move the zoo) and run the same command again"
-               }.get(e.errno, f"check that {self.root} is writable, then run the same command again")
+        fix = {
+            errno.ENOSPC: "free space (or move the zoo) and run the same command again",
+            errno.EDQUOT: "free space (or move the zoo) and run the same command again",
+        }.get(e.errno, f"check that {self.root} is writable, then run the same command again")
         return StorageError(f"cannot {action} {key} in the zoo at {self.uri}: {cause}; {fix}")
 
     def read_bytes(self, key: str) -> bytes:
@@ -195,8 +203,11 @@ class LocalStore(ZooStore):
         base = self._path(prefix)
         if not base.is_dir():
             return []
-        keys = [p.relative_to(self.root).as_posix() for p in base.rglob("*")
-                if p.is_file() and not p.name.startswith(TEMP_PREFIX)]
+        keys = [
+            p.relative_to(self.root).as_posix()
+            for p in base.rglob("*")
+            if p.is_file() and not p.name.startswith(TEMP_PREFIX)
+        ]
         return sorted(keys)
 
     def age(self, key: str) -> float:
@@ -219,8 +230,11 @@ class LocalStore(ZooStore):
         if not self.root.is_dir():
             return []
         now = time.time()
-        return sorted((p.relative_to(self.root).as_posix(), now - p.stat().st_mtime)
-                      for p in self.root.rglob(f"{TEMP_PREFIX}*") if p.is_file())
+        return sorted(
+            (p.relative_to(self.root).as_posix(), now - p.stat().st_mtime)
+            for p in self.root.rglob(f"{TEMP_PREFIX}*")
+            if p.is_file()
+        )
 
     def delete_stray_temp(self, path: str) -> None:
         folder, _, name = path.rpartition("/")
@@ -230,6 +244,7 @@ class LocalStore(ZooStore):
 
     def arrow_filesystem(self):
         import pyarrow.fs as pafs
+
         return pafs.LocalFileSystem(), str(self.root)
 
 
@@ -247,7 +262,7 @@ class S3Store(ZooStore):
         from botocore.config import Config
 
         self.settings = settings or S3Settings()
-        rest = uri[len("s3://"):]
+        rest = uri[len("s3://") :]
         self.bucket, _, prefix = rest.partition("/")
         if not self.bucket:
             raise StorageError(f"zoo URI {uri!r} names no bucket; use s3://BUCKET/PREFIX")
@@ -257,9 +272,11 @@ class S3Store(ZooStore):
         self.endpoint_url = endpoint
         self.region = self.settings.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
         self.client = boto3.client(
-            "s3", endpoint_url=endpoint, region_name=self.region,
-            config=Config(retries={"max_attempts": 2, "mode": "standard"},
-                          connect_timeout=3, read_timeout=10))
+            "s3",
+            endpoint_url=endpoint,
+            region_name=self.region,
+            config=Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=3, read_timeout=10),
+        )
         self._call("open", "", lambda: self.client.head_bucket(Bucket=self.bucket), retry=False)
 
     def _full(self, key: str) -> str:
@@ -271,8 +288,14 @@ class S3Store(ZooStore):
         return str(getattr(e, "response", {}).get("Error", {}).get("Code", ""))
 
     def _transient(self, e: Exception) -> bool:
-        from botocore.exceptions import (ClientError, ConnectionClosedError, ConnectTimeoutError,
-                                         EndpointConnectionError, ReadTimeoutError)
+        from botocore.exceptions import (
+            ClientError,
+            ConnectionClosedError,
+            ConnectTimeoutError,
+            EndpointConnectionError,
+            ReadTimeoutError,
+        )
+
         if isinstance(e, (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError, ReadTimeoutError)):
             return True
         if isinstance(e, ClientError):
@@ -289,8 +312,14 @@ class S3Store(ZooStore):
                 return fn()
             except Exception as e:  # noqa: BLE001 - classified below
                 if retry and self._transient(e) and time.monotonic() < deadline:
-                    log.warning("S3 at %s unavailable to %s %s (%s); retrying in %.1fs",
-                                self.endpoint_url or "AWS", action, key or self.uri, type(e).__name__, delay)
+                    log.warning(
+                        "S3 at %s unavailable to %s %s (%s); retrying in %.1fs",
+                        self.endpoint_url or "AWS",
+                        action,
+                        key or self.uri,
+                        type(e).__name__,
+                        delay,
+                    )
                     time.sleep(delay)
                     delay = min(delay * 2, 8.0)
                     continue
@@ -298,25 +327,33 @@ class S3Store(ZooStore):
 
     def _fail(self, action: str, key: str, e: Exception) -> Exception:
         from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
         where = f"s3://{self.bucket}/{self._full(key) if key else self.prefix}"
         endpoint = self.endpoint_url or "AWS default endpoint"
         code = self._code(e)
         if code in ("NoSuchKey", "404", "NotFound") and key:
             return FileNotFoundError(f"{key} is not in the zoo at {self.uri}")
         if isinstance(e, NoCredentialsError):
-            return StorageError(f"no AWS credentials found to {action} {where}; set "
-                                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or an AWS profile")
+            return StorageError(
+                f"no AWS credentials found to {action} {where}; set "
+                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or an AWS profile"
+            )
         if self._transient(e) or isinstance(e, EndpointConnectionError):
-            return StorageError(f"cannot reach S3 endpoint {endpoint} to {action} {where}; "
-                                "check the endpoint (s3.endpoint_url / AWS_ENDPOINT_URL) and that "
-                                "the service is up, then run the same command again")
+            return StorageError(
+                f"cannot reach S3 endpoint {endpoint} to {action} {where}; "
+                "check the endpoint (s3.endpoint_url / AWS_ENDPOINT_URL) and that "
+                "the service is up, then run the same command again"
+            )
         if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"):
-            return StorageError(f"S3 at {endpoint} refused our credentials ({code}) to "
-                                f"{action} {where}; check AWS_ACCESS_KEY_ID / "
-                                "AWS_SECRET_ACCESS_KEY or the profile in use")
+            return StorageError(
+                f"S3 at {endpoint} refused our credentials ({code}) to "
+                f"{action} {where}; check AWS_ACCESS_KEY_ID / "
+                "AWS_SECRET_ACCESS_KEY or the profile in use"
+            )
         if code in ("NoSuchBucket", "404"):
-            return StorageError(f"bucket {self.bucket!r} does not exist at {endpoint}; "
-                                f"create it first (aws s3 mb s3://{self.bucket})")
+            return StorageError(
+                f"bucket {self.bucket!r} does not exist at {endpoint}; create it first (aws s3 mb s3://{self.bucket})"
+            )
         if isinstance(e, ClientError):
             return StorageError(f"S3 error {code} to {action} {where} at {endpoint}")
         return StorageError(f"S3 failure to {action} {where} at {endpoint}: {type(e).__name__}")
@@ -331,6 +368,7 @@ class S3Store(ZooStore):
 
         def put():
             from botocore.exceptions import ClientError
+
             try:
                 body = data if isinstance(data, (bytes, bytearray)) else bytes(data)  # boto wants bytes
                 self.client.put_object(Bucket=self.bucket, Key=full, Body=body, **extra)
@@ -340,6 +378,7 @@ class S3Store(ZooStore):
                 if create_only and self._code(e) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
                     return False
                 raise
+
         return self._call("write", key, put)
 
     def exists(self, key: str) -> bool:
@@ -359,6 +398,7 @@ class S3Store(ZooStore):
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
                 keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
             return keys
+
         return sorted(self._call("list", prefix, pages))
 
     def age(self, key: str) -> float:
@@ -372,6 +412,7 @@ class S3Store(ZooStore):
 
     def arrow_filesystem(self):
         import pyarrow.fs as pafs
+
         scheme = "https"
         endpoint = None
         if self.endpoint_url:
@@ -386,7 +427,7 @@ def open_store(uri: str, s3: S3Settings | None = None) -> ZooStore:
         return S3Store(uri, s3)
     if "://" in uri and not uri.startswith("file://"):
         raise StorageError(f"unsupported zoo URI {uri!r}: use a local path or s3://bucket/prefix")
-    return LocalStore(uri[len("file://"):] if uri.startswith("file://") else uri)
+    return LocalStore(uri[len("file://") :] if uri.startswith("file://") else uri)
 
 
 def source_filesystem(uri: str, s3: S3Settings | None = None) -> tuple[pafs.FileSystem, str]:
@@ -396,7 +437,10 @@ def source_filesystem(uri: str, s3: S3Settings | None = None) -> tuple[pafs.File
         scheme, host = "https", None
         if endpoint:
             scheme, _, host = endpoint.partition("://")
-        fs = pafs.S3FileSystem(endpoint_override=host, scheme=scheme,
-                               region=s3.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
-        return fs, uri[len("s3://"):].rstrip("/")
+        fs = pafs.S3FileSystem(
+            endpoint_override=host,
+            scheme=scheme,
+            region=s3.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+        )
+        return fs, uri[len("s3://") :].rstrip("/")
     return pafs.LocalFileSystem(), str(uri).rstrip("/")

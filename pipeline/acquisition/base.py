@@ -9,10 +9,12 @@ Contract (tested over every registered policy in tests/test_policy_contract.py):
   (the pairs an executor can run; None: any), nor one pair twice;
 - it proposes at most `n` pairs, and fewer only when fewer are allowed.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 from tans.zoo_schema.manifest import Manifest
 from tans.zoo_schema.results import ZooState
@@ -30,10 +32,10 @@ class Pair(NamedTuple):
 class ParetoSettings:
     """The Pareto-hypervolume policy (paper Algorithm 1)."""
 
-    n_init_per_dataset: int = 3     # random pairs per dataset before the predictor (paper: 5-6)
-    retrain_every: int = 64         # N_train: retrain S_zoo every this many results
-    mc_samples: int = 10            # MC-dropout samples per candidate
-    max_candidates: int = 1000      # |C_t|: a seeded subset of the untrained pairs is scored
+    n_init_per_dataset: int = 3  # random pairs per dataset before the predictor (paper: 5-6)
+    retrain_every: int = 64  # N_train: retrain S_zoo every this many results
+    mc_samples: int = 10  # MC-dropout samples per candidate
+    max_candidates: int = 1000  # |C_t|: a seeded subset of the untrained pairs is scored
 
 
 @dataclass(frozen=True)
@@ -43,20 +45,21 @@ class PolicyContext:
     `prior` (bench, tests) reads nothing."""
 
     seed: int
-    pool: tuple[str, ...]                      # the candidate architectures' ids
+    pool: tuple[str, ...]  # the candidate architectures' ids
     store: ZooStore | None = None
     manifest: Manifest | None = None
     image_size: int = 32
     pareto: ParetoSettings = ParetoSettings()
-    prior: object | None = None                # a tans.pipeline.acquisition.priors.Prior
+    prior: object | None = None  # a tans.pipeline.acquisition.priors.Prior
     log: Callable[[str], None] = field(default=print, compare=False)
 
 
 class Policy(Protocol):
     """Which (dataset, arch) pairs to train next."""
 
-    def propose(self, state: ZooState, n: int, pending: frozenset[Pair] = frozenset(),
-                universe: frozenset[Pair] | None = None) -> list[Pair]: ...
+    def propose(
+        self, state: ZooState, n: int, pending: frozenset[Pair] = frozenset(), universe: frozenset[Pair] | None = None
+    ) -> list[Pair]: ...
 
 
 def taken_pairs(state: ZooState, pending: Iterable[Pair]) -> set[Pair]:
@@ -64,8 +67,13 @@ def taken_pairs(state: ZooState, pending: Iterable[Pair]) -> set[Pair]:
     return {Pair(r.dataset_id, r.arch) for r in state.results} | set(pending) | state.given_up()
 
 
-def first_allowed(sequence: Iterable[Pair], n: int, taken: set[Pair],
-                  universe: frozenset[Pair] | None, limit: Callable[[Pair], bool] | None = None) -> list[Pair]:
+def first_allowed(
+    sequence: Iterable[Pair],
+    n: int,
+    taken: set[Pair],
+    universe: frozenset[Pair] | None,
+    limit: Callable[[Pair], bool] | None = None,
+) -> list[Pair]:
     """The first `n` pairs of `sequence` that are not taken, are in `universe` (None: any)
     and pass `limit`; each pair once."""
     out: list[Pair] = []

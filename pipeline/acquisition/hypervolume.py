@@ -6,6 +6,7 @@ and pygmo computes the volume in minimization form over (1 - accuracy, latency, 
 against the fixed reference point REF. `normalized` divides by the reference box, so a
 dataset's hypervolume lies in [0, 1].
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,8 +26,7 @@ def dominates(a: tuple[float, float, float], b: tuple[float, float, float]) -> b
 
 def front_indices(points: list[tuple[float, float, float]]) -> list[int]:
     """Indices of the non-dominated (accuracy, latency, params) points."""
-    return [i for i, p in enumerate(points)
-            if not any(dominates(q, p) for j, q in enumerate(points) if j != i)]
+    return [i for i, p in enumerate(points) if not any(dominates(q, p) for j, q in enumerate(points) if j != i)]
 
 
 class Normalizer:
@@ -58,6 +58,7 @@ def nondominated(points: np.ndarray) -> np.ndarray:
 def hypervolume(points: np.ndarray) -> float:
     """Volume dominated by minimization points inside the reference box."""
     import pygmo
+
     if len(points) == 0:
         return 0.0
     return float(pygmo.hypervolume(nondominated(np.asarray(points, dtype=float))).compute(REF))
@@ -70,6 +71,7 @@ def normalized_hypervolume(points: np.ndarray) -> float:
 def gains(front: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     """Hypervolume added by each candidate point alone: HV(front + c) - HV(front)."""
     import pygmo
+
     front = nondominated(np.asarray(front, dtype=float).reshape(-1, 3))
     base = hypervolume(front)
     out = np.zeros(len(candidates))
@@ -84,6 +86,7 @@ def gains(front: np.ndarray, candidates: np.ndarray) -> np.ndarray:
 
 
 # -- over a zoo's results ---------------------------------------------------------------
+
 
 def point_of(r: ResultRecord, normalizer: Normalizer, prior: Prior) -> np.ndarray:
     """A result as minimization objectives; latency/params from the pool profile when known."""
@@ -117,8 +120,9 @@ def dataset_hypervolumes(results: list[ResultRecord], profiles: dict, dataset_id
     return {d: normalized_hypervolume(points[idx]) if idx else 0.0 for d, idx in rows.items()}
 
 
-def hv_history(results: list[ResultRecord], profiles: dict, dataset_ids: list[str],
-               at: list[int] | None = None) -> list[float]:
+def hv_history(
+    results: list[ResultRecord], profiles: dict, dataset_ids: list[str], at: list[int] | None = None
+) -> list[float]:
     """Mean normalized hypervolume across the datasets after each result, in commit order;
     with `at` (ascending 0-based result indices), only after those results: a dataset's
     hypervolume is then recomputed only at a mark where it has new results."""

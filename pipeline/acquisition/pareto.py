@@ -21,6 +21,7 @@ uninterrupted one would. What the policy remembers between steps (the predictor,
 samples over the whole dataset x arch grid, each dataset's gains for its front) are memos
 of those pure functions, which is what makes a step cost milliseconds at 140 x 100.
 """
+
 from __future__ import annotations
 
 import random
@@ -30,9 +31,9 @@ import numpy as np
 
 from tans.pipeline.acquisition import predictor
 from tans.pipeline.acquisition.base import Pair, PolicyContext, first_allowed, taken_pairs
+from tans.pipeline.acquisition.compute_priors import load_prior
 from tans.pipeline.acquisition.hypervolume import Normalizer, gains, point_of
 from tans.pipeline.acquisition.priors import Prior, topology_of
-from tans.pipeline.acquisition.compute_priors import load_prior
 from tans.pipeline.acquisition.random import RandomPolicy
 from tans.zoo_schema.records import ResultRecord
 from tans.zoo_schema.results import ZooState
@@ -101,11 +102,12 @@ class ParetoPolicy:
         return self._model
 
     # -- proposals --------------------------------------------------------------------------
-    def propose(self, state: ZooState, n: int, pending: frozenset[Pair] = frozenset(),
-                universe: frozenset[Pair] | None = None) -> list[Pair]:
+    def propose(
+        self, state: ZooState, n: int, pending: frozenset[Pair] = frozenset(), universe: frozenset[Pair] | None = None
+    ) -> list[Pair]:
         dataset_ids = sorted(d.dataset_id for d in state.datasets)
         taken = taken_pairs(state, pending)
-        allowed = (lambda p: p not in taken and (universe is None or p in universe))
+        allowed = lambda p: p not in taken and (universe is None or p in universe)
         counts = Counter(d for d, _ in taken)
         k = self.settings.n_init_per_dataset
 
@@ -114,15 +116,18 @@ class ParetoPolicy:
                 return False
             counts[pair.dataset_id] += 1
             return True
-        out = first_allowed(self.random.sequence(dataset_ids), n, taken, universe, initial) \
-            if any(counts[d] < k for d in dataset_ids) else []
+
+        out = (
+            first_allowed(self.random.sequence(dataset_ids), n, taken, universe, initial)
+            if any(counts[d] < k for d in dataset_ids)
+            else []
+        )
         if len(out) >= n:
             return out
         self._ensure_prior(dataset_ids)
         model = self._predictor(state.results, k * len(dataset_ids))
         chosen = set(out)
-        candidates = [Pair(d, a) for d in dataset_ids for a in self.pool
-                      if allowed((d, a)) and (d, a) not in chosen]
+        candidates = [Pair(d, a) for d in dataset_ids for a in self.pool if allowed((d, a)) and (d, a) not in chosen]
         if model is None or not candidates:
             extra = self.random.propose(state, n - len(out), pending=frozenset(pending) | chosen, universe=universe)
             return out + extra
@@ -140,10 +145,10 @@ class ParetoPolicy:
             archs = [a for a in self.pool if a in self.prior.profiles]
             data = np.stack([self.prior.features[d] for d in dataset_ids])
             topo = np.array([self._topology(a) for a in archs], dtype=np.float32)
-            func = np.stack([np.asarray(self.prior.profiles[a].functional_embedding, dtype=np.float32)
-                             for a in archs])
-            samples = predictor.mc_grid(model, data, topo, func, self.settings.mc_samples,
-                                        seed=self.seed * 7919 + self._model_size)
+            func = np.stack([np.asarray(self.prior.profiles[a].functional_embedding, dtype=np.float32) for a in archs])
+            samples = predictor.mc_grid(
+                model, data, topo, func, self.settings.mc_samples, seed=self.seed * 7919 + self._model_size
+            )
             self._grid_key, self._samples, self._mean = key, samples, samples.mean(0)
             self._d_index = {d: i for i, d in enumerate(dataset_ids)}
             self._a_index = {a: j for j, a in enumerate(archs)}
@@ -151,7 +156,7 @@ class ParetoPolicy:
             par = np.array([self.prior.profiles[a].params for a in archs])
             lat_min, lat_max, par_min, par_max = self.prior.bounds()
             self._norm = Normalizer(lat_min, lat_max, par_min, par_max)
-            self._cost = self._norm.objectives(np.zeros(len(archs)), lat, par)[:, 1:]       # [A, 2]
+            self._cost = self._norm.objectives(np.zeros(len(archs)), lat, par)[:, 1:]  # [A, 2]
             self._gain_cache.clear()
         return self._samples, self._mean
 
@@ -179,10 +184,11 @@ class ParetoPolicy:
         open_ = np.array([j for a, j in self._a_index.items() if a not in done], dtype=int)
         key = (dataset_id, np.unique(front_arr, axis=0).tobytes(), open_.tobytes())
         if key not in self._gain_cache:
-            acc = self._samples[:, self._d_index[dataset_id], open_]                    # [S, a]
+            acc = self._samples[:, self._d_index[dataset_id], open_]  # [S, a]
             s, a = acc.shape
-            objs = np.concatenate([1.0 - np.clip(acc, 0, 1)[..., None],
-                                   np.broadcast_to(self._cost[open_], (s, a, 2))], axis=2)  # [S, a, 3]
+            objs = np.concatenate(
+                [1.0 - np.clip(acc, 0, 1)[..., None], np.broadcast_to(self._cost[open_], (s, a, 2))], axis=2
+            )  # [S, a, 3]
             out = np.full(len(self._a_index), -np.inf)
             out[open_] = gains(front_arr, objs.reshape(-1, 3)).reshape(s, a).mean(0)
             self._gain_cache[key] = out

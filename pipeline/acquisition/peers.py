@@ -33,6 +33,7 @@ optuna-integration), run on the zoo as multi-objective black-box optimizers.
 optuna, optuna-integration and botorch are imported here only (the registry loads this module
 when one of these strategies is created).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -46,11 +47,12 @@ import numpy as np
 from tans.pipeline.acquisition.base import Pair, PolicyContext, taken_pairs
 from tans.pipeline.acquisition.random import RandomPolicy
 from tans.workers.networks.ofa_space import SLOTS, UNITS, Arch
+from tans.zoo_schema.errors import ConfigError
 from tans.zoo_schema.results import ZooState
 
-STARTUP = 3          # random trials per dataset before TPE / qNEHVI model the results
-POPULATION = 4       # NSGA-II: a dataset gets ~18 of 30 archs in the benchmark, so Optuna's
-                     # default of 50 would never leave generation 0 (random sampling)
+STARTUP = 3  # random trials per dataset before TPE / qNEHVI model the results
+POPULATION = 4  # NSGA-II: a dataset gets ~18 of 30 archs in the benchmark, so Optuna's
+# default of 50 would never leave generation 0 (random sampling)
 GENERATION_KEY = "NSGAIISampler:generation"  # optuna/samplers/_ga/_base.py: f"{cls.__name__}:generation"
 DIRECTIONS = ["maximize", "minimize", "minimize"]  # accuracy, latency_ms, params
 
@@ -67,6 +69,7 @@ def genome(arch_id: str) -> dict[str, int]:
 
 def distributions() -> dict:
     from optuna.distributions import IntDistribution
+
     out = {f"d{i}": IntDistribution(2, 4) for i in range(UNITS)}
     out.update({f"k{i}": IntDistribution(3, 7, step=2) for i in range(SLOTS)})
     out.update({f"e{i}": IntDistribution(3, 6) for i in range(SLOTS)})
@@ -77,6 +80,7 @@ def distributions() -> dict:
 def quiet():
     """Optuna's info logs and experimental/numerical warnings off, restored after."""
     import optuna
+
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
@@ -87,10 +91,34 @@ def quiet():
         optuna.logging.set_verbosity(verbosity)
 
 
+PEER_MODULES = ("optuna", "optuna_integration", "botorch")  # the optional extra `tans[peers]`
+
+
+def require_peers() -> None:
+    """A clear error when the optional peers are not installed (they are an extra)."""
+    import importlib.util
+    import sys
+
+    def installed(module: str) -> bool:
+        try:
+            return module in sys.modules or importlib.util.find_spec(module) is not None
+        except ValueError:  # imported lazily, without a spec: it is there
+            return True
+
+    missing = [m for m in PEER_MODULES if not installed(m)]
+    if missing:
+        raise ConfigError(
+            f"the peer strategies (nsga2, tpe, qnehvi) need {', '.join(missing)}, which are "
+            "not installed; install them with `pip install 'tans[peers]'`, or use --strategy "
+            "pareto (the default) or random"
+        )
+
+
 class PeerPolicy:
     """A per-dataset Optuna study, rebuilt for every pick (see the module's docstring)."""
 
     def __init__(self, context: PolicyContext):
+        require_peers()
         self.seed = context.seed
         self.pool = list(context.pool)
         self.context = context
@@ -109,6 +137,7 @@ class PeerPolicy:
     def profiles(self) -> dict:
         if self._profiles is None:  # only the pool profiles (cached in the zoo), not the dataset features
             from tans.pipeline.acquisition.compute_priors import profile_pool
+
             c = self.context
             self._profiles = profile_pool(c.store, c.manifest, c.image_size, c.log)
         return self._profiles
@@ -130,12 +159,15 @@ class PeerPolicy:
             left[d] -= 1
         return out
 
-    def propose(self, state: ZooState, n: int, pending: frozenset[Pair] = frozenset(),
-                universe: frozenset[Pair] | None = None) -> list[Pair]:
+    def propose(
+        self, state: ZooState, n: int, pending: frozenset[Pair] = frozenset(), universe: frozenset[Pair] | None = None
+    ) -> list[Pair]:
         taken = taken_pairs(state, pending)
         datasets = sorted(d.dataset_id for d in state.datasets)
-        free = {d: [i for i, a in enumerate(self.pool) if (d, a) not in taken
-                    and (universe is None or (d, a) in universe)] for d in datasets}
+        free = {
+            d: [i for i, a in enumerate(self.pool) if (d, a) not in taken and (universe is None or (d, a) in universe)]
+            for d in datasets
+        }
         plan = self.plan(state, n, pending, free)
         forced = {d for d in datasets if plan.count(d) >= len(free[d])}
         done: dict[str, list] = {d: [] for d in datasets}
@@ -185,9 +217,14 @@ class PeerPolicy:
             study = optuna.create_study(directions=DIRECTIONS, sampler=self.sampler(seed, dataset_id, done, free))
             for i, r in enumerate(done):
                 p = profiles[r.arch]
-                study.add_trial(create_trial(params=genome(r.arch), distributions=dists,
-                                             values=[r.accuracy, p.latency_ms, p.params],
-                                             system_attrs=self.system_attrs(i)))
+                study.add_trial(
+                    create_trial(
+                        params=genome(r.arch),
+                        distributions=dists,
+                        values=[r.accuracy, p.latency_ms, p.params],
+                        system_attrs=self.system_attrs(i),
+                    )
+                )
             for a in sorted(running):  # sorted, as pending pairs (a set) would be
                 study.add_trial(create_trial(state=TrialState.RUNNING, params=genome(a), distributions=dists))
         return study
@@ -205,6 +242,7 @@ class NSGA2Policy(PeerPolicy):
 
     def sampler(self, seed, dataset_id, done, free):
         from optuna.samplers import NSGAIISampler
+
         return NSGAIISampler(population_size=POPULATION, seed=seed)
 
     def system_attrs(self, i: int) -> dict:
@@ -216,6 +254,7 @@ class TPEPolicy(PeerPolicy):
 
     def sampler(self, seed, dataset_id, done, free):
         from optuna.samplers import TPESampler
+
         return TPESampler(n_startup_trials=STARTUP, multivariate=True, constant_liar=True, seed=seed)
 
 
@@ -234,6 +273,7 @@ class QNEHVIPolicy(PeerPolicy):
 
     def propose(self, state, n, pending=frozenset(), universe=None):
         import torch
+
         self._models = {}  # a memo of pure fits (same data and seed), never kept across calls
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # tiny matrices: threads only contend
@@ -244,9 +284,14 @@ class QNEHVIPolicy(PeerPolicy):
 
     def sampler(self, seed, dataset_id, done, free):
         from optuna_integration.botorch import BoTorchSampler
+
         fit_seed = zlib.crc32(f"{self.seed}:{dataset_id}:{len(done)}:fit".encode())
-        return BoTorchSampler(candidates_func=self.candidates(self._genomes[free], fit_seed), n_startup_trials=STARTUP,
-                              consider_running_trials=True, seed=seed)
+        return BoTorchSampler(
+            candidates_func=self.candidates(self._genomes[free], fit_seed),
+            n_startup_trials=STARTUP,
+            consider_running_trials=True,
+            seed=seed,
+        )
 
     def candidates(self, choices: np.ndarray, fit_seed: int):
         cols = [NAMES.index(k) for k in sorted(NAMES)]  # BoTorchSampler's columns: the params sorted by name
@@ -275,10 +320,15 @@ class QNEHVIPolicy(PeerPolicy):
             else:
                 pending_x = None
             acqf = qLogNoisyExpectedHypervolumeImprovement(
-                model=self._models[key], ref_point=(train_obj.min(dim=0).values - 1e-8).tolist(),
-                X_baseline=x, prune_baseline=True, sampler=SobolQMCNormalSampler(torch.Size([256])),
-                X_pending=pending_x)
+                model=self._models[key],
+                ref_point=(train_obj.min(dim=0).values - 1e-8).tolist(),
+                X_baseline=x,
+                prune_baseline=True,
+                sampler=SobolQMCNormalSampler(torch.Size([256])),
+                X_pending=pending_x,
+            )
             pool = normalize(torch.as_tensor(choices[:, cols], dtype=x.dtype), bounds=bounds)
             best, _ = optimize_acqf_discrete(acqf, q=1, choices=pool)
             return unnormalize(best, bounds=bounds)
+
         return qnehvi

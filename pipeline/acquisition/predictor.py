@@ -6,6 +6,7 @@ purpose). Output: a sigmoid accuracy. Dropout (p=0.5) stays on at prediction tim
 the spread of samples is the predictor's uncertainty. It is retrained from scratch, with
 early stopping on a held-out fifth, whenever the acquisition policy asks.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,8 +22,12 @@ class AccuracyPredictor(nn.Module):
         self.arch = nn.Linear(45 + func_dim, hidden)
         self.fc1 = nn.Linear(2 * hidden, hidden)
         self.fc2 = nn.Linear(hidden, 1)
-        for name, dim in (("data_mean", data_dim), ("data_std", data_dim),
-                          ("func_mean", func_dim), ("func_std", func_dim)):
+        for name, dim in (
+            ("data_mean", data_dim),
+            ("data_std", data_dim),
+            ("func_mean", func_dim),
+            ("func_std", func_dim),
+        ):
             self.register_buffer(name, torch.zeros(dim) if "mean" in name else torch.ones(dim))
 
     def set_normalization(self, data: torch.Tensor, func: torch.Tensor) -> None:
@@ -31,8 +36,13 @@ class AccuracyPredictor(nn.Module):
         self.func_mean.copy_(func.mean(0))
         self.func_std.copy_(func.std(0, unbiased=False).clamp_min(1e-6))
 
-    def forward(self, data: torch.Tensor, topology: torch.Tensor, func: torch.Tensor,
-                masks: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        data: torch.Tensor,
+        topology: torch.Tensor,
+        func: torch.Tensor,
+        masks: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """Predicted accuracy; dropout as in training, or with the given fixed masks."""
         d = self.data((data - self.data_mean) / self.data_std)
         a = self.arch(torch.cat([topology / 7.0, (func - self.func_mean) / self.func_std], dim=1))
@@ -43,8 +53,17 @@ class AccuracyPredictor(nn.Module):
         return torch.sigmoid(self.fc2(h)).squeeze(1)
 
 
-def fit(data: np.ndarray, topology: np.ndarray, func: np.ndarray, accuracy: np.ndarray, seed: int,
-        max_epochs: int = 300, patience: int = 25, lr: float = 1e-3, max_steps: int = 2000) -> AccuracyPredictor:
+def fit(
+    data: np.ndarray,
+    topology: np.ndarray,
+    func: np.ndarray,
+    accuracy: np.ndarray,
+    seed: int,
+    max_epochs: int = 300,
+    patience: int = 25,
+    lr: float = 1e-3,
+    max_steps: int = 2000,
+) -> AccuracyPredictor:
     """Train from scratch on the given rows; early stopping on a seeded held-out fifth, and at
     most `max_steps` minibatch updates, so that a fit on a 14,000-result zoo costs what one on
     2,000 does (below that, 300 epochs of early stopping end first)."""
@@ -66,7 +85,7 @@ def fit(data: np.ndarray, topology: np.ndarray, func: np.ndarray, accuracy: np.n
         model.train()
         order = train[torch.randperm(len(train))]
         for i in range(0, len(order), batch):
-            idx = order[i:i + batch]
+            idx = order[i : i + batch]
             loss = nn.functional.mse_loss(model(d[idx], t[idx], f[idx]), y[idx])
             opt.zero_grad()
             loss.backward()
@@ -89,8 +108,9 @@ def fit(data: np.ndarray, topology: np.ndarray, func: np.ndarray, accuracy: np.n
     return model
 
 
-def mc_samples(model: AccuracyPredictor, data: np.ndarray, topology: np.ndarray, func: np.ndarray,
-               samples: int = 10, seed: int = 0) -> np.ndarray:
+def mc_samples(
+    model: AccuracyPredictor, data: np.ndarray, topology: np.ndarray, func: np.ndarray, samples: int = 10, seed: int = 0
+) -> np.ndarray:
     """[samples, n] accuracy predictions under MC dropout (p kept at training's), seeded.
 
     Sample s applies one dropout mask, drawn from the seed, to every row: each row's
@@ -113,8 +133,9 @@ def dropout_masks(model: AccuracyPredictor, samples: int, seed: int):
         yield m1, m2
 
 
-def mc_grid(model: AccuracyPredictor, data: np.ndarray, topology: np.ndarray, func: np.ndarray,
-            samples: int = 10, seed: int = 0) -> np.ndarray:
+def mc_grid(
+    model: AccuracyPredictor, data: np.ndarray, topology: np.ndarray, func: np.ndarray, samples: int = 10, seed: int = 0
+) -> np.ndarray:
     """[samples, D, A] MC-dropout predictions for every (dataset, arch) pair of D datasets'
     features and A archs' topologies/embeddings: the same masks, hence the same numbers, as
     `mc_samples` on the D*A stacked rows, but each input branch runs once per dataset or
@@ -122,10 +143,11 @@ def mc_grid(model: AccuracyPredictor, data: np.ndarray, topology: np.ndarray, fu
     d, t, f = (torch.as_tensor(a, dtype=torch.float32) for a in (data, topology, func))
     out = []
     with torch.no_grad():
-        dh = model.data((d - model.data_mean) / model.data_std)                                  # [D, h]
-        ah = model.arch(torch.cat([t / 7.0, (f - model.func_mean) / model.func_std], dim=1))    # [A, h]
-        h0 = torch.relu(torch.cat([dh[:, None, :].expand(-1, len(ah), -1),
-                                   ah[None, :, :].expand(len(dh), -1, -1)], dim=2))             # [D, A, 2h]
+        dh = model.data((d - model.data_mean) / model.data_std)  # [D, h]
+        ah = model.arch(torch.cat([t / 7.0, (f - model.func_mean) / model.func_std], dim=1))  # [A, h]
+        h0 = torch.relu(
+            torch.cat([dh[:, None, :].expand(-1, len(ah), -1), ah[None, :, :].expand(len(dh), -1, -1)], dim=2)
+        )  # [D, A, 2h]
         for m1, m2 in dropout_masks(model, samples, seed):
             h = torch.relu(model.fc1(h0 * m1)) * m2
             out.append(torch.sigmoid(model.fc2(h)).squeeze(2).numpy())

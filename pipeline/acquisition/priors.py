@@ -11,6 +11,7 @@ records and reading them; `profiling` computes them).
   `pool/profiles.parquet`, measured on the workers. Latency and parameters of a candidate are thus known without
   training, and one measurement serves every dataset, so hypervolumes are comparable.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

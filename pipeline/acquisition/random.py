@@ -1,8 +1,9 @@
 """The paper's baseline zoo: random pool architectures, spread evenly over the datasets."""
+
 from __future__ import annotations
 
 import random
-from typing import Iterator
+from collections.abc import Iterator
 
 from tans.pipeline.acquisition.base import Pair, PolicyContext, first_allowed, taken_pairs
 from tans.zoo_schema.results import ZooState
@@ -36,7 +37,8 @@ class RandomPolicy:
             for d in order:
                 yield Pair(d, perms[d][r])
 
-    def propose(self, state: ZooState, n: int, pending: frozenset[Pair] = frozenset(),
-                universe: frozenset[Pair] | None = None) -> list[Pair]:
+    def propose(
+        self, state: ZooState, n: int, pending: frozenset[Pair] = frozenset(), universe: frozenset[Pair] | None = None
+    ) -> list[Pair]:
         dataset_ids = sorted(d.dataset_id for d in state.datasets)
         return first_allowed(self.sequence(dataset_ids), n, taken_pairs(state, pending), universe)

@@ -5,10 +5,11 @@ checking a name or reading the zoo never loads torch; another policy registers i
 `@register(name)` on its class. `create_policy` and `check_strategy` refuse an unknown name
 with the valid list.
 """
+
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 from tans.zoo_schema.errors import ConfigError
 
@@ -25,6 +26,7 @@ def register(name: str):
     def wrap(cls):
         POLICIES[name] = cls
         return cls
+
     return wrap
 
 

@@ -5,15 +5,16 @@ job starts from the chosen result's checkpoint with a new classifier, and its re
 committed like any zoo job (checkpoint, metrics, functional embedding), so it can be
 searched and fine-tuned again.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
 
+from tans.pipeline.datasets.ingest import ingest
 from tans.pipeline.execution.config import BuildConfig
 from tans.pipeline.execution.executor import RayExecutor, start_ray
 from tans.pipeline.execution.lease import holding
 from tans.pipeline.execution.tracking import Tracker
-from tans.pipeline.datasets.ingest import ingest
 from tans.workers.job import job_spec
 from tans.zoo_schema.errors import DatasetError, TansError
 from tans.zoo_schema.manifest import read_manifest
@@ -40,14 +41,18 @@ def _finetune(store, config: BuildConfig, job_id: str, source: str, log) -> Resu
         raise TansError(f"job {job_id} has no result in {store.uri}; pick one from `tans search`")
     report = ingest(store, source, settings=config.ingest, s3=config.s3)
     if len(report.dataset_ids) != 1:
-        raise DatasetError(f"{source} has more than {config.ingest.max_classes} classes and was split into "
-                           f"{', '.join(report.dataset_ids)}; fine-tune on one part at a time")
+        raise DatasetError(
+            f"{source} has more than {config.ingest.max_classes} classes and was split into "
+            f"{', '.join(report.dataset_ids)}; fine-tune on one part at a time"
+        )
     dataset = next(d for d in read_datasets(store) if d.dataset_id == report.dataset_ids[0])
     spec = job_spec(dataset, base.arch, config.train, manifest, init_job=job_id)
     start_ray(config.address)
     executor = RayExecutor(store.uri, config.s3, replace(config.resources, max_in_flight=1))
-    log(f"fine-tuning {job_id} ({base.arch}, trained on {base.dataset_id}) on {dataset.dataset_id} "
-        f"for {config.train.epochs} epochs")
+    log(
+        f"fine-tuning {job_id} ({base.arch}, trained on {base.dataset_id}) on {dataset.dataset_id} "
+        f"for {config.train.epochs} epochs"
+    )
     executor.submit(spec)
     outcomes = []
     try:
@@ -62,8 +67,13 @@ def _finetune(store, config: BuildConfig, job_id: str, source: str, log) -> Resu
     for epoch, loss in enumerate(outcome.epoch_losses, 1):
         acc = f", test accuracy {outcome.epoch_accuracies[epoch - 1 - first]:.4f}" if epoch > first else ""
         log(f"epoch {epoch}: train loss {loss:.4f}{acc}")
-    tracker = Tracker(config.mlflow, {"zoo": store.uri, "finetune_of": job_id, "dataset": source},
-                      run_name=f"finetune {job_id[:8]} on {dataset.dataset_id}", store=store, width=manifest.width)
+    tracker = Tracker(
+        config.mlflow,
+        {"zoo": store.uri, "finetune_of": job_id, "dataset": source},
+        run_name=f"finetune {job_id[:8]} on {dataset.dataset_id}",
+        store=store,
+        width=manifest.width,
+    )
     tracker.log_result(spec, outcome)
     tracker.end("FINISHED")
     log(f"saved as job {outcome.job_id}: {outcome.checkpoint_uri}")

@@ -15,6 +15,7 @@ state_dict is written as one safetensors file (local or s3://). That file is bot
   of that zoo is this pretrained network too), and
 - a query backbone for the retriever of any zoo: `tans retrain ZOO --backbone FILE`.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,10 +46,10 @@ class PretrainSettings:
     lr: float = 0.05
     weight_decay: float = 3e-5
     image_size: int = 32
-    random_subnets: int = 2        # sampled subnets per step, besides the largest and smallest
-    distill: float = 1.0           # weight of the largest subnet's soft targets for the others
+    random_subnets: int = 2  # sampled subnets per step, besides the largest and smallest
+    distill: float = 1.0  # weight of the largest subnet's soft targets for the others
     max_images_per_dataset: int = 2000
-    width: float = 1.0             # used when the zoo has no manifest yet
+    width: float = 1.0  # used when the zoo has no manifest yet
     seed: int = 0
 
 
@@ -58,12 +59,16 @@ def union_data(store: ZooStore, split: str, size: int, cap: int, seed: int):
 
     datasets = read_datasets(store)
     if not datasets:
-        raise DatasetError(f"the zoo at {store.uri} holds no datasets; add some with "
-                           "`tans datasets add --zoo ZOO DIR...` or build it first")
+        raise DatasetError(
+            f"the zoo at {store.uri} holds no datasets; add some with "
+            "`tans datasets add --zoo ZOO DIR...` or build it first"
+        )
     total = sum(d.num_classes for d in datasets)
     if total > N_CLASSES:
-        raise DatasetError(f"the zoo's datasets hold {total} classes together, more than the supernet's "
-                           f"{N_CLASSES}-way classifier; pretrain on a zoo with fewer datasets")
+        raise DatasetError(
+            f"the zoo's datasets hold {total} classes together, more than the supernet's "
+            f"{N_CLASSES}-way classifier; pretrain on a zoo with fewer datasets"
+        )
     xs, ys, offset = [], [], 0
     for d in datasets:
         images, labels = load_split(store, d.dataset_id, split)
@@ -100,8 +105,9 @@ def _activate(supernet, config: dict | None) -> None:
         supernet.set_active_subnet(**config)
 
 
-def pretrain_base(store: ZooStore, out: str, settings: PretrainSettings = PretrainSettings(),
-                  s3: S3Settings | None = None, log=print) -> dict:
+def pretrain_base(
+    store: ZooStore, out: str, settings: PretrainSettings = PretrainSettings(), s3: S3Settings | None = None, log=print
+) -> dict:
     """Train, evaluate and write the supernet; returns the summary also stored in the file."""
     import torch
     import torch.nn.functional as F
@@ -114,12 +120,15 @@ def pretrain_base(store: ZooStore, out: str, settings: PretrainSettings = Pretra
     x, y, dataset_ids = union_data(store, "train", settings.image_size, settings.max_images_per_dataset, settings.seed)
     xt, yt, _ = union_data(store, "test", settings.image_size, settings.max_images_per_dataset, settings.seed)
     supernet, start = start_supernet(store, settings)
-    log(f"pretraining the supernet ({start}) on {len(dataset_ids)} datasets, {len(x)} images, "
-        f"{int(y.max()) + 1} classes: {settings.steps} sandwich steps of {2 + settings.random_subnets} subnets")
+    log(
+        f"pretraining the supernet ({start}) on {len(dataset_ids)} datasets, {len(x)} images, "
+        f"{int(y.max()) + 1} classes: {settings.steps} sandwich steps of {2 + settings.random_subnets} subnets"
+    )
     torch.manual_seed(settings.seed)
     rng = random.Random(settings.seed)
-    opt = torch.optim.SGD(supernet.parameters(), lr=settings.lr, momentum=0.9, nesterov=True,
-                          weight_decay=settings.weight_decay)
+    opt = torch.optim.SGD(
+        supernet.parameters(), lr=settings.lr, momentum=0.9, nesterov=True, weight_decay=settings.weight_decay
+    )
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=settings.steps)
     g = torch.Generator().manual_seed(settings.seed)
     started, losses = time.perf_counter(), []
@@ -143,24 +152,36 @@ def pretrain_base(store: ZooStore, out: str, settings: PretrainSettings = Pretra
         sched.step()
         losses.append(step_loss / (2 + settings.random_subnets))
         if (step + 1) % max(1, settings.steps // 10) == 0 or step + 1 == settings.steps:
-            log(f"  step {step + 1}/{settings.steps}: loss {np.mean(losses[-10:]):.3f} "
-                f"({time.perf_counter() - started:.0f}s)")
+            log(
+                f"  step {step + 1}/{settings.steps}: loss {np.mean(losses[-10:]):.3f} "
+                f"({time.perf_counter() - started:.0f}s)"
+            )
     seconds = time.perf_counter() - started
     accuracy = {}
     for name, config in (("smallest", sandwich_configs(rng, 0)[1]), ("largest", None)):
         _activate(supernet, config)
         recalibrate_bn(supernet, x, torch.device("cpu"))  # the largest last: its statistics are saved
         accuracy[name] = evaluate(supernet, xt, yt)
-    summary = {"datasets": dataset_ids, "classes": int(y.max()) + 1, "train_images": len(x),
-               "test_images": len(xt), "start": start, "seconds": round(seconds, 1),
-               "final_loss": float(np.mean(losses[-10:])), "first_loss": float(np.mean(losses[:10])),
-               "test_accuracy_largest": accuracy["largest"], "test_accuracy_smallest": accuracy["smallest"],
-               "settings": asdict(settings)}
+    summary = {
+        "datasets": dataset_ids,
+        "classes": int(y.max()) + 1,
+        "train_images": len(x),
+        "test_images": len(xt),
+        "start": start,
+        "seconds": round(seconds, 1),
+        "final_loss": float(np.mean(losses[-10:])),
+        "first_loss": float(np.mean(losses[:10])),
+        "test_accuracy_largest": accuracy["largest"],
+        "test_accuracy_smallest": accuracy["smallest"],
+        "settings": asdict(settings),
+    }
     state = {k: v.detach().contiguous() for k, v in supernet.state_dict().items()}
     blob = save(state, metadata={"tans": json.dumps(summary)})
     write_weights(out, blob, s3)
-    log(f"pretrained supernet written to {out}: test accuracy {accuracy['largest']:.3f} (largest), "
-        f"{accuracy['smallest']:.3f} (smallest) over {summary['classes']} classes in {seconds:.0f}s")
+    log(
+        f"pretrained supernet written to {out}: test accuracy {accuracy['largest']:.3f} (largest), "
+        f"{accuracy['smallest']:.3f} (smallest) over {summary['classes']} classes in {seconds:.0f}s"
+    )
     return summary
 
 

@@ -19,6 +19,7 @@ The page is static (index.html next to its PNGs) and needs no server. Once loade
 small script records on <body> how many of its images decoded (`data-images-loaded`),
 which the tests read back from headless Chromium. The zoo is only read (`ReadOnlyStore`).
 """
+
 from __future__ import annotations
 
 import html
@@ -36,17 +37,17 @@ from tans.pipeline.commands.status import ZooStatus, hypervolumes, zoo_status
 from tans.retriever.features import load_backbone, split_features
 from tans.retriever.train import load_version, versions
 from tans.zoo_schema.manifest import read_manifest
+from tans.zoo_schema.outfiles import output_folder, write_file
 from tans.zoo_schema.records import ResultRecord
 from tans.zoo_schema.results import read_state
-from tans.zoo_schema.outfiles import output_folder, write_file
 from tans.zoo_schema.store import ZooStore
 
-DPI = 120                 # PNG resolution; the page shows each PNG at its natural pixel size
-MIN_TEXT_PX = 12          # the smallest text of any plot, in pixels at 100% zoom
-FIG_WIDTH_PX = 1080       # every figure's width; the page is wider
-CHANCE_FACTOR = 1.5       # a dataset whose best accuracy is under this x chance is "at chance"
-BOX_MIN = 5               # fewer networks than this: points only, no box
-ID_CHARS = 8              # job ids on the plots are shortened to this many characters
+DPI = 120  # PNG resolution; the page shows each PNG at its natural pixel size
+MIN_TEXT_PX = 12  # the smallest text of any plot, in pixels at 100% zoom
+FIG_WIDTH_PX = 1080  # every figure's width; the page is wider
+CHANCE_FACTOR = 1.5  # a dataset whose best accuracy is under this x chance is "at chance"
+BOX_MIN = 5  # fewer networks than this: points only, no box
+ID_CHARS = 8  # job ids on the plots are shortened to this many characters
 
 
 def pt(px: float) -> float:
@@ -54,10 +55,19 @@ def pt(px: float) -> float:
     return px * 72 / DPI
 
 
-STYLE = {"font.size": pt(14), "axes.titlesize": pt(15), "axes.labelsize": pt(14),
-         "xtick.labelsize": pt(13), "ytick.labelsize": pt(13), "legend.fontsize": pt(13),
-         "legend.title_fontsize": pt(13), "figure.titlesize": pt(16), "figure.dpi": DPI,
-         "savefig.dpi": DPI, "axes.titleweight": "bold"}
+STYLE = {
+    "font.size": pt(14),
+    "axes.titlesize": pt(15),
+    "axes.labelsize": pt(14),
+    "xtick.labelsize": pt(13),
+    "ytick.labelsize": pt(13),
+    "legend.fontsize": pt(13),
+    "legend.title_fontsize": pt(13),
+    "figure.titlesize": pt(16),
+    "figure.dpi": DPI,
+    "savefig.dpi": DPI,
+    "axes.titleweight": "bold",
+}
 
 
 class ReadOnlyStore(ZooStore):
@@ -88,8 +98,10 @@ class ReadOnlyStore(ZooStore):
 
 def _plt():
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -105,6 +117,7 @@ def family_colours(dataset_ids) -> dict[str, str]:
     """One colour per dataset family (hex), the same in every plot and table of the report."""
     from matplotlib import colormaps
     from matplotlib.colors import to_hex
+
     families = sorted({family(d) for d in dataset_ids})
     cmap = colormaps["tab10" if len(families) <= 10 else "tab20"]
     return {f: to_hex(cmap(i % cmap.N)) for i, f in enumerate(families)}
@@ -116,8 +129,8 @@ class DatasetView:
 
     dataset_id: str
     classes: int
-    results: list[ResultRecord]       # by accuracy, best first
-    front: list[ResultRecord]         # its (accuracy, latency, params) front, best first
+    results: list[ResultRecord]  # by accuracy, best first
+    front: list[ResultRecord]  # its (accuracy, latency, params) front, best first
     colour: str
 
     @property
@@ -156,6 +169,7 @@ def dataset_views(state) -> list[DatasetView]:
 
 # -- figure helpers -------------------------------------------------------------------------
 
+
 def _figure(height_px: float, ncols: int = 1, **kw):
     plt = _plt()
     return plt.subplots(1, ncols, figsize=(FIG_WIDTH_PX / DPI, height_px / DPI), dpi=DPI, **kw)
@@ -163,11 +177,14 @@ def _figure(height_px: float, ncols: int = 1, **kw):
 
 def _family_handles(views: list[DatasetView], marker="o"):
     from matplotlib.lines import Line2D
+
     seen = {}
     for v in views:
         seen.setdefault(v.family, v.colour)
-    return [Line2D([], [], ls="", marker=marker, ms=8, mfc=c, mec="black", mew=0.6, label=f)
-            for f, c in sorted(seen.items())]
+    return [
+        Line2D([], [], ls="", marker=marker, ms=8, mfc=c, mec="black", mew=0.6, label=f)
+        for f, c in sorted(seen.items())
+    ]
 
 
 def _pixel_xy(fig, ax, xy) -> np.ndarray:
@@ -206,11 +223,18 @@ def place_labels(fig, ax, xy, texts, avoid=(), fontsize_px=MIN_TEXT_PX, marker_p
                 dx = {1: gap + dist, -1: -gap - dist - w, 0: -w / 2}[sx]
                 dy = {1: gap + dist * 0.6, -1: -gap - dist * 0.6 - h, 0: -h / 2}[sy]
                 box = (x + dx, y + dy, x + dx + w, y + dy + h)
-                inside = frame.x0 + 2 <= box[0] and box[2] <= frame.x1 - 2 and frame.y0 + 2 <= box[1] \
+                inside = (
+                    frame.x0 + 2 <= box[0]
+                    and box[2] <= frame.x1 - 2
+                    and frame.y0 + 2 <= box[1]
                     and box[3] <= frame.y1 - 2
+                )
                 padded = (box[0] - 6, box[1] - 2, box[2] + 6, box[3] + 2)  # keep labels apart
-                if inside and not any(_overlaps(box, t) for t in dots) \
-                        and not any(_overlaps(padded, t) for t in labels):
+                if (
+                    inside
+                    and not any(_overlaps(box, t) for t in dots)
+                    and not any(_overlaps(padded, t) for t in labels)
+                ):
                     spot = (dx, dy, box, dist)
                     break
             if spot:
@@ -220,9 +244,17 @@ def place_labels(fig, ax, xy, texts, avoid=(), fontsize_px=MIN_TEXT_PX, marker_p
             continue
         dx, dy, box, dist = spot
         labels.append(box)
-        ax.annotate(text, tuple(ax.transData.inverted().transform((x, y))), xytext=((dx + 2) * 72 / DPI, dy * 72 / DPI),
-                    textcoords="offset points", ha="left", va="bottom", fontsize=pt(fontsize_px), zorder=6,
-                    bbox=dict(boxstyle="square,pad=0.1", fc="white", ec="none", alpha=0.7))
+        ax.annotate(
+            text,
+            tuple(ax.transData.inverted().transform((x, y))),
+            xytext=((dx + 2) * 72 / DPI, dy * 72 / DPI),
+            textcoords="offset points",
+            ha="left",
+            va="bottom",
+            fontsize=pt(fontsize_px),
+            zorder=6,
+            bbox=dict(boxstyle="square,pad=0.1", fc="white", ec="none", alpha=0.7),
+        )
         if dist or abs(dy + h / 2) > 1:  # a label not level with its point gets a leader line
             end = np.array([min(max(x, box[0]), box[2]), min(max(y, box[1]), box[3])])
             step = end - (x, y)
@@ -233,9 +265,11 @@ def place_labels(fig, ax, xy, texts, avoid=(), fontsize_px=MIN_TEXT_PX, marker_p
 
 def _areas(fig, ax, xy, titles, radius_px=7) -> str:
     """<area> elements giving each point a `title` tooltip in an HTML image map."""
-    return "".join(f'<area shape="circle" coords="{x:.0f},{y:.0f},{radius_px}" title="{html.escape(t)}" '
-                   f'alt="{html.escape(t)}" nohref>'
-                   for (x, y), t in zip(_pixel_xy(fig, ax, xy), titles))
+    return "".join(
+        f'<area shape="circle" coords="{x:.0f},{y:.0f},{radius_px}" title="{html.escape(t)}" '
+        f'alt="{html.escape(t)}" nohref>'
+        for (x, y), t in zip(_pixel_xy(fig, ax, xy), titles)
+    )
 
 
 def _save(fig, path: Path) -> None:
@@ -255,16 +289,20 @@ def _short(job_id: str) -> str:
 
 
 def _net_title(r: ResultRecord) -> str:
-    return (f"{r.dataset_id}: job {r.job_id}, arch {r.arch}, accuracy {r.accuracy:.3f}, "
-            f"{r.params / 1e6:.2f} M params, {r.latency_ms:.1f} ms")
+    return (
+        f"{r.dataset_id}: job {r.job_id}, arch {r.arch}, accuracy {r.accuracy:.3f}, "
+        f"{r.params / 1e6:.2f} M params, {r.latency_ms:.1f} ms"
+    )
 
 
 # -- figures --------------------------------------------------------------------------------
+
 
 def pareto_figure(view: DatasetView, path: Path) -> str:
     """Accuracy against latency and parameters; returns the image map of its points."""
     plt = _plt()
     from matplotlib.lines import Line2D
+
     rs = view.results
     acc = np.array([r.accuracy for r in rs])
     lat = np.array([r.latency_ms for r in rs])
@@ -280,32 +318,52 @@ def pareto_figure(view: DatasetView, path: Path) -> str:
         maps = []
         for ax, x, xlabel in ((axes[0], lat, "latency (ms, batch 1)"), (axes[1], par, "parameters (M)")):
             ax.axhline(view.chance, color="0.25", ls="--", lw=1.2, zorder=1)
-            ax.scatter(x[~on_front], acc[~on_front], s=45, facecolors="white", edgecolors="0.45",
-                       linewidths=1.2, zorder=3)
-            ax.scatter(x[on_front], acc[on_front], s=70, c=view.colour, edgecolors="black",
-                       linewidths=0.9, zorder=4)
+            ax.scatter(
+                x[~on_front], acc[~on_front], s=45, facecolors="white", edgecolors="0.45", linewidths=1.2, zorder=3
+            )
+            ax.scatter(x[on_front], acc[on_front], s=70, c=view.colour, edgecolors="black", linewidths=0.9, zorder=4)
             ax.set_xlabel(xlabel)
             ax.grid(alpha=0.3)
             ax.set_ylim(max(0.0, lo - pad), min(1.0, hi + pad))
             span = max(x.max() - x.min(), 1e-3 * max(abs(x.max()), 1))
             ax.set_xlim(x.min() - 0.25 * span, x.max() + 0.25 * span)
-            ax.text(0.01, view.chance, f" chance 1/{view.classes} = {view.chance:.3f}",
-                    transform=ax.get_yaxis_transform(), va="bottom", ha="left", fontsize=pt(MIN_TEXT_PX), color="0.2")
+            ax.text(
+                0.01,
+                view.chance,
+                f" chance 1/{view.classes} = {view.chance:.3f}",
+                transform=ax.get_yaxis_transform(),
+                va="bottom",
+                ha="left",
+                fontsize=pt(MIN_TEXT_PX),
+                color="0.2",
+            )
         axes[0].set_ylabel("top-1 accuracy")
         warn = f"  (at chance: best < {CHANCE_FACTOR:g}x chance)" if view.at_chance else ""
-        fig.suptitle(f"{view.dataset_id}: {len(rs)} networks, {len(view.front)} on the front{warn}",
-                     x=0.01, ha="left", color="darkred" if view.at_chance else "black")
+        fig.suptitle(
+            f"{view.dataset_id}: {len(rs)} networks, {len(view.front)} on the front{warn}",
+            x=0.01,
+            ha="left",
+            color="darkred" if view.at_chance else "black",
+        )
         handles = [
             Line2D([], [], ls="", marker="o", ms=9, mfc=view.colour, mec="black", label="Pareto front"),
             Line2D([], [], ls="", marker="o", ms=8, mfc="white", mec="0.45", label="dominated"),
-            Line2D([], [], ls="--", color="0.25", lw=1.2, label="chance (1/classes)")]
+            Line2D([], [], ls="--", color="0.25", lw=1.2, label="chance (1/classes)"),
+        ]
         fig.legend(handles=handles, loc="upper right", ncol=3, frameon=False, borderaxespad=0.2)
         fig.tight_layout(rect=(0, 0, 1, 0.97))
         for ax, x in ((axes[0], lat), (axes[1], par)):
-            idx = [i for i in range(len(rs)) if labelled[i] and on_front[i]] + \
-                  [i for i in range(len(rs)) if labelled[i] and not on_front[i]]  # the front's first
-            place_labels(fig, ax, np.column_stack([x, acc])[idx], [_short(rs[i].job_id) for i in idx],
-                         avoid=[np.column_stack([x, acc])], fontsize_px=MIN_TEXT_PX)
+            idx = [i for i in range(len(rs)) if labelled[i] and on_front[i]] + [
+                i for i in range(len(rs)) if labelled[i] and not on_front[i]
+            ]  # the front's first
+            place_labels(
+                fig,
+                ax,
+                np.column_stack([x, acc])[idx],
+                [_short(rs[i].job_id) for i in idx],
+                avoid=[np.column_stack([x, acc])],
+                fontsize_px=MIN_TEXT_PX,
+            )
             maps.append((ax, np.column_stack([x, acc])))
         area_maps = "".join(_areas(fig, ax, xy, [_net_title(r) for r in rs]) for ax, xy in maps)
         _save(fig, path)
@@ -316,8 +374,9 @@ def hypervolume_figure(history: list[float], path: Path) -> None:
     plt = _plt()
     with plt.rc_context(STYLE):
         fig, ax = _figure(340)
-        ax.plot(np.arange(1, len(history) + 1), history, color="tab:blue", lw=2,
-                marker="o" if len(history) < 30 else None)
+        ax.plot(
+            np.arange(1, len(history) + 1), history, color="tab:blue", lw=2, marker="o" if len(history) < 30 else None
+        )
         ax.set_xlabel("results committed")
         ax.set_ylabel("mean normalized\nhypervolume")
         ax.set_ylim(0, max(1e-3, max(history)) * 1.08)
@@ -331,6 +390,7 @@ def accuracy_figure(views: list[DatasetView], path: Path) -> str:
     plt = _plt()
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
+
     views = [v for v in views if v.results]
     row_px = 27
     with plt.rc_context(STYLE):
@@ -342,19 +402,29 @@ def accuracy_figure(views: list[DatasetView], path: Path) -> str:
             if v.at_chance:
                 ax.axhspan(i - 0.5, i + 0.5, color="#fde0dc", zorder=0, lw=0)
             if len(accs) >= BOX_MIN:
-                ax.boxplot([accs], positions=[i], orientation="horizontal", widths=0.7, showfliers=False,
-                           manage_ticks=False, patch_artist=True, medianprops=dict(color="black", lw=1.5),
-                           boxprops=dict(facecolor=v.colour + "40", edgecolor="0.25", lw=1.2),
-                           whiskerprops=dict(color="0.25", lw=1.2), capprops=dict(color="0.25", lw=1.2), zorder=2)
+                ax.boxplot(
+                    [accs],
+                    positions=[i],
+                    orientation="horizontal",
+                    widths=0.7,
+                    showfliers=False,
+                    manage_ticks=False,
+                    patch_artist=True,
+                    medianprops=dict(color="black", lw=1.5),
+                    boxprops=dict(facecolor=v.colour + "40", edgecolor="0.25", lw=1.2),
+                    whiskerprops=dict(color="0.25", lw=1.2),
+                    capprops=dict(color="0.25", lw=1.2),
+                    zorder=2,
+                )
             ys = i + (rng.uniform(-0.22, 0.22, len(accs)) if len(accs) > 1 else np.zeros(1))
             ax.scatter(accs, ys, s=34, c=v.colour, edgecolors="black", linewidths=0.6, zorder=3)
-            ax.plot([v.chance, v.chance], [i - 0.42, i + 0.42], color="black", lw=2.2, zorder=4,
-                    solid_capstyle="butt")
+            ax.plot([v.chance, v.chance], [i - 0.42, i + 0.42], color="black", lw=2.2, zorder=4, solid_capstyle="butt")
             xy += list(zip(accs, ys))
             titles += [_net_title(r) for r in v.results]
         ax.set_yticks(range(len(views)))
-        ax.set_yticklabels([f"{v.dataset_id}  ({len(v.results)})" + ("  at chance" if v.at_chance else "")
-                            for v in views])
+        ax.set_yticklabels(
+            [f"{v.dataset_id}  ({len(v.results)})" + ("  at chance" if v.at_chance else "") for v in views]
+        )
         for tick, v in zip(ax.get_yticklabels(), views):
             if v.at_chance:
                 tick.set_color("darkred")
@@ -365,11 +435,16 @@ def accuracy_figure(views: list[DatasetView], path: Path) -> str:
         ax.tick_params(axis="y", length=0)
         handles = _family_handles(views) + [
             Line2D([], [], color="black", lw=0, marker="|", ms=12, mew=2.2, label="chance (1/classes)"),
-            Patch(color="#fde0dc", label=f"best < {CHANCE_FACTOR:g}x chance")]
-        ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(len(handles), 5),
-                  frameon=False,
-                  title="family (dataset id prefix); (n) = networks; boxes from "
-                        f"{BOX_MIN} networks on")
+            Patch(color="#fde0dc", label=f"best < {CHANCE_FACTOR:g}x chance"),
+        ]
+        ax.legend(
+            handles=handles,
+            loc="lower center",
+            bbox_to_anchor=(0.5, 1.0),
+            ncol=min(len(handles), 5),
+            frameon=False,
+            title=f"family (dataset id prefix); (n) = networks; boxes from {BOX_MIN} networks on",
+        )
         fig.tight_layout()
         area = _areas(fig, ax, xy, titles, radius_px=6)
         _save(fig, path)
@@ -379,7 +454,6 @@ def accuracy_figure(views: list[DatasetView], path: Path) -> str:
 def latent_points(store: ZooStore) -> dict | None:
     """2-D PCA of the newest retriever's model embeddings and dataset query embeddings."""
     import torch
-
 
     if not versions(store):
         return None
@@ -394,28 +468,50 @@ def latent_points(store: ZooStore) -> dict | None:
     backbone = load_backbone(store, manifest, meta.get("backbone_key", ""))
     datasets = sorted(set(owners))
     with torch.no_grad():
-        queries = np.stack([model.encode_query(torch.from_numpy(
-            split_features(store, manifest, d, "test", meta["image_size"], backbone)[0])).numpy() for d in datasets])
+        queries = np.stack(
+            [
+                model.encode_query(
+                    torch.from_numpy(split_features(store, manifest, d, "test", meta["image_size"], backbone)[0])
+                ).numpy()
+                for d in datasets
+            ]
+        )
     both = np.concatenate([models, queries])
     centred = both - both.mean(0)
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
     xy = centred @ vt[:2].T
-    return {"version": meta["version"], "models": xy[:len(models)], "owners": owners, "jobs": jobs,
-            "queries": xy[len(models):], "datasets": datasets}
+    return {
+        "version": meta["version"],
+        "models": xy[: len(models)],
+        "owners": owners,
+        "jobs": jobs,
+        "queries": xy[len(models) :],
+        "datasets": datasets,
+    }
 
 
 def latent_figure(points: dict, colours: dict[str, str], path: Path) -> tuple[str, int]:
     """The latent map; returns (its image map, how many star labels were left out)."""
     plt = _plt()
     from matplotlib.lines import Line2D
+
     with plt.rc_context(STYLE):
         fig, ax = _figure(860)
         colour = lambda d: colours.get(family(d), "0.5")  # noqa: E731
         models, queries = points["models"], points["queries"]
-        ax.scatter(models[:, 0], models[:, 1], s=26, alpha=0.8, c=[colour(o) for o in points["owners"]],
-                   linewidths=0, zorder=2)
-        ax.scatter(queries[:, 0], queries[:, 1], s=190, marker="*", edgecolors="black", linewidths=0.7,
-                   c=[colour(d) for d in points["datasets"]], zorder=4)
+        ax.scatter(
+            models[:, 0], models[:, 1], s=26, alpha=0.8, c=[colour(o) for o in points["owners"]], linewidths=0, zorder=2
+        )
+        ax.scatter(
+            queries[:, 0],
+            queries[:, 1],
+            s=190,
+            marker="*",
+            edgecolors="black",
+            linewidths=0.7,
+            c=[colour(d) for d in points["datasets"]],
+            zorder=4,
+        )
         every = np.concatenate([models, queries])
         span = every.max(0) - every.min(0) + 1e-9
         ax.set_xlim(every[:, 0].min() - 0.08 * span[0], every[:, 0].max() + 0.08 * span[0])
@@ -425,30 +521,42 @@ def latent_figure(points: dict, colours: dict[str, str], path: Path) -> tuple[st
         ax.set_xticks([])
         ax.set_yticks([])
         families = sorted({family(d) for d in points["datasets"]} | {family(o) for o in points["owners"]})
-        handles = [Line2D([], [], ls="", marker="o", ms=8, mfc=colour(f), mec="black", mew=0.5, label=f)
-                   for f in families]
-        handles += [Line2D([], [], ls="", marker="o", ms=5, mfc="0.6", mec="none", label="model"),
-                    Line2D([], [], ls="", marker="*", ms=13, mfc="0.85", mec="black", label="dataset query")]
-        ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=7, frameon=False,
-                  title=f"retriever v{points['version']}: family (dataset id prefix)")
+        handles = [
+            Line2D([], [], ls="", marker="o", ms=8, mfc=colour(f), mec="black", mew=0.5, label=f) for f in families
+        ]
+        handles += [
+            Line2D([], [], ls="", marker="o", ms=5, mfc="0.6", mec="none", label="model"),
+            Line2D([], [], ls="", marker="*", ms=13, mfc="0.85", mec="black", label="dataset query"),
+        ]
+        ax.legend(
+            handles=handles,
+            loc="lower center",
+            bbox_to_anchor=(0.5, 1.0),
+            ncol=7,
+            frameon=False,
+            title=f"retriever v{points['version']}: family (dataset id prefix)",
+        )
         fig.tight_layout()
-        skipped = place_labels(fig, ax, queries, points["datasets"], avoid=[models], fontsize_px=MIN_TEXT_PX,
-                               marker_px=16)
+        skipped = place_labels(
+            fig, ax, queries, points["datasets"], avoid=[models], fontsize_px=MIN_TEXT_PX, marker_px=16
+        )
         titles = [f"model of {o}" + (f", job {j}" if j else "") for o, j in zip(points["owners"], points["jobs"])]
-        area = (_areas(fig, ax, queries, [f"query of dataset {d}" for d in points["datasets"]], radius_px=9)
-                + _areas(fig, ax, models, titles, radius_px=5))
+        area = _areas(fig, ax, queries, [f"query of dataset {d}" for d in points["datasets"]], radius_px=9) + _areas(
+            fig, ax, models, titles, radius_px=5
+        )
         _save(fig, path)
     return area, skipped
 
 
 # -- the report -----------------------------------------------------------------------------
 
+
 @dataclass
 class Figure:
     title: str
     src: str
     caption: str = ""
-    areas: str = ""       # <area> elements of its image map
+    areas: str = ""  # <area> elements of its image map
 
 
 def write_report(store: ZooStore, out: str, log=print) -> Path:
@@ -480,19 +588,34 @@ def render_report(store: ZooStore, folder: Path) -> int:
     if state.results:
         areas = accuracy_figure(views, folder / "accuracy.png")
         at_chance = sum(v.at_chance for v in views)
-        figures.append(Figure("Accuracy per dataset", "accuracy.png",
-                              f"Datasets sorted by their best accuracy; black tick = chance (1/classes); "
-                              f"{at_chance} datasets at chance (best accuracy < {CHANCE_FACTOR:g}x chance) "
-                              "shaded red.", areas))
+        figures.append(
+            Figure(
+                "Accuracy per dataset",
+                "accuracy.png",
+                f"Datasets sorted by their best accuracy; black tick = chance (1/classes); "
+                f"{at_chance} datasets at chance (best accuracy < {CHANCE_FACTOR:g}x chance) "
+                "shaded red.",
+                areas,
+            )
+        )
         points = latent_points(store)
         if points is not None:
             retriever = True
             areas, skipped = latent_figure(points, colours, folder / "latent.png")
-            figures.append(Figure(f"Retriever latent space (v{points['version']}, PCA)", "latent.png",
-                                  "Dots = the zoo's models, stars = each dataset's query (its test images), "
-                                  "coloured by family. " + (f"{skipped} star labels left out where they would "
-                                                            "overlap; hover a star for its dataset." if skipped
-                                                            else "Hover a point for its dataset."), areas))
+            figures.append(
+                Figure(
+                    f"Retriever latent space (v{points['version']}, PCA)",
+                    "latent.png",
+                    "Dots = the zoo's models, stars = each dataset's query (its test images), "
+                    "coloured by family. "
+                    + (
+                        f"{skipped} star labels left out where they would overlap; hover a star for its dataset."
+                        if skipped
+                        else "Hover a point for its dataset."
+                    ),
+                    areas,
+                )
+            )
         if hv[1]:
             hypervolume_figure(hv[1], folder / "hypervolume.png")
             figures.append(Figure("Mean normalized hypervolume as the zoo grew", "hypervolume.png"))
@@ -511,15 +634,30 @@ def _img(fig: Figure, folder: Path, name: str) -> str:
     w, h = png_size(folder / fig.src)
     usemap = f' usemap="#{e(name)}"' if fig.areas else ""
     mapping = f'<map name="{e(name)}">{fig.areas}</map>' if fig.areas else ""
-    return (f'<img src="{e(fig.src)}" width="{w}" height="{h}" alt="{e(fig.title)}" '
-            f'title="{e(fig.title)}"{usemap}>{mapping}')
+    return (
+        f'<img src="{e(fig.src)}" width="{w}" height="{h}" alt="{e(fig.title)}" '
+        f'title="{e(fig.title)}"{usemap}>{mapping}'
+    )
 
 
-def page(status: ZooStatus, views: list[DatasetView], figures: list[Figure], fronts: list,
-         retriever: bool, folder: Path, colours: dict[str, str]) -> str:
-    time_note = "" if status.non_training_share is None else (
-        " Where the jobs' time went: " + ", ".join(f"{k} {v:.0f} s" for k, v in status.job_seconds.items())
-        + f" ({status.non_training_share:.0%} not training).")
+def page(
+    status: ZooStatus,
+    views: list[DatasetView],
+    figures: list[Figure],
+    fronts: list,
+    retriever: bool,
+    folder: Path,
+    colours: dict[str, str],
+) -> str:
+    time_note = (
+        ""
+        if status.non_training_share is None
+        else (
+            " Where the jobs' time went: "
+            + ", ".join(f"{k} {v:.0f} s" for k, v in status.job_seconds.items())
+            + f" ({status.non_training_share:.0%} not training)."
+        )
+    )
     e = html.escape
 
     def num(v):
@@ -533,8 +671,14 @@ def page(status: ZooStatus, views: list[DatasetView], figures: list[Figure], fro
     for v in views:
         s = stat.get(v.dataset_id)
         best = v.best
-        chance_note = (f' <span class="tag" title="best accuracy {num(best.accuracy)} &lt; {CHANCE_FACTOR:g} x '
-                       f'chance {num(v.chance)}">at chance</span>') if v.at_chance else ""
+        chance_note = (
+            (
+                f' <span class="tag" title="best accuracy {num(best.accuracy)} &lt; {CHANCE_FACTOR:g} x '
+                f'chance {num(v.chance)}">at chance</span>'
+            )
+            if v.at_chance
+            else ""
+        )
         link = f'<a href="#{e(_safe(v.dataset_id))}">{e(v.dataset_id)}</a>' if v.results else e(v.dataset_id)
         best_job = "-" if best is None else f'<code title="{e(_net_title(best))}">{e(best.job_id)}</code>'
         rows.append(
@@ -544,35 +688,46 @@ def page(status: ZooStatus, views: list[DatasetView], figures: list[Figure], fro
             f"<td>{'-' if best is None else f'{best.accuracy / v.chance:.1f}x'}</td>"
             f"<td>{num(s.mean_accuracy if s else None)}</td><td>{len(v.front)}</td>"
             f"<td>{num(s.hypervolume if s else None)}</td>"
-            f"<td>{best_job}</td></tr>")
-    blocks = "\n".join(f"<figure>{_img(f, folder, f'map-{i}')}<figcaption><b>{e(f.title)}.</b> "
-                       f"{e(f.caption)}</figcaption></figure>" for i, f in enumerate(figures))
+            f"<td>{best_job}</td></tr>"
+        )
+    blocks = "\n".join(
+        f"<figure>{_img(f, folder, f'map-{i}')}<figcaption><b>{e(f.title)}.</b> {e(f.caption)}</figcaption></figure>"
+        for i, f in enumerate(figures)
+    )
     front_blocks = []
     for i, (v, f) in enumerate(fronts):
         nets = "\n".join(
             f"<tr><td><code>{e(r.job_id)}</code></td><td><code>{e(r.arch)}</code></td><td>{r.accuracy:.3f}</td>"
-            f"<td>{r.params / 1e6:.2f}</td><td>{r.latency_ms:.1f}</td></tr>" for r in v.front)
+            f"<td>{r.params / 1e6:.2f}</td><td>{r.latency_ms:.1f}</td></tr>"
+            for r in v.front
+        )
         warn = ' <span class="tag">at chance</span>' if v.at_chance else ""
         front_blocks.append(
             f'<section id="{e(_safe(v.dataset_id))}"><h3>{swatch(v)}{e(v.dataset_id)}{warn}</h3>'
             f"<figure>{_img(f, folder, f'front-{i}')}</figure>\n"
-            f"<table class=\"front\"><caption>{e(v.dataset_id)}: Pareto-front networks ({len(v.front)} of "
+            f'<table class="front"><caption>{e(v.dataset_id)}: Pareto-front networks ({len(v.front)} of '
             f"{len(v.results)}; chance level {num(v.chance)})</caption>"
             f"<tr><th>job id</th><th>arch</th><th>accuracy</th><th>params (M)</th><th>latency (ms)</th></tr>\n"
-            f"{nets}</table></section>")
+            f"{nets}</table></section>"
+        )
     legend = " ".join(f'<span class="sw" style="background:{c}"></span>{e(f)}' for f, c in sorted(colours.items()))
     notes = []
     if not status.finished_jobs:
-        notes.append("<p class=\"note\">The zoo has no results yet: build it (<code>tans build</code>) for "
-                     "the plots.</p>")
+        notes.append(
+            '<p class="note">The zoo has no results yet: build it (<code>tans build</code>) for the plots.</p>'
+        )
     elif not retriever:
-        notes.append("<p class=\"note\">No retriever trained yet: run <code>tans retrain ZOO</code> for the "
-                     "latent map.</p>")
+        notes.append(
+            '<p class="note">No retriever trained yet: run <code>tans retrain ZOO</code> for the latent map.</p>'
+        )
     at_chance = [v for v in views if v.at_chance]
     if at_chance:
-        notes.append(f"<p class=\"note\">{len(at_chance)} datasets at chance (best accuracy &lt; "
-                     f"{CHANCE_FACTOR:g} x 1/classes): " + ", ".join(
-                         f'<a href="#{e(_safe(v.dataset_id))}">{e(v.dataset_id)}</a>' for v in at_chance) + ".</p>")
+        notes.append(
+            f'<p class="note">{len(at_chance)} datasets at chance (best accuracy &lt; '
+            f"{CHANCE_FACTOR:g} x 1/classes): "
+            + ", ".join(f'<a href="#{e(_safe(v.dataset_id))}">{e(v.dataset_id)}</a>' for v in at_chance)
+            + ".</p>"
+        )
     width = FIG_WIDTH_PX + 40
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>tans zoo report</title>

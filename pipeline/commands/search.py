@@ -1,5 +1,6 @@
 """`tans search`: read a dataset as ingestion would (validated, nothing written), then rank the
 zoo's networks for it with the newest retriever version (see `tans.retriever.search`)."""
+
 from __future__ import annotations
 
 import random
@@ -15,7 +16,9 @@ from tans.zoo_schema.results import read_results
 from tans.zoo_schema.store import ZooStore
 
 
-def query_images(source: str, per_class: int = 10, s3=None, for_finetune: bool = False) -> tuple[list[bytes], list[int]]:
+def query_images(
+    source: str, per_class: int = 10, s3=None, for_finetune: bool = False
+) -> tuple[list[bytes], list[int]]:
     """Up to `per_class` validated images of each class of a dataset source (labels in sorted
     class order). The source is listed, files are sampled per class (seeded), and only the
     sampled files are read and decoded; a file that does not decode is replaced by the next
@@ -37,7 +40,7 @@ def query_images(source: str, per_class: int = 10, s3=None, for_finetune: bool =
         kept = decoded.setdefault(cls, [])
         start = 0
         while len(kept) < per_class and start < len(members):
-            batch = members[start:start + per_class - len(kept)]
+            batch = members[start : start + per_class - len(kept)]
             start += len(batch)
             for raw in listed.read(batch):
                 image, _ = decode_one(raw, settings)
@@ -48,14 +51,22 @@ def query_images(source: str, per_class: int = 10, s3=None, for_finetune: bool =
     check_classes(source, {c: len(v) for c, v in decoded.items()}, skipped, settings)
     images, labels = [], []
     for label, cls in enumerate(sorted(c for c in decoded if decoded[c])):  # a class none of whose files
-        images += decoded[cls]                                                # decodes is left out
+        images += decoded[cls]  # decodes is left out
         labels += [label] * len(decoded[cls])
     return images, labels
 
 
-def search_dataset(store: ZooStore, source: str, constraints: Constraints = Constraints(), top_k: int = 10,
-                   per_class: int = 10, s3=None, rerank: str = DEFAULT_RERANK, recall: int = RECALL,
-                   finetune_top: int = proxy.FINETUNE_TOP) -> SearchResult:
+def search_dataset(
+    store: ZooStore,
+    source: str,
+    constraints: Constraints = Constraints(),
+    top_k: int = 10,
+    per_class: int = 10,
+    s3=None,
+    rerank: str = DEFAULT_RERANK,
+    recall: int = RECALL,
+    finetune_top: int = proxy.FINETUNE_TOP,
+) -> SearchResult:
     """Validate a sample of a dataset (as ingestion does, without writing it) and search the zoo
     for it. The finetune ordering reads more images per class (`proxy.per_class`) for its
     fine-tunes; the query is embedded from the `per_class` of each class every ordering reads."""

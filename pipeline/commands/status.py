@@ -1,4 +1,5 @@
 """`tans status`: what a zoo holds, per dataset."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -17,11 +18,11 @@ class DatasetStatus:
     train: int
     test: int
     jobs: int
-    failed: int                       # jobs given up or failing, with no result
+    failed: int  # jobs given up or failing, with no result
     best_accuracy: float | None
     mean_accuracy: float | None
-    pareto_front: int                 # networks on its (accuracy, latency, params) front
-    hypervolume: float | None         # normalized; None before a build profiled the pool
+    pareto_front: int  # networks on its (accuracy, latency, params) front
+    hypervolume: float | None  # normalized; None before a build profiled the pool
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,8 @@ class ZooStatus:
     mean_hypervolume: float | None
     hypervolume_history: list[HypervolumePoint]
     per_dataset: list[DatasetStatus]
-    job_seconds: dict[str, float]          # summed over the jobs that recorded their phases
-    non_training_share: float | None       # of those jobs' time, what was not training steps
+    job_seconds: dict[str, float]  # summed over the jobs that recorded their phases
+    non_training_share: float | None  # of those jobs' time, what was not training steps
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -92,49 +93,71 @@ def zoo_status(store: ZooStore, state: ZooState | None = None, hv=None) -> ZooSt
     for d in state.datasets:
         results = by_dataset.get(d.dataset_id, [])
         costs = [(r.accuracy, r.latency_ms, r.params) for r in results]
-        rows.append(DatasetStatus(
-            dataset_id=d.dataset_id, classes=d.num_classes, train=d.num_train, test=d.num_test,
-            jobs=len(results),
-            failed=len(failed_by_dataset.get(d.dataset_id, ())),
-            best_accuracy=max((r.accuracy for r in results), default=None),
-            mean_accuracy=(sum(r.accuracy for r in results) / len(results)) if results else None,
-            pareto_front=len(front_indices(costs)),
-            hypervolume=round(hv[d.dataset_id], 5) if d.dataset_id in hv else None))
+        rows.append(
+            DatasetStatus(
+                dataset_id=d.dataset_id,
+                classes=d.num_classes,
+                train=d.num_train,
+                test=d.num_test,
+                jobs=len(results),
+                failed=len(failed_by_dataset.get(d.dataset_id, ())),
+                best_accuracy=max((r.accuracy for r in results), default=None),
+                mean_accuracy=(sum(r.accuracy for r in results) / len(results)) if results else None,
+                pareto_front=len(front_indices(costs)),
+                hypervolume=round(hv[d.dataset_id], 5) if d.dataset_id in hv else None,
+            )
+        )
     timed = [r for r in state.results if r.data_seconds or r.setup_seconds]
-    phases = {"data": sum(r.data_seconds for r in timed), "setup": sum(r.setup_seconds for r in timed),
-              "training": sum(r.train_seconds - r.eval_seconds for r in timed),
-              "evaluation": sum(r.eval_seconds for r in timed), "profiling": sum(r.profile_seconds for r in timed),
-              "checkpoint": sum(r.checkpoint_seconds for r in timed)}
+    phases = {
+        "data": sum(r.data_seconds for r in timed),
+        "setup": sum(r.setup_seconds for r in timed),
+        "training": sum(r.train_seconds - r.eval_seconds for r in timed),
+        "evaluation": sum(r.eval_seconds for r in timed),
+        "profiling": sum(r.profile_seconds for r in timed),
+        "checkpoint": sum(r.checkpoint_seconds for r in timed),
+    }
     total = sum(phases.values())
     return ZooStatus(
         job_seconds={k: round(v, 2) for k, v in phases.items()},
         non_training_share=round(1 - phases["training"] / total, 4) if total else None,
-        zoo=store.uri, datasets=len(state.datasets), finished_jobs=len(state.results),
-        failed_jobs=len(failed_ids), architectures=len({r.arch for r in state.results}),
+        zoo=store.uri,
+        datasets=len(state.datasets),
+        finished_jobs=len(state.results),
+        failed_jobs=len(failed_ids),
+        architectures=len({r.arch for r in state.results}),
         base_weights=manifest.base_weights.id if manifest else None,
         mean_hypervolume=round(sum(hv.values()) / len(hv), 5) if hv else None,
-        hypervolume_history=points, per_dataset=rows)
+        hypervolume_history=points,
+        per_dataset=rows,
+    )
 
 
 def format_status(status: ZooStatus) -> str:
-    lines = [f"zoo {status.zoo}: {status.datasets} datasets, {status.finished_jobs} finished "
-             f"jobs ({status.architectures} architectures), {status.failed_jobs} failed; "
-             f"base weights {status.base_weights}", ""]
-    header = (f"{'dataset':34} {'cls':>3} {'train':>5} {'test':>5} {'jobs':>4} {'fail':>4} "
-              f"{'best':>6} {'mean':>6} {'front':>5} {'hv':>6}")
+    lines = [
+        f"zoo {status.zoo}: {status.datasets} datasets, {status.finished_jobs} finished "
+        f"jobs ({status.architectures} architectures), {status.failed_jobs} failed; "
+        f"base weights {status.base_weights}",
+        "",
+    ]
+    header = (
+        f"{'dataset':34} {'cls':>3} {'train':>5} {'test':>5} {'jobs':>4} {'fail':>4} "
+        f"{'best':>6} {'mean':>6} {'front':>5} {'hv':>6}"
+    )
     lines += [header, "-" * len(header)]
 
     def pct(v):
         return "-" if v is None else f"{v:.3f}"
+
     for r in status.per_dataset:
-        lines.append(f"{r.dataset_id[:34]:34} {r.classes:>3} {r.train:>5} {r.test:>5} "
-                     f"{r.jobs:>4} {r.failed:>4} {pct(r.best_accuracy):>6} "
-                     f"{pct(r.mean_accuracy):>6} {r.pareto_front:>5} {pct(r.hypervolume):>6}")
+        lines.append(
+            f"{r.dataset_id[:34]:34} {r.classes:>3} {r.train:>5} {r.test:>5} "
+            f"{r.jobs:>4} {r.failed:>4} {pct(r.best_accuracy):>6} "
+            f"{pct(r.mean_accuracy):>6} {r.pareto_front:>5} {pct(r.hypervolume):>6}"
+        )
     if status.non_training_share is not None:
         parts = ", ".join(f"{k} {v:.0f}s" for k, v in status.job_seconds.items())
         lines += ["", f"where the jobs' time went: {parts}; {status.non_training_share:.0%} not training"]
     if status.hypervolume_history:
         lines += ["", "mean normalized hypervolume as the zoo grew:"]
-        lines += ["  " + "  ".join(f"{h.results}:{h.mean_hypervolume:.3f}"
-                                   for h in status.hypervolume_history)]
+        lines += ["  " + "  ".join(f"{h.results}:{h.mean_hypervolume:.3f}" for h in status.hypervolume_history)]
     return "\n".join(lines)

@@ -11,6 +11,7 @@ The client talks to the dashboard's HTTP address (`http://HEAD:8265`) with Ray's
 authentication (RAY_AUTH_MODE=token unless set otherwise; the token comes from
 RAY_AUTH_TOKEN or ~/.ray/auth_token, and is never printed).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,12 +23,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from tans.pipeline.execution.config import BuildConfig, load_config
 from tans.layers import LAYERS
+from tans.pipeline.execution.config import BuildConfig, load_config
 from tans.zoo_schema.errors import ConfigError, TansError
 
 CONFIG_NAME = "build.json"
-ENTRYPOINT = f"python -m tans.pipeline.cli build --config {CONFIG_NAME} --resolved-config"  # the environment is not read
+ENTRYPOINT = (
+    f"python -m tans.pipeline.cli build --config {CONFIG_NAME} --resolved-config"  # the environment is not read
+)
 
 
 class ClusterError(TansError):
@@ -37,13 +40,16 @@ class ClusterError(TansError):
 def client(address: str):
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     from ray.job_submission import JobSubmissionClient
+
     try:
         return JobSubmissionClient(address)
     except Exception as e:  # the SDK raises ConnectionError/RuntimeError/ValueError variously
-        raise ClusterError(f"cannot reach the Ray Jobs API at {address}: {str(e).splitlines()[0]}; "
-                           "check --address (the dashboard's http://HEAD:8265) and that the head runs "
-                           "with the dashboard (`ray start --head --dashboard-host=127.0.0.1`), and "
-                           "for token authentication RAY_AUTH_TOKEN or ~/.ray/auth_token") from None
+        raise ClusterError(
+            f"cannot reach the Ray Jobs API at {address}: {str(e).splitlines()[0]}; "
+            "check --address (the dashboard's http://HEAD:8265) and that the head runs "
+            "with the dashboard (`ray start --head --dashboard-host=127.0.0.1`), and "
+            "for token authentication RAY_AUTH_TOKEN or ~/.ray/auth_token"
+        ) from None
 
 
 def cluster_config(config: BuildConfig) -> BuildConfig:
@@ -51,13 +57,19 @@ def cluster_config(config: BuildConfig) -> BuildConfig:
     one that all nodes can see."""
     for where, value in [("zoo", config.zoo)] + [("datasets", d) for d in config.datasets]:
         if "://" not in value and not os.path.isabs(value):
-            raise ConfigError(f"{where} {value!r} is a relative path; a submitted build runs in a "
-                              "temporary directory on the head node: use s3://... or an absolute path "
-                              "every node can read")
+            raise ConfigError(
+                f"{where} {value!r} is a relative path; a submitted build runs in a "
+                "temporary directory on the head node: use s3://... or an absolute path "
+                "every node can read"
+            )
     if not config.mlflow.tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI"):
-        raise ConfigError("mlflow.tracking_uri is not set; a submitted build needs a tracking server "
-                          "(http://MLFLOW:5000) or an absolute sqlite:/// path on the head node")
-    mlflow = dataclasses.replace(config.mlflow, tracking_uri=config.mlflow.tracking_uri or os.environ["MLFLOW_TRACKING_URI"])
+        raise ConfigError(
+            "mlflow.tracking_uri is not set; a submitted build needs a tracking server "
+            "(http://MLFLOW:5000) or an absolute sqlite:/// path on the head node"
+        )
+    mlflow = dataclasses.replace(
+        config.mlflow, tracking_uri=config.mlflow.tracking_uri or os.environ["MLFLOW_TRACKING_URI"]
+    )
     return dataclasses.replace(config, address="auto", mlflow=mlflow)
 
 
@@ -69,8 +81,9 @@ def submission_base(config: BuildConfig) -> str:
 
 
 def tans_jobs(c, prefix: str = "tans-") -> list:
-    return sorted((j for j in c.list_jobs() if (j.submission_id or "").startswith(prefix)),
-                  key=lambda j: j.start_time or 0)
+    return sorted(
+        (j for j in c.list_jobs() if (j.submission_id or "").startswith(prefix)), key=lambda j: j.start_time or 0
+    )
 
 
 def submit(address: str, config_path: str | None, overrides: dict | None = None, log=print) -> str:
@@ -81,28 +94,34 @@ def submit(address: str, config_path: str | None, overrides: dict | None = None,
     attempts = [j for j in tans_jobs(c, base) if j.submission_id == base or j.submission_id.startswith(base + "-r")]
     live = [j for j in attempts if not j.status.is_terminal()]
     if live:
-        log(f"build {live[-1].submission_id} is already {live[-1].status.value} on {address}; "
-            "not starting a second driver")
+        log(
+            f"build {live[-1].submission_id} is already {live[-1].status.value} on {address}; "
+            "not starting a second driver"
+        )
         return live[-1].submission_id
     sid = base if not attempts else f"{base}-r{len(attempts) + 1}"
     with tempfile.TemporaryDirectory(prefix="tans-submit-") as staging:
         stage_package(Path(staging))
         (Path(staging) / CONFIG_NAME).write_text(json.dumps(dataclasses.asdict(config), indent=1))
         try:
-            c.submit_job(entrypoint=ENTRYPOINT, submission_id=sid,
-                         runtime_env={"working_dir": staging,
-                                      "env_vars": {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}},
-                         metadata={"tans_zoo": config.zoo})
+            c.submit_job(
+                entrypoint=ENTRYPOINT,
+                submission_id=sid,
+                runtime_env={"working_dir": staging, "env_vars": {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}},
+                metadata={"tans_zoo": config.zoo},
+            )
         except Exception as e:
             if "already exists" in str(e):  # a concurrent submit of the same build won
                 log(f"build {sid} was just submitted by someone else; not starting a second driver")
                 return sid
             raise ClusterError(f"the cluster at {address} refused the job: {str(e).splitlines()[0]}") from None
-    log(f"submitted build {sid} (zoo {config.zoo}, "
+    log(
+        f"submitted build {sid} (zoo {config.zoo}, "
         f"{'resuming: attempt ' + str(len(attempts) + 1) if attempts else 'first attempt'})\n"
         f"  follow it: tans jobs logs {sid} --follow --address {address}\n"
         f"  status:    tans jobs status {sid} --address {address}\n"
-        f"  stop it:   tans jobs stop {sid} --address {address}")
+        f"  stop it:   tans jobs stop {sid} --address {address}"
+    )
     return sid
 
 
@@ -119,9 +138,15 @@ def stage_package(staging: Path) -> None:
 
 
 def describe(info) -> dict:
-    return {"submission_id": info.submission_id, "status": info.status.value, "message": info.message,
-            "entrypoint": info.entrypoint, "start_time": info.start_time, "end_time": info.end_time,
-            "zoo": (info.metadata or {}).get("tans_zoo")}
+    return {
+        "submission_id": info.submission_id,
+        "status": info.status.value,
+        "message": info.message,
+        "entrypoint": info.entrypoint,
+        "start_time": info.start_time,
+        "end_time": info.end_time,
+        "zoo": (info.metadata or {}).get("tans_zoo"),
+    }
 
 
 def job_info(address: str, sid: str) -> dict:
@@ -129,8 +154,9 @@ def job_info(address: str, sid: str) -> dict:
     try:
         info = c.get_job_info(sid)
     except Exception as e:
-        raise ClusterError(f"no job {sid} on {address} ({str(e).splitlines()[0]}); list them with "
-                           f"`tans jobs list --address {address}`") from None
+        raise ClusterError(
+            f"no job {sid} on {address} ({str(e).splitlines()[0]}); list them with `tans jobs list --address {address}`"
+        ) from None
     return describe(info)
 
 

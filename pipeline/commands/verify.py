@@ -30,6 +30,7 @@ reached through a symlink out of the zoo. Unless --dry-run, verify holds the zoo
 fine-tune writes; `--clean-orphans` also keeps orphans younger than the writers' time limit
 (WRITER_TIME_LIMIT_S), in case a writer that lost its lease is about to commit one.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,8 +40,8 @@ from dataclasses import asdict, dataclass, field
 
 import pyarrow.parquet as pq
 
-from tans.zoo_schema import layout
 from tans.pipeline.execution.lease import holding
+from tans.zoo_schema import layout
 from tans.zoo_schema.errors import StorageError
 from tans.zoo_schema.manifest import read_manifest
 from tans.zoo_schema.records import DatasetRecord, from_table
@@ -69,12 +70,12 @@ class VerifyReport:
     results_checked: int = 0
     datasets_checked: int = 0
     retriever_versions_checked: int = 0
-    legacy_checkpoint_refs: int = 0       # rows of schema 1 holding an absolute checkpoint URI
+    legacy_checkpoint_refs: int = 0  # rows of schema 1 holding an absolute checkpoint URI
     problems: list[Problem] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
-    young: list[str] = field(default_factory=list)     # orphans kept: younger than min_age_s
-    foreign: list[str] = field(default_factory=list)   # unreferenced files tans never writes: left alone
-    outside: list[str] = field(default_factory=list)   # unreferenced, reached through a link out of the zoo
+    young: list[str] = field(default_factory=list)  # orphans kept: younger than min_age_s
+    foreign: list[str] = field(default_factory=list)  # unreferenced files tans never writes: left alone
+    outside: list[str] = field(default_factory=list)  # unreferenced, reached through a link out of the zoo
     temp_files: list[str] = field(default_factory=list)
     quarantined: bool = False
     orphans_deleted: bool = False
@@ -83,8 +84,14 @@ class VerifyReport:
         return asdict(self)
 
 
-def verify_zoo(store: ZooStore, clean_orphans: bool = False, dry_run: bool = False, wait: bool = False,
-               min_age_s: float = WRITER_TIME_LIMIT_S, log=print) -> VerifyReport:
+def verify_zoo(
+    store: ZooStore,
+    clean_orphans: bool = False,
+    dry_run: bool = False,
+    wait: bool = False,
+    min_age_s: float = WRITER_TIME_LIMIT_S,
+    log=print,
+) -> VerifyReport:
     """Check the whole zoo (see the module docstring). Unless `dry_run`, holds the zoo's lease
     while it works (with `wait`, waits for the writer holding it), so no live writer's objects
     are quarantined or deleted; `min_age_s` keeps younger orphans all the same."""
@@ -130,8 +137,12 @@ def _verify(store: ZooStore, report: VerifyReport, clean_orphans: bool, min_age_
         except FileNotFoundError:
             digest = None
         except StorageError as e:  # a replayed row's source zoo out of reach: nothing is set aside
-            problem(key, f"cannot read its checkpoint: {e}", "check that its zoo is reachable, then verify again",
-                    record.job_id)
+            problem(
+                key,
+                f"cannot read its checkpoint: {e}",
+                "check that its zoo is reachable, then verify again",
+                record.job_id,
+            )
             continue
         if digest != record.checkpoint_sha256:
             text = "checkpoint missing" if digest is None else "checkpoint sha256 mismatch"
@@ -146,8 +157,12 @@ def _verify(store: ZooStore, report: VerifyReport, clean_orphans: bool, min_age_
             (record,) = from_table(DatasetRecord, store.read_table(key))
             text = _check_dataset(store, record, data_in_use)
         except (*CORRUPT, StorageError) as e:
-            problem(key, f"unreadable dataset record ({type(e).__name__}: {str(e)[:200]})",
-                    "ingest the dataset again with `tans datasets add SOURCE --zoo ZOO`", aside=(key,))
+            problem(
+                key,
+                f"unreadable dataset record ({type(e).__name__}: {str(e)[:200]})",
+                "ingest the dataset again with `tans datasets add SOURCE --zoo ZOO`",
+                aside=(key,),
+            )
             continue
         if text:
             problem(key, text, f"ingest it again: {reingest_command(store, record)}", aside=(key,))
@@ -161,9 +176,12 @@ def _verify(store: ZooStore, report: VerifyReport, clean_orphans: bool, min_age_
         except FileNotFoundError:
             intact = None
         if not intact:
-            problem(base.key, "base weights missing" if intact is None else "base weights sha256 mismatch",
-                    f"the next build copies them again from arch.base_weights (`tans resume {store.uri}`)",
-                    aside=(base.key,) if intact is False else ())
+            problem(
+                base.key,
+                "base weights missing" if intact is None else "base weights sha256 mismatch",
+                f"the next build copies them again from arch.base_weights (`tans resume {store.uri}`)",
+                aside=(base.key,) if intact is False else (),
+            )
 
     # -- retriever versions
     retriever_in_use: set[str] = set()
@@ -177,7 +195,8 @@ def _verify(store: ZooStore, report: VerifyReport, clean_orphans: bool, min_age_
     unreferenced = sorted(
         [k for k in store.list("checkpoints") if k not in referenced and k.split("/")[1] not in jobs_with_results]
         + [k for k in store.list("data") if k not in data_in_use]
-        + [k for k in store.list("retriever") if k not in retriever_in_use and not _is_meta(k)])
+        + [k for k in store.list("retriever") if k not in retriever_in_use and not _is_meta(k)]
+    )
     for k in unreferenced:
         if not layout.is_own_object(k):
             report.foreign.append(k)
@@ -214,7 +233,9 @@ def _foreign_checkpoint(record, holder=None, key: str = "") -> str | None:
         wrong = (key or ref) != own
     else:
         tail = "checkpoints/" + ref.partition("/checkpoints/")[2]
-        wrong = layout.OWN_OBJECTS.fullmatch(tail) is None or not tail.endswith(f"/{record.checkpoint_sha256}.safetensors")
+        wrong = layout.OWN_OBJECTS.fullmatch(tail) is None or not tail.endswith(
+            f"/{record.checkpoint_sha256}.safetensors"
+        )
     return f"names a checkpoint that is not its own job's ({ref[:200]!r}; expected {own})" if wrong else None
 
 

@@ -1,5 +1,6 @@
 """Decoding for ingestion: what the zoo stores for each source image, the processes that
 decode a source on all cores, and the spool that holds what they produce until it is written."""
+
 from __future__ import annotations
 
 import errno
@@ -41,12 +42,15 @@ def _open_limited(raw: bytes, max_pixels: int):
 def _check_pixels(im, width: int, height: int, max_pixels: int) -> None:
     if im.width * im.height > max_pixels:
         im.close()
-        raise ImageTooLarge(f"image is {width}x{height} = {width * height / 1e6:.1f} MP, over "
-                            f"ingest.max_pixels ({max_pixels / 1e6:.1f} MP)")
+        raise ImageTooLarge(
+            f"image is {width}x{height} = {width * height / 1e6:.1f} MP, over "
+            f"ingest.max_pixels ({max_pixels / 1e6:.1f} MP)"
+        )
 
 
 def _load(im) -> None:
     from PIL import Image
+
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)  # e.g. a GIF frame larger than its header
         try:
@@ -96,8 +100,7 @@ def stored_image(raw: bytes, settings: IngestSettings) -> bytes:
         im = im.convert("RGB")
         if max(im.size) > settings.max_side:
             scale = settings.max_side / max(im.size)
-            im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
-                           Image.BILINEAR)
+            im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BILINEAR)
         out = io.BytesIO()
         im.save(out, format="PNG")
         return out.getvalue()
@@ -120,7 +123,8 @@ class Stored:
     """One validated image: in a spool file of the decoding processes, or, when its stored
     bytes are the local source file's own, in that file (whose device, inode, size,
     modification time and sha256 must not have changed when it is read again)."""
-    spool: str   # the spool file's name in the spool folder, or the source file's absolute path
+
+    spool: str  # the spool file's name in the spool folder, or the source file's absolute path
     offset: int
     length: int
     sha256: str
@@ -152,11 +156,18 @@ def decode_chunk(refs: list, settings: IngestSettings, spool_dir: str) -> list[t
         if kept is None:
             out.append((None, why))
         elif kept is ref and path is not None and st.st_size == len(kept):  # read again from the source
-            out.append((Stored(path, 0, len(kept), hashlib.sha256(kept).hexdigest(),
-                               (st.st_dev, st.st_ino, st.st_mtime_ns)), ""))
+            out.append(
+                (
+                    Stored(
+                        path, 0, len(kept), hashlib.sha256(kept).hexdigest(), (st.st_dev, st.st_ino, st.st_mtime_ns)
+                    ),
+                    "",
+                )
+            )
         else:
-            out.append((Stored(os.path.basename(spool.name), spool.tell(), len(kept),
-                               hashlib.sha256(kept).hexdigest()), ""))
+            out.append(
+                (Stored(os.path.basename(spool.name), spool.tell(), len(kept), hashlib.sha256(kept).hexdigest()), "")
+            )
             spool.write(kept)
     spool.flush()
     return out
@@ -179,12 +190,18 @@ class SpoolReader:
                 with open(s.spool, "rb") as fh:
                     data = fh.read()
                     st = os.fstat(fh.fileno())
-                    same = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, len(data)) == (*s.stamp, s.length, s.length)
+                    same = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, len(data)) == (
+                        *s.stamp,
+                        s.length,
+                        s.length,
+                    )
             except OSError:
                 same = False
             if not same or hashlib.sha256(data).hexdigest() != s.sha256:  # a rewrite may keep its size and time
-                raise DatasetError(f"{s.spool} changed or went away while it was being ingested; "
-                                   "add the dataset again once nothing writes to it (the zoo is unchanged)")
+                raise DatasetError(
+                    f"{s.spool} changed or went away while it was being ingested; "
+                    "add the dataset again once nothing writes to it (the zoo is unchanged)"
+                )
             return data
         fd = self._fds.get(s.spool)
         if fd is None:
@@ -197,8 +214,8 @@ class SpoolReader:
         self._fds.clear()
 
 
-CHUNK = 64                     # files a decoding process takes at a time
-WINDOW = 4                     # chunks in flight per decoding process
+CHUNK = 64  # files a decoding process takes at a time
+WINDOW = 4  # chunks in flight per decoding process
 PARALLEL_MIN_BYTES = 16 << 20  # below this, starting decoding processes costs more than it saves
 
 
@@ -213,7 +230,7 @@ def decode_source(source: Source, settings: IngestSettings, spool_dir: str, proc
     if processes is None:
         small = sum(f.size for f in source.files) < PARALLEL_MIN_BYTES
         processes = 1 if small else min(os.cpu_count() or 1, 16)
-    chunks = [source.files[i:i + CHUNK] for i in range(0, len(source.files), CHUNK)]
+    chunks = [source.files[i : i + CHUNK] for i in range(0, len(source.files), CHUNK)]
 
     def refs(chunk):
         return [f.ref for f in chunk] if source.local else source.read(chunk)
@@ -239,7 +256,9 @@ def decode_source(source: Source, settings: IngestSettings, spool_dir: str, proc
     except OSError as e:
         if e.errno != errno.ENOSPC:
             raise
-        raise StorageError(f"no space left in the temporary folder {os.path.dirname(spool_dir)} while "
-                           f"decoding {source.uri}: ingestion keeps the decoded images there until they "
-                           "are written (about the dataset's size); free space or set TMPDIR to a "
-                           "larger disk, then add the dataset again (the zoo is unchanged)") from None
+        raise StorageError(
+            f"no space left in the temporary folder {os.path.dirname(spool_dir)} while "
+            f"decoding {source.uri}: ingestion keeps the decoded images there until they "
+            "are written (about the dataset's size); free space or set TMPDIR to a "
+            "larger disk, then add the dataset again (the zoo is unchanged)"
+        ) from None

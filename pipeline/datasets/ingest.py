@@ -14,6 +14,7 @@ Each (part of a) dataset gets a stratified train/test split with a recorded seed
 written to `data/<id>/<write_id>/{train,test}/part-NNNNN.parquet`; its row in `datasets/<id>.parquet`
 is written last and marks the dataset as complete.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,7 +25,7 @@ import re
 import tempfile
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from tans.pipeline.datasets.decode import SpoolReader, Stored, decode_source
 from tans.pipeline.datasets.settings import IngestSettings
@@ -69,6 +70,7 @@ def slug(name: str) -> str:
 
 DUPLICATE = "duplicate image, dropped: the same bytes as"  # how a dropped copy is listed in `skipped`
 
+
 def check_classes(name: str, counts: dict[str, int], skipped: int, settings: IngestSettings) -> None:
     """Refuse a dataset whose readable images do not make a classification dataset."""
     counts = {c: n for c, n in counts.items() if n}
@@ -76,23 +78,27 @@ def check_classes(name: str, counts: dict[str, int], skipped: int, settings: Ing
         raise DatasetError(
             f"dataset {name!r} holds no readable images ({skipped} files skipped); expected "
             "one folder per class with image files inside (ImageFolder layout), or a Parquet "
-            "file with image and label columns")
+            "file with image and label columns"
+        )
     if len(counts) < 2:
         only = next(iter(counts))
         raise DatasetError(
             f"dataset {name!r} has only 1 class ({only!r}) with readable images; a "
-            "classification dataset needs at least 2 classes: add a folder per class")
+            "classification dataset needs at least 2 classes: add a folder per class"
+        )
     small = {c: n for c, n in counts.items() if n < settings.min_images_per_class}
     if small:
         listed = ", ".join(f"{c!r} ({n})" for c, n in sorted(small.items()))
         raise DatasetError(
             f"dataset {name!r}: class(es) {listed} have fewer than "
             f"{settings.min_images_per_class} readable images; add images to them or remove "
-            "those class folders")
+            "those class folders"
+        )
 
 
-def validate(name: str, source: Source, settings: IngestSettings, spool_dir: str,
-             processes: int | None = None, on_class=None) -> tuple[dict[str, list[Stored]], list[tuple[str, str]]]:
+def validate(
+    name: str, source: Source, settings: IngestSettings, spool_dir: str, processes: int | None = None, on_class=None
+) -> tuple[dict[str, list[Stored]], list[tuple[str, str]]]:
     """Decode everything into the spool; return ({class: [Stored]}, skipped) or raise DatasetError.
     `on_class(class, [Stored])` is called whenever the source moves on from a class.
 
@@ -125,8 +131,9 @@ def validate(name: str, source: Source, settings: IngestSettings, spool_dir: str
     return by_class, source.skipped + skipped
 
 
-def read_images(uri: str, settings: IngestSettings = IngestSettings(), s3: S3Settings | None = None,
-                name: str | None = None) -> tuple[dict[str, list[bytes]], list[tuple[str, str]]]:
+def read_images(
+    uri: str, settings: IngestSettings = IngestSettings(), s3: S3Settings | None = None, name: str | None = None
+) -> tuple[dict[str, list[bytes]], list[tuple[str, str]]]:
     """A dataset source validated and decoded as ingestion does, into memory, nothing written to
     a zoo: ({class: [stored image bytes]}, skipped). For small datasets (benchmarks, tests)."""
     with tempfile.TemporaryDirectory(prefix="tans-read-") as spool_dir:
@@ -173,14 +180,20 @@ def content_hash(by_class: dict[str, list[Stored]], classes: list[str]) -> str:
 
 # -- writing to the zoo -------------------------------------------------------------------
 
+
 def absolute(source: str) -> str:
     """A source as its record keeps it: local paths made absolute, so that repair hints work
     from any folder."""
     return source if "://" in source else os.path.abspath(source)
 
 
-def ingest(store: ZooStore, source: str, name: str | None = None,
-           settings: IngestSettings = IngestSettings(), s3: S3Settings | None = None) -> IngestReport:
+def ingest(
+    store: ZooStore,
+    source: str,
+    name: str | None = None,
+    settings: IngestSettings = IngestSettings(),
+    s3: S3Settings | None = None,
+) -> IngestReport:
     """Validate one dataset source and write it (split if large) into the zoo.
 
     Images stream from the source through the decoding processes; what is not stored as the
@@ -197,11 +210,11 @@ def ingest(store: ZooStore, source: str, name: str | None = None,
     with tempfile.TemporaryDirectory(prefix="tans-ingest-") as spool_dir:
         stream = None
         if base_id not in existing and 2 <= len(listed_classes) <= settings.max_classes:
-            stream = ShardStream(store, layout.data_prefix(base_id, uuid.uuid4().hex[:16]),
-                                 listed_classes, settings, spool_dir)
+            stream = ShardStream(
+                store, layout.data_prefix(base_id, uuid.uuid4().hex[:16]), listed_classes, settings, spool_dir
+            )
         try:
-            by_class, skipped = validate(name, listed, settings, spool_dir,
-                                         on_class=stream.feed if stream else None)
+            by_class, skipped = validate(name, listed, settings, spool_dir, on_class=stream.feed if stream else None)
             shards = stream.finish(list(by_class)) if stream else None
         except BaseException:
             if stream:
@@ -209,8 +222,18 @@ def ingest(store: ZooStore, source: str, name: str | None = None,
             raise
         reader = SpoolReader(spool_dir)
         try:
-            ids, present = _write_parts(store, source, name, base_id, by_class, skipped, settings,
-                                        reader, existing, (stream, shards) if shards else None)
+            ids, present = _write_parts(
+                store,
+                source,
+                name,
+                base_id,
+                by_class,
+                skipped,
+                settings,
+                reader,
+                existing,
+                (stream, shards) if shards else None,
+            )
         finally:
             reader.close()
     images = sum(len(v) for v in by_class.values())
@@ -225,17 +248,19 @@ class ShardStream:
     lists them in sorted order, one after the other; when that does not hold, the stream
     stops, deletes what it wrote, and the caller writes from the spool instead."""
 
-    def __init__(self, store: ZooStore, prefix: str, classes: list[str], settings: IngestSettings,
-                 spool_dir: str):
+    def __init__(self, store: ZooStore, prefix: str, classes: list[str], settings: IngestSettings, spool_dir: str):
         import queue
         import threading
+
         self.store, self.prefix, self.classes, self.settings = store, prefix, classes, settings
         self.spool_dir, self.fed, self.live = spool_dir, 0, True
         self.counts = {"train": 0, "test": 0}
         self.results: dict[str, object] = {}
         self.queues = {split: queue.SimpleQueue() for split in self.counts}
-        self.threads = [threading.Thread(target=self._write, args=(split,), daemon=True,
-                                         name=f"tans-ingest-{split}") for split in self.counts]
+        self.threads = [
+            threading.Thread(target=self._write, args=(split,), daemon=True, name=f"tans-ingest-{split}")
+            for split in self.counts
+        ]
         for t in self.threads:
             t.start()
 
@@ -252,6 +277,7 @@ class ShardStream:
                 for stored, label in batch:
                     yield reader.read(stored), label
             ended.append(True)
+
         try:
             self.results[split] = write_split(self.store, self.prefix, split, rows())
         except BaseException as e:  # noqa: BLE001 - handed to finish()
@@ -319,7 +345,8 @@ def _write_parts(store, source, name, base_id, by_class, skipped, settings, read
             if existing[dataset_id].content_sha256 != digest:
                 raise DatasetError(
                     f"the zoo already has a dataset {dataset_id!r} with other content; ingest "
-                    "this one under another name (--name)")
+                    "this one under another name (--name)"
+                )
             present += 1
             continue
         # Shards go under a fresh prefix and become visible only through the create-only
@@ -341,11 +368,20 @@ def _write_parts(store, source, name, base_id, by_class, skipped, settings, read
                     store.delete(key)
                 raise
         record = DatasetRecord(
-            dataset_id=dataset_id, name=name, num_classes=len(classes), class_names=classes,
-            num_train=num_train, num_test=num_test, source=absolute(source), content_sha256=digest,
-            split_seed=settings.split_seed, skipped_files=len(skipped),
-            created_at=datetime.now(timezone.utc).isoformat(), write_id=write_id,
-            data_sha256=shards_digest(shards))
+            dataset_id=dataset_id,
+            name=name,
+            num_classes=len(classes),
+            class_names=classes,
+            num_train=num_train,
+            num_test=num_test,
+            source=absolute(source),
+            content_sha256=digest,
+            split_seed=settings.split_seed,
+            skipped_files=len(skipped),
+            created_at=datetime.now(UTC).isoformat(),
+            write_id=write_id,
+            data_sha256=shards_digest(shards),
+        )
         try:
             committed = store.write_table(layout.dataset_key(dataset_id), to_table([record]), create_only=True)
         except BaseException:  # the record did not make it (full disk, a signal): nothing is left
@@ -356,6 +392,8 @@ def _write_parts(store, source, name, base_id, by_class, skipped, settings, read
             for key, _ in shards:  # another ingestion of this dataset committed first: keep theirs
                 store.delete(key)
             if read_dataset(store, dataset_id).content_sha256 != digest:
-                raise DatasetError(f"the zoo already has a dataset {dataset_id!r} with other content; "
-                                   "ingest this one under another name (--name)")
+                raise DatasetError(
+                    f"the zoo already has a dataset {dataset_id!r} with other content; "
+                    "ingest this one under another name (--name)"
+                )
     return ids, present

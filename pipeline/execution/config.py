@@ -3,6 +3,7 @@
 Unknown keys are errors that list the valid ones; every setting has a default, so a build
 needs no file at all. Command-line flags override the file (see `pipeline/cli.py`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tans.pipeline.acquisition.base import ParetoSettings
+from tans.pipeline.datasets.ingest import IngestSettings
 from tans.pipeline.execution.executor import ResourceSettings
 from tans.pipeline.execution.tracking import MlflowSettings
-from tans.pipeline.datasets.ingest import IngestSettings
 from tans.retriever.train import RetrainSettings
 from tans.workers.job import TrainSettings
 from tans.zoo_schema.errors import ConfigError
@@ -24,33 +25,33 @@ from tans.zoo_schema.store import S3Settings
 
 @dataclass(frozen=True)
 class ArchSettings:
-    width: float = 1.0              # 1.0 (1280-d penultimate) or 1.2 (1536-d, the paper's)
+    width: float = 1.0  # 1.0 (1280-d penultimate) or 1.2 (1536-d, the paper's)
     base_weights: str = "pretrained"  # the shipped pretrained supernet (workers/networks/weights.py),
-                                      # "random", or a path/URI of an OFA supernet state_dict
-    base_seed: int = 0              # seed of the random base weights
-    noise_seed: int = 0             # functional-embedding noise (fixed in the manifest)
+    # "random", or a path/URI of an OFA supernet state_dict
+    base_seed: int = 0  # seed of the random base weights
+    noise_seed: int = 0  # functional-embedding noise (fixed in the manifest)
     noise_batch: int = 8
-    pool_size: int = 100            # candidate architectures of the zoo (paper: 100 per dataset)
+    pool_size: int = 100  # candidate architectures of the zoo (paper: 100 per dataset)
     pool_seed: int = 0
 
 
 @dataclass(frozen=True)
 class StopSettings:
-    max_worker_hours: float = 0.0   # summed fine-tuning hours of the zoo's jobs; 0 = no limit
-    min_hv_gain: float = 0.0        # stop when mean normalized hypervolume gains less than this
-    hv_window: int = 32             # ... over the last this many results; 0 gain = never stop
+    max_worker_hours: float = 0.0  # summed fine-tuning hours of the zoo's jobs; 0 = no limit
+    min_hv_gain: float = 0.0  # stop when mean normalized hypervolume gains less than this
+    hv_window: int = 32  # ... over the last this many results; 0 gain = never stop
 
 
 @dataclass(frozen=True)
 class BuildConfig:
-    zoo: str = "./zoo"              # or $TANS_ZOO when the file does not set it
+    zoo: str = "./zoo"  # or $TANS_ZOO when the file does not set it
     datasets: list[str] = field(default_factory=list)  # dirs whose sub-folders are datasets
-    max_jobs: int = 64              # total jobs (finished + failed) the zoo should hold
-    strategy: str = "pareto"        # "pareto" (paper Algorithm 1), "random", "nsga2", "tpe", "qnehvi"
+    max_jobs: int = 64  # total jobs (finished + failed) the zoo should hold
+    strategy: str = "pareto"  # "pareto" (paper Algorithm 1), "random", "nsga2", "tpe", "qnehvi"
     seed: int = 0
-    address: str = ""               # Ray address; empty starts a local Ray
-    executor: str = "ray"           # "ray", or "replay:ZOO_URI" to answer jobs from an evaluated zoo
-    lease_seconds: float = 60.0     # a driver's lease on the zoo goes stale this long after its last heartbeat
+    address: str = ""  # Ray address; empty starts a local Ray
+    executor: str = "ray"  # "ray", or "replay:ZOO_URI" to answer jobs from an evaluated zoo
+    lease_seconds: float = 60.0  # a driver's lease on the zoo goes stale this long after its last heartbeat
     names: dict[str, str] = field(default_factory=dict)  # dataset folder/file name -> dataset name
     train: TrainSettings = TrainSettings()
     arch: ArchSettings = ArchSettings()
@@ -86,8 +87,15 @@ class BuildConfig:
 
 
 def _coerce(value, annotation: str, where: str):
-    kinds = {"int": int, "float": (int, float), "str": str, "bool": bool,
-             "list[str]": list, "str | None": (str, type(None)), "dict[str, str]": dict}
+    kinds = {
+        "int": int,
+        "float": (int, float),
+        "str": str,
+        "bool": bool,
+        "list[str]": list,
+        "str | None": (str, type(None)),
+        "dict[str, str]": dict,
+    }
     expected = kinds.get(annotation)
     if expected is None:
         return value
@@ -111,8 +119,10 @@ def build_dataclass(cls, data: dict, where: str = ""):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join((where + '.' if where else '') + k for k in unknown)}; "
-                          f"valid keys{' in [' + where + ']' if where else ''}: {', '.join(sorted(fields))}")
+        raise ConfigError(
+            f"unknown config key(s) {', '.join((where + '.' if where else '') + k for k in unknown)}; "
+            f"valid keys{' in [' + where + ']' if where else ''}: {', '.join(sorted(fields))}"
+        )
     kwargs = {}
     for name, value in data.items():
         f = fields[name]
@@ -126,8 +136,12 @@ def build_dataclass(cls, data: dict, where: str = ""):
 
 
 # Environment variables that fill config keys: they override the file, flags override them.
-ENVIRONMENT = {"TANS_ZOO": "zoo", "RAY_ADDRESS": "address", "MLFLOW_TRACKING_URI": "mlflow.tracking_uri",
-               "AWS_ENDPOINT_URL": "s3.endpoint_url"}
+ENVIRONMENT = {
+    "TANS_ZOO": "zoo",
+    "RAY_ADDRESS": "address",
+    "MLFLOW_TRACKING_URI": "mlflow.tracking_uri",
+    "AWS_ENDPOINT_URL": "s3.endpoint_url",
+}
 
 
 def _set(data: dict, dotted: str, value) -> None:

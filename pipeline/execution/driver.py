@@ -4,6 +4,7 @@ Each `step()` fills the free worker slots with the policy's proposals, waits for
 outcome and records it. All state is re-derivable from the zoo (results and failure
 journal), so stopping anywhere and running the build again continues it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,15 +14,15 @@ import time
 from dataclasses import dataclass, field
 
 from tans.pipeline.acquisition.base import Pair, PolicyContext
-from tans.pipeline.acquisition.hypervolume import dataset_hypervolumes, hv_history
 from tans.pipeline.acquisition.compute_priors import profile_pool
+from tans.pipeline.acquisition.hypervolume import dataset_hypervolumes, hv_history
 from tans.pipeline.acquisition.registry import create_policy
 from tans.pipeline.execution.config import BuildConfig
 from tans.pipeline.execution.executor import Executor, Outcome
 from tans.workers.job import JobSpec, job_spec
 from tans.workers.networks.ofa_space import arch_pool
-from tans.zoo_schema.journal import read_failures, record_failure, write_journal
 from tans.zoo_schema.errors import StorageError
+from tans.zoo_schema.journal import read_failures, record_failure, write_journal
 from tans.zoo_schema.manifest import Manifest
 from tans.zoo_schema.records import DatasetRecord, ResultRecord
 from tans.zoo_schema.redact import redact_obj
@@ -69,16 +70,34 @@ class Driver:
     build with a StorageError and counts no attempt, so the pair stays trainable. `lease`,
     when given, is renewed between steps."""
 
-    def __init__(self, config: BuildConfig, store: ZooStore, manifest: Manifest, executor: Executor,
-                 tracker=None, log=print, lease=None, progress=None):
+    def __init__(
+        self,
+        config: BuildConfig,
+        store: ZooStore,
+        manifest: Manifest,
+        executor: Executor,
+        tracker=None,
+        log=print,
+        lease=None,
+        progress=None,
+    ):
         self.config, self.store, self.manifest = config, store, manifest
         self.executor, self.tracker, self.log, self.lease = executor, tracker, log, lease
         self.progress = progress
         self._hv: dict[str, float] = {}
         pool = [a.id for a in arch_pool(manifest.pool_seed, manifest.pool_size)]
-        self.policy = create_policy(config.strategy, PolicyContext(
-            seed=config.seed, pool=tuple(pool), store=store, manifest=manifest,
-            image_size=config.train.image_size, pareto=config.pareto, log=log))
+        self.policy = create_policy(
+            config.strategy,
+            PolicyContext(
+                seed=config.seed,
+                pool=tuple(pool),
+                store=store,
+                manifest=manifest,
+                image_size=config.train.image_size,
+                pareto=config.pareto,
+                log=log,
+            ),
+        )
         scan = scan_results(store)
         for key, reason in scan.unusable:  # the driver sets them aside; their jobs are trained again
             quarantine(store, key, reason)
@@ -91,13 +110,13 @@ class Driver:
         self._profiles = None
         self._started = time.monotonic()
         self._snapshot_at = len(self.results) - scan.outside_snapshot  # rewritten after 64 more
-        write_journal(store, "builds", {"event": "start", "results": len(self.results),
-                                        "config": journal_config(config)})
+        write_journal(
+            store, "builds", {"event": "start", "results": len(self.results), "config": journal_config(config)}
+        )
 
     @property
     def state(self) -> ZooState:
-        return ZooState(list(self.datasets.values()), self.results, self.failures,
-                        self.config.resources.max_attempts)
+        return ZooState(list(self.datasets.values()), self.results, self.failures, self.config.resources.max_attempts)
 
     @property
     def given_up(self) -> set[Pair]:
@@ -116,8 +135,9 @@ class Driver:
         n = min(free, left)
         if n <= 0:
             return
-        for pair in self.policy.propose(self.state, n, pending=frozenset(self.pending),
-                                        universe=self.executor.universe()):
+        for pair in self.policy.propose(
+            self.state, n, pending=frozenset(self.pending), universe=self.executor.universe()
+        ):
             self.executor.submit(self.spec_for(pair))
             self.pending.add(pair)
 
@@ -134,17 +154,20 @@ class Driver:
             if self.tracker:
                 self.tracker.log_result(spec, outcome)
             self._hv[spec.dataset_id] = self._dataset_hv(spec.dataset_id)
-            self.log(f"[{self.used_budget}/{self.config.max_jobs}] {spec.dataset_id} {spec.arch} "
-                     f"acc={outcome.accuracy:.3f} params={outcome.params / 1e6:.2f}M "
-                     f"flops={outcome.flops / 1e6:.1f}M latency={outcome.latency_ms:.1f}ms "
-                     f"({outcome.train_seconds:.1f}s train) | {self.executor.in_flight} in flight, "
-                     f"{self.summary.failed} failed, mean HV {self.mean_hypervolume():.3f}{self._eta()}")
+            self.log(
+                f"[{self.used_budget}/{self.config.max_jobs}] {spec.dataset_id} {spec.arch} "
+                f"acc={outcome.accuracy:.3f} params={outcome.params / 1e6:.2f}M "
+                f"flops={outcome.flops / 1e6:.1f}M latency={outcome.latency_ms:.1f}ms "
+                f"({outcome.train_seconds:.1f}s train) | {self.executor.in_flight} in flight, "
+                f"{self.summary.failed} failed, mean HV {self.mean_hypervolume():.3f}{self._eta()}"
+            )
         else:
             if storage_fault(done.error):  # not the job's fault: stop, and spend no attempt on it
                 raise StorageError(
                     f"the build stops: a worker could not write job {spec.job_id} ({spec.dataset_id} {spec.arch}) "
                     f"to the zoo: {str(done.error)[:500]}. No attempt was counted; once that is fixed, the same "
-                    f"command trains the job again and finishes the budget") from None
+                    f"command trains the job again and finishes the budget"
+                ) from None
             failure = record_failure(self.store, spec.job_id, spec.dataset_id, spec.arch, done.error)
             self.failures.append(failure)
             attempts = self.state.failed_attempts()[spec.job_id]
@@ -158,8 +181,10 @@ class Driver:
                 return
             self.summary.failed += 1
             self.summary.failures.append(failure.error)
-            self.log(f"[{self.used_budget}/{self.config.max_jobs}] FAILED {spec.dataset_id} {spec.arch} "
-                     f"after {attempts} attempt(s): {last_line}")
+            self.log(
+                f"[{self.used_budget}/{self.config.max_jobs}] FAILED {spec.dataset_id} {spec.arch} "
+                f"after {attempts} attempt(s): {last_line}"
+            )
 
     def _pool_profiles(self) -> dict:
         if self._profiles is None:
@@ -181,9 +206,11 @@ class Driver:
 
     def progress_line(self) -> str:
         done = self.summary.finished
-        return (f"jobs: {self.used_budget}/{self.config.max_jobs} (+{done} run) | {self.executor.in_flight} "
-                f"in flight, {self.summary.failed} failed | HV {self.mean_hypervolume():.3f} |"
-                f"{self._eta() or ' eta -'}")
+        return (
+            f"jobs: {self.used_budget}/{self.config.max_jobs} (+{done} run) | {self.executor.in_flight} "
+            f"in flight, {self.summary.failed} failed | HV {self.mean_hypervolume():.3f} |"
+            f"{self._eta() or ' eta -'}"
+        )
 
     def _eta(self) -> str:
         done = self.summary.finished + self.summary.failed
@@ -206,8 +233,7 @@ class Driver:
             history = self.hv_history()
             gain = history[-1] - history[-1 - stop.hv_window]
             if gain < stop.min_hv_gain:
-                return (f"hypervolume gain {gain:.4f} over the last {stop.hv_window} results is "
-                        f"below {stop.min_hv_gain}")
+                return f"hypervolume gain {gain:.4f} over the last {stop.hv_window} results is below {stop.min_hv_gain}"
         return None
 
     def step(self, timeout: float | None = None) -> bool:
@@ -222,7 +248,8 @@ class Driver:
             self._fill()
         if self.executor.in_flight == 0:
             self.summary.stop_reason = self._stop or (
-                "job budget reached" if self.used_budget >= self.config.max_jobs else "no untrained pairs left")
+                "job budget reached" if self.used_budget >= self.config.max_jobs else "no untrained pairs left"
+            )
             return False
         if timeout is None and self.lease:
             timeout = self.lease.ttl / 3

@@ -15,6 +15,7 @@ Contract (`Executor`; tested over the Ray and replay executors):
 - `profile(manifest, arch_ids, image_size)` returns the profiles of those archs (with the
   base weights, untrained), in order: where the jobs run, in parallel when it can.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,7 +25,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Protocol
 
 from tans.pipeline.acquisition.base import Pair
@@ -41,21 +42,20 @@ from tans.zoo_schema.records import ArchProfile, ResultRecord, to_table
 from tans.zoo_schema.results import read_result, read_results
 from tans.zoo_schema.store import S3Settings, ZooStore
 
-
 REPLACE_AFTER_S = 60.0  # a dead warm worker's slot is refilled after this (see RayExecutor._replace)
 START_DEADLINE_S = 120.0  # a new warm worker not started by then is given up while another is live
 
 
 @dataclass(frozen=True)
 class ResourceSettings:
-    num_cpus: float = 1.0           # per fine-tuning task
-    num_gpus: float = 0.0           # per fine-tuning task; >0 makes tasks wait for GPU nodes
-    max_in_flight: int = 2          # jobs in flight; above the workers that fit, a worker gets a next job
-                                    # queued and decodes its data while the current one trains
-    max_attempts: int = 3           # a job whose worker died is retried up to this many tries
-    warm_workers: bool = True       # long-lived workers (Ray actors) that keep data and weights;
-                                    # false: a fresh Ray task per job
-    worker_cache_mb: int = 2048     # per warm worker: decoded dataset splits held between jobs
+    num_cpus: float = 1.0  # per fine-tuning task
+    num_gpus: float = 0.0  # per fine-tuning task; >0 makes tasks wait for GPU nodes
+    max_in_flight: int = 2  # jobs in flight; above the workers that fit, a worker gets a next job
+    # queued and decodes its data while the current one trains
+    max_attempts: int = 3  # a job whose worker died is retried up to this many tries
+    warm_workers: bool = True  # long-lived workers (Ray actors) that keep data and weights;
+    # false: a fresh Ray task per job
+    worker_cache_mb: int = 2048  # per warm worker: decoded dataset splits held between jobs
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,7 @@ def start_ray(address: str = "", num_cpus: int | None = None, num_gpus: int | No
     """Connect to a Ray cluster at `address`, or start a local one bound to 127.0.0.1."""
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # local Ray on loopback
     import ray
+
     if ray.is_initialized():
         return ray
     # Ray's core installs its own SIGTERM handler (it aborts the process: exit 134); the
@@ -97,8 +98,14 @@ def start_ray(address: str = "", num_cpus: int | None = None, num_gpus: int | No
         if address:
             ray.init(address=address, log_to_driver=True)
         else:
-            ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
-                     log_to_driver=True, configure_logging=False)
+            ray.init(
+                address="local",
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+                include_dashboard=False,
+                log_to_driver=True,
+                configure_logging=False,
+            )
     except BaseException as e:  # a signal mid-start (Ray's handler raises SystemExit(15))
         if not address:
             _stop_children()  # the half-started local Ray: its processes are our descendants
@@ -117,6 +124,7 @@ def _adopt_orphans() -> None:
     when their parent dies, and `_stop_children` finds them. No-op elsewhere."""
     try:
         import ctypes
+
         ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
     except (OSError, AttributeError):
         pass
@@ -125,6 +133,7 @@ def _adopt_orphans() -> None:
 def _stop_children(grace: float = 5.0) -> None:
     """Terminate every descendant of this process, until none is left (kill after `grace`)."""
     import psutil
+
     for _ in range(5):
         children = [p for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
         if not children:
@@ -170,14 +179,18 @@ class WarmWorker:
         """Decode a job queued behind the running one into the cache (called in the actor's
         `prefetch` concurrency group, so it runs while `run` trains)."""
         held = prefetch_data(spec, self.zoo_uri, self.s3, self.cache, self.threads)
-        self.prefetched.append((spec.job_id, held, datetime.now(timezone.utc).isoformat()))
+        self.prefetched.append((spec.job_id, held, datetime.now(UTC).isoformat()))
         return held
 
     def cache_stats(self) -> dict:
         """What the cache holds, how often it was asked, and the prefetches: {datasets, hits,
         misses, prefetched: [(job id, both splits held, when it ended)]}."""
-        return {"datasets": sorted(self.cache.datasets()), "hits": self.cache.hits, "misses": self.cache.misses,
-                "prefetched": list(self.prefetched)}
+        return {
+            "datasets": sorted(self.cache.datasets()),
+            "hits": self.cache.hits,
+            "misses": self.cache.misses,
+            "prefetched": list(self.prefetched),
+        }
 
     def profile(self, manifest: Manifest, arch_ids: list[str], image_size: int) -> list[ArchProfile]:
         """Profile pool archs with the base supernet this worker then keeps for its jobs."""
@@ -200,23 +213,24 @@ class RayExecutor:
 
     def __post_init__(self):
         import ray
+
         self._ray = ray
         self._threads = max(1, int(self.resources.num_cpus))
         self._task = ray.remote(_run_remote).options(
-            num_cpus=self.resources.num_cpus, num_gpus=self.resources.num_gpus,
-            max_retries=0, retry_exceptions=False)  # the driver retries, recording each reason
+            num_cpus=self.resources.num_cpus, num_gpus=self.resources.num_gpus, max_retries=0, retry_exceptions=False
+        )  # the driver retries, recording each reason
         self._actor_class = ray.remote(concurrency_groups={"prefetch": 1})(WarmWorker).options(
-            num_cpus=self.resources.num_cpus, num_gpus=self.resources.num_gpus, max_restarts=0,
-            max_task_retries=0)  # jobs run one at a time; a prefetch runs beside them
-        self._prefetches: list = []         # refs of prefetch calls (hints: their errors are dropped)
-        self._ran_on: dict = {}             # ref -> the actor its job was sent to
-        self._pending: dict = {}            # ref -> (spec, worker slot or None)
-        self._workers: dict[int, object] = {}   # slot -> actor handle
+            num_cpus=self.resources.num_cpus, num_gpus=self.resources.num_gpus, max_restarts=0, max_task_retries=0
+        )  # jobs run one at a time; a prefetch runs beside them
+        self._prefetches: list = []  # refs of prefetch calls (hints: their errors are dropped)
+        self._ran_on: dict = {}  # ref -> the actor its job was sent to
+        self._pending: dict = {}  # ref -> (spec, worker slot or None)
+        self._workers: dict[int, object] = {}  # slot -> actor handle
         self._holds: dict[int, list[str]] = {}  # slot -> dataset ids it ran, most recent last
-        self.replaced = 0                   # workers that died and were replaced
-        self.unstarted = 0                  # workers given up for not starting (see _check_starts)
+        self.replaced = 0  # workers that died and were replaced
+        self.unstarted = 0  # workers given up for not starting (see _check_starts)
         self._starting: dict[int, tuple] = {}  # slot -> (its __ray_ready__ ref, when created)
-        self._died: dict[int, float] = {}   # slot -> when its worker died
+        self._died: dict[int, float] = {}  # slot -> when its worker died
 
     @property
     def in_flight(self) -> int:
@@ -359,14 +373,14 @@ class RayExecutor:
         if not arch_ids:
             return []
         task = self._ray.remote(profile_remote).options(  # idempotent: retried on any failure
-            num_cpus=self.resources.num_cpus, num_gpus=self.resources.num_gpus, max_retries=2,
-            retry_exceptions=True)
+            num_cpus=self.resources.num_cpus, num_gpus=self.resources.num_gpus, max_retries=2, retry_exceptions=True
+        )
         warm = self.resources.warm_workers
         slots = min(self._capacity(), len(arch_ids))
         if warm:  # a worker keeps its resources: only as many as fit now (a task would just wait)
             slots = min(slots, max(1, len(self._workers) + self._room()))
         size = -(-len(arch_ids) // slots)
-        chunks = [arch_ids[i:i + size] for i in range(0, len(arch_ids), size)]
+        chunks = [arch_ids[i : i + size] for i in range(0, len(arch_ids), size)]
         refs: dict = {}  # ref -> (chunk index, warm worker slot or None for a task, tries so far)
 
         def launch(i: int, slot: int | None, tries: int) -> None:
@@ -383,7 +397,7 @@ class RayExecutor:
             targets = [None] * len(chunks)  # tasks
             if warm:  # the live workers first, then new ones in free slots
                 free = [slot for slot in range(self._capacity()) if slot not in self._workers]
-                targets = [*sorted(self._workers), *free][:len(chunks)]
+                targets = [*sorted(self._workers), *free][: len(chunks)]
             for i, slot in enumerate(targets):
                 launch(i, slot, 0)
             while refs:
@@ -452,8 +466,11 @@ class RayExecutor:
             except Exception as e:  # noqa: BLE001 - a failed job is an outcome, not a crash
                 if interruption(e) is not None:  # unless a signal arrived inside ray.get
                     raise interruption(e) from None
-                if slot is not None and isinstance(e, self._ray.exceptions.RayActorError) \
-                        and self._workers.get(slot) is actor:  # not its replacement: a queued job's
+                if (
+                    slot is not None
+                    and isinstance(e, self._ray.exceptions.RayActorError)
+                    and self._workers.get(slot) is actor
+                ):  # not its replacement: a queued job's
                     self._replace(slot)  # the worker died (killed, out of memory, node lost)
                 cause = getattr(e, "cause", None)
                 outcomes.append(Outcome(spec, error=cause if isinstance(cause, BaseException) else e))
@@ -491,11 +508,17 @@ class ReplayExecutor:
     def _answer(self, spec: JobSpec) -> Outcome:
         src = self._answers.get(Pair(spec.dataset_id, spec.arch))
         if src is None:
-            return Outcome(spec, error=KeyError(f"the replay zoo {self.source.uri} has no result for "
-                                                f"({spec.dataset_id}, {spec.arch})"))
+            return Outcome(
+                spec,
+                error=KeyError(f"the replay zoo {self.source.uri} has no result for ({spec.dataset_id}, {spec.arch})"),
+            )
         # the checkpoint stays in the source zoo: the replayed row names it absolutely
-        record = dataclasses.replace(src, job_id=spec.job_id, checkpoint_uri=checkpoint_uri(self.source, src.checkpoint_uri),
-                                     created_at=datetime.now(timezone.utc).isoformat())
+        record = dataclasses.replace(
+            src,
+            job_id=spec.job_id,
+            checkpoint_uri=checkpoint_uri(self.source, src.checkpoint_uri),
+            created_at=datetime.now(UTC).isoformat(),
+        )
         if not self.target.write_table(spec.result_key, to_table([record]), create_only=True):
             return Outcome(spec, result=read_result(self.target, spec.result_key))
         return Outcome(spec, result=record)
@@ -510,6 +533,8 @@ class ReplayExecutor:
         known = cached_profiles(self.source) or {}
         missing = [a for a in arch_ids if a not in known]
         if missing:
-            raise KeyError(f"the replay zoo {self.source.uri} has no profiles of {len(missing)} "
-                           f"pool archs (e.g. {missing[0]}); replay from a zoo built with the same pool")
+            raise KeyError(
+                f"the replay zoo {self.source.uri} has no profiles of {len(missing)} "
+                f"pool archs (e.g. {missing[0]}); replay from a zoo built with the same pool"
+            )
         return [known[a] for a in arch_ids]

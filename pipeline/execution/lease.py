@@ -28,6 +28,7 @@ the lease is stale. The failure modes, and how each is told:
 - a lease a user knows is dead: `tans lease break ZOO` removes a stale, dead or corrupt one
   (a fresh one with --force); `tans lease show ZOO` tells holder, age, TTL and staleness.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -44,7 +45,7 @@ from tans.zoo_schema.errors import ConfigError, ZooConflictError
 from tans.zoo_schema.store import ZooStore
 
 LEASE_KEY = layout.LEASE
-SKEW = 5.0      # a heartbeat further ahead of our clock than this: the holder's clock is ahead
+SKEW = 5.0  # a heartbeat further ahead of our clock than this: the holder's clock is ahead
 MIN_BEAT = 1.0  # seconds between two heartbeat writes, at least
 
 
@@ -69,11 +70,17 @@ def _machine() -> str | None:
 def _valid(lease) -> bool:
     def number(x):
         return type(x) in (int, float) and math.isfinite(x)
-    return (isinstance(lease, dict) and isinstance(lease.get("holder"), str)
-            and isinstance(lease.get("token"), str) and number(lease.get("heartbeat"))
-            and number(lease.get("ttl")) and lease["ttl"] > 0
-            and (lease.get("pid") is None or type(lease["pid"]) is int and lease["pid"] > 0)
-            and type(lease.get("started")) in (int, type(None)))
+
+    return (
+        isinstance(lease, dict)
+        and isinstance(lease.get("holder"), str)
+        and isinstance(lease.get("token"), str)
+        and number(lease.get("heartbeat"))
+        and number(lease.get("ttl"))
+        and lease["ttl"] > 0
+        and (lease.get("pid") is None or type(lease["pid"]) is int and lease["pid"] > 0)
+        and type(lease.get("started")) in (int, type(None))
+    )
 
 
 def read_lease(store: ZooStore) -> dict | None:
@@ -90,7 +97,8 @@ def read_lease(store: ZooStore) -> dict | None:
         raise ZooConflictError(
             f"the lease file {store.uri_of(LEASE_KEY)} is empty or corrupt ({raw[:40]!r}), so nobody can "
             f"tell whether a driver is building this zoo; if none is, remove it with "
-            f"`tans lease break {store.uri}` and run the command again")
+            f"`tans lease break {store.uri}` and run the command again"
+        )
     return lease
 
 
@@ -120,9 +128,14 @@ def inspect(lease: dict) -> dict:
     age, ttl, gone = time.time() - lease["heartbeat"], lease["ttl"], _gone(lease)
     why = f"its clock is ~{-age:.0f}s ahead of ours" if age < -SKEW else f"last heartbeat {max(age, 0):.0f}s ago"
     stale = True if gone else None if age < -SKEW else age >= ttl
-    return {"holder": lease["holder"], "command": lease.get("command", "tans build"), "age_s": round(age, 1),
-            "ttl_s": ttl, "stale": stale,
-            "why": f"{why}; {gone}" if gone else why}
+    return {
+        "holder": lease["holder"],
+        "command": lease.get("command", "tans build"),
+        "age_s": round(age, 1),
+        "ttl_s": ttl,
+        "stale": stale,
+        "why": f"{why}; {gone}" if gone else why,
+    }
 
 
 def watch(store: ZooStore, lease: dict, log=print) -> tuple[bool, str]:
@@ -130,8 +143,10 @@ def watch(store: ZooStore, lease: dict, log=print) -> tuple[bool, str]:
     heartbeat stay unchanged for one TTL on our monotonic clock; takes up to one TTL."""
     ttl, seen = lease["ttl"], (lease["token"], lease["heartbeat"])
     ahead = f"its clock is ~{lease['heartbeat'] - time.time():.0f}s ahead of ours"
-    log(f"the lease of {lease['holder']} has a heartbeat in the future ({ahead}); "
-        f"watching it for up to {ttl:.0f}s to tell whether its driver lives")
+    log(
+        f"the lease of {lease['holder']} has a heartbeat in the future ({ahead}); "
+        f"watching it for up to {ttl:.0f}s to tell whether its driver lives"
+    )
     deadline = time.monotonic() + ttl
     while (left := deadline - time.monotonic()) > 0:
         time.sleep(min(left, ttl / 4, 1.0))
@@ -157,10 +172,12 @@ def break_lease(store: ZooStore, force: bool = False, log=print) -> str:
     if not (stale or force):
         raise ZooConflictError(
             f"the lease of {lease['holder']} on {store.uri} is fresh ({why}; ttl {lease['ttl']:g}s), so its "
-            "driver is presumably building; stop that build, or pass --force if you know its driver is dead")
+            "driver is presumably building; stop that build, or pass --force if you know its driver is dead"
+        )
     store.delete(LEASE_KEY)
-    return f"removed the {'stale lease' if stale else 'lease'} of {lease['holder']} ({why})" + \
-        ("" if stale else " by --force")
+    return f"removed the {'stale lease' if stale else 'lease'} of {lease['holder']} ({why})" + (
+        "" if stale else " by --force"
+    )
 
 
 WAIT_POLL_S = 2.0  # how often a waiting command (`--wait`) looks at the lease again
@@ -178,8 +195,16 @@ class Lease:
         pid, host = os.getpid(), socket.gethostname()
         self.holder = f"{host}:{pid}"
         stat = _proc_stat(pid)
-        self._me = {"holder": self.holder, "host": host, "pid": pid, "machine": _machine(), "command": command,
-                    "started": int(stat[19]) if stat else None, "token": self.token, "ttl": self.ttl}
+        self._me = {
+            "holder": self.holder,
+            "host": host,
+            "pid": pid,
+            "machine": _machine(),
+            "command": command,
+            "started": int(stat[19]) if stat else None,
+            "token": self.token,
+            "ttl": self.ttl,
+        }
         self._last = 0.0
         self._beating: threading.Event | None = None
         self._lock = threading.Lock()  # a background renewal never writes after `release`
@@ -187,7 +212,7 @@ class Lease:
     def _payload(self) -> dict:
         return {**self._me, "heartbeat": time.time()}
 
-    def acquire(self, wait: bool = False) -> "Lease":
+    def acquire(self, wait: bool = False) -> Lease:
         """Take the zoo's lease, or raise ZooConflictError naming its live holder and what it
         runs; with `wait`, wait until that holder releases it (or its lease goes stale) and
         say once whom we wait for. Waits up to one TTL when the holder's clock is ahead of
@@ -202,8 +227,10 @@ class Lease:
                     raise ZooConflictError(str(held)) from None
                 if held.who != waiting_for:
                     waiting_for = held.who
-                    self.log(f"waiting for {held.who} to release the zoo at {self.store.uri} "
-                             f"(`tans lease show {self.store.uri}`)")
+                    self.log(
+                        f"waiting for {held.who} to release the zoo at {self.store.uri} "
+                        f"(`tans lease show {self.store.uri}`)"
+                    )
                 time.sleep(WAIT_POLL_S)
         if waiting_for:
             self.log(f"the zoo at {self.store.uri} is ours now (waited for {waiting_for})")
@@ -218,18 +245,23 @@ class Lease:
         if current is None or current["token"] == self.token:
             return
         info = inspect(current)
-        stale, why = (info["stale"], info["why"]) if info["stale"] is not None else \
-            watch(self.store, current, self.log)
+        stale, why = (info["stale"], info["why"]) if info["stale"] is not None else watch(self.store, current, self.log)
         if not stale:
             ttl, age = current["ttl"], info["age_s"]
-            when = f"in {max(0, ttl - age):.0f}s" if age >= -SKEW else \
-                f"once its heartbeat stays unchanged for {ttl:.0f}s"
-            who = f"{current['holder']} (`{current.get('command', 'tans build')}`)"
-            raise _Held(who, (
-                f"the zoo at {self.store.uri} is held by {current['holder']} (`{current.get('command', 'tans build')}`; "
-                f"{why}); one writer per zoo. Wait for it to finish (pass --wait to wait), or, if it is dead, "
-                f"run the command again after its lease goes stale ({when}) or remove the lease with "
-                f"`tans lease break {self.store.uri}`"))
+            when = (
+                f"in {max(0, ttl - age):.0f}s" if age >= -SKEW else f"once its heartbeat stays unchanged for {ttl:.0f}s"
+            )
+            command = current.get("command", "tans build")
+            who = f"{current['holder']} (`{command}`)"
+            raise _Held(
+                who,
+                (
+                    f"the zoo at {self.store.uri} is held by {current['holder']} (`{command}`; "
+                    f"{why}); one writer per zoo. Wait for it to finish (pass --wait to wait), or, if it is dead, "
+                    f"run the command again after its lease goes stale ({when}) or remove the lease with "
+                    f"`tans lease break {self.store.uri}`"
+                ),
+            )
         self.log(f"taking over the stale lease of {current['holder']} ({why})")
         self.store.write_json(LEASE_KEY, self._payload())
 
@@ -237,8 +269,10 @@ class Lease:
         current = read_lease(self.store)
         if current is None or current["token"] != self.token:
             holder = current["holder"] if current else "nobody"
-            raise ZooConflictError(f"lost the lease on {self.store.uri} to {holder}; `{self.command}` stops. "
-                                   "Run the command again once that one is done")
+            raise ZooConflictError(
+                f"lost the lease on {self.store.uri} to {holder}; `{self.command}` stops. "
+                "Run the command again once that one is done"
+            )
 
     def check(self) -> None:
         """Raise ZooConflictError unless we still hold the lease (call it before a commit)."""
@@ -262,7 +296,7 @@ class Lease:
             if current is not None and current["token"] == self.token:
                 self.store.delete(LEASE_KEY)
 
-    def beat_in_background(self) -> "Lease":
+    def beat_in_background(self) -> Lease:
         """Renew the lease from a daemon thread until `release` (for commands without a loop of
         their own). A lost lease stops the renewals; `check()` before a commit then raises."""
         self._beating = stop = threading.Event()
@@ -276,6 +310,7 @@ class Lease:
                 except Exception as e:  # noqa: BLE001 - lost or unreachable: check() tells the command
                     self.log(f"could not renew the lease on {self.store.uri}: {e}")
                     return
+
         threading.Thread(target=beat, daemon=True, name="tans-lease").start()
         return self
 

@@ -10,6 +10,7 @@ first ones and the last (mean HV and eta); tqdm draws the bar and keeps log line
 On anything else (a file, a pipe, a Ray Job's log, TERM=dumb) every line is a plain log line
 and the status is not printed: the progress figures ride on each result's line.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,8 @@ import sys
 from tqdm import tqdm
 from tqdm.utils import _supports_unicode, disp_len, disp_trim
 
-MIN_BAR, MAX_BAR = 8, 30   # the bar's width in columns (between its two edges)
-ERASE_LINE = "\r\x1b[K"    # back to the line's start, erase to its end
+MIN_BAR, MAX_BAR = 8, 30  # the bar's width in columns (between its two edges)
+ERASE_LINE = "\r\x1b[K"  # back to the line's start, erase to its end
 
 # "jobs: 12/40 in the zoo (3 this run), ..." -> "jobs", 12 of 40, "in the zoo (3 this run), ..."
 _SEPARATORS = re.compile(r"(, | \| )")  # between the figures after the bar
@@ -31,6 +32,7 @@ _HEAD = re.compile(r"\s*(?:(?P<desc>[^:|/]*?):\s*)?(?P<done>\d+)/(?P<total>\d+)(
 class _Bar(tqdm):
     """tqdm's bar, redrawn only when told to (no monitor thread), erasing the line with an
     ANSI erase instead of tqdm's space padding (which wraps once the window has narrowed)."""
+
     monitor_interval = 0
 
     @staticmethod
@@ -38,6 +40,7 @@ class _Bar(tqdm):
         def print_status(s):
             file.write(ERASE_LINE + s)
             file.flush()
+
         return print_status
 
 
@@ -99,9 +102,18 @@ class Progress:
         if self._bar is None:
             width = self.width()
             done, total = self._counts()
-            self._bar = _Bar(file=self.stream, bar_format=self._format(width), total=total,
-                             initial=done, leave=True, dynamic_ncols=False, ncols=width,
-                             mininterval=0, miniters=0, disable=False)  # drawn here
+            self._bar = _Bar(
+                file=self.stream,
+                bar_format=self._format(width),
+                total=total,
+                initial=done,
+                leave=True,
+                dynamic_ncols=False,
+                ncols=width,
+                mininterval=0,
+                miniters=0,
+                disable=False,
+            )  # drawn here
         else:
             self._fit()
             self._bar.refresh()
@@ -169,7 +181,7 @@ class Progress:
         else:
             rest = self._figures(rest, room - min(MIN_BAR, room) - 1)
             bar = min(MAX_BAR, room - (1 + disp_len(rest) if rest else 0))  # what is left
-        return _escape(head) + "|{bar:%d}|" % bar + (" " + _escape(rest) if rest else "")
+        return _escape(head) + f"|{{bar:{bar}}}|" + (" " + _escape(rest) if rest else "")
 
     def _figures(self, text: str, width: int) -> str:
         """The figures ("a, b, c | d") in `width` columns: whole ones dropped from the middle

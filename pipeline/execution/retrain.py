@@ -4,19 +4,21 @@ A new version is written to the zoo (`retriever/vN`) and, when MLflow is configu
 logged as a run (settings, metrics, the version's files as artifacts) and registered as
 a version of the model `tans-retriever` with the alias `champion`.
 """
+
 from __future__ import annotations
 
 import tempfile
 from dataclasses import asdict
-from importlib.metadata import PackageNotFoundError, version as metadata_version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as metadata_version
 from pathlib import Path
 
 import mlflow
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
-from mlflow.types import ParamSchema, ParamSpec
 from mlflow.tracking import MlflowClient
+from mlflow.types import ParamSchema, ParamSpec
 
 from tans import retriever
 from tans.pipeline.execution.tracking import MlflowSettings, tracking_uri
@@ -29,8 +31,14 @@ REGISTERED_MODEL = "tans-retriever"
 PYFUNC_CODE = Path(retriever.__file__).resolve().parent / "mlflow_model.py"  # MLflow runs it; not imported here
 
 
-def run_retrain(store: ZooStore, settings: RetrainSettings, image_size: int, if_grown: float | None = None,
-                mlflow: MlflowSettings | None = None, log=print) -> int | None:
+def run_retrain(
+    store: ZooStore,
+    settings: RetrainSettings,
+    image_size: int,
+    if_grown: float | None = None,
+    mlflow: MlflowSettings | None = None,
+    log=print,
+) -> int | None:
     """Train and save a new retriever version; None when the zoo has not grown enough."""
     grown, why = grown_enough(store, if_grown)
     if not grown:
@@ -40,14 +48,18 @@ def run_retrain(store: ZooStore, settings: RetrainSettings, image_size: int, if_
     tensors = gather(store, image_size, settings.backbone)
     model, metrics = train_retriever(tensors, settings, log)
     version = save_version(store, model, tensors, settings, metrics, image_size)
-    log(f"retriever v{version} saved: R@1 {metrics['R@1']:.1f} R@5 {metrics['R@5']:.1f} "
-        f"R@10 {metrics['R@10']:.1f} over {metrics['datasets']} datasets, {metrics['models']} models")
+    log(
+        f"retriever v{version} saved: R@1 {metrics['R@1']:.1f} R@5 {metrics['R@5']:.1f} "
+        f"R@10 {metrics['R@10']:.1f} over {metrics['datasets']} datasets, {metrics['models']} models"
+    )
     if mlflow is not None:
         register(store, version, settings, metrics, mlflow)
     return version
 
 
-def register(store: ZooStore, version: int, settings: RetrainSettings, metrics: dict, mlflow_settings: MlflowSettings) -> str:
+def register(
+    store: ZooStore, version: int, settings: RetrainSettings, metrics: dict, mlflow_settings: MlflowSettings
+) -> str:
     """Log the version as an MLflow run holding a pyfunc model (`retriever/mlflow_model.py`,
     logged as code: nothing is pickled) and register it with the alias `champion`, so that
     `mlflow.pyfunc.load_model("models:/tans-retriever@champion")` ranks the zoo's networks."""
@@ -55,11 +67,16 @@ def register(store: ZooStore, version: int, settings: RetrainSettings, metrics: 
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     exp = client.get_experiment_by_name(mlflow_settings.experiment)
     experiment_id = exp.experiment_id if exp else client.create_experiment(mlflow_settings.experiment)
-    run = client.create_run(experiment_id, run_name=f"retriever-v{version} {store.uri}",
-                            tags={"tans.kind": "retriever", "tans.zoo": store.uri, "tans.version": str(version)})
-    client.log_batch(run.info.run_id,
-                     metrics=[Metric(k.replace("@", "_at_"), float(v), 0, 0) for k, v in metrics.items()],
-                     params=[Param(k, str(v)) for k, v in asdict(settings).items()])
+    run = client.create_run(
+        experiment_id,
+        run_name=f"retriever-v{version} {store.uri}",
+        tags={"tans.kind": "retriever", "tans.zoo": store.uri, "tans.version": str(version)},
+    )
+    client.log_batch(
+        run.info.run_id,
+        metrics=[Metric(k.replace("@", "_at_"), float(v), 0, 0) for k, v in metrics.items()],
+        params=[Param(k, str(v)) for k, v in asdict(settings).items()],
+    )
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         meta = store.read_json(retriever_meta_key(version))
@@ -70,18 +87,27 @@ def register(store: ZooStore, version: int, settings: RetrainSettings, metrics: 
         (folder / "meta.json").write_bytes(store.read_bytes(retriever_meta_key(version)))
         artifacts["meta"] = str(folder / "meta.json")
         model_dir = folder / "retriever"  # a pyfunc model folder (MLmodel, code, artifacts), then logged
-        mlflow.pyfunc.save_model(path=str(model_dir), python_model=str(PYFUNC_CODE), artifacts=artifacts,
-                                 model_config={"zoo": store.uri, "version": version},
-                                 signature=ModelSignature(params=ParamSchema([ParamSpec("top_k", "long", 10),
-                                                                              ParamSpec("rerank", "string", DEFAULT_IMAGELESS)])),
-                                 pip_requirements=[f"tans=={_version()}"])
+        mlflow.pyfunc.save_model(
+            path=str(model_dir),
+            python_model=str(PYFUNC_CODE),
+            artifacts=artifacts,
+            model_config={"zoo": store.uri, "version": version},
+            signature=ModelSignature(
+                params=ParamSchema([ParamSpec("top_k", "long", 10), ParamSpec("rerank", "string", DEFAULT_IMAGELESS)])
+            ),
+            pip_requirements=[f"tans=={_version()}"],
+        )
         client.log_artifacts(run.info.run_id, str(model_dir), "retriever")
     try:
         client.create_registered_model(REGISTERED_MODEL)
     except MlflowException:
         pass  # already registered
-    mv = client.create_model_version(REGISTERED_MODEL, f"{run.info.artifact_uri}/retriever", run.info.run_id,
-                                     tags={"tans.zoo": store.uri, "tans.version": str(version)})
+    mv = client.create_model_version(
+        REGISTERED_MODEL,
+        f"{run.info.artifact_uri}/retriever",
+        run.info.run_id,
+        tags={"tans.zoo": store.uri, "tans.version": str(version)},
+    )
     client.set_registered_model_alias(REGISTERED_MODEL, "champion", mv.version)
     client.set_terminated(run.info.run_id, "FINISHED")
     return mv.version

@@ -1,10 +1,12 @@
 """`tans build`: ingest the configured datasets, fix the manifest, run the driver on Ray."""
+
 from __future__ import annotations
 
 import hashlib
 
 from tans.pipeline.acquisition.compute_priors import profile_pool
 from tans.pipeline.acquisition.registry import check_strategy
+from tans.pipeline.datasets.ingest import ingest, slug
 from tans.pipeline.execution.config import BuildConfig, build_dataclass
 from tans.pipeline.execution.driver import BuildSummary, Driver, journal_config
 from tans.pipeline.execution.executor import RayExecutor, ReplayExecutor, start_ray
@@ -12,7 +14,6 @@ from tans.pipeline.execution.lease import Lease
 from tans.pipeline.execution.retrain import run_retrain
 from tans.pipeline.execution.signals import interruption
 from tans.pipeline.execution.tracking import Tracker, flat_params
-from tans.pipeline.datasets.ingest import ingest, slug
 from tans.workers.networks import weights
 from tans.workers.networks.ofa_space import DEPTHS, EXPANDS, KERNELS, build_supernet
 from tans.workers.networks.weights import read_state_dict
@@ -26,6 +27,7 @@ from tans.zoo_schema.store import ZooStore, open_store, source_filesystem
 def dataset_sources(root: str, s3=None) -> list[str]:
     """Every dataset below `root`: each sub-folder (ImageFolder) and each .parquet file."""
     import pyarrow.fs as pafs
+
     fs, path = source_filesystem(root, s3)
     info = fs.get_file_info(path)
     if info.type != pafs.FileType.Directory:
@@ -39,8 +41,10 @@ def dataset_sources(root: str, s3=None) -> list[str]:
         if f.type == pafs.FileType.Directory or name.endswith(".parquet"):
             out.append(f"{prefix}/{name}")
     if not out:
-        raise DatasetError(f"--datasets {root} holds no dataset folders; generate the built-in "
-                           "ones with `tans datasets synth --out DIR` or add ImageFolder directories")
+        raise DatasetError(
+            f"--datasets {root} holds no dataset folders; generate the built-in "
+            "ones with `tans datasets synth --out DIR` or add ImageFolder directories"
+        )
     return out
 
 
@@ -51,9 +55,11 @@ def base_weights_entry(store: ZooStore, config: BuildConfig) -> BaseWeights:
         return BaseWeights("random", f"random-seed{config.arch.base_seed}", seed=config.arch.base_seed)
     if spec == "pretrained":
         if config.arch.width != weights.WIDTH:
-            raise ConfigError(f"the shipped pretrained base weights are width {weights.WIDTH}; set arch.width = "
-                              f"{weights.WIDTH}, or arch.base_weights to 'random' or to a supernet file of width "
-                              f"{config.arch.width} (OFA's published ofa_mbv3_d234_e346_k357_w1.2 for 1.2)")
+            raise ConfigError(
+                f"the shipped pretrained base weights are width {weights.WIDTH}; set arch.width = "
+                f"{weights.WIDTH}, or arch.base_weights to 'random' or to a supernet file of width "
+                f"{config.arch.width} (OFA's published ofa_mbv3_d234_e346_k357_w1.2 for 1.2)"
+            )
         spec = str(weights.shipped()[0])
     from safetensors.torch import save as st_save
 
@@ -61,8 +67,10 @@ def base_weights_entry(store: ZooStore, config: BuildConfig) -> BaseWeights:
     try:
         build_supernet(config.arch.width).load_state_dict(state)
     except (RuntimeError, ValueError, KeyError) as e:  # OFA raises ValueError on unknown keys
-        raise ConfigError(f"arch.base_weights {spec} does not fit the OFA MobileNetV3 supernet at "
-                          f"width {config.arch.width}: {str(e).splitlines()[0]}") from None
+        raise ConfigError(
+            f"arch.base_weights {spec} does not fit the OFA MobileNetV3 supernet at "
+            f"width {config.arch.width}: {str(e).splitlines()[0]}"
+        ) from None
     blob = st_save({k: v.contiguous() for k, v in state.items()})
     sha = hashlib.sha256(blob).hexdigest()
     key = layout.base_weights_key(sha)
@@ -73,11 +81,17 @@ def base_weights_entry(store: ZooStore, config: BuildConfig) -> BaseWeights:
 
 def wanted_manifest(store: ZooStore, config: BuildConfig) -> Manifest:
     size = config.train.image_size
-    return Manifest(width=config.arch.width, kernels=list(KERNELS), expands=list(EXPANDS),
-                    depths=list(DEPTHS), noise_seed=config.arch.noise_seed,
-                    noise_shape=[config.arch.noise_batch, 3, size, size],
-                    base_weights=base_weights_entry(store, config),
-                    pool_seed=config.arch.pool_seed, pool_size=config.arch.pool_size)
+    return Manifest(
+        width=config.arch.width,
+        kernels=list(KERNELS),
+        expands=list(EXPANDS),
+        depths=list(DEPTHS),
+        noise_seed=config.arch.noise_seed,
+        noise_shape=[config.arch.noise_batch, 3, size, size],
+        base_weights=base_weights_entry(store, config),
+        pool_seed=config.arch.pool_seed,
+        pool_size=config.arch.pool_size,
+    )
 
 
 def ingest_all(store: ZooStore, config: BuildConfig, log=print) -> None:
@@ -109,7 +123,7 @@ def seed_replay_zoo(target: ZooStore, source: ZooStore) -> Manifest:
 def make_executor(config: BuildConfig, store: ZooStore, log=print, ray_num_cpus: int | None = None):
     """(executor, manifest): Ray for real training, or replay of an evaluated zoo."""
     if config.executor.startswith("replay:"):
-        source = open_store(config.executor[len("replay:"):], config.s3)
+        source = open_store(config.executor[len("replay:") :], config.s3)
         manifest = seed_replay_zoo(store, source)
         return ReplayExecutor(source, store), manifest
     if config.executor != "ray":
@@ -137,7 +151,8 @@ def validate_build(config: BuildConfig) -> list[str]:
         if dataset_id in by_id:
             raise ConfigError(
                 f"datasets {by_id[dataset_id]} and {source} both get the id {dataset_id!r}; rename one "
-                f"folder, or name it in the config: [names] \"{source.rstrip('/').rsplit('/', 1)[-1]}\" = \"other-name\"")
+                f'folder, or name it in the config: [names] "{source.rstrip("/").rsplit("/", 1)[-1]}" = "other-name"'
+            )
         by_id[dataset_id] = source
     return sources
 
@@ -148,8 +163,15 @@ def dataset_name(config: BuildConfig, source: str) -> str:
     return config.names.get(base) or base.removesuffix(".parquet")
 
 
-def run_build(config: BuildConfig, log=print, ray_num_cpus: int | None = None, tracking: bool = True,
-              progress=None, wait: bool = False, command: str = "tans build") -> BuildSummary:
+def run_build(
+    config: BuildConfig,
+    log=print,
+    ray_num_cpus: int | None = None,
+    tracking: bool = True,
+    progress=None,
+    wait: bool = False,
+    command: str = "tans build",
+) -> BuildSummary:
     """Build (or continue building) the zoo of `config`; one driver per zoo (a lease).
     `progress` (tans.pipeline.execution.progress.Progress) shows the live status line on a terminal.
 
@@ -162,24 +184,41 @@ def run_build(config: BuildConfig, log=print, ray_num_cpus: int | None = None, t
     try:
         executor, manifest = make_executor(config, store, log, ray_num_cpus)
         profile_pool(store, manifest, config.train.image_size, log, executor)  # hypervolumes need it, any strategy
-        tracker = Tracker(config.mlflow, flat_params(journal_config(config)),
-                          run_name=f"build {store.uri.rstrip('/').rsplit('/', 1)[-1]} ({config.strategy})",
-                          store=store, width=manifest.width) if tracking else None
-        log(f"building zoo {store.uri}: up to {config.max_jobs} jobs, strategy {config.strategy}, "
+        tracker = (
+            Tracker(
+                config.mlflow,
+                flat_params(journal_config(config)),
+                run_name=f"build {store.uri.rstrip('/').rsplit('/', 1)[-1]} ({config.strategy})",
+                store=store,
+                width=manifest.width,
+            )
+            if tracking
+            else None
+        )
+        log(
+            f"building zoo {store.uri}: up to {config.max_jobs} jobs, strategy {config.strategy}, "
             f"executor {config.executor}, {config.resources.max_in_flight} in flight"
-            + (f"; MLflow at {redact(tracker.uri)}" if tracker else ""))
+            + (f"; MLflow at {redact(tracker.uri)}" if tracker else "")
+        )
         summary = Driver(config, store, manifest, executor, tracker, log, lease=lease, progress=progress).run()
         summary.mlflow_run = tracker.build_run.info.run_id if tracker else ""
         executor.close()  # the warm workers' memory is free for the retriever's training
         if config.retrain.after_build and summary.zoo_results:
-            run_retrain(store, config.retrain, config.train.image_size, config.retrain.if_grown,
-                        config.mlflow if tracking else None, log)
+            run_retrain(
+                store,
+                config.retrain,
+                config.train.image_size,
+                config.retrain.if_grown,
+                config.mlflow if tracking else None,
+                log,
+            )
     except BaseException as e:
         stop = interruption(e)
         if tracker:
             try:
-                tracker.end("KILLED" if stop or isinstance(e, KeyboardInterrupt) else "FAILED",
-                            f"{type(e).__name__}: {e}")
+                tracker.end(
+                    "KILLED" if stop or isinstance(e, KeyboardInterrupt) else "FAILED", f"{type(e).__name__}: {e}"
+                )
             except Exception as end_error:  # noqa: BLE001 - the build's own error is the one to report
                 log(f"could not end the MLflow run: {type(end_error).__name__}: {redact(str(end_error))[:300]}")
         if stop is not None and stop is not e:
@@ -189,8 +228,10 @@ def run_build(config: BuildConfig, log=print, ray_num_cpus: int | None = None, t
         if executor is not None:
             executor.close()
         lease.release()
-    log(f"build stopped ({summary.stop_reason}): {summary.finished} finished, {summary.failed} failed "
-        f"in {summary.seconds:.0f}s; the zoo holds {summary.zoo_results} results")
+    log(
+        f"build stopped ({summary.stop_reason}): {summary.finished} finished, {summary.failed} failed "
+        f"in {summary.seconds:.0f}s; the zoo holds {summary.zoo_results} results"
+    )
     return summary
 
 
@@ -206,8 +247,9 @@ def last_build_config(zoo: str, s3=None, log=print) -> BuildConfig:
     starts = [store.read_json(k) for k in store.list(layout.BUILDS)]
     starts = [s for s in starts if s.get("event") == "start" and "config" in s]
     if not starts:
-        raise ConfigError(f"the zoo at {zoo} has no recorded build to resume; start one with "
-                          f"`tans build --zoo {zoo} ...`")
+        raise ConfigError(
+            f"the zoo at {zoo} has no recorded build to resume; start one with `tans build --zoo {zoo} ...`"
+        )
     data = max(starts, key=lambda s: s["at"])["config"]
     data["zoo"] = zoo
     if s3 is not None and s3.endpoint_url:
@@ -217,7 +259,6 @@ def last_build_config(zoo: str, s3=None, log=print) -> BuildConfig:
         log(f"dataset folder {d} of the last build no longer exists; continuing with what the zoo holds")
     data["datasets"] = kept
     if is_redacted(data.get("mlflow", {}).get("tracking_uri", "")):
-        log("the last build's MLflow URI held credentials, which are never journaled; "
-            "using $MLFLOW_TRACKING_URI")
+        log("the last build's MLflow URI held credentials, which are never journaled; using $MLFLOW_TRACKING_URI")
         data["mlflow"]["tracking_uri"] = ""
     return build_dataclass(BuildConfig, data)

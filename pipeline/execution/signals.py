@@ -4,6 +4,7 @@
 Code that must not be cut midway (an MLflow write holds its database's lock until it ends)
 runs inside `deferred()`: a signal arriving there is held, and raised when the block ends.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -4,6 +4,7 @@ The driver logs (the workers do not), so workers need no MLflow access or creden
 a sqlite store never sees concurrent writers. A job's per-epoch metrics are logged with
 their epoch as the step when the job reports back.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,20 +16,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tans.pipeline.execution.signals import deferred
+from tans.workers.job import JobSpec
 from tans.workers.networks.export import network_config
 from tans.workers.networks.nets import checkpoint_bytes
-from tans.workers.job import JobSpec
-from tans.zoo_schema.shards import read_dataset
 from tans.zoo_schema.records import ResultRecord
 from tans.zoo_schema.redact import redact
+from tans.zoo_schema.shards import read_dataset
 
 
 @dataclass(frozen=True)
 class MlflowSettings:
-    tracking_uri: str = ""          # empty: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
+    tracking_uri: str = ""  # empty: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
     experiment: str = "tans"
-    log_networks: bool = True       # each job's run gets its network (model.safetensors, config.json)
-
+    log_networks: bool = True  # each job's run gets its network (model.safetensors, config.json)
 
 
 def tracking_uri(settings: MlflowSettings) -> str:
@@ -51,8 +51,9 @@ class Tracker:
     """A build (or fine-tune) as an MLflow run named `run_name`, each job a child run. With a
     `store`, a finished job's run also holds its network as artifacts (`network/`)."""
 
-    def __init__(self, settings: MlflowSettings, build_params: dict, run_name: str = "build", store=None,
-                 width: float = 1.0):
+    def __init__(
+        self, settings: MlflowSettings, build_params: dict, run_name: str = "build", store=None, width: float = 1.0
+    ):
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         from mlflow.tracking import MlflowClient
 
@@ -61,8 +62,7 @@ class Tracker:
         exp = self.client.get_experiment_by_name(settings.experiment)
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(settings.experiment)
         with deferred():
-            self.build_run = self.client.create_run(self.experiment_id, run_name=run_name,
-                                                    tags={"tans.kind": "build"})
+            self.build_run = self.client.create_run(self.experiment_id, run_name=run_name, tags={"tans.kind": "build"})
         self._ended = False
         self.store = store if settings.log_networks else None
         self.width = width
@@ -70,28 +70,45 @@ class Tracker:
 
     def _log(self, run_id: str, params: dict | None = None, metrics: list | None = None, tags: dict | None = None):
         from mlflow.entities import Metric, Param, RunTag
+
         now = int(time.time() * 1000)
         with deferred():  # a signal never cuts a write (sqlite would stay locked)
             self.client.log_batch(
-            run_id,
+                run_id,
                 metrics=[Metric(k, float(v), now, step) for k, v, step in (metrics or [])],
                 params=[Param(k, redact(str(v))[:6000]) for k, v in (params or {}).items()],
-                tags=[RunTag(k, redact(str(v))) for k, v in (tags or {}).items()])
+                tags=[RunTag(k, redact(str(v))) for k, v in (tags or {}).items()],
+            )
 
     def _job_run(self, spec: JobSpec, status_tag: str):
         return self.client.create_run(
-            self.experiment_id, run_name=f"{spec.dataset_id}/{spec.job_id[:8]}",
-            tags={"mlflow.parentRunId": self.build_run.info.run_id, "tans.kind": "job",
-                  "tans.job_id": spec.job_id, "tans.dataset_id": spec.dataset_id,
-                  "tans.status": status_tag})
+            self.experiment_id,
+            run_name=f"{spec.dataset_id}/{spec.job_id[:8]}",
+            tags={
+                "mlflow.parentRunId": self.build_run.info.run_id,
+                "tans.kind": "job",
+                "tans.job_id": spec.job_id,
+                "tans.dataset_id": spec.dataset_id,
+                "tans.status": status_tag,
+            },
+        )
 
     def _job_params(self, spec: JobSpec) -> dict:
         t = spec.train
-        return {"dataset_id": spec.dataset_id, "arch": spec.arch, "epochs": t.epochs,
-                "image_size": t.image_size, "batch_size": t.batch_size, "lr": t.lr,
-                "momentum": t.momentum, "weight_decay": t.weight_decay, "seed": t.seed,
-                "width": spec.width, "base_weights": spec.base_weights.id,
-                "evaluate_every_epoch": t.evaluate_every_epoch}
+        return {
+            "dataset_id": spec.dataset_id,
+            "arch": spec.arch,
+            "epochs": t.epochs,
+            "image_size": t.image_size,
+            "batch_size": t.batch_size,
+            "lr": t.lr,
+            "momentum": t.momentum,
+            "weight_decay": t.weight_decay,
+            "seed": t.seed,
+            "width": spec.width,
+            "base_weights": spec.base_weights.id,
+            "evaluate_every_epoch": t.evaluate_every_epoch,
+        }
 
     def log_result(self, spec: JobSpec, record: ResultRecord) -> None:
         with deferred():
@@ -102,12 +119,19 @@ class Tracker:
         metrics = [("train_loss", v, i) for i, v in enumerate(record.epoch_losses)]
         first = len(record.epoch_losses) - len(record.epoch_accuracies)  # the last epochs were evaluated
         metrics += [("test_accuracy", v, first + i) for i, v in enumerate(record.epoch_accuracies)]
-        metrics += [("accuracy", record.accuracy, 0), ("params", record.params, 0),
-                    ("flops", record.flops, 0), ("latency_ms", record.latency_ms, 0),
-                    ("train_seconds", record.train_seconds, 0)]
-        self._log(run.info.run_id, params=self._job_params(spec), metrics=metrics,
-                  tags={"tans.checkpoint_uri": record.checkpoint_uri,
-                        "tans.latency_device": record.latency_device})
+        metrics += [
+            ("accuracy", record.accuracy, 0),
+            ("params", record.params, 0),
+            ("flops", record.flops, 0),
+            ("latency_ms", record.latency_ms, 0),
+            ("train_seconds", record.train_seconds, 0),
+        ]
+        self._log(
+            run.info.run_id,
+            params=self._job_params(spec),
+            metrics=metrics,
+            tags={"tans.checkpoint_uri": record.checkpoint_uri, "tans.latency_device": record.latency_device},
+        )
         if self.store is not None:
             self._log_network(run.info.run_id, record)
         self.client.set_terminated(run.info.run_id, "FINISHED")
@@ -128,9 +152,11 @@ class Tracker:
             self.client.set_terminated(run.info.run_id, "FAILED")
 
     def finish(self, summary: dict) -> None:
-        self._log(self.build_run.info.run_id,
-                  metrics=[(k, v, 0) for k, v in summary.items() if isinstance(v, (int, float))],
-                  tags={"tans.stop_reason": redact(str(summary.get("stop_reason", "")))})
+        self._log(
+            self.build_run.info.run_id,
+            metrics=[(k, v, 0) for k, v in summary.items() if isinstance(v, (int, float))],
+            tags={"tans.stop_reason": redact(str(summary.get("stop_reason", "")))},
+        )
         self.end("FINISHED")
 
     def end(self, status: str, reason: str = "") -> None:

@@ -13,6 +13,7 @@ in the layout the Hugging Face / timm world expects.
 Every checkpoint tans writes carries the same config in its safetensors metadata
 (`tans.config`), so a checkpoint copied out of the zoo describes itself.
 """
+
 from __future__ import annotations
 
 import io
@@ -27,10 +28,10 @@ from tans.workers.networks.images import MEAN, STD, decode_images
 from tans.workers.networks.nets import load_checkpoint
 from tans.zoo_schema.errors import TansError
 from tans.zoo_schema.manifest import read_manifest
+from tans.zoo_schema.outfiles import output_folder, write_file
 from tans.zoo_schema.records import DatasetRecord, ResultRecord
 from tans.zoo_schema.results import find_result
 from tans.zoo_schema.shards import read_dataset
-from tans.zoo_schema.outfiles import output_folder, write_file
 from tans.zoo_schema.store import ZooStore
 
 FORMAT = "tans-network/1"
@@ -41,34 +42,47 @@ class NetworkConfig:
     """What a user needs to run a zoo network: its input, its outputs, where it came from."""
 
     job_id: str
-    architecture: str          # OFA MobileNetV3 subnet: ks/e/d per block (tans.workers.networks.ofa_space.Arch)
-    family: str                # "ofa_mobilenetv3"
-    width: float               # width multiplier of the supernet
-    image_size: int            # the input is [N, 3, image_size, image_size]
-    mean: list[float]          # per-channel normalization of RGB in [0, 1]: (x - mean) / std
+    architecture: str  # OFA MobileNetV3 subnet: ks/e/d per block (tans.workers.networks.ofa_space.Arch)
+    family: str  # "ofa_mobilenetv3"
+    width: float  # width multiplier of the supernet
+    image_size: int  # the input is [N, 3, image_size, image_size]
+    mean: list[float]  # per-channel normalization of RGB in [0, 1]: (x - mean) / std
     std: list[float]
     num_classes: int
-    class_names: list[str]     # output index -> class name
-    dataset_id: str            # the zoo dataset it was fine-tuned on
+    class_names: list[str]  # output index -> class name
+    dataset_id: str  # the zoo dataset it was fine-tuned on
     dataset_name: str
-    accuracy: float            # top-1 on that dataset's held-out test split
+    accuracy: float  # top-1 on that dataset's held-out test split
     params: int
-    flops: int                 # at image_size
-    latency_ms: float          # batch-1 median on latency_device
+    flops: int  # at image_size
+    latency_ms: float  # batch-1 median on latency_device
     latency_device: str
     epochs: int
-    base_weights: str          # what the fine-tune started from
+    base_weights: str  # what the fine-tune started from
     format: str = FORMAT
 
 
 def network_config(record: ResultRecord, dataset: DatasetRecord, width: float) -> NetworkConfig:
     return NetworkConfig(
-        job_id=record.job_id, architecture=record.arch, family="ofa_mobilenetv3", width=width,
-        image_size=record.image_size, mean=[float(v) for v in MEAN.ravel()], std=[float(v) for v in STD.ravel()],
-        num_classes=record.num_classes, class_names=list(dataset.class_names), dataset_id=dataset.dataset_id,
-        dataset_name=dataset.name, accuracy=record.accuracy, params=record.params, flops=record.flops,
-        latency_ms=record.latency_ms, latency_device=record.latency_device, epochs=record.epochs,
-        base_weights=record.base_weights)
+        job_id=record.job_id,
+        architecture=record.arch,
+        family="ofa_mobilenetv3",
+        width=width,
+        image_size=record.image_size,
+        mean=[float(v) for v in MEAN.ravel()],
+        std=[float(v) for v in STD.ravel()],
+        num_classes=record.num_classes,
+        class_names=list(dataset.class_names),
+        dataset_id=dataset.dataset_id,
+        dataset_name=dataset.name,
+        accuracy=record.accuracy,
+        params=record.params,
+        flops=record.flops,
+        latency_ms=record.latency_ms,
+        latency_device=record.latency_device,
+        epochs=record.epochs,
+        base_weights=record.base_weights,
+    )
 
 
 class Network(torch.nn.Module):
@@ -107,8 +121,10 @@ def load_network(store: ZooStore, job_id: str) -> Network:
     """The fine-tuned network of a zoo job (its checkpoint's sha256 verified)."""
     record = find_result(store, job_id)
     if record is None:
-        raise TansError(f"job {job_id!r} has no result in {store.uri}; list them with `tans status {store.uri}` "
-                        f"or find one with `tans search`")
+        raise TansError(
+            f"job {job_id!r} has no result in {store.uri}; list them with `tans status {store.uri}` "
+            f"or find one with `tans search`"
+        )
     manifest = read_manifest(store)
     if manifest is None:
         raise TansError(f"{store.uri} has no manifest.json; is it a tans zoo?")
@@ -144,8 +160,12 @@ def export_network(store: ZooStore, job_id: str, out: str | Path) -> ExportRepor
 
 def checkpoint_metadata(config: NetworkConfig) -> dict[str, str]:
     """Safetensors metadata (string values only) of a checkpoint or an exported model."""
-    return {"job_id": config.job_id, "arch": config.architecture, "format": FORMAT,
-            "tans.config": json.dumps(asdict(config), sort_keys=True)}
+    return {
+        "job_id": config.job_id,
+        "arch": config.architecture,
+        "format": FORMAT,
+        "tans.config": json.dumps(asdict(config), sort_keys=True),
+    }
 
 
 def exported_program(model: torch.nn.Module, image_size: int) -> bytes:
@@ -202,4 +222,3 @@ The weights are also in `model.safetensors` (state_dict of the tans/OFA module; 
 metadata holds `config.json`); with tans installed, `tans.load_network(ZOO, "{config.job_id}")`
 gives the module with its preprocessing.
 """
-

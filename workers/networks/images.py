@@ -1,5 +1,7 @@
-"""Images to tensors: decoding a dataset's stored images (PNG, or JPEG kept as ingested) at a size, ImageNet normalisation, and
+"""Images to tensors: decoding a dataset's stored images (PNG, or JPEG kept as ingested) at a
+size, ImageNet normalisation, and
 placing a split on the training device."""
+
 from __future__ import annotations
 
 import io
@@ -18,14 +20,17 @@ def decode_images(images: list[bytes], size: int, workers: int = 1) -> np.ndarra
     decode (PIL releases the GIL while decoding and resizing). JPEGs decode at the smallest of
     libjpeg's 1/1..1/8 scales that is still at least `size` on each side."""
     from PIL import Image
+
     out = np.empty((len(images), size, size, 3), dtype=np.uint8)
 
     def decode(i: int) -> None:
         with Image.open(io.BytesIO(images[i])) as im:
             im.draft("RGB", (size, size))  # no-op except for JPEG
             out[i] = np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR))
+
     if workers > 1 and len(images) > 256:
         from concurrent.futures import ThreadPoolExecutor
+
         with ThreadPoolExecutor(workers) as pool:
             list(pool.map(decode, range(len(images)), chunksize=64))
     else:
@@ -37,6 +42,7 @@ def decode_images(images: list[bytes], size: int, workers: int = 1) -> np.ndarra
 
 def load_tensors(store: ZooStore, dataset_id: str, split: str, size: int, workers: int = 1):
     import torch
+
     images, labels = load_split(store, dataset_id, split)
     return torch.from_numpy(decode_images(images, size, workers)), torch.tensor(labels, dtype=torch.long)
 

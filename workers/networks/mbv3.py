@@ -10,6 +10,7 @@ alone (the same layers, parameter names and arithmetic, up to float rounding, as
 supernet's state dict, and any subnet from the state dict ofa's `get_active_subnet` gives (a
 zoo checkpoint). Fine-tuning and sub-network extraction still use ofa.
 """
+
 from __future__ import annotations
 
 import re
@@ -53,9 +54,16 @@ def _conv(weight: torch.Tensor, stride: int = 1, groups: int = 1, bn: bool = Tru
 class SqueezeExcite(nn.Module):
     def __init__(self, channels: int, mid: int):
         super().__init__()
-        self.fc = nn.Sequential(OrderedDict([
-            ("reduce", nn.Conv2d(channels, mid, 1)), ("relu", nn.ReLU()),
-            ("expand", nn.Conv2d(mid, channels, 1)), ("h_sigmoid", HSigmoid())]))
+        self.fc = nn.Sequential(
+            OrderedDict(
+                [
+                    ("reduce", nn.Conv2d(channels, mid, 1)),
+                    ("relu", nn.ReLU()),
+                    ("expand", nn.Conv2d(mid, channels, 1)),
+                    ("h_sigmoid", HSigmoid()),
+                ]
+            )
+        )
 
     def forward(self, x):
         return x * self.fc(x.mean((2, 3), keepdim=True))
@@ -70,7 +78,9 @@ class MBConv(nn.Module):
         mid = depth.shape[0]
         self.depth_conv = _conv(depth, stride, groups=mid, act=act)
         if f"{prefix}depth_conv.se.fc.reduce.weight" in state:
-            self.depth_conv.add_module("se", SqueezeExcite(mid, state[f"{prefix}depth_conv.se.fc.reduce.weight"].shape[0]))
+            self.depth_conv.add_module(
+                "se", SqueezeExcite(mid, state[f"{prefix}depth_conv.se.fc.reduce.weight"].shape[0])
+            )
         self.point_linear = _conv(state[f"{prefix}point_linear.conv.weight"])
 
     def forward(self, x):
@@ -102,12 +112,17 @@ class Subnet(nn.Module):
             first = i == 0 or stages[i - 1] != stage
             stride = STAGE_STRIDES[stage] if first else 1
             conv = MBConv(state, f"blocks.{i}.conv.", stride, STAGE_ACTS[stage])
-            in_c = conv.depth_conv.conv.in_channels if conv.inverted_bottleneck is None \
+            in_c = (
+                conv.depth_conv.conv.in_channels
+                if conv.inverted_bottleneck is None
                 else conv.inverted_bottleneck.conv.in_channels
+            )
             out_c = conv.point_linear.conv.out_channels
             if i and first != (in_c != out_c):  # in this space a unit's first block, and only it, changes width
-                raise RuntimeError(f"block {i} ({in_c} -> {out_c} channels) does not fit depths {tuple(depths)}: "
-                                   "the weights are of another arch")
+                raise RuntimeError(
+                    f"block {i} ({in_c} -> {out_c} channels) does not fit depths {tuple(depths)}: "
+                    "the weights are of another arch"
+                )
             blocks.append(Block(conv, stride == 1 and in_c == out_c))
         self.blocks = nn.ModuleList(blocks)
         self.final_expand_layer = _conv(state["final_expand_layer.conv.weight"], act="h_swish")
@@ -139,8 +154,10 @@ def static_subnet(state: dict[str, torch.Tensor], depths: tuple[int, ...]) -> Su
     classifier's weights are not used; a missing or misshapen layer raises RuntimeError."""
     blocks = {int(k.split(".")[1]) for k in state if k.startswith("blocks.")}
     if blocks != set(range(1 + sum(depths))):
-        raise RuntimeError(f"the state dict holds {len(blocks)} blocks but depths {tuple(depths)} "
-                           f"need {1 + sum(depths)}: the weights are of another arch")
+        raise RuntimeError(
+            f"the state dict holds {len(blocks)} blocks but depths {tuple(depths)} "
+            f"need {1 + sum(depths)}: the weights are of another arch"
+        )
     return _load(state, tuple(depths))
 
 

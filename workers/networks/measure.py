@@ -1,5 +1,6 @@
 """What a job measures of its network: FLOPs, batch-1 latency on its device, and the
 functional embedding (the penultimate output on the manifest's fixed noise batch)."""
+
 from __future__ import annotations
 
 import platform
@@ -18,6 +19,7 @@ def count_flops(model, image_size: int) -> int:
     import numpy as np
     import torch
     from torch import nn
+
     MyConv2d = ofa_module("utils.my_modules").MyConv2d
 
     counted = (nn.Conv1d, nn.Conv2d, nn.Conv3d, MyConv2d, nn.Linear)  # ofa's register_hooks, by exact type
@@ -49,6 +51,7 @@ def count_flops(model, image_size: int) -> int:
 def measure_latency_ms(model, image_size: int, device, repeats: int) -> float:
     """Median wall time of a batch-1 forward on `device`, after warm-up."""
     import torch
+
     model.eval()
     x = torch.randn(1, 3, image_size, image_size, device=device)
     times = []
@@ -68,6 +71,7 @@ def measure_latency_ms(model, image_size: int, device, repeats: int) -> float:
 def functional_embedding(model, noise_seed: int, noise_shape, device) -> list[float]:
     """Penultimate output, averaged over the manifest's fixed Gaussian noise batch."""
     import torch
+
     g = torch.Generator().manual_seed(noise_seed)
     noise = torch.randn(*noise_shape, generator=g).to(device)
     model.eval()
@@ -77,6 +81,7 @@ def functional_embedding(model, noise_seed: int, noise_shape, device) -> list[fl
 
 def device_name(device) -> str:
     import torch
+
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu:{platform.machine()}:{torch.get_num_threads()}t"

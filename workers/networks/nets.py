@@ -1,5 +1,6 @@
 """Networks: OFA subnets with a classifier for a dataset, the zoo's base supernet, and the
 fine-tuned networks of result rows (their checkpoints' sha256 verified)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -23,9 +24,11 @@ def base_supernet_state(store: ZooStore, width: float, base_weights: BaseWeights
         return build_supernet(width).state_dict()
     data = store.read_bytes(base_weights.key)
     if hashlib.sha256(data).hexdigest() != base_weights.sha256:
-        raise StorageError(f"base weights {base_weights.key} in {store.uri} do not match their "
-                           "recorded sha256; the zoo's copy is corrupt: restore that file from the weights "
-                           "the zoo was built with (its name is its sha256)")
+        raise StorageError(
+            f"base weights {base_weights.key} in {store.uri} do not match their "
+            "recorded sha256; the zoo's copy is corrupt: restore that file from the weights "
+            "the zoo was built with (its name is its sha256)"
+        )
     return load_safetensors(data)
 
 
@@ -43,8 +46,7 @@ def load_base_supernet(store: ZooStore, width: float, base_weights: BaseWeights)
 
 def model_for(arch_id: str, num_classes: int, width: float, supernet=None):
     """An OFA subnet of `arch_id` with a classifier for `num_classes` (weights from supernet)."""
-    return build_subnet(supernet if supernet is not None else build_supernet(width),
-                        Arch.parse(arch_id), num_classes)
+    return build_subnet(supernet if supernet is not None else build_supernet(width), Arch.parse(arch_id), num_classes)
 
 
 def checkpoint_bytes(store: ZooStore, record: ResultRecord) -> bytes:
@@ -52,8 +54,10 @@ def checkpoint_bytes(store: ZooStore, record: ResultRecord) -> bytes:
     holder, key = checkpoint_location(store, record.checkpoint_uri)
     data = holder.read_bytes(key)
     if hashlib.sha256(data).hexdigest() != record.checkpoint_sha256:
-        raise StorageError(f"checkpoint {holder.uri_of(key)} does not match its recorded sha256; "
-                           f"it is corrupt: run `tans verify {store.uri}`")
+        raise StorageError(
+            f"checkpoint {holder.uri_of(key)} does not match its recorded sha256; "
+            f"it is corrupt: run `tans verify {store.uri}`"
+        )
     return data
 
 
@@ -63,6 +67,7 @@ def checkpoint_features(store: ZooStore, record: ResultRecord):
     from safetensors.torch import load as load_safetensors
 
     from tans.workers.networks.mbv3 import static_subnet
+
     return static_subnet(load_safetensors(checkpoint_bytes(store, record)), Arch.parse(record.arch).depths)
 
 

@@ -5,6 +5,7 @@ An architecture is 5 units of depth {2,3,4}; each of the 20 block slots has a ke
 and expand ratio of the *active* blocks only, so two configs that differ only in inactive
 slots share one id:  ``d23423-k35735...-e34634...``.
 """
+
 from __future__ import annotations
 
 import random
@@ -44,7 +45,7 @@ class Arch:
                 raise ConfigError(f"arch slot {slot} is inactive and must hold kernel=expand=0")
 
     @classmethod
-    def from_config(cls, ks, e, d) -> "Arch":
+    def from_config(cls, ks, e, d) -> Arch:
         """From OFA's set_active_subnet arguments; inactive slots are zeroed."""
         ks, e, d = list(ks), list(e), list(d)
         kernels, expands = [], []
@@ -55,7 +56,7 @@ class Arch:
         return cls(tuple(d), tuple(kernels), tuple(expands))
 
     @classmethod
-    def parse(cls, arch_id: str) -> "Arch":
+    def parse(cls, arch_id: str) -> Arch:
         m = _ID.match(arch_id)
         if not m:
             raise ConfigError(f"not an arch id: {arch_id!r} (expected like d23423-k357...-e346...)")
@@ -82,8 +83,7 @@ class Arch:
 
     def ofa_config(self) -> dict:
         """Arguments for OFAMobileNetV3.set_active_subnet (inactive slots filled, then ignored)."""
-        return {"ks": [k or 3 for k in self.kernels], "e": [e or 3 for e in self.expands],
-                "d": list(self.depths)}
+        return {"ks": [k or 3 for k in self.kernels], "e": [e or 3 for e in self.expands], "d": list(self.depths)}
 
 
 def sample_arch(rng: random.Random) -> Arch:
@@ -141,9 +141,14 @@ def build_supernet(width: float):
 
     if width not in WIDTHS:
         raise ConfigError(f"width {width} is not one of {WIDTHS}")
-    return OFAMobileNetV3(n_classes=1000, dropout_rate=0.0, width_mult=width,
-                          ks_list=list(KERNELS), expand_ratio_list=list(EXPANDS),
-                          depth_list=list(DEPTHS))
+    return OFAMobileNetV3(
+        n_classes=1000,
+        dropout_rate=0.0,
+        width_mult=width,
+        ks_list=list(KERNELS),
+        expand_ratio_list=list(EXPANDS),
+        depth_list=list(DEPTHS),
+    )
 
 
 def feature_dim(width: float) -> int:

@@ -1,11 +1,12 @@
 """The training loop (paper B.2: SGD with Nesterov momentum, cosine schedule, mixed precision
 on CUDA), BatchNorm recalibration and evaluation. Reads top to bottom."""
+
 from __future__ import annotations
 
 import time
 
-from tans.workers.networks.images import stage_on
 from tans.workers.job import TrainSettings
+from tans.workers.networks.images import stage_on
 
 
 def recalibrate_bn(model, x, device, max_images: int = 512, batch_size: int = 64) -> None:
@@ -16,6 +17,7 @@ def recalibrate_bn(model, x, device, max_images: int = 512, batch_size: int = 64
     training images in train mode with a cumulative average fixes the statistics.
     """
     import torch
+
     for m in model.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.reset_running_stats()
@@ -33,12 +35,13 @@ def recalibrate_bn(model, x, device, max_images: int = 512, batch_size: int = 64
 
 def evaluate(model, x, y, device="cpu", batch_size: int = 256) -> float:
     import torch
+
     model.eval()
     correct = 0
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
-            logits = model(x[i:i + batch_size].to(device))
-            correct += int((logits.argmax(1).cpu() == y[i:i + batch_size]).sum())
+            logits = model(x[i : i + batch_size].to(device))
+            correct += int((logits.argmax(1).cpu() == y[i : i + batch_size]).sum())
     return correct / len(x)
 
 
@@ -48,12 +51,18 @@ def train(model, x, y, xt, yt, settings: TrainSettings, device, seed: int, on_ep
     (BatchNorm recalibration and the test split cost about a quarter of a CPU epoch). With a
     dict `timings`, adds the seconds spent evaluating as "eval"."""
     import torch
+
     torch.manual_seed(seed)
     model.to(device)
     x, y = stage_on(device, x, y)
     use_amp = settings.mixed_precision and device.type == "cuda"
-    opt = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
-                          weight_decay=settings.weight_decay, nesterov=True)
+    opt = torch.optim.SGD(
+        model.parameters(),
+        lr=settings.lr,
+        momentum=settings.momentum,
+        weight_decay=settings.weight_decay,
+        nesterov=True,
+    )
     steps_per_epoch = max(1, (len(x) + settings.batch_size - 1) // settings.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=settings.epochs * steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -64,7 +73,7 @@ def train(model, x, y, xt, yt, settings: TrainSettings, device, seed: int, on_ep
         order = torch.randperm(len(x), generator=g).to(x.device)
         total, n = 0.0, 0
         for i in range(0, len(x), settings.batch_size):
-            idx = order[i:i + settings.batch_size]
+            idx = order[i : i + settings.batch_size]
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
             xb, yb = x[idx].to(device, non_blocking=True), y[idx].to(device, non_blocking=True)

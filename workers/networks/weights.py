@@ -11,6 +11,7 @@ recipe — the exact commands, seed, steps, tans commit, figures and sha256 — 
 Users with internet access can download OFA's published `ofa_mbv3_d234_e346_k357_w1.2`
 checkpoint and set `arch.base_weights` to its path (and `arch.width = 1.2`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,13 +31,16 @@ def shipped() -> tuple[Path, dict]:
     """(weights file, recipe) of the shipped pretrained supernet, its sha256 checked."""
     path, recipe_path = FOLDER / f"{NAME}.safetensors", FOLDER / f"{NAME}.json"
     if not path.is_file() or not recipe_path.is_file():
-        raise ConfigError(f"the shipped pretrained base weights ({path}) are missing from this installation; "
-                          "reinstall tans, or set arch.base_weights to 'random' or to a supernet file")
+        raise ConfigError(
+            f"the shipped pretrained base weights ({path}) are missing from this installation; "
+            "reinstall tans, or set arch.base_weights to 'random' or to a supernet file"
+        )
     recipe = json.loads(recipe_path.read_text())
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if digest != recipe["sha256"]:
-        raise ConfigError(f"{path} does not match the sha256 its recipe records ({recipe['sha256'][:16]}…); "
-                          "reinstall tans")
+        raise ConfigError(
+            f"{path} does not match the sha256 its recipe records ({recipe['sha256'][:16]}…); reinstall tans"
+        )
     return path, recipe
 
 
@@ -46,13 +50,15 @@ def read_state_dict(spec: str, s3=None, what: str = "weights") -> dict:
     'state_dict' entry is unwrapped."""
     import torch
     from safetensors.torch import load
+
     fs, path = source_filesystem(spec, s3)
     try:
         with fs.open_input_stream(path) as fh:
             raw = fh.read()
     except (OSError, FileNotFoundError) as e:
-        raise ConfigError(f"{what} {spec} cannot be read ({e}); pass a state_dict file "
-                          "(.safetensors or .pth)") from None
+        raise ConfigError(
+            f"{what} {spec} cannot be read ({e}); pass a state_dict file (.safetensors or .pth)"
+        ) from None
     if spec.endswith(".safetensors"):
         return load(raw)
     state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
