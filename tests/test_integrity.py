@@ -415,6 +415,8 @@ def test_sigterm_stops_a_build_cleanly(ray_cluster, tiny_datasets, tmp_path):
 def test_a_signal_surfacing_through_a_native_call_is_still_a_clean_stop(tmp_path, capsys, monkeypatch):
     """CI caught SIGTERM arriving inside Ray's Cython `CoreWorker.wait`: Python reported it as
     `SystemError(... returned a result with an exception set)` caused by our `Interrupted`."""
+    import argparse
+
     import tans.pipeline.cli as cli
     from tans.zoo_schema.errors import Interrupted
 
@@ -428,7 +430,7 @@ def test_a_signal_surfacing_through_a_native_call_is_still_a_clean_stop(tmp_path
         raise SystemError("a real bug")
 
     args = cli.parser().parse_args(["status", str(tmp_path)])
-    monkeypatch.setattr(cli.argparse.ArgumentParser, "parse_args", lambda self, argv=None: args)
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", lambda self, argv=None: args)
     monkeypatch.setattr(args, "func", wait_in_native_code)
     assert main([]) == 143
     assert "stopped by SIGTERM" in capsys.readouterr().err

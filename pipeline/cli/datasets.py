@@ -1,0 +1,68 @@
+"""`tans datasets add` and `tans datasets synth`: ingest datasets into a zoo, or write the
+built-in ones."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tans.pipeline.cli.options import EXIT_OK, emit, parent, positive_int, quiet_unless_text
+
+
+def add(sub) -> None:
+    d = sub.add_parser("datasets", help="add datasets to a zoo, or generate the built-in ones")
+    dsub = d.add_subparsers(dest="datasets_command", required=True)
+    a = dsub.add_parser(
+        "add",
+        parents=[parent("zoo", "json", "wait", zoo_positional=False, json_help="print what was ingested as JSON")],
+        help="ingest ImageFolder directories or Parquet files into a zoo",
+    )
+    a.add_argument("sources", nargs="+", metavar="SOURCE", help="local path or s3:// URI of each dataset")
+    a.add_argument("--name", help="dataset name (one source only); default: the folder name")
+    a.add_argument("--split-seed", type=int, default=0, metavar="N", help="seed of the train/test split")
+    a.set_defaults(func=run_add)
+    g = dsub.add_parser(
+        "synth",
+        parents=[parent("json", json_help="print the dataset names as JSON")],
+        help="write the built-in datasets (offline, deterministic)",
+    )
+    g.add_argument("--out", required=True, metavar="DIR", help="directory to write one folder per dataset into")
+    g.add_argument("--count", type=positive_int, metavar="N", help="how many of the suite (default: all)")
+    g.add_argument("--seed", type=int, default=0, metavar="N", help="generator seed")
+    g.set_defaults(func=run_synth)
+
+
+def run_add(args) -> int:
+    from tans.pipeline.datasets.ingest import IngestSettings, ingest
+    from tans.pipeline.execution.lease import holding
+    from tans.zoo_schema.store import S3Settings, open_store
+
+    s3 = S3Settings(endpoint_url=args.s3_endpoint)
+    store = open_store(args.zoo, s3)
+    settings = IngestSettings(split_seed=args.split_seed)
+    reports = []
+    with holding(store, "tans datasets add", wait=args.wait, log=quiet_unless_text(args)):
+        for source in args.sources:
+            report = ingest(store, source, name=args.name if len(args.sources) == 1 else None, settings=settings, s3=s3)
+            reports.append({"source": source, **dataclasses.asdict(report), "duplicates": report.duplicates})
+            quiet_unless_text(args)(describe(source, report))
+    emit(args, reports, indent=None)
+    return EXIT_OK
+
+
+def describe(source: str, report) -> str:
+    state = "already in the zoo" if report.already_present else "ingested"
+    dupes = f" ({report.duplicates} of them duplicate images)" if report.duplicates else ""
+    lines = [
+        f"{source}: {report.images} images {state} as {', '.join(report.dataset_ids)}; "
+        f"{len(report.skipped)} files skipped{dupes}"
+    ]
+    lines += [f"  skipped {name}: {reason}" for name, reason in report.skipped[:20]]
+    return "\n".join(lines)
+
+
+def run_synth(args) -> int:
+    from tans.pipeline.datasets.synth import generate
+
+    names = generate(args.out, count=args.count, seed=args.seed)
+    emit(args, {"out": args.out, "datasets": names}, f"wrote {len(names)} datasets to {args.out}", indent=None)
+    return EXIT_OK
