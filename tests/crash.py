@@ -13,7 +13,8 @@ import os
 import signal
 import sys
 
-from tans.zoo_schema.store import LocalStore, S3Settings, S3Store, open_store
+from tans.zoo_schema.s3store import S3Store
+from tans.zoo_schema.store import LocalStore, S3Settings, open_store
 
 
 def arm(prefix: str, after: int) -> None:

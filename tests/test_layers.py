@@ -180,4 +180,6 @@ def test_the_wheel_installs_one_top_level_package(tmp_path):
     assert {n.split("/")[0] for n in names} == {"tans", wheel.name.split("-py3")[0] + ".dist-info"}
     for layer_name in LAYERS:
         assert f"tans/{layer_name}/__init__.py" in names
-    assert "tans/pipeline/cli/main.py" in names and "tans/workers/networks/pretrained/ofa-mbv3-w1.0-suite24.json" in names
+    assert (
+        "tans/pipeline/cli/main.py" in names and "tans/workers/networks/pretrained/ofa-mbv3-w1.0-suite24.json" in names
+    )

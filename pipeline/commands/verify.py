@@ -102,112 +102,14 @@ def verify_zoo(
 
 
 def _verify(store: ZooStore, report: VerifyReport, clean_orphans: bool, min_age_s: float) -> VerifyReport:
-    damaged: list[tuple[str, str]] = []  # (key, reason) to quarantine
-    build_again = f"a later build re-trains the job (`tans resume {store.uri}`)"
-
-    def problem(key: str, text: str, repair: str, job_id: str = "", aside: tuple[str, ...] = ()):
-        report.problems.append(Problem(key, text, repair, job_id))
-        damaged.extend((k, text) for k in aside)
-
-    # -- results and their checkpoints
-    referenced: set[str] = set()
-    jobs_with_results: set[str] = set()
-    for key in [k for k in store.list(layout.RESULTS) if k.endswith(".parquet")]:
-        report.results_checked += 1
-        try:
-            record = read_result(store, key)
-        except CORRUPT as e:
-            problem(key, f"unreadable result file ({type(e).__name__})", build_again, aside=(key,))
-            continue
-        wrong = check_result(key, record) or _foreign_checkpoint(record)
-        if wrong:
-            problem(key, f"result file {wrong}", build_again, record.job_id, aside=(key,))
-            continue
-        jobs_with_results.add(record.job_id)
-        if not layout.is_relative_ref(record.checkpoint_uri):
-            report.legacy_checkpoint_refs += 1
-        try:
-            holder, ckpt = layout.checkpoint_location(store, record.checkpoint_uri)
-            if holder is store and (wrong := _foreign_checkpoint(record, holder, ckpt)):
-                problem(key, f"result file {wrong}", build_again, record.job_id, aside=(key,))
-                continue
-            if holder is store:
-                referenced.add(ckpt)
-            digest = hashlib.sha256(holder.read_bytes(ckpt)).hexdigest()
-        except FileNotFoundError:
-            digest = None
-        except StorageError as e:  # a replayed row's source zoo out of reach: nothing is set aside
-            problem(
-                key,
-                f"cannot read its checkpoint: {e}",
-                "check that its zoo is reachable, then verify again",
-                record.job_id,
-            )
-            continue
-        if digest != record.checkpoint_sha256:
-            text = "checkpoint missing" if digest is None else "checkpoint sha256 mismatch"
-            aside = (key, ckpt) if digest is not None and holder is store else (key,)
-            problem(holder.uri_of(ckpt), text, build_again, record.job_id, aside)
-
-    # -- datasets and their shards
-    data_in_use: set[str] = set()
-    for key in [k for k in store.list(layout.DATASETS) if k.endswith(".parquet")]:
-        report.datasets_checked += 1
-        try:
-            (record,) = from_table(DatasetRecord, store.read_table(key))
-            text = _check_dataset(store, record, data_in_use)
-        except (*CORRUPT, StorageError) as e:
-            problem(
-                key,
-                f"unreadable dataset record ({type(e).__name__}: {str(e)[:200]})",
-                "ingest the dataset again with `tans datasets add SOURCE --zoo ZOO`",
-                aside=(key,),
-            )
-            continue
-        if text:
-            problem(key, text, f"ingest it again: {reingest_command(store, record)}", aside=(key,))
-
-    # -- the base weights the manifest names (written once, content-addressed)
-    manifest = read_manifest(store)
-    base = manifest.base_weights if manifest is not None else None
-    if base is not None and base.key:
-        try:
-            intact = hashlib.sha256(store.read_bytes(base.key)).hexdigest() == base.sha256
-        except FileNotFoundError:
-            intact = None
-        if not intact:
-            problem(
-                base.key,
-                "base weights missing" if intact is None else "base weights sha256 mismatch",
-                f"the next build copies them again from arch.base_weights (`tans resume {store.uri}`)",
-                aside=(base.key,) if intact is False else (),
-            )
-
-    # -- retriever versions
-    retriever_in_use: set[str] = set()
-    for key in [k for k in store.list("retriever") if _is_meta(k)]:
-        report.retriever_versions_checked += 1
-        text = _check_version(store, key, retriever_in_use)
-        if text:
-            problem(key, text, f"train a new version with `tans retrain {store.uri}`", aside=(key,))
-
-    # -- orphans, foreign files and temp files
-    unreferenced = sorted(
-        [k for k in store.list("checkpoints") if k not in referenced and k.split("/")[1] not in jobs_with_results]
-        + [k for k in store.list("data") if k not in data_in_use]
-        + [k for k in store.list("retriever") if k not in retriever_in_use and not _is_meta(k)]
-    )
-    for k in unreferenced:
-        if not layout.is_own_object(k):
-            report.foreign.append(k)
-        elif store.leaves_zoo(k):
-            report.outside.append(k)
-        else:
-            report.orphans.append(k)
+    check = _Check(store, report)
+    in_use = check.results() | check.datasets() | check.versions()
+    check.base_weights()
+    _sort_unreferenced(store, report, in_use, check.jobs_with_results)
     temps = store.stray_temps()
     report.temp_files = [p for p, _ in temps]
     if report.quarantined:
-        for key, reason in damaged:
+        for key, reason in check.damaged:
             quarantine(store, key, reason)
     if clean_orphans:
         for k in report.orphans:
@@ -220,6 +122,125 @@ def _verify(store: ZooStore, report: VerifyReport, clean_orphans: bool, min_age_
                 store.delete_stray_temp(path)
         report.orphans_deleted = True
     return report
+
+
+class _Check:
+    """One pass over a zoo: each part's check adds its problems to the report, collects what
+    to set aside, and returns the keys it found in use."""
+
+    def __init__(self, store: ZooStore, report: VerifyReport):
+        self.store, self.report = store, report
+        self.damaged: list[tuple[str, str]] = []  # (key, reason) to quarantine
+        self.jobs_with_results: set[str] = set()
+        self.build_again = f"a later build re-trains the job (`tans resume {store.uri}`)"
+
+    def problem(self, key: str, text: str, repair: str, job_id: str = "", aside: tuple[str, ...] = ()) -> None:
+        self.report.problems.append(Problem(key, text, repair, job_id))
+        self.damaged.extend((k, text) for k in aside)
+
+    def results(self) -> set[str]:
+        """Every result row and its checkpoint; returns the checkpoints in use."""
+        referenced: set[str] = set()
+        for key in [k for k in self.store.list(layout.RESULTS) if k.endswith(".parquet")]:
+            self.report.results_checked += 1
+            try:
+                record = read_result(self.store, key)
+            except CORRUPT as e:
+                self.problem(key, f"unreadable result file ({type(e).__name__})", self.build_again, aside=(key,))
+                continue
+            wrong = check_result(key, record) or _foreign_checkpoint(record)
+            if wrong:
+                self.problem(key, f"result file {wrong}", self.build_again, record.job_id, aside=(key,))
+                continue
+            self.jobs_with_results.add(record.job_id)
+            if not layout.is_relative_ref(record.checkpoint_uri):
+                self.report.legacy_checkpoint_refs += 1
+            self.checkpoint(key, record, referenced)
+        return referenced
+
+    def checkpoint(self, key: str, record, referenced: set[str]) -> None:
+        """A row's checkpoint: its own job's, present, with the recorded sha256."""
+        try:
+            holder, ckpt = layout.checkpoint_location(self.store, record.checkpoint_uri)
+            if holder is self.store and (wrong := _foreign_checkpoint(record, holder, ckpt)):
+                self.problem(key, f"result file {wrong}", self.build_again, record.job_id, aside=(key,))
+                return
+            if holder is self.store:
+                referenced.add(ckpt)
+            digest = hashlib.sha256(holder.read_bytes(ckpt)).hexdigest()
+        except FileNotFoundError:
+            digest = None
+        except StorageError as e:  # a replayed row's source zoo out of reach: nothing is set aside
+            repair = "check that its zoo is reachable, then verify again"
+            self.problem(key, f"cannot read its checkpoint: {e}", repair, record.job_id)
+            return
+        if digest != record.checkpoint_sha256:
+            text = "checkpoint missing" if digest is None else "checkpoint sha256 mismatch"
+            aside = (key, ckpt) if digest is not None and holder is self.store else (key,)
+            self.problem(holder.uri_of(ckpt), text, self.build_again, record.job_id, aside)
+
+    def datasets(self) -> set[str]:
+        """Every dataset record and its shards; returns the shards in use."""
+        in_use: set[str] = set()
+        for key in [k for k in self.store.list(layout.DATASETS) if k.endswith(".parquet")]:
+            self.report.datasets_checked += 1
+            try:
+                (record,) = from_table(DatasetRecord, self.store.read_table(key))
+                text = _check_dataset(self.store, record, in_use)
+            except (*CORRUPT, StorageError) as e:
+                repair = "ingest the dataset again with `tans datasets add SOURCE --zoo ZOO`"
+                self.problem(
+                    key, f"unreadable dataset record ({type(e).__name__}: {str(e)[:200]})", repair, aside=(key,)
+                )
+                continue
+            if text:
+                self.problem(key, text, f"ingest it again: {reingest_command(self.store, record)}", aside=(key,))
+        return in_use
+
+    def base_weights(self) -> None:
+        """The base weights the manifest names (written once, content-addressed)."""
+        manifest = read_manifest(self.store)
+        base = manifest.base_weights if manifest is not None else None
+        if base is None or not base.key:
+            return
+        try:
+            intact = hashlib.sha256(self.store.read_bytes(base.key)).hexdigest() == base.sha256
+        except FileNotFoundError:
+            intact = None
+        if not intact:
+            self.problem(
+                base.key,
+                "base weights missing" if intact is None else "base weights sha256 mismatch",
+                f"the next build copies them again from arch.base_weights (`tans resume {self.store.uri}`)",
+                aside=(base.key,) if intact is False else (),
+            )
+
+    def versions(self) -> set[str]:
+        """Every retriever version and its files; returns the files in use."""
+        in_use: set[str] = set()
+        for key in [k for k in self.store.list("retriever") if _is_meta(k)]:
+            self.report.retriever_versions_checked += 1
+            text = _check_version(self.store, key, in_use)
+            if text:
+                self.problem(key, text, f"train a new version with `tans retrain {self.store.uri}`", aside=(key,))
+        return in_use
+
+
+def _sort_unreferenced(store: ZooStore, report: VerifyReport, in_use: set[str], jobs: set[str]) -> None:
+    """What nothing references: orphans (names tans writes), foreign files and files reached
+    through a link out of the zoo (both left alone)."""
+    unreferenced = sorted(
+        [k for k in store.list("checkpoints") if k not in in_use and k.split("/")[1] not in jobs]
+        + [k for k in store.list("data") if k not in in_use]
+        + [k for k in store.list("retriever") if k not in in_use and not _is_meta(k)]
+    )
+    for k in unreferenced:
+        if not layout.is_own_object(k):
+            report.foreign.append(k)
+        elif store.leaves_zoo(k):
+            report.outside.append(k)
+        else:
+            report.orphans.append(k)
 
 
 def _foreign_checkpoint(record, holder=None, key: str = "") -> str | None:
