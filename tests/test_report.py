@@ -118,10 +118,10 @@ def smallest_text(monkeypatch):
     """The smallest text (px at the figure's dpi) of every figure the report saves."""
     import matplotlib.text
 
-    from tans.pipeline.commands import report
+    from tans.pipeline.commands import report_plots
 
     sizes: dict[str, float] = {}
-    save = report._save
+    save = report_plots.save
 
     def measuring(fig, path):
         fig.canvas.draw()
@@ -129,7 +129,7 @@ def smallest_text(monkeypatch):
         sizes[Path(path).name] = min(t.get_fontsize() * fig.dpi / 72 for t in texts)
         save(fig, path)
 
-    monkeypatch.setattr(report, "_save", measuring)
+    monkeypatch.setattr(report_plots, "save", measuring)
     return sizes
 
 

@@ -1,6 +1,6 @@
 """The zoo store on S3 (`s3://bucket/prefix`): create-only puts through boto3, dataset reads
 through pyarrow.fs, and outages waited out (see `S3Store`). The contract is the one of
-`tans.zoo_schema.store`, tested over both backends by tests/test_store_contract.py."""
+`tans.zoo_schema.storage`, tested over both backends by tests/test_store_contract.py."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 import time
 
 from tans.zoo_schema.errors import StorageError
-from tans.zoo_schema.store import S3Settings, ZooStore, check_key
+from tans.zoo_schema.storage import S3Settings, ZooStore, check_key
 
 log = logging.getLogger("tans.store")
 
