@@ -199,7 +199,7 @@ def run_child(source_root: str, in_flight: int, seed: int) -> dict:
     from tans.pipeline.acquisition.priors import PROFILES_KEY, ArchProfile, Prior
     from tans.pipeline.execution.config import load_config
     from tans.pipeline.execution.driver import Driver
-    from tans.pipeline.execution.executor import ReplayExecutor
+    from tans.pipeline.execution.replay import ReplayExecutor
     from tans.pipeline.execution.run import seed_replay_zoo
     from tans.zoo_schema.store import LocalStore, open_store
 

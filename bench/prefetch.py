@@ -38,7 +38,8 @@ DATASETS = (
 
 
 def run_mode(zoo: str, specs: list, in_flight: int) -> dict:
-    from tans.pipeline.execution.executor import RayExecutor, ResourceSettings
+    from tans.pipeline.execution.executor import ResourceSettings
+    from tans.pipeline.execution.ray_executor import RayExecutor
     from tans.zoo_schema.store import S3Settings
 
     executor = RayExecutor(zoo, S3Settings(), ResourceSettings(max_in_flight=in_flight, num_cpus=1))

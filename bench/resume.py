@@ -140,7 +140,7 @@ def startup_seconds(zoo: str, s3, strategy: str, tmp: Path) -> float:
     """From run_build's start to the driver's first dispatch (the submit is intercepted)."""
     from tans.pipeline.execution import run as build
     from tans.pipeline.execution.config import load_config
-    from tans.pipeline.execution.executor import RayExecutor
+    from tans.pipeline.execution.ray_executor import RayExecutor
 
     class Probe(RayExecutor):
         def submit(self, spec):
@@ -176,7 +176,7 @@ def main() -> None:
     args = ap.parse_args()
     import ray
 
-    from tans.pipeline.execution.executor import start_ray
+    from tans.pipeline.execution.runtime import start_ray
     from tans.zoo_schema.store import S3Settings, open_store
 
     tmp = Path(tempfile.mkdtemp(prefix="tans-bench-resume-"))

@@ -43,7 +43,8 @@ def phases(r) -> dict[str, float]:
 
 
 def run(zoo: str, dataset_id: str, archs: list[str], train, warm: bool) -> dict:
-    from tans.pipeline.execution.executor import RayExecutor, ResourceSettings
+    from tans.pipeline.execution.executor import ResourceSettings
+    from tans.pipeline.execution.ray_executor import RayExecutor
     from tans.workers.job import job_spec
     from tans.zoo_schema.manifest import read_manifest
     from tans.zoo_schema.shards import read_dataset

@@ -38,9 +38,9 @@ def test_fine_tunes_land_on_gpu_nodes_and_node_loss_is_survived(cluster, tiny_da
     resources (still counted for a while) is given up after START_DEADLINE_S, shortened here."""
     import ray
 
-    from tans.pipeline.execution import executor as executor_module
+    from tans.pipeline.execution import pool as pool_module
 
-    monkeypatch.setattr(executor_module, "START_DEADLINE_S", 15.0)
+    monkeypatch.setattr(pool_module, "START_DEADLINE_S", 15.0)
     c, gpu_nodes = cluster
     head_id = ray.get_runtime_context().get_node_id()
     zoo = str(tmp_path / "zoo")

@@ -13,7 +13,9 @@ import time
 import pytest
 
 from tans.pipeline.acquisition.base import Pair
-from tans.pipeline.execution.executor import Outcome, RayExecutor, ReplayExecutor, ResourceSettings
+from tans.pipeline.execution.executor import Outcome, ResourceSettings
+from tans.pipeline.execution.ray_executor import RayExecutor
+from tans.pipeline.execution.replay import ReplayExecutor
 from tans.workers.job import TrainSettings, job_spec
 from tans.workers.networks.ofa_space import arch_pool
 from tans.zoo_schema import layout
@@ -143,10 +145,10 @@ def test_a_job_queued_behind_a_running_one_has_its_data_decoded_meanwhile(ray_cl
     executor = RayExecutor(store.uri, S3Settings(), ResourceSettings(max_in_flight=2, num_cpus=2))
     executor.submit(first)
     executor.submit(queued)
-    assert executor.in_flight == 2 and len(executor._workers) == 1
+    assert executor.in_flight == 2 and len(executor.pool.workers) == 1
     outcomes = drain(executor)
     assert [o.error for o in outcomes] == [None, None]
-    stats = ray.get(executor._workers[0].cache_stats.remote())
+    stats = ray.get(executor.pool.workers[0].cache_stats.remote())
     executor.close()
     assert stats["datasets"] == ["hue-6", "shapes-clean"]
     # misses: the first job's two splits and the supernet, the prefetch's two splits;
@@ -174,20 +176,20 @@ def test_a_dead_workers_second_job_does_not_retire_its_replacement(ray_cluster, 
     executor = RayExecutor(store.uri, S3Settings(), ResourceSettings(max_in_flight=2, num_cpus=2))
     for spec in specs:
         executor.submit(spec)
-    old = executor._workers[0]
+    old = executor.pool.workers[0]
     ray.kill(old)
     first = []
     while not first:
         first = executor.wait(30)
-    assert first[0].error is not None and executor.replaced == 1
+    assert first[0].error is not None and executor.pool.replaced == 1
     executor.submit(first[0].spec)  # the driver's retry: a new worker in slot 0
-    new = executor._workers[0]
+    new = executor.pool.workers[0]
     assert new is not old
     second = []
     while not second:
         second = executor.wait(30)
     assert second[0].error is not None  # the queued job, failed with the old worker
-    assert executor._workers.get(0) is new and executor.replaced == 1
+    assert executor.pool.workers.get(0) is new and executor.pool.replaced == 1
     executor.submit(second[0].spec)
     outcomes = drain(executor)
     assert sorted(o.spec.job_id for o in outcomes) == sorted(s.job_id for s in specs)
@@ -225,11 +227,11 @@ def test_a_warm_worker_that_never_starts_is_given_up_and_its_job_moved(ray_clust
     """Just after a node is lost the cluster can still count its resources, and a new warm
     worker placed on them never starts. Once START_DEADLINE_S has passed with another worker
     live, the executor gives it up and its queued job runs on the live one: no job waits
-    forever, none counts as failed. (Here a held CPU and a stale `_fits_another` make it.)
+    forever, none counts as failed. (Here a held CPU and a stale `WorkerPool.room` make it.)
     Profiling, first, makes only as many workers as there is room for."""
     import ray
 
-    from tans.pipeline.execution import executor as executor_module
+    from tans.pipeline.execution import pool as pool_module
 
     store, specs = committed_zoo(tmp_path / "zoo")
     hold = ray.remote(num_cpus=1)(type("Hold", (), {})).remote()
@@ -240,18 +242,18 @@ def test_a_warm_worker_that_never_starts_is_given_up_and_its_job_moved(ray_clust
         thread = threading.Thread(target=lambda: profiled.extend(executor.profile(MANIFEST, ARCHS, 32)), daemon=True)
         thread.start()
         thread.join(120)
-        assert [p.arch for p in profiled] == ARCHS and sorted(executor._workers) == [0]
+        assert [p.arch for p in profiled] == ARCHS and sorted(executor.pool.workers) == [0]
         executor.submit(specs[0])
         assert [o.error for o in drain(executor)] == [None]  # on worker 0, on the other CPU
-        monkeypatch.setattr(executor_module, "START_DEADLINE_S", 3.0)
-        monkeypatch.setattr(executor, "_fits_another", lambda: True)  # the stale view
+        monkeypatch.setattr(pool_module, "START_DEADLINE_S", 3.0)
+        monkeypatch.setattr(executor.pool, "room", lambda: 1)  # the stale view
         executor.submit(specs[1])  # to worker 0, which holds the dataset
         executor.submit(specs[2])  # to a new worker 1, which cannot start
-        assert sorted(executor._workers) == [0, 1]
+        assert sorted(executor.pool.workers) == [0, 1]
         outcomes = drain(executor, 60)
         assert sorted(o.spec.job_id for o in outcomes) == sorted(s.job_id for s in specs[1:])
         assert all(o.error is None for o in outcomes)
-        assert executor.unstarted == 1 and executor.replaced == 0 and sorted(executor._workers) == [0]
+        assert executor.pool.unstarted == 1 and executor.pool.replaced == 0 and sorted(executor.pool.workers) == [0]
     finally:
         executor.close()
         ray.kill(hold)
@@ -270,14 +272,15 @@ def test_profiling_on_warm_workers_leaves_them_holding_the_base(ray_cluster, tmp
     executor = RayExecutor(store.uri, S3Settings(), ResourceSettings(max_in_flight=2, warm_workers=True))
     try:
         first = executor.profile(MANIFEST, ARCHS, 32)
-        assert sorted(executor._workers) == [0, 1]
+        assert sorted(executor.pool.workers) == [0, 1]
         held = [
-            ray.get(w.__ray_call__.remote(lambda self: list(self.cache._supernets))) for w in executor._workers.values()
+            ray.get(w.__ray_call__.remote(lambda self: list(self.cache._supernets)))
+            for w in executor.pool.workers.values()
         ]
         assert all(len(h) == 1 and h[0][2] == MANIFEST.base_weights.id for h in held)
-        ray.kill(executor._workers[0])
+        ray.kill(executor.pool.workers[0])
         again = executor.profile(MANIFEST, ARCHS, 32)
-        assert executor.replaced == 1 and 0 not in executor._workers
+        assert executor.pool.replaced == 1 and 0 not in executor.pool.workers
         assert [(p.arch, p.params, p.flops) for p in again] == [(p.arch, p.params, p.flops) for p in first]
     finally:
         executor.close()

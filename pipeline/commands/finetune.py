@@ -12,8 +12,9 @@ from dataclasses import replace
 
 from tans.pipeline.datasets.ingest import ingest
 from tans.pipeline.execution.config import BuildConfig
-from tans.pipeline.execution.executor import RayExecutor, start_ray
 from tans.pipeline.execution.lease import holding
+from tans.pipeline.execution.ray_executor import RayExecutor
+from tans.pipeline.execution.runtime import start_ray
 from tans.pipeline.execution.tracking import Tracker
 from tans.workers.job import job_spec
 from tans.zoo_schema.errors import DatasetError, TansError

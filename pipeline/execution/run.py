@@ -9,9 +9,11 @@ from tans.pipeline.acquisition.registry import check_strategy
 from tans.pipeline.datasets.ingest import ingest, slug
 from tans.pipeline.execution.config import BuildConfig, build_dataclass
 from tans.pipeline.execution.driver import BuildSummary, Driver, journal_config
-from tans.pipeline.execution.executor import RayExecutor, ReplayExecutor, start_ray
 from tans.pipeline.execution.lease import Lease
+from tans.pipeline.execution.ray_executor import RayExecutor
+from tans.pipeline.execution.replay import ReplayExecutor
 from tans.pipeline.execution.retrain import run_retrain
+from tans.pipeline.execution.runtime import start_ray
 from tans.pipeline.execution.signals import interruption
 from tans.pipeline.execution.tracking import Tracker, flat_params
 from tans.workers.networks import weights
