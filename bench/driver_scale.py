@@ -335,7 +335,7 @@ def run_child(source_root: str, in_flight: int, seed: int) -> dict:
         "rss_start_mb": round(rss_start / 2**20),
         "rss_peak_mb": round(rss_peak / 2**20),
         "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-        "final_mean_hypervolume": round(driver.mean_hypervolume(), 4),
+        "final_mean_hypervolume": round(driver.hypervolume.mean(), 4),
         "timeline": timeline,
     }
     shutil.rmtree(target_root, ignore_errors=True)

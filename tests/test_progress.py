@@ -4,6 +4,7 @@ checks and ids."""
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import inspect
 import io
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tans.pipeline.execution.config import load_config
-from tans.pipeline.execution.progress import Progress
+from tans.pipeline.execution.progress import Progress, Status
 from tans.zoo_schema.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,12 +131,10 @@ class PtyReader(threading.Thread):
         return b"".join(self.chunks).decode()
 
 
-def status(i: int, total: int = 40) -> str:
-    """A status line the way Driver.progress_line writes it (87-97 characters)."""
-    return (
-        f"jobs: {i}/{total} in the zoo ({i} this run), {i % 5} in flight, {i // 7} failed | "
-        f"mean HV {i / total:.3f} eta {(total - i) * 0.7:.1f} min"
-    )
+def status(i: int, total: int = 40) -> Status:
+    """A status like the driver's (its figures 76-86 characters)."""
+    figures = (f"in the zoo ({i} this run)", f"{i % 5} in flight", f"{i // 7} failed")
+    return Status(i, total, (figures, (f"mean HV {i / total:.3f} eta {(total - i) * 0.7:.1f} min",)))
 
 
 def result(i: int, total: int = 40) -> str:
@@ -205,7 +204,7 @@ def test_the_bar_fits_the_terminal_and_log_lines_go_above_it(xterm, columns):
 def test_a_wide_terminal_shows_the_whole_status_after_the_bar(xterm):
     out, _ = run_on_pty(160, drive)
     bar = "█" * 15 + " " * 15
-    assert Screen(160).feed(out).lines()[-2] == f"jobs 20/40 |{bar}| " + status(20).split(" ", 2)[2]
+    assert Screen(160).feed(out).lines()[-2] == f"jobs 20/40 |{bar}| " + status(20).figures()
 
 
 def test_the_bar_follows_a_resized_terminal(xterm):
@@ -225,12 +224,14 @@ def test_the_bar_follows_a_resized_terminal(xterm):
     assert screen.lines()[-8:] == logs[-6:] + ["jobs 5/40 |█       | … mean HV 0.125 eta 24.5 min", ""]
 
 
-def test_counts_can_be_given_and_a_line_without_counts_is_cut(xterm):
+def test_a_status_past_its_budget_or_without_one_and_a_plain_line_are_cut(xterm):
     def body(progress):
         progress.update("starting the cluster and reading the zoo " * 4)
-        progress.update("no counts here, 3 in flight", done=50, total=40)  # a zoo past its budget
-        progress.update(status(3), done=5, total=10)
-        progress.update("jobs: 0/0 in the zoo (0 this run), 0 in flight, 0 failed | mean HV 0.000 eta -")
+        progress.update(Status(50, 40, (("no counts here", "3 in flight"),), desc=""))  # a zoo past its budget
+        progress.update(dataclasses.replace(status(3), done=5, total=10))
+        progress.update(
+            Status(0, 0, (("in the zoo (0 this run)", "0 in flight", "0 failed"), ("mean HV 0.000 eta -",)))
+        )
         return []
 
     out, _ = run_on_pty(60, body)
@@ -246,7 +247,7 @@ SCRIPT = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, {root!r})
     from tans.pipeline.execution import signals
-    from tans.pipeline.execution.progress import Progress
+    from tans.pipeline.execution.progress import Progress, Status
     {helpers}
     signals.install()  # as `tans` does: SIGTERM raises Interrupted
     progress = Progress()  # on sys.stdout, as `tans build` makes it
@@ -312,9 +313,9 @@ def test_progress_is_plain_lines_when_not_a_terminal():
     out = io.StringIO()
     p = Progress(out)
     assert not p.live
-    p.update("jobs: 1/4")
+    p.update(Status(1, 4))
     p.log("[1/4] a result")
-    p.update("jobs: 2/4")
+    p.update(Status(2, 4))
     p.close()
     assert out.getvalue() == "[1/4] a result\n"
 
@@ -339,9 +340,9 @@ def test_progress_redraws_one_status_line_on_a_terminal(monkeypatch):
     monkeypatch.setenv("COLUMNS", "40")  # a stream without a terminal of its own
     out = Terminal()
     with Progress(out) as p:
-        p.update("jobs: 1/4")
+        p.update(Status(1, 4))
         p.log("[1/4] a result")
-        p.update("jobs: 2/4")
+        p.update(Status(2, 4))
     p.close()  # twice is harmless
     # the status is drawn, erased for the log line and drawn again under it, redrawn, left
     bar1, bar2 = "|" + "#" * 7 + " " * 21 + "|", "|" + "#" * 14 + " " * 14 + "|"

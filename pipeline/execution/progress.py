@@ -14,9 +14,9 @@ and the status is not printed: the progress figures ride on each result's line.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import sys
+from dataclasses import dataclass
 
 from tqdm import tqdm
 from tqdm.utils import _supports_unicode, disp_len, disp_trim
@@ -24,9 +24,30 @@ from tqdm.utils import _supports_unicode, disp_len, disp_trim
 MIN_BAR, MAX_BAR = 8, 30  # the bar's width in columns (between its two edges)
 ERASE_LINE = "\r\x1b[K"  # back to the line's start, erase to its end
 
-# "jobs: 12/40 in the zoo (3 this run), ..." -> "jobs", 12 of 40, "in the zoo (3 this run), ..."
-_SEPARATORS = re.compile(r"(, | \| )")  # between the figures after the bar
-_HEAD = re.compile(r"\s*(?:(?P<desc>[^:|/]*?):\s*)?(?P<done>\d+)/(?P<total>\d+)(?P<rest>.*)\Z", re.S)
+
+@dataclass(frozen=True)
+class Status:
+    """What the status line shows: `done` of `total` jobs (the bar) after `desc`, then the
+    other figures in groups (figures within a group are joined by ", ", groups by " | ").
+    Where they do not fit, whole figures are dropped from the middle; the last one stays."""
+
+    done: int
+    total: int
+    groups: tuple[tuple[str, ...], ...] = ()
+    desc: str = "jobs"
+
+    def pieces(self) -> list[str]:
+        """[figure, separator, figure, ..., figure]."""
+        out: list[str] = []
+        for group in (g for g in self.groups if g):
+            for f, figure in enumerate(group):
+                if out:
+                    out.append(", " if f else " | ")
+                out.append(figure)
+        return out
+
+    def figures(self) -> str:
+        return "".join(self.pieces())
 
 
 class _Bar(tqdm):
@@ -65,9 +86,7 @@ class Progress:
         self.live = is_terminal(self.stream) if live is None else live
         self._ellipsis = "…" if _supports_unicode(self.stream) else "..."
         self._bar: _Bar | None = None
-        self._line = ""
-        self._done: int | None = None
-        self._total: int | None = None
+        self._status: Status | str = ""
 
     def __enter__(self):
         return self
@@ -92,13 +111,12 @@ class Progress:
             self.stream.write(line + "\n")
         self.stream.flush()
 
-    def update(self, line: str, done: int | None = None, total: int | None = None) -> None:
-        """The current status: `done` of `total` jobs and the other figures. Without them
-        they are read from the line's head ("jobs: 12/40 ..."); a line without counts is
-        shown as it is. Redrawn on a terminal, nothing elsewhere."""
+    def update(self, status: Status | str) -> None:
+        """The current status: a `Status` (a bar and its figures), or a plain line shown as it
+        is. Redrawn on a terminal, nothing elsewhere."""
         if not self.live:
             return
-        self._line, self._done, self._total = line, done, total
+        self._status = status
         if self._bar is None:
             width = self.width()
             done, total = self._counts()
@@ -122,7 +140,7 @@ class Progress:
         """The last status stays on its own line and the cursor goes to the next one; safe to
         call twice, and after an exception or an interrupt."""
         bar, self._bar = self._bar, None
-        self._line = ""
+        self._status = ""
         if bar is None:
             return
         try:
@@ -148,48 +166,40 @@ class Progress:
         bar.bar_format = self._format(bar.ncols)
         bar.n, bar.total = self._counts()
 
-    def _parts(self) -> tuple[str, int, int, str] | None:
-        """(desc, done, total, the other figures) of the status, or None without counts."""
-        line = " ".join(self._line.split())
-        m = _HEAD.match(line)
-        desc, rest = (m["desc"] or "", m["rest"]) if m else ("", line)
-        if self._total is not None:
-            return desc, self._done or 0, self._total, rest
-        return (desc, int(m["done"]), int(m["total"]), rest) if m else None
-
     def _counts(self) -> tuple[int, int]:
         """What fills the bar: done of total, kept within tqdm's range."""
-        parts = self._parts()
-        total = max(parts[2], 1) if parts else 1
-        return (max(0, min(parts[1], total)) if parts else 0), total
+        s = self._status
+        if not isinstance(s, Status):
+            return 0, 1
+        total = max(s.total, 1)
+        return max(0, min(s.done, total)), total
 
     def _format(self, width: int) -> str:
         """The bar_format: the head ("jobs 12/40"), the bar, then the other figures, cut with
         an ellipsis when they do not fit beside a bar of MIN_BAR columns."""
-        parts = self._parts()
-        if parts is None:
-            return _escape(self._cut(" ".join(self._line.split()), width))
-        desc, done, total, rest = parts
-        head = f"{desc.strip()} {done}/{total} ".lstrip()
-        rest = rest.strip()
+        s = self._status
+        if not isinstance(s, Status):
+            return _escape(self._cut(" ".join(str(s).split()), width))
+        head = f"{s.desc} {s.done}/{s.total} ".lstrip()
+        rest = s.figures()
         room = width - disp_len(head) - 2  # for the bar and the text after it
-        if total <= 0 or room < 3:  # no budget, or a terminal too narrow for a bar
+        if s.total <= 0 or room < 3:  # no budget, or a terminal too narrow for a bar
             return _escape(self._cut(f"{head}{rest}", width))
         bar = room - (1 + disp_len(rest) if rest else 0)
         if bar >= MIN_BAR:
             bar = min(bar, MAX_BAR)
         else:
-            rest = self._figures(rest, room - min(MIN_BAR, room) - 1)
+            rest = self._figures(s.pieces(), room - min(MIN_BAR, room) - 1)
             bar = min(MAX_BAR, room - (1 + disp_len(rest) if rest else 0))  # what is left
         return _escape(head) + f"|{{bar:{bar}}}|" + (" " + _escape(rest) if rest else "")
 
-    def _figures(self, text: str, width: int) -> str:
-        """The figures ("a, b, c | d") in `width` columns: whole ones dropped from the middle
-        (marked with an ellipsis), keeping the first ones that fit and the last one (the eta);
-        cut at the end if even that does not fit."""
+    def _figures(self, parts: list[str], width: int) -> str:
+        """The figures ([figure, separator, ..., figure]) in `width` columns: whole ones dropped
+        from the middle (marked with an ellipsis), keeping the first ones that fit and the last
+        one (the eta); cut at the end if even that does not fit."""
+        text = "".join(parts)
         if disp_len(text) <= width:
             return text
-        parts = _SEPARATORS.split(text)  # figure, separator, figure, ..., figure
         if len(parts) >= 3:
             tail = self._ellipsis + "".join(parts[-2:])  # "… | mean HV 0.500 eta 14.0 min"
             kept = ""
