@@ -39,10 +39,10 @@ DATASETS = (
 
 def run_mode(zoo: str, specs: list, in_flight: int) -> dict:
     from tans.pipeline.execution.executor import ResourceSettings
-    from tans.pipeline.execution.ray_executor import RayExecutor
+    from tans.pipeline.execution.ray_executor import ray_executor
     from tans.zoo_schema.store import S3Settings
 
-    executor = RayExecutor(zoo, S3Settings(), ResourceSettings(max_in_flight=in_flight, num_cpus=1))
+    executor = ray_executor(zoo, S3Settings(), ResourceSettings(max_in_flight=in_flight, num_cpus=1))
     executor.submit(specs[0])  # warm-up: imports, the base supernet, the first dataset
     results = [_next(executor)]
     started, queue = time.perf_counter(), list(specs[1:])

@@ -140,9 +140,9 @@ def startup_seconds(zoo: str, s3, strategy: str, tmp: Path) -> float:
     """From run_build's start to the driver's first dispatch (the submit is intercepted)."""
     from tans.pipeline.execution import run as build
     from tans.pipeline.execution.config import load_config
-    from tans.pipeline.execution.ray_executor import RayExecutor
+    from tans.pipeline.execution.ray_executor import ActorExecutor
 
-    class Probe(RayExecutor):
+    class Probe(ActorExecutor):
         def submit(self, spec):
             raise FirstDispatch(spec.job_id)
 
@@ -157,15 +157,15 @@ def startup_seconds(zoo: str, s3, strategy: str, tmp: Path) -> float:
     if s3:
         overrides["s3.endpoint_url"] = s3.endpoint_url
     config = load_config(None, overrides)
-    original = build.RayExecutor
-    build.RayExecutor = Probe
+    original = build.ray_executor
+    build.ray_executor = lambda zoo_uri, s3, resources: Probe(zoo_uri, s3, resources)
     started = time.perf_counter()
     try:
         build.run_build(config, log=lambda line: None)
     except FirstDispatch:
         return time.perf_counter() - started
     finally:
-        build.RayExecutor = original
+        build.ray_executor = original
     raise RuntimeError("the build finished without dispatching")
 
 

@@ -44,7 +44,7 @@ def phases(r) -> dict[str, float]:
 
 def run(zoo: str, dataset_id: str, archs: list[str], train, warm: bool) -> dict:
     from tans.pipeline.execution.executor import ResourceSettings
-    from tans.pipeline.execution.ray_executor import RayExecutor
+    from tans.pipeline.execution.ray_executor import ray_executor
     from tans.workers.job import job_spec
     from tans.zoo_schema.manifest import read_manifest
     from tans.zoo_schema.shards import read_dataset
@@ -52,7 +52,7 @@ def run(zoo: str, dataset_id: str, archs: list[str], train, warm: bool) -> dict:
 
     store = open_store(zoo)
     manifest, dataset = read_manifest(store), read_dataset(store, dataset_id)
-    executor = RayExecutor(store.uri, S3Settings(), ResourceSettings(max_in_flight=1, warm_workers=warm))
+    executor = ray_executor(store.uri, S3Settings(), ResourceSettings(max_in_flight=1, warm_workers=warm))
     rows, walls = [], []
     for arch in archs:
         started = time.perf_counter()

@@ -14,7 +14,7 @@ import pytest
 
 from tans.pipeline.acquisition.base import Pair
 from tans.pipeline.execution.executor import Outcome, ResourceSettings
-from tans.pipeline.execution.ray_executor import RayExecutor
+from tans.pipeline.execution.ray_executor import ray_executor
 from tans.pipeline.execution.replay import ReplayExecutor
 from tans.workers.job import TrainSettings, job_spec
 from tans.workers.networks.ofa_space import arch_pool
@@ -42,7 +42,7 @@ def executor_case(request, tmp_path):
     if request.param.startswith("ray"):
         request.getfixturevalue("ray_cluster")
         resources = ResourceSettings(warm_workers=request.param == "ray-warm-workers")
-        executor = RayExecutor(store.uri, S3Settings(), resources)
+        executor = ray_executor(store.uri, S3Settings(), resources)
         yield executor, specs, failing, None
         executor.close()  # its warm workers hold the module cluster's CPUs
         return
@@ -112,7 +112,7 @@ def test_warm_workers_keep_data_and_weights_and_train_as_fresh_tasks_do(ray_clus
     for name, warm in (("zoo", True), ("copy", False)):
         store = open_store(str(tmp_path / name))
         manifest, dataset = read_manifest(store), read_dataset(store, "hue-6")
-        executor = RayExecutor(store.uri, S3Settings(), ResourceSettings(max_in_flight=1, warm_workers=warm))
+        executor = ray_executor(store.uri, S3Settings(), ResourceSettings(max_in_flight=1, warm_workers=warm))
         runs[name] = []
         for arch in ARCHS:
             executor.submit(job_spec(dataset, arch, TrainSettings(epochs=1, latency_repeats=2), manifest))
@@ -142,7 +142,7 @@ def test_a_job_queued_behind_a_running_one_has_its_data_decoded_meanwhile(ray_cl
         job_spec(read_dataset(store, d), a, train, manifest)
         for d, a in (("hue-6", ARCHS[0]), ("shapes-clean", ARCHS[1]))
     )
-    executor = RayExecutor(store.uri, S3Settings(), ResourceSettings(max_in_flight=2, num_cpus=2))
+    executor = ray_executor(store.uri, S3Settings(), ResourceSettings(max_in_flight=2, num_cpus=2))
     executor.submit(first)
     executor.submit(queued)
     assert executor.in_flight == 2 and len(executor.pool.workers) == 1
@@ -173,7 +173,7 @@ def test_a_dead_workers_second_job_does_not_retire_its_replacement(ray_cluster, 
     store = open_store(str(zoo))
     manifest, train = read_manifest(store), TrainSettings(epochs=1, latency_repeats=2)
     specs = [job_spec(read_dataset(store, "hue-6"), a, train, manifest) for a in ARCHS[:2]]
-    executor = RayExecutor(store.uri, S3Settings(), ResourceSettings(max_in_flight=2, num_cpus=2))
+    executor = ray_executor(store.uri, S3Settings(), ResourceSettings(max_in_flight=2, num_cpus=2))
     for spec in specs:
         executor.submit(spec)
     old = executor.pool.workers[0]
@@ -235,7 +235,7 @@ def test_a_warm_worker_that_never_starts_is_given_up_and_its_job_moved(ray_clust
 
     store, specs = committed_zoo(tmp_path / "zoo")
     hold = ray.remote(num_cpus=1)(type("Hold", (), {})).remote()
-    executor = RayExecutor(store.uri, S3Settings(), ResourceSettings(max_in_flight=2, warm_workers=True))
+    executor = ray_executor(store.uri, S3Settings(), ResourceSettings(max_in_flight=2, warm_workers=True))
     try:
         ray.get(hold.__ray_ready__.remote(), timeout=60)  # one of the two CPUs taken
         profiled: list = []  # profiling makes only the worker there is room for (two would hang)
@@ -269,7 +269,7 @@ def test_profiling_on_warm_workers_leaves_them_holding_the_base(ray_cluster, tmp
     deadline = time.time() + 60
     while ray.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
         time.sleep(0.2)  # the workers of the tests before are gone: room for two
-    executor = RayExecutor(store.uri, S3Settings(), ResourceSettings(max_in_flight=2, warm_workers=True))
+    executor = ray_executor(store.uri, S3Settings(), ResourceSettings(max_in_flight=2, warm_workers=True))
     try:
         first = executor.profile(MANIFEST, ARCHS, 32)
         assert sorted(executor.pool.workers) == [0, 1]

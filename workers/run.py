@@ -74,17 +74,57 @@ def run_job(
     if threads:
         torch.set_num_threads(threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    settings = spec.train
-    seed = settings.seed ^ int(spec.job_id[:8], 16)
+    seed = spec.train.seed ^ int(spec.job_id[:8], 16)
     clock = time.perf_counter()
+    x, y, xt, yt = _splits(store, spec, cache, threads or 1)
+    seconds = {"data_seconds": time.perf_counter() - clock}
+    clock = time.perf_counter()
+    model = _start_model(store, spec, cache, seed)
+    seconds["setup_seconds"] = time.perf_counter() - clock
+    started, timings = time.perf_counter(), {}
+    losses, accs = train(model, x, y, xt, yt, spec.train, device, seed, timings=timings)
+    train_seconds = time.perf_counter() - started
+    clock = time.perf_counter()
+    measured = _measure(model, spec, device, cache)
+    seconds.update(eval_seconds=timings.get("eval", 0.0), profile_seconds=time.perf_counter() - clock)
+    record = ResultRecord(
+        job_id=spec.job_id,
+        dataset_id=spec.dataset_id,
+        arch=spec.arch,
+        topology=Arch.parse(spec.arch).topology(),
+        accuracy=float(accs[-1]),
+        **measured,
+        latency_device=device_name(device),
+        checkpoint_uri="",
+        checkpoint_sha256="",
+        num_classes=spec.num_classes,
+        epochs=spec.train.epochs,
+        image_size=spec.train.image_size,
+        train_seconds=train_seconds,
+        epoch_losses=losses,
+        epoch_accuracies=accs,
+        base_weights=f"job:{spec.init_job}" if spec.init_job else spec.base_weights.id,
+        created_at=datetime.now(UTC).isoformat(),
+        **seconds,
+    )
+    return _commit(store, spec, model, record)
+
+
+def _splits(store: ZooStore, spec: JobSpec, cache: JobCache | None, threads: int):
+    """(x, y, x_test, y_test) of the job's dataset, from the warm worker's cache when it has one."""
+    size = spec.train.image_size
     if cache is not None:
-        x, y = cache.split(store, spec.dataset_id, spec.dataset_sha256, "train", settings.image_size, threads or 1)
-        xt, yt = cache.split(store, spec.dataset_id, spec.dataset_sha256, "test", settings.image_size, threads or 1)
+        x, y = cache.split(store, spec.dataset_id, spec.dataset_sha256, "train", size, threads)
+        xt, yt = cache.split(store, spec.dataset_id, spec.dataset_sha256, "test", size, threads)
     else:
-        x, y = load_tensors(store, spec.dataset_id, "train", settings.image_size, workers=threads or 1)
-        xt, yt = load_tensors(store, spec.dataset_id, "test", settings.image_size, workers=threads or 1)
-    data_seconds = time.perf_counter() - clock
-    clock = time.perf_counter()
+        x, y = load_tensors(store, spec.dataset_id, "train", size, workers=threads)
+        xt, yt = load_tensors(store, spec.dataset_id, "test", size, workers=threads)
+    return x, y, xt, yt
+
+
+def _start_model(store: ZooStore, spec: JobSpec, cache: JobCache | None, seed: int) -> torch.nn.Module:
+    """The network the job fine-tunes: its arch from the base weights with a new classifier, or
+    (`tans finetune`) a zoo network's weights with a new classifier."""
     torch.manual_seed(seed)
     if spec.init_job:  # fine-tune a retrieved zoo network: its weights, a new classifier
         source = find_result(store, spec.init_job)
@@ -92,20 +132,19 @@ def run_job(
             raise TansError(f"job {spec.init_job} has no result in {store.uri}; pick one from `tans search`")
         model = load_checkpoint(store, source, spec.width)
         model.classifier = torch.nn.Linear(model.classifier.in_features, spec.num_classes)
-    else:
-        supernet = (
-            cache.supernet(store, spec.width, spec.base_weights)
-            if cache is not None
-            else load_base_supernet(store, spec.width, spec.base_weights)
-        )
-        torch.manual_seed(seed)  # the new classifier's init depends on the job alone, warm or cold
-        model = model_for(spec.arch, spec.num_classes, spec.width, supernet)
-    setup_seconds = time.perf_counter() - clock
-    started, timings = time.perf_counter(), {}
-    losses, accs = train(model, x, y, xt, yt, settings, device, seed, timings=timings)
-    train_seconds = time.perf_counter() - started
+        return model
+    supernet = (
+        cache.supernet(store, spec.width, spec.base_weights)
+        if cache is not None
+        else load_base_supernet(store, spec.width, spec.base_weights)
+    )
+    torch.manual_seed(seed)  # the new classifier's init depends on the job alone, warm or cold
+    return model_for(spec.arch, spec.num_classes, spec.width, supernet)
 
-    clock = time.perf_counter()
+
+def _measure(model: torch.nn.Module, spec: JobSpec, device, cache: JobCache | None) -> dict:
+    """The trained network's params, FLOPs, latency and functional embedding."""
+    settings = spec.train
     model.eval()
     params = sum(p.numel() for p in model.parameters())
     flops = count_flops(model.cpu(), settings.image_size)
@@ -113,34 +152,12 @@ def run_job(
     with cache.timing if cache is not None else contextlib.nullcontext():  # no prefetch decodes beside it
         latency = measure_latency_ms(model, settings.image_size, device, settings.latency_repeats)
     embedding = functional_embedding(model, spec.noise_seed, spec.noise_shape, device)
-    profile_seconds = time.perf_counter() - clock
+    return {"params": int(params), "flops": flops, "latency_ms": latency, "functional_embedding": embedding}
 
-    record = ResultRecord(
-        job_id=spec.job_id,
-        dataset_id=spec.dataset_id,
-        arch=spec.arch,
-        topology=Arch.parse(spec.arch).topology(),
-        accuracy=float(accs[-1]),
-        params=int(params),
-        flops=flops,
-        latency_ms=latency,
-        latency_device=device_name(device),
-        functional_embedding=embedding,
-        checkpoint_uri="",
-        checkpoint_sha256="",
-        num_classes=spec.num_classes,
-        epochs=settings.epochs,
-        image_size=settings.image_size,
-        train_seconds=train_seconds,
-        epoch_losses=losses,
-        epoch_accuracies=accs,
-        base_weights=f"job:{spec.init_job}" if spec.init_job else spec.base_weights.id,
-        created_at=datetime.now(UTC).isoformat(),
-        data_seconds=data_seconds,
-        setup_seconds=setup_seconds,
-        eval_seconds=timings.get("eval", 0.0),
-        profile_seconds=profile_seconds,
-    )
+
+def _commit(store: ZooStore, spec: JobSpec, model: torch.nn.Module, record: ResultRecord) -> ResultRecord:
+    """Write the checkpoint (content-addressed), then the result row create-only: the commit.
+    A second attempt that lost the race returns the committed row and drops its checkpoint."""
     # the checkpoint describes itself: its metadata holds what `tans export` writes as config.json
     config = network_config(record, read_dataset(store, spec.dataset_id), spec.width)
     clock = time.perf_counter()

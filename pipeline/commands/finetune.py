@@ -13,7 +13,7 @@ from dataclasses import replace
 from tans.pipeline.datasets.ingest import ingest
 from tans.pipeline.execution.config import BuildConfig
 from tans.pipeline.execution.lease import holding
-from tans.pipeline.execution.ray_executor import RayExecutor
+from tans.pipeline.execution.ray_executor import ray_executor
 from tans.pipeline.execution.runtime import start_ray
 from tans.pipeline.execution.tracking import Tracker
 from tans.workers.job import job_spec
@@ -49,7 +49,7 @@ def _finetune(store, config: BuildConfig, job_id: str, source: str, log) -> Resu
     dataset = next(d for d in read_datasets(store) if d.dataset_id == report.dataset_ids[0])
     spec = job_spec(dataset, base.arch, config.train, manifest, init_job=job_id)
     start_ray(config.address)
-    executor = RayExecutor(store.uri, config.s3, replace(config.resources, max_in_flight=1))
+    executor = ray_executor(store.uri, config.s3, replace(config.resources, max_in_flight=1))
     log(
         f"fine-tuning {job_id} ({base.arch}, trained on {base.dataset_id}) on {dataset.dataset_id} "
         f"for {config.train.epochs} epochs"

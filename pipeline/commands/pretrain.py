@@ -110,7 +110,6 @@ def pretrain_base(
 ) -> dict:
     """Train, evaluate and write the supernet; returns the summary also stored in the file."""
     import torch
-    import torch.nn.functional as F
     from safetensors.torch import save
 
     if settings.steps < 1 or settings.batch_size < 2:
@@ -126,36 +125,8 @@ def pretrain_base(
     )
     torch.manual_seed(settings.seed)
     rng = random.Random(settings.seed)
-    opt = torch.optim.SGD(
-        supernet.parameters(), lr=settings.lr, momentum=0.9, nesterov=True, weight_decay=settings.weight_decay
-    )
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=settings.steps)
-    g = torch.Generator().manual_seed(settings.seed)
-    started, losses = time.perf_counter(), []
-    supernet.train()
-    for step in range(settings.steps):
-        idx = torch.randint(len(x), (settings.batch_size,), generator=g)
-        xb, yb = x[idx], y[idx]
-        opt.zero_grad(set_to_none=True)
-        teacher, step_loss = None, 0.0
-        for config in sandwich_configs(rng, settings.random_subnets):
-            _activate(supernet, config)
-            logits = supernet(xb)
-            loss = F.cross_entropy(logits, yb)
-            if teacher is not None and settings.distill > 0:
-                loss = loss + settings.distill * F.kl_div(F.log_softmax(logits, 1), teacher, reduction="batchmean")
-            loss.backward()
-            if teacher is None:
-                teacher = F.softmax(logits.detach(), 1)
-            step_loss += float(loss.detach())
-        opt.step()
-        sched.step()
-        losses.append(step_loss / (2 + settings.random_subnets))
-        if (step + 1) % max(1, settings.steps // 10) == 0 or step + 1 == settings.steps:
-            log(
-                f"  step {step + 1}/{settings.steps}: loss {np.mean(losses[-10:]):.3f} "
-                f"({time.perf_counter() - started:.0f}s)"
-            )
+    started = time.perf_counter()
+    losses = train_sandwich(supernet, x, y, settings, rng, log)
     seconds = time.perf_counter() - started
     accuracy = {}
     for name, config in (("smallest", sandwich_configs(rng, 0)[1]), ("largest", None)):
@@ -183,6 +154,43 @@ def pretrain_base(
         f"{accuracy['smallest']:.3f} (smallest) over {summary['classes']} classes in {seconds:.0f}s"
     )
     return summary
+
+
+def train_sandwich(supernet, x, y, settings: PretrainSettings, rng: random.Random, log) -> list[float]:
+    """`settings.steps` sandwich-rule steps (the largest subnet, the smallest and random ones,
+    the largest teaching the others); returns each step's mean loss."""
+    import torch
+    import torch.nn.functional as F
+
+    opt = torch.optim.SGD(
+        supernet.parameters(), lr=settings.lr, momentum=0.9, nesterov=True, weight_decay=settings.weight_decay
+    )
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=settings.steps)
+    g = torch.Generator().manual_seed(settings.seed)
+    started, losses = time.perf_counter(), []
+    supernet.train()
+    for step in range(settings.steps):
+        idx = torch.randint(len(x), (settings.batch_size,), generator=g)
+        xb, yb = x[idx], y[idx]
+        opt.zero_grad(set_to_none=True)
+        teacher, step_loss = None, 0.0
+        for config in sandwich_configs(rng, settings.random_subnets):
+            _activate(supernet, config)
+            logits = supernet(xb)
+            loss = F.cross_entropy(logits, yb)
+            if teacher is not None and settings.distill > 0:
+                loss = loss + settings.distill * F.kl_div(F.log_softmax(logits, 1), teacher, reduction="batchmean")
+            loss.backward()
+            if teacher is None:
+                teacher = F.softmax(logits.detach(), 1)
+            step_loss += float(loss.detach())
+        opt.step()
+        sched.step()
+        losses.append(step_loss / (2 + settings.random_subnets))
+        if (step + 1) % max(1, settings.steps // 10) == 0 or step + 1 == settings.steps:
+            took = time.perf_counter() - started
+            log(f"  step {step + 1}/{settings.steps}: loss {np.mean(losses[-10:]):.3f} ({took:.0f}s)")
+    return losses
 
 
 def write_weights(uri: str, blob: bytes, s3: S3Settings | None) -> None:

@@ -51,26 +51,7 @@ def pareto_figure(view: DatasetView, path: Path) -> str:
         pad = max(0.04, 0.12 * (hi - lo))
         maps = []
         for ax, x, xlabel in ((axes[0], lat, "latency (ms, batch 1)"), (axes[1], par, "parameters (M)")):
-            ax.axhline(view.chance, color="0.25", ls="--", lw=1.2, zorder=1)
-            ax.scatter(
-                x[~on_front], acc[~on_front], s=45, facecolors="white", edgecolors="0.45", linewidths=1.2, zorder=3
-            )
-            ax.scatter(x[on_front], acc[on_front], s=70, c=view.colour, edgecolors="black", linewidths=0.9, zorder=4)
-            ax.set_xlabel(xlabel)
-            ax.grid(alpha=0.3)
-            ax.set_ylim(max(0.0, lo - pad), min(1.0, hi + pad))
-            span = max(x.max() - x.min(), 1e-3 * max(abs(x.max()), 1))
-            ax.set_xlim(x.min() - 0.25 * span, x.max() + 0.25 * span)
-            ax.text(
-                0.01,
-                view.chance,
-                f" chance 1/{view.classes} = {view.chance:.3f}",
-                transform=ax.get_yaxis_transform(),
-                va="bottom",
-                ha="left",
-                fontsize=pt(MIN_TEXT_PX),
-                color="0.2",
-            )
+            _pareto_panel(ax, x, acc, on_front, view, xlabel, (max(0.0, lo - pad), min(1.0, hi + pad)))
         axes[0].set_ylabel("top-1 accuracy")
         warn = f"  (at chance: best < {CHANCE_FACTOR:g}x chance)" if view.at_chance else ""
         fig.suptitle(
@@ -102,6 +83,29 @@ def pareto_figure(view: DatasetView, path: Path) -> str:
         area_maps = "".join(_areas(fig, ax, xy, [_net_title(r) for r in rs]) for ax, xy in maps)
         plots.save(fig, path)
     return area_maps
+
+
+def _pareto_panel(ax, x, acc, on_front, view: DatasetView, xlabel: str, ylim: tuple[float, float]) -> None:
+    """One panel of a Pareto figure: accuracy against one cost, the front filled, chance drawn."""
+    ax.axhline(view.chance, color="0.25", ls="--", lw=1.2, zorder=1)
+    ax.scatter(x[~on_front], acc[~on_front], s=45, facecolors="white", edgecolors="0.45", linewidths=1.2, zorder=3)
+    ax.scatter(x[on_front], acc[on_front], s=70, c=view.colour, edgecolors="black", linewidths=0.9, zorder=4)
+    ax.set_xlabel(xlabel)
+    ax.grid(alpha=0.3)
+    ax.set_ylim(*ylim)
+    span = max(x.max() - x.min(), 1e-3 * max(abs(x.max()), 1))
+    ax.set_xlim(x.min() - 0.25 * span, x.max() + 0.25 * span)
+    chance = f" chance 1/{view.classes} = {view.chance:.3f}"
+    ax.text(
+        0.01,
+        view.chance,
+        chance,
+        transform=ax.get_yaxis_transform(),
+        va="bottom",
+        ha="left",
+        fontsize=pt(MIN_TEXT_PX),
+        color="0.2",
+    )
 
 
 def hypervolume_figure(history: list[float], path: Path) -> None:
@@ -136,20 +140,7 @@ def accuracy_figure(views: list[DatasetView], path: Path) -> str:
             if v.at_chance:
                 ax.axhspan(i - 0.5, i + 0.5, color="#fde0dc", zorder=0, lw=0)
             if len(accs) >= BOX_MIN:
-                ax.boxplot(
-                    [accs],
-                    positions=[i],
-                    orientation="horizontal",
-                    widths=0.7,
-                    showfliers=False,
-                    manage_ticks=False,
-                    patch_artist=True,
-                    medianprops=dict(color="black", lw=1.5),
-                    boxprops=dict(facecolor=v.colour + "40", edgecolor="0.25", lw=1.2),
-                    whiskerprops=dict(color="0.25", lw=1.2),
-                    capprops=dict(color="0.25", lw=1.2),
-                    zorder=2,
-                )
+                _box(ax, accs, i, v.colour)
             ys = i + (rng.uniform(-0.22, 0.22, len(accs)) if len(accs) > 1 else np.zeros(1))
             ax.scatter(accs, ys, s=34, c=v.colour, edgecolors="black", linewidths=0.6, zorder=3)
             ax.plot([v.chance, v.chance], [i - 0.42, i + 0.42], color="black", lw=2.2, zorder=4, solid_capstyle="butt")
@@ -183,6 +174,24 @@ def accuracy_figure(views: list[DatasetView], path: Path) -> str:
         area = _areas(fig, ax, xy, titles, radius_px=6)
         plots.save(fig, path)
     return area
+
+
+def _box(ax, accs, row: int, colour: str) -> None:
+    """A dataset's box of accuracies, drawn under its dots."""
+    ax.boxplot(
+        [accs],
+        positions=[row],
+        orientation="horizontal",
+        widths=0.7,
+        showfliers=False,
+        manage_ticks=False,
+        patch_artist=True,
+        medianprops=dict(color="black", lw=1.5),
+        boxprops=dict(facecolor=colour + "40", edgecolor="0.25", lw=1.2),
+        whiskerprops=dict(color="0.25", lw=1.2),
+        capprops=dict(color="0.25", lw=1.2),
+        zorder=2,
+    )
 
 
 def latent_points(store: ZooStore) -> dict | None:

@@ -27,6 +27,19 @@ class Figure:
     areas: str = ""  # <area> elements of its image map
 
 
+CSS = """body{font-family:sans-serif;font-size:15px;margin:2em auto;padding:0 1em;max-width:{width}px}
+table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}
+td:first-child,th:first-child{text-align:left}
+table.front td:nth-child(2),table.front th:nth-child(2){text-align:left}
+caption{text-align:left;font-weight:bold;padding:2px 0}
+code{font-size:13px}tr.chance{background:#fde0dc}
+.tag{background:#b22222;color:white;border-radius:3px;padding:0 4px;font-size:12px;margin-left:4px}
+.sw{display:inline-block;width:12px;height:12px;border:1px solid #333;margin-right:6px;vertical-align:-1px}
+.note{background:#fff6d5;padding:4px 8px}
+figure{display:block;margin:1em 0}img{max-width:100%;height:auto}
+figcaption{max-width:{fig_width}px}section{margin-bottom:2em}"""  # {width} and {fig_width} are filled in by `page`
+
+
 def _img(fig: Figure, folder: Path, name: str) -> str:
     e = html.escape
     w, h = png_size(folder / fig.src)
@@ -65,20 +78,10 @@ def page(
     front_blocks = [front_block(v, f, folder, f"front-{i}") for i, (v, f) in enumerate(fronts)]
     legend = " ".join(f'<span class="sw" style="background:{c}"></span>{e(f)}' for f, c in sorted(colours.items()))
     notes = page_notes(status, views, retriever)
-    width = FIG_WIDTH_PX + 40
+    css = CSS.replace("{width}", str(FIG_WIDTH_PX + 40)).replace("{fig_width}", str(FIG_WIDTH_PX))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>tans zoo report</title>
-<style>body{{font-family:sans-serif;font-size:15px;margin:2em auto;padding:0 1em;max-width:{width}px}}
-table{{border-collapse:collapse;margin:0.5em 0}}td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}
-td:first-child,th:first-child{{text-align:left}}
-table.front td:nth-child(2),table.front th:nth-child(2){{text-align:left}}
-caption{{text-align:left;font-weight:bold;padding:2px 0}}
-code{{font-size:13px}}tr.chance{{background:#fde0dc}}
-.tag{{background:#b22222;color:white;border-radius:3px;padding:0 4px;font-size:12px;margin-left:4px}}
-.sw{{display:inline-block;width:12px;height:12px;border:1px solid #333;margin-right:6px;vertical-align:-1px}}
-.note{{background:#fff6d5;padding:4px 8px}}
-figure{{display:block;margin:1em 0}}img{{max-width:100%;height:auto}}
-figcaption{{max-width:{FIG_WIDTH_PX}px}}section{{margin-bottom:2em}}</style></head>
+<style>{css}</style></head>
 <body data-images-loaded="pending">
 <h1>tans zoo report</h1>
 <p>Zoo <code>{e(status.zoo)}</code>: {status.datasets} datasets, {status.finished_jobs} networks

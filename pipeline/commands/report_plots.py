@@ -162,28 +162,7 @@ def place_labels(fig, ax, xy, texts, avoid=(), fontsize_px=MIN_TEXT_PX, marker_p
         extent = probe.get_window_extent(renderer)
         probe.remove()
         w, h = extent.width + 4, extent.height + 2
-        spot = None
-        for dist in (0, 14, 30):
-            for sx, sy in ((1, 0), (-1, 0), (1, 1), (1, -1), (-1, 1), (-1, -1), (0, 1), (0, -1)):
-                dx = {1: gap + dist, -1: -gap - dist - w, 0: -w / 2}[sx]
-                dy = {1: gap + dist * 0.6, -1: -gap - dist * 0.6 - h, 0: -h / 2}[sy]
-                box = (x + dx, y + dy, x + dx + w, y + dy + h)
-                inside = (
-                    frame.x0 + 2 <= box[0]
-                    and box[2] <= frame.x1 - 2
-                    and frame.y0 + 2 <= box[1]
-                    and box[3] <= frame.y1 - 2
-                )
-                padded = (box[0] - 6, box[1] - 2, box[2] + 6, box[3] + 2)  # keep labels apart
-                if (
-                    inside
-                    and not any(_overlaps(box, t) for t in dots)
-                    and not any(_overlaps(padded, t) for t in labels)
-                ):
-                    spot = (dx, dy, box, dist)
-                    break
-            if spot:
-                break
+        spot = _free_spot(x, y, w, h, gap, frame, dots, labels)
         if spot is None:
             skipped += 1
             continue
@@ -206,6 +185,23 @@ def place_labels(fig, ax, xy, texts, avoid=(), fontsize_px=MIN_TEXT_PX, marker_p
             start = np.array([x, y]) + step / max(np.hypot(*step), 1e-9) * (marker_px / 2)
             ax.plot(*ax.transData.inverted().transform([start, end]).T, color="0.35", lw=0.7, zorder=5)
     return skipped
+
+
+def _free_spot(x, y, w, h, gap, frame, dots, labels):
+    """(dx, dy, box, distance) of the first offset around a point where a w x h label stays
+    inside the axes' frame and overlaps no dot and no placed label; None if none does."""
+    for dist in (0, 14, 30):
+        for sx, sy in ((1, 0), (-1, 0), (1, 1), (1, -1), (-1, 1), (-1, -1), (0, 1), (0, -1)):
+            dx = {1: gap + dist, -1: -gap - dist - w, 0: -w / 2}[sx]
+            dy = {1: gap + dist * 0.6, -1: -gap - dist * 0.6 - h, 0: -h / 2}[sy]
+            box = (x + dx, y + dy, x + dx + w, y + dy + h)
+            inside = (
+                frame.x0 + 2 <= box[0] and box[2] <= frame.x1 - 2 and frame.y0 + 2 <= box[1] and box[3] <= frame.y1 - 2
+            )
+            padded = (box[0] - 6, box[1] - 2, box[2] + 6, box[3] + 2)  # keep labels apart
+            if inside and not any(_overlaps(box, t) for t in dots) and not any(_overlaps(padded, t) for t in labels):
+                return dx, dy, box, dist
+    return None
 
 
 def _areas(fig, ax, xy, titles, radius_px=7) -> str:

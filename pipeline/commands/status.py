@@ -69,6 +69,19 @@ def history_marks(n: int) -> list[int]:
     return sorted(set(range(step - 1, n, step)) | {n - 1}) if n else []
 
 
+def job_phases(results) -> dict[str, float]:
+    """Seconds the jobs spent per phase, summed over the results that timed them."""
+    timed = [r for r in results if r.data_seconds or r.setup_seconds]
+    return {
+        "data": sum(r.data_seconds for r in timed),
+        "setup": sum(r.setup_seconds for r in timed),
+        "training": sum(r.train_seconds - r.eval_seconds for r in timed),
+        "evaluation": sum(r.eval_seconds for r in timed),
+        "profiling": sum(r.profile_seconds for r in timed),
+        "checkpoint": sum(r.checkpoint_seconds for r in timed),
+    }
+
+
 def zoo_status(store: ZooStore, state: ZooState | None = None, hv=None) -> ZooStatus:
     """What the zoo holds; `state` and `hv` (from `hypervolumes`, the whole history) when the
     caller has them."""
@@ -107,15 +120,7 @@ def zoo_status(store: ZooStore, state: ZooState | None = None, hv=None) -> ZooSt
                 hypervolume=round(hv[d.dataset_id], 5) if d.dataset_id in hv else None,
             )
         )
-    timed = [r for r in state.results if r.data_seconds or r.setup_seconds]
-    phases = {
-        "data": sum(r.data_seconds for r in timed),
-        "setup": sum(r.setup_seconds for r in timed),
-        "training": sum(r.train_seconds - r.eval_seconds for r in timed),
-        "evaluation": sum(r.eval_seconds for r in timed),
-        "profiling": sum(r.profile_seconds for r in timed),
-        "checkpoint": sum(r.checkpoint_seconds for r in timed),
-    }
+    phases = job_phases(state.results)
     total = sum(phases.values())
     return ZooStatus(
         job_seconds={k: round(v, 2) for k, v in phases.items()},

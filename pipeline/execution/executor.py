@@ -1,5 +1,6 @@
 """Executors run job specs somewhere and report each one's outcome: the contract. The
-implementations are `ray_executor.RayExecutor` (warm workers or a task per job) and
+implementations are `ray_executor.ActorExecutor` (warm workers), `ray_executor.TaskExecutor` (a
+Ray task per job) and
 `replay.ReplayExecutor`.
 
 Contract (`Executor`; tested over the Ray and replay executors):

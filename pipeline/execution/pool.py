@@ -59,7 +59,7 @@ class WarmWorker:
 
 
 class WorkerPool:
-    """The warm workers of a `RayExecutor`: one actor per slot, as many as `max_in_flight` and
+    """The warm workers of an `ActorExecutor`: one actor per slot, as many as `max_in_flight` and
     the cluster's free CPUs and GPUs allow. It owns the actors, which datasets each ran last,
     which are still starting, and when a slot's worker died; it chooses a slot for a job
     (`slot_for`) and gives up workers that never start (`give_up_unstarted`). The executor

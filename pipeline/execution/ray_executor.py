@@ -1,5 +1,6 @@
-"""The Ray executor: jobs on the cluster's warm workers (`pool.WorkerPool`), or one fresh Ray
-task per job (`resources.warm_workers = false`)."""
+"""The Ray executors, two implementations of the `Executor` contract: `ActorExecutor` runs jobs
+on the cluster's warm workers (`pool.WorkerPool`), `TaskExecutor` runs one fresh Ray task per
+job (`resources.warm_workers = false`); `ray_executor` picks the one the resources ask for."""
 
 from __future__ import annotations
 
@@ -17,15 +18,16 @@ from tans.zoo_schema.records import ArchProfile
 from tans.zoo_schema.store import S3Settings
 
 
+def ray_executor(zoo_uri: str, s3: S3Settings, resources: ResourceSettings) -> RayJobs:
+    """The Ray executor the resources ask for: warm workers (`ActorExecutor`, the default) or
+    a fresh task per job (`TaskExecutor`, `resources.warm_workers = false`)."""
+    return (ActorExecutor if resources.warm_workers else TaskExecutor)(zoo_uri, s3, resources)
+
+
 @dataclass
-class RayExecutor:
-    """Runs each job on the Ray cluster: by default on a pool of warm workers (actors holding
-    the base supernet and recently used datasets), as many as `max_in_flight` and the
-    cluster's CPUs and GPUs allow; a dataset's next job goes to a free worker that holds it,
-    else to any free one, else it queues behind the least loaded worker's job, and that worker
-    decodes the queued job's data meanwhile (`WarmWorker.prefetch`). A worker that
-    dies is replaced; its job fails like any other and is retried by the driver. Or one fresh
-    task per job (`resources.warm_workers = false`)."""
+class RayJobs:
+    """What both Ray executors share: the jobs in flight and their outcomes, prefetch hints,
+    and profiling the pool (on the warm workers, or as tasks)."""
 
     zoo_uri: str
     s3: S3Settings
@@ -36,9 +38,6 @@ class RayExecutor:
 
         self._ray = ray
         self._threads = max(1, int(self.resources.num_cpus))
-        self._task = ray.remote(run_remote).options(
-            num_cpus=self.resources.num_cpus, num_gpus=self.resources.num_gpus, max_retries=0, retry_exceptions=False
-        )  # the driver retries, recording each reason
         self.pool = WorkerPool(ray, self.zoo_uri, self.s3, self.resources, self._threads)
         self._prefetches: list = []  # refs of prefetch calls (hints: their errors are dropped)
         self._ran_on: dict = {}  # ref -> the actor its job was sent to
@@ -59,30 +58,6 @@ class RayExecutor:
 
     def _load(self) -> Counter:
         return Counter(slot for _, slot in self._pending.values())
-
-    def submit(self, spec: JobSpec) -> None:
-        if not self.resources.warm_workers:
-            self._pending[self._task.remote(spec, self.zoo_uri, self.s3, self._threads)] = (spec, None)
-            return
-        self._submit_to(self.pool.slot_for(spec.dataset_id, self._load()), spec)
-
-    def _submit_to(self, slot: int, spec: JobSpec) -> None:
-        worker = self.pool.worker(slot, spec.dataset_id)
-        queued = any(s == slot for _, s in self._pending.values())
-        ref = worker.run.remote(spec)
-        self._pending[ref], self._ran_on[ref] = (spec, slot), worker
-        if queued:  # it waits behind a running job: its data is decoded meanwhile
-            self._prefetches.append(worker.prefetch.options(concurrency_group="prefetch").remote(spec))
-
-    def _move_unstarted(self) -> None:
-        """The one place that moves work off workers that never started: their queued jobs go
-        to the least loaded started workers (they never ran, so no attempt is counted)."""
-        for slot in self.pool.give_up_unstarted():
-            for ref, (spec, s) in list(self._pending.items()):
-                if s == slot:
-                    self._submit_to(least_loaded(self.pool.started(), self._load()), spec)
-                    del self._pending[ref]
-                    self._ran_on.pop(ref, None)
 
     def profile(self, manifest: Manifest, arch_ids: list[str], image_size: int) -> list[ArchProfile]:
         """The archs' profiles, measured in parallel chunks, one per worker that fits now (with
@@ -116,11 +91,14 @@ class RayExecutor:
                 if interruption(e) is not None:
                     raise interruption(e) from None
 
+    def _before_wait(self) -> None:
+        """What an executor does before it waits for its jobs (nothing here)."""
+
     def wait(self, timeout: float | None = None) -> list[Outcome]:
         self._drop_finished_prefetches()
         if not self._pending:
             return []
-        self._move_unstarted()
+        self._before_wait()
         if self.pool.starting:  # wake up in time to give up a worker that does not start
             timeout = min(pool_module.START_DEADLINE_S / 8, timeout if timeout is not None else float("inf"))
         ready, _ = self._ray.wait(list(self._pending), num_returns=1, timeout=timeout)
@@ -141,11 +119,54 @@ class RayExecutor:
             return Outcome(spec, error=cause if isinstance(cause, BaseException) else e)
 
 
+class TaskExecutor(RayJobs):
+    """One fresh Ray task per job: it loads the base weights and decodes its data itself."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        self._task = self._ray.remote(run_remote).options(
+            num_cpus=self.resources.num_cpus, num_gpus=self.resources.num_gpus, max_retries=0, retry_exceptions=False
+        )  # the driver retries, recording each reason
+
+    def submit(self, spec: JobSpec) -> None:
+        self._pending[self._task.remote(spec, self.zoo_uri, self.s3, self._threads)] = (spec, None)
+
+
+class ActorExecutor(RayJobs):
+    """Jobs on a pool of warm workers (actors holding the base supernet and recently used
+    datasets), as many as `max_in_flight` and the cluster's CPUs and GPUs allow; a dataset's
+    next job goes to a free worker that holds it, else to any free one, else it queues behind
+    the least loaded worker's job, and that worker decodes the queued job's data meanwhile
+    (`WarmWorker.prefetch`). A worker that dies is replaced; its job fails like any other
+    and is retried by the driver."""
+
+    def submit(self, spec: JobSpec) -> None:
+        self._submit_to(self.pool.slot_for(spec.dataset_id, self._load()), spec)
+
+    def _submit_to(self, slot: int, spec: JobSpec) -> None:
+        worker = self.pool.worker(slot, spec.dataset_id)
+        queued = any(s == slot for _, s in self._pending.values())
+        ref = worker.run.remote(spec)
+        self._pending[ref], self._ran_on[ref] = (spec, slot), worker
+        if queued:  # it waits behind a running job: its data is decoded meanwhile
+            self._prefetches.append(worker.prefetch.options(concurrency_group="prefetch").remote(spec))
+
+    def _before_wait(self) -> None:
+        """The one place that moves jobs off workers that never started: their queued jobs go
+        to the least loaded started workers (they never ran, so no attempt is counted)."""
+        for slot in self.pool.give_up_unstarted():
+            for ref, (spec, s) in list(self._pending.items()):
+                if s == slot:
+                    self._submit_to(least_loaded(self.pool.started(), self._load()), spec)
+                    del self._pending[ref]
+                    self._ran_on.pop(ref, None)
+
+
 class _Profiling:
-    """One `RayExecutor.profile` call: the pool's archs in chunks, each on a warm worker (or a
+    """One `RayJobs.profile` call: the pool's archs in chunks, each on a warm worker (or a
     task), retried and moved as the workers die or fail to start."""
 
-    def __init__(self, executor: RayExecutor, manifest: Manifest, arch_ids: list[str], image_size: int):
+    def __init__(self, executor: RayJobs, manifest: Manifest, arch_ids: list[str], image_size: int):
         self.ex, self.pool, self._ray = executor, executor.pool, executor._ray
         self.manifest, self.image_size = manifest, image_size
         res = executor.resources

@@ -10,7 +10,7 @@ from tans.pipeline.datasets.ingest import ingest, slug
 from tans.pipeline.execution.config import BuildConfig, build_dataclass
 from tans.pipeline.execution.driver import BuildSummary, Driver, journal_config
 from tans.pipeline.execution.lease import Lease
-from tans.pipeline.execution.ray_executor import RayExecutor
+from tans.pipeline.execution.ray_executor import ray_executor
 from tans.pipeline.execution.replay import ReplayExecutor
 from tans.pipeline.execution.retrain import run_retrain
 from tans.pipeline.execution.runtime import start_ray
@@ -133,7 +133,7 @@ def make_executor(config: BuildConfig, store: ZooStore, log=print, ray_num_cpus:
     ingest_all(store, config, log)
     manifest = ensure_manifest(store, wanted_manifest(store, config))
     start_ray(config.address, num_cpus=ray_num_cpus)
-    return RayExecutor(store.uri, config.s3, config.resources), manifest
+    return ray_executor(store.uri, config.s3, config.resources), manifest
 
 
 def validate_build(config: BuildConfig) -> list[str]:
@@ -186,17 +186,7 @@ def run_build(
     try:
         executor, manifest = make_executor(config, store, log, ray_num_cpus)
         profile_pool(store, manifest, config.train.image_size, log, executor)  # hypervolumes need it, any strategy
-        tracker = (
-            Tracker(
-                config.mlflow,
-                flat_params(journal_config(config)),
-                run_name=f"build {store.uri.rstrip('/').rsplit('/', 1)[-1]} ({config.strategy})",
-                store=store,
-                width=manifest.width,
-            )
-            if tracking
-            else None
-        )
+        tracker = build_tracker(config, store, manifest) if tracking else None
         log(
             f"building zoo {store.uri}: up to {config.max_jobs} jobs, strategy {config.strategy}, "
             f"executor {config.executor}, {config.resources.max_in_flight} in flight"
@@ -217,12 +207,7 @@ def run_build(
     except BaseException as e:
         stop = interruption(e)
         if tracker:
-            try:
-                tracker.end(
-                    "KILLED" if stop or isinstance(e, KeyboardInterrupt) else "FAILED", f"{type(e).__name__}: {e}"
-                )
-            except Exception as end_error:  # noqa: BLE001 - the build's own error is the one to report
-                log(f"could not end the MLflow run: {type(end_error).__name__}: {redact(str(end_error))[:300]}")
+            end_run(tracker, "KILLED" if stop or isinstance(e, KeyboardInterrupt) else "FAILED", e, log)
         if stop is not None and stop is not e:
             raise stop from None  # a signal wrapped by a native call is still a stop, not a crash
         raise
@@ -235,6 +220,21 @@ def run_build(
         f"in {summary.seconds:.0f}s; the zoo holds {summary.zoo_results} results"
     )
     return summary
+
+
+def build_tracker(config: BuildConfig, store: ZooStore, manifest: Manifest) -> Tracker:
+    """The build's MLflow run, named after the zoo and the strategy, with the whole config."""
+    name = f"build {store.uri.rstrip('/').rsplit('/', 1)[-1]} ({config.strategy})"
+    return Tracker(config.mlflow, flat_params(journal_config(config)), run_name=name, store=store, width=manifest.width)
+
+
+def end_run(tracker: Tracker, status: str, error: BaseException, log) -> None:
+    """End the build's MLflow run as KILLED or FAILED; a failure to do so is logged, not raised
+    (the build's own error is the one to report)."""
+    try:
+        tracker.end(status, f"{type(error).__name__}: {error}")
+    except Exception as end_error:  # noqa: BLE001
+        log(f"could not end the MLflow run: {type(end_error).__name__}: {redact(str(end_error))[:300]}")
 
 
 def last_build_config(zoo: str, s3=None, log=print) -> BuildConfig:
