@@ -1,6 +1,6 @@
 """Profiling candidate architectures before any training: parameters, FLOPs, batch-1
 latency and functional embedding of each pool arch with the base weights. The driver has
-them computed once per zoo, in parallel chunks on the workers (`RayExecutor.profile`).
+them computed once per zoo, in parallel chunks on the workers (`RayJobs.profile` in pipeline/execution/ray_executor.py).
 
 Latency on a CPU comes from a lookup table, as OFA's search does (its `LatencyTable`, which
 it downloads; here it is measured on the worker itself): the batch-1 time of every block

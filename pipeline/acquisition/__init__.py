@@ -4,6 +4,6 @@
 `random` and `pareto` (the policies), `peers` (Optuna's NSGA-II and TPE and BoTorch's
 qNEHVI as policies: strategies nsga2, tpe, qnehvi), `predictor` (the MC-dropout accuracy
 predictor), `hypervolume` (normalized Pareto hypervolumes, per dataset and as the zoo grew),
-`profiles` (the candidate pool's costs and functional embeddings, as cached) and
-`profiling` (measuring them).
+`priors` (the candidate pool's costs and functional embeddings and the datasets' features,
+as cached: reading them) and `compute_priors` (measuring and caching them).
 """

@@ -1,4 +1,4 @@
-"""Computing what `profiles` holds: the pool's arch profiles (measured once with the base
+"""Computing what `priors` holds: the pool's arch profiles (measured once with the base
 weights and cached in `pool/profiles.parquet`) and each dataset's feature (cached by
 `tans.retriever.features`). This is the part that needs torch and the networks."""
 

@@ -1,5 +1,5 @@
 """What is known about a (dataset, arch) pair before training it, cached in the zoo (the
-records and reading them; `profiling` computes them).
+records and reading them; `compute_priors` computes them).
 
 - Dataset features: [mean, std] of the frozen backbone features of the dataset's sampled
   training images (retriever/features.py: cached in the zoo, so a dataset is embedded

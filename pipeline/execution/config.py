@@ -1,7 +1,7 @@
 """The build config: one small frozen dataclass per concern, loaded from TOML.
 
 Unknown keys are errors that list the valid ones; every setting has a default, so a build
-needs no file at all. Command-line flags override the file (see `pipeline/cli.py`).
+needs no file at all. Command-line flags override the file (see `pipeline/cli/`).
 """
 
 from __future__ import annotations
