@@ -81,19 +81,6 @@ def result_key(dataset_id: str, job_id: str) -> str:
     return f"{RESULTS}/dataset={dataset_id}/{job_id}.parquet"
 
 
-def parse_result_key(key: str) -> tuple[str, str] | None:
-    """(dataset_id, job_id) named by a result key, None if the key is not one."""
-    parts = key.split("/")
-    if (
-        len(parts) != 3
-        or parts[0] != "results"
-        or not parts[1].startswith("dataset=")
-        or not parts[2].endswith(".parquet")
-    ):
-        return None
-    return parts[1][len("dataset=") :], parts[2][: -len(".parquet")]
-
-
 def checkpoint_key(job_id: str, sha256: str) -> str:
     return f"checkpoints/{job_id}/{sha256}.safetensors"
 

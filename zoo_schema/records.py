@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 SCHEMA_VERSION = 2  # 2: zoo-relative checkpoint keys, per-ingestion data prefixes (v1 still read)
-TOPOLOGY_LEN = 45
 
 
 @dataclass(frozen=True)
