@@ -122,18 +122,24 @@ def seed_replay_zoo(target: ZooStore, source: ZooStore) -> Manifest:
     return ensure_manifest(target, manifest)
 
 
-def make_executor(config: BuildConfig, store: ZooStore, log=print, ray_num_cpus: int | None = None):
-    """(executor, manifest): Ray for real training, or replay of an evaluated zoo."""
+def prepare_zoo(config: BuildConfig, store: ZooStore, log=print) -> Manifest:
+    """Everything a build writes before its first job: the configured datasets ingested and
+    the manifest fixed (or, for a replay, the source zoo's manifest, datasets and profiles)."""
     if config.executor.startswith("replay:"):
-        source = open_store(config.executor[len("replay:") :], config.s3)
-        manifest = seed_replay_zoo(store, source)
-        return ReplayExecutor(source, store), manifest
+        return seed_replay_zoo(store, open_store(config.executor[len("replay:") :], config.s3))
     if config.executor != "ray":
         raise ConfigError(f"unknown executor {config.executor!r}; use 'ray' or 'replay:ZOO_URI'")
     ingest_all(store, config, log)
-    manifest = ensure_manifest(store, wanted_manifest(store, config))
+    return ensure_manifest(store, wanted_manifest(store, config))
+
+
+def make_executor(config: BuildConfig, store: ZooStore, ray_num_cpus: int | None = None):
+    """The build's executor: Ray (started or joined here) for real training, or replay of an
+    evaluated zoo."""
+    if config.executor.startswith("replay:"):
+        return ReplayExecutor(open_store(config.executor[len("replay:") :], config.s3), store)
     start_ray(config.address, num_cpus=ray_num_cpus)
-    return ray_executor(store.uri, config.s3, config.resources), manifest
+    return ray_executor(store.uri, config.s3, config.resources)
 
 
 def validate_build(config: BuildConfig) -> list[str]:
@@ -184,7 +190,8 @@ def run_build(
     lease = Lease(store, ttl=config.lease_seconds, log=log, command=command).acquire(wait)
     tracker = executor = None
     try:
-        executor, manifest = make_executor(config, store, log, ray_num_cpus)
+        manifest = prepare_zoo(config, store, log)
+        executor = make_executor(config, store, ray_num_cpus)
         profile_pool(store, manifest, config.train.image_size, log, executor)  # hypervolumes need it, any strategy
         tracker = build_tracker(config, store, manifest) if tracking else None
         log(
