@@ -15,22 +15,12 @@ from pathlib import Path
 import pytest
 
 from tans.pipeline.cli import main
-from tans.workers.networks.ofa_space import DEPTHS, EXPANDS, KERNELS
 from tans.zoo_schema import layout
-from tans.zoo_schema.manifest import BaseWeights, Manifest, ensure_manifest
+from tans.zoo_schema.manifest import ensure_manifest
 from tans.zoo_schema.records import DatasetRecord, ResultRecord, to_table
 from tans.zoo_schema.store import open_store
+from tests.helpers import MANIFEST
 
-MANIFEST = Manifest(
-    width=1.0,
-    kernels=list(KERNELS),
-    expands=list(EXPANDS),
-    depths=list(DEPTHS),
-    noise_seed=0,
-    noise_shape=[2, 3, 32, 32],
-    base_weights=BaseWeights("random", "random-seed0", seed=0),
-    pool_size=3,
-)
 # dataset -> classes, [(job id, accuracy, latency ms, params)]
 ZOO = {
     "glyphs-latin": (
