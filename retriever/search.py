@@ -132,9 +132,11 @@ class SearchResult:
     ranked_by: str
     recalled: int
     seconds: dict
+    warnings: tuple[str, ...] = ()  # e.g. the retriever is stale and does not know some datasets
 
     def as_dict(self) -> dict:
         return {
+            "warnings": list(self.warnings),
             "ranked_by": self.ranked_by,
             "recalled": self.recalled,
             "seconds": self.seconds,

@@ -31,6 +31,7 @@ from safetensors.torch import load
 
 from tans.retriever.features import backbone_id, load_backbone, split_features
 from tans.retriever.model import Retriever, retriever_loss
+from tans.retriever.stale import version_blob, versions
 from tans.zoo_schema import layout
 from tans.zoo_schema.errors import TansError
 from tans.zoo_schema.manifest import read_manifest
@@ -201,16 +202,6 @@ def evaluate(model: Retriever, t: ZooTensors, s: RetrainSettings, queries_per_da
 # -- versions -----------------------------------------------------------------------------
 
 
-def versions(store: ZooStore) -> list[int]:
-    """Complete retriever versions (meta.json written), ascending."""
-    out = set()
-    for key in store.list("retriever"):
-        parts = key.split("/")
-        if len(parts) == 3 and parts[2] == "meta.json" and parts[1].startswith("v"):
-            out.add(int(parts[1][1:]))
-    return sorted(out)
-
-
 def save_version(
     store: ZooStore, model: Retriever, t: ZooTensors, s: RetrainSettings, metrics: dict, image_size: int
 ) -> int:
@@ -252,6 +243,7 @@ def save_version(
     meta = {
         "results": len(t.results),
         "datasets": len(t.dataset_ids),
+        "dataset_ids": sorted(t.dataset_ids),
         "backbone": backbone_id(t.backbone, image_size),
         "backbone_key": t.backbone.key,
         "image_size": image_size,
@@ -270,18 +262,6 @@ def save_version(
     ):
         version += 1
     return version
-
-
-def version_blob(store: ZooStore, version: int, meta: dict, name: str) -> bytes:
-    """One file of a version, its sha256 checked."""
-    f = layout.retriever_files(layout.retriever_meta_key(version), meta)[name]
-    data = store.read_bytes(f["key"])
-    if f["sha256"] and hashlib.sha256(data).hexdigest() != f["sha256"]:
-        raise TansError(
-            f"retriever v{version}'s {name} file {f['key']} does not match its recorded sha256; "
-            f"run `tans verify {store.uri}`, then `tans retrain {store.uri}`"
-        )
-    return data
 
 
 @dataclass(frozen=True)
@@ -309,15 +289,3 @@ def load_version(store: ZooStore, version: int | None = None) -> RetrieverVersio
     return RetrieverVersion(
         version, model.eval(), meta, pq.read_table(io.BytesIO(version_blob(store, version, meta, "models")))
     )
-
-
-def grown_enough(store: ZooStore, if_grown: float | None) -> tuple[bool, str]:
-    """Whether the zoo grew by `if_grown` (a fraction < 1, or a count) since the newest version."""
-    n = len(read_state(store).results)
-    available = versions(store)
-    if if_grown is None or not available:
-        return True, f"{n} results" + ("" if available else ", no retriever yet")
-    trained_on = store.read_json(layout.retriever_meta_key(available[-1]))["results"]
-    need = trained_on * if_grown if if_grown < 1 else if_grown
-    grown = n - trained_on
-    return grown >= max(need, 1), f"zoo grew by {grown} results since v{available[-1]} ({trained_on}); need {need:g}"

@@ -20,7 +20,8 @@ from tans.pipeline.cli import main
 from tans.pipeline.commands.verify import verify_zoo
 from tans.pipeline.execution.config import load_config
 from tans.pipeline.execution.lease import Lease
-from tans.pipeline.execution.run import last_build_config, run_build
+from tans.pipeline.execution.recorded import last_build_config
+from tans.pipeline.execution.run import run_build
 from tans.workers.job import JobSpec
 from tans.zoo_schema.errors import ConfigError, DatasetError, StorageError, ZooConflictError
 from tans.zoo_schema.journal import record_failure

@@ -189,7 +189,7 @@ def test_chaos_moved_zoo_killed_ingestion_and_retrain(ray_cluster, tiny_datasets
     exactly what the kills left, and the results equal an uninterrupted build's."""
     import dataclasses
 
-    from tans.pipeline.execution.run import last_build_config
+    from tans.pipeline.execution.recorded import last_build_config
     from tans.retriever.train import load_version, versions
 
     first = tmp_path / "first"

@@ -15,7 +15,9 @@ from tans.pipeline.execution.retrain import REGISTERED_MODEL, run_retrain
 from tans.pipeline.execution.run import run_build
 from tans.retriever.model import contrastive_loss
 from tans.retriever.search import Constraints, NoModelFits, Searcher
-from tans.retriever.train import RetrainSettings, grown_enough, load_version, versions
+from tans.retriever.stale import staleness
+from tans.retriever.train import RetrainSettings, load_version, versions
+from tans.zoo_schema.results import read_results
 from tans.zoo_schema.store import S3Settings, open_store
 
 
@@ -89,15 +91,16 @@ def test_retrain_threshold_versions_and_registry(built_zoo):
     zoo, tmp = built_zoo
     store = open_store(zoo)
     mlflow = MlflowSettings(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}")
-    assert grown_enough(store, 0.5)[0]  # no retriever yet
+    assert staleness(store, if_grown=0.5).stale  # no retriever yet
     v1 = run_retrain(store, SETTINGS, 32, None, mlflow, log=lambda *_: None)
     assert v1 == 1 and versions(store) == [1]
     meta = store.read_json("retriever/v1/meta.json")
     assert meta["results"] == 8 and 0 <= meta["metrics"]["R@1"] <= 100
     # the zoo has not grown: --if-grown 0.1 does nothing, a forced retrain makes v2
     assert run_retrain(store, SETTINGS, 32, 0.1, None, log=lambda *_: None) is None
-    ok, why = grown_enough(store, 2)
-    assert not ok and "grew by 0 results since v1 (8); need 2" in why
+    state = staleness(store, if_grown=2)
+    assert not state.stale and (state.results, state.trained_on, state.unknown_datasets) == (8, 8, [])
+    assert meta["dataset_ids"] == sorted({r.dataset_id for r in read_results(store)})
     assert run_retrain(store, replace(SETTINGS, positive="uniform"), 32, None, mlflow, log=lambda *_: None) == 2
     client = MlflowClient(tracking_uri=mlflow.tracking_uri, registry_uri=mlflow.tracking_uri)
     champion = client.get_model_version_by_alias(REGISTERED_MODEL, "champion")

@@ -17,6 +17,12 @@ def build_flags() -> argparse.ArgumentParser:
     b.add_argument("--config", metavar="FILE", help="TOML build config; every key optional (docs/configuration.md)")
     b.add_argument("--datasets", metavar="DIR", help="directory (or s3:// prefix) whose sub-folders are datasets")
     b.add_argument("--max-jobs", type=int, metavar="N", help="total jobs (finished + given up) the zoo should hold")
+    b.add_argument(
+        "--add-jobs",
+        type=positive_int,
+        metavar="N",
+        help="grow the zoo by N jobs over what it holds (instead of --max-jobs, the total)",
+    )
     b.add_argument("--epochs", type=positive_int, metavar="N", help="fine-tuning epochs per job (default 2)")
     b.add_argument(
         "--image-size", type=positive_int, metavar="PX", help="input side in pixels for fine-tuning (default 32)"
@@ -77,11 +83,12 @@ def add(sub) -> None:
 
 
 def run_build_command(args) -> int:
-    from tans.pipeline.execution.config import load_config
     from tans.pipeline.execution.progress import Progress
+    from tans.pipeline.execution.recorded import resolve_config
     from tans.pipeline.execution.run import run_build
 
-    config = load_config(args.config, overrides(args), environ={} if args.resolved_config else None)
+    environ = {} if args.resolved_config else None
+    config = resolve_config(args.config, overrides(args), environ, args.add_jobs)
     progress = Progress()
     try:
         summary = run_build(config, log=progress.log, progress=progress, wait=args.wait)
@@ -91,7 +98,8 @@ def run_build_command(args) -> int:
 
 
 def run_resume(args) -> int:
-    from tans.pipeline.execution.run import last_build_config, run_build
+    from tans.pipeline.execution.recorded import last_build_config
+    from tans.pipeline.execution.run import run_build
     from tans.zoo_schema.store import S3Settings
 
     config = last_build_config(args.zoo, S3Settings(endpoint_url=args.s3_endpoint))

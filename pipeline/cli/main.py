@@ -24,6 +24,7 @@ from tans.pipeline.cli import (
 )
 from tans.pipeline.cli.options import EXIT_ERROR, EXIT_PIPE
 from tans.pipeline.execution import signals
+from tans.pipeline.execution.console import quiet_third_party
 from tans.zoo_schema.errors import TansError
 from tans.zoo_schema.redact import redact
 
@@ -53,10 +54,24 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"tans {installed}")
+    p.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = p.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         command.add(sub)
+    add_verbose(sub)
     return p
+
+
+VERBOSE_HELP = "also show the INFO lines and warnings of MLflow, Ray and the other libraries tans runs on"
+
+
+def add_verbose(sub) -> None:
+    """`-v` after any command too (`tans build -v`, `tans datasets add -v`)."""
+    for command in sub.choices.values():
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                add_verbose(action)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     `finally` runs: the lease is released, the MLflow run ends KILLED) with 143 and 130."""
     p = parser()
     args = p.parse_args(argv)
+    if args.verbose:
+        os.environ["TANS_VERBOSE"] = "1"
+    quiet_third_party()
     if hasattr(args, "zoo_option") and not getattr(args, "zoo_from_config", False):
         args.zoo = getattr(args, "zoo", None) or args.zoo_option or os.environ.get("TANS_ZOO")
         if not args.zoo:

@@ -18,7 +18,14 @@ def add(sub) -> None:
         "--if-grown",
         type=positive_float,
         metavar="X",
-        help="only if the zoo grew by this fraction (< 1) or this many results (>= 1) since the last version",
+        help="only if the retriever is stale: a dataset it does not know, or the zoo grew by this fraction "
+        "(< 1) or this many results (>= 1) since the last version",
+    )
+    t.add_argument(
+        "--if-stale",
+        action="store_true",
+        help="only if the retriever is stale: a dataset with networks it does not know, or the zoo grew by "
+        "the build's threshold (10%%) since it was trained; as `tans build` decides at its end",
     )
     t.add_argument("--steps", type=positive_int, metavar="N", help="training steps (default 300)")
     t.add_argument("--positive", choices=["weighted", "uniform"], help="positive sampling (default weighted)")
@@ -51,14 +58,17 @@ def run(args) -> int:
     for name in ("steps", "positive", "seed", "backbone"):
         if getattr(args, name) is not None:
             settings = replace(settings, **{name: getattr(args, name)})
+    if args.if_stale and args.if_grown is not None:
+        raise TansError("pass --if-stale or --if-grown X, not both (--if-stale is --if-grown 0.1)")
+    if_grown = settings.if_grown if args.if_stale else args.if_grown
     with holding(store, "tans retrain", wait=args.wait):
         version = run_retrain(
             store,
             settings,
             args.image_size or manifest.noise_shape[-1],
-            args.if_grown,
+            if_grown,
             MlflowSettings(tracking_uri=args.mlflow_uri or ""),
         )
     meta = store.read_json(retriever_meta_key(version)) if version is not None and args.json else None
     emit(args, {"version": version, "metrics": meta and meta.get("metrics")}, indent=None)
-    return EXIT_OK if version is not None or args.if_grown is not None else EXIT_FAILED
+    return EXIT_OK if version is not None or if_grown is not None else EXIT_FAILED

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
+
 from tans.pipeline.cli.options import EXIT_OK, emit, open_existing, parent, positive_float, positive_int, size
 from tans.retriever import proxy
 from tans.retriever.rerank import DEFAULT_RERANK, RERANK_CHOICES
@@ -69,11 +72,13 @@ def run(args) -> int:
         recall=args.recall,
         finetune_top=args.finetune_top,
     )
-    emit(args, result.as_dict(), None if args.json else table(result))
+    for warning in result.warnings:
+        print(f"tans: warning: {warning}", file=sys.stderr)
+    emit(args, result.as_dict(), None if args.json else table(result, args.zoo, args.dataset))
     return EXIT_OK
 
 
-def table(result) -> str:
+def table(result, zoo: str, dataset: str) -> str:
     label = SCORE_LABELS.get(result.ranked_by)
     lines = [
         f"{'#':>2} {'job_id':24} {'dataset':28} "
@@ -102,5 +107,12 @@ def table(result) -> str:
         f"\nranked by {result.ranked_by} among {result.recalled} recalled networks in "
         f"{result.seconds['total']:.2f}s (re-ranking {result.seconds['rerank']:.2f}s)"
     )
-    lines.append(f"checkpoint of the first: {result.hits[0].checkpoint_uri}")
+    first = result.hits[0]
+    lines += [
+        f"\nthe first, {first.job_id} ({first.arch} fine-tuned on {first.dataset_id}), is at {first.checkpoint_uri}",
+        "next steps:",
+        f"  fine-tune it on your dataset: tans finetune {shlex.quote(zoo)} --job {first.job_id} --dataset "
+        f"{shlex.quote(dataset)}",
+        f"  export it for use without tans: tans export {shlex.quote(zoo)} --job {first.job_id} --out {first.job_id}",
+    ]
     return "\n".join(lines)

@@ -41,7 +41,7 @@ def add(sub) -> None:
 def run_submit(args) -> int:
     from tans.pipeline.commands.submit import follow, submit
 
-    sid = submit(args.address, args.config, overrides(args))
+    sid = submit(args.address, args.config, overrides(args), add_jobs=args.add_jobs)
     if not args.wait:
         emit(args, {"submission_id": sid})
         return EXIT_OK

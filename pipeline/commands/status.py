@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 
 from tans.pipeline.acquisition.hypervolume import dataset_hypervolumes, front_indices, hv_history
 from tans.pipeline.acquisition.priors import cached_profiles
+from tans.retriever.stale import Staleness, staleness
 from tans.zoo_schema.manifest import read_manifest
 from tans.zoo_schema.results import ZooState, read_state
 from tans.zoo_schema.store import ZooStore
@@ -44,6 +45,7 @@ class ZooStatus:
     per_dataset: list[DatasetStatus]
     job_seconds: dict[str, float]  # summed over the jobs that recorded their phases
     non_training_share: float | None  # of those jobs' time, what was not training steps
+    retriever: Staleness  # the newest retriever version, and whether (and why) it is stale
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -134,6 +136,7 @@ def zoo_status(store: ZooStore, state: ZooState | None = None, hv=None) -> ZooSt
         mean_hypervolume=round(sum(hv.values()) / len(hv), 5) if hv else None,
         hypervolume_history=points,
         per_dataset=rows,
+        retriever=staleness(store, state.results),
     )
 
 
@@ -159,6 +162,13 @@ def format_status(status: ZooStatus) -> str:
             f"{r.jobs:>4} {r.failed:>4} {pct(r.best_accuracy):>6} "
             f"{pct(r.mean_accuracy):>6} {r.pareto_front:>5} {pct(r.hypervolume):>6}"
         )
+    r = status.retriever
+    if r.version is None:
+        lines += ["", f"retriever: none yet; train one with `tans retrain {status.zoo}`"]
+    elif r.stale:
+        lines += ["", f"retriever v{r.version}: STALE ({r.why}); `tans retrain {status.zoo} --if-stale` retrains it"]
+    else:
+        lines += ["", f"retriever v{r.version}: up to date (trained on {r.trained_on} of {r.results} results)"]
     if status.non_training_share is not None:
         parts = ", ".join(f"{k} {v:.0f}s" for k, v in status.job_seconds.items())
         lines += ["", f"where the jobs' time went: {parts}; {status.non_training_share:.0%} not training"]

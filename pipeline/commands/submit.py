@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 
 from tans.layers import LAYERS
-from tans.pipeline.execution.config import BuildConfig, load_config
+from tans.pipeline.execution.config import BuildConfig
+from tans.pipeline.execution.recorded import resolve_config
 from tans.zoo_schema.errors import ConfigError, TansError
 
 CONFIG_NAME = "build.json"
@@ -86,9 +87,12 @@ def tans_jobs(c, prefix: str = "tans-") -> list:
     )
 
 
-def submit(address: str, config_path: str | None, overrides: dict | None = None, log=print) -> str:
-    """Submit the build (or report the attempt already running); returns its submission id."""
-    config = cluster_config(load_config(config_path, overrides))
+def submit(
+    address: str, config_path: str | None, overrides: dict | None = None, log=print, add_jobs: int | None = None
+) -> str:
+    """Submit the build (or report the attempt already running); returns its submission id.
+    The config is resolved here, on an existing zoo from its recorded settings (as `tans build`)."""
+    config = cluster_config(resolve_config(config_path, overrides or {}, add_jobs=add_jobs, log=log))
     c = client(address)
     base = submission_base(config)
     attempts = [j for j in tans_jobs(c, base) if j.submission_id == base or j.submission_id.startswith(base + "-r")]

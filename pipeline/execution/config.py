@@ -152,9 +152,17 @@ def _set(data: dict, dotted: str, value) -> None:
     node[leaf] = value
 
 
-def load_config(path: str | None, overrides: dict | None = None, environ=None) -> BuildConfig:
+def _merge(base: dict, top: dict) -> dict:
+    """`top` over `base`, table by table."""
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_config(path: str | None, overrides: dict | None = None, environ=None, base: dict | None = None) -> BuildConfig:
     """The build config. Precedence: flags (`overrides`, dotted keys) > environment
-    (`ENVIRONMENT`) > the TOML file > defaults."""
+    (`ENVIRONMENT`) > the TOML file > `base` (a zoo's recorded settings) > defaults."""
     data: dict = {}
     if path:
         p = Path(path)
@@ -164,6 +172,7 @@ def load_config(path: str | None, overrides: dict | None = None, environ=None) -
             data = json.loads(p.read_text()) if p.suffix == ".json" else tomllib.loads(p.read_text())
         except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
             raise ConfigError(f"config file {path} is not valid {p.suffix[1:].upper() or 'TOML'}: {e}") from None
+    data = _merge(base or {}, data)
     environ = os.environ if environ is None else environ
     for variable, dotted in ENVIRONMENT.items():
         if environ.get(variable):

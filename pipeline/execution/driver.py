@@ -61,6 +61,7 @@ class BuildSummary:
     stop_reason: str = ""
     failures: list = field(default_factory=list)
     mlflow_run: str = ""  # the build's MLflow run id, when the build was tracked
+    per_dataset: dict = field(default_factory=dict)  # this build's finished jobs per dataset id
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -207,6 +208,7 @@ class Driver:
     def _committed(self, spec: JobSpec, outcome: ResultRecord) -> None:
         self.results.append(outcome)
         self.summary.finished += 1
+        self.summary.per_dataset[spec.dataset_id] = self.summary.per_dataset.get(spec.dataset_id, 0) + 1
         for c in self.callbacks:
             c.on_result(self, spec, outcome)
         self.hypervolume.changed(spec.dataset_id)

@@ -23,7 +23,8 @@ from mlflow.types import ParamSchema, ParamSpec
 from tans import retriever
 from tans.pipeline.execution.tracking import MlflowSettings, tracking_uri
 from tans.retriever.rerank import DEFAULT_IMAGELESS
-from tans.retriever.train import RetrainSettings, gather, grown_enough, save_version, train_retriever, version_blob
+from tans.retriever.stale import staleness
+from tans.retriever.train import RetrainSettings, gather, save_version, train_retriever, version_blob
 from tans.zoo_schema.layout import RETRIEVER_FILES, retriever_meta_key
 from tans.zoo_schema.store import ZooStore
 
@@ -39,11 +40,21 @@ def run_retrain(
     mlflow: MlflowSettings | None = None,
     log=print,
 ) -> int | None:
-    """Train and save a new retriever version; None when the zoo has not grown enough."""
-    grown, why = grown_enough(store, if_grown)
-    if not grown:
-        log(f"retriever not retrained: {why}")
-        return None
+    """Train and save a new retriever version; with `if_grown`, only when the newest version is
+    stale (`tans.retriever.stale`: a dataset it does not know, or results grown by `if_grown`);
+    None when it was not."""
+    if if_grown is None:
+        why = "asked for"
+    else:
+        state = staleness(store, if_grown=if_grown)
+        if not state.stale:
+            log(
+                f"retriever not retrained: v{state.version} knows every dataset with networks; the zoo grew by "
+                f"{state.results - state.trained_on} results since ({state.trained_on}), "
+                f"threshold {max(state.trained_on * if_grown if if_grown < 1 else if_grown, 1):g}"
+            )
+            return None
+        why = state.why
     log(f"training the retriever ({why})")
     tensors = gather(store, image_size, settings.backbone)
     model, metrics = train_retriever(tensors, settings, log)

@@ -7,7 +7,7 @@ import hashlib
 from tans.pipeline.acquisition.compute_priors import profile_pool
 from tans.pipeline.acquisition.registry import check_strategy
 from tans.pipeline.datasets.ingest import ingest, slug
-from tans.pipeline.execution.config import BuildConfig, build_dataclass
+from tans.pipeline.execution.config import BuildConfig
 from tans.pipeline.execution.driver import BuildSummary, Driver, journal_config
 from tans.pipeline.execution.lease import Lease
 from tans.pipeline.execution.ray_executor import ray_executor
@@ -21,8 +21,8 @@ from tans.workers.networks.ofa_space import DEPTHS, EXPANDS, KERNELS, build_supe
 from tans.workers.networks.weights import read_state_dict
 from tans.zoo_schema import layout
 from tans.zoo_schema.errors import ConfigError, DatasetError
-from tans.zoo_schema.manifest import MANIFEST_KEY, BaseWeights, Manifest, ensure_manifest, read_manifest, require_zoo
-from tans.zoo_schema.redact import is_redacted, redact
+from tans.zoo_schema.manifest import MANIFEST_KEY, BaseWeights, Manifest, ensure_manifest, read_manifest
+from tans.zoo_schema.redact import redact
 from tans.zoo_schema.store import ZooStore, open_store, source_filesystem
 
 
@@ -226,6 +226,9 @@ def run_build(
         f"build stopped ({summary.stop_reason}): {summary.finished} finished, {summary.failed} failed "
         f"in {summary.seconds:.0f}s; the zoo holds {summary.zoo_results} results"
     )
+    if summary.per_dataset:
+        spent = sorted(summary.per_dataset.items(), key=lambda kv: (-kv[1], kv[0]))
+        log("this build's jobs per dataset: " + ", ".join(f"{d} {n}" for d, n in spent))
     return summary
 
 
@@ -242,32 +245,3 @@ def end_run(tracker: Tracker, status: str, error: BaseException, log) -> None:
         tracker.end(status, f"{type(error).__name__}: {error}")
     except Exception as end_error:  # noqa: BLE001
         log(f"could not end the MLflow run: {type(end_error).__name__}: {redact(str(end_error))[:300]}")
-
-
-def last_build_config(zoo: str, s3=None, log=print) -> BuildConfig:
-    """The config of the zoo's most recent build, for `tans resume ZOO`, building the zoo at
-    `zoo` (wherever it was built, copied or moved from). Dataset folders that no longer exist
-    are left out (the zoo keeps what was ingested from them); a masked MLflow URI falls back
-    to $MLFLOW_TRACKING_URI (credentials are never journaled)."""
-    import os
-
-    store = open_store(zoo, s3)
-    require_zoo(store)
-    starts = [store.read_json(k) for k in store.list(layout.BUILDS)]
-    starts = [s for s in starts if s.get("event") == "start" and "config" in s]
-    if not starts:
-        raise ConfigError(
-            f"the zoo at {zoo} has no recorded build to resume; start one with `tans build --zoo {zoo} ...`"
-        )
-    data = max(starts, key=lambda s: s["at"])["config"]
-    data["zoo"] = zoo
-    if s3 is not None and s3.endpoint_url:
-        data.setdefault("s3", {})["endpoint_url"] = s3.endpoint_url
-    kept = [d for d in data.get("datasets", []) if "://" in d or os.path.isdir(d)]
-    for d in sorted(set(data.get("datasets", [])) - set(kept)):
-        log(f"dataset folder {d} of the last build no longer exists; continuing with what the zoo holds")
-    data["datasets"] = kept
-    if is_redacted(data.get("mlflow", {}).get("tracking_uri", "")):
-        log("the last build's MLflow URI held credentials, which are never journaled; using $MLFLOW_TRACKING_URI")
-        data["mlflow"]["tracking_uri"] = ""
-    return build_dataclass(BuildConfig, data)

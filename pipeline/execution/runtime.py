@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 
+from tans.pipeline.execution.console import quiet_third_party
 from tans.zoo_schema.errors import Interrupted
 
 
@@ -16,6 +17,7 @@ def start_ray(address: str = "", num_cpus: int | None = None, num_gpus: int | No
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # local Ray on loopback
     import ray
 
+    quiet_third_party()  # Ray sets its loggers to INFO on import
     if ray.is_initialized():
         return ray
     # Ray's core installs its own SIGTERM handler (it aborts the process: exit 134); the

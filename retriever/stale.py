@@ -1,0 +1,91 @@
+"""Whether the newest retriever version still serves the zoo: it is stale when the zoo holds
+networks of a dataset the version was not trained on (search could not place a query near
+them), or when the zoo's results grew by the threshold since it was trained.
+
+`tans build` retrains at its end when the retriever is stale, `tans retrain --if-stale` does
+when it is, `tans status` says whether it is and why, and `tans search` warns."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass, field
+
+from tans.zoo_schema import layout
+from tans.zoo_schema.errors import TansError
+from tans.zoo_schema.store import ZooStore
+
+DEFAULT_IF_GROWN = 0.1  # RetrainSettings.if_grown's default
+
+
+@dataclass(frozen=True)
+class Staleness:
+    version: int | None  # the newest version; None: no retriever yet
+    stale: bool
+    reasons: list[str] = field(default_factory=list)
+    unknown_datasets: list[str] = field(default_factory=list)  # with networks in the zoo, not in the version
+    results: int = 0  # in the zoo now
+    trained_on: int = 0  # results the version was trained on
+
+    @property
+    def why(self) -> str:
+        return "; ".join(self.reasons) or f"retriever v{self.version} knows every dataset of the zoo"
+
+
+def versions(store: ZooStore) -> list[int]:
+    """Complete retriever versions (meta.json written), ascending."""
+    out = set()
+    for key in store.list("retriever"):
+        parts = key.split("/")
+        if len(parts) == 3 and parts[2] == "meta.json" and parts[1].startswith("v"):
+            out.add(int(parts[1][1:]))
+    return sorted(out)
+
+
+def version_blob(store: ZooStore, version: int, meta: dict, name: str) -> bytes:
+    """One file of a version, its sha256 checked."""
+    f = layout.retriever_files(layout.retriever_meta_key(version), meta)[name]
+    data = store.read_bytes(f["key"])
+    if f["sha256"] and hashlib.sha256(data).hexdigest() != f["sha256"]:
+        raise TansError(
+            f"retriever v{version}'s {name} file {f['key']} does not match its recorded sha256; "
+            f"run `tans verify {store.uri}`, then `tans retrain {store.uri}`"
+        )
+    return data
+
+
+def version_datasets(store: ZooStore, version: int, meta: dict) -> set[str]:
+    """The dataset ids a version was trained on (its meta, or for versions that predate
+    `dataset_ids` there, its models table)."""
+    if "dataset_ids" in meta:
+        return set(meta["dataset_ids"])
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(io.BytesIO(version_blob(store, version, meta, "models")), columns=["dataset_id"])
+    return set(table["dataset_id"].to_pylist())
+
+
+def staleness(store: ZooStore, results=None, if_grown: float = DEFAULT_IF_GROWN) -> Staleness:
+    """The newest version against the zoo's results (read when not given): stale when a
+    dataset with networks is unknown to it, or when results grew by `if_grown` (a fraction
+    < 1 of what it was trained on, or a count >= 1)."""
+    if results is None:
+        from tans.zoo_schema.results import read_results
+
+        results = read_results(store, light=True)
+    n = len(results)
+    available = versions(store)
+    if not available:
+        return Staleness(None, True, [f"no retriever yet ({n} results)"], results=n)
+    version = available[-1]
+    meta = store.read_json(layout.retriever_meta_key(version))
+    trained_on = int(meta["results"])
+    unknown = sorted({r.dataset_id for r in results} - version_datasets(store, version, meta))
+    need = max(trained_on * if_grown if if_grown < 1 else if_grown, 1)
+    grown = n - trained_on
+    reasons = []
+    if unknown:
+        reasons.append(f"{len(unknown)} dataset(s) with networks unknown to v{version}: {', '.join(unknown)}")
+    if grown >= need:
+        reasons.append(f"zoo grew by {grown} results since v{version} ({trained_on}); threshold {need:g}")
+    return Staleness(version, bool(reasons), reasons, unknown, n, trained_on)
