@@ -1,28 +1,27 @@
 """The retriever as an MLflow pyfunc model ("models from code": MLflow runs this file; nothing
-of tans is pickled).
+of tans is pickled; tans itself travels with the model as its code).
 
-`mlflow.pyfunc.load_model("models:/tans-retriever@champion").predict(df)` takes one query
-dataset and returns the zoo's networks ranked for it (best first), as a DataFrame with
-`rank, job_id, dataset_id, arch, params, flops, latency_ms, score, predicted_accuracy,
-source_accuracy, rank_score, ranked_by`, ordered as `tans search` orders them without the
-query's images (`tans.retriever.search.imageless_score`; ranks are taken over every network of the
-version, where search takes them over the networks whose results are still live):
+`mlflow.pyfunc.load_model("models:/tans-retriever@champion").predict(df, params)` takes one
+query dataset and returns the zoo's networks ranked for it, best first, one row per network
+with the columns of a `tans search --json` hit and its `rank`:
 
-- `df` with a column `features`: one row per query image, each its backbone feature vector
-  (`meta.json`'s `image_dim` floats, as `tans.retriever.features` computes them), or
-- `df` with a column `image`: one row per query image, its encoded bytes (PNG, JPEG); the
-  backbone is then loaded from the zoo the version was trained on (it must be reachable).
+- `df` with columns `image` (each row one encoded image: PNG, JPEG) and `label` (its class,
+  an integer): ranked exactly as `tans search` ranks those images
+  (`tans.retriever.query.rank_query`), by default with the same ordering (`finetune`). It
+  reads the zoo the version was trained on, or the one `model_config={"zoo": URI}` names;
+- `df` with a column `features` (one row per query image, its backbone feature vector of
+  `meta.json`'s `image_dim` floats) or `image` alone: ranked from the version's files
+  without the query's labels, so only by an ordering that needs no images, `source` or `none`
+  (pass `params={"rerank": "source"}`).
 
-`params={"top_k": N, "rerank": "source" | "none"}` limits the ranking and picks the order
-(default: source, the best ordering that needs no network run on images; `tans search`'s
-default, finetune, fine-tunes networks on the query's images, which only `tans search` does).
-The artifacts are the version's files
-(`weights.safetensors`, `models.parquet`, `meta.json`); the code needs tans installed.
+`params`: `top_k` (10), `rerank` (`finetune`; or source, none, logme, knn), `finetune_top`,
+and the constraints `max_params`, `max_flops`, `max_latency_ms` (0: no limit).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import mlflow
 import numpy as np
@@ -31,12 +30,17 @@ import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file
 
+from tans.retriever import proxy
 from tans.retriever.features import embed_images, load_backbone
 from tans.retriever.model import Retriever
-from tans.retriever.rerank import DEFAULT_IMAGELESS, source_over_chance
-from tans.retriever.search import RECALL, imageless_score, top_by_cosine
+from tans.retriever.query import rank_query
+from tans.retriever.rerank import DEFAULT_RERANK, source_over_chance
+from tans.retriever.search import RECALL, Constraints, imageless_score, top_by_cosine
+from tans.zoo_schema.errors import TansError
 from tans.zoo_schema.manifest import read_manifest
 from tans.zoo_schema.store import open_store
+
+COLUMNS = ("job_id", "dataset_id", "arch", "params", "flops", "latency_ms", "checkpoint_uri")
 
 
 class RetrieverModel(mlflow.pyfunc.PythonModel):
@@ -49,54 +53,80 @@ class RetrieverModel(mlflow.pyfunc.PythonModel):
         self.embeddings = np.asarray(self.table["embedding"].to_pylist(), dtype=np.float32).reshape(-1, 128)
         self.source_accuracy = np.asarray(self.table["accuracy"].to_pylist(), dtype=np.float64)
         self.source_fit = source_over_chance(self.source_accuracy, self.table["num_classes"].to_pylist())
-        self.zoo = (context.model_config or {}).get("zoo", "")
+        config = context.model_config or {}
+        self.zoo, self.version = config.get("zoo", ""), config.get("version")
         self._backbone = None
 
-    def _features(self, model_input: pd.DataFrame) -> np.ndarray:
-        if "features" in model_input:
-            return np.asarray(model_input["features"].tolist(), dtype=np.float32)
-        if "image" in model_input:
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        params = params or {}
+        df = pd.DataFrame(model_input)
+        top_k = int(params.get("top_k", 10))
+        rerank = str(params.get("rerank", DEFAULT_RERANK))
+        constraints = Constraints(
+            *(float(params[k]) if params.get(k) else None for k in ("max_params", "max_flops", "max_latency_ms"))
+        )
+        if "image" in df and "label" in df:
+            found = rank_query(
+                open_store(self.zoo),
+                [bytes(b) for b in df["image"]],
+                [int(v) for v in df["label"]],
+                constraints,
+                top_k,
+                rerank,
+                finetune_top=int(params.get("finetune_top", proxy.FINETUNE_TOP)),
+                version=self.version,
+            )
+            return pd.DataFrame([{"rank": i, **asdict(h)} for i, h in enumerate(found.hits, 1)])
+        if rerank not in ("source", "none"):
+            raise TansError(
+                f"ordering {rerank!r} needs the query's labelled images: give the columns 'image' and "
+                "'label', or rank feature vectors (or unlabelled images) with params={'rerank': 'source'}"
+            )
+        return self._imageless(self._features(df), constraints, top_k, rerank)
+
+    def _features(self, df: pd.DataFrame) -> np.ndarray:
+        if "features" in df:
+            return np.asarray(df["features"].tolist(), dtype=np.float32)
+        if "image" in df:
             if self._backbone is None:
                 store = open_store(self.zoo)
                 self._backbone = load_backbone(store, read_manifest(store), self.meta.get("backbone_key", ""))
-            return embed_images(self._backbone, [bytes(b) for b in model_input["image"]], self.meta["image_size"])
-        raise ValueError(
-            "the input needs a column 'features' (one feature vector per query image) "
-            "or 'image' (one encoded image per row)"
+            return embed_images(self._backbone, [bytes(b) for b in df["image"]], self.meta["image_size"])
+        raise TansError(
+            "the input needs the columns 'image' and 'label' (the query's images and their classes), "
+            "or a column 'features' (one backbone feature vector per query image)"
         )
 
-    def predict(self, context, model_input, params=None):
-        top_k = int((params or {}).get("top_k", 10))
-        rerank = str((params or {}).get("rerank", DEFAULT_IMAGELESS))
-        features = self._features(pd.DataFrame(model_input))
+    def _imageless(self, features: np.ndarray, constraints: Constraints, top_k: int, rerank: str) -> pd.DataFrame:
+        """Rank the version's networks from its files alone (as `Searcher.search` does)."""
+        columns = {c: self.table[c].to_pylist() for c in COLUMNS}
+        ok = constraints.mask(
+            np.asarray(columns["params"], float), np.asarray(columns["flops"], float), np.asarray(columns["latency_ms"])
+        )
         with torch.no_grad():
             q = self.model.encode_query(torch.from_numpy(features))
-            top, scores = top_by_cosine(
-                self.embeddings, q.numpy(), np.ones(len(self.embeddings), bool), max(RECALL, top_k)
-            )
+            top, scores = top_by_cosine(self.embeddings, q.numpy(), ok, max(RECALL, top_k))
             predicted = self.model.predict(
                 q.expand(len(self.embeddings), -1), torch.from_numpy(self.embeddings)
             ).numpy()
         rank_score, ranked_by = imageless_score(rerank, predicted, self.source_fit)  # over the whole table
         order = sorted(top, key=lambda i: (-rank_score[i], -scores[i]))[:top_k]
-        rows = []
-        for rank, i in enumerate(order, 1):
-            i = int(i)
-            rows.append(
+        return pd.DataFrame(
+            [
                 {
                     "rank": rank,
-                    **{
-                        c: self.table[c][i].as_py()
-                        for c in ("job_id", "dataset_id", "arch", "params", "flops", "latency_ms")
-                    },
+                    **{c: columns[c][i] for c in COLUMNS},
                     "score": float(scores[i]),
                     "predicted_accuracy": float(predicted[i]),
                     "source_accuracy": float(self.source_accuracy[i]),
                     "rank_score": float(rank_score[i]),
                     "ranked_by": ranked_by,
+                    "weak_match": bool(scores[i] < 0),
+                    "proxy_loss": None,
                 }
-            )
-        return pd.DataFrame(rows)
+                for rank, i in enumerate(map(int, order), 1)
+            ]
+        )
 
 
 mlflow.models.set_model(RetrieverModel())

@@ -137,20 +137,20 @@ def test_registered_retriever_loads_as_an_mlflow_pyfunc_and_ranks_like_search(bu
     features = searcher.query_features(images, labels, per_class=10)
     hits = searcher.search(features, top_k=5)
     expected = [h.job_id for h in hits]
-    ranked = model.predict(pd.DataFrame({"features": list(features)}), params={"top_k": 5})
+    ranked = model.predict(pd.DataFrame({"features": list(features)}), params={"top_k": 5, "rerank": "source"})
     assert list(ranked["job_id"]) == expected and list(ranked["rank"]) == [1, 2, 3, 4, 5]
     assert list(ranked["ranked_by"]) == [h.ranked_by for h in hits] == ["predicted_accuracy+source_over_chance"] * 5
     assert list(ranked["rank_score"]) == pytest.approx([h.rank_score for h in hits])
     by_prediction = model.predict(pd.DataFrame({"features": list(features)}), params={"top_k": 5, "rerank": "none"})
     assert list(by_prediction["job_id"]) == [h.job_id for h in searcher.search(features, top_k=5, rerank="none")]
     assert list(by_prediction["predicted_accuracy"]) == sorted(by_prediction["predicted_accuracy"], reverse=True)
-    from_images = model.predict(pd.DataFrame({"image": images}), params={"top_k": 5})
+    from_images = model.predict(pd.DataFrame({"image": images}), params={"top_k": 5, "rerank": "source"})
     assert list(from_images["job_id"]) == expected
     from tans.zoo_schema.errors import TansError
 
-    for needs_images in ("finetune", "logme"):  # orderings that run networks on images: tans search only
-        with pytest.raises(TansError, match=f"ordering '{needs_images}' loads recalled networks"):
-            model.predict(pd.DataFrame({"features": list(features)}), params={"rerank": needs_images})
+    for needs_images in ({}, {"rerank": "logme"}):  # the default (finetune) needs labelled images
+        with pytest.raises(TansError, match="needs the query's labelled images: give the columns 'image' and 'label'"):
+            model.predict(pd.DataFrame({"features": list(features)}), params=needs_images)
 
 
 def test_search_ranks_filters_and_explains(built_zoo, tiny_datasets):

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from tans.pipeline.cli.options import EXIT_FAILED, EXIT_OK, emit, open_existing, parent, positive_float, positive_int
+from tans.pipeline.cli.options import (
+    EXIT_FAILED,
+    EXIT_OK,
+    emit,
+    open_existing,
+    parent,
+    positive_float,
+    positive_int,
+    quiet_unless_text,
+)
 from tans.zoo_schema.errors import TansError
 
 
@@ -68,6 +77,7 @@ def run(args) -> int:
             args.image_size or manifest.noise_shape[-1],
             if_grown,
             MlflowSettings(tracking_uri=args.mlflow_uri or ""),
+            log=quiet_unless_text(args),
         )
     meta = store.read_json(retriever_meta_key(version)) if version is not None and args.json else None
     emit(args, {"version": version, "metrics": meta and meta.get("metrics")}, indent=None)

@@ -3,18 +3,15 @@ zoo's networks for it with the newest retriever version (see `tans.retriever.sea
 
 from __future__ import annotations
 
-import dataclasses
 import random
-from collections import Counter
 
 from tans.pipeline.datasets.decode import decode_one
 from tans.pipeline.datasets.ingest import IngestSettings, check_classes
 from tans.pipeline.datasets.sources import list_source
 from tans.retriever import proxy
+from tans.retriever.query import rank_query
 from tans.retriever.rerank import DEFAULT_RERANK
-from tans.retriever.search import RECALL, Constraints, Searcher, SearchResult
-from tans.retriever.stale import staleness
-from tans.zoo_schema.results import read_results
+from tans.retriever.search import RECALL, Constraints, SearchResult
 from tans.zoo_schema.store import ZooStore
 
 
@@ -73,26 +70,4 @@ def search_dataset(
     for it. The finetune ordering reads more images per class (`proxy.per_class`) for its
     fine-tunes; the query is embedded from the `per_class` of each class every ordering reads."""
     images, labels = query_images(source, per_class, s3, for_finetune=rerank == "finetune")
-    first, counts = [], Counter()  # each class's first per_class: the images a smaller read returns
-    for i, c in enumerate(labels):
-        if counts[c] < per_class:
-            first.append(i)
-            counts[c] += 1
-    results = {r.job_id: r for r in read_results(store, light=True)}  # no embeddings needed
-    searcher = Searcher(store, live_job_ids=set(results), results=results)
-    found = searcher.rank(images, labels, constraints, top_k, rerank, recall, per_class, finetune_top, first)
-    return dataclasses.replace(found, warnings=stale_warnings(store, list(results.values())))
-
-
-def stale_warnings(store: ZooStore, results: list) -> tuple[str, ...]:
-    """What a search cannot see: the networks of datasets the newest retriever version was
-    not trained on (and how to fix it)."""
-    state = staleness(store, results)
-    if not state.unknown_datasets:
-        return ()
-    n = sum(r.dataset_id in set(state.unknown_datasets) for r in results)
-    return (
-        f"the retriever (v{state.version}) is stale: it does not know {len(state.unknown_datasets)} dataset(s) "
-        f"of the zoo ({', '.join(state.unknown_datasets)}; {n} networks), which this search cannot return; "
-        f"run `tans retrain {store.uri} --if-stale`",
-    )
+    return rank_query(store, images, labels, constraints, top_k, rerank, recall, per_class, finetune_top)

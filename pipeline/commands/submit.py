@@ -18,12 +18,11 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
 
-from tans.layers import LAYERS
+from tans.layers import copy_package
 from tans.pipeline.execution.config import BuildConfig
 from tans.pipeline.execution.recorded import resolve_config
 from tans.zoo_schema.errors import ConfigError, TansError
@@ -105,7 +104,7 @@ def submit(
         return live[-1].submission_id
     sid = base if not attempts else f"{base}-r{len(attempts) + 1}"
     with tempfile.TemporaryDirectory(prefix="tans-submit-") as staging:
-        stage_package(Path(staging))
+        copy_package(staging)
         (Path(staging) / CONFIG_NAME).write_text(json.dumps(dataclasses.asdict(config), indent=1))
         try:
             c.submit_job(
@@ -127,18 +126,6 @@ def submit(
         f"  stop it:   tans jobs stop {sid} --address {address}"
     )
     return sid
-
-
-def stage_package(staging: Path) -> None:
-    """Copy the `tans` package as this process imports it (the public API and each layer,
-    wherever it is installed from) into `staging/tans`, the job's working_dir."""
-    import importlib
-
-    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("tans",) + tuple(f"tans.{layer}" for layer in LAYERS):
-        source = Path(importlib.import_module(name).__file__).parent
-        target = staging.joinpath(*name.split("."))
-        shutil.copytree(source, target, ignore=skip, dirs_exist_ok=True)
 
 
 def describe(info) -> dict:

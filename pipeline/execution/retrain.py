@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import asdict
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as metadata_version
+from importlib.metadata import requires as metadata_requires
 from pathlib import Path
 
 import mlflow
@@ -18,11 +17,14 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
-from mlflow.types import ParamSchema, ParamSpec
+from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
+from mlflow.types.schema import Array
 
 from tans import retriever
-from tans.pipeline.execution.tracking import MlflowSettings, tracking_uri
-from tans.retriever.rerank import DEFAULT_IMAGELESS
+from tans.layers import copy_package
+from tans.pipeline.execution.tracking import MlflowSettings, experiment_id, tracking_uri
+from tans.retriever.proxy import FINETUNE_TOP
+from tans.retriever.rerank import DEFAULT_RERANK
 from tans.retriever.stale import staleness
 from tans.retriever.train import RetrainSettings, gather, save_version, train_retriever, version_blob
 from tans.zoo_schema.layout import RETRIEVER_FILES, retriever_meta_key
@@ -71,15 +73,16 @@ def run_retrain(
 def register(
     store: ZooStore, version: int, settings: RetrainSettings, metrics: dict, mlflow_settings: MlflowSettings
 ) -> str:
-    """Log the version as an MLflow run holding a pyfunc model (`retriever/mlflow_model.py`,
-    logged as code: nothing is pickled) and register it with the alias `champion`, so that
-    `mlflow.pyfunc.load_model("models:/tans-retriever@champion")` ranks the zoo's networks."""
+    """Log the version as an MLflow run holding a pyfunc model and register it with the alias
+    `champion`, so that `mlflow.pyfunc.load_model("models:/tans-retriever@champion")` and
+    `mlflow models serve -m models:/tans-retriever@champion` rank the zoo's networks. The model
+    is `retriever/mlflow_model.py` (logged as code: nothing is pickled) with tans itself as its
+    code (`code/tans`), the version's files as artifacts, the project's dependencies as its
+    requirements, a signature and an input example."""
     uri = tracking_uri(mlflow_settings)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    exp = client.get_experiment_by_name(mlflow_settings.experiment)
-    experiment_id = exp.experiment_id if exp else client.create_experiment(mlflow_settings.experiment)
     run = client.create_run(
-        experiment_id,
+        experiment_id(client, mlflow_settings.experiment, uri),
         run_name=f"retriever-v{version} {store.uri}",
         tags={"tans.kind": "retriever", "tans.zoo": store.uri, "tans.version": str(version)},
     )
@@ -97,16 +100,17 @@ def register(
             artifacts[name] = str(folder / file)
         (folder / "meta.json").write_bytes(store.read_bytes(retriever_meta_key(version)))
         artifacts["meta"] = str(folder / "meta.json")
+        copy_package(folder / "code", skip=("*.safetensors",))  # the shipped weights are in the zoo
         model_dir = folder / "retriever"  # a pyfunc model folder (MLmodel, code, artifacts), then logged
         mlflow.pyfunc.save_model(
             path=str(model_dir),
             python_model=str(PYFUNC_CODE),
             artifacts=artifacts,
+            code_paths=[str(folder / "code" / "tans")],
             model_config={"zoo": store.uri, "version": version},
-            signature=ModelSignature(
-                params=ParamSchema([ParamSpec("top_k", "long", 10), ParamSpec("rerank", "string", DEFAULT_IMAGELESS)])
-            ),
-            pip_requirements=[f"tans=={_version()}"],
+            signature=SIGNATURE,
+            input_example=(input_example(), {"top_k": 3}),
+            pip_requirements=requirements(),
         )
         client.log_artifacts(run.info.run_id, str(model_dir), "retriever")
     try:
@@ -124,8 +128,44 @@ def register(
     return mv.version
 
 
-def _version() -> str:
-    try:
-        return metadata_version("tans")
-    except PackageNotFoundError:
-        return "0+unknown"
+SIGNATURE = ModelSignature(
+    inputs=Schema(
+        [
+            ColSpec(DataType.binary, "image", required=False),
+            ColSpec(DataType.long, "label", required=False),
+            ColSpec(Array(DataType.float), "features", required=False),
+        ]
+    ),
+    params=ParamSchema(
+        [
+            ParamSpec("top_k", "long", 10),
+            ParamSpec("rerank", "string", DEFAULT_RERANK),
+            ParamSpec("finetune_top", "long", FINETUNE_TOP),
+            ParamSpec("max_params", "double", 0.0),
+            ParamSpec("max_flops", "double", 0.0),
+            ParamSpec("max_latency_ms", "double", 0.0),
+        ]
+    ),
+)
+
+
+def input_example():
+    """A query of two classes (red and blue squares), three PNG images each, with their labels."""
+    import io
+
+    import pandas as pd
+    from PIL import Image
+
+    rows = []
+    for label, color in enumerate([(200, 30, 30), (30, 30, 200)]):
+        for shade in range(3):
+            buffer = io.BytesIO()
+            Image.new("RGB", (32, 32), tuple(max(0, c - 20 * shade) for c in color)).save(buffer, "PNG")
+            rows.append({"image": buffer.getvalue(), "label": label})
+    return pd.DataFrame(rows)
+
+
+def requirements() -> list[str]:
+    """The installed project's own dependencies (without its extras): tans itself travels as
+    the model's code, so no requirement names it (no index serves this project)."""
+    return [r for r in (metadata_requires("tans") or []) if "extra ==" not in r]

@@ -36,6 +36,21 @@ def tracking_uri(settings: MlflowSettings) -> str:
     return settings.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+def artifact_location(uri: str) -> str | None:
+    """Where a new experiment's artifacts go: next to a sqlite tracking store (sqlite:///DIR/x.db:
+    DIR/mlruns), so that the store and its artifacts move together, wherever the command runs
+    from. Other stores decide for themselves (None): a tracking server, a file store."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///") :]).resolve().parent / "mlruns").as_uri()
+    return None
+
+
+def experiment_id(client, name: str, uri: str) -> str:
+    """The experiment's id, created (with its artifacts next to a local store) if new."""
+    exp = client.get_experiment_by_name(name)
+    return exp.experiment_id if exp else client.create_experiment(name, artifact_location=artifact_location(uri))
+
+
 def flat_params(data: dict, prefix: str = "") -> dict:
     """A nested config as MLflow params with dotted keys (`train.epochs`)."""
     out = {}
@@ -59,8 +74,7 @@ class Tracker:
 
         self.uri = tracking_uri(settings)
         self.client = MlflowClient(tracking_uri=self.uri)
-        exp = self.client.get_experiment_by_name(settings.experiment)
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(settings.experiment)
+        self.experiment_id = experiment_id(self.client, settings.experiment, self.uri)
         with deferred():
             self.build_run = self.client.create_run(self.experiment_id, run_name=run_name, tags={"tans.kind": "build"})
         self._ended = False
