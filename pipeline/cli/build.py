@@ -23,6 +23,12 @@ def build_flags() -> argparse.ArgumentParser:
         metavar="N",
         help="grow the zoo by N jobs over what it holds (instead of --max-jobs, the total)",
     )
+    b.add_argument(
+        "--follow",
+        action="store_true",
+        help="keep running: ingest each dataset that appears under --datasets once it is complete, "
+        "grow the budget by --add-jobs for each, retrain the retriever when it is stale; stop with a signal",
+    )
     b.add_argument("--epochs", type=positive_int, metavar="N", help="fine-tuning epochs per job (default 2)")
     b.add_argument(
         "--image-size", type=positive_int, metavar="PX", help="input side in pixels for fine-tuning (default 32)"
@@ -53,7 +59,14 @@ def overrides(args) -> dict:
         "resources.max_in_flight": args.max_in_flight,
         "mlflow.tracking_uri": args.mlflow_uri,
         "s3.endpoint_url": args.s3_endpoint,
+        "follow.enabled": args.follow or None,
+        "follow.jobs_per_dataset": args.add_jobs if args.follow else None,
     }
+
+
+def added_jobs(args) -> int | None:
+    """--add-jobs as a one-off budget increase (a following build spends it per new dataset)."""
+    return None if args.follow else args.add_jobs
 
 
 def add(sub) -> None:
@@ -88,7 +101,7 @@ def run_build_command(args) -> int:
     from tans.pipeline.execution.run import run_build
 
     environ = {} if args.resolved_config else None
-    config = resolve_config(args.config, overrides(args), environ, args.add_jobs)
+    config = resolve_config(args.config, overrides(args), environ, added_jobs(args))
     progress = Progress()
     try:
         summary = run_build(config, log=progress.log, progress=progress, wait=args.wait)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from tans.pipeline.cli.build import build_flags, overrides
+from tans.pipeline.cli.build import added_jobs, build_flags, overrides
 from tans.pipeline.cli.options import EXIT_FAILED, EXIT_OK, emit, parent
 
 ADDRESS_HELP = "the cluster's dashboard, e.g. http://HEAD:8265 (default: $RAY_ADDRESS)"
@@ -41,7 +41,7 @@ def add(sub) -> None:
 def run_submit(args) -> int:
     from tans.pipeline.commands.submit import follow, submit
 
-    sid = submit(args.address, args.config, overrides(args), add_jobs=args.add_jobs)
+    sid = submit(args.address, args.config, overrides(args), add_jobs=added_jobs(args))
     if not args.wait:
         emit(args, {"submission_id": sid})
         return EXIT_OK

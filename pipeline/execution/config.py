@@ -43,6 +43,13 @@ class StopSettings:
 
 
 @dataclass(frozen=True)
+class FollowSettings:
+    enabled: bool = False  # keep running: ingest datasets as they appear under `datasets`
+    jobs_per_dataset: int = 0  # the job budget each new dataset adds
+    poll_seconds: float = 30.0  # how often the dataset roots are listed
+
+
+@dataclass(frozen=True)
 class BuildConfig:
     zoo: str = "./zoo"  # or $TANS_ZOO when the file does not set it
     datasets: list[str] = field(default_factory=list)  # dirs whose sub-folders are datasets
@@ -62,6 +69,7 @@ class BuildConfig:
     retrain: RetrainSettings = RetrainSettings()
     s3: S3Settings = S3Settings()
     mlflow: MlflowSettings = MlflowSettings()
+    follow: FollowSettings = FollowSettings()
 
     def __post_init__(self):
         checks = [
@@ -80,6 +88,12 @@ class BuildConfig:
             (self.retrain.positive in ("weighted", "uniform"), "retrain.positive must be 'weighted' or 'uniform'"),
             (0 < self.ingest.test_fraction < 1, "ingest.test_fraction must be between 0 and 1"),
             (2 <= self.ingest.max_classes, "ingest.max_classes must be >= 2"),
+            (self.follow.poll_seconds > 0, "follow.poll_seconds must be > 0"),
+            (
+                not self.follow.enabled or (self.follow.jobs_per_dataset >= 1 and self.datasets),
+                "a following build needs dataset roots to watch (--datasets DIR or s3:// prefix) and the jobs "
+                "each new dataset adds (--add-jobs N, or follow.jobs_per_dataset)",
+            ),
         ]
         for ok, message in checks:
             if not ok:

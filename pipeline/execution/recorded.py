@@ -100,6 +100,7 @@ def resolve_config(
     store = open_store(config.zoo, config.s3)
     data = recorded_config(store) if config.executor == "ray" else None
     if data is not None:
+        data = {k: v for k, v in data.items() if k != "follow"}  # following is how a build runs, not the zoo's
         recorded = build_dataclass(BuildConfig, _usable(data, config.zoo, config.s3, log))
         given = {k: v for k, v in overrides.items() if v is not None}
         config = load_config(path, given, environ, base=_usable(data, config.zoo, config.s3, lambda *_: None))

@@ -6,13 +6,15 @@ import hashlib
 
 from tans.pipeline.acquisition.compute_priors import profile_pool
 from tans.pipeline.acquisition.registry import check_strategy
-from tans.pipeline.datasets.ingest import ingest, slug
+from tans.pipeline.datasets.ingest import slug
 from tans.pipeline.execution.config import BuildConfig
 from tans.pipeline.execution.driver import BuildSummary, Driver, journal_config
+from tans.pipeline.execution.follow import follow
 from tans.pipeline.execution.lease import Lease
 from tans.pipeline.execution.ray_executor import ray_executor
 from tans.pipeline.execution.replay import ReplayExecutor
 from tans.pipeline.execution.retrain import run_retrain
+from tans.pipeline.execution.roots import dataset_name, dataset_sources, ingest_all
 from tans.pipeline.execution.runtime import start_ray
 from tans.pipeline.execution.signals import interruption
 from tans.pipeline.execution.tracking import Tracker, flat_params
@@ -20,34 +22,10 @@ from tans.workers.networks import weights
 from tans.workers.networks.ofa_space import DEPTHS, EXPANDS, KERNELS, build_supernet
 from tans.workers.networks.weights import read_state_dict
 from tans.zoo_schema import layout
-from tans.zoo_schema.errors import ConfigError, DatasetError
+from tans.zoo_schema.errors import ConfigError
 from tans.zoo_schema.manifest import MANIFEST_KEY, BaseWeights, Manifest, ensure_manifest, read_manifest
 from tans.zoo_schema.redact import redact
-from tans.zoo_schema.store import ZooStore, open_store, source_filesystem
-
-
-def dataset_sources(root: str, s3=None) -> list[str]:
-    """Every dataset below `root`: each sub-folder (ImageFolder) and each .parquet file."""
-    import pyarrow.fs as pafs
-
-    fs, path = source_filesystem(root, s3)
-    info = fs.get_file_info(path)
-    if info.type != pafs.FileType.Directory:
-        raise DatasetError(f"--datasets {root} is not a directory; it should hold one folder per dataset")
-    prefix = root.rstrip("/")
-    out = []
-    for f in sorted(fs.get_file_info(pafs.FileSelector(path)), key=lambda f: f.path):
-        name = f.path.rsplit("/", 1)[-1]
-        if name.startswith("."):
-            continue
-        if f.type == pafs.FileType.Directory or name.endswith(".parquet"):
-            out.append(f"{prefix}/{name}")
-    if not out:
-        raise DatasetError(
-            f"--datasets {root} holds no dataset folders; generate the built-in "
-            "ones with `tans datasets synth --out DIR` or add ImageFolder directories"
-        )
-    return out
+from tans.zoo_schema.store import ZooStore, open_store
 
 
 def base_weights_entry(store: ZooStore, config: BuildConfig) -> BaseWeights:
@@ -96,16 +74,6 @@ def wanted_manifest(store: ZooStore, config: BuildConfig) -> Manifest:
     )
 
 
-def ingest_all(store: ZooStore, config: BuildConfig, log=print) -> None:
-    for root in config.datasets:
-        for source in dataset_sources(root, config.s3):
-            report = ingest(store, source, name=dataset_name(config, source), settings=config.ingest, s3=config.s3)
-            state = "already in the zoo" if report.already_present else f"{report.images} images"
-            dupes = f" ({report.duplicates} duplicate images)" if report.duplicates else ""
-            skipped = f", {len(report.skipped)} files skipped{dupes}" if report.skipped else ""
-            log(f"dataset {report.name}: {state}{skipped} -> {', '.join(report.dataset_ids)}")
-
-
 REPLAY_COPIES = ("datasets", "query_features", "pool", "base")  # base: the weights the manifest names
 
 
@@ -129,7 +97,8 @@ def prepare_zoo(config: BuildConfig, store: ZooStore, log=print) -> Manifest:
         return seed_replay_zoo(store, open_store(config.executor[len("replay:") :], config.s3))
     if config.executor != "ray":
         raise ConfigError(f"unknown executor {config.executor!r}; use 'ray' or 'replay:ZOO_URI'")
-    ingest_all(store, config, log)
+    if not config.follow.enabled:  # a follower ingests each dataset once it is complete (follow.py)
+        ingest_all(store, config, log)
     return ensure_manifest(store, wanted_manifest(store, config))
 
 
@@ -151,7 +120,7 @@ def validate_build(config: BuildConfig) -> list[str]:
         raise ConfigError(f"unknown executor {config.executor!r}; use 'ray' or 'replay:ZOO_URI'")
     if config.executor != "ray":
         return []
-    sources = [s for root in config.datasets for s in dataset_sources(root, config.s3)]
+    sources = [s for root in config.datasets for s in dataset_sources(root, config.s3, config.follow.enabled)]
     by_id: dict[str, str] = {}
     for source in sources:
         name = dataset_name(config, source)
@@ -163,12 +132,6 @@ def validate_build(config: BuildConfig) -> list[str]:
             )
         by_id[dataset_id] = source
     return sources
-
-
-def dataset_name(config: BuildConfig, source: str) -> str:
-    """A source's dataset name: the config's `[names]` entry for its folder or file, else that name."""
-    base = source.rstrip("/").rsplit("/", 1)[-1]
-    return config.names.get(base) or base.removesuffix(".parquet")
 
 
 def run_build(
@@ -188,9 +151,35 @@ def run_build(
     validate_build(config)
     store = open_store(config.zoo, config.s3)
     lease = Lease(store, ttl=config.lease_seconds, log=log, command=command).acquire(wait)
-    tracker = executor = None
     try:
         manifest = prepare_zoo(config, store, log)
+        if config.follow.enabled:
+            return follow(
+                config,
+                store,
+                lease,
+                log,
+                lambda c: build_round(c, store, manifest, lease, log, ray_num_cpus, tracking, progress),
+            )
+        return build_round(config, store, manifest, lease, log, ray_num_cpus, tracking, progress)
+    finally:
+        lease.release()
+
+
+def build_round(
+    config: BuildConfig,
+    store: ZooStore,
+    manifest: Manifest,
+    lease: Lease,
+    log=print,
+    ray_num_cpus: int | None = None,
+    tracking: bool = True,
+    progress=None,
+) -> BuildSummary:
+    """One build under a held lease: the driver until a stopper stops it (its MLflow run),
+    then the retriever retrained when it is stale."""
+    tracker = executor = None
+    try:
         executor = make_executor(config, store, ray_num_cpus)
         profile_pool(store, manifest, config.train.image_size, log, executor)  # hypervolumes need it, any strategy
         tracker = build_tracker(config, store, manifest) if tracking else None
@@ -221,7 +210,6 @@ def run_build(
     finally:
         if executor is not None:
             executor.close()
-        lease.release()
     log(
         f"build stopped ({summary.stop_reason}): {summary.finished} finished, {summary.failed} failed "
         f"in {summary.seconds:.0f}s; the zoo holds {summary.zoo_results} results"
