@@ -111,7 +111,7 @@ def table(result, zoo: str, dataset: str) -> str:
     lines += [
         f"\nthe first, {first.job_id} ({first.arch} fine-tuned on {first.dataset_id}), is at {first.checkpoint_uri}",
         "next steps:",
-        f"  fine-tune it on your dataset: tans finetune {shlex.quote(zoo)} --job {first.job_id} --dataset "
+        f"  fine-tune it on your dataset:   tans finetune {shlex.quote(zoo)} --job {first.job_id} --dataset "
         f"{shlex.quote(dataset)}",
         f"  export it for use without tans: tans export {shlex.quote(zoo)} --job {first.job_id} --out {first.job_id}",
     ]
