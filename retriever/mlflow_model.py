@@ -15,7 +15,8 @@ with the columns of a `tans search --json` hit and its `rank`:
   (pass `params={"rerank": "source"}`).
 
 `params`: `top_k` (10), `rerank` (`finetune`; or source, none, logme, knn), `finetune_top`,
-and the constraints `max_params`, `max_flops`, `max_latency_ms` (0: no limit).
+`budget` (seconds the fine-tunes may take, 10; 0: no bound), and the constraints
+`max_params`, `max_flops`, `max_latency_ms` (0: no limit).
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ class RetrieverModel(mlflow.pyfunc.PythonModel):
                 top_k,
                 rerank,
                 finetune_top=int(params.get("finetune_top", proxy.FINETUNE_TOP)),
+                budget=float(params.get("budget", proxy.SECONDS)),
                 version=self.version,
             )
             return pd.DataFrame([{"rank": i, **asdict(h)} for i, h in enumerate(found.hits, 1)])

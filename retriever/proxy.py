@@ -15,7 +15,7 @@ Why a fine-tune and not only features: on `bench/transfer.py --split validation`
 held-out loss after one epoch ranks the networks by their 3-epoch fine-tuned accuracy far
 better than LogME or a k-NN probe on their frozen features (the README has the figures): what
 is measured is the thing the user will do, only shorter. The images: up to `PER_CLASS` per
-class of the query and about `BUDGET` in all (seeded), so a search's cost does not grow with
+class of the query and about `IMAGES` in all (seeded), so a search's cost does not grow with
 the number of classes. Cross-fitting scores every image once: with a single held-out fifth,
 which fifth it was moved a set's tau by 0.41 on a validation dataset of bench/transfer.py
 (textures-mixed-noisy: 0.47 with the last files of each class held out, 0.06 with a shuffled
@@ -29,15 +29,16 @@ import numpy as np
 from tans.zoo_schema.errors import TansError
 
 PER_CLASS = 40  # at most this many query images per class (train + held out) ...
-BUDGET = 400  # ... and about this many in all: a 20-class query uses 20 per class
+IMAGES = 400  # ... and about this many in all: a 20-class query uses 20 per class
 EPOCHS = 1
+SECONDS = 10.0  # `tans search --budget`: the fine-tunes stop when this much of the search has passed
 FINETUNE_TOP = 2  # networks fine-tuned by default (the first of the `source` order): the best
 # weighted tau of 1-5 on bench/transfer.py --split validation
 
 
 def per_class(num_classes: int) -> int:
     """Images per class the proxy uses for a query of `num_classes` classes (2 to PER_CLASS)."""
-    return max(2, min(PER_CLASS, BUDGET // max(num_classes, 1)))
+    return max(2, min(PER_CLASS, IMAGES // max(num_classes, 1)))
 
 
 def proxy_folds(labels: list[int]) -> tuple[list[int], list[int]]:
@@ -71,11 +72,20 @@ def proxy_folds(labels: list[int]) -> tuple[list[int], list[int]]:
 
 
 def fold_loss(
-    net, num_classes: int, x, y, train_idx: list[int], held_idx: list[int], image_size: int, seed: int = 0
+    net,
+    num_classes: int,
+    x,
+    y,
+    train_idx: list[int],
+    held_idx: list[int],
+    image_size: int,
+    seed: int = 0,
+    deadline: float | None = None,
 ) -> float:
     """The summed cross-entropy on `held_idx` of `net` (a zoo network, modified in place) after
     `EPOCHS` of fine-tuning on `train_idx` of (x [n, 3, s, s] float tensor, y [n] long tensor).
-    The caller's torch random state is left as it was."""
+    The caller's torch random state is left as it was. Past `deadline` (`time.monotonic()`)
+    raises tans.workers.networks.training.DeadlineReached."""
     import torch
 
     from tans.workers.job import TrainSettings
@@ -86,7 +96,8 @@ def fold_loss(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the new head, as a zoo job seeds it
         net.classifier = torch.nn.Linear(net.classifier.in_features, num_classes)
-        train(net, x[tr], y[tr], x[ho], y[ho], settings, torch.device("cpu"), seed=seed)  # ends in eval mode
+        cpu = torch.device("cpu")
+        train(net, x[tr], y[tr], x[ho], y[ho], settings, cpu, seed=seed, deadline=deadline)  # ends in eval mode
     with torch.no_grad():
         xh, yh = x[ho], y[ho]
         return sum(
@@ -95,12 +106,14 @@ def fold_loss(
         )
 
 
-def proxy_loss(make_net, num_classes: int, x, y, folds: tuple[list[int], list[int]], image_size: int) -> float:
+def proxy_loss(
+    make_net, num_classes: int, x, y, folds: tuple[list[int], list[int]], image_size: int, deadline=None
+) -> float:
     """Cross-fitted held-out loss: a fresh `make_net()` fine-tuned on each fold and scored on the
-    other; the mean cross-entropy over every image of both folds."""
+    other; the mean cross-entropy over every image of both folds (DeadlineReached past `deadline`)."""
     first, second = folds
-    total = fold_loss(make_net(), num_classes, x, y, first, second, image_size) + fold_loss(
-        make_net(), num_classes, x, y, second, first, image_size
+    total = fold_loss(make_net(), num_classes, x, y, first, second, image_size, deadline=deadline) + fold_loss(
+        make_net(), num_classes, x, y, second, first, image_size, deadline=deadline
     )
     return total / (len(first) + len(second))
 

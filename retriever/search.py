@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import numpy as np
 import pyarrow as pa
@@ -31,6 +32,7 @@ from tans.retriever.rerank import (
 from tans.retriever.train import load_version
 from tans.workers.networks.images import decode_images
 from tans.workers.networks.nets import checkpoint_features, load_checkpoint
+from tans.workers.networks.training import DeadlineReached
 from tans.zoo_schema.errors import TansError
 from tans.zoo_schema.layout import checkpoint_uri
 from tans.zoo_schema.manifest import read_manifest
@@ -133,12 +135,14 @@ class SearchResult:
     recalled: int
     seconds: dict
     warnings: tuple[str, ...] = ()  # e.g. the retriever is stale and does not know some datasets
+    reranked: int | None = None  # finetune: how many were fine-tuned within the budget
 
     def as_dict(self) -> dict:
         return {
             "warnings": list(self.warnings),
             "ranked_by": self.ranked_by,
             "recalled": self.recalled,
+            "reranked": self.reranked,
             "seconds": self.seconds,
             "hits": [asdict(h) for h in self.hits],
         }
@@ -243,20 +247,25 @@ class Searcher:
         per_class: int = 10,
         finetune_top: int = proxy.FINETUNE_TOP,
         feature_images: list[int] | None = None,
+        budget: float | None = proxy.SECONDS,
     ) -> SearchResult:
         """Search with the query's images: recall, then order by `rerank`'s score. The query is
-        embedded from `feature_images` (indices; default: `per_class` of each class, seeded)."""
+        embedded from `feature_images` (indices; default: `per_class` of each class, seeded).
+        The finetune ordering's fine-tunes stop `budget` seconds after the search began (None
+        or 0: no bound); those not finished keep the source order (`SearchResult.reranked`)."""
         if top_k < 1 or finetune_top < 1:
             raise TansError(f"top_k and finetune_top must be at least 1, not {top_k} and {finetune_top}")
         if rerank not in RERANK_CHOICES:
             raise TansError(f"unknown re-ranking {rerank!r}; choose one of {', '.join(RERANK_CHOICES)}")
         t0 = time.perf_counter()
+        deadline = time.monotonic() + budget if budget else None
         features = self.query_features(images, labels, per_class, feature_images)
         t1 = time.perf_counter()
         q, top, scores = self._recall(features, constraints, max(recall, top_k))
         t2 = time.perf_counter()
+        reranked = None
         if rerank == "finetune":
-            hits = self._finetuned(images, labels, q, top, scores, finetune_top)
+            hits, reranked = self._finetuned(images, labels, q, top, scores, finetune_top, deadline)
         elif rerank not in SCORERS:
             hits = self._imageless(q, top, scores, rerank)
         else:
@@ -277,6 +286,7 @@ class Searcher:
                 "rerank": round(t3 - t2, 3),
                 "total": round(t3 - t0, 3),
             },
+            reranked=reranked,
         )
 
     def _network(self, i: int, load):
@@ -299,9 +309,10 @@ class Searcher:
                 f"--rerank source, which loads no network"
             ) from e
 
-    def _finetuned(self, images: list[bytes], labels: list[int], q, top, scores, finetune_top: int) -> list[Hit]:
-        """The `source` order, its first `finetune_top` re-ordered by the cross-fitted held-out loss
-        of a short fine-tune on the query's images (tans.retriever.proxy)."""
+    def _finetuned(self, images, labels, q, top, scores, finetune_top: int, deadline) -> tuple[list[Hit], int]:
+        """(The `source` order, its first `finetune_top` re-ordered by the cross-fitted held-out
+        loss of a short fine-tune on the query's images (tans.retriever.proxy), how many were
+        fine-tuned before `deadline`)."""
         import copy
 
         folds = proxy.proxy_folds(labels)  # checks the query before any fine-tune
@@ -317,16 +328,13 @@ class Searcher:
         losses = {}
         for j in order[:finetune_top]:
             net = self._network(top[j], lambda store, record: load_checkpoint(store, record, width))
-            losses[j] = proxy.proxy_loss(
-                lambda net=net: copy.deepcopy(net),
-                classes,
-                x,
-                y,
-                ([at[i] for i in folds[0]], [at[i] for i in folds[1]]),
-                self.image_size,
-            )
+            halves, fresh = ([at[i] for i in folds[0]], [at[i] for i in folds[1]]), partial(copy.deepcopy, net)
+            try:
+                losses[j] = proxy.proxy_loss(fresh, classes, x, y, halves, self.image_size, deadline)
+            except DeadlineReached:  # the budget ended: this and the rest keep the source order
+                break
         rank_score = proxy.cascade_score(source[top], losses)
-        return self._hits(top, scores, predicted[top], rank_score, "finetune", losses)
+        return self._hits(top, scores, predicted[top], rank_score, "finetune", losses), len(losses)
 
     def evidence(self, images: list[bytes], labels: np.ndarray, top, scorer) -> np.ndarray:
         """`scorer` of each recalled network's penultimate features of the query images."""

@@ -116,6 +116,7 @@ class Zoo:
         max_latency_ms: float | None = None,
         rerank: str = "finetune",
         finetune_top: int = 2,
+        budget: float | None = 10.0,
     ) -> SearchResult:
         """Rank the zoo's networks for a dataset, as `tans search` does.
 
@@ -129,6 +130,8 @@ class Zoo:
             rerank: the ordering: `finetune` (default), `source`, `none`, `logme` or `knn`.
             finetune_top: with `finetune`, how many of the first networks are fine-tuned
                 briefly on the dataset's images to order them.
+            budget: with `finetune`, seconds after which the fine-tunes stop (None or 0: no
+                bound); the networks not fine-tuned by then keep the `source` order.
 
         Returns:
             The ranking: `hits` (job id, source dataset, predicted and source accuracy,
@@ -144,6 +147,7 @@ class Zoo:
             top_k=top_k,
             rerank=rerank,
             finetune_top=finetune_top,
+            budget=budget,
         )
 
 

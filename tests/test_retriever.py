@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -352,7 +353,7 @@ def test_pretrain_base_serves_as_base_weights_and_query_backbone(built_zoo, tmp_
 
 
 def test_proxy_folds_split_every_class_in_half_within_a_budget():
-    from tans.retriever.proxy import BUDGET, PER_CLASS, per_class, proxy_folds
+    from tans.retriever.proxy import IMAGES, PER_CLASS, per_class, proxy_folds
     from tans.zoo_schema.errors import TansError
 
     labels = [0] * 100 + [1] * 3 + [2] * 1
@@ -370,10 +371,10 @@ def test_proxy_folds_split_every_class_in_half_within_a_budget():
     a, _ = proxy_folds(big)
     assert sorted(i for i in a if i < 40) != list(range(20))
     # the images in all stay near the budget however many classes the query has
-    assert per_class(10) == PER_CLASS and per_class(20) == BUDGET // 20 and per_class(1000) == 2
+    assert per_class(10) == PER_CLASS and per_class(20) == IMAGES // 20 and per_class(1000) == 2
     many = [c for c in range(100) for _ in range(50)]
     a, b = proxy_folds(many)
-    assert len(a) + len(b) == 100 * per_class(100) <= BUDGET
+    assert len(a) + len(b) == 100 * per_class(100) <= IMAGES
     with pytest.raises(TansError, match="at least 2 images in each half; this query has 3 in 3 classes"):
         proxy_folds([0, 1, 2])
 
@@ -391,16 +392,16 @@ def test_search_finetune_orders_the_first_networks_by_a_short_fine_tune(built_zo
         run_retrain(store, SETTINGS, 32, None, None, log=lambda *_: None)
     query = str(tiny_datasets / "hue-6")  # 12 images per class: more than the 10 a query is embedded from
     source = search_dataset(store, query, top_k=100, rerank="source").hits
-    result = search_dataset(store, query, top_k=100, rerank="finetune", finetune_top=2)
+    result = search_dataset(store, query, top_k=100, rerank="finetune", finetune_top=2, budget=0)  # no bound
     hits = result.hits
-    assert result.ranked_by == "finetune" and result.seconds["rerank"] > 0
+    assert result.ranked_by == "finetune" and result.seconds["rerank"] > 0 and result.reranked == 2
     # the same recall as the other orderings (the query embedded from the same images)
     assert sorted(h.job_id for h in hits) == sorted(h.job_id for h in source)
     tuned = [h for h in hits if h.proxy_loss is not None]
     assert hits[:2] == tuned and {h.job_id for h in tuned} == {h.job_id for h in source[:2]}
     assert tuned[0].proxy_loss <= tuned[1].proxy_loss and tuned[1].rank_score >= 1 > hits[2].rank_score
     assert [h.job_id for h in hits[2:]] == [h.job_id for h in source[2:]]  # the rest keep the source order
-    first = search_dataset(store, query, top_k=1, rerank="finetune", finetune_top=2).hits
+    first = search_dataset(store, query, top_k=1, rerank="finetune", finetune_top=2, budget=0).hits
     assert first[0].job_id == hits[0].job_id  # --top-k never reorders
     # the loss is a one-epoch fine-tune of the network on the query's images, scored on held-out ones
     images, labels = query_images(query, 10, for_finetune=True)
@@ -415,6 +416,53 @@ def test_search_finetune_orders_the_first_networks_by_a_short_fine_tune(built_zo
         for a, b in (folds, folds[::-1])
     ]
     assert loss == pytest.approx(sum(halves) / len(labels), rel=1e-4)
+
+
+def test_search_budget_stops_the_fine_tunes_and_the_rest_keep_the_source_order(
+    built_zoo, tiny_datasets, monkeypatch, capsys
+):
+    from tans.pipeline.cli.main import main
+    from tans.retriever import search
+    from tans.workers.job import TrainSettings
+    from tans.workers.networks.training import DeadlineReached, train
+
+    zoo, _ = built_zoo
+    store = open_store(zoo)
+    if not versions(store):
+        run_retrain(store, SETTINGS, 32, None, None, log=lambda *_: None)
+    query = str(tiny_datasets / "hue-6")
+    source = [h.job_id for h in search_dataset(store, query, top_k=100, rerank="source").hits]
+    # a budget that ends before the first batch: nothing is fine-tuned, the source order stands
+    spent = search_dataset(store, query, top_k=100, rerank="finetune", finetune_top=2, budget=1e-9)
+    assert spent.reranked == 0 and [h.job_id for h in spent.hits] == source
+    assert all(h.proxy_loss is None for h in spent.hits) and spent.as_dict()["reranked"] == 0
+    # the budget ends during the second network's fine-tune: the first is fine-tuned, the rest keep
+    # the source order
+    real, calls = search.proxy.proxy_loss, []
+
+    def second_runs_late(*args):
+        calls.append(1)
+        return real(*args[:-1], None if len(calls) == 1 else time.monotonic() - 1)
+
+    monkeypatch.setattr(search.proxy, "proxy_loss", second_runs_late)
+    half = search_dataset(store, query, top_k=100, rerank="finetune", finetune_top=2, budget=60)
+    assert half.reranked == 1 and len(calls) == 2
+    assert half.hits[0].job_id == source[0] and half.hits[0].proxy_loss is not None
+    assert [h.job_id for h in half.hits] == source and all(h.proxy_loss is None for h in half.hits[1:])
+    monkeypatch.undo()
+    # the training loop itself stops at the first batch past the deadline
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))
+    x, y = torch.zeros(8, 3, 8, 8), torch.tensor([0, 1] * 4)
+    with pytest.raises(DeadlineReached):
+        train(net, x, y, x, y, TrainSettings(epochs=1, image_size=8), torch.device("cpu"), 0, deadline=0.0)
+    # the command line says how many were fine-tuned, and refuses a negative budget
+    assert main(["search", zoo, "--dataset", query, "--budget", "1e-9", "--top-k", "3"]) == 0
+    assert "the budget ended after 0 of 2 fine-tunes (raise --budget, 0 for no bound)" in capsys.readouterr().out
+    assert main(["search", zoo, "--dataset", query, "--budget", "0", "--top-k", "3"]) == 0
+    assert "the first 2 of the source order were fine-tuned" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["search", zoo, "--dataset", query, "--budget", "-1"])
+    assert "--budget: must be 0 or more" in capsys.readouterr().err
 
 
 def test_default_search_names_a_missing_checkpoint_and_a_class_that_does_not_decode(built_zoo, tiny_datasets, tmp_path):

@@ -76,6 +76,16 @@ def size(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more (and finite), not {text}")
+    return value
+
+
 def positive_float(text: str) -> float:
     try:
         value = float(text)

@@ -5,7 +5,16 @@ from __future__ import annotations
 import shlex
 import sys
 
-from tans.pipeline.cli.options import EXIT_OK, emit, open_existing, parent, positive_float, positive_int, size
+from tans.pipeline.cli.options import (
+    EXIT_OK,
+    emit,
+    non_negative_float,
+    open_existing,
+    parent,
+    positive_float,
+    positive_int,
+    size,
+)
 from tans.retriever import proxy
 from tans.retriever.rerank import DEFAULT_RERANK, RERANK_CHOICES
 
@@ -39,7 +48,15 @@ def add(sub) -> None:
         metavar="N",
         help="with --rerank finetune: how many of the first networks to fine-tune "
         f"(default {proxy.FINETUNE_TOP}; each is fine-tuned twice for one epoch, on each half of "
-        f"about {proxy.BUDGET} of your images)",
+        f"about {proxy.IMAGES} of your images)",
+    )
+    q.add_argument(
+        "--budget",
+        type=non_negative_float,
+        default=proxy.SECONDS,
+        metavar="SECONDS",
+        help="with --rerank finetune: stop fine-tuning this many seconds after the search began; "
+        f"the networks not fine-tuned by then keep the source order (default {proxy.SECONDS:g}; 0: no bound)",
     )
     q.add_argument(
         "--recall", type=positive_int, default=20, metavar="N", help="networks recalled from the latent space"
@@ -71,14 +88,15 @@ def run(args) -> int:
         rerank=args.rerank,
         recall=args.recall,
         finetune_top=args.finetune_top,
+        budget=args.budget,
     )
     for warning in result.warnings:
         print(f"tans: warning: {warning}", file=sys.stderr)
-    emit(args, result.as_dict(), None if args.json else table(result, args.zoo, args.dataset))
+    emit(args, result.as_dict(), None if args.json else table(result, args.zoo, args.dataset, args.finetune_top))
     return EXIT_OK
 
 
-def table(result, zoo: str, dataset: str) -> str:
+def table(result, zoo: str, dataset: str, finetune_top: int = proxy.FINETUNE_TOP) -> str:
     label = SCORE_LABELS.get(result.ranked_by)
     lines = [
         f"{'#':>2} {'job_id':24} {'dataset':28} "
@@ -103,6 +121,15 @@ def table(result, zoo: str, dataset: str) -> str:
     weak = sum(h.weak_match for h in result.hits)
     if weak:
         lines.append(f"\nnote: {weak} hit(s) have a negative cosine: the zoo holds nothing close to this dataset")
+    if result.reranked is not None:
+        asked = min(finetune_top, result.recalled)
+        lines.append(
+            f"\nthe first {asked} of the source order were fine-tuned on your images and ordered by held-out loss; "
+            "the rest keep the source order"
+            if result.reranked >= asked
+            else f"\nthe budget ended after {result.reranked} of {asked} fine-tunes (raise --budget, 0 for no bound); "
+            "the networks not fine-tuned keep the source order"
+        )
     lines.append(
         f"\nranked by {result.ranked_by} among {result.recalled} recalled networks in "
         f"{result.seconds['total']:.2f}s (re-ranking {result.seconds['rerank']:.2f}s)"

@@ -65,9 +65,10 @@ def search_dataset(
     rerank: str = DEFAULT_RERANK,
     recall: int = RECALL,
     finetune_top: int = proxy.FINETUNE_TOP,
+    budget: float | None = proxy.SECONDS,
 ) -> SearchResult:
     """Validate a sample of a dataset (as ingestion does, without writing it) and search the zoo
     for it. The finetune ordering reads more images per class (`proxy.per_class`) for its
     fine-tunes; the query is embedded from the `per_class` of each class every ordering reads."""
     images, labels = query_images(source, per_class, s3, for_finetune=rerank == "finetune")
-    return rank_query(store, images, labels, constraints, top_k, rerank, recall, per_class, finetune_top)
+    return rank_query(store, images, labels, constraints, top_k, rerank, recall, per_class, finetune_top, budget=budget)

@@ -23,7 +23,7 @@ from mlflow.types.schema import Array
 from tans import retriever
 from tans.layers import copy_package
 from tans.pipeline.execution.tracking import MlflowSettings, experiment_id, tracking_uri
-from tans.retriever.proxy import FINETUNE_TOP
+from tans.retriever.proxy import FINETUNE_TOP, SECONDS
 from tans.retriever.rerank import DEFAULT_RERANK
 from tans.retriever.stale import staleness
 from tans.retriever.train import RetrainSettings, gather, save_version, train_retriever, version_blob
@@ -141,6 +141,7 @@ SIGNATURE = ModelSignature(
             ParamSpec("top_k", "long", 10),
             ParamSpec("rerank", "string", DEFAULT_RERANK),
             ParamSpec("finetune_top", "long", FINETUNE_TOP),
+            ParamSpec("budget", "double", SECONDS),
             ParamSpec("max_params", "double", 0.0),
             ParamSpec("max_flops", "double", 0.0),
             ParamSpec("max_latency_ms", "double", 0.0),

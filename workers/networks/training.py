@@ -9,6 +9,11 @@ from tans.workers.job import TrainSettings
 from tans.workers.networks.images import stage_on
 
 
+class DeadlineReached(Exception):
+    """`train` was given a deadline (a `time.monotonic()` instant) and it passed before the
+    training ended; the model is part-trained and its loss means nothing."""
+
+
 def recalibrate_bn(model, x, device, max_images: int = 512, batch_size: int = 64) -> None:
     """Re-estimate BatchNorm statistics at the final weights (OFA's set_running_statistics).
 
@@ -45,12 +50,17 @@ def evaluate(model, x, y, device="cpu", batch_size: int = 256) -> float:
     return correct / len(x)
 
 
-def train(model, x, y, xt, yt, settings: TrainSettings, device, seed: int, on_epoch=None, timings=None):
+def train(model, x, y, xt, yt, settings: TrainSettings, device, seed: int, on_epoch=None, timings=None, deadline=None):
     """SGD + cosine schedule (paper B.2); returns (per-epoch losses, test accuracies): one
     accuracy per epoch, or with `settings.evaluate_every_epoch` false the last epoch's only
     (BatchNorm recalibration and the test split cost about a quarter of a CPU epoch). With a
-    dict `timings`, adds the seconds spent evaluating as "eval"."""
+    dict `timings`, adds the seconds spent evaluating as "eval". With a `deadline`
+    (`time.monotonic()`), raises DeadlineReached at the first batch or evaluation after it."""
     import torch
+
+    def in_time() -> None:
+        if deadline is not None and time.monotonic() > deadline:
+            raise DeadlineReached
 
     torch.manual_seed(seed)
     model.to(device)
@@ -76,6 +86,7 @@ def train(model, x, y, xt, yt, settings: TrainSettings, device, seed: int, on_ep
             idx = order[i : i + settings.batch_size]
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
+            in_time()
             xb, yb = x[idx].to(device, non_blocking=True), y[idx].to(device, non_blocking=True)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
                 loss = torch.nn.functional.cross_entropy(model(xb), yb)
@@ -89,6 +100,7 @@ def train(model, x, y, xt, yt, settings: TrainSettings, device, seed: int, on_ep
         losses.append(total / max(n, 1))
         if not settings.evaluate_every_epoch and epoch < settings.epochs - 1:
             continue
+        in_time()
         started = time.perf_counter()
         recalibrate_bn(model, x, device)
         accs.append(evaluate(model, xt, yt, device))
