@@ -106,6 +106,39 @@ def test_a_policy_that_remembers_proposes_what_a_fresh_one_does():
     assert p.last_scores == pytest.approx(fresh.last_scores)
 
 
+def test_the_predictor_refits_off_the_loop_and_a_policy_pinned_to_a_fit_proposes_the_same():
+    """A grown zoo's refit runs in the background while the last fit keeps proposing; the fit
+    behind each proposal is recorded, and a fresh policy pinned to it (its fit made again from
+    scratch) proposes exactly the same: what a resumed build relies on."""
+    from tans.pipeline.acquisition.fitting import Fitter
+
+    lines: list[str] = []
+
+    def make():
+        settings = ParetoSettings(n_init_per_dataset=3, retrain_every=4)
+        return ParetoPolicy(PolicyContext(0, tuple(POOL), prior=make_prior(), log=lines.append, pareto=settings))
+
+    state = make_state(n_per_dataset=3)  # 12 results: the predictor's first fit, waited for
+    p = make()
+    p.propose(state, 2)
+    assert p._model_size == 12 and any("retrained on 12 results" in line for line in lines)
+    new = [result(d, POOL[10], 0.5, 20 + k) for k, d in enumerate(DATASETS)]
+    grown = ZooState(state.datasets, state.results + new, [])
+    picks = p.propose(grown, 3)  # training_size is 16 now: that fit starts, the one on 12 proposes
+    fitter = Fitter.shared()
+    assert fitter.running is not None and fitter.running.size == 16
+    assert p._model_size == 12 and p.last_fit_of == dict.fromkeys(picks, 12)
+    fitter.done.clear()  # the pinned policy fits again from nothing, in the same background process
+    pinned = make()
+    pinned.fit_size = 12
+    assert pinned.propose(grown, 3) == picks and pinned.last_scores == pytest.approx(p.last_scores)
+    # once the refit is done the policy proposes with it, as a fresh policy does
+    later = p.propose(grown, 3)
+    assert p._model_size == 16 and set(p.last_fit_of.values()) == {16}
+    assert any("retrained on 16 results" in line and "off the loop" in line for line in lines)
+    assert make().propose(grown, 3) == later
+
+
 def test_initial_phase_is_random_then_pareto():
     state = make_state(n_per_dataset=1)
     first = policy().propose(state, 8)

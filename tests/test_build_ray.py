@@ -195,6 +195,10 @@ def test_pareto_build_on_ray_then_replay_gives_same_proposals(ray_cluster, tiny_
     summary = run_build(config(zoo, tiny_datasets, tmp_path, **pareto), log=lines.append)
     assert summary.finished == 7
     assert any("accuracy predictor retrained on 4 results" in line for line in lines)
+    # each job's MLflow run names the predictor fit that proposed it (none for random ones: the
+    # initial design, and the picks made while fewer than 4 results were in)
+    fits = [r.data.tags.get("tans.predictor_fit", "-") for r in mlflow_job_runs(tmp_path)]
+    assert set(fits) == {"-", "4"} and fits.count("-") >= 4
     store = open_store(zoo)
     assert store.exists("pool/profiles.parquet")
     assert len(store.list("query_features")) == 4  # each dataset embedded once, cached

@@ -13,17 +13,23 @@ similar candidates, and W workers do not get W near-identical pairs. The believe
 one predictor pass; sampling fantasies would multiply the hypervolume work by the number
 of fantasies for little difference at these batch sizes.
 
-The policy keeps no state that cannot be rebuilt from the zoo: the predictor is a
-deterministic function of the results (trained on the first m of them in commit order, m
-given by `training_size`), its seed and the pending set. The same zoo state (results with
-their commit times) and seed give the same proposals, and a resumed build proposes what an
-uninterrupted one would. What the policy remembers between steps (the predictor, its MC
-samples over the whole dataset x arch grid, each dataset's gains for its front) are memos
-of those pure functions, which is what makes a step cost milliseconds at 140 x 100.
+The predictor is fitted off the driver's loop (tans.pipeline.acquisition.fitting): when the
+results reach the next `training_size` m, the fit on the first m of them in commit order
+starts in a background process and the policy goes on proposing with the newest finished
+fit, so the driver never waits for a refit except the first (and a resumed build's first).
+Each fit is a deterministic function of its rows, their inputs and its seed; given the fit,
+proposals are a deterministic function of the zoo state (results with their commit times),
+the pending set and the seed. Which fit proposed each pair is recorded (`last_fit_of`; the
+driver tags the job's MLflow run with it), and a policy pinned to that fit (`fit_size`)
+proposes exactly what the uninterrupted build did. What the policy remembers between steps
+(the fits, their MC samples over the whole dataset x arch grid, each dataset's gains for its
+front) are memos of those pure functions, which is what makes a step cost milliseconds at
+140 x 100.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections import Counter
 
@@ -32,6 +38,7 @@ import numpy as np
 from tans.pipeline.acquisition import predictor
 from tans.pipeline.acquisition.base import Pair, PolicyContext, first_allowed, taken_pairs
 from tans.pipeline.acquisition.compute_priors import load_prior
+from tans.pipeline.acquisition.fitting import Fit, Fitter
 from tans.pipeline.acquisition.hypervolume import Normalizer, gains, point_of
 from tans.pipeline.acquisition.priors import Prior, topology_of
 from tans.pipeline.acquisition.random import RandomPolicy
@@ -66,7 +73,13 @@ class ParetoPolicy:
         self.log = context.log
         self._model = None
         self._model_size, self._model_rows = -1, None
+        self._fits: list[Fit] = []  # the fits this policy asked for, oldest first
+        self._prior_token: tuple[int, str] | None = None
+        self.fit_size: int | None = None  # pinned: propose with the fit on this many results
+        self.last_fit_of: dict[Pair, int] = {}  # the last proposals' fit sizes (picks by the predictor)
+        self.fit_history: list[Fit] = []  # the fits that proposed, in the order they took over
         self.last_scores: dict[Pair, float] = {}
+        Fitter.shared().warm()  # the fitting process starts while the initial design runs
         # memos of pure functions of (zoo state, seed): they only save recomputation
         self._grid_key = None
         self._topologies: dict[str, list[int]] = {}
@@ -79,26 +92,58 @@ class ParetoPolicy:
             self.prior = load_prior(self.store, self.manifest, dataset_ids, self.image_size, self.log)
         return self.prior
 
-    def _inputs(self, pairs: list[Pair]):
-        prior = self.prior
-        data = np.stack([prior.features[d] for d, _ in pairs])
-        topo = np.array([self._topology(a) for _, a in pairs], dtype=np.float32)
-        func = np.stack([np.asarray(prior.profiles[a].functional_embedding, dtype=np.float32) for _, a in pairs])
-        return data, topo, func
+    def _fit_inputs(self, rows: list[ResultRecord]):
+        """A fit's rows as the unique datasets' features, the unique archs' topologies and
+        functional embeddings, one (dataset, arch) index pair per row, and the accuracies."""
+        datasets, archs = sorted({r.dataset_id for r in rows}), sorted({r.arch for r in rows})
+        d_at, a_at = {d: i for i, d in enumerate(datasets)}, {a: j for j, a in enumerate(archs)}
+        data = np.stack([self.prior.features[d] for d in datasets])
+        topo = np.array([self._topology(a) for a in archs], dtype=np.float32)
+        func = np.stack([np.asarray(self.prior.profiles[a].functional_embedding, dtype=np.float32) for a in archs])
+        y = [r.accuracy for r in rows]
+        return data, topo, func, [d_at[r.dataset_id] for r in rows], [a_at[r.arch] for r in rows], y
+
+    def _fit_key(self, order: list[ResultRecord], m: int) -> int:
+        """What a fit on the first m rows of `order` depends on: those rows, the prior's
+        inputs, the seed."""
+        if self._prior_token is None or self._prior_token[0] != id(self.prior):
+            h = hashlib.sha256()
+            for d in sorted(self.prior.features):
+                h.update(d.encode() + np.asarray(self.prior.features[d], np.float32).tobytes())
+            for a in sorted(self.prior.profiles):
+                h.update(a.encode() + np.asarray(self.prior.profiles[a].functional_embedding, np.float32).tobytes())
+            self._prior_token = (id(self.prior), h.hexdigest())
+        return hash((self._prior_token[1], self.seed, m, tuple(r.job_id for r in order[:m])))
 
     def _predictor(self, results: list[ResultRecord], n_init_total: int):
+        """The predictor to propose with (None: too few results yet): the newest finished fit
+        on a prefix of the results in commit order, while the fit on the `training_size` prefix
+        runs in the background; the first fit (and a pinned `fit_size`) is waited for."""
         usable = [r for r in results if r.arch in self.prior.profiles and r.dataset_id in self.prior.features]
-        m = training_size(len(usable), n_init_total, self.settings.retrain_every)
-        if m < 4:
+        m = self.fit_size or training_size(len(usable), n_init_total, self.settings.retrain_every)
+        if m < 4 or m > len(usable):
             return None
-        rows = sorted(usable, key=lambda r: (r.created_at, r.job_id))[:m]
-        rows_key = hash(tuple(r.job_id for r in rows))
-        if rows_key != self._model_rows:  # retrained when its rows change, not only their count
-            data, topo, func = self._inputs([(r.dataset_id, r.arch) for r in rows])
-            y = np.array([r.accuracy for r in rows], dtype=np.float32)
-            self._model = predictor.fit(data, topo, func, y, seed=self.seed * 1_000_003 + m)
-            self._model_size, self._model_rows = m, rows_key
-            self.log(f"accuracy predictor retrained on {m} results (held-out MSE {self._model.val_mse:.4f})")
+        order = sorted(usable, key=lambda r: (r.created_at, r.job_id))
+        key = self._fit_key(order, m)
+        target = next((f for f in self._fits if f.key == key), None) or Fit(m, key, self.seed * 1_000_003 + m)
+        if target not in self._fits:
+            self._fits.append(target)
+        fitter = Fitter.shared()
+        inputs = lambda: self._fit_inputs(order[:m])  # noqa: E731
+        fitter.request(target, inputs)
+        # fits on rows that are no longer a prefix (a result set aside) are dropped
+        self._fits = [f for f in self._fits if f.size <= len(order) and f.key == self._fit_key(order, f.size)]
+        ready = [f for f in self._fits if f.key in fitter.done] if self.fit_size is None else []
+        use = ready[-1] if ready else fitter.wait_for(target, inputs)
+        use = fitter.done.get(use.key, use)
+        self._fits = [f for f in self._fits if f.size >= use.size]  # older fits are not needed again
+        if use.key != self._model_rows:
+            self._model, self._model_size, self._model_rows = use.model, use.size, use.key
+            self.fit_history.append(use)
+            self.log(
+                f"accuracy predictor retrained on {use.size} results in {use.seconds:.1f}s off the loop "
+                f"(held-out MSE {use.model.val_mse:.4f}); it proposes from now"
+            )
         return self._model
 
     # -- proposals --------------------------------------------------------------------------
@@ -106,6 +151,7 @@ class ParetoPolicy:
         self, state: ZooState, n: int, pending: frozenset[Pair] = frozenset(), universe: frozenset[Pair] | None = None
     ) -> list[Pair]:
         dataset_ids = sorted(d.dataset_id for d in state.datasets)
+        self.last_fit_of = {}
         taken = taken_pairs(state, pending)
         allowed = lambda p: p not in taken and (universe is None or p in universe)
         counts = Counter(d for d, _ in taken)
@@ -135,7 +181,9 @@ class ParetoPolicy:
         if len(candidates) > self.settings.max_candidates:
             candidates = sorted(rng.sample(candidates, self.settings.max_candidates))
         believers = sorted(set(pending) | chosen)
-        return out + self._pick(state, model, candidates, believers, n - len(out))
+        picks = self._pick(state, model, candidates, believers, n - len(out))
+        self.last_fit_of = dict.fromkeys(picks, self._model_size)
+        return out + picks
 
     def _grid(self, model, dataset_ids: list[str]):
         """MC samples [S, D, A] and their mean for every (dataset, pool arch) pair, for this

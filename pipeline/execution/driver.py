@@ -152,6 +152,7 @@ class Driver:
         self.results: list[ResultRecord] = list(scan.results)
         self.failures = read_failures(store)
         self.pending: set[Pair] = set()
+        self.proposed_by: dict[Pair, int] = {}  # pending pairs -> the predictor fit's size that proposed them
         self.summary = BuildSummary()
         self.hypervolume = Hypervolumes(self)
         self.stoppers = stoppers if stoppers is not None else stoppers_for(config.stop)
@@ -187,9 +188,13 @@ class Driver:
         if n <= 0:
             return
         universe = self.executor.universe()
-        for pair in self.policy.propose(self.state, n, pending=frozenset(self.pending), universe=universe):
+        proposals = self.policy.propose(self.state, n, pending=frozenset(self.pending), universe=universe)
+        fits = getattr(self.policy, "last_fit_of", {})  # which predictor fit proposed each (Pareto)
+        for pair in proposals:
             self.executor.submit(self.spec_for(pair))
             self.pending.add(pair)
+            if pair in fits:
+                self.proposed_by[pair] = fits[pair]
 
     def _record(self, done: Outcome) -> None:
         spec = done.spec

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from tans.pipeline.acquisition.base import Pair
 from tans.zoo_schema.journal import write_journal
 from tans.zoo_schema.results import SNAPSHOT_MIN_NEW, write_snapshot
 
@@ -117,7 +118,7 @@ class TrackingCallback(Callback):
         self.tracker = tracker
 
     def on_result(self, driver, spec, record) -> None:
-        self.tracker.log_result(spec, record)
+        self.tracker.log_result(spec, record, driver.proposed_by.pop(Pair(spec.dataset_id, spec.arch), None))
 
     def on_failure(self, driver, spec, failure) -> None:
         self.tracker.log_failure(spec, failure.error)

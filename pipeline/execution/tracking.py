@@ -124,11 +124,12 @@ class Tracker:
             "evaluate_every_epoch": t.evaluate_every_epoch,
         }
 
-    def log_result(self, spec: JobSpec, record: ResultRecord) -> None:
+    def log_result(self, spec: JobSpec, record: ResultRecord, predictor_fit: int | None = None) -> None:
+        """The job's run; `predictor_fit`: the size of the accuracy predictor's fit that proposed it."""
         with deferred():
-            self._log_result(spec, record)
+            self._log_result(spec, record, predictor_fit)
 
-    def _log_result(self, spec: JobSpec, record: ResultRecord) -> None:
+    def _log_result(self, spec: JobSpec, record: ResultRecord, predictor_fit: int | None = None) -> None:
         run = self._job_run(spec, "finished")
         metrics = [("train_loss", v, i) for i, v in enumerate(record.epoch_losses)]
         first = len(record.epoch_losses) - len(record.epoch_accuracies)  # the last epochs were evaluated
@@ -144,7 +145,11 @@ class Tracker:
             run.info.run_id,
             params=self._job_params(spec),
             metrics=metrics,
-            tags={"tans.checkpoint_uri": record.checkpoint_uri, "tans.latency_device": record.latency_device},
+            tags={
+                "tans.checkpoint_uri": record.checkpoint_uri,
+                "tans.latency_device": record.latency_device,
+                **({"tans.predictor_fit": str(predictor_fit)} if predictor_fit is not None else {}),
+            },
         )
         if self.store is not None:
             self._log_network(run.info.run_id, record)
