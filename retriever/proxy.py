@@ -81,6 +81,7 @@ def fold_loss(
     image_size: int,
     seed: int = 0,
     deadline: float | None = None,
+    device: str = "cpu",
 ) -> float:
     """The summed cross-entropy on `held_idx` of `net` (a zoo network, modified in place) after
     `EPOCHS` of fine-tuning on `train_idx` of (x [n, 3, s, s] float tensor, y [n] long tensor).
@@ -96,10 +97,10 @@ def fold_loss(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the new head, as a zoo job seeds it
         net.classifier = torch.nn.Linear(net.classifier.in_features, num_classes)
-        cpu = torch.device("cpu")
-        train(net, x[tr], y[tr], x[ho], y[ho], settings, cpu, seed=seed, deadline=deadline)  # ends in eval mode
+        on = torch.device(device)
+        train(net, x[tr], y[tr], x[ho], y[ho], settings, on, seed=seed, deadline=deadline)  # ends in eval mode
     with torch.no_grad():
-        xh, yh = x[ho], y[ho]
+        xh, yh = x[ho].to(on), y[ho].to(on)
         return sum(
             float(torch.nn.functional.cross_entropy(net(xh[i : i + 256]), yh[i : i + 256], reduction="sum"))
             for i in range(0, len(ho), 256)
@@ -107,15 +108,54 @@ def fold_loss(
 
 
 def proxy_loss(
-    make_net, num_classes: int, x, y, folds: tuple[list[int], list[int]], image_size: int, deadline=None
+    make_net, num_classes: int, x, y, folds: tuple[list[int], list[int]], image_size: int, deadline=None, device="cpu"
 ) -> float:
     """Cross-fitted held-out loss: a fresh `make_net()` fine-tuned on each fold and scored on the
     other; the mean cross-entropy over every image of both folds (DeadlineReached past `deadline`)."""
     first, second = folds
-    total = fold_loss(make_net(), num_classes, x, y, first, second, image_size, deadline=deadline) + fold_loss(
-        make_net(), num_classes, x, y, second, first, image_size, deadline=deadline
+    total = sum(
+        fold_loss(make_net(), num_classes, x, y, a, b, image_size, deadline=deadline, device=device)
+        for a, b in ((first, second), (second, first))
     )
     return total / (len(first) + len(second))
+
+
+def local_losses(loaders, num_classes: int, x, y, folds, image_size: int, deadline) -> list[float | None]:
+    """The proxy loss of each network (`loaders`: one callable per network, giving it), one
+    after the other in this process; None for each the `deadline` cut, and all after it (they
+    keep the source order). What `tans search` runs without a Ray address."""
+    import copy
+
+    from tans.workers.networks.training import DeadlineReached
+
+    out: list[float | None] = [None] * len(loaders)
+    for k, load in enumerate(loaders):
+        net = load()
+        try:
+            out[k] = proxy_loss(lambda: copy.deepcopy(net), num_classes, x, y, folds, image_size, deadline)
+        except DeadlineReached:
+            break
+    return out
+
+
+def remote_loss(load, num_classes: int, x, y, folds, image_size: int, until: float | None) -> float | None:
+    """One network's proxy loss where it runs (a Ray task): on the GPU when there is one,
+    stopped at `until` (a `time.time()` instant: the caller's budget, whatever the task
+    waited in the queue; None: no bound); None when that cut it."""
+    import copy
+    import time
+
+    import torch
+
+    from tans.workers.networks.training import DeadlineReached
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    deadline = time.monotonic() + (until - time.time()) if until is not None else None
+    net = load()
+    try:
+        return proxy_loss(lambda: copy.deepcopy(net), num_classes, x, y, folds, image_size, deadline, device)
+    except DeadlineReached:
+        return None
 
 
 def cascade_score(source_score: np.ndarray, losses: dict[int, float]) -> np.ndarray:

@@ -27,12 +27,14 @@ def rank_query(
     finetune_top: int = proxy.FINETUNE_TOP,
     version: int | None = None,
     budget: float | None = proxy.SECONDS,
+    losses_of=None,
 ) -> SearchResult:
     """Rank the zoo's live networks (those whose results are in the zoo) for a query given as
     encoded images with their labels: what `tans search`, `tans.Zoo.search` and the registered
     MLflow model all run. The query is embedded from each class's first `per_class` images;
     the finetune ordering uses them all, its fine-tunes stopping `budget` seconds after the
-    search began (None or 0: no bound). The result warns when the retriever is stale."""
+    search began (None or 0: no bound), run by `losses_of` (default: here, one after the
+    other). The result warns when the retriever is stale."""
     first, counts = [], Counter()  # each class's first per_class: the images a smaller read returns
     for i, c in enumerate(labels):
         if counts[c] < per_class:
@@ -40,7 +42,9 @@ def rank_query(
             counts[c] += 1
     results = {r.job_id: r for r in read_results(store, light=True)}  # no embeddings needed
     searcher = Searcher(store, version, live_job_ids=set(results), results=results)
-    found = searcher.rank(images, labels, constraints, top_k, rerank, recall, per_class, finetune_top, first, budget)
+    found = searcher.rank(
+        images, labels, constraints, top_k, rerank, recall, per_class, finetune_top, first, budget, losses_of
+    )
     return replace(found, warnings=stale_warnings(store, list(results.values())))
 
 

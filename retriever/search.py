@@ -32,11 +32,10 @@ from tans.retriever.rerank import (
 from tans.retriever.train import load_version
 from tans.workers.networks.images import decode_images
 from tans.workers.networks.nets import checkpoint_features, load_checkpoint
-from tans.workers.networks.training import DeadlineReached
 from tans.zoo_schema.errors import TansError
 from tans.zoo_schema.layout import checkpoint_uri
 from tans.zoo_schema.manifest import read_manifest
-from tans.zoo_schema.store import ZooStore
+from tans.zoo_schema.store import ZooStore, open_store
 
 
 @dataclass(frozen=True)
@@ -63,6 +62,27 @@ class Constraints:
 
 class NoModelFits(TansError):
     pass
+
+
+def load_candidate(store: ZooStore, record, load):
+    """`load(store, record)` of a recalled network; a checkpoint that is missing or unreadable
+    is a TansError naming it and the fix."""
+    try:
+        return load(store, record)
+    except TansError:
+        raise
+    except Exception as e:  # a missing file, a truncated or foreign safetensors file
+        raise TansError(
+            f"the checkpoint of job {record.job_id} ({record.checkpoint_uri}) could not be loaded "
+            f"({type(e).__name__}: {e}); run `tans verify {store.uri}`, or search with "
+            f"--rerank source, which loads no network"
+        ) from e
+
+
+def checkpoint_of(uri: str, s3, record, width: float):
+    """A recalled network to fine-tune, loaded from the zoo at `uri` wherever this runs (a
+    Ray worker opens the zoo itself: only the URI, its S3 settings and the record travel)."""
+    return load_candidate(open_store(uri, s3), record, lambda store, r: load_checkpoint(store, r, width))
 
 
 def top_by_cosine(embeddings: np.ndarray, q: np.ndarray, ok: np.ndarray, top_k: int):
@@ -248,11 +268,13 @@ class Searcher:
         finetune_top: int = proxy.FINETUNE_TOP,
         feature_images: list[int] | None = None,
         budget: float | None = proxy.SECONDS,
+        losses_of=None,
     ) -> SearchResult:
         """Search with the query's images: recall, then order by `rerank`'s score. The query is
         embedded from `feature_images` (indices; default: `per_class` of each class, seeded).
         The finetune ordering's fine-tunes stop `budget` seconds after the search began (None
-        or 0: no bound); those not finished keep the source order (`SearchResult.reranked`)."""
+        or 0: no bound); those not finished keep the source order (`SearchResult.reranked`).
+        `losses_of` runs them (see `_finetuned`)."""
         if top_k < 1 or finetune_top < 1:
             raise TansError(f"top_k and finetune_top must be at least 1, not {top_k} and {finetune_top}")
         if rerank not in RERANK_CHOICES:
@@ -265,7 +287,7 @@ class Searcher:
         t2 = time.perf_counter()
         reranked = None
         if rerank == "finetune":
-            hits, reranked = self._finetuned(images, labels, q, top, scores, finetune_top, deadline)
+            hits, reranked = self._finetuned(images, labels, q, top, scores, finetune_top, deadline, losses_of)
         elif rerank not in SCORERS:
             hits = self._imageless(q, top, scores, rerank)
         else:
@@ -289,32 +311,24 @@ class Searcher:
             reranked=reranked,
         )
 
-    def _network(self, i: int, load):
-        """`load(store, record)` of the recalled network in table row `i`; a checkpoint that is
-        missing or unreadable is a TansError naming it and the fix."""
+    def _record(self, i: int):
+        """The result of the recalled network in table row `i`."""
         job_id = self.table["job_id"][int(i)].as_py()
-        record = self.results.get(job_id)
-        if record is None:
+        if job_id not in self.results:
             raise TansError(
                 f"job {job_id} of the retriever has no result in {self.store.uri}; run `tans retrain {self.store.uri}`"
             )
-        try:
-            return load(self.store, record)
-        except TansError:
-            raise
-        except Exception as e:  # a missing file, a truncated or foreign safetensors file
-            raise TansError(
-                f"the checkpoint of job {job_id} ({record.checkpoint_uri}) could not be loaded "
-                f"({type(e).__name__}: {e}); run `tans verify {self.store.uri}`, or search with "
-                f"--rerank source, which loads no network"
-            ) from e
+        return self.results[job_id]
 
-    def _finetuned(self, images, labels, q, top, scores, finetune_top: int, deadline) -> tuple[list[Hit], int]:
+    def _network(self, i: int, load):
+        """`load(store, record)` of the recalled network in table row `i` (see `load_candidate`)."""
+        return load_candidate(self.store, self._record(i), load)
+
+    def _finetuned(self, images, labels, q, top, scores, finetune_top: int, deadline, losses_of=None):
         """(The `source` order, its first `finetune_top` re-ordered by the cross-fitted held-out
         loss of a short fine-tune on the query's images (tans.retriever.proxy), how many were
-        fine-tuned before `deadline`)."""
-        import copy
-
+        fine-tuned before `deadline`). `losses_of` runs the fine-tunes (`proxy.local_losses`
+        by default; tans.pipeline.commands.search has one of Ray tasks)."""
         folds = proxy.proxy_folds(labels)  # checks the query before any fine-tune
         predicted = self._predicted(q)
         source, _ = imageless_score("source", predicted, self.source_fit)
@@ -325,14 +339,11 @@ class Searcher:
         y = torch.as_tensor([labels[i] for i in used])
         classes = len(set(labels))
         width = read_manifest(self.store).width
-        losses = {}
-        for j in order[:finetune_top]:
-            net = self._network(top[j], lambda store, record: load_checkpoint(store, record, width))
-            halves, fresh = ([at[i] for i in folds[0]], [at[i] for i in folds[1]]), partial(copy.deepcopy, net)
-            try:
-                losses[j] = proxy.proxy_loss(fresh, classes, x, y, halves, self.image_size, deadline)
-            except DeadlineReached:  # the budget ended: this and the rest keep the source order
-                break
+        chosen, halves = order[:finetune_top], ([at[i] for i in folds[0]], [at[i] for i in folds[1]])
+        s3 = getattr(self.store, "settings", None)
+        loaders = [partial(checkpoint_of, self.store.uri, s3, self._record(top[j]), width) for j in chosen]
+        found = (losses_of or proxy.local_losses)(loaders, classes, x, y, halves, self.image_size, deadline)
+        losses = {j: loss for j, loss in zip(chosen, found) if loss is not None}  # the rest keep the source order
         rank_score = proxy.cascade_score(source[top], losses)
         return self._hits(top, scores, predicted[top], rank_score, "finetune", losses), len(losses)
 

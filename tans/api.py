@@ -117,6 +117,7 @@ class Zoo:
         rerank: str = "finetune",
         finetune_top: int = 2,
         budget: float | None = 10.0,
+        address: str | None = None,
     ) -> SearchResult:
         """Rank the zoo's networks for a dataset, as `tans search` does.
 
@@ -132,6 +133,8 @@ class Zoo:
                 briefly on the dataset's images to order them.
             budget: with `finetune`, seconds after which the fine-tunes stop (None or 0: no
                 bound); the networks not fine-tuned by then keep the `source` order.
+            address: with `finetune`, a Ray cluster address: the fine-tunes run there as
+                Ray tasks, at once, a GPU each when the cluster has them (None: here).
 
         Returns:
             The ranking: `hits` (job id, source dataset, predicted and source accuracy,
@@ -148,6 +151,7 @@ class Zoo:
             rerank=rerank,
             finetune_top=finetune_top,
             budget=budget,
+            address=address,
         )
 
 

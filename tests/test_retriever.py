@@ -465,6 +465,27 @@ def test_search_budget_stops_the_fine_tunes_and_the_rest_keep_the_source_order(
     assert "--budget: must be 0 or more" in capsys.readouterr().err
 
 
+def test_search_fine_tunes_as_ray_tasks_on_the_cluster_and_ranks_as_here(built_zoo, tiny_datasets):
+    """With a Ray address the fine-tunes are Ray tasks (on the fixture's logical GPUs: the GPU
+    path, computed on the CPU here); the ranking is the one computed in this process."""
+    import ray
+
+    zoo, _ = built_zoo
+    store = open_store(zoo)
+    if not versions(store):
+        run_retrain(store, SETTINGS, 32, None, None, log=lambda *_: None)
+    query = str(tiny_datasets / "hue-6")
+    here = search_dataset(store, query, top_k=100, rerank="finetune", finetune_top=2, budget=0)
+    there = search_dataset(store, query, top_k=100, rerank="finetune", finetune_top=2, budget=0, address="auto")
+    assert ray.is_initialized() and ray.cluster_resources()["GPU"] == 2
+    assert there.reranked == 2 and [h.job_id for h in there.hits] == [h.job_id for h in here.hits]
+    assert [h.proxy_loss for h in there.hits[:2]] == pytest.approx([h.proxy_loss for h in here.hits[:2]], rel=1e-3)
+    # the budget reaches the tasks: one that ended before they started leaves the source order
+    source = [h.job_id for h in search_dataset(store, query, top_k=100, rerank="source").hits]
+    cut = search_dataset(store, query, top_k=100, rerank="finetune", finetune_top=2, budget=1e-9, address="auto")
+    assert cut.reranked == 0 and [h.job_id for h in cut.hits] == source
+
+
 def test_default_search_names_a_missing_checkpoint_and_a_class_that_does_not_decode(built_zoo, tiny_datasets, tmp_path):
     import shutil
 

@@ -59,6 +59,12 @@ def add(sub) -> None:
         f"the networks not fine-tuned by then keep the source order (default {proxy.SECONDS:g}; 0: no bound)",
     )
     q.add_argument(
+        "--address",
+        metavar="ADDRESS",
+        help="with --rerank finetune: run the fine-tunes as Ray tasks on this cluster (a GPU each when "
+        "it has them); without it they run here, one after the other",
+    )
+    q.add_argument(
         "--recall", type=positive_int, default=20, metavar="N", help="networks recalled from the latent space"
     )
     q.add_argument("--max-params", type=size, metavar="N", help="at most this many parameters (e.g. 3M, 250k)")
@@ -89,6 +95,7 @@ def run(args) -> int:
         recall=args.recall,
         finetune_top=args.finetune_top,
         budget=args.budget,
+        address=args.address,
     )
     for warning in result.warnings:
         print(f"tans: warning: {warning}", file=sys.stderr)

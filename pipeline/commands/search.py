@@ -4,6 +4,7 @@ zoo's networks for it with the newest retriever version (see `tans.retriever.sea
 from __future__ import annotations
 
 import random
+import time
 
 from tans.pipeline.datasets.decode import decode_one
 from tans.pipeline.datasets.ingest import IngestSettings, check_classes
@@ -66,9 +67,42 @@ def search_dataset(
     recall: int = RECALL,
     finetune_top: int = proxy.FINETUNE_TOP,
     budget: float | None = proxy.SECONDS,
+    address: str | None = None,
 ) -> SearchResult:
     """Validate a sample of a dataset (as ingestion does, without writing it) and search the zoo
     for it. The finetune ordering reads more images per class (`proxy.per_class`) for its
-    fine-tunes; the query is embedded from the `per_class` of each class every ordering reads."""
+    fine-tunes; the query is embedded from the `per_class` of each class every ordering reads.
+    With a Ray `address` the fine-tunes run as Ray tasks there (`ray_losses`)."""
     images, labels = query_images(source, per_class, s3, for_finetune=rerank == "finetune")
-    return rank_query(store, images, labels, constraints, top_k, rerank, recall, per_class, finetune_top, budget=budget)
+    ray = ray_losses(address) if address and rerank == "finetune" else None
+    return rank_query(
+        store, images, labels, constraints, top_k, rerank, recall, per_class, finetune_top, budget=budget, losses_of=ray
+    )
+
+
+GRACE = 2.0  # seconds past the budget a Ray task may take to report before it is cancelled
+
+
+def ray_losses(address: str):
+    """The finetune ordering's fine-tunes as Ray tasks on the cluster at `address`: one task per
+    network, all at once, each on a GPU when the cluster has one (else a CPU); the images
+    travel once through the object store and each task opens the zoo itself. A task still
+    running when the budget ends (plus `GRACE`) is cancelled, and its network keeps the
+    source order."""
+    from tans.pipeline.execution.runtime import start_ray
+
+    ray = start_ray(address)
+    gpus = ray.cluster_resources().get("GPU", 0) >= 1
+    task = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0, max_retries=0)(proxy.remote_loss)
+
+    def losses(loaders, classes, x, y, folds, image_size, deadline) -> list[float | None]:
+        left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        until = None if left is None else time.time() + left
+        xs, ys = ray.put(x), ray.put(y)
+        refs = [task.remote(load, classes, xs, ys, folds, image_size, until) for load in loaders]
+        done, late = ray.wait(refs, num_returns=len(refs), timeout=None if left is None else left + GRACE)
+        for ref in late:
+            ray.cancel(ref, force=True)
+        return [ray.get(ref) if ref in done else None for ref in refs]
+
+    return losses
