@@ -2,23 +2,32 @@
 
 A fit of S_zoo on a large zoo takes tens of seconds (36 s at 14,000 results on one CPU
 thread); done inside `propose` it stalls the driver, and every worker that finishes
-meanwhile waits for its next job. `Fitter` runs the fits in one spawned process that
-imports torch once and lives as long as the driver's process: the Pareto policy starts the
-next fit there and keeps proposing with the newest finished one.
+meanwhile waits for its next job. `Fitter` runs the fits in one child process
+(`python -m tans.pipeline.acquisition.fitting`) that imports torch once and lives as long as
+the driver's process: the Pareto policy starts the next fit there and keeps proposing with the
+newest finished one.
 
-The child fits with a fixed number of threads, so the same rows and seed give the same
-predictor whichever policy asked for it (a resumed build's, or an uninterrupted one's). It
-ignores SIGINT: Ctrl-C in a terminal reaches the whole process group, and stopping the build
-is the driver's business. It is a daemon, so it ends with the driver; if it dies (killed,
-out of memory), the next fit starts a new one. Only arrays cross the pipe, never a model:
-the parent rebuilds the predictor from the fitted weights.
+The child is a plain subprocess, not a `multiprocessing` one: those re-run the caller's main
+module, which breaks a user's script that builds a zoo without an `if __name__ ==
+"__main__"` guard. Messages are length-prefixed `.npz` payloads (arrays only, no pickle) on
+its stdin and stdout. It fits with a fixed number of threads, so the same rows and seed give
+the same predictor whichever policy asked for it (a resumed build's, or an uninterrupted
+one's). It ignores SIGINT: Ctrl-C in a terminal reaches the whole process group, and
+stopping the build is the driver's business. It ends when its stdin closes (the driver
+exited) or at the driver's exit; if it dies (killed, out of memory), the next fit starts a
+new one.
 """
 
 from __future__ import annotations
 
-import multiprocessing
+import atexit
+import io
 import os
+import select
 import signal
+import struct
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -42,24 +51,57 @@ class Fit:
     model: object | None = None  # a tans.pipeline.acquisition.predictor.AccuracyPredictor
 
 
-def _serve(conn, threads: int) -> None:
-    """The child: fit what arrives, send back the weights, until the pipe closes."""
+def _send(stream, kind: bytes, payload: bytes) -> None:
+    stream.write(kind + struct.pack("<Q", len(payload)) + payload)
+    stream.flush()
+
+
+def _receive(stream) -> tuple[bytes, bytes]:
+    head = stream.read(9)
+    if len(head) < 9:
+        raise EOFError
+    (size,) = struct.unpack("<Q", head[1:])
+    payload = stream.read(size)
+    if len(payload) < size:
+        raise EOFError
+    return head[:1], payload
+
+
+def _npz(**arrays) -> bytes:
+    out = io.BytesIO()
+    np.savez(out, **arrays)
+    return out.getvalue()
+
+
+def _arrays(payload: bytes) -> dict:
+    with np.load(io.BytesIO(payload), allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
+def main() -> None:
+    """The child: fit what arrives on stdin, write the weights to stdout, until stdin closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import torch
 
     from tans.pipeline.acquisition.predictor import fit
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(int(sys.argv[1]) if len(sys.argv) > 1 else THREADS)
+    source, sink = sys.stdin.buffer, os.fdopen(os.dup(1), "wb")  # the protocol's own stdout ...
+    os.dup2(2, 1)  # ... and whatever a library prints goes to stderr instead
+    sys.stdout = sys.stderr
     while True:
         try:
-            data, topo, func, d_index, a_index, y, seed = conn.recv()
+            _, payload = _receive(source)
         except EOFError:
             return
         try:
-            model = fit(data[d_index], topo[a_index], func[a_index], y, seed=seed)
-            conn.send(({k: v.numpy() for k, v in model.state_dict().items()}, float(model.val_mse), None))
+            a = _arrays(payload)
+            d, j = a["d_index"], a["a_index"]
+            model = fit(a["data"][d], a["topo"][j], a["func"][j], a["y"], seed=int(a["seed"]))
+            state = {k: v.numpy() for k, v in model.state_dict().items()}
+            _send(sink, b"R", _npz(val_mse=np.float64(model.val_mse), **{f"w.{k}": v for k, v in state.items()}))
         except Exception as e:  # sent back, raised in the driver
-            conn.send((None, None, f"{type(e).__name__}: {e}"))
+            _send(sink, b"E", f"{type(e).__name__}: {e}".encode())
 
 
 class Fitter:
@@ -72,10 +114,10 @@ class Fitter:
 
     def __init__(self, threads: int = THREADS):
         self.threads = threads
-        self._process = None
-        self._conn = None
+        self._process: subprocess.Popen | None = None
         self.running: Fit | None = None
         self.done: dict[int, Fit] = {}
+        atexit.register(self.close)
 
     _shared: Fitter | None = None
 
@@ -87,15 +129,15 @@ class Fitter:
 
     def warm(self) -> None:
         """Start the process (and its torch import) now, so the first fit does not wait for it."""
-        if self._process is None or not self._process.is_alive():
+        if self._process is None or self._process.poll() is not None:
             self._start()
 
     def _start(self) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self._process = ctx.Process(target=_serve, args=(child, self.threads), daemon=True, name="tans-predictor-fit")
-        self._process.start()
-        child.close()
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "tans.pipeline.acquisition.fitting", str(self.threads)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
 
     def request(self, fit: Fit, inputs) -> bool:
         """Start `fit` unless it is done or running; False when another fit is running (ask
@@ -109,16 +151,26 @@ class Fitter:
             return False
         self.warm()
         data, topo, func, d_index, a_index, y = inputs()
-        arrays = (np.asarray(data, np.float32), np.asarray(topo, np.float32), np.asarray(func, np.float32))
-        index = (np.asarray(d_index, np.int64), np.asarray(a_index, np.int64), np.asarray(y, np.float32))
+        message = _npz(
+            data=np.asarray(data, np.float32),
+            topo=np.asarray(topo, np.float32),
+            func=np.asarray(func, np.float32),
+            d_index=np.asarray(d_index, np.int64),
+            a_index=np.asarray(a_index, np.int64),
+            y=np.asarray(y, np.float32),
+            seed=np.int64(fit.seed),
+        )
         fit.started = time.monotonic()
-        self._conn.send((*arrays, *index, fit.seed))
+        try:
+            _send(self._process.stdin, b"F", message)
+        except (BrokenPipeError, OSError):
+            raise self._died() from None
         self.running = fit
         return True
 
     def poll(self) -> None:
         """Collect the running fit if it has finished; never blocks."""
-        if self.running is not None and self._conn.poll():
+        if self.running is not None and select.select([self._process.stdout], [], [], 0)[0]:
             self._collect()
 
     def wait_for(self, fit: Fit, inputs) -> Fit:
@@ -135,21 +187,43 @@ class Fitter:
 
         fit, self.running = self.running, None
         try:
-            state, val_mse, error = self._conn.recv()
+            kind, payload = _receive(self._process.stdout)
         except (EOFError, OSError):
-            self._process = None
-            raise TansError(
-                "the process fitting the accuracy predictor died (killed, or out of memory); "
-                "resume the build (`tans resume ZOO`) to start a new one"
-            ) from None
-        if error:
-            raise TansError(f"fitting the accuracy predictor failed: {error}")
+            raise self._died() from None
+        if kind == b"E":
+            raise TansError(f"fitting the accuracy predictor failed: {payload.decode(errors='replace')}")
         import torch
 
+        a = _arrays(payload)
+        state = {k[2:]: torch.from_numpy(v) for k, v in a.items() if k.startswith("w.")}
         model = AccuracyPredictor(state["data_mean"].shape[0], state["func_mean"].shape[0])
-        model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
-        model.val_mse = val_mse
+        model.load_state_dict(state)
+        model.val_mse = float(a["val_mse"])
         fit.model, fit.seconds = model.eval(), time.monotonic() - fit.started
         self.done[fit.key] = fit
         while len(self.done) > self.KEEP:
             self.done.pop(next(iter(self.done)))
+
+    def _died(self) -> TansError:
+        self.close()
+        return TansError(
+            "the process fitting the accuracy predictor died (killed, or out of memory); "
+            "resume the build (`tans resume ZOO`) to start a new one"
+        )
+
+    def close(self) -> None:
+        """End the child (at the driver's exit; a running fit is dropped)."""
+        if self._process is not None:
+            if self._process.poll() is None:
+                self._process.terminate()
+                try:
+                    self._process.wait(5)
+                except subprocess.TimeoutExpired:
+                    self._process.kill()
+            for stream in (self._process.stdin, self._process.stdout):
+                stream.close()
+        self._process = self.running = None
+
+
+if __name__ == "__main__":
+    main()
