@@ -139,6 +139,30 @@ def test_the_predictor_refits_off_the_loop_and_a_policy_pinned_to_a_fit_proposes
     assert make().propose(grown, 3) == later
 
 
+def test_a_script_without_a_main_guard_builds_with_the_background_fitter(tmp_path):
+    """A user's plain script (no `if __name__ == "__main__"`) proposes with the predictor: the
+    fitting process does not re-run the caller's main module, and it ends with the script."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "plain.py"
+    script.write_text(
+        "from tans.pipeline.acquisition.base import ParetoSettings, PolicyContext\n"
+        "from tans.pipeline.acquisition.pareto import ParetoPolicy\n"
+        "from tests.helpers import POOL, make_prior, make_state\n"
+        "settings = ParetoSettings(n_init_per_dataset=3, retrain_every=64)\n"
+        "p = ParetoPolicy(PolicyContext(0, tuple(POOL), prior=make_prior(), log=print, pareto=settings))\n"
+        "print(len(p.propose(make_state(n_per_dataset=3), 2)), p._model_size)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "retrained on 12 results" in out.stdout and out.stdout.strip().endswith("2 12")
+
+
 def test_initial_phase_is_random_then_pareto():
     state = make_state(n_per_dataset=1)
     first = policy().propose(state, 8)
