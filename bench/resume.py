@@ -120,9 +120,14 @@ def fill_zoo(store, n_results: int, n_datasets: int = 120) -> None:
         records = list(pool_exec.map(write, range(len(pairs))))
     # the driver snapshots its results every SNAPSHOT_MIN_NEW commits: the zoo of a build that
     # died holds a snapshot a little behind its last commits
+    from tans.pipeline.acquisition.hypervolume import summarize_rows
+    from tans.pipeline.acquisition.priors import cached_profiles
     from tans.zoo_schema.results import SNAPSHOT_MIN_NEW, write_snapshot
+    from tans.zoo_schema.shards import cache_datasets, read_datasets
 
-    write_snapshot(store, records[: len(records) - SNAPSHOT_MIN_NEW + 1])
+    snapshot = records[: len(records) - SNAPSHOT_MIN_NEW + 1]
+    write_snapshot(store, snapshot, summarize_rows(snapshot, cached_profiles(store)))
+    cache_datasets(store, read_datasets(store))
 
 
 def plain_read_seconds(store) -> float:

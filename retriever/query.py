@@ -11,7 +11,7 @@ from tans.retriever import proxy
 from tans.retriever.rerank import DEFAULT_RERANK
 from tans.retriever.search import RECALL, Constraints, Searcher, SearchResult
 from tans.retriever.stale import staleness
-from tans.zoo_schema.results import read_results
+from tans.zoo_schema.results import CommittedResults, result_columns
 from tans.zoo_schema.store import ZooStore
 
 
@@ -40,22 +40,23 @@ def rank_query(
         if counts[c] < per_class:
             first.append(i)
             counts[c] += 1
-    results = {r.job_id: r for r in read_results(store, light=True)}  # no embeddings needed
-    searcher = Searcher(store, version, live_job_ids=set(results), results=results)
+    live = result_columns(store, ["dataset_id", "job_id"])  # two columns: records only of the hits
+    results = CommittedResults.of(store, live)
+    searcher = Searcher(store, version, live_job_ids=live["job_id"].combine_chunks(), results=results)
     found = searcher.rank(
         images, labels, constraints, top_k, rerank, recall, per_class, finetune_top, first, budget, losses_of
     )
-    return replace(found, warnings=stale_warnings(store, list(results.values())))
+    return replace(found, warnings=stale_warnings(store, live["dataset_id"].to_pylist()))
 
 
-def stale_warnings(store: ZooStore, results: list) -> tuple[str, ...]:
+def stale_warnings(store: ZooStore, dataset_ids: list[str]) -> tuple[str, ...]:
     """What a search cannot see: the networks of datasets the newest retriever version was
-    not trained on (and how to fix it)."""
-    state = staleness(store, results)
+    not trained on (and how to fix it); `dataset_ids`: each live result's dataset."""
+    state = staleness(store, dataset_ids)
     if not state.unknown_datasets:
         return ()
     unknown = set(state.unknown_datasets)
-    n = sum(r.dataset_id in unknown for r in results)
+    n = sum(d in unknown for d in dataset_ids)
     return (
         f"the retriever (v{state.version}) is stale: it does not know {len(unknown)} dataset(s) of the zoo "
         f"({', '.join(state.unknown_datasets)}; {n} networks), which this search cannot return; "

@@ -185,20 +185,24 @@ class Searcher:
         self,
         store: ZooStore,
         version: int | None = None,
-        live_job_ids: set[str] | None = None,
+        live_job_ids: set[str] | pa.Array | None = None,
         results: dict | None = None,
     ):
         self.store = store
         loaded = load_version(store, version)
         self.model, self.meta, table = loaded.model, loaded.meta, loaded.models
         if live_job_ids is not None:
-            table = table.filter(pc.is_in(table["job_id"], value_set=pa.array(sorted(live_job_ids))))
+            live = live_job_ids if isinstance(live_job_ids, pa.Array) else pa.array(sorted(live_job_ids), pa.string())
+            table = table.filter(pc.is_in(table["job_id"], value_set=live))
         self.table = table
-        self.embeddings = np.asarray(table["embedding"].to_pylist(), dtype=np.float32).reshape(-1, 128)
-        self.params = np.asarray(table["params"].to_pylist(), dtype=np.float64)
-        self.flops = np.asarray(table["flops"].to_pylist(), dtype=np.float64)
-        self.latency = np.asarray(table["latency_ms"].to_pylist(), dtype=np.float64)
-        self.source_accuracy = np.asarray(table["accuracy"].to_pylist(), dtype=np.float64)
+        flat = table["embedding"].combine_chunks().flatten() if table.num_rows else pa.array([], pa.float32())
+        self.embeddings = flat.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, 128)
+
+        def column(name: str) -> np.ndarray:
+            return table[name].to_numpy().astype(np.float64)
+
+        self.params, self.flops = column("params"), column("flops")
+        self.latency, self.source_accuracy = column("latency_ms"), column("accuracy")
         self.source_fit = source_over_chance(self.source_accuracy, table["num_classes"].to_pylist())
         self.image_size = self.meta["image_size"]
         self.results = results or {}  # job_id -> ResultRecord, for loading candidate networks

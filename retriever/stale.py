@@ -65,22 +65,22 @@ def version_datasets(store: ZooStore, version: int, meta: dict) -> set[str]:
     return set(table["dataset_id"].to_pylist())
 
 
-def staleness(store: ZooStore, results=None, if_grown: float = DEFAULT_IF_GROWN) -> Staleness:
-    """The newest version against the zoo's results (read when not given): stale when a
-    dataset with networks is unknown to it, or when results grew by `if_grown` (a fraction
-    < 1 of what it was trained on, or a count >= 1)."""
-    if results is None:
-        from tans.zoo_schema.results import read_results
+def staleness(store: ZooStore, dataset_ids: list[str] | None = None, if_grown: float = DEFAULT_IF_GROWN) -> Staleness:
+    """The newest version against the zoo's results (`dataset_ids`: each result's dataset, read
+    when not given): stale when a dataset with networks is unknown to it, or when results
+    grew by `if_grown` (a fraction < 1 of what it was trained on, or a count >= 1)."""
+    if dataset_ids is None:
+        from tans.zoo_schema.results import results_table
 
-        results = read_results(store, light=True)
-    n = len(results)
+        dataset_ids = results_table(store, embeddings=False)["dataset_id"].to_pylist()
+    n = len(dataset_ids)
     available = versions(store)
     if not available:
         return Staleness(None, True, [f"no retriever yet ({n} results)"], results=n)
     version = available[-1]
     meta = store.read_json(layout.retriever_meta_key(version))
     trained_on = int(meta["results"])
-    unknown = sorted({r.dataset_id for r in results} - version_datasets(store, version, meta))
+    unknown = sorted(set(dataset_ids) - version_datasets(store, version, meta))
     need = max(trained_on * if_grown if if_grown < 1 else if_grown, 1)
     grown = n - trained_on
     reasons = []

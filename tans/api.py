@@ -54,15 +54,20 @@ class Zoo:
         """The zoo's location: an absolute local path or `s3://bucket/prefix`."""
         return self.store.uri
 
-    def results(self) -> pa.Table:
+    def results(self, embeddings: bool = True) -> pa.Table:
         """Every committed result, one row per network.
+
+        Args:
+            embeddings: include `functional_embedding` (1,280 floats a row, nine tenths of
+                the table); pass False for a table of the scalar columns, read in a tenth of
+                the time and memory.
 
         Returns:
             A pyarrow Table with the public result columns (`job_id`, `dataset_id`, `arch`,
                 `accuracy`, `params`, `flops`, `latency_ms`, `checkpoint_uri`, ...; see the zoo
                 format). Reading it does not import torch.
         """
-        return results_table(self.store)
+        return results_table(self.store, embeddings)
 
     def datasets(self) -> list[DatasetRecord]:
         """The zoo's datasets.

@@ -202,3 +202,18 @@ def test_hv_history_grows_with_better_results():
     # at marks only (what `tans status` shows): the same values, datasets recomputed lazily
     assert hv_history(rs, prior.profiles, DATASETS, at=[0, 2]) == [h[0], h[2]]
     assert hv_history(rs, prior.profiles, DATASETS, at=[1]) == [h[1]]
+
+
+@pytest.mark.parametrize("start", [0, 1, 30, 60])
+def test_incremental_fronts_and_volumes_equal_recomputing_each_prefix(start):
+    """`tans status`'s per-row summaries (front size and hypervolume after each result),
+    computed from a first block at once and then point by point, equal recomputing every
+    prefix; coarse values make ties and duplicate points."""
+    from tans.pipeline.acquisition.hypervolume import front_after, front_indices, hypervolume_after
+
+    rng = np.random.default_rng(3)
+    costs, points = np.round(rng.uniform(size=(60, 3)), 1), np.round(rng.uniform(size=(60, 3)), 1)
+    fronts, volumes = front_after(costs, start), hypervolume_after(points, start)
+    for k in range(start, 60):
+        assert fronts[k] == len(front_indices([tuple(c) for c in costs[: k + 1]]))
+        assert volumes[k] == pytest.approx(normalized_hypervolume(points[: k + 1]), abs=1e-12)

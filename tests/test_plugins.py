@@ -13,7 +13,7 @@ from tans.pipeline.execution.plugins import (
     WorkerHoursStopper,
     stoppers_for,
 )
-from tans.zoo_schema.results import SNAPSHOT_KEY, SNAPSHOT_MIN_NEW
+from tans.zoo_schema.results import SNAPSHOT_MIN_NEW, read_segments
 from tans.zoo_schema.store import open_store
 from tests.helpers import result
 
@@ -25,7 +25,7 @@ def fake_driver(n_results: int, train_seconds: float = 60.0, history=(), max_job
         results=results,
         used_budget=n_results,
         config=SimpleNamespace(max_jobs=max_jobs),
-        hypervolume=SimpleNamespace(history=lambda: list(history)),
+        hypervolume=SimpleNamespace(history=lambda: list(history), profiles=lambda: None),
         store=store,
     )
 
@@ -55,10 +55,10 @@ def test_the_snapshot_is_rewritten_on_its_cadence_and_at_the_end(tmp_path):
     callback = SnapshotCallback(snapshot_at=0)
     driver = fake_driver(SNAPSHOT_MIN_NEW - 1, store=store)
     callback.on_result(driver, None, driver.results[-1])
-    assert not store.exists("results_index/snapshot.parquet")
+    assert read_segments(store) is None
     driver.results.append(result("d0", "a", 0.5, SNAPSHOT_MIN_NEW))
     callback.on_result(driver, None, driver.results[-1])
-    assert store.read_table(SNAPSHOT_KEY).num_rows == SNAPSHOT_MIN_NEW
+    assert sum(s.rows for s in read_segments(store)) == SNAPSHOT_MIN_NEW
     driver.results.append(result("d0", "a", 0.5, SNAPSHOT_MIN_NEW + 1))
     callback.on_finish(driver, None)
-    assert store.read_table(SNAPSHOT_KEY).num_rows == SNAPSHOT_MIN_NEW + 1
+    assert sum(s.rows for s in read_segments(store)) == SNAPSHOT_MIN_NEW + 1

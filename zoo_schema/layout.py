@@ -26,7 +26,10 @@ from tans.zoo_schema.store import ZooStore, check_key, open_store
 
 MANIFEST = "manifest.json"
 LEASE = "journal/lease.json"
-SNAPSHOT = "results_index/snapshot.parquet"
+SNAPSHOT = "results_index/snapshot.parquet"  # the one-file snapshot of older zoos (still read)
+SNAPSHOT_INDEX = "results_index/index.json"  # the snapshot's segments
+SEGMENTS = "results_index/segments"
+DATASETS_SNAPSHOT = "results_index/datasets.parquet"  # a cache of the dataset records
 POOL_PROFILES = "pool/profiles.parquet"
 RESULTS = "results"  # prefixes listed by readers
 DATASETS = "datasets"
@@ -42,6 +45,7 @@ OWN_OBJECTS = re.compile(
     r"checkpoints/[0-9a-f]{24}/[0-9a-f]{64}\.safetensors"
     r"|data/[a-z0-9-]+/(?:[0-9a-f]{16}/)?(?:train|test)/part-\d{5}\.parquet"
     r"|retriever/(?:files/[0-9a-f]+|v\d+)/(?:weights\.safetensors|models\.parquet)"
+    r"|results_index/segments/[0-9a-f]{32}(?:\.embeddings)?\.parquet"
 )
 
 
@@ -75,6 +79,11 @@ def journal_key(kind: str, entry: str) -> str:
 def quarantine_keys(key: str) -> tuple[str, str]:
     """(where a set-aside object goes, where its reason goes)."""
     return f"{QUARANTINE}/{key}", f"{QUARANTINE}/{key}.reason.json"
+
+
+def segment_keys(token: str) -> tuple[str, str]:
+    """(scalar columns, functional embeddings) of one segment of the results snapshot."""
+    return f"{SEGMENTS}/{token}.parquet", f"{SEGMENTS}/{token}.embeddings.parquet"
 
 
 def result_key(dataset_id: str, job_id: str) -> str:

@@ -1,11 +1,21 @@
 """Committed results and the build's state, derived from the zoo alone (so any machine can
 resume a build). Reading never writes: setting a damaged file aside (`quarantine`) and
 refreshing the snapshot (`write_snapshot`) are explicit calls of the driver and of verify.
+
+The per-job files under `results/` are the commits. The snapshot is a cache of their rows in
+a few large Parquet segments (`results_index/segments/<token>.parquet`, the scalar columns,
+beside `<token>.embeddings.parquet`, the functional embeddings), named by
+`results_index/index.json`. A refresh appends one segment of the rows not yet in it and
+merges the newest segments while the last is at least half the size of the one before, so
+a zoo of n results has O(log n) segments and each row is rewritten O(log n) times. Readers
+take a snapshot row only while its file is listed; a segment that is missing or damaged is
+skipped and its rows are read from their files.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -52,7 +62,7 @@ class ZooState:
         }
 
 
-SNAPSHOT_KEY = layout.SNAPSHOT
+SNAPSHOT_KEY = layout.SNAPSHOT  # the one-file snapshot of older zoos: read, replaced by segments
 SNAPSHOT_MIN_NEW = 64
 
 
@@ -70,6 +80,28 @@ def find_result(store: ZooStore, job_id: str) -> ResultRecord | None:
     """A job's committed result, wherever its dataset partition is; None if it has none."""
     keys = [k for k in store.list(layout.RESULTS) if k.endswith(f"/{job_id}.parquet")]
     return read_result(store, keys[0]) if keys else None
+
+
+class CommittedResults(Mapping):
+    """job_id -> ResultRecord over the committed results whose keys are given; each record is
+    read from its file when asked for (a search loads a few of 100,000s)."""
+
+    def __init__(self, store: ZooStore, keys: dict[str, str]):
+        self.store, self.keys = store, keys
+
+    def __getitem__(self, job_id: str) -> ResultRecord:
+        return read_result(self.store, self.keys[job_id])
+
+    def __iter__(self):
+        return iter(self.keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @classmethod
+    def of(cls, store: ZooStore, table: pa.Table) -> CommittedResults:
+        """Over the rows of a table with the `dataset_id` and `job_id` columns."""
+        return cls(store, dict(zip(table["job_id"].to_pylist(), _key_column(table).to_pylist())))
 
 
 @dataclass(frozen=True)
@@ -106,92 +138,295 @@ def scan_results(store: ZooStore, light: bool = False) -> ResultsRead:
     """Every committed result; unreadable files and files that hold another job's row are
     left out and reported (the driver and `tans verify` quarantine them; reading writes nothing).
 
-    The per-job files are the commits; `results_index/snapshot.parquet` is a cache of
-    their rows, so a resume reads one object plus the files committed since, not one
-    object per result. Rows of the snapshot count only while their file is still listed
-    (a quarantined result never comes back from the cache).
+    The per-job files are the commits; the snapshot's segments cache their rows, so a resume
+    reads a few objects plus the files committed since, not one object per result. Rows of
+    the snapshot count only while their file is still listed (a quarantined result never
+    comes back from the cache).
 
     With `light`, the HEAVY columns (the functional embeddings) are not read: the records
     hold an empty list there. That is for summaries (`tans status`): a tenth of the memory.
     """
-    keys = [k for k in store.list(layout.RESULTS) if k.endswith(".parquet")]
+    keys = result_keys(store)
     if not keys:
         return ResultsRead([], 0, [])
-    listed = set(keys)
-    rows = {k: r for k, r in _read_snapshot(store, light).items() if k in listed}
+    snapshot = _snapshot_rows(store, keys, light)
+    rows = {}
+    if snapshot is not None:
+        table = snapshot[0]
+        rows = {result_key(r): r for r in from_table(ResultRecord, _light(table) if light else table)}
     missing = [k for k in keys if k not in rows]
     found, unusable = _read_files(store, missing, light)
     rows.update(found)
     return ResultsRead(sorted(rows.values(), key=lambda r: (r.dataset_id, r.job_id)), len(missing), unusable)
 
 
-def results_table(store: ZooStore) -> pa.Table:
+def result_keys(store: ZooStore) -> list[str]:
+    """The keys of the committed result files."""
+    return [k for k in store.list(layout.RESULTS) if k.endswith(".parquet")]
+
+
+def _key_column(table: pa.Table):
+    import pyarrow.compute as pc
+
+    return pc.binary_join_element_wise(
+        f"{layout.RESULTS}/dataset=", table["dataset_id"], "/", table["job_id"], ".parquet", ""
+    )
+
+
+def results_table(store: ZooStore, embeddings: bool = True) -> pa.Table:
     """What `read_results` reads, as one Arrow table sorted by (dataset, job), without making a
     Python object of each value: the snapshot's rows whose file is still listed, plus the
     files committed since. When anything is off (a damaged or older-schema file, a row that
-    is not its file's), the records are read and converted instead, with the same result."""
-    import pyarrow.compute as pc
-    import pyarrow.dataset as pads
-
+    is not its file's), the records are read and converted instead, with the same result.
+    Without `embeddings`, the table lacks the functional embeddings (nine tenths of its size)."""
     schema = arrow_schema(ResultRecord)
-    keys = [k for k in store.list(layout.RESULTS) if k.endswith(".parquet")]
+    wanted = pa.schema([f for f in schema if embeddings or f.name not in HEAVY], metadata=schema.metadata)
+    keys = result_keys(store)
     if not keys:
-        return schema.empty_table()
-
-    def key_column(table: pa.Table):
-        return pc.binary_join_element_wise(
-            f"{layout.RESULTS}/dataset=", table["dataset_id"], "/", table["job_id"], ".parquet", ""
-        )
-
+        return wanted.empty_table()
     try:
         parts, listed = [], set(keys)
-        try:
-            snapshot = store.read_table(SNAPSHOT_KEY).select(schema.names).cast(schema)
-            snapshot = snapshot.filter(pc.is_in(key_column(snapshot), pa.array(keys)))
-            parts.append(snapshot)
-            listed -= set(key_column(snapshot).to_pylist())
-        except FileNotFoundError:
-            pass
+        snapshot = _snapshot_rows(store, keys, light=not embeddings)
+        if snapshot is not None:
+            parts.append(snapshot[0].select(wanted.names).cast(wanted))
+            listed = _not_in(keys, snapshot[1])
         if listed:
-            fs, base = store.arrow_filesystem()
-            files = pads.dataset(
-                [f"{base}/{k}" for k in sorted(listed)], filesystem=fs, format="parquet", schema=schema
-            ).to_table()
-            if files.num_rows != len(listed) or set(key_column(files).to_pylist()) != listed:
-                raise ValueError("a result file holds another job's row")
-            parts.append(files)
+            parts.append(_files_table(store, listed, wanted))
         table = pa.concat_tables(parts)
-        if any(table[name].null_count for name in schema.names):
+        if any(table[name].null_count for name in wanted.names):
             raise ValueError("a file of an older schema")
         return table.sort_by([("dataset_id", "ascending"), ("job_id", "ascending")])
     except (*CORRUPT, OSError, pa.ArrowException):
-        rows = read_results(store)
-        return to_table(rows) if rows else schema.empty_table()
+        rows = read_results(store, light=not embeddings)
+        return to_table(rows).select(wanted.names).cast(wanted) if rows else wanted.empty_table()
 
 
-def write_snapshot(store: ZooStore, results: list[ResultRecord]) -> None:
-    """Cache these committed results' rows in one object (atomic replace)."""
-    if results:
-        store.write_table(SNAPSHOT_KEY, to_table(results))
-
-
-def _read_snapshot(store: ZooStore, light: bool = False) -> dict[str, ResultRecord]:
+def result_columns(store: ZooStore, names: list[str]) -> pa.Table:
+    """These scalar columns of every committed result (as `results_table(store, False)`, in no
+    particular order), with the SUMMARY columns where the snapshot holds them (null for rows
+    read from their files): what `tans status` summarizes and `tans search` looks up."""
+    keys = result_keys(store)
+    names = list(dict.fromkeys(["dataset_id", "job_id", *names]))
+    summary = pa.schema([pa.field(n, t) for n, t in SUMMARY.items()])
     try:
-        if light:  # only the columns wanted are read from the file
-            import pyarrow.parquet as pq
+        snapshot = _snapshot_rows(store, keys, light=True, columns=names + summary.names) if keys else None
+        parts, listed = [], set(keys)
+        if snapshot is not None:
+            table, held = snapshot
+            for name, kind in SUMMARY.items():
+                if name not in table.column_names:
+                    table = table.append_column(pa.field(name, kind), pa.nulls(table.num_rows, kind))
+            parts.append(table.select(names + summary.names))
+            listed = _not_in(keys, held)
+        if listed:
+            files = _files_table(store, listed, pa.schema([arrow_schema(ResultRecord).field(n) for n in names]))
+            for name, kind in SUMMARY.items():
+                files = files.append_column(pa.field(name, kind), pa.nulls(files.num_rows, kind))
+            parts.append(files)
+        if not parts:
+            raise FileNotFoundError
+        return pa.concat_tables([p.cast(parts[0].schema) for p in parts])
+    except (FileNotFoundError, *CORRUPT, pa.ArrowException):
+        table = results_table(store, embeddings=False).select(names)
+        for name, kind in SUMMARY.items():
+            table = table.append_column(pa.field(name, kind), pa.nulls(table.num_rows, kind))
+        return table
 
-            fs, base = store.arrow_filesystem()
-            try:
-                table = _light(pq.read_table(f"{base}/{SNAPSHOT_KEY}", filesystem=fs, columns=_columns(True)))
-            except (FileNotFoundError, IsADirectoryError):
-                raise FileNotFoundError(SNAPSHOT_KEY) from None
-        else:
-            table = store.read_table(SNAPSHOT_KEY)
-        return {result_key(r): r for r in from_table(ResultRecord, table)}
+
+def _files_table(store: ZooStore, keys: set[str], schema: pa.Schema) -> pa.Table:
+    """The rows of these result files, one threaded pyarrow dataset read; raises ValueError
+    when a file does not hold its own key's row (then the records are read one by one)."""
+    import pyarrow.dataset as pads
+
+    fs, base = store.arrow_filesystem()
+    files = pads.dataset(
+        [f"{base}/{k}" for k in sorted(keys)], filesystem=fs, format="parquet", schema=arrow_schema(ResultRecord)
+    ).to_table(columns=schema.names)
+    if files.num_rows != len(keys) or set(_key_column(files).to_pylist()) != keys:
+        raise ValueError("a result file holds another job's row")
+    return files.cast(schema)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One segment of the results snapshot: `rows` rows under a random token."""
+
+    token: str
+    rows: int
+
+    @property
+    def keys(self) -> tuple[str, str]:
+        return layout.segment_keys(self.token)
+
+
+def read_segments(store: ZooStore) -> list[Segment] | None:
+    """The snapshot's segments, oldest first; None where the zoo has no (readable) index."""
+    try:
+        meta = store.read_json(layout.SNAPSHOT_INDEX)
+        return [Segment(str(s["token"]), int(s["rows"])) for s in meta["segments"]]
     except FileNotFoundError:
-        return {}
-    except (*CORRUPT, OSError, pa.ArrowException):
-        return {}  # a damaged or unreadable cache: the commits are read instead
+        return None
+    except (*CORRUPT, TypeError, OSError):
+        log.warning("%s in %s is unreadable: the results are read from their files", layout.SNAPSHOT_INDEX, store.uri)
+        return None
+
+
+def _read_segment(store: ZooStore, segment: Segment, light: bool, columns: list[str] | None = None) -> pa.Table:
+    """A segment's rows: the scalar columns (only `columns`, when given: a light read), with
+    the embeddings beside them unless `light`."""
+    import pyarrow.parquet as pq
+
+    scalars_key, embeddings_key = segment.keys
+    fs, base = store.arrow_filesystem()
+    try:
+        if columns is not None:
+            present = pq.read_schema(f"{base}/{scalars_key}", filesystem=fs).names
+            columns, light = [c for c in columns if c in present], True  # SUMMARY columns: some segments only
+        table = pq.read_table(f"{base}/{scalars_key}", filesystem=fs, columns=columns)
+        if not light:
+            heavy = pq.read_table(f"{base}/{embeddings_key}", filesystem=fs)
+            if not heavy["job_id"].equals(table["job_id"]):
+                raise ValueError(f"{embeddings_key} is not aligned with {scalars_key}")
+            for name in HEAVY:
+                table = table.append_column(heavy.schema.field(name), heavy[name])
+    except (FileNotFoundError, IsADirectoryError):
+        raise FileNotFoundError(scalars_key) from None
+    if table.num_rows != segment.rows:
+        raise ValueError(f"{scalars_key} holds {table.num_rows} rows, the index says {segment.rows}")
+    return table
+
+
+def _snapshot_rows(
+    store: ZooStore, keys: list[str], light: bool, columns: list[str] | None = None
+) -> tuple[pa.Table, pa.Array] | None:
+    """The snapshot's rows whose file is among `keys` (each once), without the HEAVY columns
+    when `light`, and their keys; None when nothing of it is readable. Segments that are missing or damaged
+    are left out: their rows are read from the files."""
+    import pyarrow.compute as pc
+
+    segments = read_segments(store)
+    parts = []
+    if segments is None:  # a zoo written before segments: its one-file snapshot
+        try:
+            parts.append(_read_legacy(store, light) if columns is None else _read_legacy(store, True).select(columns))
+        except FileNotFoundError:
+            return None
+        except (*CORRUPT, OSError, pa.ArrowException):
+            return None  # a damaged or unreadable cache: the commits are read instead
+    for segment in segments or ():
+        try:
+            parts.append(_read_segment(store, segment, light, columns))
+        except (*CORRUPT, OSError, pa.ArrowException) as e:
+            log.warning(
+                "snapshot segment %s of %s left out (%s): its rows are read from their files",
+                segment.token,
+                store.uri,
+                e,
+            )
+    if not parts:
+        return None
+    try:
+        table = pa.concat_tables(parts, promote_options="default")  # SUMMARY columns in some segments only
+    except (*CORRUPT, pa.ArrowException):
+        return None
+    key = _key_column(table)
+    listed = pc.is_in(key, pa.array(keys))
+    table, key = table.filter(listed), key.filter(listed)
+    if pc.count_distinct(key).as_py() != table.num_rows:  # overlapping segments
+        seen: set[str] = set()
+        first = pa.array([i for i, k in enumerate(key.to_pylist()) if not (k in seen or seen.add(k))])
+        table, key = table.take(first), key.take(first)
+    return table, key
+
+
+def _not_in(keys: list[str], held) -> set[str]:
+    """The keys that are not among `held` (an Arrow array of keys)."""
+    import pyarrow.compute as pc
+
+    listed = pa.array(keys)
+    return set(listed.filter(pc.invert(pc.is_in(listed, held))).to_pylist())
+
+
+def _read_legacy(store: ZooStore, light: bool) -> pa.Table:
+    import pyarrow.parquet as pq
+
+    fs, base = store.arrow_filesystem()
+    try:
+        return pq.read_table(f"{base}/{SNAPSHOT_KEY}", filesystem=fs, columns=_columns(light))
+    except (FileNotFoundError, IsADirectoryError):
+        raise FileNotFoundError(SNAPSHOT_KEY) from None
+
+
+# Columns a snapshot segment may carry beside the record's: per-dataset summaries computed by
+# the writer (`tans.pipeline.acquisition.hypervolume.summarize_rows`), so that `tans status`
+# does not recompute every dataset's Pareto front. Readers check them (see `status_table`).
+SUMMARY = {"rank_in_dataset": pa.int64(), "hypervolume_after": pa.float64(), "front_after": pa.int64()}
+
+
+def write_snapshot(
+    store: ZooStore, results: list[ResultRecord], summarize: Callable[[list[ResultRecord]], dict] | None = None
+) -> None:
+    """Refresh the snapshot with these committed results (the driver's, in full): append a
+    segment of those it does not hold yet, merge the newest segments while the last is at
+    least half the size of the one before (rows of results not among `results` are dropped
+    on the way), then replace the index and delete the segments it no longer names.
+    `summarize(new rows)` gives the SUMMARY columns of the new segment's rows."""
+    import uuid
+
+    import pyarrow.compute as pc
+
+    if not results:
+        return
+    wanted = {result_key(r): r for r in results}
+    held: list[tuple[Segment, set[str]]] = []
+    old = read_segments(store) or []
+    for segment in old:
+        try:
+            keys = _read_segment(store, segment, light=True, columns=["dataset_id", "job_id"])
+            held.append((segment, set(_key_column(keys).to_pylist())))
+        except (*CORRUPT, OSError, pa.ArrowException):
+            continue  # damaged or missing: its rows are written again below
+    covered = set().union(*(keys for _, keys in held))
+    new = [r for k, r in wanted.items() if k not in covered]
+    written: list[Segment] = []
+
+    def with_summary(rows: list[ResultRecord]) -> pa.Table:
+        table = to_table(rows)
+        columns = summarize(rows) if summarize else {}
+        for name, kind in SUMMARY.items():
+            if name in columns:
+                table = table.append_column(pa.field(name, kind), pa.array(columns[name], kind))
+        return table
+
+    def write(table: pa.Table) -> tuple[Segment, set[str]]:
+        segment = Segment(uuid.uuid4().hex, table.num_rows)
+        written.append(segment)
+        scalars_key, embeddings_key = segment.keys
+        store.write_table(embeddings_key, table.select(["job_id", *HEAVY]))
+        store.write_table(scalars_key, table.drop_columns(list(HEAVY)))
+        return segment, set(_key_column(table).to_pylist())
+
+    if new:
+        held.append(write(with_summary(new)))
+    while len(held) >= 2 and held[-1][0].rows * 2 >= held[-2][0].rows:
+        (a, keys_a), (b, keys_b) = held[-2], held[-1]
+        try:
+            parts = [_read_segment(store, a, light=False), _read_segment(store, b, light=False)]
+            table = pa.concat_tables(parts, promote_options="default")
+            table = table.filter(pc.is_in(_key_column(table), pa.array(sorted(wanted))))
+        except (*CORRUPT, OSError, pa.ArrowException):  # an embeddings file damaged: the rows from memory
+            rows = [wanted[k] for k in sorted(keys_a | keys_b) if k in wanted]
+            table = to_table(rows) if rows else pa.table({})
+        held[-2:] = [write(table)] if table.num_rows else []
+    segments = [segment for segment, _ in held]
+    if segments == old and not store.exists(SNAPSHOT_KEY):
+        return
+    store.write_json(layout.SNAPSHOT_INDEX, {"segments": [{"token": s.token, "rows": s.rows} for s in segments]})
+    for segment in old + written:  # merged away, or written and merged within this refresh
+        if segment not in segments:
+            for key in segment.keys:
+                store.delete(key)
+    store.delete(SNAPSHOT_KEY)  # the one-file snapshot of an older zoo, now in the segments
 
 
 def check_result(key: str, record: ResultRecord) -> str | None:
@@ -258,5 +493,7 @@ def quarantine(store: ZooStore, key: str, reason: str) -> None:
         target, reason_key = layout.quarantine_keys(f"{key}.{n}")
     store.write_bytes(target, data)
     store.write_json(reason_key, {"key": key, "reason": reason, "at": datetime.now(UTC).isoformat()})
+    if key.startswith(f"{layout.DATASETS}/"):
+        store.delete(layout.DATASETS_SNAPSHOT)  # the cache must not bring the record back
     store.delete(key)
     log.warning("quarantined %s: %s", key, reason)

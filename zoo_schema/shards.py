@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 
 from tans.zoo_schema import layout
 from tans.zoo_schema.errors import DatasetError
-from tans.zoo_schema.records import DatasetRecord, from_table
+from tans.zoo_schema.records import DatasetRecord, arrow_schema, from_table, to_table
 from tans.zoo_schema.store import ZooStore
 
 SHARD_ROWS = 2048
@@ -22,12 +22,43 @@ DATA_SCHEMA = pa.schema([pa.field("image", pa.binary()), pa.field("label", pa.in
 
 
 def read_datasets(store: ZooStore) -> list[DatasetRecord]:
-    """Every complete dataset of the zoo, sorted by id."""
-    records = []
-    for key in store.list(layout.DATASETS):
-        if key.endswith(".parquet"):
-            records += from_table(DatasetRecord, store.read_table(key))
-    return sorted(records, key=lambda r: r.dataset_id)
+    """Every complete dataset of the zoo, sorted by id: the records cached in
+    `results_index/datasets.parquet` whose file is listed, and the others read as one threaded
+    pyarrow dataset (or one by one when that fails: a damaged or older-schema record then
+    raises as it does when read alone)."""
+    import pyarrow.dataset as pads
+
+    keys = [k for k in store.list(layout.DATASETS) if k.endswith(".parquet")]
+    records = {}
+    try:
+        listed = set(keys)
+        cached = from_table(DatasetRecord, store.read_table(layout.DATASETS_SNAPSHOT))
+        records = {key: r for r in cached if (key := layout.dataset_key(r.dataset_id)) in listed}
+    except (FileNotFoundError, ValueError, KeyError, OSError, pa.ArrowException):
+        pass  # no cache, or a damaged one: the records are read
+    missing = [k for k in keys if k not in records]
+    try:
+        fs, base = store.arrow_filesystem()
+        schema = arrow_schema(DatasetRecord)
+        table = pads.dataset([f"{base}/{k}" for k in missing], filesystem=fs, format="parquet", schema=schema)
+        table = table.to_table()
+        if table.num_rows != len(missing) or any(table[name].null_count for name in schema.names):
+            raise ValueError("a dataset record of an older schema, or not one row")
+        found = from_table(DatasetRecord, table)
+    except (ValueError, KeyError, OSError, pa.ArrowException):
+        found = [r for key in missing for r in from_table(DatasetRecord, store.read_table(key))]
+    return sorted([*records.values(), *found], key=lambda r: r.dataset_id)
+
+
+def cache_datasets(store: ZooStore, records: list[DatasetRecord]) -> None:
+    """Cache these dataset records (the zoo's, as `read_datasets` gave them) in one object.
+    Whoever adds or sets aside a dataset record deletes the cache (`forget_datasets`)."""
+    if records:
+        store.write_table(layout.DATASETS_SNAPSHOT, to_table(records))
+
+
+def forget_datasets(store: ZooStore) -> None:
+    store.delete(layout.DATASETS_SNAPSHOT)
 
 
 def read_dataset(store: ZooStore, dataset_id: str) -> DatasetRecord:

@@ -91,11 +91,16 @@ class LocalStore(ZooStore):
         base = self._path(prefix)
         if not base.is_dir():
             return []
-        keys = [
-            p.relative_to(self.root).as_posix()
-            for p in base.rglob("*")
-            if p.is_file() and not p.name.startswith(TEMP_PREFIX)
-        ]
+        keys: list[str] = []
+        skip = len(str(self.root)) + 1
+        folders = [str(base)]
+        while folders:  # os.scandir: one system call per folder, not one per file (100,000s of results)
+            with os.scandir(folders.pop()) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        folders.append(entry.path)
+                    elif entry.is_file() and not entry.name.startswith(TEMP_PREFIX):
+                        keys.append(entry.path[skip:].replace(os.sep, "/"))
         return sorted(keys)
 
     def age(self, key: str) -> float:

@@ -141,3 +141,83 @@ def hv_history(
             changed.clear()
             out.append(float(np.mean(list(hv.values()))))
     return out
+
+
+# -- per-dataset summaries for `tans status` ---------------------------------------------
+
+
+def hypervolume_after(points: np.ndarray, start: int = 0) -> np.ndarray:
+    """The normalized hypervolume of the first k+1 minimization points, for each k >= `start`
+    (0 before it): the front of the first `start` at once, then one volume computation per
+    point that enlarges the front (a weakly dominated point adds nothing)."""
+    points = np.asarray(points, dtype=float).reshape(-1, 3)
+    out = np.zeros(len(points))
+    front = nondominated(points[:start]) if start else np.empty((0, 3))
+    hv = normalized_hypervolume(front) if len(front) else 0.0
+    for i in range(start, len(points)):
+        p = points[i]
+        if not (len(front) and (front <= p).all(1).any()):
+            front = nondominated(np.vstack([front, p]))
+            hv = normalized_hypervolume(front)
+        out[i] = hv
+    return out
+
+
+def _beaten(costs: np.ndarray, by: np.ndarray) -> np.ndarray:
+    """For each (accuracy, latency, params) row of `costs`: whether a row of `by` dominates it."""
+    out = np.zeros(len(costs), dtype=bool)
+    for chunk in range(0, len(by), 512):  # [len(costs), 512] comparisons at a time
+        q = by[chunk : chunk + 512, None, :]
+        no_worse = (q[..., 0] >= costs[:, 0]) & (q[..., 1] <= costs[:, 1]) & (q[..., 2] <= costs[:, 2])
+        better = (q[..., 0] > costs[:, 0]) | (q[..., 1] < costs[:, 1]) | (q[..., 2] < costs[:, 2])
+        out |= (no_worse & better).any(0)
+    return out
+
+
+def front_after(costs: np.ndarray, start: int = 0) -> np.ndarray:
+    """`len(front_indices(costs[:k+1]))` for each k >= `start` (0 before it): the front of the
+    first `start` at once, then point by point (a point dominated by any earlier one is
+    dominated by one on the front: dominance is transitive, so the front alone decides)."""
+    costs = np.asarray(costs, dtype=float).reshape(-1, 3)
+    out = np.zeros(len(costs), dtype=np.int64)
+    front = costs[:start][~_beaten(costs[:start], costs[:start])] if start else np.empty((0, 3))
+    for i in range(start, len(costs)):
+        p = costs[i : i + 1]
+        if not (len(front) and _beaten(p, front)[0]):
+            front = np.vstack([front[~_beaten(front, p)], p])
+        out[i] = len(front)
+    return out
+
+
+def commit_order(results: list[ResultRecord]) -> list[ResultRecord]:
+    return sorted(results, key=lambda r: (r.created_at, r.job_id))
+
+
+def summarize_rows(results: list[ResultRecord], profiles: dict | None):
+    """The `summarize` of `write_snapshot`: for the new rows of a snapshot refresh, each one's
+    rank among its dataset's results in commit order, and its dataset's hypervolume (with the
+    pool profiles) and Pareto front size after it. `results` are all committed results."""
+
+    def summarize(new: list[ResultRecord]) -> dict[str, list]:
+        wanted = {r.job_id for r in new}
+        touched = {r.dataset_id for r in new}
+        by_dataset: dict[str, list[ResultRecord]] = {}
+        for r in results:
+            if r.dataset_id in touched:
+                by_dataset.setdefault(r.dataset_id, []).append(r)
+        found: dict[str, tuple] = {}
+        norm, prior = (normalizer_for(profiles), Prior({}, profiles)) if profiles else (None, None)
+        for rows in by_dataset.values():
+            rows = commit_order(rows)
+            start = min(k for k, r in enumerate(rows) if r.job_id in wanted)  # the rows before: one front
+            costs = np.array([(r.accuracy, r.latency_ms, r.params) for r in rows], dtype=float)
+            fronts = front_after(costs, start)
+            hvs = hypervolume_after(points_of(rows, norm, prior), start) if norm else [None] * len(rows)
+            for k in range(start, len(rows)):
+                if rows[k].job_id in wanted:
+                    found[rows[k].job_id] = (k, hvs[k], int(fronts[k]))
+        missing = (None, None, None)
+        columns = zip(*(found.get(r.job_id, missing) for r in new))
+        return dict(zip(("rank_in_dataset", "hypervolume_after", "front_after"), columns))
+
+    return summarize

@@ -89,7 +89,7 @@ def render_report(store: ZooStore, folder: Path) -> int:
     state = read_state(store)
     (folder / "pareto").mkdir(parents=True, exist_ok=True)
     hv = hypervolumes(store, state)
-    status = zoo_status(store, state, hv)
+    status = zoo_status(store, state)
     views = dataset_views(state)
     colours = {v.family: v.colour for v in views}
     figures: list[Figure] = []

@@ -4,11 +4,23 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from tans.pipeline.acquisition.hypervolume import dataset_hypervolumes, front_indices, hv_history
-from tans.pipeline.acquisition.priors import cached_profiles
+import numpy as np
+import pyarrow as pa
+
+from tans.pipeline.acquisition.hypervolume import (
+    dataset_hypervolumes,
+    front_after,
+    hv_history,
+    hypervolume_after,
+    normalizer_for,
+)
+from tans.pipeline.acquisition.priors import Prior, cached_profiles
 from tans.retriever.stale import Staleness, staleness
+from tans.zoo_schema.journal import read_failures
 from tans.zoo_schema.manifest import read_manifest
-from tans.zoo_schema.results import ZooState, read_state
+from tans.zoo_schema.records import to_table
+from tans.zoo_schema.results import SUMMARY, ZooState, result_columns
+from tans.zoo_schema.shards import read_datasets
 from tans.zoo_schema.store import ZooStore
 
 
@@ -71,72 +83,135 @@ def history_marks(n: int) -> list[int]:
     return sorted(set(range(step - 1, n, step)) | {n - 1}) if n else []
 
 
-def job_phases(results) -> dict[str, float]:
-    """Seconds the jobs spent per phase, summed over the results that timed them."""
-    timed = [r for r in results if r.data_seconds or r.setup_seconds]
-    return {
-        "data": sum(r.data_seconds for r in timed),
-        "setup": sum(r.setup_seconds for r in timed),
-        "training": sum(r.train_seconds - r.eval_seconds for r in timed),
-        "evaluation": sum(r.eval_seconds for r in timed),
-        "profiling": sum(r.profile_seconds for r in timed),
-        "checkpoint": sum(r.checkpoint_seconds for r in timed),
-    }
+PHASES = ("data", "setup", "training", "evaluation", "profiling", "checkpoint")
+# the result columns status reads (a tenth of a row without the embeddings)
+COLUMNS = ["dataset_id", "job_id", "arch", "accuracy", "latency_ms", "params", "created_at"] + [
+    f"{phase}_seconds" for phase in ("data", "setup", "train", "eval", "profile", "checkpoint")
+]
 
 
-def zoo_status(store: ZooStore, state: ZooState | None = None, hv=None) -> ZooStatus:
-    """What the zoo holds; `state` and `hv` (from `hypervolumes`, the whole history) when the
-    caller has them."""
-    state = state if state is not None else read_state(store, light=True)  # no embeddings needed
+def _columns(table) -> dict[str, np.ndarray]:
+    """A status table's columns as numpy arrays, rows in commit order (created_at, job_id)."""
+    order = np.lexsort(
+        (table["job_id"].to_numpy(zero_copy_only=False), table["created_at"].to_numpy(zero_copy_only=False))
+    )
+    cols = {name: table[name].to_numpy(zero_copy_only=False)[order] for name in table.column_names}
+    for name in SUMMARY:  # nulls (rows read from their files) as -1 / NaN
+        column = table[name].fill_null(-1 if name != "hypervolume_after" else np.nan)
+        cols[name] = column.to_numpy(zero_copy_only=False)[order]
+    return cols
+
+
+def _per_dataset(cols: dict[str, np.ndarray], profiles: dict | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{dataset: (its rows' indices in commit order, its hypervolume after each of them)} and
+    its front size after the last, from the snapshot's summaries where they hold (each row's
+    rank in its dataset is its position now: no row left out, none added since), else
+    computed from the rows."""
+    names, inverse = np.unique(cols["dataset_id"], return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.searchsorted(inverse[order], np.arange(len(names) + 1))
+    norm, prior = (normalizer_for(profiles), Prior({}, profiles)) if profiles else (None, None)
+    out = {}
+    for k, d in enumerate(names):
+        idx = order[bounds[k] : bounds[k + 1]]
+        rank, hv, front = cols["rank_in_dataset"][idx], cols["hypervolume_after"][idx], cols["front_after"][idx]
+        if (rank == np.arange(len(idx))).all() and (front >= 0).all() and (norm is None or not np.isnan(hv).any()):
+            out[str(d)] = (idx, hv, int(front[-1]))
+            continue
+        costs = np.stack([cols["accuracy"][idx], cols["latency_ms"][idx], cols["params"][idx]], axis=1)
+        if norm is not None:
+            lat = [
+                prior.profiles[a].latency_ms if a in prior.profiles else x
+                for a, x in zip(cols["arch"][idx], costs[:, 1])
+            ]
+            par = [
+                prior.profiles[a].params if a in prior.profiles else x for a, x in zip(cols["arch"][idx], costs[:, 2])
+            ]
+            hv = hypervolume_after(norm.objectives(costs[:, 0], lat, par).reshape(len(idx), 3))
+        out[str(d)] = (idx, hv, int(front_after(costs)[-1]))
+    return out
+
+
+def zoo_status(store: ZooStore, state: ZooState | None = None) -> ZooStatus:
+    """What the zoo holds: summarized from the results' scalar columns (`result_columns`), with
+    each dataset's Pareto front and hypervolume history taken from the snapshot's summaries
+    where they still hold; from `state`'s records when the caller has them."""
+    table = to_table(state.results).select(COLUMNS) if state is not None and state.results else None
+    if state is None:
+        table = result_columns(store, COLUMNS)
+        state = ZooState(read_datasets(store), [], read_failures(store))
+    elif table is not None:
+        for name, kind in SUMMARY.items():
+            table = table.append_column(pa.field(name, kind), pa.nulls(table.num_rows, kind))
+    n = table.num_rows if table is not None else 0
     manifest = read_manifest(store)
-    marks = history_marks(len(state.results))
-    if hv is None:  # the history at the marks only: 21 hypervolume steps, not one per result
-        hv, at_marks = hypervolumes(store, state, marks)
-    else:
-        hv, history = hv
-        at_marks = [history[i] for i in marks] if history else []
-    points = [HypervolumePoint(i + 1, round(v, 5)) for i, v in zip(marks, at_marks)]
-    failed_ids = {f.job_id for f in state.failures} - state.done_ids
-    by_dataset: dict[str, list] = {}
-    for r in state.results:
-        by_dataset.setdefault(r.dataset_id, []).append(r)
+    profiles = cached_profiles(store) if n else None
+    cols = _columns(table) if n else {}
+    groups = _per_dataset(cols, profiles) if n else {}
+    ids = [d.dataset_id for d in state.datasets]
+    hv = {d: float(groups[d][1][-1]) if d in groups else 0.0 for d in ids} if profiles else {}
+    points = []
+    if profiles:  # the mean over the datasets after each mark: known datasets, and others once seen
+        delta, first_unknown = np.zeros(n), np.zeros(n)
+        for d, (idx, after, _) in groups.items():
+            delta[idx] = np.diff(after, prepend=0.0)
+            if d not in hv:
+                first_unknown[idx[0]] = 1
+        means = np.cumsum(delta) / np.maximum(len(ids) + np.cumsum(first_unknown), 1)
+        points = [HypervolumePoint(i + 1, round(float(means[i]), 5)) for i in history_marks(n)]
+    done = set(cols["job_id"].tolist()) if n else set()
+    failed_ids = {f.job_id for f in state.failures} - done
     failed_by_dataset: dict[str, set] = {}
     for f in state.failures:
         if f.job_id in failed_ids:
             failed_by_dataset.setdefault(f.dataset_id, set()).add(f.job_id)
     rows = []
     for d in state.datasets:
-        results = by_dataset.get(d.dataset_id, [])
-        costs = [(r.accuracy, r.latency_ms, r.params) for r in results]
+        idx, _, front = groups.get(d.dataset_id, ([], None, 0))
+        accuracy = cols["accuracy"][idx] if len(idx) else []
         rows.append(
             DatasetStatus(
                 dataset_id=d.dataset_id,
                 classes=d.num_classes,
                 train=d.num_train,
                 test=d.num_test,
-                jobs=len(results),
+                jobs=len(idx),
                 failed=len(failed_by_dataset.get(d.dataset_id, ())),
-                best_accuracy=max((r.accuracy for r in results), default=None),
-                mean_accuracy=(sum(r.accuracy for r in results) / len(results)) if results else None,
-                pareto_front=len(front_indices(costs)),
+                best_accuracy=float(max(accuracy)) if len(idx) else None,
+                mean_accuracy=float(sum(accuracy) / len(idx)) if len(idx) else None,
+                pareto_front=front,
                 hypervolume=round(hv[d.dataset_id], 5) if d.dataset_id in hv else None,
             )
         )
-    phases = job_phases(state.results)
+    phases = dict.fromkeys(PHASES, 0.0)
+    if n:
+        timed = (cols["data_seconds"] != 0) | (cols["setup_seconds"] != 0)
+        for phase, total in zip(
+            PHASES,
+            (
+                cols["data_seconds"],
+                cols["setup_seconds"],
+                cols["train_seconds"] - cols["eval_seconds"],
+                cols["eval_seconds"],
+                cols["profile_seconds"],
+                cols["checkpoint_seconds"],
+            ),
+        ):
+            phases[phase] = float(total[timed].sum())
     total = sum(phases.values())
     return ZooStatus(
         job_seconds={k: round(v, 2) for k, v in phases.items()},
         non_training_share=round(1 - phases["training"] / total, 4) if total else None,
         zoo=store.uri,
         datasets=len(state.datasets),
-        finished_jobs=len(state.results),
+        finished_jobs=n,
         failed_jobs=len(failed_ids),
-        architectures=len({r.arch for r in state.results}),
+        architectures=len(set(cols["arch"].tolist())) if n else 0,
         base_weights=manifest.base_weights.id if manifest else None,
         mean_hypervolume=round(sum(hv.values()) / len(hv), 5) if hv else None,
         hypervolume_history=points,
         per_dataset=rows,
-        retriever=staleness(store, state.results),
+        retriever=staleness(store, cols["dataset_id"].tolist() if n else []),
     )
 
 

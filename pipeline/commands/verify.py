@@ -22,7 +22,8 @@ path out of the zoo) is set aside by itself, and the object it names is left alo
 key is a problem of the record that holds it; the check carries on through the whole zoo.
 
 Orphans are objects that nothing references: checkpoints of jobs without a result, data of
-interrupted or replaced ingestions, files of interrupted retriever versions, and temp
+interrupted or replaced ingestions, files of interrupted retriever versions, segments of
+the results snapshot that its index no longer names, and temp
 files older than ten minutes. Only names tans writes count as orphans (`layout.OWN_OBJECTS`);
 other files in the zoo's folders are listed as foreign and never deleted, and so are files
 reached through a symlink out of the zoo. Unless --dry-run, verify holds the zoo's lease
@@ -45,7 +46,7 @@ from tans.zoo_schema import layout
 from tans.zoo_schema.errors import StorageError
 from tans.zoo_schema.manifest import read_manifest
 from tans.zoo_schema.records import DatasetRecord, from_table
-from tans.zoo_schema.results import CORRUPT, check_result, quarantine, read_result
+from tans.zoo_schema.results import CORRUPT, check_result, quarantine, read_result, read_segments
 from tans.zoo_schema.shards import reingest_command, shard_keys, shards_digest
 from tans.zoo_schema.store import ZooStore
 
@@ -103,7 +104,7 @@ def verify_zoo(
 
 def _verify(store: ZooStore, report: VerifyReport, clean_orphans: bool, min_age_s: float) -> VerifyReport:
     check = _Check(store, report)
-    in_use = check.results() | check.datasets() | check.versions()
+    in_use = check.results() | check.datasets() | check.versions() | snapshot_segments(store)
     check.base_weights()
     _sort_unreferenced(store, report, in_use, check.jobs_with_results)
     temps = store.stray_temps()
@@ -226,6 +227,12 @@ class _Check:
         return in_use
 
 
+def snapshot_segments(store: ZooStore) -> set[str]:
+    """The files of the results snapshot's segments that its index names (the others are
+    left over from a refresh cut short)."""
+    return {key for segment in read_segments(store) or () for key in segment.keys}
+
+
 def _sort_unreferenced(store: ZooStore, report: VerifyReport, in_use: set[str], jobs: set[str]) -> None:
     """What nothing references: orphans (names tans writes), foreign files and files reached
     through a link out of the zoo (both left alone)."""
@@ -233,6 +240,7 @@ def _sort_unreferenced(store: ZooStore, report: VerifyReport, in_use: set[str], 
         [k for k in store.list("checkpoints") if k not in in_use and k.split("/")[1] not in jobs]
         + [k for k in store.list("data") if k not in in_use]
         + [k for k in store.list("retriever") if k not in in_use and not _is_meta(k)]
+        + [k for k in store.list(layout.SEGMENTS) if k not in in_use]
     )
     for k in unreferenced:
         if not layout.is_own_object(k):

@@ -40,7 +40,7 @@ from tans.pipeline.datasets.validate import (  # noqa: F401 - re-exported: inges
 from tans.zoo_schema import layout
 from tans.zoo_schema.errors import DatasetError, StorageError
 from tans.zoo_schema.records import DatasetRecord, to_table
-from tans.zoo_schema.shards import read_dataset, read_datasets, shards_digest, write_split
+from tans.zoo_schema.shards import forget_datasets, read_dataset, read_datasets, shards_digest, write_split
 from tans.zoo_schema.store import S3Settings, ZooStore
 
 
@@ -292,6 +292,8 @@ def _write_parts(store, source, name, base_id, by_class, skipped, settings, read
             for key, _ in shards:
                 store.delete(key)
             raise
+        if committed:
+            forget_datasets(store)  # a cached record of an earlier dataset of this id would outvote it
         if not committed:
             for key, _ in shards:  # another ingestion of this dataset committed first: keep theirs
                 store.delete(key)

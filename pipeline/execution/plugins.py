@@ -14,8 +14,10 @@ from __future__ import annotations
 from typing import Protocol
 
 from tans.pipeline.acquisition.base import Pair
+from tans.pipeline.acquisition.hypervolume import summarize_rows
 from tans.zoo_schema.journal import write_journal
 from tans.zoo_schema.results import SNAPSHOT_MIN_NEW, write_snapshot
+from tans.zoo_schema.shards import cache_datasets, read_datasets
 
 
 class Stopper(Protocol):
@@ -93,7 +95,9 @@ class JournalCallback(Callback):
 
 
 class SnapshotCallback(Callback):
-    """The results snapshot (fast resume): rewritten after SNAPSHOT_MIN_NEW new results and at the end."""
+    """The results snapshot (fast resume, fast status): a segment of the new results, with each
+    dataset's hypervolume and front size after each, after SNAPSHOT_MIN_NEW new results and at
+    the end."""
 
     def __init__(self, snapshot_at: int):
         self.snapshot_at = snapshot_at  # results the snapshot holds
@@ -107,7 +111,9 @@ class SnapshotCallback(Callback):
             self._write(driver)
 
     def _write(self, driver) -> None:
-        write_snapshot(driver.store, driver.results)
+        summarize = summarize_rows(driver.results, driver.hypervolume.profiles())  # for `tans status`
+        write_snapshot(driver.store, driver.results, summarize)
+        cache_datasets(driver.store, read_datasets(driver.store))
         self.snapshot_at = len(driver.results)
 
 
