@@ -9,7 +9,13 @@ runs in a fresh process; its peak memory is the resident set of that process and
 decoding processes, sampled every 20 ms, at two dataset sizes to show how it grows.
 Goal (issue 14): ingestion >= 1.8x the plain loop's images/s on 2 cores.
 
-    python bench/ingest.py [--images 20000] [--classes 10]
+Then the same ingestion on a local multi-node Ray (`ray.cluster_utils.Cluster`: a head with no
+CPU for tasks and two worker nodes of one CPU each, all on 127.0.0.1), as `tans datasets add
+--address` runs it: the files decoded by Ray tasks on the worker nodes (the figures say how
+many each decoded), read and written here; and whether the dataset's ids and shards equal a
+local ingestion's.
+
+    python bench/ingest.py [--images 20000] [--classes 10] [--cluster-images 2000]
 
 The last line is the figures as one JSON object.
 """
@@ -85,11 +91,49 @@ def ingest_seconds(folder: Path, zoo: Path) -> tuple[float, int, int]:
     return figures["seconds"], figures["images"], peak_mb * 1e6
 
 
+def on_cluster(folder: Path, work: Path) -> dict:
+    """Ingest `folder` on a local Ray of two one-CPU worker nodes, and locally; compare."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from tans.pipeline.datasets.ingest import ingest
+    from tans.zoo_schema.shards import read_datasets
+    from tans.zoo_schema.store import open_store
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    cluster.wait_for_nodes()
+    try:
+        ray.init(address=cluster.address, configure_logging=False, log_to_driver=False)
+        started = time.perf_counter()
+        report = ingest(open_store(str(work / "zoo-ray")), str(folder), name="bench", ray_address=cluster.address)
+        seconds = time.perf_counter() - started
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    started = time.perf_counter()
+    local = ingest(open_store(str(work / "zoo-here")), str(folder), name="bench")
+    local_seconds = time.perf_counter() - started
+    ids = {w.node_id: f"worker-{i + 1}" for i, w in enumerate(workers)}
+    (a,), (b,) = read_datasets(open_store(str(work / "zoo-ray"))), read_datasets(open_store(str(work / "zoo-here")))
+    return {
+        "images": report.images,
+        "nodes": "head (0 CPUs) + 2 worker nodes x 1 CPU",
+        "files_decoded_per_node": {ids.get(n, n[:8]): k for n, k in sorted(report.decoded_on.items())},
+        "seconds": round(seconds, 1),
+        "local_seconds": round(local_seconds, 1),
+        "same_ids_and_shards": (report.dataset_ids, a.content_sha256, a.data_sha256)
+        == (local.dataset_ids, b.content_sha256, b.data_sha256),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=20000)
     ap.add_argument("--classes", type=int, default=10)
+    ap.add_argument("--cluster-images", type=int, default=2000, help="0: no run on the multi-node Ray")
     args = ap.parse_args()
+    cluster = {}
     work = Path(tempfile.mkdtemp(prefix="tans-bench-ingest-"))
     try:
         small_n = max(args.classes * 10, args.images // 4)
@@ -100,6 +144,9 @@ def main() -> None:
         small_s, small_images, small_peak = ingest_seconds(work / "small", work / "zoo-small")
         large_s, large_images, large_peak = ingest_seconds(work / "large", work / "zoo-large")
         mb = sum(f.stat().st_size for f in files) / 1e6
+        if args.cluster_images:
+            generate(work / "cluster", args.cluster_images, args.classes)
+            cluster = on_cluster(work / "cluster", work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     figures = {
@@ -112,6 +159,7 @@ def main() -> None:
         "ingest_seconds": round(large_s, 1),
         "peak_memory_mb": {str(small_n): round(small_peak / 1e6), str(args.images): round(large_peak / 1e6)},
         "goal": ">= 1.8 on 2 cores",
+        "multi_node_ray": cluster,
     }
     print(json.dumps(figures))
 

@@ -19,6 +19,12 @@ def add(sub) -> None:
     a.add_argument("sources", nargs="+", metavar="SOURCE", help="local path or s3:// URI of each dataset")
     a.add_argument("--name", help="dataset name (one source only); default: the folder name")
     a.add_argument("--split-seed", type=int, default=0, metavar="N", help="seed of the train/test split")
+    a.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="decode the images as Ray tasks on this cluster's nodes (the files are read and the shards "
+        "written here: the same shards and ids as without it)",
+    )
     a.set_defaults(func=run_add)
     g = dsub.add_parser(
         "synth",
@@ -42,7 +48,8 @@ def run_add(args) -> int:
     reports = []
     with holding(store, "tans datasets add", wait=args.wait, log=quiet_unless_text(args)):
         for source in args.sources:
-            report = ingest(store, source, name=args.name if len(args.sources) == 1 else None, settings=settings, s3=s3)
+            name = args.name if len(args.sources) == 1 else None
+            report = ingest(store, source, name=name, settings=settings, s3=s3, ray_address=args.address)
             reports.append({"source": source, **dataclasses.asdict(report), "duplicates": report.duplicates})
             quiet_unless_text(args)(describe(source, report))
     emit(args, reports, indent=None)
@@ -56,6 +63,11 @@ def describe(source: str, report) -> str:
         f"{source}: {report.images} images {state} as {', '.join(report.dataset_ids)}; "
         f"{len(report.skipped)} files skipped{dupes}"
     ]
+    if report.decoded_on:
+        lines.append(
+            f"  decoded on {len(report.decoded_on)} Ray node(s): "
+            + ", ".join(f"{node[:8]} {n}" for node, n in sorted(report.decoded_on.items()))
+        )
     lines += [f"  skipped {name}: {reason}" for name, reason in report.skipped[:20]]
     return "\n".join(lines)
 

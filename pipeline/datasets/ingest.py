@@ -22,7 +22,7 @@ import os
 import re
 import tempfile
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from tans.pipeline.datasets.decode import SpoolReader, Stored
@@ -51,6 +51,7 @@ class IngestReport:
     images: int
     skipped: list[tuple[str, str]]  # (file, reason), duplicates included
     already_present: bool
+    decoded_on: dict[str, int] = field(default_factory=dict)  # Ray node id -> files it decoded
 
     @property
     def duplicates(self) -> int:
@@ -88,8 +89,13 @@ def ingest(
     name: str | None = None,
     settings: IngestSettings = IngestSettings(),
     s3: S3Settings | None = None,
+    ray_address: str | None = None,
 ) -> IngestReport:
     """Validate one dataset source and write it (split if large) into the zoo.
+
+    With `ray_address`, the files are decoded by Ray tasks on that cluster's nodes (read here,
+    spooled and written here: the same shards and ids as a local ingestion); the report says
+    how many files each node decoded.
 
     Images stream from the source through the decoding processes; what is not stored as the
     source file itself waits in a spool folder under TMPDIR (removed at the end). A dataset
@@ -102,6 +108,7 @@ def ingest(
     listed = list_source(source, s3)
     existing = {r.dataset_id: r for r in read_datasets(store)}
     listed_classes = sorted({f.cls for f in listed.files})
+    nodes: dict[str, int] | None = {} if ray_address else None
     with tempfile.TemporaryDirectory(prefix="tans-ingest-") as spool_dir:
         stream = None
         if base_id not in existing and 2 <= len(listed_classes) <= settings.max_classes:
@@ -109,7 +116,13 @@ def ingest(
                 store, layout.data_prefix(base_id, uuid.uuid4().hex[:16]), listed_classes, settings, spool_dir
             )
         try:
-            by_class, skipped = validate(name, listed, settings, spool_dir, on_class=stream.feed if stream else None)
+            if ray_address:
+                from tans.pipeline.execution.runtime import start_ray
+
+                start_ray(ray_address)
+            by_class, skipped = validate(
+                name, listed, settings, spool_dir, on_class=stream.feed if stream else None, nodes=nodes
+            )
             shards = stream.finish(list(by_class)) if stream else None
         except BaseException:
             if stream:
@@ -132,7 +145,7 @@ def ingest(
         finally:
             reader.close()
     images = sum(len(v) for v in by_class.values())
-    return IngestReport(name, ids, images, skipped, already_present=present == len(ids))
+    return IngestReport(name, ids, images, skipped, already_present=present == len(ids), decoded_on=nodes or {})
 
 
 class ShardStream:

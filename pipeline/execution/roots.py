@@ -44,7 +44,14 @@ def dataset_name(config: BuildConfig, source: str) -> str:
 
 def ingest_source(store: ZooStore, config: BuildConfig, source: str, log=print):
     """Ingest one dataset source (a no-op for one already in the zoo); returns its report."""
-    report = ingest(store, source, name=dataset_name(config, source), settings=config.ingest, s3=config.s3)
+    report = ingest(
+        store,
+        source,
+        name=dataset_name(config, source),
+        settings=config.ingest,
+        s3=config.s3,
+        ray_address=config.address or None,  # on a cluster, its nodes decode
+    )
     state = "already in the zoo" if report.already_present else f"{report.images} images"
     dupes = f" ({report.duplicates} duplicate images)" if report.duplicates else ""
     skipped = f", {len(report.skipped)} files skipped{dupes}" if report.skipped else ""

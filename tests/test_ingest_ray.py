@@ -1,0 +1,81 @@
+"""Ingestion on a Ray cluster: the files are decoded by Ray tasks on the nodes and the zoo gets
+exactly what a local ingestion writes (the same dataset ids, shards and hashes, the same files
+skipped for the same reasons), with hostile files among them."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tans.pipeline.cli import main
+from tans.pipeline.datasets.ingest import IngestSettings, ingest
+from tans.zoo_schema.shards import load_split, read_datasets
+from tans.zoo_schema.store import open_store
+from tests.helpers import make_folder
+
+
+@pytest.fixture(scope="module")
+def address(ray_cluster):
+    return ray_cluster.address_info["address"]
+
+
+def hostile_folder(root, classes: dict[str, int]):
+    """An ImageFolder with what ingestion must refuse or convert: a decompression bomb, a corrupt
+    PNG, an empty file, a duplicate, a 16-bit ramp and a JPEG kept as it is."""
+    src = make_folder(root, classes)
+    first = next(iter(classes))
+    Image.new("L", (13000, 13000)).save(src / first / "bomb.png")
+    (src / first / "corrupt.png").write_bytes((src / first / "0.png").read_bytes()[:40])
+    (src / first / "empty.png").write_bytes(b"")
+    (src / first / "copy.png").write_bytes((src / first / "1.png").read_bytes())
+    ramp = np.tile(np.linspace(0, 65535, 64, dtype=np.uint16), (8, 1))
+    Image.fromarray(ramp).save(src / first / "ramp16.png")
+    out = io.BytesIO()
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(out, format="JPEG")
+    (src / first / "photo.jpg").write_bytes(out.getvalue())
+    return src
+
+
+def same_zoo(a, b) -> None:
+    ra, rb = read_datasets(a), read_datasets(b)
+    strip = ("write_id", "created_at", "source")
+    assert [dataclasses.replace(r, **{k: "" for k in strip}) for r in ra] == [
+        dataclasses.replace(r, **{k: "" for k in strip}) for r in rb
+    ]
+    for x, y in zip(ra, rb):  # data_sha256 covers each shard's name and bytes
+        assert x.data_sha256 == y.data_sha256
+        for split in ("train", "test"):
+            assert load_split(a, x.dataset_id, split) == load_split(b, y.dataset_id, split)
+
+
+@pytest.mark.parametrize(
+    "classes,max_classes",
+    [({"a": 12, "b": 9, "c": 7}, 20), ({f"k{i}": 6 for i in range(5)}, 2)],  # streamed; split into parts
+)
+def test_ingestion_on_ray_writes_what_local_ingestion_writes(tmp_path, address, classes, max_classes):
+    src = hostile_folder(tmp_path / "ds", classes)
+    settings = IngestSettings(max_classes=max_classes)
+    here, there = open_store(str(tmp_path / "local")), open_store(str(tmp_path / "ray"))
+    local = ingest(here, str(src), settings=settings)
+    remote = ingest(there, str(src), settings=settings, ray_address=address)
+    assert (remote.dataset_ids, remote.images, remote.skipped) == (local.dataset_ids, local.images, local.skipped)
+    assert local.decoded_on == {} and sum(remote.decoded_on.values()) == sum(classes.values()) + 6
+    reasons = dict(remote.skipped)
+    assert "over ingest.max_pixels" in reasons[f"{next(iter(classes))}/bomb.png"]
+    assert reasons[f"{next(iter(classes))}/empty.png"] == "no image bytes"
+    same_zoo(here, there)
+
+
+def test_datasets_add_address_decodes_on_the_cluster(tmp_path, address, capsys):
+    src = hostile_folder(tmp_path / "ds", {"a": 6, "b": 6})
+    zoo = tmp_path / "zoo"
+    assert main(["datasets", "add", str(src), "--zoo", str(zoo), "--address", address, "--json"]) == 0
+    (report,) = json.loads(capsys.readouterr().out)
+    assert sum(report["decoded_on"].values()) == 18 and report["images"] == 14
+    assert main(["datasets", "add", str(src), "--zoo", str(tmp_path / "plain")]) == 0
+    same_zoo(open_store(str(tmp_path / "plain")), open_store(str(zoo)))
