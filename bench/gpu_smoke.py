@@ -10,7 +10,11 @@ machine without CUDA it says so and exits 2, unless `--allow-cpu` (then it measu
 CPU, e.g. as the baseline to compare a GPU run with).
 
     python bench/gpu_smoke.py [--epochs 2] [--image-size 64] [--batch-size 128] [--allow-cpu]
-                              [--evaluate-last-epoch]
+                              [--evaluate-last-epoch] [--probe-only]
+
+On CUDA it first measures the steady-state training images/s of that network in fp32, fp16
+(autocast and a GradScaler, as `train.mixed_precision`) and bf16, each also channels-last
+(`--probe-only`: only that).
 
 `--evaluate-last-epoch` runs the warm pipeline and the plain loop with
 `train.evaluate_every_epoch = false` (both evaluate once, after the last epoch).
@@ -33,6 +37,48 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 
+def precision_probe(arch_id: str, classes: int, image_size: int, batch: int, steps: int = 30) -> dict:
+    """Steady-state training images/s of the network (random data on the GPU, after 5 warm-up
+    steps) in fp32, fp16 autocast with a GradScaler (what `train.mixed_precision` runs), bf16
+    autocast, and each with channels-last memory."""
+    import torch
+
+    from tans.workers.networks.nets import model_for
+
+    x = torch.randn(batch, 3, image_size, image_size, device="cuda")
+    y = torch.randint(0, classes, (batch,), device="cuda")
+    out = {}
+    for name, dtype in (("fp32", None), ("fp16", torch.float16), ("bf16", torch.bfloat16)):
+        for channels_last in (False, True):
+            torch.manual_seed(0)
+            model = model_for(arch_id, classes, 1.0).cuda()
+            xx = x
+            if channels_last:
+                model, xx = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+            opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+            scaler = torch.amp.GradScaler("cuda", enabled=dtype is torch.float16)
+
+            def step():
+                with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
+                    loss = torch.nn.functional.cross_entropy(model(xx), y)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+
+            for _ in range(5):
+                step()
+            torch.cuda.synchronize()
+            started = time.perf_counter()
+            for _ in range(steps):
+                step()
+            torch.cuda.synchronize()
+            key = name + ("_channels_last" if channels_last else "")
+            out[key] = round(steps * batch / (time.perf_counter() - started), 1)
+            print(f"steady state {key}: {out[key]} images/s", file=sys.stderr)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=2)
@@ -40,6 +86,7 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--dataset", default="glyphs-latin-upper-clean")
     ap.add_argument("--allow-cpu", action="store_true")
+    ap.add_argument("--probe-only", action="store_true", help="only the steady-state precision probe")
     ap.add_argument(
         "--evaluate-last-epoch",
         action="store_true",
@@ -86,12 +133,19 @@ def main() -> int:
             "batch_size": args.batch_size,
             "evaluate_every_epoch": not args.evaluate_last_epoch,
         }
-        for amp in (True, False):
+        if cuda:
+            figures["steady_state_images_per_s"] = precision_probe(
+                largest.id, dataset.num_classes, args.image_size, args.batch_size
+            )
+            if args.probe_only:
+                print(json.dumps(figures))
+                return 0
+        for amp in (None, True, False):  # None: the same job untimed first (CUDA start-up, cuDNN autotuning)
             train = TrainSettings(
                 epochs=args.epochs,
                 image_size=args.image_size,
                 batch_size=args.batch_size,
-                mixed_precision=amp,
+                mixed_precision=bool(amp),
                 latency_repeats=20,
             )
             job = JobSpec(
@@ -106,7 +160,11 @@ def main() -> int:
                 noise_shape=(8, 3, args.image_size, args.image_size),
             )
             started = time.perf_counter()
-            record = run_job(job, store.uri, threads=os.cpu_count())
+            record = run_job(
+                dataclasses.replace(job, noise_seed=1) if amp is None else job, store.uri, threads=os.cpu_count()
+            )
+            if amp is None:
+                continue
             key = "mixed_precision" if amp else "fp32"
             figures[key] = {
                 "train_images_per_s": round(args.epochs * dataset.num_train / record.train_seconds, 1),
@@ -148,6 +206,15 @@ def main() -> int:
         figures["warm_pipeline"] = {
             "job_images_per_s": round(images / walls[1], 1),
             "non_training_share": round(1 - (record.train_seconds - record.eval_seconds) / walls[1], 3),
+            "seconds": {
+                "job": round(walls[1], 3),
+                "data": round(record.data_seconds, 3),
+                "setup": round(record.setup_seconds, 3),
+                "training": round(record.train_seconds - record.eval_seconds, 3),
+                "evaluation": round(record.eval_seconds, 3),
+                "profiling": round(record.profile_seconds, 3),
+                "checkpoint": round(record.checkpoint_seconds, 3),
+            },
         }
         figures["plain_loop_images_per_s"] = round(images / plain, 1)
         figures["warm_pipeline_over_plain_loop"] = round(plain / walls[1], 3)
