@@ -106,7 +106,7 @@ def on_cluster(folder: Path, work: Path) -> dict:
     try:
         ray.init(address=cluster.address, configure_logging=False, log_to_driver=False)
         started = time.perf_counter()
-        report = ingest(open_store(str(work / "zoo-ray")), str(folder), name="bench", ray_address=cluster.address)
+        report = ingest(open_store(str(work / "zoo-ray")), str(folder), name="bench", on_ray=True)
         seconds = time.perf_counter() - started
     finally:
         ray.shutdown()

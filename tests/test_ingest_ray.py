@@ -62,7 +62,7 @@ def test_ingestion_on_ray_writes_what_local_ingestion_writes(tmp_path, address, 
     settings = IngestSettings(max_classes=max_classes)
     here, there = open_store(str(tmp_path / "local")), open_store(str(tmp_path / "ray"))
     local = ingest(here, str(src), settings=settings)
-    remote = ingest(there, str(src), settings=settings, ray_address=address)
+    remote = ingest(there, str(src), settings=settings, on_ray=True)
     assert (remote.dataset_ids, remote.images, remote.skipped) == (local.dataset_ids, local.images, local.skipped)
     assert local.decoded_on == {} and sum(remote.decoded_on.values()) == sum(classes.values()) + 6
     reasons = dict(remote.skipped)

@@ -190,3 +190,69 @@ def test_status_from_the_snapshots_summaries_equals_status_from_every_row(tmp_pa
     rows = [r for r in rows if r is not rows[10]] + [late]
     write_snapshot(store, rows, summarize_rows(rows, profiles))
     check()
+
+
+def test_a_result_set_aside_and_committed_again_is_read_as_committed(tmp_path):
+    """Job ids are deterministic: a result quarantined and trained again lands under the same
+    key. Its new row, not the snapshot's old one, is read, before and after the next refresh."""
+    from tans.zoo_schema.results import quarantine
+
+    store = open_store(str(tmp_path / "zoo"))
+    rows = commit(store, 0, 70)
+    write_snapshot(store, rows)
+    quarantine(store, result_key(rows[3]), "damaged checkpoint")
+    assert rows[3] not in read_results(store)
+    again = dataclasses.replace(rows[3], accuracy=0.99, created_at="2027-01-01T00:00:00")
+    store.write_table(result_key(again), to_table([again]), create_only=True)
+    rows[3] = again
+    expected = sorted(rows, key=lambda r: (r.dataset_id, r.job_id))
+    assert read_results(store) == expected and results_table(store).equals(to_table(expected))
+    write_snapshot(store, rows)
+    assert scan_results(store).outside_snapshot == 0 and read_results(store) == expected
+    for _ in range(3):  # merges keep the new row only
+        rows += commit(store, len(rows) + 1000, len(rows) + 1064)
+        write_snapshot(store, rows)
+    assert [r.accuracy for r in read_results(store) if r.job_id == again.job_id] == [0.99]
+
+
+def test_result_files_of_an_older_schema_are_read_with_defaults(tmp_path):
+    """Rows written before the per-phase seconds existed read as 0 there, in every read path."""
+    from tans.pipeline.commands.status import zoo_status
+    from tans.retriever.stale import staleness
+    from tans.zoo_schema.results import result_columns
+
+    store = open_store(str(tmp_path / "zoo"))
+    rows = commit(store, 0, 4)
+    old = dataclasses.replace(result("d0", "arch", 0.5, 99), functional_embedding=[1.0, 2.0])
+    store.write_table(result_key(old), to_table([old]).drop_columns(["data_seconds", "setup_seconds"]))
+    assert len(read_results(store)) == 5 and results_table(store).num_rows == 5
+    assert results_table(store, embeddings=False).num_rows == 5
+    assert result_columns(store, ["data_seconds"])["data_seconds"].null_count in (0, 1)
+    assert zoo_status(store).finished_jobs == 5 and staleness(store).results == 5
+    write_snapshot(store, rows)
+    assert zoo_status(store).finished_jobs == 5
+
+
+def test_a_tampered_index_is_not_followed(tmp_path, caplog):
+    store = open_store(str(tmp_path / "zoo"))
+    write_snapshot(store, commit(store, 0, 10))
+    store.write_json(layout.SNAPSHOT_INDEX, {"segments": [{"token": "../../../etc/passwd", "rows": 1}]})
+    assert read_segments(store) is None and len(read_results(store)) == 10
+    assert "unreadable" in caplog.text
+
+
+def test_the_search_reads_only_its_hits_records_and_says_which_is_damaged(tmp_path):
+    from tans.zoo_schema.errors import TansError
+    from tans.zoo_schema.results import CommittedResults, result_columns
+
+    store = open_store(str(tmp_path / "zoo"))
+    rows = commit(store, 0, 5)
+    results = CommittedResults.of(store, result_columns(store, ["dataset_id", "job_id"]))
+    assert rows[0].job_id in results and "nope" not in results and len(results) == 5
+    assert results[rows[1].job_id] == rows[1]
+    store.write_bytes(result_key(rows[2]), store.read_bytes(result_key(rows[1])))  # another job's row
+    with pytest.raises(TansError, match="holds the row of job"):
+        results[rows[2].job_id]
+    store.write_bytes(result_key(rows[3]), b"not parquet")
+    with pytest.raises(TansError, match="tans verify"):
+        results[rows[3].job_id]

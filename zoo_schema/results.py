@@ -15,6 +15,7 @@ skipped and its rows are read from their files.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ from datetime import UTC, datetime
 import pyarrow as pa
 
 from tans.zoo_schema import layout
+from tans.zoo_schema.errors import TansError
 from tans.zoo_schema.journal import Failure, read_failures
 from tans.zoo_schema.records import DatasetRecord, ResultRecord, arrow_schema, from_table, to_table
 from tans.zoo_schema.shards import read_datasets
@@ -90,7 +92,20 @@ class CommittedResults(Mapping):
         self.store, self.keys = store, keys
 
     def __getitem__(self, job_id: str) -> ResultRecord:
-        return read_result(self.store, self.keys[job_id])
+        key = self.keys[job_id]
+        try:
+            record = read_result(self.store, key)
+        except (FileNotFoundError, *CORRUPT) as e:
+            raise TansError(
+                f"the result of job {job_id} ({key}) cannot be read from {self.store.uri} ({type(e).__name__}); "
+                f"run `tans verify {self.store.uri}`"
+            ) from None
+        if problem := check_result(key, record):
+            raise TansError(f"{key} {problem}; run `tans verify {self.store.uri}`")
+        return record
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self.keys
 
     def __iter__(self):
         return iter(self.keys)
@@ -197,8 +212,8 @@ def results_table(store: ZooStore, embeddings: bool = True) -> pa.Table:
             raise ValueError("a file of an older schema")
         return table.sort_by([("dataset_id", "ascending"), ("job_id", "ascending")])
     except (*CORRUPT, OSError, pa.ArrowException):
-        rows = read_results(store, light=not embeddings)
-        return to_table(rows).select(wanted.names).cast(wanted) if rows else wanted.empty_table()
+        rows = read_results(store, light=not embeddings)  # older files: the records' defaults fill in
+        return to_table(rows).select(wanted.names) if rows else wanted.empty_table()
 
 
 def result_columns(store: ZooStore, names: list[str]) -> pa.Table:
@@ -226,7 +241,7 @@ def result_columns(store: ZooStore, names: list[str]) -> pa.Table:
         if not parts:
             raise FileNotFoundError
         return pa.concat_tables([p.cast(parts[0].schema) for p in parts])
-    except (FileNotFoundError, *CORRUPT, pa.ArrowException):
+    except (*CORRUPT, OSError, pa.ArrowException):
         table = results_table(store, embeddings=False).select(names)
         for name, kind in SUMMARY.items():
             table = table.append_column(pa.field(name, kind), pa.nulls(table.num_rows, kind))
@@ -247,6 +262,9 @@ def _files_table(store: ZooStore, keys: set[str], schema: pa.Schema) -> pa.Table
     return files.cast(schema)
 
 
+TOKEN = re.compile(r"[0-9a-f]{32}")
+
+
 @dataclass(frozen=True)
 class Segment:
     """One segment of the results snapshot: `rows` rows under a random token."""
@@ -263,7 +281,10 @@ def read_segments(store: ZooStore) -> list[Segment] | None:
     """The snapshot's segments, oldest first; None where the zoo has no (readable) index."""
     try:
         meta = store.read_json(layout.SNAPSHOT_INDEX)
-        return [Segment(str(s["token"]), int(s["rows"])) for s in meta["segments"]]
+        segments = [Segment(str(s["token"]), int(s["rows"])) for s in meta["segments"]]
+        if not all(TOKEN.fullmatch(s.token) for s in segments):
+            raise ValueError("a segment token that tans does not write")
+        return segments
     except FileNotFoundError:
         return None
     except (*CORRUPT, TypeError, OSError):
@@ -308,7 +329,8 @@ def _snapshot_rows(
     parts = []
     if segments is None:  # a zoo written before segments: its one-file snapshot
         try:
-            parts.append(_read_legacy(store, light) if columns is None else _read_legacy(store, True).select(columns))
+            legacy = _read_legacy(store, light or columns is not None)
+            parts.append(legacy if columns is None else legacy.select([c for c in columns if c in legacy.column_names]))
         except FileNotFoundError:
             return None
         except (*CORRUPT, OSError, pa.ArrowException):
@@ -332,10 +354,10 @@ def _snapshot_rows(
     key = _key_column(table)
     listed = pc.is_in(key, pa.array(keys))
     table, key = table.filter(listed), key.filter(listed)
-    if pc.count_distinct(key).as_py() != table.num_rows:  # overlapping segments
-        seen: set[str] = set()
-        first = pa.array([i for i, k in enumerate(key.to_pylist()) if not (k in seen or seen.add(k))])
-        table, key = table.take(first), key.take(first)
+    if pc.count_distinct(key).as_py() != table.num_rows:  # a row committed again since: the newest segment's
+        last = {k: i for i, k in enumerate(key.to_pylist())}
+        take = pa.array(sorted(last.values()))
+        table, key = table.take(take), key.take(take)
     return table, key
 
 
@@ -363,6 +385,16 @@ def _read_legacy(store: ZooStore, light: bool) -> pa.Table:
 SUMMARY = {"rank_in_dataset": pa.int64(), "hypervolume_after": pa.float64(), "front_after": pa.int64()}
 
 
+def _current(table: pa.Table, wanted: dict[str, ResultRecord]) -> set[str]:
+    """The keys of a segment's rows that are the committed rows of `wanted` (same commit time:
+    a result set aside and trained again has a new row under the same key)."""
+    return {
+        k
+        for k, t in zip(_key_column(table).to_pylist(), table["created_at"].to_pylist())
+        if k in wanted and wanted[k].created_at == t
+    }
+
+
 def write_snapshot(
     store: ZooStore, results: list[ResultRecord], summarize: Callable[[list[ResultRecord]], dict] | None = None
 ) -> None:
@@ -382,8 +414,8 @@ def write_snapshot(
     old = read_segments(store) or []
     for segment in old:
         try:
-            keys = _read_segment(store, segment, light=True, columns=["dataset_id", "job_id"])
-            held.append((segment, set(_key_column(keys).to_pylist())))
+            keys = _read_segment(store, segment, light=True, columns=["dataset_id", "job_id", "created_at"])
+            held.append((segment, _current(keys, wanted)))
         except (*CORRUPT, OSError, pa.ArrowException):
             continue  # damaged or missing: its rows are written again below
     covered = set().union(*(keys for _, keys in held))
@@ -413,7 +445,7 @@ def write_snapshot(
         try:
             parts = [_read_segment(store, a, light=False), _read_segment(store, b, light=False)]
             table = pa.concat_tables(parts, promote_options="default")
-            table = table.filter(pc.is_in(_key_column(table), pa.array(sorted(wanted))))
+            table = table.filter(pc.is_in(_key_column(table), pa.array(sorted(keys_a | keys_b))))
         except (*CORRUPT, OSError, pa.ArrowException):  # an embeddings file damaged: the rows from memory
             rows = [wanted[k] for k in sorted(keys_a | keys_b) if k in wanted]
             table = to_table(rows) if rows else pa.table({})
@@ -495,5 +527,7 @@ def quarantine(store: ZooStore, key: str, reason: str) -> None:
     store.write_json(reason_key, {"key": key, "reason": reason, "at": datetime.now(UTC).isoformat()})
     if key.startswith(f"{layout.DATASETS}/"):
         store.delete(layout.DATASETS_SNAPSHOT)  # the cache must not bring the record back
+    if key.startswith(f"{layout.RESULTS}/"):  # nor outvote the job's next commit under this key
+        store.delete(layout.SNAPSHOT_INDEX)  # until the next refresh: the rows are read from their files
     store.delete(key)
     log.warning("quarantined %s: %s", key, reason)

@@ -46,10 +46,14 @@ def run_add(args) -> int:
     store = open_store(args.zoo, s3)
     settings = IngestSettings(split_seed=args.split_seed)
     reports = []
+    if args.address:
+        from tans.pipeline.execution.runtime import start_ray
+
+        start_ray(args.address)
     with holding(store, "tans datasets add", wait=args.wait, log=quiet_unless_text(args)):
         for source in args.sources:
             name = args.name if len(args.sources) == 1 else None
-            report = ingest(store, source, name=name, settings=settings, s3=s3, ray_address=args.address)
+            report = ingest(store, source, name=name, settings=settings, s3=s3, on_ray=bool(args.address))
             reports.append({"source": source, **dataclasses.asdict(report), "duplicates": report.duplicates})
             quiet_unless_text(args)(describe(source, report))
     emit(args, reports, indent=None)

@@ -96,6 +96,8 @@ def _columns(table) -> dict[str, np.ndarray]:
         (table["job_id"].to_numpy(zero_copy_only=False), table["created_at"].to_numpy(zero_copy_only=False))
     )
     cols = {name: table[name].to_numpy(zero_copy_only=False)[order] for name in table.column_names}
+    for name in COLUMNS[7:]:  # phase seconds: null (0, not timed) in rows written before those columns
+        cols[name] = table[name].fill_null(0.0).to_numpy(zero_copy_only=False)[order]
     for name in SUMMARY:  # nulls (rows read from their files) as -1 / NaN
         column = table[name].fill_null(-1 if name != "hypervolume_after" else np.nan)
         cols[name] = column.to_numpy(zero_copy_only=False)[order]

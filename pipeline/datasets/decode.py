@@ -305,9 +305,20 @@ def _decode_on_ray(source: Source, settings: IngestSettings, spool_dir: str, nod
     import ray
 
     task = ray.remote(num_cpus=1, max_retries=2)(decode_on_node)
-    window = WINDOW * max(1, int(ray.cluster_resources().get("CPU", 1)))
+    # chunks in flight: WINDOW per cluster CPU, at most what local decoding holds (16 processes)
+    window = min(WINDOW * max(1, int(ray.cluster_resources().get("CPU", 1))), WINDOW * 16)
     chunks = [source.files[i : i + CHUNK] for i in range(0, len(source.files), CHUNK)]
     pending: deque = deque()
+    try:
+        yield from _collect(source, settings, spool_dir, nodes, task, window, chunks, pending)
+    finally:  # stopped early (a refused dataset, a signal): the tasks in flight are cancelled
+        for _, _, ref in pending:
+            ray.cancel(ref)
+
+
+def _collect(source, settings, spool_dir, nodes, task, window, chunks, pending):
+    import ray
+
     with open(os.path.join(spool_dir, f"ray-{uuid.uuid4().hex[:8]}"), "wb") as spool:
         for chunk in chunks + [None] * window:
             if chunk is not None:

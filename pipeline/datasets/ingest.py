@@ -89,13 +89,13 @@ def ingest(
     name: str | None = None,
     settings: IngestSettings = IngestSettings(),
     s3: S3Settings | None = None,
-    ray_address: str | None = None,
+    on_ray: bool = False,
 ) -> IngestReport:
     """Validate one dataset source and write it (split if large) into the zoo.
 
-    With `ray_address`, the files are decoded by Ray tasks on that cluster's nodes (read here,
-    spooled and written here: the same shards and ids as a local ingestion); the report says
-    how many files each node decoded.
+    With `on_ray`, the files are decoded by Ray tasks on the nodes of the cluster this process
+    is connected to (read here, spooled and written here: the same shards and ids as a local
+    ingestion); the report says how many files each node decoded.
 
     Images stream from the source through the decoding processes; what is not stored as the
     source file itself waits in a spool folder under TMPDIR (removed at the end). A dataset
@@ -108,7 +108,7 @@ def ingest(
     listed = list_source(source, s3)
     existing = {r.dataset_id: r for r in read_datasets(store)}
     listed_classes = sorted({f.cls for f in listed.files})
-    nodes: dict[str, int] | None = {} if ray_address else None
+    nodes: dict[str, int] | None = {} if on_ray else None
     with tempfile.TemporaryDirectory(prefix="tans-ingest-") as spool_dir:
         stream = None
         if base_id not in existing and 2 <= len(listed_classes) <= settings.max_classes:
@@ -116,10 +116,6 @@ def ingest(
                 store, layout.data_prefix(base_id, uuid.uuid4().hex[:16]), listed_classes, settings, spool_dir
             )
         try:
-            if ray_address:
-                from tans.pipeline.execution.runtime import start_ray
-
-                start_ray(ray_address)
             by_class, skipped = validate(
                 name, listed, settings, spool_dir, on_class=stream.feed if stream else None, nodes=nodes
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from tans.pipeline.datasets.ingest import ingest
 from tans.pipeline.execution.config import BuildConfig
+from tans.pipeline.execution.runtime import start_ray
 from tans.zoo_schema.errors import DatasetError
 from tans.zoo_schema.store import ZooStore, source_filesystem
 
@@ -43,14 +44,17 @@ def dataset_name(config: BuildConfig, source: str) -> str:
 
 
 def ingest_source(store: ZooStore, config: BuildConfig, source: str, log=print):
-    """Ingest one dataset source (a no-op for one already in the zoo); returns its report."""
+    """Ingest one dataset source (a no-op for one already in the zoo); returns its report.
+    With a Ray address, the cluster's nodes decode its images."""
+    if config.address:
+        start_ray(config.address)
     report = ingest(
         store,
         source,
         name=dataset_name(config, source),
         settings=config.ingest,
         s3=config.s3,
-        ray_address=config.address or None,  # on a cluster, its nodes decode
+        on_ray=bool(config.address),  # on a cluster, its nodes decode
     )
     state = "already in the zoo" if report.already_present else f"{report.images} images"
     dupes = f" ({report.duplicates} duplicate images)" if report.duplicates else ""
