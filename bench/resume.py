@@ -156,6 +156,7 @@ def startup_seconds(zoo: str, s3, strategy: str, tmp: Path) -> float:
         "strategy": strategy,
         "max_jobs": 20000,
         "arch.pool_size": 100,
+        "arch.base_weights": "random",  # fill_zoo's manifest (the default is the shipped supernet)
         "retrain.after_build": False,
         "mlflow.tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
     }

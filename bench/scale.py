@@ -9,7 +9,7 @@ each command makes (moto's request recorder). The zoos are synthetic (bench/resu
 the results snapshot a little behind, as a long build leaves it); each gets a retriever
 version with untrained weights over all its results (what search reads is the same as for a
 trained one: the version's model embeddings, its weights and the query backbone, here the
-shipped pretrained supernet). Seconds (the median of 3 runs; 1 at 100,000) and peak memory
+shipped pretrained supernet). Seconds (the median of 3 runs) and peak memory
 of each process, after one untimed command (so that Python's and torch's files are in the
 page cache).
 Goals (issue 28): at 100,000 results `status` < 1.5 s and < 500 MB, the table < 2 s and
@@ -138,7 +138,7 @@ def measure_zoo(store, n: int, query: Path, env: dict | None = None, requests=No
 
     if not versions(store):
         add_version(store)
-    repeats = 3 if n < 100_000 else 1  # the median of 3 runs; one at 100,000
+    repeats = 3  # the median of 3 runs
     out = {}
     for name, cmd in commands(store.uri, query).items():
         seconds, mb, text = measure(cmd, repeats, env)
