@@ -33,14 +33,17 @@
    accuracy on its own zoo dataset (raw: `source`, and from chance
    to 1: `source_over_chance`), TANS + source_over_chance (the score of `tans search --rerank
    source` itself: the mean of the two's ranks over the whole zoo), source + finetune (the score
-   of `tans search --rerank finetune` itself: its first 2 networks (`--finetune-top`) by the fine-tune's loss, then
-   the rest by the source score), TANS + LogME and TANS + k-NN (the mean of the two's ranks within
-   the set), random (expectation over 1000 shuffles). And `--finetune-top` 1 to 5: the τ of the
-   search's ordering had it fine-tuned that many (the set holds the source order's first 5).
+   of `tans search --rerank finetune` itself: as many networks as its budget fine-tuned on this machine, the
+   cheapest first, re-ordered by the fine-tune's loss among their places in the source order, the others in
+   their source places), TANS + LogME and TANS + k-NN (the mean of the two's ranks within
+   the set), random (expectation over 1000 shuffles). And `fine_tuned_weighted_tau`: the τ of the
+   search's ordering had its budget fine-tuned 0 (`source`), 1, 2, 3, 4, 8 or all of the set.
+   Each τ also as a fraction of the two seeds' own agreement.
 5. The default search's top-1 against the starts a user would otherwise take: a random zoo
    network, the largest network within the constraint (params <= the zoo's median), the
    same architecture from random init and from the pretrained base; accuracy after 1 and 3
-   epochs, and regret against the best network of the set.
+   epochs, and regret against the best network of the set; per held-out dataset the top-1
+   against random init and the base with its standard error, and on the real-image ones.
 6. Search time for a 10-class query, with and without re-ranking.
 
     python bench/transfer.py [--split test|validation] [--networks 16] [--seeds 2]
@@ -422,7 +425,8 @@ def main() -> None:
         y = torch.tensor(tr_lab)
         xt = torch.from_numpy(decode_images(te_img, settings.image_size))
         yt = torch.tensor(te_lab)
-        default = searcher.rank(tr_img, tr_lab, Constraints(max_params=limit), top_k=RECALL, rerank=DEFAULT_RERANK).hits
+        found = searcher.rank(tr_img, tr_lab, Constraints(max_params=limit), top_k=RECALL, rerank=DEFAULT_RERANK)
+        default, budget_reranked = found.hits, found.reranked  # how many the default budget fine-tuned here
         top5 = [h.job_id for h in default[:5]]
         feats = searcher.query_features(tr_img, tr_lab, per_class=10)  # those `rank` embedded
         if not test:  # choosing between the orderings: the set holds each one's top-5
@@ -440,11 +444,7 @@ def main() -> None:
         predicted_all = searcher._predicted(q)  # every zoo network's, as search ranks them
         predicted = predicted_all[rows]
         source_score = imageless_score("source", predicted_all, searcher.source_fit)[0][rows]
-        # `tans search --rerank finetune`'s own score: its fine-tuned first networks above the rest,
-        # which keep their source score (tans.retriever.proxy.cascade_score)
-        assert DEFAULT_RERANK == "finetune", "the set's first 5 are the default's: the finetune score is read from it"
-        cascade = {h.job_id: h.rank_score for h in default if h.proxy_loss is not None}
-        finetune_score = [cascade.get(j, source_score[i]) for i, j in enumerate(chosen)]
+        assert DEFAULT_RERANK == "finetune", "the set's first 5 are the default's top-5"
         folds = proxy.proxy_folds(tr_lab)
         from tans.retriever.features import sample_per_class
 
@@ -475,6 +475,16 @@ def main() -> None:
             acc3.append(curves[:, -1].mean())
             per_seed.append(curves[:, -1])
         acc3, per_seed = np.asarray(acc3), np.asarray(per_seed)
+        # `tans search --rerank finetune`'s rule on the set: the `budget_reranked` cheapest networks
+        # (as many as the default budget fine-tuned on this machine) re-ordered by their loss among
+        # their places in the source order (tans.retriever.proxy.cheapest_first and slot_score)
+        set_order = sorted(range(len(chosen)), key=lambda i: -source_score[i])
+        cheapest = proxy.cheapest_first([results[j].flops for j in chosen], set_order)
+
+        def budget_score(n: int) -> np.ndarray:
+            return proxy.slot_score(set_order, {i: evidence["proxy_loss"][i] for i in cheapest[:n]})
+
+        finetune_score = budget_score(budget_reranked)
         row_set = [
             {
                 "job_id": j,
@@ -515,17 +525,14 @@ def main() -> None:
             tau = float(weightedtau(scores[m], acc3).correlation)
             taus[m].append(tau)
             row["weighted_tau"][m] = round(tau, 4)
-        # --finetune-top R = 1..5: the source order's first R of the set re-ordered by their loss
-        by_source = sorted(range(5), key=lambda i: -row_set[i]["search_source_score"])  # the set's first 5:
-        assert set(by_source[: proxy.FINETUNE_TOP]) == {i for i in range(5) if row_set[i]["job_id"] in cascade}
-        row["finetune_top_weighted_tau"] = {}
-        for r in range(1, 6):
-            cascade = proxy.cascade_score(
-                scores["tans+source_over_chance"], {i: row_set[i]["proxy_loss"] for i in by_source[:r]}
-            )
-            tau = float(weightedtau(cascade, acc3).correlation)
-            sweep.setdefault(r, []).append(tau)
-            row["finetune_top_weighted_tau"][r] = round(tau, 4)
+        # the default ordering had a budget fine-tuned n of the set (cheapest first): n = 0 is
+        # `source`, n = the set's size the loss alone
+        row["budget_reranked"] = budget_reranked
+        row["fine_tuned_weighted_tau"] = {}
+        for n in sorted({0, 1, 2, 3, 4, 8, len(chosen)}):
+            tau = float(weightedtau(budget_score(min(n, len(chosen))), acc3).correlation)
+            sweep.setdefault(n, []).append(tau)
+            row["fine_tuned_weighted_tau"][n] = round(tau, 4)
         shuffles = [float(weightedtau(rng.permutation(len(acc3)), acc3).correlation) for _ in range(1000)]
         taus["random"].append(float(np.mean(shuffles)))
         row["weighted_tau"]["random"] = round(taus["random"][-1], 4)
@@ -575,7 +582,16 @@ def main() -> None:
     figures["default_weighted_tau"] = figures["weighted_tau_mean"][DEFAULT_RANKING[DEFAULT_RERANK]]
     if seed_taus:
         figures["seed_to_seed_weighted_tau_mean"] = round(float(np.mean(seed_taus)), 4)
-    figures["finetune_top_weighted_tau_mean"] = {r: round(float(np.mean(v)), 4) for r, v in sweep.items()}
+    figures["fine_tuned_weighted_tau_mean"] = {n: round(float(np.mean(v)), 4) for n, v in sweep.items()}
+    figures["budget_reranked_mean"] = round(
+        float(np.mean([r["budget_reranked"] for r in figures["per_dataset"].values()])), 2
+    )
+    if seed_taus:  # how much of what two seeds agree on each ordering reaches
+        agreement = figures["seed_to_seed_weighted_tau_mean"]
+        figures["weighted_tau_over_seed_agreement"] = {
+            m: round(v / agreement, 4) for m, v in figures["weighted_tau_mean"].items()
+        }
+        figures["default_weighted_tau_over_seed_agreement"] = round(figures["default_weighted_tau"] / agreement, 4)
     figures["fine_tunes"] = {"trained": truth.trained, "reused_from_cache": truth.reused}
     if test:
         final = np.array([finals[s] for s in starts])
@@ -586,12 +602,38 @@ def main() -> None:
             }
             for s in starts
         }
+        # per held-out dataset: the top-1 against its architecture from random init and from the base
+        against = {}
+        for name, row in figures["per_dataset"].items():
+            acc = {s: v[1] for s, v in row["top1_accuracy_1_and_3_epochs"].items()}
+            p = acc["tans_top1"]
+            se = float(np.sqrt(p * (1 - p) / row["test_images"] / args.seeds))  # of a mean over the seeds
+            against[name] = {
+                "top1": acc["tans_top1"],
+                "random_init": acc["same_arch_random_init"],
+                "base": acc["same_arch_pretrained_base"],
+                "se": round(se, 4),
+                "top1_within_one_se_of_random_init_or_better": bool(p >= acc["same_arch_random_init"] - se),
+            }
+        figures["top1_against_random_init_and_base"] = against
+        real = [n for n in against if n.endswith("-real")]
+        if real:
+            figures["real_images"] = {
+                "datasets": real,
+                "top1_mean": round(float(np.mean([against[n]["top1"] for n in real])), 4),
+                "random_init_mean": round(float(np.mean([against[n]["random_init"] for n in real])), 4),
+                "base_mean": round(float(np.mean([against[n]["base"] for n in real])), 4),
+                "top1_not_below_random_init_on_every_one": all(
+                    against[n]["top1_within_one_se_of_random_init_or_better"] for n in real
+                ),
+            }
         figures["tans_top1_best_on_average"] = bool(final.mean(1).argmax() == 0)
         figures["tans_top1_never_worst"] = bool((final.argmin(0) != 0).all())
         figures["regret_mean"] = round(float(np.mean(regrets)), 4)
         figures["search_seconds"] = search_times(config.zoo)
         figures["goals"] = {
-            "default_weighted_tau": ">= 0.6 (moonshot 0.8) and above LogME alone",
+            "default_weighted_tau": ">= 0.8 of the seeds' own agreement",
+            "real_images": "the top-1 within one SE of random init or better on each, better on average",
             "top1": "best on average and never the worst",
             "search_with_rerank_s": "< 10",
         }

@@ -1,15 +1,17 @@
 """A short fine-tune as evidence: how well a candidate network learns the query's own task.
 
 `tans search --rerank finetune` orders the recalled networks by `source` (see
-tans.retriever.rerank), then scores each of the first `--finetune-top` by a cross-fitted short
-fine-tune on the query's images: the query's images are split in two folds (half of each
-class in each); the network is fine-tuned for one epoch with the zoo's recipe (paper B.2: SGD
-with Nesterov momentum, cosine schedule; a new head for the query's classes, seeded) on one
-fold and scored by its cross-entropy on the other, then the same from a fresh copy with the
-folds swapped; the score is the mean loss over every image. Lower loss ranks first; those
-networks come first, the rest keep the `source` order. The cascade keeps the cost fixed (two
-fine-tunes on half the images for each of the `finetune_top` networks, however many were
-recalled), and `--top-k` never reorders.
+tans.retriever.rerank), then scores as many of them as the search's `--budget` allows by a
+cross-fitted short fine-tune on the query's images, the cheapest (fewest FLOPs) first, so that
+the budget covers as many networks as it can: the query's images are split in two folds (half
+of each class in each); the network is fine-tuned for one epoch with the zoo's recipe (paper
+B.2: SGD with Nesterov momentum, cosine schedule; a new head for the query's classes, seeded)
+on one fold and scored by its cross-entropy on the other, then the same from a fresh copy with
+the folds swapped; the score is the mean loss over every image. The fine-tuned networks are
+re-ordered by that loss (lower first) among the places they held in the `source` order; the
+others keep their places (`slot_score`). With every recalled network fine-tuned the order is
+the loss's alone; with none it is `source`. `--finetune-top N` fine-tunes only among the
+first N of the source order; `--top-k` never reorders.
 
 Why a fine-tune and not only features: on `bench/transfer.py --split validation` the
 held-out loss after one epoch ranks the networks by their 3-epoch fine-tuned accuracy far
@@ -32,8 +34,8 @@ PER_CLASS = 40  # at most this many query images per class (train + held out) ..
 IMAGES = 400  # ... and about this many in all: a 20-class query uses 20 per class
 EPOCHS = 1
 SECONDS = 10.0  # `tans search --budget`: the fine-tunes stop when this much of the search has passed
-FINETUNE_TOP = 2  # networks fine-tuned by default (the first of the `source` order): the best
-# weighted tau of 1-5 on bench/transfer.py --split validation
+FINETUNE_TOP = 0  # fine-tune among the first N of the `source` order; 0: among every recalled
+# network, as many as the budget allows (cheapest first)
 
 
 def per_class(num_classes: int) -> int:
@@ -158,14 +160,26 @@ def remote_loss(load, num_classes: int, x, y, folds, image_size: int, until: flo
         return None
 
 
-def cascade_score(source_score: np.ndarray, losses: dict[int, float]) -> np.ndarray:
-    """The finetune ordering's score of the recalled networks: those fine-tuned (`losses`:
-    position -> held-out loss) above all others, by their mean rank of the negative loss
-    (ties share it), in [1, 2]; the others keep their `source` score, in [0, 1]."""
-    from tans.retriever.rerank import mean_rank
+def cheapest_first(flops, order: list[int], finetune_top: int = FINETUNE_TOP) -> list[int]:
+    """The networks to fine-tune, in the order they are: among the first `finetune_top` of
+    `order` (positions in the source order; 0: all of them), fewest `flops` first (ties keep
+    the source order), so a budget fine-tunes as many as it can."""
+    pool = order[:finetune_top] if finetune_top else list(order)
+    rank = {j: k for k, j in enumerate(order)}
+    return sorted(pool, key=lambda j: (float(flops[j]), rank[j]))
 
-    out = np.asarray(source_score, dtype=np.float64).copy()
-    if losses:
-        positions = list(losses)
-        out[positions] = 1.0 + mean_rank(-np.array([losses[p] for p in positions]))
+
+def slot_score(order: list[int], losses: dict[int, float]) -> np.ndarray:
+    """The finetune ordering's score of the recalled networks (`order`: their positions in the
+    `source` order, best first): the fine-tuned ones (`losses`: position -> held-out loss) swap
+    places so that, of the places they held, the lowest loss takes the first; every other
+    network keeps its place. The score is 1 at the first place and falls by 1/len per place;
+    ties in the loss keep the source order."""
+    place = {j: k for k, j in enumerate(order)}
+    slots = sorted(place[j] for j in losses)
+    for j, slot in zip(sorted(losses, key=lambda j: (losses[j], place[j])), slots):
+        place[j] = slot
+    out = np.empty(len(order), dtype=np.float64)
+    for j, k in place.items():
+        out[j] = 1.0 - k / len(order)
     return out

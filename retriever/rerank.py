@@ -16,7 +16,7 @@ chance to 1 (how well it learned its own task). It needs no images and no networ
 
 `SCORERS` is the registry of evidence scorers on features `tans search --rerank` chooses from;
 "none" keeps the retriever's predicted accuracy, "source" is the rank mean above, and
-"finetune" re-orders the first networks of "source" by a one-epoch fine-tune on the query's
+"finetune" re-orders as many networks of "source" as its budget allows by a one-epoch fine-tune on the query's
 images (tans.retriever.proxy).
 """
 

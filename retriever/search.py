@@ -140,7 +140,7 @@ class Hit:
     rank_score: float  # the score that ordered the hits (see `ranked_by`)
     ranked_by: str  # "predicted_accuracy", "predicted_accuracy+source_over_chance" (the
     # mean of the two's ranks in the zoo), "logme", "knn" or "finetune"
-    # (the fine-tuned first, by held-out loss, then the source order)
+    # (the source order, its fine-tuned networks re-ordered by held-out loss among their places)
     weak_match: bool  # negative cosine: the zoo holds nothing close to the query
     proxy_loss: float | None = None  # cross-fitted held-out loss of the short fine-tune ("finetune" only)
 
@@ -155,7 +155,8 @@ class SearchResult:
     recalled: int
     seconds: dict
     warnings: tuple[str, ...] = ()  # e.g. the retriever is stale and does not know some datasets
-    reranked: int | None = None  # finetune: how many were fine-tuned within the budget
+    reranked: int | None = None  # finetune: how many were fine-tuned within the budget ...
+    finetune_candidates: int | None = None  # ... of how many it would fine-tune without one
 
     def as_dict(self) -> dict:
         return {
@@ -163,6 +164,7 @@ class SearchResult:
             "ranked_by": self.ranked_by,
             "recalled": self.recalled,
             "reranked": self.reranked,
+            "finetune_candidates": self.finetune_candidates,
             "seconds": self.seconds,
             "hits": [asdict(h) for h in self.hits],
         }
@@ -175,9 +177,9 @@ class Searcher:
     (among those meeting the constraints), then order them by a score: the retriever's
     predicted accuracy (`rerank="none"`), that and each network's accuracy on its own zoo
     dataset (`"source"`), or evidence computed on the query's own images with each candidate's
-    penultimate features (`"logme"`, `"knn"`; see tans.retriever.rerank), or `"source"` with its
-    first `finetune_top` networks re-ordered by a one-epoch fine-tune on the query's images
-    (`"finetune"`; see tans.retriever.proxy). The recalled set does not depend on `top_k` while it is
+    penultimate features (`"logme"`, `"knn"`; see tans.retriever.rerank), or `"source"` with as
+    many networks as the budget allows (cheapest first) re-ordered by a one-epoch fine-tune on
+    the query's images (`"finetune"`; see tans.retriever.proxy). The recalled set does not depend on `top_k` while it is
     at most `recall`, so asking for more hits never reorders the first.
     """
 
@@ -279,8 +281,11 @@ class Searcher:
         The finetune ordering's fine-tunes stop `budget` seconds after the search began (None
         or 0: no bound); those not finished keep the source order (`SearchResult.reranked`).
         `losses_of` runs them (see `_finetuned`)."""
-        if top_k < 1 or finetune_top < 1:
-            raise TansError(f"top_k and finetune_top must be at least 1, not {top_k} and {finetune_top}")
+        if top_k < 1 or finetune_top < 0:
+            raise TansError(
+                f"top_k must be at least 1 and finetune_top at least 0 (0: every recalled network), "
+                f"not {top_k} and {finetune_top}"
+            )
         if rerank not in RERANK_CHOICES:
             raise TansError(f"unknown re-ranking {rerank!r}; choose one of {', '.join(RERANK_CHOICES)}")
         t0 = time.perf_counter()
@@ -289,9 +294,11 @@ class Searcher:
         t1 = time.perf_counter()
         q, top, scores = self._recall(features, constraints, max(recall, top_k))
         t2 = time.perf_counter()
-        reranked = None
+        reranked = candidates = None
         if rerank == "finetune":
-            hits, reranked = self._finetuned(images, labels, q, top, scores, finetune_top, deadline, losses_of)
+            hits, reranked, candidates = self._finetuned(
+                images, labels, q, top, scores, finetune_top, deadline, losses_of
+            )
         elif rerank not in SCORERS:
             hits = self._imageless(q, top, scores, rerank)
         else:
@@ -313,6 +320,7 @@ class Searcher:
                 "total": round(t3 - t0, 3),
             },
             reranked=reranked,
+            finetune_candidates=candidates,
         )
 
     def _record(self, i: int):
@@ -329,10 +337,11 @@ class Searcher:
         return load_candidate(self.store, self._record(i), load)
 
     def _finetuned(self, images, labels, q, top, scores, finetune_top: int, deadline, losses_of=None):
-        """(The `source` order, its first `finetune_top` re-ordered by the cross-fitted held-out
-        loss of a short fine-tune on the query's images (tans.retriever.proxy), how many were
-        fine-tuned before `deadline`). `losses_of` runs the fine-tunes (`proxy.local_losses`
-        by default; tans.pipeline.commands.search has one of Ray tasks)."""
+        """(The `source` order with as many recalled networks as `deadline` allows re-ordered by
+        the cross-fitted held-out loss of a short fine-tune on the query's images, cheapest
+        first among the first `finetune_top` (0: all; tans.retriever.proxy), how many were
+        fine-tuned, how many could have been). `losses_of` runs the fine-tunes
+        (`proxy.local_losses` by default; tans.pipeline.commands.search has one of Ray tasks)."""
         folds = proxy.proxy_folds(labels)  # checks the query before any fine-tune
         predicted = self._predicted(q)
         source, _ = imageless_score("source", predicted, self.source_fit)
@@ -343,13 +352,15 @@ class Searcher:
         y = torch.as_tensor([labels[i] for i in used])
         classes = len(set(labels))
         width = read_manifest(self.store).width
-        chosen, halves = order[:finetune_top], ([at[i] for i in folds[0]], [at[i] for i in folds[1]])
+        flops = self.table["flops"].to_numpy()[top]
+        chosen = proxy.cheapest_first(flops, order, finetune_top)
+        halves = ([at[i] for i in folds[0]], [at[i] for i in folds[1]])
         s3 = getattr(self.store, "settings", None)
         loaders = [partial(checkpoint_of, self.store.uri, s3, self._record(top[j]), width) for j in chosen]
         found = (losses_of or proxy.local_losses)(loaders, classes, x, y, halves, self.image_size, deadline)
-        losses = {j: loss for j, loss in zip(chosen, found) if loss is not None}  # the rest keep the source order
-        rank_score = proxy.cascade_score(source[top], losses)
-        return self._hits(top, scores, predicted[top], rank_score, "finetune", losses), len(losses)
+        losses = {j: loss for j, loss in zip(chosen, found) if loss is not None}  # the rest keep their places
+        rank_score = proxy.slot_score(order, losses)
+        return self._hits(top, scores, predicted[top], rank_score, "finetune", losses), len(losses), len(chosen)
 
     def evidence(self, images: list[bytes], labels: np.ndarray, top, scorer) -> np.ndarray:
         """`scorer` of each recalled network's penultimate features of the query images."""

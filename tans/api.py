@@ -120,7 +120,7 @@ class Zoo:
         max_flops: float | None = None,
         max_latency_ms: float | None = None,
         rerank: str = "finetune",
-        finetune_top: int = 2,
+        finetune_top: int = 0,
         budget: float | None = 10.0,
         address: str | None = None,
     ) -> SearchResult:
@@ -134,10 +134,13 @@ class Zoo:
             max_flops: at most this many FLOPs at the zoo's input size.
             max_latency_ms: at most this batch-1 latency, as measured on the zoo's workers.
             rerank: the ordering: `finetune` (default), `source`, `none`, `logme` or `knn`.
-            finetune_top: with `finetune`, how many of the first networks are fine-tuned
-                briefly on the dataset's images to order them.
+            finetune_top: with `finetune`, fine-tune only among the first this many of the
+                `source` order (0: among every recalled network).
             budget: with `finetune`, seconds after which the fine-tunes stop (None or 0: no
-                bound); the networks not fine-tuned by then keep the `source` order.
+                bound). The networks are fine-tuned briefly on the dataset's images, the
+                cheapest first, and re-ordered by their held-out loss among the places they
+                held; the others keep their `source` places (`SearchResult.reranked` says
+                how many were fine-tuned).
             address: with `finetune`, a Ray cluster address: the fine-tunes run there as
                 Ray tasks, at once, a GPU each when the cluster has them (None: here).
 

@@ -122,9 +122,10 @@ def test_the_registered_retriever_served_over_rest_ranks_as_tans_search(grown, c
     assert not [line for line in (model_dir / "requirements.txt").read_text().splitlines() if "tans" in line]
     assert (model_dir / "serving_input_example.json").is_file() and "signature" in (model_dir / "MLmodel").read_text()
     # no time bound on either side, so a busy machine cannot cut one short and not the other
-    assert main(["search", zoo, "--dataset", str(query), "--top-k", "4", "--budget", "0", "--json"]) == 0
+    args = ["--top-k", "4", "--budget", "0", "--finetune-top", "2", "--json"]
+    assert main(["search", zoo, "--dataset", str(query), *args]) == 0
     expected = json.loads(capsys.readouterr().out)
-    assert expected["ranked_by"] == "finetune" and expected["reranked"] == 2
+    assert expected["ranked_by"] == "finetune" and expected["reranked"] == expected["finetune_candidates"] == 2
     images, labels = query_images(str(query), 10, for_finetune=True)
     port = free_port()
     env = {
@@ -148,7 +149,7 @@ def test_the_registered_retriever_served_over_rest_ranks_as_tans_search(grown, c
                 "columns": ["image", "label"],
                 "data": [[base64.b64encode(b).decode(), y] for b, y in zip(images, labels)],
             },
-            "params": {"top_k": 4, "budget": 0.0},
+            "params": {"top_k": 4, "budget": 0.0, "finetune_top": 2},
         }
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations",

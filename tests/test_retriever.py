@@ -379,6 +379,21 @@ def test_proxy_folds_split_every_class_in_half_within_a_budget():
         proxy_folds([0, 1, 2])
 
 
+def test_fine_tunes_go_cheapest_first_and_take_the_places_they_held():
+    from tans.retriever.proxy import cheapest_first, slot_score
+
+    order = [3, 0, 4, 1, 2]  # positions in the source order, best first
+    flops = [5.0, 1.0, 9.0, 1.0, 2.0]
+    assert cheapest_first(flops, order) == [3, 1, 4, 0, 2]  # ties keep the source order (3 before 1)
+    assert cheapest_first(flops, order, 3) == [3, 4, 0]  # only among the first 3
+    # nothing fine-tuned: the source order; the fine-tuned swap among their places by loss
+    ranks = lambda score: sorted(range(len(score)), key=lambda j: -score[j])  # noqa: E731
+    assert ranks(slot_score(order, {})) == order
+    assert ranks(slot_score(order, {1: 0.5, 2: 0.1})) == [3, 0, 4, 2, 1]
+    assert ranks(slot_score(order, {3: 2.0, 0: 1.0, 4: 3.0, 1: 0.0, 2: 1.0})) == [1, 0, 2, 3, 4]
+    assert len(set(slot_score(order, {1: 0.5}))) == len(order)  # no ties for the cosine to break
+
+
 def test_search_finetune_orders_the_first_networks_by_a_short_fine_tune(built_zoo, tiny_datasets):
     from tans.pipeline.commands.search import query_images
     from tans.retriever import proxy
@@ -399,8 +414,9 @@ def test_search_finetune_orders_the_first_networks_by_a_short_fine_tune(built_zo
     assert sorted(h.job_id for h in hits) == sorted(h.job_id for h in source)
     tuned = [h for h in hits if h.proxy_loss is not None]
     assert hits[:2] == tuned and {h.job_id for h in tuned} == {h.job_id for h in source[:2]}
-    assert tuned[0].proxy_loss <= tuned[1].proxy_loss and tuned[1].rank_score >= 1 > hits[2].rank_score
+    assert tuned[0].proxy_loss <= tuned[1].proxy_loss and tuned[1].rank_score > hits[2].rank_score
     assert [h.job_id for h in hits[2:]] == [h.job_id for h in source[2:]]  # the rest keep the source order
+    assert result.finetune_candidates == 2
     first = search_dataset(store, query, top_k=1, rerank="finetune", finetune_top=2, budget=0).hits
     assert first[0].job_id == hits[0].job_id  # --top-k never reorders
     # the loss is a one-epoch fine-tune of the network on the query's images, scored on held-out ones
@@ -436,8 +452,8 @@ def test_search_budget_stops_the_fine_tunes_and_the_rest_keep_the_source_order(
     spent = search_dataset(store, query, top_k=100, rerank="finetune", finetune_top=2, budget=1e-9)
     assert spent.reranked == 0 and [h.job_id for h in spent.hits] == source
     assert all(h.proxy_loss is None for h in spent.hits) and spent.as_dict()["reranked"] == 0
-    # the budget ends during the second network's fine-tune: the first is fine-tuned, the rest keep
-    # the source order
+    # the budget ends during the second network's fine-tune: the cheaper of the first two is
+    # fine-tuned, and alone among the fine-tuned it keeps its place: the source order stands
     real, calls = search.proxy.proxy_loss, []
 
     def second_runs_late(*args):
@@ -447,8 +463,23 @@ def test_search_budget_stops_the_fine_tunes_and_the_rest_keep_the_source_order(
     monkeypatch.setattr(search.proxy, "proxy_loss", second_runs_late)
     half = search_dataset(store, query, top_k=100, rerank="finetune", finetune_top=2, budget=60)
     assert half.reranked == 1 and len(calls) == 2
-    assert half.hits[0].job_id == source[0] and half.hits[0].proxy_loss is not None
-    assert [h.job_id for h in half.hits] == source and all(h.proxy_loss is None for h in half.hits[1:])
+    cheaper = min(half.hits[:2], key=lambda h: (h.flops, source.index(h.job_id)))
+    assert [h.job_id for h in half.hits] == source
+    assert [h.job_id for h in half.hits if h.proxy_loss is not None] == [cheaper.job_id]
+    monkeypatch.undo()
+    # by default every recalled network is a candidate, fine-tuned cheapest first; with all of them
+    # fine-tuned the order is the loss's alone
+    seen = []
+
+    def by_job(loaders, *args):
+        seen.extend(load.args[2] for load in loaders)
+        return [float(len(r.job_id) + r.job_id.count("a")) + k / 1e3 for k, r in enumerate(seen)]
+
+    monkeypatch.setattr(search.proxy, "local_losses", by_job)
+    every = search_dataset(store, query, top_k=100, rerank="finetune", budget=0)
+    assert every.reranked == every.finetune_candidates == len(source) == len(seen)
+    assert [r.flops for r in seen] == sorted(r.flops for r in seen)
+    assert [h.proxy_loss for h in every.hits] == sorted(h.proxy_loss for h in every.hits)
     monkeypatch.undo()
     # the training loop itself stops at the first batch past the deadline
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))
@@ -456,10 +487,13 @@ def test_search_budget_stops_the_fine_tunes_and_the_rest_keep_the_source_order(
     with pytest.raises(DeadlineReached):
         train(net, x, y, x, y, TrainSettings(epochs=1, image_size=8), torch.device("cpu"), 0, deadline=0.0)
     # the command line says how many were fine-tuned, and refuses a negative budget
+    recalled = len(source)
     assert main(["search", zoo, "--dataset", query, "--budget", "1e-9", "--top-k", "3"]) == 0
-    assert "the budget ended after 0 of 2 fine-tunes (raise --budget, 0 for no bound)" in capsys.readouterr().out
-    assert main(["search", zoo, "--dataset", query, "--budget", "0", "--top-k", "3"]) == 0
-    assert "the first 2 of the source order were fine-tuned" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"re-ranked 0 of {recalled} networks" in out and "(the budget ended: raise --budget" in out
+    assert main(["search", zoo, "--dataset", query, "--budget", "0", "--top-k", "3", "--finetune-top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "re-ranked 3 of 3 networks: fine-tuned on your images, cheapest first" in out and "budget ended" not in out
     with pytest.raises(SystemExit):
         main(["search", zoo, "--dataset", query, "--budget", "-1"])
     assert "--budget: must be 0 or more" in capsys.readouterr().err

@@ -9,6 +9,7 @@ from tans.pipeline.cli.options import (
     EXIT_OK,
     emit,
     non_negative_float,
+    non_negative_int,
     open_existing,
     parent,
     positive_float,
@@ -38,17 +39,17 @@ def add(sub) -> None:
         default=DEFAULT_RERANK,
         help="order the recalled networks by the retriever's predicted accuracy (none), by that "
         "and each network's accuracy on its own zoo dataset (source), by LogME / a k-NN probe "
-        "on each network's features of your images, or by source with its first --finetune-top "
-        f"networks fine-tuned for one epoch on your images (finetune; default: {DEFAULT_RERANK})",
+        "on each network's features of your images, or by source with as many networks as --budget "
+        f"allows fine-tuned for one epoch on your images, cheapest first (finetune; default: {DEFAULT_RERANK})",
     )
     q.add_argument(
         "--finetune-top",
-        type=positive_int,
+        type=non_negative_int,
         default=proxy.FINETUNE_TOP,
         metavar="N",
-        help="with --rerank finetune: how many of the first networks to fine-tune "
-        f"(default {proxy.FINETUNE_TOP}; each is fine-tuned twice for one epoch, on each half of "
-        f"about {proxy.IMAGES} of your images)",
+        help="with --rerank finetune: fine-tune only among the first N networks of the source order "
+        f"(default {proxy.FINETUNE_TOP}: among every recalled one; each is fine-tuned twice for one epoch, "
+        f"on each half of about {proxy.IMAGES} of your images)",
     )
     q.add_argument(
         "--budget",
@@ -56,7 +57,7 @@ def add(sub) -> None:
         default=proxy.SECONDS,
         metavar="SECONDS",
         help="with --rerank finetune: stop fine-tuning this many seconds after the search began; "
-        f"the networks not fine-tuned by then keep the source order (default {proxy.SECONDS:g}; 0: no bound)",
+        f"the networks not fine-tuned by then keep their source places (default {proxy.SECONDS:g}; 0: no bound)",
     )
     q.add_argument(
         "--address",
@@ -99,11 +100,11 @@ def run(args) -> int:
     )
     for warning in result.warnings:
         print(f"tans: warning: {warning}", file=sys.stderr)
-    emit(args, result.as_dict(), None if args.json else table(result, args.zoo, args.dataset, args.finetune_top))
+    emit(args, result.as_dict(), None if args.json else table(result, args.zoo, args.dataset))
     return EXIT_OK
 
 
-def table(result, zoo: str, dataset: str, finetune_top: int = proxy.FINETUNE_TOP) -> str:
+def table(result, zoo: str, dataset: str) -> str:
     label = SCORE_LABELS.get(result.ranked_by)
     lines = [
         f"{'#':>2} {'job_id':24} {'dataset':28} "
@@ -129,13 +130,12 @@ def table(result, zoo: str, dataset: str, finetune_top: int = proxy.FINETUNE_TOP
     if weak:
         lines.append(f"\nnote: {weak} hit(s) have a negative cosine: the zoo holds nothing close to this dataset")
     if result.reranked is not None:
-        asked = min(finetune_top, result.recalled)
+        asked = result.finetune_candidates
         lines.append(
-            f"\nthe first {asked} of the source order were fine-tuned on your images and ordered by held-out loss; "
-            "the rest keep the source order"
-            if result.reranked >= asked
-            else f"\nthe budget ended after {result.reranked} of {asked} fine-tunes (raise --budget, 0 for no bound); "
-            "the networks not fine-tuned keep the source order"
+            f"\nre-ranked {result.reranked} of {asked} networks: fine-tuned on your images, cheapest first, "
+            "and ordered by held-out loss among the places they held in the source order"
+            + ("" if result.reranked >= asked else " (the budget ended: raise --budget, 0 for no bound)")
+            + "; the rest keep the source order"
         )
     lines.append(
         f"\nranked by {result.ranked_by} among {result.recalled} recalled networks in "
