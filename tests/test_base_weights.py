@@ -87,3 +87,24 @@ def test_pretrained_weights_are_written_whole_or_not_at_all(tmp_path):
     with pytest.raises(StorageError, match="dir.safetensors is a folder"):
         write_weights(str(tmp_path / "dir.safetensors"), b"x", None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.safetensors", "weights"]
+
+
+def test_a_zoo_started_from_an_earlier_shipped_base_keeps_it(tmp_path, monkeypatch):
+    """A zoo whose manifest names a base tans shipped before is grown with "pretrained" as it
+    was built: its own copy of that base, not the base shipped now (which would be a conflict)."""
+    import dataclasses
+
+    from tans.pipeline.execution.run import wanted_manifest
+    from tans.zoo_schema.manifest import ensure_manifest
+
+    store = open_store(str(tmp_path / "zoo"))
+    config = load_config(None, {"zoo": str(tmp_path / "zoo")})
+    now = ensure_manifest(store, wanted_manifest(store, config))  # built with the base shipped now
+    earlier = dataclasses.replace(now.base_weights, sha256="e" * 64, id="sha256:" + "e" * 16)
+    other = open_store(str(tmp_path / "old-zoo"))
+    ensure_manifest(other, dataclasses.replace(now, base_weights=earlier))
+    with pytest.raises(Exception, match="built with other settings"):  # not a base tans shipped
+        ensure_manifest(other, wanted_manifest(other, config))
+    monkeypatch.setattr(base_weights, "EARLIER", {"an-earlier-base": "e" * 64})
+    assert ensure_manifest(other, wanted_manifest(other, config)).base_weights == earlier
+    assert wanted_manifest(store, config).base_weights == now.base_weights  # a zoo of the current one keeps it

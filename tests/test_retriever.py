@@ -18,6 +18,7 @@ from tans.retriever.model import contrastive_loss
 from tans.retriever.search import Constraints, NoModelFits, Searcher
 from tans.retriever.stale import staleness
 from tans.retriever.train import RetrainSettings, load_version, versions
+from tans.zoo_schema.errors import ConfigError
 from tans.zoo_schema.results import read_results
 from tans.zoo_schema.store import S3Settings, open_store
 
@@ -325,8 +326,16 @@ def test_pretrain_base_serves_as_base_weights_and_query_backbone(built_zoo, tmp_
     configs = sandwich_configs(_random.Random(0), 2)
     assert configs[0] is None and configs[1] == {"ks": 3, "e": 3, "d": 2} and len(configs) == 4
     out = tmp_path / "base" / "pretrained.safetensors"
-    summary = pretrain_base(store, str(out), PretrainSettings(steps=6, batch_size=32), log=lambda *_: None)
+    lines = []
+    settings = PretrainSettings(steps=6, batch_size=32, resolutions=(16, 24, 32))  # a side drawn per step
+    summary = pretrain_base(store, str(out), settings, log=lines.append)
     assert summary["classes"] == sum(d.num_classes for d in read_datasets(store))
+    assert list(summary["settings"]["resolutions"]) == [16, 24, 32] and summary["device"] == "cpu"
+    with pytest.raises(ConfigError, match=r"--resolutions \[16, 64\] must lie between 16 and --image-size 32"):
+        pretrain_base(store, str(out), PretrainSettings(resolutions=(16, 64)), log=lambda *_: None)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="--device cuda: torch sees no GPU here"):
+            pretrain_base(store, str(out), settings, log=lambda *_: None, device="cuda")
     from tans.workers.networks.nets import load_base_supernet
     from tans.zoo_schema.manifest import read_manifest
 

@@ -35,6 +35,41 @@ def add(sub) -> None:
     g.add_argument("--count", type=positive_int, metavar="N", help="how many of the suite (default: all)")
     g.add_argument("--seed", type=int, default=0, metavar="N", help="generator seed")
     g.set_defaults(func=run_synth)
+    c = dsub.add_parser(
+        "corpus",
+        parents=[parent("json", json_help="print the corpus summary as JSON")],
+        help="cut the photographs of the pretraining corpus's packages into a dataset (for pretrain-base)",
+    )
+    c.add_argument("root", metavar="ROOT", help="folder the corpus's packages are unpacked into, one folder each")
+    c.add_argument("--unpack", action="store_true", help="only unpack GCompris' Qt bundles and SciPy's face.dat")
+    c.add_argument("--out", metavar="DIR", help="folder to write photos-corpus/ and photos-corpus.json into")
+    c.add_argument("--per-photo", type=positive_int, default=24, metavar="N", help="crops per photo (default 24)")
+    c.add_argument("--size", type=positive_int, default=64, metavar="PX", help="side of each crop (default 64)")
+    c.add_argument("--seed", type=int, default=0, metavar="N", help="crop seed")
+    c.set_defaults(func=run_corpus)
+
+
+def run_corpus(args) -> int:
+    from pathlib import Path
+
+    from tans.pipeline.datasets import corpus
+    from tans.zoo_schema.errors import ConfigError
+
+    if args.unpack:
+        corpus.unpack(Path(args.root))
+        return EXIT_OK
+    if not args.out:
+        raise ConfigError("tans datasets corpus needs --out DIR (or --unpack)")
+    summary = corpus.build_corpus(
+        args.root, args.out, args.per_photo, args.size, args.seed, held_out=corpus.held_out_images()
+    )
+    brief = {k: v for k, v in summary.items() if k not in ("photos_used", "sources")}
+    quiet_unless_text(args)(
+        f"{summary['photos']} photos, {summary['crops']} crops of {args.size} px in {args.out}/{corpus.NAME}; "
+        f"dropped {sum(len(v) for v in summary['dropped'].values())} (excluded or near another)"
+    )
+    emit(args, brief, indent=None)
+    return EXIT_OK
 
 
 def run_add(args) -> int:

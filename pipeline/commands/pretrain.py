@@ -45,7 +45,8 @@ class PretrainSettings:
     batch_size: int = 64
     lr: float = 0.05
     weight_decay: float = 3e-5
-    image_size: int = 32
+    image_size: int = 32  # the images are decoded at this side, and evaluated at it
+    resolutions: tuple[int, ...] = ()  # sides each step draws one from (OFA's elastic resolution); () = image_size
     random_subnets: int = 2  # sampled subnets per step, besides the largest and smallest
     distill: float = 1.0  # weight of the largest subnet's soft targets for the others
     max_images_per_dataset: int = 2000
@@ -106,14 +107,27 @@ def _activate(supernet, config: dict | None) -> None:
 
 
 def pretrain_base(
-    store: ZooStore, out: str, settings: PretrainSettings = PretrainSettings(), s3: S3Settings | None = None, log=print
+    store: ZooStore,
+    out: str,
+    settings: PretrainSettings = PretrainSettings(),
+    s3: S3Settings | None = None,
+    log=print,
+    device: str = "cpu",
 ) -> dict:
-    """Train, evaluate and write the supernet; returns the summary also stored in the file."""
+    """Train, evaluate and write the supernet (on `device`: "cpu", "cuda"); returns the summary
+    also stored in the file."""
     import torch
     from safetensors.torch import save
 
     if settings.steps < 1 or settings.batch_size < 2:
         raise ConfigError("pretrain-base needs --steps >= 1 and --batch-size >= 2")
+    if any(r < 16 or r > settings.image_size for r in settings.resolutions):
+        raise ConfigError(
+            f"--resolutions {list(settings.resolutions)} must lie between 16 and --image-size {settings.image_size}"
+        )
+    if device != "cpu" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: torch sees no GPU here; leave --device out to train on the CPU")
+    on = torch.device(device)
     if not out.startswith("s3://"):
         local_out(out)  # a bad --out fails now, not after the training
     x, y, dataset_ids = union_data(store, "train", settings.image_size, settings.max_images_per_dataset, settings.seed)
@@ -125,14 +139,16 @@ def pretrain_base(
     )
     torch.manual_seed(settings.seed)
     rng = random.Random(settings.seed)
+    supernet.to(on)
     started = time.perf_counter()
-    losses = train_sandwich(supernet, x, y, settings, rng, log)
+    losses = train_sandwich(supernet, x.to(on), y.to(on), settings, rng, log)
     seconds = time.perf_counter() - started
     accuracy = {}
     for name, config in (("smallest", sandwich_configs(rng, 0)[1]), ("largest", None)):
         _activate(supernet, config)
-        recalibrate_bn(supernet, x, torch.device("cpu"))  # the largest last: its statistics are saved
-        accuracy[name] = evaluate(supernet, xt, yt)
+        recalibrate_bn(supernet, x, on)  # the largest last: its statistics are saved
+        accuracy[name] = evaluate(supernet, xt, yt, on)
+    supernet.cpu()
     summary = {
         "datasets": dataset_ids,
         "classes": int(y.max()) + 1,
@@ -140,6 +156,7 @@ def pretrain_base(
         "test_images": len(xt),
         "start": start,
         "seconds": round(seconds, 1),
+        "device": torch.cuda.get_device_name(on) if on.type == "cuda" else "cpu",
         "final_loss": float(np.mean(losses[-10:])),
         "first_loss": float(np.mean(losses[:10])),
         "test_accuracy_largest": accuracy["largest"],
@@ -158,7 +175,8 @@ def pretrain_base(
 
 def train_sandwich(supernet, x, y, settings: PretrainSettings, rng: random.Random, log) -> list[float]:
     """`settings.steps` sandwich-rule steps (the largest subnet, the smallest and random ones,
-    the largest teaching the others); returns each step's mean loss."""
+    the largest teaching the others), each at one of `settings.resolutions` (drawn by `rng`;
+    the batch resized bilinearly); returns each step's mean loss."""
     import torch
     import torch.nn.functional as F
 
@@ -170,8 +188,11 @@ def train_sandwich(supernet, x, y, settings: PretrainSettings, rng: random.Rando
     started, losses = time.perf_counter(), []
     supernet.train()
     for step in range(settings.steps):
-        idx = torch.randint(len(x), (settings.batch_size,), generator=g)
+        idx = torch.randint(len(x), (settings.batch_size,), generator=g).to(x.device)
         xb, yb = x[idx], y[idx]
+        side = rng.choice(settings.resolutions) if settings.resolutions else settings.image_size
+        if side != xb.shape[-1]:
+            xb = F.interpolate(xb, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
         opt.zero_grad(set_to_none=True)
         teacher, step_loss = None, 0.0
         for config in sandwich_configs(rng, settings.random_subnets):

@@ -30,14 +30,16 @@ def _source_photo(name: str):
 
 
 def _photo_patch(rng: random.Random, label_index: int, spec: Spec):
-    """A random crop (20-45% of the shorter side), flipped and jittered, of the class's photo."""
+    """A random crop (20-45% of the shorter side), flipped and jittered, of the class's photo,
+    at `SIZE` pixels (or the spec's `size` param)."""
     from PIL import Image, ImageEnhance
 
     photos = spec.params["_photos"]
     photo = photos[label_index]
     side = int(min(photo.size) * rng.uniform(0.2, 0.45))
     x, y = rng.randint(0, photo.width - side), rng.randint(0, photo.height - side)
-    img = photo.crop((x, y, x + side, y + side)).resize((SIZE, SIZE), Image.BILINEAR)
+    px = spec.params.get("size", SIZE)
+    img = photo.crop((x, y, x + side, y + side)).resize((px, px), Image.BILINEAR)
     if rng.random() < 0.5:
         img = img.transpose(Image.FLIP_LEFT_RIGHT)
     img = ImageEnhance.Brightness(img).enhance(rng.uniform(0.8, 1.2))

@@ -40,6 +40,9 @@ def base_weights_entry(store: ZooStore, config: BuildConfig) -> BaseWeights:
                 f"{weights.WIDTH}, or arch.base_weights to 'random' or to a supernet file of width "
                 f"{config.arch.width} (OFA's published ofa_mbv3_d234_e346_k357_w1.2 for 1.2)"
             )
+        have = read_manifest(store)
+        if have is not None and have.base_weights.sha256 in weights.EARLIER.values():
+            return have.base_weights  # started from a base tans shipped before: its copy is in the zoo
         spec = str(weights.shipped()[0])
     from safetensors.torch import save as st_save
 
