@@ -23,8 +23,12 @@ def test_shipped_weights_match_their_recipe_and_are_the_default(tmp_path):
     path, recipe = base_weights.shipped()
     assert hashlib.sha256(path.read_bytes()).hexdigest() == recipe["sha256"]
     assert recipe["command"].startswith("tans pretrain-base") and recipe["seed"] == 0
-    assert "glyphs-hebrew-clean" not in recipe["datasets"] and len(recipe["datasets"]) == 24
+    suite = [d for d in recipe["datasets"] if not d.startswith("photos-corpus")]
+    assert "glyphs-hebrew-clean" not in suite and len(suite) == 24
     assert not {"mnist-real", "textures-real", "photos-real", "stripes-frequency"} & set(recipe["datasets"])
+    # the real photographs: a class each, none of them what an evaluation set is made from
+    assert recipe["corpus"]["photos"] == len(recipe["corpus_photos"]) == 361
+    assert not recipe["corpus"]["dropped"]["excluded_source"] and recipe["corpus"]["checked_against"]["held_out_images"]
     config = load_config(None, {})
     assert config.arch.base_weights == "pretrained"
     store = open_store(str(tmp_path / "zoo"))
@@ -38,8 +42,8 @@ def test_shipped_weights_match_their_recipe_and_are_the_default(tmp_path):
 @pytest.mark.parametrize("name", ["glyphs-greek-lower-clean", "digits-sklearn"])
 def test_shipped_weights_recognise_their_pretraining_tasks(name, tmp_path):
     """Re-check the recipe's claim on fresh images (seed 1, never seen in pretraining) of two
-    of its datasets: the supernet's own 394-way classifier (each dataset's classes in their
-    slots, datasets in the recipe's order) is far above chance (1/394)."""
+    of its datasets: the supernet's own 755-way classifier (each dataset's classes in their
+    slots, datasets in the recipe's order) is far above chance (1/755)."""
     import dataclasses
 
     from safetensors.torch import load_file

@@ -4,7 +4,9 @@ supernet), and reading the weights files users bring.
 `arch.base_weights = "pretrained"` (the default) starts every zoo network from an OFA
 MobileNetV3 supernet (width 1.0) trained by `tans pretrain-base` on the 24 built-in
 datasets of the demo's zoo (the first 25 of the suite less glyphs-hebrew-clean, which the
-demo searches for). The datasets the benchmarks hold out are not among them. The file's
+demo searches for) and on `photos-corpus`, 361 real photographs from Debian and PyPI
+packages cut into 8,610 crops (`tans datasets corpus`). The datasets the benchmarks hold
+out are not among them, nor the images they are made from (checked by content hash). The file's
 recipe — the exact commands, seed, steps, tans commit, figures and sha256 — is
 `pretrained/<NAME>.json` next to it; `shipped()` refuses a file that does not match it.
 
@@ -22,12 +24,12 @@ from pathlib import Path
 from tans.zoo_schema.errors import ConfigError
 from tans.zoo_schema.store import source_filesystem
 
-NAME = "ofa-mbv3-w1.0-suite24"
+NAME = "ofa-mbv3-w1.0-suite24-photos361"
 FOLDER = Path(__file__).resolve().parent / "pretrained"
 WIDTH = 1.0
 # the zoo copies (sha256 of the state_dict as a zoo stores it) of bases tans shipped before:
 # a zoo that started from one keeps it when a build of it asks for "pretrained"
-EARLIER = {}
+EARLIER = {"ofa-mbv3-w1.0-suite24": "b08252ed2b44a858fde6b622384587c15acbc2de1b4db45f7c2894d044b7d52b"}
 
 
 def shipped() -> tuple[Path, dict]:
