@@ -33,9 +33,10 @@
    accuracy on its own zoo dataset (raw: `source`, and from chance
    to 1: `source_over_chance`), TANS + source_over_chance (the score of `tans search --rerank
    source` itself: the mean of the two's ranks over the whole zoo), source + finetune (the score
-   of `tans search --rerank finetune` itself: as many networks as its budget fine-tuned on this machine, the
-   cheapest first, re-ordered by the fine-tune's loss among their places in the source order, the others in
-   their source places), TANS + LogME and TANS + k-NN (the mean of the two's ranks within
+   of `tans search --rerank finetune`'s rule applied to the set, a simulation: as many of the set's networks
+   as the default search's budget fine-tuned on this machine (`budget_reranked`, which a busy machine lowers),
+   the cheapest first, re-ordered by the fine-tune's loss among their places in the source order, the others
+   in their source places), TANS + LogME and TANS + k-NN (the mean of the two's ranks within
    the set), random (expectation over 1000 shuffles). And `fine_tuned_weighted_tau`: the τ of the
    search's ordering had its budget fine-tuned 0 (`source`), 1, 2, 3, 4, 8 or all of the set.
    Each τ also as a fraction of the two seeds' own agreement.
@@ -586,7 +587,7 @@ def main() -> None:
     figures["budget_reranked_mean"] = round(
         float(np.mean([r["budget_reranked"] for r in figures["per_dataset"].values()])), 2
     )
-    if seed_taus:  # how much of what two seeds agree on each ordering reaches
+    if seed_taus and figures["seed_to_seed_weighted_tau_mean"] > 0:  # how much of the seeds' own agreement
         agreement = figures["seed_to_seed_weighted_tau_mean"]
         figures["weighted_tau_over_seed_agreement"] = {
             m: round(v / agreement, 4) for m, v in figures["weighted_tau_mean"].items()

@@ -352,8 +352,7 @@ class Searcher:
         y = torch.as_tensor([labels[i] for i in used])
         classes = len(set(labels))
         width = read_manifest(self.store).width
-        flops = self.table["flops"].to_numpy()[top]
-        chosen = proxy.cheapest_first(flops, order, finetune_top)
+        chosen = proxy.cheapest_first(self.flops[top], order, finetune_top)
         halves = ([at[i] for i in folds[0]], [at[i] for i in folds[1]])
         s3 = getattr(self.store, "settings", None)
         loaders = [partial(checkpoint_of, self.store.uri, s3, self._record(top[j]), width) for j in chosen]

@@ -53,7 +53,7 @@ def test_corpus_crops_each_photo_into_a_class_and_keeps_out_what_feeds_evaluatio
     assert listing["photos_used"][1]["licence"] == "CC0" and len(listing["photos_used"][1]["sha256"]) == 64
     # a crop near an image of a held-out dataset stops the corpus
     Image.open(crops[0]).save(held_out[1], "PNG")
-    with pytest.raises(DatasetError, match="crops of the corpus are near images of the held-out datasets"):
+    with pytest.raises(DatasetError, match=r"crops of pkg/b.png are near images of the held-out datasets; nothing"):
         corpus.build_corpus(
             str(tmp_path / "root"),
             str(tmp_path / "out2"),
@@ -62,12 +62,22 @@ def test_corpus_crops_each_photo_into_a_class_and_keeps_out_what_feeds_evaluatio
             held_out=[held_out[1].getvalue()],
             sources=(source,),
         )
+    assert not (tmp_path / "out2").exists()
     with pytest.raises(DatasetError, match="no photos of nothing-here"):
         corpus.find_photos(tmp_path / "root", (corpus.Source("nothing-here", "1", "pypi", "MIT", ("*.jpg",)),))
 
 
-def rcc(entries: list[tuple[str, bytes]], compress: bool = True, name_override: str | None = None) -> bytes:
-    """A Qt resource bundle (format 1) holding `entries` under one folder."""
+def rcc(
+    entries: list[tuple[str, bytes]],
+    compress: bool = True,
+    name_override: str | None = None,
+    version: int = 1,
+    first_child: int = 2,
+    root_flags: int = 2,
+    stored: bytes | None = None,
+) -> bytes:
+    """A Qt resource bundle holding `entries` under one folder (`stored`: the compressed stream
+    of each entry, instead of its own)."""
     names, data, tree = b"", b"", []
 
     def add_name(text: str) -> int:
@@ -77,19 +87,20 @@ def rcc(entries: list[tuple[str, bytes]], compress: bool = True, name_override: 
         names += struct.pack(">HI", len(text), 0) + raw
         return offset
 
-    root = struct.pack(">IHII", 0, 2, 1, 1)  # the root: a folder of one child, entry 1
-    folder = struct.pack(">IHII", add_name("images"), 2, len(entries), 2)
+    root = struct.pack(">IHII", 0, root_flags, 1, 1)  # the root: a folder of one child, entry 1
+    folder = struct.pack(">IHII", add_name("images"), 2, len(entries), first_child)
     files = []
     for text, blob in entries:
-        stored = struct.pack(">I", len(blob)) + zlib.compress(blob) if compress else blob
+        body = stored if stored is not None else zlib.compress(blob)
+        body = struct.pack(">I", len(blob)) + body if compress else blob
         offset = len(data)
-        data += struct.pack(">I", len(stored)) + stored
+        data += struct.pack(">I", len(body)) + body
         files.append(struct.pack(">IHHHI", add_name(name_override or text), 1 if compress else 0, 0, 0, offset))
     tree = root + folder + b"".join(files)
     header_len = 20
     tree_at, data_at = header_len, header_len + len(tree)
     names_at = data_at + len(data)
-    return b"qres" + struct.pack(">4I", 1, tree_at, data_at, names_at) + tree + data + names
+    return b"qres" + struct.pack(">4I", version, tree_at, data_at, names_at) + tree + data + names
 
 
 def test_qt_bundles_unpack_their_images_and_refuse_hostile_paths(tmp_path):
@@ -105,6 +116,26 @@ def test_qt_bundles_unpack_their_images_and_refuse_hostile_paths(tmp_path):
     bundle.write_bytes(rcc([("x.png", png.getvalue())])[:60])  # cut short
     with pytest.raises(DatasetError, match="damaged"):
         corpus.extract_rcc(bundle, tmp_path / "cut")
+    bundle.write_bytes(rcc([("x.png", png.getvalue())], first_child=1))  # the folder is its own child
+    with pytest.raises(DatasetError, match="its tree loops"):
+        corpus.extract_rcc(bundle, tmp_path / "loop")
+    bundle.write_bytes(rcc([("x.png", png.getvalue())], root_flags=0))
+    with pytest.raises(DatasetError, match="its root is not a folder"):
+        corpus.extract_rcc(bundle, tmp_path / "flat")
+    bundle.write_bytes(rcc([("x.png", png.getvalue())], version=9))
+    with pytest.raises(DatasetError, match="format 9; only formats 1-3"):
+        corpus.extract_rcc(bundle, tmp_path / "v9")
+    bomb = zlib.compress(bytes(corpus.MAX_ENTRY + 1024), 9)  # 65 kB that unpack past the cap
+    bundle.write_bytes(rcc([("x.png", b"")], stored=bomb))
+    with pytest.raises(DatasetError, match="unpacks past 64 MB"):
+        corpus.extract_rcc(bundle, tmp_path / "bomb")
+    (tmp_path / "linked").mkdir()
+    (tmp_path / "linked" / "images").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "elsewhere").mkdir()
+    bundle.write_bytes(rcc([("x.png", png.getvalue())]))
+    with pytest.raises(DatasetError, match="leads outside"):
+        corpus.extract_rcc(bundle, tmp_path / "linked")
+    assert not list((tmp_path / "elsewhere").iterdir())
     bundle.write_bytes(b"PK\x03\x04 a zip file")
     with pytest.raises(DatasetError, match="not a Qt resource bundle"):
         corpus.extract_rcc(bundle, tmp_path / "zip")

@@ -1,5 +1,5 @@
-"""`tans datasets add` and `tans datasets synth`: ingest datasets into a zoo, or write the
-built-in ones."""
+"""`tans datasets add`, `synth` and `corpus`: ingest datasets into a zoo, write the built-in
+ones, or cut the real-photo pretraining corpus."""
 
 from __future__ import annotations
 
@@ -66,7 +66,8 @@ def run_corpus(args) -> int:
     brief = {k: v for k, v in summary.items() if k not in ("photos_used", "sources")}
     quiet_unless_text(args)(
         f"{summary['photos']} photos, {summary['crops']} crops of {args.size} px in {args.out}/{corpus.NAME}; "
-        f"dropped {sum(len(v) for v in summary['dropped'].values())} (excluded or near another)"
+        f"dropped {sum(len(v) for v in summary['dropped'].values())} (fed an evaluation set, near another photo, "
+        "or too few crops)"
     )
     emit(args, brief, indent=None)
     return EXIT_OK

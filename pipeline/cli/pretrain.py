@@ -26,7 +26,7 @@ def add(sub) -> None:
         metavar="PX,PX,...",
         help="sides each step draws one from, at most --image-size (default: --image-size alone)",
     )
-    b.add_argument("--device", default="cpu", metavar="DEV", help="cpu (default) or cuda")
+    b.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to train (default cpu)")
     b.add_argument(
         "--random-subnets", type=int, metavar="N", help="random subnets per step besides the largest and smallest"
     )

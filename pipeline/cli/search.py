@@ -130,13 +130,18 @@ def table(result, zoo: str, dataset: str) -> str:
     if weak:
         lines.append(f"\nnote: {weak} hit(s) have a negative cosine: the zoo holds nothing close to this dataset")
     if result.reranked is not None:
-        asked = result.finetune_candidates
-        lines.append(
-            f"\nre-ranked {result.reranked} of {asked} networks: fine-tuned on your images, cheapest first, "
-            "and ordered by held-out loss among the places they held in the source order"
-            + ("" if result.reranked >= asked else " (the budget ended: raise --budget, 0 for no bound)")
-            + "; the rest keep the source order"
-        )
+        done, asked = result.reranked, result.finetune_candidates
+        if not done:
+            lines.append(
+                f"\nre-ranked 0 of {asked} networks: the budget ended before the first fine-tune (raise --budget, "
+                "0 for no bound); the order is the source order"
+            )
+        else:
+            lines.append(
+                f"\nre-ranked {done} of {asked} networks: fine-tuned on your images, cheapest first, and ordered "
+                "by held-out loss among the places they held in the source order"
+                + ("" if done >= asked else "; the budget ended (raise --budget, 0 for no bound), the rest keep theirs")
+            )
     lines.append(
         f"\nranked by {result.ranked_by} among {result.recalled} recalled networks in "
         f"{result.seconds['total']:.2f}s (re-ranking {result.seconds['rerank']:.2f}s)"

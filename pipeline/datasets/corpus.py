@@ -33,6 +33,7 @@ from tans.zoo_schema.errors import DatasetError
 from tans.zoo_schema.outfiles import output_folder, write_file
 
 NEAR = 24  # difference-hash bits (of 256) under which two pictures count as the same
+MAX_PIXELS = 64_000_000  # a larger file is not a photo of the corpus (PIL's bomb guard stays as it is)
 NAME = "photos-corpus"
 
 
@@ -155,34 +156,61 @@ FETCH = [
 ]
 
 
+MAX_ENTRY = 64 << 20  # bytes an image of a bundle may unpack to ...
+MAX_BUNDLE = 1 << 30  # ... and all of them together
+
+
 def extract_rcc(path: Path, out: Path) -> int:
-    """Unpack the images of a Qt resource bundle (.rcc) into `out`; returns how many. Entries
-    are bounds-checked: a damaged bundle raises DatasetError, nothing outside `out` is written."""
+    """Unpack the images of a Qt resource bundle (.rcc, formats 1-3) into `out`; returns how
+    many. A bundle is untrusted input: every offset is bounds-checked, names must be plain,
+    no path may lead outside `out` (links included), the tree may not loop, and what
+    decompresses is capped (`MAX_ENTRY`, `MAX_BUNDLE`); anything else raises DatasetError."""
     blob = path.read_bytes()
     if blob[:4] != b"qres" or len(blob) < 20:
         raise DatasetError(f"{path} is not a Qt resource bundle (.rcc)")
     version, tree, data, names = struct.unpack(">4I", blob[4:20])
+    if version not in (1, 2, 3):
+        raise DatasetError(f"{path} is a Qt resource bundle of format {version}; only formats 1-3 are read")
     entry = 14 if version == 1 else 22
-    written, seen = 0, set()
+    top = out.resolve()
+    written, total, seen = 0, 0, set()
+
+    def damaged(why: str) -> DatasetError:
+        return DatasetError(f"{path} is damaged ({why}); fetch and unpack the package again")
 
     def take(offset: int, n: int) -> bytes:
         if offset < 0 or offset + n > len(blob):
-            raise DatasetError(f"{path} is damaged: an entry points past its end")
+            raise damaged("an entry points past its end")
         return blob[offset : offset + n]
 
     def name(offset: int) -> str:
         (n,) = struct.unpack(">H", take(names + offset, 2))
-        return take(names + offset + 6, 2 * n).decode("utf-16-be")
+        try:
+            return take(names + offset + 6, 2 * n).decode("utf-16-be")
+        except UnicodeDecodeError:
+            raise damaged("a name is not UTF-16") from None
+
+    def inflate(raw: bytes) -> bytes:  # zlib after a 4-byte length, capped
+        d = zlib.decompressobj()
+        try:
+            body = d.decompress(raw[4:], MAX_ENTRY + 1)
+        except zlib.error:
+            raise damaged("an entry does not decompress") from None
+        if len(body) > MAX_ENTRY or not d.eof:
+            raise DatasetError(f"{path} holds an entry that unpacks past {MAX_ENTRY >> 20} MB or is cut short")
+        return body
 
     def walk(i: int, parts: tuple[str, ...]) -> None:
-        nonlocal written
+        nonlocal written, total
         if i in seen or len(parts) > 32:
-            raise DatasetError(f"{path} is damaged: its tree loops")
+            raise damaged("its tree loops")
         seen.add(i)
         e = tree + i * entry
         name_offset, flags = struct.unpack(">IH", take(e, 6))
+        if i == 0 and not flags & 2:
+            raise damaged("its root is not a folder")
         here = parts + ((name(name_offset),) if i else ())
-        if any(p in ("", ".", "..") or "/" in p or "\\" in p for p in here):
+        if any(p in ("", ".", "..") or "/" in p or "\\" in p or "\0" in p for p in here):
             raise DatasetError(f"{path} holds an entry named {'/'.join(here)!r}, which is not a plain path")
         if flags & 2:  # a directory: its children
             count, first = struct.unpack(">II", take(e + 6, 8))
@@ -194,11 +222,15 @@ def extract_rcc(path: Path, out: Path) -> int:
         (offset,) = struct.unpack(">I", take(e + 10, 4))
         (size,) = struct.unpack(">I", take(data + offset, 4))
         raw = take(data + offset + 4, size)
-        if flags & 1:  # zlib, after a 4-byte length
-            raw = zlib.decompress(raw[4:])
+        body = inflate(raw) if flags & 1 else raw
+        total += len(body)
+        if total > MAX_BUNDLE:
+            raise DatasetError(f"{path} unpacks to more than {MAX_BUNDLE >> 30} GB; it is not a package's bundle")
         target = out.joinpath(*here)
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(raw)
+        if not target.parent.resolve().is_relative_to(top) or target.is_symlink():
+            raise DatasetError(f"{target} leads outside {out}; unpack into an empty folder")
+        target.write_bytes(body)
         written += 1
 
     walk(0, ())
@@ -208,22 +240,23 @@ def extract_rcc(path: Path, out: Path) -> int:
 def unpack(root: Path) -> None:
     """What the packages keep packed: GCompris' Qt bundles into gcompris-qt-data/rcc/<bundle>/,
     SciPy's raw face.dat into face.png."""
-    bundles = root / "gcompris-qt-data" / "usr" / "share" / "gcompris-qt" / "rcc"
-    for name in (
-        "erase",
-        "explore_monuments",
-        "explore_world_animals",
-        "explore_farm_animals",
-        "clickgame",
-        "categorization",
-    ):
-        extract_rcc(bundles / f"{name}.rcc", root / "gcompris-qt-data" / "rcc" / name)
     import bz2
 
     from PIL import Image
 
-    raw = bz2.decompress((root / "scipy" / "scipy" / "misc" / "face.dat").read_bytes())
-    Image.frombytes("RGB", (1024, 768), raw).save(root / "scipy" / "face.png")
+    bundles = root / "gcompris-qt-data" / "usr" / "share" / "gcompris-qt" / "rcc"
+    face = root / "scipy" / "scipy" / "misc" / "face.dat"
+    kinds = ("erase", "explore_monuments", "explore_world_animals", "explore_farm_animals", "clickgame")
+    wanted = [bundles / f"{k}.rcc" for k in (*kinds, "categorization")] + [face]
+    missing = [str(p) for p in wanted if not p.is_file()]
+    if missing:
+        raise DatasetError(
+            f"{', '.join(missing)} not found; fetch and unpack the corpus's packages into {root} first "
+            "(the commands are in tans.pipeline.datasets.corpus.FETCH)"
+        )
+    for bundle in wanted[:-1]:
+        extract_rcc(bundle, root / "gcompris-qt-data" / "rcc" / bundle.stem)
+    Image.frombytes("RGB", (1024, 768), bz2.decompress(face.read_bytes())).save(root / "scipy" / "face.png")
 
 
 def dhash(img, bits: int = 16) -> np.ndarray:
@@ -329,10 +362,9 @@ def build_corpus(
     """Write `out`/photos-corpus/<photo>/<k>.jpg: `per_photo` crops of every photo of `SOURCES`
     under `root`, and `out`/photos-corpus.json naming each photo's package, licence and sha256.
     `held_out`: image bytes of the evaluation datasets, which no crop may be near. Returns the
-    summary in that file."""
+    summary in that file. The crops are checked before anything is written."""
     from PIL import Image
 
-    Image.MAX_IMAGE_PIXELS = 64_000_000
     photos = find_photos(Path(root), sources)
     banned_sha, banned = excluded_sources()
     kept, hashes, dropped = [], [], {"excluded_source": [], "near_another": [], "too_few_crops": []}
@@ -340,6 +372,8 @@ def build_corpus(
         blob = path.read_bytes()
         sha = hashlib.sha256(blob).hexdigest()
         with Image.open(io.BytesIO(blob)) as img:
+            if img.width * img.height > MAX_PIXELS:
+                raise DatasetError(f"{path} has {img.width}x{img.height} pixels, more than a photo of the corpus")
             img.load()
             h = dhash(img)
         rel = str(path.relative_to(root))
@@ -352,9 +386,8 @@ def build_corpus(
         kept.append((source, path, sha))
         hashes.append(h)
     held_hashes = np.array([dhash(Image.open(io.BytesIO(b))) for b in held_out], dtype=bool).reshape(-1, 256)
-    folder = output_folder(Path(out) / NAME)
     rng = random.Random(seed)
-    listing, crop_hashes = [], []
+    listing, files, near_held_out = [], [], []
     for source, path, sha in kept:
         label = f"{len(listing):03d}-{source.package}-{path.stem}"[:80]
         with Image.open(path) as img:
@@ -363,11 +396,12 @@ def build_corpus(
         if len(crops) < per_photo // 2:  # mostly sky or background: too few crops to be a class
             dropped["too_few_crops"].append(str(path.relative_to(root)))
             continue
+        if len(held_hashes) and (nearest(np.array([dhash(c) for c in crops]), held_hashes) < NEAR).any():
+            near_held_out.append(str(path.relative_to(root)))
         for k, crop in enumerate(crops):
             buf = io.BytesIO()
             crop.save(buf, "JPEG", quality=90)
-            write_file(output_folder(folder / label), f"{k:03d}.jpg", buf.getvalue())
-            crop_hashes.append(dhash(crop))
+            files.append((label, f"{k:03d}.jpg", buf.getvalue()))
         listing.append(
             {
                 "class": label,
@@ -380,11 +414,14 @@ def build_corpus(
                 "crops": len(crops),
             }
         )
-    near_held_out = (
-        int((nearest(np.array(crop_hashes, dtype=bool), held_hashes) < NEAR).sum()) if len(held_hashes) else 0
-    )
     if near_held_out:
-        raise DatasetError(f"{near_held_out} crops of the corpus are near images of the held-out datasets; see {out}")
+        raise DatasetError(
+            f"crops of {', '.join(near_held_out)} are near images of the held-out datasets; nothing was written: "
+            "leave those photos out of the corpus's sources"
+        )
+    folder = output_folder(Path(out) / NAME)
+    for label, name, blob in files:
+        write_file(output_folder(folder / label), name, blob)
     summary = {
         "name": NAME,
         "photos": len(listing),
