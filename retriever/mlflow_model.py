@@ -108,9 +108,7 @@ class RetrieverModel(mlflow.pyfunc.PythonModel):
         with torch.no_grad():
             q = self.model.encode_query(torch.from_numpy(features))
             top, scores = top_by_cosine(self.embeddings, q.numpy(), ok, max(RECALL, top_k))
-            predicted = self.model.predict(
-                q.expand(len(self.embeddings), -1), torch.from_numpy(self.embeddings)
-            ).numpy()
+            predicted = self.model.predict(q, torch.from_numpy(self.embeddings)).numpy()
         rank_score, ranked_by = imageless_score(rerank, predicted, self.source_fit)  # over the whole table
         order = sorted(top, key=lambda i: (-rank_score[i], -scores[i]))[:top_k]
         return pd.DataFrame(

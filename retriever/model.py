@@ -47,6 +47,14 @@ class Retriever(nn.Module):
         return nn.functional.normalize(self.model(x), dim=-1)
 
     def predict(self, q: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """The predicted accuracy of models `m` [N, 128] on queries `q` [N, 128] (pairs), or on
+        one query `q` [128]: then its share of the first layer is computed once, not N times
+        (a search over 100,000 networks)."""
+        if q.dim() == 1:
+            first = self.predictor[0]
+            shared = first.weight[:, :DIM] @ q + first.bias
+            hidden = torch.relu(m @ first.weight[:, DIM:].T + shared)
+            return torch.sigmoid(self.predictor[2](hidden)).squeeze(-1)
         return torch.sigmoid(self.predictor(torch.cat([q, m], dim=-1))).squeeze(-1)
 
 

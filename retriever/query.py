@@ -11,7 +11,7 @@ from tans.retriever import proxy
 from tans.retriever.rerank import DEFAULT_RERANK
 from tans.retriever.search import RECALL, Constraints, Searcher, SearchResult
 from tans.retriever.stale import staleness
-from tans.zoo_schema.results import CommittedResults, result_columns
+from tans.zoo_schema.results import CommittedResults
 from tans.zoo_schema.store import ZooStore
 
 
@@ -40,13 +40,12 @@ def rank_query(
         if counts[c] < per_class:
             first.append(i)
             counts[c] += 1
-    live = result_columns(store, ["dataset_id", "job_id"])  # two columns: records only of the hits
-    results = CommittedResults.of(store, live)
-    searcher = Searcher(store, version, live_job_ids=live["job_id"].combine_chunks(), results=results)
+    results = CommittedResults.listed(store)  # the live networks; records read only of the hits
+    searcher = Searcher(store, version, live_job_ids=results, results=results)
     found = searcher.rank(
         images, labels, constraints, top_k, rerank, recall, per_class, finetune_top, first, budget, losses_of
     )
-    return replace(found, warnings=stale_warnings(store, live["dataset_id"].to_pylist()))
+    return replace(found, warnings=stale_warnings(store, results.dataset_ids))
 
 
 def stale_warnings(store: ZooStore, dataset_ids: list[str]) -> tuple[str, ...]:

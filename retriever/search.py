@@ -11,12 +11,12 @@ whose result has since been quarantined are excluded.
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from functools import partial
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 
 from tans.retriever import proxy
@@ -91,6 +91,26 @@ def top_by_cosine(embeddings: np.ndarray, q: np.ndarray, ok: np.ndarray, top_k: 
     idx = np.flatnonzero(ok)
     k = min(top_k, len(idx))
     return idx[np.argpartition(-scores[idx], k - 1)[:k]], scores
+
+
+NUMPY = {pa.float32(): np.dtype(np.float32), pa.float64(): np.dtype(np.float64), pa.int64(): np.dtype(np.int64)}
+
+
+def numbers(array: pa.Array) -> np.ndarray:
+    """A numeric Arrow array without nulls as numpy, read from its buffer (`to_numpy` would
+    import pandas: see `live_rows`)."""
+    dtype = NUMPY.get(array.type)
+    if dtype is None or array.null_count:
+        raise TansError(f"the retriever's table holds a column of {array.type} with nulls; run `tans retrain`")
+    return np.frombuffer(array.buffers()[1], dtype, len(array), array.offset * dtype.itemsize)
+
+
+def live_rows(table: pa.Table, live: Collection[str]) -> pa.Table:
+    """The rows of `table` whose job_id is in `live`, in their order. The row numbers are
+    handed to Arrow as a buffer: `pa.array` would import pandas, a quarter of a second of
+    every search."""
+    keep = np.fromiter((i for i, j in enumerate(table["job_id"].to_pylist()) if j in live), dtype=np.int64)
+    return table.take(pa.Array.from_buffers(pa.int64(), len(keep), [None, pa.py_buffer(keep)]))
 
 
 RECALL = 20  # candidates recalled by cosine before ranking; fixed, so --top-k never reorders
@@ -187,21 +207,19 @@ class Searcher:
         self,
         store: ZooStore,
         version: int | None = None,
-        live_job_ids: set[str] | pa.Array | None = None,
+        live_job_ids: Collection[str] | None = None,
         results: dict | None = None,
     ):
         self.store = store
         loaded = load_version(store, version)
         self.model, self.meta, table = loaded.model, loaded.meta, loaded.models
         if live_job_ids is not None:
-            live = live_job_ids if isinstance(live_job_ids, pa.Array) else pa.array(sorted(live_job_ids), pa.string())
-            table = table.filter(pc.is_in(table["job_id"], value_set=live))
+            table = live_rows(table, live_job_ids)
         self.table = table
-        flat = table["embedding"].combine_chunks().flatten() if table.num_rows else pa.array([], pa.float32())
-        self.embeddings = flat.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, 128)
+        self.embeddings = numbers(table["embedding"].combine_chunks().flatten()).astype(np.float32).reshape(-1, 128)
 
         def column(name: str) -> np.ndarray:
-            return table[name].to_numpy().astype(np.float64)
+            return numbers(table[name].combine_chunks()).astype(np.float64)
 
         self.params, self.flops = column("params"), column("flops")
         self.latency, self.source_accuracy = column("latency_ms"), column("accuracy")
@@ -240,7 +258,7 @@ class Searcher:
         """The predicted accuracy on the query of the networks `top` (all when None)."""
         m = torch.from_numpy(self.embeddings if top is None else self.embeddings[top])
         with torch.no_grad():
-            return self.model.predict(q.expand(len(m), -1), m).numpy()
+            return self.model.predict(q, m).numpy()
 
     def _imageless(self, q, top, scores, rerank: str) -> list[Hit]:
         predicted = self._predicted(q)

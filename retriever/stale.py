@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from tans.zoo_schema import layout
 from tans.zoo_schema.errors import TansError
-from tans.zoo_schema.store import ZooStore
+from tans.zoo_schema.store import ZooStore, parquet_table
 
 DEFAULT_IF_GROWN = 0.1  # RetrainSettings.if_grown's default
 
@@ -59,9 +59,7 @@ def version_datasets(store: ZooStore, version: int, meta: dict) -> set[str]:
     `dataset_ids` there, its models table)."""
     if "dataset_ids" in meta:
         return set(meta["dataset_ids"])
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(io.BytesIO(version_blob(store, version, meta, "models")), columns=["dataset_id"])
+    table = parquet_table(io.BytesIO(version_blob(store, version, meta, "models")), ["dataset_id"])
     return set(table["dataset_id"].to_pylist())
 
 

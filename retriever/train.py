@@ -36,7 +36,7 @@ from tans.zoo_schema import layout
 from tans.zoo_schema.errors import TansError
 from tans.zoo_schema.manifest import read_manifest
 from tans.zoo_schema.results import read_state
-from tans.zoo_schema.store import ZooStore
+from tans.zoo_schema.store import ZooStore, parquet_table
 
 
 @dataclass(frozen=True)
@@ -211,7 +211,6 @@ def save_version(
     import io
     import uuid
 
-    import pyarrow.parquet as pq
     from safetensors.torch import save
 
     topo, func = _model_inputs(t, s)
@@ -287,5 +286,5 @@ def load_version(store: ZooStore, version: int | None = None) -> RetrieverVersio
     model = Retriever(meta["image_dim"], meta["func_dim"])
     model.load_state_dict(load(version_blob(store, version, meta, "weights")))
     return RetrieverVersion(
-        version, model.eval(), meta, pq.read_table(io.BytesIO(version_blob(store, version, meta, "models")))
+        version, model.eval(), meta, parquet_table(io.BytesIO(version_blob(store, version, meta, "models")))
     )

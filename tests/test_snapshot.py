@@ -243,12 +243,15 @@ def test_a_tampered_index_is_not_followed(tmp_path, caplog):
 
 def test_the_search_reads_only_its_hits_records_and_says_which_is_damaged(tmp_path):
     from tans.zoo_schema.errors import TansError
-    from tans.zoo_schema.results import CommittedResults, result_columns
+    from tans.zoo_schema.results import CommittedResults
 
     store = open_store(str(tmp_path / "zoo"))
     rows = commit(store, 0, 5)
-    results = CommittedResults.of(store, result_columns(store, ["dataset_id", "job_id"]))
+    store.write_bytes(f"{layout.RESULTS}/stray.parquet", b"not a result's key")  # left out
+    store.write_bytes(f"{layout.RESULTS}/dataset=d/deeper/x.parquet", b"nor this")
+    results = CommittedResults.listed(store)
     assert rows[0].job_id in results and "nope" not in results and len(results) == 5
+    assert sorted(results.dataset_ids) == sorted(r.dataset_id for r in rows)
     assert results[rows[1].job_id] == rows[1]
     store.write_bytes(result_key(rows[2]), store.read_bytes(result_key(rows[1])))  # another job's row
     with pytest.raises(TansError, match="holds the row of job"):

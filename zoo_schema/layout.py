@@ -90,6 +90,15 @@ def result_key(dataset_id: str, job_id: str) -> str:
     return f"{RESULTS}/dataset={dataset_id}/{job_id}.parquet"
 
 
+_RESULT_KEY = re.compile(rf"{RESULTS}/dataset=([^/]+)/([^/]+)\.parquet")
+
+
+def result_key_parts(key: str) -> tuple[str, str] | None:
+    """(dataset_id, job_id) of a key `result_key` writes; None for any other key."""
+    m = _RESULT_KEY.fullmatch(key)
+    return (m[1], m[2]) if m else None
+
+
 def checkpoint_key(job_id: str, sha256: str) -> str:
     return f"checkpoints/{job_id}/{sha256}.safetensors"
 

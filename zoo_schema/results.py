@@ -27,7 +27,7 @@ from tans.zoo_schema.errors import TansError
 from tans.zoo_schema.journal import Failure, read_failures
 from tans.zoo_schema.records import DatasetRecord, ResultRecord, arrow_schema, from_table, to_table
 from tans.zoo_schema.shards import read_datasets
-from tans.zoo_schema.store import ZooStore
+from tans.zoo_schema.store import ZooStore, parquet_table
 
 log = logging.getLogger("tans.results")
 # What reading a damaged file raises (bad bytes, a wrong schema). An I/O error is not damage:
@@ -113,10 +113,22 @@ class CommittedResults(Mapping):
     def __len__(self) -> int:
         return len(self.keys)
 
+    @property
+    def dataset_ids(self) -> list[str]:
+        """Each result's dataset, from its key."""
+        return [layout.result_key_parts(k)[0] for k in self.keys.values()]
+
     @classmethod
-    def of(cls, store: ZooStore, table: pa.Table) -> CommittedResults:
-        """Over the rows of a table with the `dataset_id` and `job_id` columns."""
-        return cls(store, dict(zip(table["job_id"].to_pylist(), _key_column(table).to_pylist())))
+    def listed(cls, store: ZooStore) -> CommittedResults:
+        """Over the committed results as the listing alone shows them (no file is read: a
+        search over 100,000 results lists them and reads the few it loads); a listed key
+        that is not a result's is left out, and a record is checked against its key when
+        read."""
+        keys = {}
+        for key in result_keys(store):
+            if parts := layout.result_key_parts(key):
+                keys[parts[1]] = key
+        return cls(store, keys)
 
 
 @dataclass(frozen=True)
@@ -300,12 +312,14 @@ def _read_segment(store: ZooStore, segment: Segment, light: bool, columns: list[
     scalars_key, embeddings_key = segment.keys
     fs, base = store.arrow_filesystem()
     try:
-        if columns is not None:
-            present = pq.read_schema(f"{base}/{scalars_key}", filesystem=fs).names
-            columns, light = [c for c in columns if c in present], True  # SUMMARY columns: some segments only
-        table = pq.read_table(f"{base}/{scalars_key}", filesystem=fs, columns=columns)
+        with fs.open_input_file(f"{base}/{scalars_key}") as fh:
+            scalars = pq.ParquetFile(fh)
+            if columns is not None:
+                present = scalars.schema_arrow.names
+                columns, light = [c for c in columns if c in present], True  # SUMMARY columns: some segments only
+            table = scalars.read(columns=columns)
         if not light:
-            heavy = pq.read_table(f"{base}/{embeddings_key}", filesystem=fs)
+            heavy = parquet_table(f"{base}/{embeddings_key}", filesystem=fs)
             if not heavy["job_id"].equals(table["job_id"]):
                 raise ValueError(f"{embeddings_key} is not aligned with {scalars_key}")
             for name in HEAVY:
@@ -370,11 +384,9 @@ def _not_in(keys: list[str], held) -> set[str]:
 
 
 def _read_legacy(store: ZooStore, light: bool) -> pa.Table:
-    import pyarrow.parquet as pq
-
     fs, base = store.arrow_filesystem()
     try:
-        return pq.read_table(f"{base}/{SNAPSHOT_KEY}", filesystem=fs, columns=_columns(light))
+        return parquet_table(f"{base}/{SNAPSHOT_KEY}", _columns(light), fs)
     except (FileNotFoundError, IsADirectoryError):
         raise FileNotFoundError(SNAPSHOT_KEY) from None
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from tans.zoo_schema.errors import StorageError
-from tans.zoo_schema.storage import S3Settings, ZooStore, check_key
+from tans.zoo_schema.storage import S3Settings, ZooStore, check_key, parquet_table
 
 log = logging.getLogger("tans.store")
 
-__all__ = ["LocalStore", "S3Settings", "ZooStore", "check_key", "open_store", "source_filesystem"]
+__all__ = ["LocalStore", "S3Settings", "ZooStore", "check_key", "open_store", "parquet_table", "source_filesystem"]
 
 
 _OS_CAUSES = {
