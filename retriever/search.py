@@ -101,7 +101,10 @@ def numbers(array: pa.Array) -> np.ndarray:
     import pandas: see `live_rows`)."""
     dtype = NUMPY.get(array.type)
     if dtype is None or array.null_count:
-        raise TansError(f"the retriever's table holds a column of {array.type} with nulls; run `tans retrain`")
+        raise TansError(
+            f"the retriever's table holds a column of {array.type}"
+            f"{' with nulls' if array.null_count else ''}, not numbers; run `tans retrain`"
+        )
     return np.frombuffer(array.buffers()[1], dtype, len(array), array.offset * dtype.itemsize)
 
 
@@ -216,7 +219,10 @@ class Searcher:
         if live_job_ids is not None:
             table = live_rows(table, live_job_ids)
         self.table = table
-        self.embeddings = numbers(table["embedding"].combine_chunks().flatten()).astype(np.float32).reshape(-1, 128)
+        embedding = table["embedding"].combine_chunks()
+        if embedding.null_count or len(embedding.flatten()) != 128 * table.num_rows:
+            raise TansError("the retriever's table holds a model embedding that is not 128 numbers; run `tans retrain`")
+        self.embeddings = numbers(embedding.flatten()).astype(np.float32).reshape(-1, 128)
 
         def column(name: str) -> np.ndarray:
             return numbers(table[name].combine_chunks()).astype(np.float64)

@@ -249,8 +249,12 @@ def test_the_search_reads_only_its_hits_records_and_says_which_is_damaged(tmp_pa
     rows = commit(store, 0, 5)
     store.write_bytes(f"{layout.RESULTS}/stray.parquet", b"not a result's key")  # left out
     store.write_bytes(f"{layout.RESULTS}/dataset=d/deeper/x.parquet", b"nor this")
+    store.write_bytes(f"{layout.RESULTS}/dataset=zzz/{rows[0].job_id}.parquet", b"junk")  # its id, planted
+    (tmp_path / "zoo" / layout.RESULTS / "dataset=Odd \x1b[31m").mkdir()  # a name tans never writes
+    (tmp_path / "zoo" / layout.RESULTS / "dataset=Odd \x1b[31m" / "x.parquet").write_bytes(b"x")
     results = CommittedResults.listed(store)
     assert rows[0].job_id in results and "nope" not in results and len(results) == 5
+    assert results.keys[rows[0].job_id] == result_key(rows[0])  # the file that holds its row
     assert sorted(results.dataset_ids) == sorted(r.dataset_id for r in rows)
     assert results[rows[1].job_id] == rows[1]
     store.write_bytes(result_key(rows[2]), store.read_bytes(result_key(rows[1])))  # another job's row

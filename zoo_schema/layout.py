@@ -90,11 +90,12 @@ def result_key(dataset_id: str, job_id: str) -> str:
     return f"{RESULTS}/dataset={dataset_id}/{job_id}.parquet"
 
 
-_RESULT_KEY = re.compile(rf"{RESULTS}/dataset=([^/]+)/([^/]+)\.parquet")
+_RESULT_KEY = re.compile(rf"{RESULTS}/dataset=([a-z0-9][a-z0-9-]*)/([A-Za-z0-9][A-Za-z0-9_-]*)\.parquet")
 
 
 def result_key_parts(key: str) -> tuple[str, str] | None:
-    """(dataset_id, job_id) of a key `result_key` writes; None for any other key."""
+    """(dataset_id, job_id) of a key `result_key` writes (dataset ids are plain [a-z0-9-],
+    job ids hex); None for any other key."""
     m = _RESULT_KEY.fullmatch(key)
     return (m[1], m[2]) if m else None
 

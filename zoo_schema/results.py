@@ -123,11 +123,24 @@ class CommittedResults(Mapping):
         """Over the committed results as the listing alone shows them (no file is read: a
         search over 100,000 results lists them and reads the few it loads); a listed key
         that is not a result's is left out, and a record is checked against its key when
-        read."""
-        keys = {}
+        read. A job id listed under two datasets (a planted or misplaced file: a job's id
+        hashes its dataset) is the file that holds its own row, or left out."""
+        keys: dict[str, str] = {}
+        doubled: dict[str, list[str]] = {}
         for key in result_keys(store):
             if parts := layout.result_key_parts(key):
+                if parts[1] in keys:
+                    doubled.setdefault(parts[1], [keys[parts[1]]]).append(key)
                 keys[parts[1]] = key
+        for job_id, candidates in doubled.items():
+            del keys[job_id]
+            for key in candidates:
+                try:
+                    if not check_result(key, read_result(store, key)):
+                        keys[job_id] = key
+                        break
+                except (FileNotFoundError, *CORRUPT):
+                    pass
         return cls(store, keys)
 
 
@@ -231,7 +244,7 @@ def results_table(store: ZooStore, embeddings: bool = True) -> pa.Table:
 def result_columns(store: ZooStore, names: list[str]) -> pa.Table:
     """These scalar columns of every committed result (as `results_table(store, False)`, in no
     particular order), with the SUMMARY columns where the snapshot holds them (null for rows
-    read from their files): what `tans status` summarizes and `tans search` looks up."""
+    read from their files): what `tans status` summarizes."""
     keys = result_keys(store)
     names = list(dict.fromkeys(["dataset_id", "job_id", *names]))
     summary = pa.schema([pa.field(n, t) for n, t in SUMMARY.items()])
