@@ -14,7 +14,7 @@ def add(sub) -> None:
         help="train the OFA supernet (sandwich rule) on the zoo's datasets, for base weights and the query backbone",
     )
     b.add_argument("--out", required=True, metavar="FILE", help="safetensors file to write (local or s3://)")
-    b.add_argument("--steps", type=positive_int, metavar="N", help="optimizer steps (default 1000)")
+    b.add_argument("--steps", type=positive_int, metavar="N", help="optimizer steps (default 300)")
     b.add_argument("--batch-size", type=positive_int, metavar="N", help="images per step (default 64)")
     b.add_argument("--lr", type=positive_float, metavar="X", help="peak learning rate (default 0.05)")
     b.add_argument(
@@ -31,6 +31,11 @@ def add(sub) -> None:
         "--random-subnets", type=int, metavar="N", help="random subnets per step besides the largest and smallest"
     )
     b.add_argument("--seed", type=int, metavar="N", help="seed (default 0)")
+    b.add_argument(
+        "--init",
+        metavar="FILE",
+        help="continue from this supernet file (from pretrain-base; local or s3://) instead of the zoo's base",
+    )
     b.set_defaults(func=run)
 
 
@@ -43,7 +48,7 @@ def run(args) -> int:
     from tans.zoo_schema.store import S3Settings
 
     settings = PretrainSettings()
-    for name in ("steps", "batch_size", "lr", "image_size", "resolutions", "random_subnets", "seed"):
+    for name in ("steps", "batch_size", "lr", "image_size", "resolutions", "random_subnets", "seed", "init"):
         if getattr(args, name) is not None:
             settings = replace(settings, **{name: getattr(args, name)})
     import sys

@@ -30,6 +30,7 @@ from tans.workers.networks.images import decode_images
 from tans.workers.networks.nets import load_base_supernet
 from tans.workers.networks.ofa_space import DEPTHS, EXPANDS, KERNELS, build_supernet, sample_arch
 from tans.workers.networks.training import evaluate, recalibrate_bn
+from tans.workers.networks.weights import read_state_dict
 from tans.zoo_schema.errors import ConfigError, DatasetError, StorageError
 from tans.zoo_schema.manifest import read_manifest
 from tans.zoo_schema.outfiles import output_folder, write_file
@@ -52,6 +53,7 @@ class PretrainSettings:
     max_images_per_dataset: int = 2000
     width: float = 1.0  # used when the zoo has no manifest yet
     seed: int = 0
+    init: str = ""  # a supernet file (from pretrain-base) to continue from; "" = the zoo's base
 
 
 def union_data(store: ZooStore, split: str, size: int, cap: int, seed: int):
@@ -82,11 +84,23 @@ def union_data(store: ZooStore, split: str, size: int, cap: int, seed: int):
     return torch.cat(xs), torch.cat(ys), [d.dataset_id for d in datasets]
 
 
-def start_supernet(store: ZooStore, settings: PretrainSettings):
-    """The zoo's base supernet when it has a manifest, else a seeded random one."""
+def start_supernet(store: ZooStore, settings: PretrainSettings, s3: S3Settings | None = None):
+    """The supernet of `settings.init` when given (a longer pretraining in stages), else the
+    zoo's base supernet when it has a manifest, else a seeded random one."""
     import torch
 
     manifest = read_manifest(store)
+    if settings.init:
+        supernet = build_supernet(manifest.width if manifest is not None else settings.width)
+        state = read_state_dict(settings.init, s3, "--init")
+        try:
+            supernet.load_state_dict(state)
+        except (RuntimeError, ValueError, KeyError) as e:  # OFA raises ValueError for a key it lacks
+            raise ConfigError(
+                f"--init {settings.init} is not a supernet of this zoo's width ({str(e).splitlines()[0]}); "
+                "pass a file written by `tans pretrain-base` for the same width"
+            ) from None
+        return supernet, settings.init
     if manifest is not None:
         return load_base_supernet(store, manifest.width, manifest.base_weights), manifest.base_weights.id
     torch.manual_seed(settings.seed)
@@ -132,7 +146,7 @@ def pretrain_base(
         local_out(out)  # a bad --out fails now, not after the training
     x, y, dataset_ids = union_data(store, "train", settings.image_size, settings.max_images_per_dataset, settings.seed)
     xt, yt, _ = union_data(store, "test", settings.image_size, settings.max_images_per_dataset, settings.seed)
-    supernet, start = start_supernet(store, settings)
+    supernet, start = start_supernet(store, settings, s3)
     log(
         f"pretraining the supernet ({start}) on {len(dataset_ids)} datasets, {len(x)} images, "
         f"{int(y.max()) + 1} classes: {settings.steps} sandwich steps of {2 + settings.random_subnets} subnets"
