@@ -144,9 +144,9 @@ def pretrain_base(
     on = torch.device(device)
     if not out.startswith("s3://"):
         local_out(out)  # a bad --out fails now, not after the training
+    supernet, start = start_supernet(store, settings, s3)  # a bad --init fails before the images are decoded
     x, y, dataset_ids = union_data(store, "train", settings.image_size, settings.max_images_per_dataset, settings.seed)
     xt, yt, _ = union_data(store, "test", settings.image_size, settings.max_images_per_dataset, settings.seed)
-    supernet, start = start_supernet(store, settings, s3)
     log(
         f"pretraining the supernet ({start}) on {len(dataset_ids)} datasets, {len(x)} images, "
         f"{int(y.max()) + 1} classes: {settings.steps} sandwich steps of {2 + settings.random_subnets} subnets"
