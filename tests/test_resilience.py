@@ -208,7 +208,9 @@ def test_chaos_moved_zoo_killed_ingestion_and_retrain(ray_cluster, tiny_datasets
     assert not first.exists()  # nothing was written at the old place
     report = verify_zoo(store)
     assert report.problems == [] and report.results_checked == 5
-    assert sorted(k.split("/")[0] for k in report.orphans) == ["data", "retriever"]  # what the kills left
+    # what the kills left: ingestion writes its shards from several threads, so one or two
+    # data files may land before the SIGKILL does
+    assert sorted({k.split("/")[0] for k in report.orphans}) == ["data", "retriever"]
     verify_zoo(store, clean_orphans=True, min_age_s=0)
     assert verify_zoo(store).orphans == [] and versions(store) == [1]
     assert load_version(store).meta["results"] == 5
