@@ -112,3 +112,46 @@ def test_a_zoo_started_from_an_earlier_shipped_base_keeps_it(tmp_path, monkeypat
     monkeypatch.setattr(base_weights, "EARLIER", {"an-earlier-base": "e" * 64})
     assert ensure_manifest(other, wanted_manifest(other, config)).base_weights == earlier
     assert wanted_manifest(store, config).base_weights == now.base_weights  # a zoo of the current one keeps it
+
+
+def test_rescaled_to_init_computes_the_same_function_at_the_norms_of_a_fresh_supernet():
+    """A pretrained supernet's convolutions grew; scaled back with their BatchNorm statistics,
+    every subnet computes what it did, at a fresh supernet's norms: exactly at inference, and in
+    training (batch statistics) up to BatchNorm's eps."""
+    from tans.workers.networks.nets import model_for
+    from tans.workers.networks.ofa_space import Arch
+
+    smallest, largest = Arch.from_config([3] * 20, [3] * 20, [2] * 5), Arch.from_config([7] * 20, [6] * 20, [4] * 5)
+    torch.manual_seed(3)
+    grown = build_supernet(1.0).state_dict()
+    for key in list(grown):
+        if key.endswith("running_var"):  # pretraining left statistics of their own
+            grown[key] = grown[key] + torch.rand_like(grown[key])
+        elif key.endswith("conv.weight"):
+            grown[key] = grown[key] * (1 + 3 * torch.rand(()))
+    state, factors = base_weights.rescaled_to_init(grown, 1.0)
+    assert len(factors) == 64 and max(factors) > 2 and min(factors) >= 0.99
+    torch.manual_seed(0)
+    fresh = build_supernet(1.0).state_dict()
+    first = "first_conv.conv.weight"
+    assert torch.allclose(state[first].norm(), fresh[first].norm()) and state[first].norm() < grown[first].norm() / 1.5
+    assert torch.equal(state["feature_mix_layer.conv.weight"], grown["feature_mix_layer.conv.weight"])  # no BatchNorm
+    x = torch.rand(32, 3, 64, 64)
+    for arch in (smallest, largest):
+        before, after = build_supernet(1.0), build_supernet(1.0)
+        before.load_state_dict(grown)
+        after.load_state_dict(state)
+        nets = []
+        for supernet in (before, after):
+            torch.manual_seed(1)  # the same new head
+            nets.append(model_for(arch.id, 5, 1.0, supernet))
+        with torch.no_grad():
+            for net in nets:
+                net.eval()
+            assert torch.allclose(nets[0](x), nets[1](x), rtol=1e-3, atol=1e-6)
+            for net in nets:
+                net.train()
+            was, now = nets[0](x), nets[1](x)
+            assert (was - now).abs().max() < 0.05 * was.abs().mean()
+    with pytest.raises(ConfigError, match="follows no convolution"):
+        base_weights.rescaled_to_init({k: v for k, v in grown.items() if k != first}, 1.0)

@@ -337,6 +337,7 @@ def test_pretrain_base_serves_as_base_weights_and_query_backbone(built_zoo, tmp_
         with pytest.raises(ConfigError, match="--device cuda: torch sees no GPU here"):
             pretrain_base(store, str(out), settings, log=lambda *_: None, device="cuda")
     from tans.workers.networks.nets import load_base_supernet
+    from tans.workers.networks.ofa_space import build_supernet
     from tans.zoo_schema.manifest import read_manifest
 
     manifest = read_manifest(store)  # pretraining starts from the zoo's own base weights
@@ -346,6 +347,9 @@ def test_pretrain_base_serves_as_base_weights_and_query_backbone(built_zoo, tmp_
         trained = fh.get_tensor("first_conv.conv.weight")
     start = load_base_supernet(store, manifest.width, manifest.base_weights)
     assert not torch.equal(trained, start.state_dict()["first_conv.conv.weight"])  # it did train
+    torch.manual_seed(0)  # and its convolutions are back at the norms of initialisation
+    assert torch.allclose(trained.norm(), build_supernet(1.0).state_dict()["first_conv.conv.weight"].norm())
+    assert summary["rescaled"]["convolutions"] == 64
     again = tmp_path / "stage2.safetensors"  # a longer pretraining in stages: --init the last stage's file
     staged = pretrain_base(store, str(again), replace(settings, steps=1, init=str(out)), log=lambda *_: None)
     assert staged["start"] == str(out) and staged["settings"]["init"] == str(out)

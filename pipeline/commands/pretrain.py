@@ -9,8 +9,10 @@ their gradients are summed, and one SGD step is taken. The smaller subnets also 
 from the largest one's predictions (in-place distillation, as in OFA and BigNAS).
 
 At the end the BatchNorm statistics are re-estimated for the largest subnet, the largest
-and the smallest subnets are evaluated on the union of the test splits, and the supernet's
-state_dict is written as one safetensors file (local or s3://). That file is both:
+and the smallest subnets are evaluated on the union of the test splits, each convolution that
+a BatchNorm follows is scaled back to its norm at initialisation (the same function; see
+`weights.rescaled_to_init`: unscaled, a short fine-tune barely moves the pretrained start), and
+the supernet's state_dict is written as one safetensors file (local or s3://). That file is both:
 - base weights for a new zoo: `arch.base_weights = FILE` (then the default query backbone
   of that zoo is this pretrained network too), and
 - a query backbone for the retriever of any zoo: `tans retrain ZOO --backbone FILE`.
@@ -30,7 +32,7 @@ from tans.workers.networks.images import decode_images
 from tans.workers.networks.nets import load_base_supernet
 from tans.workers.networks.ofa_space import DEPTHS, EXPANDS, KERNELS, build_supernet, sample_arch
 from tans.workers.networks.training import evaluate, recalibrate_bn
-from tans.workers.networks.weights import read_state_dict
+from tans.workers.networks.weights import read_state_dict, rescaled_to_init
 from tans.zoo_schema.errors import ConfigError, DatasetError, StorageError
 from tans.zoo_schema.manifest import read_manifest
 from tans.zoo_schema.outfiles import output_folder, write_file
@@ -177,7 +179,10 @@ def pretrain_base(
         "test_accuracy_smallest": accuracy["smallest"],
         "settings": asdict(settings),
     }
-    state = {k: v.detach().contiguous() for k, v in supernet.state_dict().items()}
+    manifest = read_manifest(store)
+    state, grown = rescaled_to_init(supernet.state_dict(), manifest.width if manifest is not None else settings.width)
+    summary["rescaled"] = dict(convolutions=len(grown), largest=round(max(grown), 3), smallest=round(min(grown), 3))
+    state = {k: v.detach().contiguous() for k, v in state.items()}
     blob = save(state, metadata={"tans": json.dumps(summary)})
     write_weights(out, blob, s3)
     log(

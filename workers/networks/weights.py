@@ -68,3 +68,36 @@ def read_state_dict(spec: str, s3=None, what: str = "weights") -> dict:
         return load(raw)
     state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     return state.get("state_dict", state)
+
+
+def rescaled_to_init(state: dict, width: float) -> tuple[dict, list[float]]:
+    """`state` (a supernet's state_dict) with each convolution that a BatchNorm follows scaled
+    back to the norm a freshly initialised supernet's has, and that BatchNorm's running
+    statistics scaled with it: the network computes the same function (BatchNorm divides the
+    scale out), but a fine-tune moves it as fast as it moves random init. Pretraining grows
+    these weights (the first convolution 4x on the shipped base), and a weight that BatchNorm
+    follows learns at a rate divided by its norm squared, so a pretrained start barely moved in
+    a short fine-tune and ended below random init. The function is the same exactly at inference,
+    and in training (batch statistics) up to BatchNorm's eps. Returns (state, each factor divided out)."""
+    import torch
+
+    from tans.workers.networks.ofa_space import build_supernet
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        fresh = build_supernet(width).state_dict()
+    out, grown = dict(state), []
+    for key in state:
+        if not key.endswith(".running_var"):
+            continue
+        bn = key[: -len("running_var")]
+        layer = bn[: -len("bn.bn.")] if bn.endswith("bn.bn.") else bn[: -len("bn.")]
+        conv = next((k for k in (f"{layer}conv.conv.weight", f"{layer}conv.weight") if k in state), None)
+        if conv is None or state[conv].shape != fresh[conv].shape:
+            raise ConfigError(f"the supernet's {bn[:-1]} follows no convolution of its shape; is this an OFA supernet?")
+        factor = float(fresh[conv].norm() / state[conv].norm().clamp_min(1e-12))
+        out[conv] = state[conv] * factor
+        out[f"{bn}running_mean"] = state[f"{bn}running_mean"] * factor
+        out[f"{bn}running_var"] = state[f"{bn}running_var"] * factor**2
+        grown.append(1 / factor)
+    return out, grown
