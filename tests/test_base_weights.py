@@ -29,6 +29,14 @@ def test_shipped_weights_match_their_recipe_and_are_the_default(tmp_path):
     # the real photographs: a class each, none of them what an evaluation set is made from
     assert recipe["corpus"]["photos"] == len(recipe["corpus_photos"]) == 361
     assert not recipe["corpus"]["dropped"]["excluded_source"] and recipe["corpus"]["checked_against"]["held_out_images"]
+    # scaled back to the norms of initialisation; a zoo started from the unscaled file keeps that one
+    assert recipe["rescaled_from"]["name"] in base_weights.EARLIER
+    assert recipe["summary"]["rescaled"]["convolutions"] == 64
+    from safetensors.torch import load_file
+
+    torch.manual_seed(0)
+    fresh, shipped = build_supernet(1.0).state_dict(), load_file(str(path))
+    assert torch.allclose(shipped["first_conv.conv.weight"].norm(), fresh["first_conv.conv.weight"].norm())
     config = load_config(None, {})
     assert config.arch.base_weights == "pretrained"
     store = open_store(str(tmp_path / "zoo"))

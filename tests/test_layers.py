@@ -182,5 +182,5 @@ def test_the_wheel_installs_one_top_level_package(tmp_path):
         assert f"tans/{layer_name}/__init__.py" in names
     assert (
         "tans/pipeline/cli/main.py" in names
-        and "tans/workers/networks/pretrained/ofa-mbv3-w1.0-suite24-photos361.json" in names
+        and "tans/workers/networks/pretrained/ofa-mbv3-w1.0-suite24-photos361-rescaled.json" in names
     )

@@ -5,7 +5,9 @@ supernet), and reading the weights files users bring.
 MobileNetV3 supernet (width 1.0) trained by `tans pretrain-base` on the 24 built-in
 datasets of the demo's zoo (the first 25 of the suite less glyphs-hebrew-clean, which the
 demo searches for) and on `photos-corpus`, 361 real photographs from Debian and PyPI
-packages cut into 8,610 crops (`tans datasets corpus`). The datasets the benchmarks hold
+packages cut into 8,610 crops (`tans datasets corpus`), then scaled back to the norms of
+initialisation (`rescaled_to_init`: the same function, which a fine-tune now moves as fast as
+random init). The datasets the benchmarks hold
 out are not among them, nor the images they are made from (checked by content hash). The file's
 recipe — the exact commands, seed, steps, tans commit, figures and sha256 — is
 `pretrained/<NAME>.json` next to it; `shipped()` refuses a file that does not match it.
@@ -24,12 +26,15 @@ from pathlib import Path
 from tans.zoo_schema.errors import ConfigError
 from tans.zoo_schema.store import source_filesystem
 
-NAME = "ofa-mbv3-w1.0-suite24-photos361"
+NAME = "ofa-mbv3-w1.0-suite24-photos361-rescaled"
 FOLDER = Path(__file__).resolve().parent / "pretrained"
 WIDTH = 1.0
 # the zoo copies (sha256 of the state_dict as a zoo stores it) of bases tans shipped before:
 # a zoo that started from one keeps it when a build of it asks for "pretrained"
-EARLIER = {"ofa-mbv3-w1.0-suite24": "b08252ed2b44a858fde6b622384587c15acbc2de1b4db45f7c2894d044b7d52b"}
+EARLIER = {
+    "ofa-mbv3-w1.0-suite24": "b08252ed2b44a858fde6b622384587c15acbc2de1b4db45f7c2894d044b7d52b",
+    "ofa-mbv3-w1.0-suite24-photos361": "ca0c2520a8d8b9988c4f4ff835f718037005e0f1d420145acbd62387942f5ba4",
+}
 
 
 def shipped() -> tuple[Path, dict]:
