@@ -51,18 +51,23 @@ def test_corpus_crops_each_photo_into_a_class_and_keeps_out_what_feeds_evaluatio
     assert len(crops) == 6 and Image.open(crops[0]).size == (32, 32)
     listing = json.loads((tmp_path / "out" / "photos-corpus.json").read_text())
     assert listing["photos_used"][1]["licence"] == "CC0" and len(listing["photos_used"][1]["sha256"]) == 64
-    # a crop near an image of a held-out dataset stops the corpus
+    assert summary["dropped"]["near_held_out"] == []
+    # a photo with a crop near an image of a held-out dataset is dropped; the others' crops are
+    # drawn again without it, as if it had never been a source
     Image.open(crops[0]).save(held_out[1], "PNG")
-    with pytest.raises(DatasetError, match=r"crops of pkg/b.png are near images of the held-out datasets; nothing"):
-        corpus.build_corpus(
-            str(tmp_path / "root"),
-            str(tmp_path / "out2"),
-            per_photo=6,
-            size=32,
-            held_out=[held_out[1].getvalue()],
-            sources=(source,),
-        )
-    assert not (tmp_path / "out2").exists()
+    again = corpus.build_corpus(
+        str(tmp_path / "root"),
+        str(tmp_path / "out2"),
+        per_photo=6,
+        size=32,
+        held_out=[held_out[1].getvalue()],
+        sources=(source,),
+    )
+    assert again["dropped"]["near_held_out"] == ["pkg/b.png"] and again["photos"] == 1
+    written = sorted((tmp_path / "out2" / "photos-corpus").rglob("*.jpg"))
+    assert len(written) == 6 and all(p.parent.name == "000-pkg-a-again" for p in written)
+    hashes = np.array([corpus.dhash(Image.open(p)) for p in written])
+    assert (corpus.nearest(hashes, corpus.dhash(Image.open(crops[0]))[None]) >= corpus.NEAR).all()
     with pytest.raises(DatasetError, match="no photos of nothing-here"):
         corpus.find_photos(tmp_path / "root", (corpus.Source("nothing-here", "1", "pypi", "MIT", ("*.jpg",)),))
 

@@ -67,7 +67,7 @@ def run_corpus(args) -> int:
     quiet_unless_text(args)(
         f"{summary['photos']} photos, {summary['crops']} crops of {args.size} px in {args.out}/{corpus.NAME}; "
         f"dropped {sum(len(v) for v in summary['dropped'].values())} (fed an evaluation set, near another photo, "
-        "or too few crops)"
+        "a crop near a held-out image, or too few crops)"
     )
     emit(args, brief, indent=None)
     return EXIT_OK

