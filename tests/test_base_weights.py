@@ -124,8 +124,7 @@ def test_a_zoo_started_from_an_earlier_shipped_base_keeps_it(tmp_path, monkeypat
 
 def test_rescaled_to_init_computes_the_same_function_at_the_norms_of_a_fresh_supernet():
     """A pretrained supernet's convolutions grew; scaled back with their BatchNorm statistics,
-    every subnet computes what it did, at a fresh supernet's norms: exactly at inference, and in
-    training (batch statistics) up to BatchNorm's eps."""
+    every subnet computes what it did (up to BatchNorm's eps), at a fresh supernet's norms."""
     from tans.workers.networks.nets import model_for
     from tans.workers.networks.ofa_space import Arch
 
@@ -135,6 +134,8 @@ def test_rescaled_to_init_computes_the_same_function_at_the_norms_of_a_fresh_sup
     for key in list(grown):
         if key.endswith("running_var"):  # pretraining left statistics of their own
             grown[key] = grown[key] + torch.rand_like(grown[key])
+        elif key.endswith("running_mean"):
+            grown[key] = grown[key] + torch.randn_like(grown[key])
         elif key.endswith("conv.weight"):
             grown[key] = grown[key] * (1 + 3 * torch.rand(()))
     state, factors = base_weights.rescaled_to_init(grown, 1.0)
@@ -161,5 +162,9 @@ def test_rescaled_to_init_computes_the_same_function_at_the_norms_of_a_fresh_sup
                 net.train()
             was, now = nets[0](x), nets[1](x)
             assert (was - now).abs().max() < 0.05 * was.abs().mean()
-    with pytest.raises(ConfigError, match="follows no convolution"):
+    with pytest.raises(ConfigError, match="follows no convolution of an OFA supernet of width 1.0"):
         base_weights.rescaled_to_init({k: v for k, v in grown.items() if k != first}, 1.0)
+    with pytest.raises(ConfigError, match="without a 'module.' prefix"):
+        base_weights.rescaled_to_init({f"module.{k}": v for k, v in grown.items()}, 1.0)
+    with pytest.raises(ConfigError, match="of width 1.2"):
+        base_weights.rescaled_to_init(grown, 1.2)

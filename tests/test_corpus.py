@@ -53,7 +53,7 @@ def test_corpus_crops_each_photo_into_a_class_and_keeps_out_what_feeds_evaluatio
     assert listing["photos_used"][1]["licence"] == "CC0" and len(listing["photos_used"][1]["sha256"]) == 64
     assert summary["dropped"]["near_held_out"] == []
     # a photo with a crop near an image of a held-out dataset is dropped; the others' crops are
-    # drawn again without it, as if it had never been a source
+    # drawn again without it
     Image.open(crops[0]).save(held_out[1], "PNG")
     again = corpus.build_corpus(
         str(tmp_path / "root"),
@@ -68,6 +68,12 @@ def test_corpus_crops_each_photo_into_a_class_and_keeps_out_what_feeds_evaluatio
     assert len(written) == 6 and all(p.parent.name == "000-pkg-a-again" for p in written)
     hashes = np.array([corpus.dhash(Image.open(p)) for p in written])
     assert (corpus.nearest(hashes, corpus.dhash(Image.open(crops[0]))[None]) >= corpus.NEAR).all()
+    every_crop = [held_out[1].getvalue()] + [p.read_bytes() for p in written]
+    with pytest.raises(DatasetError, match="no photo under .* gave a corpus class"):  # all dropped: no empty corpus
+        corpus.build_corpus(
+            str(tmp_path / "root"), str(tmp_path / "out3"), per_photo=6, size=32, held_out=every_crop, sources=(source,)
+        )
+    assert not (tmp_path / "out3").exists()
     with pytest.raises(DatasetError, match="no photos of nothing-here"):
         corpus.find_photos(tmp_path / "root", (corpus.Source("nothing-here", "1", "pypi", "MIT", ("*.jpg",)),))
 

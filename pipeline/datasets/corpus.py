@@ -395,6 +395,8 @@ def build_corpus(
             break
         dropped["near_held_out"] += near
         kept = [k for k in kept if str(k[1].relative_to(root)) not in near]
+    if not listing:
+        raise DatasetError(f"no photo under {root} gave a corpus class (dropped: {dropped}); nothing was written")
     folder = output_folder(Path(out) / NAME)
     for label, name, blob in files:
         write_file(output_folder(folder / label), name, blob)
