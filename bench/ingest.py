@@ -11,9 +11,10 @@ Goal (issue 14): ingestion >= 1.8x the plain loop's images/s on 2 cores.
 
 Then the same ingestion on a local multi-node Ray (`ray.cluster_utils.Cluster`: a head with no
 CPU for tasks and two worker nodes of one CPU each, all on 127.0.0.1), as `tans datasets add
---address` runs it: the files decoded by Ray tasks on the worker nodes (the figures say how
-many each decoded), read and written here; and whether the dataset's ids and shards equal a
-local ingestion's.
+--address` runs it: the files decoded, and the shards written, by Ray tasks on the worker
+nodes (the figures say how many files each decoded and how many images each wrote; the folder
+is local, so this process reads the files and sends them); and whether the dataset's ids and
+shards equal a local ingestion's.
 
     python bench/ingest.py [--images 20000] [--classes 10] [--cluster-images 2000]
 
@@ -91,39 +92,78 @@ def ingest_seconds(folder: Path, zoo: Path) -> tuple[float, int, int]:
     return figures["seconds"], figures["images"], peak_mb * 1e6
 
 
+def _cpu() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def _timed(run) -> tuple[object, float, float]:
+    """(what `run()` returns, wall seconds, CPU seconds of this process and of the child
+    processes it ended meanwhile: a local ingestion's decoding processes, not Ray's)."""
+    started, cpu = time.perf_counter(), _cpu()
+    out = run()
+    return out, time.perf_counter() - started, _cpu() - cpu
+
+
 def on_cluster(folder: Path, work: Path) -> dict:
-    """Ingest `folder` on a local Ray of two one-CPU worker nodes, and locally; compare."""
+    """Ingest `folder` on a local Ray of two one-CPU worker nodes, from the local folder (this
+    process reads the files and sends them) and from a copy on S3 (a moto server on 127.0.0.1:
+    the tasks read it), and locally; compare. The CPU seconds are the calling process's (with a
+    local ingestion's decoding processes): what is left to the caller."""
+    import boto3
     import ray
     from ray.cluster_utils import Cluster
 
+    from bench.scale import MotoS3
     from tans.pipeline.datasets.ingest import ingest
     from tans.zoo_schema.shards import read_datasets
-    from tans.zoo_schema.store import open_store
+    from tans.zoo_schema.store import S3Settings, open_store
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    moto = MotoS3(work)
+    os.environ.update({k: moto.env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")})
+    s3 = S3Settings(endpoint_url=moto.endpoint)
+    client = boto3.client("s3", endpoint_url=moto.endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket="bench")
+    for f in sorted(folder.rglob("*.jpg")):
+        client.upload_file(str(f), "bench", f"source/{f.relative_to(folder).as_posix()}")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})  # the workers inherit the credentials
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
     try:
         ray.init(address=cluster.address, configure_logging=False, log_to_driver=False)
-        started = time.perf_counter()
-        report = ingest(open_store(str(work / "zoo-ray")), str(folder), name="bench", on_ray=True)
-        seconds = time.perf_counter() - started
+        zoo = open_store(str(work / "zoo-ray"))
+        report, seconds, cpu = _timed(lambda: ingest(zoo, str(folder), name="bench", on_ray=True))
+        s3_zoo = open_store("s3://bench/zoo", s3)
+        from_s3, s3_seconds, s3_cpu = _timed(lambda: ingest(s3_zoo, "s3://bench/source", "bench", s3=s3, on_ray=True))
+        (c,) = read_datasets(s3_zoo)
     finally:
         ray.shutdown()
         cluster.shutdown()
-    started = time.perf_counter()
-    local = ingest(open_store(str(work / "zoo-here")), str(folder), name="bench")
-    local_seconds = time.perf_counter() - started
+        moto.close()
+    local, local_seconds, local_cpu = _timed(lambda: ingest(open_store(str(work / "zoo-here")), str(folder), "bench"))
     ids = {w.node_id: f"worker-{i + 1}" for i, w in enumerate(workers)}
-    (a,), (b,) = read_datasets(open_store(str(work / "zoo-ray"))), read_datasets(open_store(str(work / "zoo-here")))
+
+    def per_node(counts: dict) -> dict:
+        return {ids.get(n, n[:8]): k for n, k in sorted(counts.items())}
+
+    (a,), (b,) = read_datasets(zoo), read_datasets(open_store(str(work / "zoo-here")))
+    same = {(r.dataset_ids[0], x.content_sha256, x.data_sha256) for r, x in ((report, a), (from_s3, c), (local, b))}
     return {
         "images": report.images,
         "nodes": "head (0 CPUs) + 2 worker nodes x 1 CPU",
-        "files_decoded_per_node": {ids.get(n, n[:8]): k for n, k in sorted(report.decoded_on.items())},
+        "files_decoded_per_node": per_node(report.decoded_on),
+        "images_written_per_node": per_node(report.written_on),
         "seconds": round(seconds, 1),
+        "caller_cpu_seconds": round(cpu, 1),
+        "from_s3": {
+            "files_decoded_per_node": per_node(from_s3.decoded_on),
+            "images_written_per_node": per_node(from_s3.written_on),
+            "seconds": round(s3_seconds, 1),
+            "caller_cpu_seconds": round(s3_cpu, 1),
+        },
         "local_seconds": round(local_seconds, 1),
-        "same_ids_and_shards": (report.dataset_ids, a.content_sha256, a.data_sha256)
-        == (local.dataset_ids, b.content_sha256, b.data_sha256),
+        "local_caller_cpu_seconds": round(local_cpu, 1),
+        "same_ids_and_shards": len(same) == 1,
     }
 
 

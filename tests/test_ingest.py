@@ -131,3 +131,18 @@ def test_s3_source_into_s3_zoo(tmp_path, s3_server, s3_bucket):
     zoo = open_store(f"s3://{s3_bucket}/zoo", s3)
     report = ingest(zoo, f"s3://{s3_bucket}/raw/s3ds", s3=s3)
     assert report.images == 10 and read_datasets(zoo)[0].num_train == 8
+
+
+def test_shard_ranges_are_the_shards_write_split_writes(tmp_path, monkeypatch):
+    import random
+
+    from tans.zoo_schema import shards
+
+    monkeypatch.setattr(shards, "SHARD_ROWS", 5)
+    monkeypatch.setattr(shards, "SHARD_BYTES", 600)
+    store = open_store(str(tmp_path / "zoo"))
+    rng = random.Random(0)
+    for n, case in enumerate([[], [10], [100] * 5, [700], [rng.randrange(1, 400) for _ in range(60)]]):
+        written = shards.write_split(store, f"p{n}", "train", [(b"x" * length, 0) for length in case])
+        rows = [len(store.read_table(key)) for key, _ in written]
+        assert [end - start for start, end in shards.shard_ranges(case)] == rows

@@ -1,6 +1,8 @@
-"""Ingestion on a Ray cluster: the files are decoded by Ray tasks on the nodes and the zoo gets
-exactly what a local ingestion writes (the same dataset ids, shards and hashes, the same files
-skipped for the same reasons), with hostile files among them."""
+"""Ingestion on a Ray cluster: the files are decoded, and the shards written, by Ray tasks on the
+nodes, and the zoo gets exactly what a local ingestion writes (the same dataset ids, shards and
+hashes, the same files skipped for the same reasons), with hostile files among them, from a local
+folder (read by the caller) and from S3 (read by the tasks); a file changed between the two passes
+leaves nothing in the zoo."""
 
 from __future__ import annotations
 
@@ -65,6 +67,7 @@ def test_ingestion_on_ray_writes_what_local_ingestion_writes(tmp_path, address, 
     remote = ingest(there, str(src), settings=settings, on_ray=True)
     assert (remote.dataset_ids, remote.images, remote.skipped) == (local.dataset_ids, local.images, local.skipped)
     assert local.decoded_on == {} and sum(remote.decoded_on.values()) == sum(classes.values()) + 6
+    assert local.written_on == {} and sum(remote.written_on.values()) == remote.images
     reasons = dict(remote.skipped)
     assert "over ingest.max_pixels" in reasons[f"{next(iter(classes))}/bomb.png"]
     assert reasons[f"{next(iter(classes))}/empty.png"] == "no image bytes"
@@ -77,5 +80,60 @@ def test_datasets_add_address_decodes_on_the_cluster(tmp_path, address, capsys):
     assert main(["datasets", "add", str(src), "--zoo", str(zoo), "--address", address, "--json"]) == 0
     (report,) = json.loads(capsys.readouterr().out)
     assert sum(report["decoded_on"].values()) == 18 and report["images"] == 14
+    assert sum(report["written_on"].values()) == 14
     assert main(["datasets", "add", str(src), "--zoo", str(tmp_path / "plain")]) == 0
     same_zoo(open_store(str(tmp_path / "plain")), open_store(str(zoo)))
+
+
+@pytest.mark.parametrize("kind", ["folder", "parquet"])
+def test_tasks_read_a_source_on_s3_themselves(tmp_path, address, s3_server, s3_bucket, kind, monkeypatch):
+    import boto3
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tans.pipeline.datasets.sources import Source
+    from tans.zoo_schema.store import S3Settings
+
+    src = hostile_folder(tmp_path / "ds", {"a": 9, "b": 8})
+    client = boto3.client("s3", endpoint_url=s3_server.url)
+    if kind == "folder":
+        for f in sorted(src.rglob("*.*")):
+            client.upload_file(str(f), s3_bucket, f"raw/ds/{f.relative_to(src).as_posix()}")
+        uri = f"s3://{s3_bucket}/raw/ds"
+    else:
+        files = sorted(src.rglob("*.*"))
+        table = pa.table({"image": [f.read_bytes() for f in files], "label": [f.parent.name for f in files]})
+        pq.write_table(table, tmp_path / "ds.parquet", row_group_size=7)
+        client.upload_file(str(tmp_path / "ds.parquet"), s3_bucket, "raw/ds.parquet")
+        uri = f"s3://{s3_bucket}/raw/ds.parquet"
+    s3 = S3Settings(endpoint_url=s3_server.url)
+    here = open_store(str(tmp_path / "local"))
+    there = open_store(f"s3://{s3_bucket}/zoo", s3)
+    local = ingest(here, uri, s3=s3)
+
+    def not_here(*_):
+        raise AssertionError("the caller read the source's images")
+
+    monkeypatch.setattr(Source, "read", not_here)  # in this process only: the tasks read
+    remote = ingest(there, uri, s3=s3, on_ray=True)
+    assert (remote.dataset_ids, remote.images, remote.skipped) == (local.dataset_ids, local.images, local.skipped)
+    assert sum(remote.written_on.values()) == remote.images == 17 + 2  # the ramp and the JPEG are kept
+    same_zoo(here, there)
+
+
+def test_a_file_changed_between_the_passes_leaves_nothing(tmp_path, address, monkeypatch):
+    from tans.pipeline.datasets import ingest as ingest_module
+    from tans.zoo_schema.errors import DatasetError
+
+    src = make_folder(tmp_path / "ds", {"a": 6, "b": 6})
+    decode = ingest_module.decode_on_ray
+
+    def then_change(*args):
+        yield from decode(*args)
+        Image.new("RGB", (20, 16), (1, 2, 3)).save(src / "b" / "3.png")  # decodable, other pixels
+
+    monkeypatch.setattr(ingest_module, "decode_on_ray", then_change)
+    zoo = open_store(str(tmp_path / "zoo"))
+    with pytest.raises(DatasetError, match=r"b/3.png in .* changed or went away while it was being ingested"):
+        ingest(zoo, str(src), on_ray=True)
+    assert read_datasets(zoo) == [] and zoo.list("data") == []

@@ -86,6 +86,25 @@ def shards_digest(keys_and_digests) -> str:
     return h.hexdigest()
 
 
+def _full(rows: int, size: int) -> bool:
+    """Whether a shard of `rows` rows and `size` bytes of images is complete."""
+    return rows == SHARD_ROWS or size >= SHARD_BYTES
+
+
+def shard_ranges(lengths: list[int]) -> list[tuple[int, int]]:
+    """The rows [start, end) of each shard `write_split` writes for rows of these image lengths
+    (one empty shard when there are none): how a cluster ingestion plans the same shards."""
+    ranges, start, size = [], 0, 0
+    for i, length in enumerate(lengths):
+        size += length
+        if _full(i + 1 - start, size):
+            ranges.append((start, i + 1))
+            start, size = i + 1, 0
+    if start < len(lengths) or not ranges:
+        ranges.append((start, len(lengths)))
+    return ranges
+
+
 def write_split(store: ZooStore, prefix: str, split: str, rows) -> list[tuple[str, str]]:
     """Write (image bytes, label) rows, an iterable read once, as shards of at most SHARD_ROWS
     rows and SHARD_BYTES of images (one empty shard when there are none); returns each
@@ -99,12 +118,12 @@ def write_split(store: ZooStore, prefix: str, split: str, rows) -> list[tuple[st
             if len(futures) >= 2:
                 futures[-2].result()  # at most two shards being written
             key = f"{prefix}/{split}/part-{len(futures):05d}.parquet"
-            futures.append(pool.submit(_write_shard, store, key, chunk))
+            futures.append(pool.submit(write_shard, store, key, chunk))
 
         for row in rows:
             chunk.append(row)
             size += len(row[0])
-            if len(chunk) == SHARD_ROWS or size >= SHARD_BYTES:
+            if _full(len(chunk), size):
                 flush()
                 chunk, size = [], 0
         if chunk or not futures:
@@ -112,7 +131,8 @@ def write_split(store: ZooStore, prefix: str, split: str, rows) -> list[tuple[st
         return [f.result() for f in futures]
 
 
-def _write_shard(store: ZooStore, key: str, chunk: list) -> tuple[str, str]:
+def write_shard(store: ZooStore, key: str, chunk: list) -> tuple[str, str]:
+    """One shard of (image bytes, label) rows written create-only: (its key, its sha256)."""
     table = pa.table(
         {"image": pa.array([r[0] for r in chunk], pa.binary()), "label": pa.array([r[1] for r in chunk], pa.int32())},
         schema=DATA_SCHEMA,

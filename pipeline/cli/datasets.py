@@ -22,8 +22,8 @@ def add(sub) -> None:
     a.add_argument(
         "--address",
         metavar="ADDR",
-        help="decode the images as Ray tasks on this cluster's nodes (the files are read and the shards "
-        "written here: the same shards and ids as without it)",
+        help="decode the images and write the shards as Ray tasks on this cluster's nodes (a source on "
+        "S3 is read by the tasks, a local one here): the same shards and ids as without it",
     )
     a.set_defaults(func=run_add)
     g = dsub.add_parser(
@@ -107,6 +107,11 @@ def describe(source: str, report) -> str:
         lines.append(
             f"  decoded on {len(report.decoded_on)} Ray node(s): "
             + ", ".join(f"{node[:8]} {n}" for node, n in sorted(report.decoded_on.items()))
+        )
+    if report.written_on:
+        lines.append(
+            f"  images written into shards on {len(report.written_on)} Ray node(s): "
+            + ", ".join(f"{node[:8]} {n}" for node, n in sorted(report.written_on.items()))
         )
     lines += [f"  skipped {name}: {reason}" for name, reason in report.skipped[:20]]
     return "\n".join(lines)

@@ -177,14 +177,6 @@ def _spool(spool, kept: bytes) -> Stored:
     return stored
 
 
-def decode_on_node(raws: list[bytes | None], settings: IngestSettings) -> tuple[str, list[tuple[bytes | None, str]]]:
-    """What a Ray task of a cluster ingestion runs: `decode_one` of each file's bytes (None: a
-    file that could not be read), with the id of the node that decoded them."""
-    import ray
-
-    return ray.get_runtime_context().get_node_id(), [decode_one(raw, settings) for raw in raws]
-
-
 def _close_spools(spool_dir: str) -> None:
     if spool := _SPOOLS.pop(spool_dir, None):
         spool.close()
@@ -231,24 +223,15 @@ WINDOW = 4  # chunks in flight per decoding process
 PARALLEL_MIN_BYTES = 16 << 20  # below this, starting decoding processes costs more than it saves
 
 
-def decode_source(
-    source: Source, settings: IngestSettings, spool_dir: str, processes: int | None = None, nodes: dict | None = None
-):
+def decode_source(source: Source, settings: IngestSettings, spool_dir: str, processes: int | None = None):
     """(SourceFile, Stored or None, why skipped) for every file of the source, in order.
 
     From 16 MB of files on (or with `processes` > 1), decoding runs in processes on all cores
     (processes, not threads: decoding checks PIL's bomb warnings, whose filters are per
     process), at most WINDOW chunks per process in flight, so memory does not grow with the
     dataset. Local files are read by the processes themselves; remote files and Parquet
-    rows are read here, a chunk at a time.
-
-    With `nodes` (a dict) and Ray initialized, the chunks are decoded by Ray tasks on the
-    cluster's nodes instead (`decode_on_node`, WINDOW chunks per cluster CPU in flight): the
-    files are read here and what is kept comes back to be spooled here, so the shards are
-    those of a local ingestion. `nodes` counts the files decoded on each node."""
-    if nodes is not None:
-        yield from _decode_on_ray(source, settings, spool_dir, nodes)
-        return
+    rows are read here, a chunk at a time. (On a Ray cluster, `on_ray.decode_on_ray` decodes
+    instead.)"""
     if processes is None:
         small = sum(f.size for f in source.files) < PARALLEL_MIN_BYTES
         processes = 1 if small else min(os.cpu_count() or 1, 16)
@@ -284,51 +267,3 @@ def decode_source(
             "are written (about the dataset's size); free space or set TMPDIR to a "
             "larger disk, then add the dataset again (the zoo is unchanged)"
         ) from None
-
-
-def _read_here(source: Source, chunk) -> tuple[list[bytes | None], dict[int, str]]:
-    """A chunk's bytes read on this machine (None where unreadable), and why for those."""
-    if not source.local:
-        return source.read(chunk), {}
-    raws, why = [], {}
-    for i, f in enumerate(chunk):
-        try:
-            with open(f.ref, "rb") as fh:
-                raws.append(fh.read())
-        except OSError as e:
-            raws.append(None)
-            why[i] = f"cannot read file ({e.strerror})"
-    return raws, why
-
-
-def _decode_on_ray(source: Source, settings: IngestSettings, spool_dir: str, nodes: dict):
-    import ray
-
-    task = ray.remote(num_cpus=1, max_retries=2)(decode_on_node)
-    # chunks in flight: WINDOW per cluster CPU, at most what local decoding holds (16 processes)
-    window = min(WINDOW * max(1, int(ray.cluster_resources().get("CPU", 1))), WINDOW * 16)
-    chunks = [source.files[i : i + CHUNK] for i in range(0, len(source.files), CHUNK)]
-    pending: deque = deque()
-    try:
-        yield from _collect(source, settings, spool_dir, nodes, task, window, chunks, pending)
-    finally:  # stopped early (a refused dataset, a signal): the tasks in flight are cancelled
-        for _, _, ref in pending:
-            ray.cancel(ref)
-
-
-def _collect(source, settings, spool_dir, nodes, task, window, chunks, pending):
-    import ray
-
-    with open(os.path.join(spool_dir, f"ray-{uuid.uuid4().hex[:8]}"), "wb") as spool:
-        for chunk in chunks + [None] * window:
-            if chunk is not None:
-                raws, unread = _read_here(source, chunk)
-                pending.append((chunk, unread, task.remote(raws, settings)))
-            if pending and (chunk is None or len(pending) > window):
-                done, unread, ref = pending.popleft()
-                node, decoded = ray.get(ref)
-                nodes[node] = nodes.get(node, 0) + len(done)
-                stored = [_spool(spool, kept) if kept is not None else None for kept, _ in decoded]
-                spool.flush()  # readable before the caller sees it
-                for i, (f, s, (_, why)) in enumerate(zip(done, stored, decoded)):
-                    yield f, s, unread.get(i, why)

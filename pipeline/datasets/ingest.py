@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from tans.pipeline.datasets.decode import SpoolReader, Stored
+from tans.pipeline.datasets.on_ray import decode_on_ray, write_split_on_ray
 from tans.pipeline.datasets.settings import IngestSettings
 from tans.pipeline.datasets.sources import list_source
 from tans.pipeline.datasets.validate import (  # noqa: F401 - re-exported: ingestion's public names
@@ -52,6 +53,7 @@ class IngestReport:
     skipped: list[tuple[str, str]]  # (file, reason), duplicates included
     already_present: bool
     decoded_on: dict[str, int] = field(default_factory=dict)  # Ray node id -> files it decoded
+    written_on: dict[str, int] = field(default_factory=dict)  # Ray node id -> images it wrote into shards
 
     @property
     def duplicates(self) -> int:
@@ -93,9 +95,9 @@ def ingest(
 ) -> IngestReport:
     """Validate one dataset source and write it (split if large) into the zoo.
 
-    With `on_ray`, the files are decoded by Ray tasks on the nodes of the cluster this process
-    is connected to (read here, spooled and written here: the same shards and ids as a local
-    ingestion); the report says how many files each node decoded.
+    With `on_ray`, the files are decoded, and the shards written, by Ray tasks on the nodes of
+    the cluster this process is connected to (`on_ray`: the same shards and ids as a local
+    ingestion); the report says how many files each node decoded and how many images it wrote.
 
     Images stream from the source through the decoding processes; what is not stored as the
     source file itself waits in a spool folder under TMPDIR (removed at the end). A dataset
@@ -108,16 +110,18 @@ def ingest(
     listed = list_source(source, s3)
     existing = {r.dataset_id: r for r in read_datasets(store)}
     listed_classes = sorted({f.cls for f in listed.files})
-    nodes: dict[str, int] | None = {} if on_ray else None
+    decoded_on: dict[str, int] = {}
+    written_on: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="tans-ingest-") as spool_dir:
         stream = None
-        if base_id not in existing and 2 <= len(listed_classes) <= settings.max_classes:
+        if not on_ray and base_id not in existing and 2 <= len(listed_classes) <= settings.max_classes:
             stream = ShardStream(
                 store, layout.data_prefix(base_id, uuid.uuid4().hex[:16]), listed_classes, settings, spool_dir
             )
         try:
+            decoded = decode_on_ray(listed, settings, s3, decoded_on) if on_ray else None
             by_class, skipped = validate(
-                name, listed, settings, spool_dir, on_class=stream.feed if stream else None, nodes=nodes
+                name, listed, settings, spool_dir, on_class=stream.feed if stream else None, decoded=decoded
             )
             shards = stream.finish(list(by_class)) if stream else None
         except BaseException:
@@ -125,6 +129,12 @@ def ingest(
                 stream.abandon()
             raise
         reader = SpoolReader(spool_dir)
+
+        def write(prefix: str, split: str, rows: list) -> list[tuple[str, str]]:
+            if on_ray:
+                return write_split_on_ray(store, prefix, split, rows, listed, settings, s3, written_on)
+            return write_split(store, prefix, split, ((reader.read(s), y) for s, y in rows))
+
         try:
             ids, present = _write_parts(
                 store,
@@ -134,14 +144,14 @@ def ingest(
                 by_class,
                 skipped,
                 settings,
-                reader,
+                write,
                 existing,
                 (stream, shards) if shards else None,
             )
         finally:
             reader.close()
     images = sum(len(v) for v in by_class.values())
-    return IngestReport(name, ids, images, skipped, already_present=present == len(ids), decoded_on=nodes or {})
+    return IngestReport(name, ids, images, skipped, present == len(ids), decoded_on, written_on)
 
 
 class ShardStream:
@@ -237,16 +247,17 @@ class ShardStream:
             self.store.delete(key)
 
 
-def _write_shards(store, dataset_id, by_class, classes, settings, reader):
-    """A part's split written under a fresh prefix: (write id, train rows, test rows, shards).
-    A failure (a source file changed, the zoo's disk is full, a signal) leaves nothing."""
+def _write_shards(store, dataset_id, by_class, classes, settings, write):
+    """A part's split written under a fresh prefix by `write(prefix, split, rows)`: (write id,
+    train rows, test rows, shards). A failure (a source file changed, the zoo's disk is full, a
+    signal) leaves nothing."""
     train, test = stratified_split(by_class, classes, settings)
     write_id = uuid.uuid4().hex[:16]
     prefix = layout.data_prefix(dataset_id, write_id)
     shards = []
     try:
         for split, rows in (("train", train), ("test", test)):
-            shards += write_split(store, prefix, split, ((reader.read(s), y) for s, y in rows))
+            shards += write(prefix, split, rows)
     except BaseException:
         for key in store.list(prefix):
             store.delete(key)
@@ -254,7 +265,7 @@ def _write_shards(store, dataset_id, by_class, classes, settings, reader):
     return write_id, len(train), len(test), shards
 
 
-def _write_parts(store, source, name, base_id, by_class, skipped, settings, reader, existing, streamed):
+def _write_parts(store, source, name, base_id, by_class, skipped, settings, write, existing, streamed):
     """Write each part's shards (unless `streamed` holds them) and commit its record."""
     groups = split_classes(list(by_class), settings.max_classes, settings.split_seed)
     ids, present = [], 0
@@ -277,9 +288,7 @@ def _write_parts(store, source, name, base_id, by_class, skipped, settings, read
             stream, shards = streamed
             write_id, num_train, num_test = stream.write_id, stream.counts["train"], stream.counts["test"]
         else:
-            write_id, num_train, num_test, shards = _write_shards(
-                store, dataset_id, by_class, classes, settings, reader
-            )
+            write_id, num_train, num_test, shards = _write_shards(store, dataset_id, by_class, classes, settings, write)
         record = DatasetRecord(
             dataset_id=dataset_id,
             name=name,

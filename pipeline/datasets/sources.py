@@ -33,12 +33,12 @@ class Source:
         self, uri: str, fs, files: list[SourceFile], skipped: list[tuple[str, str]], parquet_path: str | None = None
     ):
         self.uri, self.fs, self.files, self.skipped = uri, fs, files, skipped
-        self._parquet_path, self._group = parquet_path, (None, None)
+        self.parquet_path, self._group = parquet_path, (None, None)  # the path of a Parquet source
         self.local = isinstance(fs, pafs.LocalFileSystem) and parquet_path is None
 
     def read(self, files: list[SourceFile]) -> list[bytes]:
         """The raw bytes of these files, in order."""
-        if self._parquet_path is None:
+        if self.parquet_path is None:
             out = []
             for f in files:
                 with self.fs.open_input_stream(f.ref) as fh:
@@ -61,7 +61,7 @@ class Source:
 
     def _row_group_of(self, row: int) -> tuple[int, list]:
         """(first row, images) of the row group holding `row`."""
-        with self.fs.open_input_file(self._parquet_path) as fh:
+        with self.fs.open_input_file(self.parquet_path) as fh:
             pf = pq.ParquetFile(fh)
             first = 0
             for g in range(pf.num_row_groups):

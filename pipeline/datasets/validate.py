@@ -51,11 +51,12 @@ def validate(
     spool_dir: str,
     processes: int | None = None,
     on_class=None,
-    nodes: dict | None = None,
+    decoded=None,
 ) -> tuple[dict[str, list[Stored]], list[tuple[str, str]]]:
     """Decode everything into the spool; return ({class: [Stored]}, skipped) or raise DatasetError.
-    `on_class(class, [Stored])` is called whenever the source moves on from a class; with
-    `nodes`, the decoding runs on the Ray cluster (see `decode_source`).
+    `on_class(class, [Stored])` is called whenever the source moves on from a class. `decoded`:
+    the source decoded elsewhere ((file, image or None, why) in order: `on_ray.decode_on_ray`),
+    in place of decoding here.
 
     An image whose stored bytes are identical to an earlier one's (in the source's order) is
     dropped and listed as skipped with DUPLICATE: two copies could land on both sides of
@@ -64,7 +65,7 @@ def validate(
     skipped = []
     current = None
     first_of: dict[str, tuple[str, str]] = {}  # sha256 -> (file name, class) of its first copy
-    for f, s, why in decode_source(source, settings, spool_dir, processes, nodes):
+    for f, s, why in decoded or decode_source(source, settings, spool_dir, processes):
         if on_class and f.cls != current:
             if current is not None:
                 on_class(current, by_class.get(current, []))
