@@ -11,10 +11,11 @@ Goal (issue 14): ingestion >= 1.8x the plain loop's images/s on 2 cores.
 
 Then the same ingestion on a local multi-node Ray (`ray.cluster_utils.Cluster`: a head with no
 CPU for tasks and two worker nodes of one CPU each, all on 127.0.0.1), as `tans datasets add
---address` runs it: the files decoded, and the shards written, by Ray tasks on the worker
-nodes (the figures say how many files each decoded and how many images each wrote; the folder
-is local, so this process reads the files and sends them); and whether the dataset's ids and
-shards equal a local ingestion's.
+--address` runs it, from the local folder into a zoo on local disk (this process reads the
+files and sends them, the worker nodes decode, this process writes the shards) and from a copy
+on S3 into a zoo on S3 (a moto server on 127.0.0.1: the nodes read, decode and write the
+shards); the figures say how many files each node decoded and how many images it wrote, and
+whether the dataset's ids and shards equal a local ingestion's.
 
     python bench/ingest.py [--images 20000] [--classes 10] [--cluster-images 2000]
 

@@ -1,8 +1,8 @@
-"""Ingestion on a Ray cluster: the files are decoded, and the shards written, by Ray tasks on the
-nodes, and the zoo gets exactly what a local ingestion writes (the same dataset ids, shards and
-hashes, the same files skipped for the same reasons), with hostile files among them, from a local
-folder (read by the caller) and from S3 (read by the tasks); a file changed between the two passes
-leaves nothing in the zoo."""
+"""Ingestion on a Ray cluster: the files are decoded by Ray tasks on the nodes, which write the
+shards too when the zoo is on S3, and the zoo gets exactly what a local ingestion writes (the same
+dataset ids, shards and hashes, the same files skipped for the same reasons), with hostile files
+among them, from a local folder (read by the caller) and from S3 (read by the tasks); a file
+changed between the two passes, or a node with another Pillow, leaves nothing in the zoo."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def test_ingestion_on_ray_writes_what_local_ingestion_writes(tmp_path, address, 
     remote = ingest(there, str(src), settings=settings, on_ray=True)
     assert (remote.dataset_ids, remote.images, remote.skipped) == (local.dataset_ids, local.images, local.skipped)
     assert local.decoded_on == {} and sum(remote.decoded_on.values()) == sum(classes.values()) + 6
-    assert local.written_on == {} and sum(remote.written_on.values()) == remote.images
+    assert local.written_on == remote.written_on == {}  # a zoo on local disk: written here
     reasons = dict(remote.skipped)
     assert "over ingest.max_pixels" in reasons[f"{next(iter(classes))}/bomb.png"]
     assert reasons[f"{next(iter(classes))}/empty.png"] == "no image bytes"
@@ -80,50 +80,61 @@ def test_datasets_add_address_decodes_on_the_cluster(tmp_path, address, capsys):
     assert main(["datasets", "add", str(src), "--zoo", str(zoo), "--address", address, "--json"]) == 0
     (report,) = json.loads(capsys.readouterr().out)
     assert sum(report["decoded_on"].values()) == 18 and report["images"] == 14
-    assert sum(report["written_on"].values()) == 14
+    assert report["written_on"] == {}
     assert main(["datasets", "add", str(src), "--zoo", str(tmp_path / "plain")]) == 0
     same_zoo(open_store(str(tmp_path / "plain")), open_store(str(zoo)))
 
 
-@pytest.mark.parametrize("kind", ["folder", "parquet"])
-def test_tasks_read_a_source_on_s3_themselves(tmp_path, address, s3_server, s3_bucket, kind, monkeypatch):
+def s3_source(tmp_path, s3_server, s3_bucket, kind: str, classes: dict[str, int]) -> tuple[str, str]:
+    """The hostile folder as a local folder, an S3 folder or a Parquet file on S3: (uri, local copy)."""
     import boto3
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    src = hostile_folder(tmp_path / "ds", classes)
+    client = boto3.client("s3", endpoint_url=s3_server.url)
+    if kind == "local folder":
+        return str(src), str(src)
+    if kind == "s3 folder":
+        for f in sorted(src.rglob("*.*")):
+            client.upload_file(str(f), s3_bucket, f"raw/ds/{f.relative_to(src).as_posix()}")
+        return f"s3://{s3_bucket}/raw/ds", str(src)
+    files = sorted(src.rglob("*.*"))
+    table = pa.table({"image": [f.read_bytes() for f in files], "label": [f.parent.name for f in files]})
+    pq.write_table(table, tmp_path / "ds.parquet", row_group_size=7)
+    client.upload_file(str(tmp_path / "ds.parquet"), s3_bucket, "raw/ds.parquet")
+    return f"s3://{s3_bucket}/raw/ds.parquet", str(tmp_path / "ds.parquet")
+
+
+@pytest.mark.parametrize("kind", ["local folder", "s3 folder", "s3 parquet"])
+def test_into_a_zoo_on_s3(tmp_path, address, s3_server, s3_bucket, kind, monkeypatch):
+    """The nodes write the shards of a source of files (read by the tasks when it is on S3); a
+    Parquet source's decoded images come back and are written here."""
     from tans.pipeline.datasets.sources import Source
     from tans.zoo_schema.store import S3Settings
 
-    src = hostile_folder(tmp_path / "ds", {"a": 9, "b": 8})
-    client = boto3.client("s3", endpoint_url=s3_server.url)
-    if kind == "folder":
-        for f in sorted(src.rglob("*.*")):
-            client.upload_file(str(f), s3_bucket, f"raw/ds/{f.relative_to(src).as_posix()}")
-        uri = f"s3://{s3_bucket}/raw/ds"
-    else:
-        files = sorted(src.rglob("*.*"))
-        table = pa.table({"image": [f.read_bytes() for f in files], "label": [f.parent.name for f in files]})
-        pq.write_table(table, tmp_path / "ds.parquet", row_group_size=7)
-        client.upload_file(str(tmp_path / "ds.parquet"), s3_bucket, "raw/ds.parquet")
-        uri = f"s3://{s3_bucket}/raw/ds.parquet"
+    uri, copy = s3_source(tmp_path, s3_server, s3_bucket, kind, {"a": 9, "b": 8})
     s3 = S3Settings(endpoint_url=s3_server.url)
     here = open_store(str(tmp_path / "local"))
     there = open_store(f"s3://{s3_bucket}/zoo", s3)
-    local = ingest(here, uri, s3=s3)
+    local = ingest(here, copy, name="ds", s3=s3)
 
     def not_here(*_):
         raise AssertionError("the caller read the source's images")
 
-    monkeypatch.setattr(Source, "read", not_here)  # in this process only: the tasks read
-    remote = ingest(there, uri, s3=s3, on_ray=True)
+    if kind != "local folder":
+        monkeypatch.setattr(Source, "read", not_here)  # in this process only: the tasks read
+    remote = ingest(there, uri, name="ds", s3=s3, on_ray=True)
     assert (remote.dataset_ids, remote.images, remote.skipped) == (local.dataset_ids, local.images, local.skipped)
-    assert sum(remote.written_on.values()) == remote.images == 17 + 2  # the ramp and the JPEG are kept
+    assert remote.images == 17 + 2  # the ramp and the JPEG are kept
+    assert sum(remote.written_on.values()) == (0 if kind == "s3 parquet" else remote.images)
     same_zoo(here, there)
 
 
-def test_a_file_changed_between_the_passes_leaves_nothing(tmp_path, address, monkeypatch):
+def test_a_file_changed_between_the_passes_leaves_nothing(tmp_path, address, s3_server, s3_bucket, monkeypatch):
     from tans.pipeline.datasets import ingest as ingest_module
     from tans.zoo_schema.errors import DatasetError
+    from tans.zoo_schema.store import S3Settings
 
     src = make_folder(tmp_path / "ds", {"a": 6, "b": 6})
     decode = ingest_module.decode_on_ray
@@ -133,7 +144,20 @@ def test_a_file_changed_between_the_passes_leaves_nothing(tmp_path, address, mon
         Image.new("RGB", (20, 16), (1, 2, 3)).save(src / "b" / "3.png")  # decodable, other pixels
 
     monkeypatch.setattr(ingest_module, "decode_on_ray", then_change)
-    zoo = open_store(str(tmp_path / "zoo"))
+    zoo = open_store(f"s3://{s3_bucket}/zoo", S3Settings(endpoint_url=s3_server.url))
     with pytest.raises(DatasetError, match=r"b/3.png in .* changed or went away while it was being ingested"):
+        ingest(zoo, str(src), on_ray=True)
+    assert read_datasets(zoo) == [] and zoo.list("data") == []
+
+
+def test_a_node_with_another_pillow_is_refused(tmp_path, address, monkeypatch):
+    import PIL
+
+    from tans.zoo_schema.errors import StorageError
+
+    src = make_folder(tmp_path / "ds", {"a": 6, "b": 6})
+    monkeypatch.setattr(PIL, "__version__", "1.0")  # this process's; the nodes report theirs
+    zoo = open_store(str(tmp_path / "zoo"))
+    with pytest.raises(StorageError, match=r"decodes with Pillow .*, this machine with 1.0: .* install the same"):
         ingest(zoo, str(src), on_ray=True)
     assert read_datasets(zoo) == [] and zoo.list("data") == []

@@ -22,8 +22,8 @@ def add(sub) -> None:
     a.add_argument(
         "--address",
         metavar="ADDR",
-        help="decode the images and write the shards as Ray tasks on this cluster's nodes (a source on "
-        "S3 is read by the tasks, a local one here): the same shards and ids as without it",
+        help="decode the images as Ray tasks on this cluster's nodes, which also write the shards to a zoo "
+        "on S3 (a source on S3 is read by the tasks): the same shards and ids as without it",
     )
     a.set_defaults(func=run_add)
     g = dsub.add_parser(

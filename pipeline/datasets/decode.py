@@ -114,6 +114,8 @@ def decode_one(raw: bytes | None, settings: IngestSettings) -> tuple[bytes | Non
         return stored_image(raw, settings), ""
     except ImageTooLarge as e:
         return None, str(e)
+    except MemoryError:
+        raise  # this machine's trouble, not the file's
     except Exception as e:  # noqa: BLE001 - any decoder failure means a corrupt file
         return None, f"cannot decode image ({type(e).__name__})"
 

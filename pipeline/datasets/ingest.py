@@ -17,6 +17,7 @@ is written last and marks the dataset as complete.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from tans.pipeline.datasets.decode import SpoolReader, Stored
-from tans.pipeline.datasets.on_ray import decode_on_ray, write_split_on_ray
+from tans.pipeline.datasets.on_ray import decode_on_ray, nodes_write, write_split_on_ray
 from tans.pipeline.datasets.settings import IngestSettings
 from tans.pipeline.datasets.sources import list_source
 from tans.pipeline.datasets.validate import (  # noqa: F401 - re-exported: ingestion's public names
@@ -95,9 +96,10 @@ def ingest(
 ) -> IngestReport:
     """Validate one dataset source and write it (split if large) into the zoo.
 
-    With `on_ray`, the files are decoded, and the shards written, by Ray tasks on the nodes of
-    the cluster this process is connected to (`on_ray`: the same shards and ids as a local
-    ingestion); the report says how many files each node decoded and how many images it wrote.
+    With `on_ray`, the files are decoded by Ray tasks on the nodes of the cluster this process
+    is connected to, which also write the shards to a zoo on S3 (`on_ray`: the same shards and
+    ids as a local ingestion); the report says how many files each node decoded and how many
+    images it wrote.
 
     Images stream from the source through the decoding processes; what is not stored as the
     source file itself waits in a spool folder under TMPDIR (removed at the end). A dataset
@@ -112,17 +114,21 @@ def ingest(
     listed_classes = sorted({f.cls for f in listed.files})
     decoded_on: dict[str, int] = {}
     written_on: dict[str, int] = {}
+    there = on_ray and nodes_write(store, listed)
     with tempfile.TemporaryDirectory(prefix="tans-ingest-") as spool_dir:
         stream = None
-        if not on_ray and base_id not in existing and 2 <= len(listed_classes) <= settings.max_classes:
+        if not there and base_id not in existing and 2 <= len(listed_classes) <= settings.max_classes:
             stream = ShardStream(
                 store, layout.data_prefix(base_id, uuid.uuid4().hex[:16]), listed_classes, settings, spool_dir
             )
         try:
-            decoded = decode_on_ray(listed, settings, s3, decoded_on) if on_ray else None
-            by_class, skipped = validate(
-                name, listed, settings, spool_dir, on_class=stream.feed if stream else None, decoded=decoded
-            )
+            decoded = None
+            if on_ray:
+                decoded = decode_on_ray(listed, settings, s3, decoded_on, None if there else spool_dir)
+            with contextlib.closing(decoded) if decoded else contextlib.nullcontext():
+                by_class, skipped = validate(
+                    name, listed, settings, spool_dir, on_class=stream.feed if stream else None, decoded=decoded
+                )
             shards = stream.finish(list(by_class)) if stream else None
         except BaseException:
             if stream:
@@ -131,7 +137,7 @@ def ingest(
         reader = SpoolReader(spool_dir)
 
         def write(prefix: str, split: str, rows: list) -> list[tuple[str, str]]:
-            if on_ray:
+            if there:
                 return write_split_on_ray(store, prefix, split, rows, listed, settings, s3, written_on)
             return write_split(store, prefix, split, ((reader.read(s), y) for s, y in rows))
 
