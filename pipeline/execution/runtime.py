@@ -8,7 +8,7 @@ import os
 import signal
 import threading
 
-from tans.pipeline.execution.console import quiet_third_party
+from tans.pipeline.execution.console import quiet_third_party, verbose
 from tans.zoo_schema.errors import Interrupted
 
 
@@ -27,7 +27,7 @@ def start_ray(address: str = "", num_cpus: int | None = None, num_gpus: int | No
         _adopt_orphans()
     try:
         if address:
-            ray.init(address=address, log_to_driver=True)
+            ray.init(address=address, log_to_driver=True, configure_logging=verbose())  # its INFO lines: -v
         else:
             ray.init(
                 address="local",
