@@ -143,7 +143,7 @@ def shard_task(
     raws: list[bytes | None] | None,
     expected: list[tuple[int, str]],
     settings: IngestSettings,
-) -> tuple[str, tuple[str, str] | str]:
+) -> tuple[tuple[str, str], tuple[str, str] | str]:
     """What a second-pass task runs: decode the shard's files again and write the shard.
     (its node, (key, sha256)), or (its node, the name of a file that is no longer what the
     first pass decoded)."""
