@@ -29,6 +29,7 @@ LEASE = "journal/lease.json"
 SNAPSHOT = "results_index/snapshot.parquet"  # the one-file snapshot of older zoos (still read)
 SNAPSHOT_INDEX = "results_index/index.json"  # the snapshot's segments
 SEGMENTS = "results_index/segments"
+SEALED = "results_sealed"  # sealed segments: committed results out of their per-job files (`sealed`)
 DATASETS_SNAPSHOT = "results_index/datasets.parquet"  # a cache of the dataset records
 POOL_PROFILES = "pool/profiles.parquet"
 RESULTS = "results"  # prefixes listed by readers
@@ -46,7 +47,9 @@ OWN_OBJECTS = re.compile(
     r"|data/[a-z0-9-]+/(?:[0-9a-f]{16}/)?(?:train|test)/part-\d{5}\.parquet"
     r"|retriever/(?:files/[0-9a-f]+|v\d+)/(?:weights\.safetensors|models\.parquet)"
     r"|results_index/segments/[0-9a-f]{32}(?:\.embeddings)?\.parquet"
+    r"|results_sealed/[0-9a-f]{32}(?:\.embeddings\.parquet|\.parquet|\.json)"
 )
+TOKEN = re.compile(r"[0-9a-f]{32}")
 
 
 def is_own_object(key: str) -> bool:
@@ -84,6 +87,17 @@ def quarantine_keys(key: str) -> tuple[str, str]:
 def segment_keys(token: str) -> tuple[str, str]:
     """(scalar columns, functional embeddings) of one segment of the results snapshot."""
     return f"{SEGMENTS}/{token}.parquet", f"{SEGMENTS}/{token}.embeddings.parquet"
+
+
+def sealed_keys(token: str) -> tuple[str, str, str]:
+    """(manifest, scalar columns, functional embeddings) of one sealed segment."""
+    return f"{SEALED}/{token}.json", f"{SEALED}/{token}.parquet", f"{SEALED}/{token}.embeddings.parquet"
+
+
+def sealed_token(key: str) -> str | None:
+    """The token of a sealed segment's manifest key; None for any other key."""
+    m = re.fullmatch(rf"{SEALED}/([0-9a-f]{{32}})\.json", key)
+    return m[1] if m else None
 
 
 def result_key(dataset_id: str, job_id: str) -> str:

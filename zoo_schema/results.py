@@ -2,7 +2,10 @@
 resume a build). Reading never writes: setting a damaged file aside (`quarantine`) and
 refreshing the snapshot (`write_snapshot`) are explicit calls of the driver and of verify.
 
-The per-job files under `results/` are the commits. The snapshot is a cache of their rows in
+The per-job files under `results/` and the rows of the sealed segments (`results_sealed/`,
+see `tans.zoo_schema.sealed`: what `tans compact` moves the files' rows into) are the
+commits; a sealed row is the commit of its job even where a file of it is still listed. The
+snapshot is a cache of their rows in
 a few large Parquet segments (`results_index/segments/<token>.parquet`, the scalar columns,
 beside `<token>.embeddings.parquet`, the functional embeddings), named by
 `results_index/index.json`. A refresh appends one segment of the rows not yet in it and
@@ -15,14 +18,13 @@ skipped and its rows are read from their files.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pyarrow as pa
 
-from tans.zoo_schema import layout
+from tans.zoo_schema import layout, sealed
 from tans.zoo_schema.errors import TansError
 from tans.zoo_schema.journal import Failure, read_failures
 from tans.zoo_schema.records import DatasetRecord, ResultRecord, arrow_schema, from_table, to_table
@@ -79,20 +81,31 @@ def read_result(store: ZooStore, key: str) -> ResultRecord:
 
 
 def find_result(store: ZooStore, job_id: str) -> ResultRecord | None:
-    """A job's committed result, wherever its dataset partition is; None if it has none."""
+    """A job's committed result, wherever its dataset partition is (a sealed row first); None
+    if it has none."""
+    for segment in sealed.live(sealed.manifests(store)):
+        try:
+            (record,) = from_table(ResultRecord, sealed.read_row(store, segment.token, job_id))
+            return record
+        except FileNotFoundError:
+            continue
     keys = [k for k in store.list(layout.RESULTS) if k.endswith(f"/{job_id}.parquet")]
     return read_result(store, keys[0]) if keys else None
 
 
 class CommittedResults(Mapping):
     """job_id -> ResultRecord over the committed results whose keys are given; each record is
-    read from its file when asked for (a search loads a few of 100,000s)."""
+    read from its file (or its sealed segment's row groups, for the jobs of `sealed`: job_id
+    -> token) when asked for (a search loads a few of 100,000s)."""
 
-    def __init__(self, store: ZooStore, keys: dict[str, str]):
-        self.store, self.keys = store, keys
+    def __init__(self, store: ZooStore, keys: dict[str, str], sealed_in: dict[str, str] | None = None):
+        self.store, self.keys, self.sealed = store, keys, sealed_in or {}
 
     def __getitem__(self, job_id: str) -> ResultRecord:
         key = self.keys[job_id]
+        if job_id in self.sealed:
+            (record,) = from_table(ResultRecord, sealed.read_row(self.store, self.sealed[job_id], job_id))
+            return record
         try:
             record = read_result(self.store, key)
         except (FileNotFoundError, *CORRUPT) as e:
@@ -124,11 +137,13 @@ class CommittedResults(Mapping):
         search over 100,000 results lists them and reads the few it loads); a listed key
         that is not a result's is left out, and a record is checked against its key when
         read. A job id listed under two datasets (a planted or misplaced file: a job's id
-        hashes its dataset) is the file that holds its own row, or left out."""
+        hashes its dataset) is the file that holds its own row, or left out. A sealed job is
+        its sealed row."""
         keys: dict[str, str] = {}
         doubled: dict[str, list[str]] = {}
+        jobs = sealed.sealed_jobs(store)
         for key in result_keys(store):
-            if parts := layout.result_key_parts(key):
+            if (parts := layout.result_key_parts(key)) and parts[1] not in jobs:
                 if parts[1] in keys:
                     doubled.setdefault(parts[1], [keys[parts[1]]]).append(key)
                 keys[parts[1]] = key
@@ -141,7 +156,9 @@ class CommittedResults(Mapping):
                         break
                 except (FileNotFoundError, *CORRUPT):
                     pass
-        return cls(store, keys)
+        for job_id, (dataset_id, _) in jobs.items():
+            keys[job_id] = layout.result_key(dataset_id, job_id)
+        return cls(store, keys, {job_id: token for job_id, (_, token) in jobs.items()})
 
 
 @dataclass(frozen=True)
@@ -162,7 +179,7 @@ def read_results(store: ZooStore, light: bool = False) -> list[ResultRecord]:
     return scan_results(store, light).results
 
 
-def _light(table: pa.Table) -> pa.Table:
+def light_rows(table: pa.Table) -> pa.Table:
     """A table read without HEAVY columns, with empty values in their place."""
     schema = arrow_schema(ResultRecord)
     for name in HEAVY:
@@ -186,14 +203,16 @@ def scan_results(store: ZooStore, light: bool = False) -> ResultsRead:
     With `light`, the HEAVY columns (the functional embeddings) are not read: the records
     hold an empty list there. That is for summaries (`tans status`): a tenth of the memory.
     """
-    keys = result_keys(store)
+    keys, rows = result_keys(store), {}
+    if (held := sealed.sealed_table(store, light)) is not None:
+        rows = {result_key(r): r for r in from_table(ResultRecord, light_rows(held) if light else held)}
+        keys = sorted(_not_in(keys, _key_column(held)))
     if not keys:
-        return ResultsRead([], 0, [])
+        return ResultsRead(sorted(rows.values(), key=lambda r: (r.dataset_id, r.job_id)), 0, [])
     snapshot = _snapshot_rows(store, keys, light)
-    rows = {}
     if snapshot is not None:
         table = snapshot[0]
-        rows = {result_key(r): r for r in from_table(ResultRecord, _light(table) if light else table)}
+        rows.update({result_key(r): r for r in from_table(ResultRecord, light_rows(table) if light else table)})
     missing = [k for k in keys if k not in rows]
     found, unusable = _read_files(store, missing, light)
     rows.update(found)
@@ -221,12 +240,15 @@ def results_table(store: ZooStore, embeddings: bool = True) -> pa.Table:
     Without `embeddings`, the table lacks the functional embeddings (nine tenths of its size)."""
     schema = arrow_schema(ResultRecord)
     wanted = pa.schema([f for f in schema if embeddings or f.name not in HEAVY], metadata=schema.metadata)
-    keys = result_keys(store)
-    if not keys:
+    keys, parts = result_keys(store), []
+    if (held := sealed.sealed_table(store, light=not embeddings)) is not None:
+        parts.append(held.select(wanted.names).cast(wanted))
+        keys = sorted(_not_in(keys, _key_column(held)))
+    if not keys and not parts:
         return wanted.empty_table()
     try:
-        parts, listed = [], set(keys)
-        snapshot = _snapshot_rows(store, keys, light=not embeddings)
+        listed = set(keys)
+        snapshot = _snapshot_rows(store, keys, light=not embeddings) if keys else None
         if snapshot is not None:
             parts.append(snapshot[0].select(wanted.names).cast(wanted))
             listed = _not_in(keys, snapshot[1])
@@ -245,32 +267,60 @@ def result_columns(store: ZooStore, names: list[str]) -> pa.Table:
     """These scalar columns of every committed result (as `results_table(store, False)`, in no
     particular order), with the SUMMARY columns where the snapshot holds them (null for rows
     read from their files): what `tans status` summarizes."""
-    keys = result_keys(store)
+    keys, parts = result_keys(store), []
     names = list(dict.fromkeys(["dataset_id", "job_id", *names]))
     summary = pa.schema([pa.field(n, t) for n, t in SUMMARY.items()])
+    if (held := sealed.sealed_table(store, light=True, columns=names + summary.names)) is not None:
+        parts.append(_with_summary(held).select(names + summary.names))
+        keys = sorted(_not_in(keys, _key_column(held)))
     try:
         snapshot = _snapshot_rows(store, keys, light=True, columns=names + summary.names) if keys else None
-        parts, listed = [], set(keys)
+        listed = set(keys)
         if snapshot is not None:
-            table, held = snapshot
-            for name, kind in SUMMARY.items():
-                if name not in table.column_names:
-                    table = table.append_column(pa.field(name, kind), pa.nulls(table.num_rows, kind))
-            parts.append(table.select(names + summary.names))
-            listed = _not_in(keys, held)
+            table, cached = snapshot
+            parts.append(_with_summary(table).select(names + summary.names))
+            listed = _not_in(keys, cached)
         if listed:
             files = _files_table(store, listed, pa.schema([arrow_schema(ResultRecord).field(n) for n in names]))
-            for name, kind in SUMMARY.items():
-                files = files.append_column(pa.field(name, kind), pa.nulls(files.num_rows, kind))
-            parts.append(files)
+            parts.append(_with_summary(files))
         if not parts:
             raise FileNotFoundError
         return pa.concat_tables([p.cast(parts[0].schema) for p in parts])
     except (*CORRUPT, OSError, pa.ArrowException):
-        table = results_table(store, embeddings=False).select(names)
-        for name, kind in SUMMARY.items():
+        return _with_summary(results_table(store, embeddings=False).select(names))
+
+
+def files_rows(store: ZooStore, keys: list[str]) -> tuple[pa.Table, list[tuple[str, str]]]:
+    """The rows of these result files (with embeddings, and the SUMMARY columns the snapshot
+    holds for them), as one table, and the files left out as unusable (key, reason): what
+    `tans compact` seals. Reads the snapshot's cached rows, then the files it lacks."""
+    schema = arrow_schema(ResultRecord)
+    wanted = pa.schema([*schema, *(pa.field(n, t) for n, t in SUMMARY.items())], metadata=schema.metadata)
+    parts, listed, unusable = [], set(keys), []
+    snapshot = _snapshot_rows(store, keys, light=False) if keys else None
+    if snapshot is not None:
+        parts.append(_with_summary(snapshot[0]).select(wanted.names).cast(wanted))
+        listed = _not_in(keys, snapshot[1])
+    if listed:
+        try:
+            files = _files_table(store, listed, schema)
+            if any(files[name].null_count for name in schema.names):
+                raise ValueError("a file of an older schema: its record's defaults fill in")
+            parts.append(_with_summary(files))
+        except (*CORRUPT, OSError, pa.ArrowException):  # one by one: which file is unusable
+            found, unusable = _read_files(store, sorted(listed))
+            if found:
+                parts.append(_with_summary(to_table(list(found.values()))))
+    table = pa.concat_tables([p.select(wanted.names).cast(wanted) for p in parts]) if parts else wanted.empty_table()
+    return table, unusable
+
+
+def _with_summary(table: pa.Table) -> pa.Table:
+    """The table with the SUMMARY columns it lacks, as nulls."""
+    for name, kind in SUMMARY.items():
+        if name not in table.column_names:
             table = table.append_column(pa.field(name, kind), pa.nulls(table.num_rows, kind))
-        return table
+    return table
 
 
 def _files_table(store: ZooStore, keys: set[str], schema: pa.Schema) -> pa.Table:
@@ -285,9 +335,6 @@ def _files_table(store: ZooStore, keys: set[str], schema: pa.Schema) -> pa.Table
     if files.num_rows != len(keys) or set(_key_column(files).to_pylist()) != keys:
         raise ValueError("a result file holds another job's row")
     return files.cast(schema)
-
-
-TOKEN = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclass(frozen=True)
@@ -307,7 +354,7 @@ def read_segments(store: ZooStore) -> list[Segment] | None:
     try:
         meta = store.read_json(layout.SNAPSHOT_INDEX)
         segments = [Segment(str(s["token"]), int(s["rows"])) for s in meta["segments"]]
-        if not all(TOKEN.fullmatch(s.token) for s in segments):
+        if not all(layout.TOKEN.fullmatch(s.token) for s in segments):
             raise ValueError("a segment token that tans does not write")
         return segments
     except FileNotFoundError:
@@ -392,7 +439,9 @@ def _not_in(keys: list[str], held) -> set[str]:
     """The keys that are not among `held` (an Arrow array of keys)."""
     import pyarrow.compute as pc
 
-    listed = pa.array(keys)
+    if not keys:
+        return set()
+    listed = pa.array(keys, pa.string())
     return set(listed.filter(pc.invert(pc.is_in(listed, held))).to_pylist())
 
 
@@ -427,14 +476,16 @@ def write_snapshot(
     segment of those it does not hold yet, merge the newest segments while the last is at
     least half the size of the one before (rows of results not among `results` are dropped
     on the way), then replace the index and delete the segments it no longer names.
-    `summarize(new rows)` gives the SUMMARY columns of the new segment's rows."""
+    `summarize(new rows)` gives the SUMMARY columns of the new segment's rows. Sealed rows
+    are commits of their own, not cached."""
     import uuid
 
     import pyarrow.compute as pc
 
-    if not results:
+    jobs = sealed.sealed_jobs(store) if results else {}
+    wanted = {result_key(r): r for r in results if r.job_id not in jobs}  # sealed rows are not cached
+    if not wanted:
         return
-    wanted = {result_key(r): r for r in results}
     held: list[tuple[Segment, set[str]]] = []
     old = read_segments(store) or []
     for segment in old:
@@ -486,6 +537,17 @@ def write_snapshot(
     store.delete(SNAPSHOT_KEY)  # the one-file snapshot of an older zoo, now in the segments
 
 
+def clear_snapshot(store: ZooStore) -> None:
+    """Empty the snapshot's cache (`tans compact` sealed its rows): an index of no segments
+    first, then the segment files it named."""
+    old = read_segments(store) or []
+    store.write_json(layout.SNAPSHOT_INDEX, {"segments": []})
+    for segment in old:
+        for key in segment.keys:
+            store.delete(key)
+    store.delete(SNAPSHOT_KEY)
+
+
 def check_result(key: str, record: ResultRecord) -> str | None:
     """Why a result file's row is not its key's job (None when it is)."""
     if result_key(record) != key:
@@ -507,7 +569,7 @@ def _read_files(
         table = pads.dataset(
             [f"{base}/{k}" for k in keys], filesystem=fs, format="parquet", schema=arrow_schema(ResultRecord)
         ).to_table(columns=_columns(light))
-        table = _light(table) if light else table
+        table = light_rows(table) if light else table
         rows = {result_key(r): r for r in from_table(ResultRecord, table)}
         if table.num_rows == len(keys) and set(rows) == set(keys):
             return rows, []

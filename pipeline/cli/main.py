@@ -10,6 +10,7 @@ import sys
 
 from tans.pipeline.cli import (
     build,
+    compact,
     datasets,
     export,
     finetune,
@@ -29,7 +30,21 @@ from tans.zoo_schema.errors import TansError
 from tans.zoo_schema.redact import redact
 
 # the commands in the order `tans --help` lists them; each module adds its parsers
-COMMANDS = (build, submit, verify, lease, retrain, pretrain, search, finetune, status, report, export, datasets)
+COMMANDS = (
+    build,
+    submit,
+    verify,
+    compact,
+    lease,
+    retrain,
+    pretrain,
+    search,
+    finetune,
+    status,
+    report,
+    export,
+    datasets,
+)
 
 EPILOG = """precedence: command-line flags > environment ($TANS_ZOO, $RAY_ADDRESS, $MLFLOW_TRACKING_URI,
 $AWS_ENDPOINT_URL) > the --config file > defaults.

@@ -36,17 +36,18 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 from dataclasses import asdict, dataclass, field
 
 import pyarrow.parquet as pq
 
 from tans.pipeline.execution.lease import holding
-from tans.zoo_schema import layout
+from tans.zoo_schema import layout, sealed
 from tans.zoo_schema.errors import StorageError
 from tans.zoo_schema.manifest import read_manifest
-from tans.zoo_schema.records import DatasetRecord, from_table
-from tans.zoo_schema.results import CORRUPT, check_result, quarantine, read_result, read_segments
+from tans.zoo_schema.records import DatasetRecord, ResultRecord, from_table
+from tans.zoo_schema.results import CORRUPT, check_result, light_rows, quarantine, read_result, read_segments
 from tans.zoo_schema.shards import reingest_command, shard_keys, shards_digest
 from tans.zoo_schema.store import ZooStore
 
@@ -112,6 +113,8 @@ def _verify(store: ZooStore, report: VerifyReport, clean_orphans: bool, min_age_
     if report.quarantined:
         for key, reason in check.damaged:
             quarantine(store, key, reason)
+        for segment, reasons in check.sealed_rows.items():
+            _take_out(store, segment, reasons)
     if clean_orphans:
         for k in report.orphans:
             if store.age(k) < min_age_s:
@@ -132,8 +135,10 @@ class _Check:
     def __init__(self, store: ZooStore, report: VerifyReport):
         self.store, self.report = store, report
         self.damaged: list[tuple[str, str]] = []  # (key, reason) to quarantine
+        self.sealed_rows: dict = {}  # sealed segment -> {job_id: reason}: rows to take out of it
         self.jobs_with_results: set[str] = set()
         self.build_again = f"a later build re-trains the job (`tans resume {store.uri}`)"
+        self.build_all = f"a later build re-trains its jobs (`tans resume {store.uri}`)"
 
     def problem(self, key: str, text: str, repair: str, job_id: str = "", aside: tuple[str, ...] = ()) -> None:
         self.report.problems.append(Problem(key, text, repair, job_id))
@@ -142,7 +147,10 @@ class _Check:
     def results(self) -> set[str]:
         """Every result row and its checkpoint; returns the checkpoints in use."""
         referenced: set[str] = set()
+        in_use = self.sealed(referenced)
         for key in [k for k in self.store.list(layout.RESULTS) if k.endswith(".parquet")]:
+            if (parts := layout.result_key_parts(key)) and parts[1] in self.jobs_with_results:
+                continue  # a per-job file of a sealed job: the sealed row is the commit (compact deletes the file)
             self.report.results_checked += 1
             try:
                 record = read_result(self.store, key)
@@ -157,7 +165,69 @@ class _Check:
             if not layout.is_relative_ref(record.checkpoint_uri):
                 self.report.legacy_checkpoint_refs += 1
             self.checkpoint(key, record, referenced)
-        return referenced
+        return referenced | in_use
+
+    def sealed(self, referenced: set[str]) -> set[str]:
+        """Every sealed segment (its manifest, both files' sha256) and each of its rows as a
+        result file's; returns the segments' files in use (and adds their checkpoints to
+        `referenced`). A damaged segment is set aside whole (its manifest first); a damaged
+        row is taken out of its segment (`sealed_rows`)."""
+        in_use: set[str] = set()
+        parsed = []
+        for key in self.store.list(layout.SEALED):
+            if layout.sealed_token(key) is None:
+                continue
+            try:
+                parsed.append(sealed.parse_manifest(key, self.store.read_json(key)))
+            except (*CORRUPT, TypeError, json.JSONDecodeError) as e:
+                self.problem(
+                    key, f"unreadable sealed segment manifest ({type(e).__name__})", self.build_all, aside=(key,)
+                )
+        for segment in sealed.live(sorted(parsed, key=lambda s: (s.created_at, s.token))):
+            manifest, scalars, embeddings = segment.keys
+            in_use.update(segment.keys)
+            text = None
+            for part, digest in ((scalars, segment.scalars_sha256), (embeddings, segment.embeddings_sha256)):
+                try:
+                    if _sha256(self.store, part) != digest:
+                        text = f"its file {part} does not match the recorded sha256"
+                except FileNotFoundError:
+                    text = f"its file {part} is missing"
+            rows = None
+            if text is None:
+                try:
+                    rows = sealed.read_segment(self.store, segment, light=True)
+                except sealed.SealedError as e:
+                    text = str(e).split(" is unreadable ", 1)[-1].split(";")[0]
+            if text is not None:
+                self.problem(
+                    manifest, f"sealed segment of {segment.rows} results: {text}", self.build_all, aside=segment.keys
+                )
+                continue
+            for record in from_table(ResultRecord, light_rows(rows)):
+                key = layout.result_key(record.dataset_id, record.job_id)
+                self.report.results_checked += 1
+                if record.job_id in self.jobs_with_results:
+                    continue  # sealed twice (two compactions at once): the first is the commit
+                if wrong := _foreign_checkpoint(record):
+                    self.sealed_row(segment, record.job_id, key, f"result row {wrong}")
+                    continue
+                self.jobs_with_results.add(record.job_id)
+                if not layout.is_relative_ref(record.checkpoint_uri):
+                    self.report.legacy_checkpoint_refs += 1
+                before = len(self.damaged)
+                self.checkpoint(key, record, referenced)
+                for k, reason in self.damaged[before:]:
+                    if k == key:
+                        self.sealed_row(segment, record.job_id, key, reason, problem=False)
+                self.damaged[before:] = [(k, r) for k, r in self.damaged[before:] if k != key]
+        return in_use
+
+    def sealed_row(self, segment, job_id: str, key: str, reason: str, problem: bool = True) -> None:
+        """A sealed row to take out of its segment (set aside under the key its file had)."""
+        if problem:
+            self.report.problems.append(Problem(key, reason, self.build_again, job_id))
+        self.sealed_rows.setdefault(segment, {})[job_id] = reason
 
     def checkpoint(self, key: str, record, referenced: set[str]) -> None:
         """A row's checkpoint: its own job's, present, with the recorded sha256."""
@@ -227,6 +297,38 @@ class _Check:
         return in_use
 
 
+def _take_out(store: ZooStore, segment, reasons: dict[str, str]) -> None:
+    """Set damaged rows of a sealed segment aside: each under quarantine/ as the result file
+    it was, then the segment replaced by one without them."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    table = sealed.read_segment(store, segment, light=False)
+    out = pc.is_in(table["job_id"], pa.array(sorted(reasons), pa.string()))
+    for i in range(table.num_rows):
+        if out[i].as_py():
+            row = table.slice(i, 1)
+            key = layout.result_key(row["dataset_id"][0].as_py(), row["job_id"][0].as_py())
+            target, reason_key = layout.quarantine_keys(key)
+            store.write_table(target, row)
+            store.write_json(reason_key, {"key": key, "reason": reasons[row["job_id"][0].as_py()]})
+    sealed.replace(store, [segment], table.filter(pc.invert(out)))
+    log.warning("took %d damaged row(s) out of sealed segment %s", len(reasons), segment.token)
+
+
+def _sha256(store: ZooStore, key: str) -> str:
+    """A file's sha256, read in chunks (a sealed segment's embeddings may be gigabytes)."""
+    fs, base = store.arrow_filesystem()
+    digest = hashlib.sha256()
+    try:
+        with fs.open_input_stream(f"{base}/{key}") as fh:
+            while chunk := fh.read(1 << 24):
+                digest.update(chunk)
+    except (FileNotFoundError, IsADirectoryError):
+        raise FileNotFoundError(key) from None
+    return digest.hexdigest()
+
+
 def snapshot_segments(store: ZooStore) -> set[str]:
     """The files of the results snapshot's segments that its index names (the others are
     left over from a refresh cut short)."""
@@ -241,6 +343,7 @@ def _sort_unreferenced(store: ZooStore, report: VerifyReport, in_use: set[str], 
         + [k for k in store.list("data") if k not in in_use]
         + [k for k in store.list("retriever") if k not in in_use and not _is_meta(k)]
         + [k for k in store.list(layout.SEGMENTS) if k not in in_use]
+        + [k for k in store.list(layout.SEALED) if k not in in_use]
     )
     for k in unreferenced:
         if not layout.is_own_object(k):

@@ -1,0 +1,119 @@
+"""`tans compact`: move the committed results out of their per-job files into one sealed
+segment (see `tans.zoo_schema.sealed`), so that listing and reading a zoo of a million
+results is a few large objects, not a million small ones.
+
+One run, holding the zoo's lease (no build, ingestion, retraining or verify writes at the
+same time):
+1. list the per-job result files; those whose job is sealed already are duplicates (a
+   compaction cut short after sealing, or a late second commit of the job: the sealed row
+   was first and stays the commit);
+2. read the others' rows (the snapshot's cached rows, then the files it lacks), with the
+   status summaries of each row's dataset computed over all its results;
+3. write them as one sealed segment; its create-only manifest is the commit;
+4. only then delete the per-job files sealed now and the duplicates, and empty the
+   snapshot's cache (its rows are sealed now).
+
+A crash before 3 changes nothing; between 3 and 4 leaves files whose rows are sealed, which
+readers take as sealed and the next compaction deletes. A file that cannot be read, or holds
+another job's row, is left where it is for `tans verify` to set aside. Checkpoints are not
+touched: they stay where each row names them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from tans.pipeline.execution.lease import holding
+from tans.zoo_schema import layout, sealed
+from tans.zoo_schema.records import ResultRecord, from_table
+from tans.zoo_schema.results import (
+    SUMMARY,
+    clear_snapshot,
+    files_rows,
+    light_rows,
+    result_keys,
+)
+from tans.zoo_schema.store import ZooStore
+
+
+@dataclass
+class CompactReport:
+    zoo: str
+    sealed_rows: int = 0  # rows sealed by this run (one new segment)
+    files_deleted: int = 0  # per-job files deleted: the rows sealed now, and duplicates
+    duplicates: int = 0  # of which files of jobs that were sealed already
+    unusable: list[tuple[str, str]] = field(default_factory=list)  # (key, reason): left for `tans verify`
+    segments: int = 0  # live sealed segments after the run
+    sealed_total: int = 0  # rows in them
+    dry_run: bool = False
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def compact_zoo(store: ZooStore, dry_run: bool = False, wait: bool = False, log=print) -> CompactReport:
+    """Seal the rows of the per-job result files and delete the files (see the module
+    docstring). With `dry_run`, only counts, and takes no lease."""
+    if dry_run:
+        return _compact(store, CompactReport(zoo=store.uri, dry_run=True))
+    with holding(store, "tans compact", wait=wait, log=log):
+        return _compact(store, CompactReport(zoo=store.uri))
+
+
+def _compact(store: ZooStore, report: CompactReport) -> CompactReport:
+    jobs = sealed.sealed_jobs(store)
+    duplicates, fresh = [], []
+    for key in result_keys(store):
+        parts = layout.result_key_parts(key)
+        (duplicates if parts and parts[1] in jobs else fresh).append(key)
+    report.duplicates = len(duplicates)
+    table, report.unusable = files_rows(store, fresh)
+    unusable = {k for k, _ in report.unusable}
+    report.sealed_rows = table.num_rows
+    if table.num_rows:
+        table = _summarized(store, table, jobs)
+    if not report.dry_run:
+        if table.num_rows:
+            sealed.write_sealed(store, table)
+        ids = zip(table["dataset_id"].to_pylist(), table["job_id"].to_pylist())
+        now_sealed = {layout.result_key(d, j) for d, j in ids}
+        for key in duplicates + [k for k in fresh if k in now_sealed and k not in unusable]:
+            store.delete(key)
+            report.files_deleted += 1
+        if table.num_rows:
+            clear_snapshot(store)  # its rows are sealed now
+    segments = sealed.live(sealed.manifests(store))
+    report.segments, report.sealed_total = len(segments), sum(s.rows for s in segments)
+    if report.dry_run:
+        report.segments += bool(table.num_rows)
+        report.sealed_total += table.num_rows
+    return report
+
+
+def _summarized(store: ZooStore, table, jobs: dict[str, tuple[str, str]]):
+    """The rows with their status summaries (each row's rank in its dataset's commit order,
+    the dataset's hypervolume and front size after it), computed over all the results of
+    the datasets they belong to, sealed ones included: `tans status` then reads them instead
+    of recomputing every front."""
+    import pyarrow as pa
+
+    from tans.pipeline.acquisition.hypervolume import summarize_rows
+    from tans.pipeline.acquisition.priors import cached_profiles
+
+    touched = set(table["dataset_id"].to_pylist())
+    scalars = table.drop_columns([c for c in (*SUMMARY, "functional_embedding") if c in table.column_names])
+    records = from_table(ResultRecord, light_rows(scalars))
+    if any(d in touched for d, _ in jobs.values()):
+        held = sealed.sealed_table(store, light=True)
+        if held is not None:
+            import pyarrow.compute as pc
+
+            held = held.filter(pc.is_in(held["dataset_id"], pa.array(sorted(touched))))
+            held = held.drop_columns([c for c in SUMMARY if c in held.column_names])
+            records += from_table(ResultRecord, light_rows(held))
+    new = records[: table.num_rows]
+    columns = summarize_rows(records, cached_profiles(store))(new)
+    table = table.drop_columns([c for c in SUMMARY if c in table.column_names])
+    for name, kind in SUMMARY.items():
+        table = table.append_column(pa.field(name, kind), pa.array(list(columns.get(name, [None] * len(new))), kind))
+    return table

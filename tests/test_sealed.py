@@ -1,0 +1,297 @@
+"""`tans compact` and sealed segments: the committed results moved out of their per-job files
+into a few large ones, read exactly as before, on both backends; a crash at any point loses
+and doubles nothing; a damaged segment is an error, never a gap; verify checks them."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+
+import pytest
+
+from tans.pipeline.commands.compact import compact_zoo
+from tans.pipeline.commands.verify import verify_zoo
+from tans.zoo_schema import layout, sealed
+from tans.zoo_schema.manifest import BaseWeights, Manifest, ensure_manifest
+from tans.zoo_schema.records import to_table
+from tans.zoo_schema.results import (
+    CommittedResults,
+    find_result,
+    read_results,
+    read_segments,
+    result_columns,
+    result_key,
+    results_table,
+    scan_results,
+    write_snapshot,
+)
+from tans.zoo_schema.store import S3Settings, open_store
+from tests.helpers import result
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path):
+    if request.param == "local":
+        store = open_store(str(tmp_path / "zoo"))
+    else:
+        server = request.getfixturevalue("s3_server")
+        store = open_store(f"s3://{request.getfixturevalue('s3_bucket')}/zoo", S3Settings(endpoint_url=server.url))
+    make_zoo(store)
+    return store
+
+
+def make_zoo(store) -> None:
+    manifest = Manifest(1.0, [3], [3], [2], 0, [8, 3, 32, 32], BaseWeights("random", "random-seed0", seed=0))
+    ensure_manifest(store, manifest)
+
+
+def commit(store, n0: int, n1: int) -> list:
+    """Result files of jobs n0..n1-1 (three datasets), each with its own checkpoint, as the
+    workers commit them."""
+    rows = []
+    for n in range(n0, n1):
+        r = result(f"d{n % 3}", "arch", n / 1000, n)
+        data = f"weights of {n}".encode()
+        sha = hashlib.sha256(data).hexdigest()
+        key = layout.checkpoint_key(r.job_id, sha)
+        store.write_bytes(key, data)
+        r = dataclasses.replace(r, functional_embedding=[float(n), 1.0], checkpoint_uri=key, checkpoint_sha256=sha)
+        store.write_table(result_key(r), to_table([r]), create_only=True)
+        rows.append(r)
+    return rows
+
+
+def ordered(rows) -> list:
+    return sorted(rows, key=lambda r: (r.dataset_id, r.job_id))
+
+
+def everything(store) -> tuple:
+    """What every reader returns, to compare before and after a compaction."""
+    columns = result_columns(store, ["accuracy", "arch"]).sort_by(
+        [("dataset_id", "ascending"), ("job_id", "ascending")]
+    )
+    return (
+        read_results(store),
+        read_results(store, light=True),
+        results_table(store),
+        results_table(store, embeddings=False),
+        columns.select(["dataset_id", "job_id", "accuracy", "arch"]),
+    )
+
+
+def test_compaction_moves_the_rows_and_every_reader_reads_the_same(store):
+    rows = commit(store, 0, 40)
+    write_snapshot(store, rows[:30])  # the snapshot a little behind, as a build leaves it
+    before = everything(store)
+    assert before[0] == ordered(rows)
+
+    report = compact_zoo(store, log=lambda *_: None)
+    assert (report.sealed_rows, report.files_deleted, report.segments, report.sealed_total) == (40, 40, 1, 40)
+    assert store.list(layout.RESULTS) == [] and read_segments(store) == []  # files and cache gone
+    after = everything(store)
+    assert after[0] == before[0] and after[1] == before[1]
+    assert all(a.equals(b) for a, b in zip(after[2:], before[2:]))
+    assert scan_results(store).outside_snapshot == 0
+
+    job = rows[7]
+    assert find_result(store, job.job_id) == job  # from its row group, with its embedding
+    live = CommittedResults.listed(store)
+    assert (
+        len(live) == 40 and live[job.job_id] == job and sorted(live.dataset_ids) == sorted(r.dataset_id for r in rows)
+    )
+
+    rows += commit(store, 40, 50)  # the build goes on: new files beside the sealed rows
+    write_snapshot(store, rows)  # the driver's refresh caches only the files' rows
+    assert sum(s.rows for s in read_segments(store)) == 10
+    assert read_results(store) == ordered(rows)
+    report = compact_zoo(store, log=lambda *_: None)
+    assert (report.sealed_rows, report.segments, report.sealed_total) == (10, 2, 50)
+    assert read_results(store) == ordered(rows) and store.list(layout.RESULTS) == []
+    assert compact_zoo(store, log=lambda *_: None).sealed_rows == 0  # nothing new: nothing written
+    assert len(store.list(layout.SEALED)) == 6
+    assert verify_zoo(store, log=lambda *_: None).problems == []
+
+
+def test_a_dry_run_changes_nothing(tmp_path):
+    store = open_store(str(tmp_path / "zoo"))
+    make_zoo(store)
+    commit(store, 0, 5)
+    def keys():
+        return [k for p in ("results", "results_index", layout.SEALED, "journal", "checkpoints") for k in store.list(p)]
+
+    before = keys()
+    report = compact_zoo(store, dry_run=True)
+    assert report.dry_run and report.sealed_rows == 5 and report.files_deleted == 0
+    assert keys() == before
+
+
+def test_a_crash_after_sealing_leaves_each_job_once_and_the_next_run_finishes(tmp_path, monkeypatch):
+    store = open_store(str(tmp_path / "zoo"))
+    make_zoo(store)
+    rows = commit(store, 0, 12)
+    real_delete, deleted = store.delete, []
+
+    def crash_after_two(key):
+        if key.startswith(f"{layout.RESULTS}/") and len(deleted) == 2:
+            raise KeyboardInterrupt
+        deleted.append(key)
+        real_delete(key)
+
+    monkeypatch.setattr(store, "delete", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        compact_zoo(store, log=lambda *_: None)
+    monkeypatch.setattr(store, "delete", real_delete)
+    assert len(store.list(layout.RESULTS)) == 10  # sealed, 10 files not yet deleted
+    assert read_results(store) == ordered(rows)  # each job once
+    assert results_table(store).num_rows == 12 and len(CommittedResults.listed(store)) == 12
+    report = compact_zoo(store, log=lambda *_: None)
+    assert (report.sealed_rows, report.duplicates, report.files_deleted, report.segments) == (0, 10, 10, 1)
+    assert read_results(store) == ordered(rows)
+
+
+def test_a_crash_before_the_manifest_leaves_the_zoo_as_it_was(tmp_path, monkeypatch):
+    store = open_store(str(tmp_path / "zoo"))
+    make_zoo(store)
+    rows = commit(store, 0, 6)
+    real_write = store.write_bytes
+
+    def crash_at_manifest(key, data, create_only=False):
+        if key.endswith(".json") and key.startswith(layout.SEALED):
+            raise KeyboardInterrupt
+        return real_write(key, data, create_only)
+
+    monkeypatch.setattr(store, "write_bytes", crash_at_manifest)
+    with pytest.raises(KeyboardInterrupt):
+        compact_zoo(store, log=lambda *_: None)
+    monkeypatch.undo()
+    assert read_results(store) == ordered(rows) and len(store.list(layout.RESULTS)) == 6
+    report = verify_zoo(store, dry_run=True)
+    assert len(report.orphans) == 2 and all(k.startswith(layout.SEALED) for k in report.orphans)
+
+
+def test_a_late_file_of_a_sealed_job_never_replaces_its_row(tmp_path):
+    """Exactly once: the sealed row was committed first; a second commit of the job (a worker
+    that outlived its build) is left out by readers and deleted by the next compaction."""
+    store = open_store(str(tmp_path / "zoo"))
+    make_zoo(store)
+    rows = commit(store, 0, 4)
+    compact_zoo(store, log=lambda *_: None)
+    late = dataclasses.replace(rows[1], accuracy=0.99)
+    store.write_table(result_key(late), to_table([late]), create_only=True)
+    assert read_results(store) == ordered(rows)
+    assert results_table(store, embeddings=False).num_rows == 4
+    assert CommittedResults.listed(store)[late.job_id] == rows[1]
+    assert find_result(store, late.job_id) == rows[1]
+    assert verify_zoo(store, log=lambda *_: None).problems == []
+    report = compact_zoo(store, log=lambda *_: None)
+    assert (report.duplicates, report.files_deleted, report.sealed_rows) == (1, 1, 0)
+
+
+def test_a_replaced_segment_never_comes_back(tmp_path):
+    """Replacing names every segment its predecessors replaced: a crash that leaves an old
+    manifest behind never brings its rows back, however many replacements later."""
+    store = open_store(str(tmp_path / "zoo"))
+    rows = commit(store, 0, 6)
+    a = sealed.write_sealed(store, to_table(rows))
+    kept = {k: store.read_bytes(k) for k in a.keys}
+    b = sealed.replace(store, [a], to_table(rows[:4]))
+    for key, data in kept.items():  # as if the deletion of a had not happened (a crash)
+        store.write_bytes(key, data)
+    assert sealed.sealed_table(store, light=True).num_rows == 4
+    c = sealed.replace(store, [b], to_table(rows[:2]))
+    assert a.token in c.replaces and [s.token for s in sealed.live(sealed.manifests(store))] == [c.token]
+    assert sealed.sealed_table(store, light=True)["job_id"].to_pylist() == [r.job_id for r in rows[:2]]
+
+
+@pytest.mark.parametrize("damage", ["scalars", "embeddings", "manifest"])
+def test_a_damaged_segment_is_an_error_and_verify_sets_it_aside(tmp_path, damage):
+    store = open_store(str(tmp_path / "zoo"))
+    make_zoo(store)
+    rows = commit(store, 0, 5)
+    compact_zoo(store, log=lambda *_: None)
+    (segment,) = sealed.manifests(store)
+    manifest, scalars, embeddings = segment.keys
+    target = {"scalars": scalars, "embeddings": embeddings, "manifest": manifest}[damage]
+    store.write_bytes(target, b"not what tans wrote")
+    with pytest.raises(sealed.SealedError, match="tans verify"):
+        read_results(store)  # never a silent gap: a resume would train those jobs again
+    report = verify_zoo(store, log=lambda *_: None)
+    assert [p.key for p in report.problems] == [manifest]
+    assert store.exists(f"{layout.QUARANTINE}/{manifest}")
+    assert read_results(store) == []  # set aside: a later build trains the jobs again
+    assert len(rows) == 5
+
+
+def test_verify_takes_a_damaged_row_out_of_its_segment(tmp_path):
+    store = open_store(str(tmp_path / "zoo"))
+    make_zoo(store)
+    rows = commit(store, 0, 6)
+    compact_zoo(store, log=lambda *_: None)
+    bad = rows[2]
+    store.write_bytes(bad.checkpoint_uri, b"bit rot")
+    report = verify_zoo(store, dry_run=True)
+    assert [(p.problem, p.job_id) for p in report.problems] == [("checkpoint sha256 mismatch", bad.job_id)]
+    assert read_results(store) == ordered(rows)  # a dry run changes nothing
+    report = verify_zoo(store, log=lambda *_: None)
+    assert read_results(store) == ordered(r for r in rows if r is not bad)
+    target, reason = layout.quarantine_keys(result_key(bad))
+    assert store.exists(target) and "sha256" in json.loads(store.read_bytes(reason))["reason"]
+    assert store.exists(layout.quarantine_keys(bad.checkpoint_uri)[0])
+    assert len(sealed.live(sealed.manifests(store))) == 1 and len(sealed.manifests(store)) == 1
+    assert verify_zoo(store, log=lambda *_: None).problems == []
+
+
+def test_status_after_compaction_equals_status_before_and_reads_the_summaries(tmp_path, monkeypatch):
+    import numpy as np
+
+    from tans.pipeline.acquisition.priors import PROFILES_KEY
+    from tans.pipeline.commands.status import zoo_status
+    from tans.zoo_schema.records import DatasetRecord
+    from tests.helpers import DATASETS, POOL, make_prior
+
+    store = open_store(str(tmp_path / "zoo"))
+    make_zoo(store)
+    profiles = make_prior().profiles
+    store.write_table(PROFILES_KEY, to_table(list(profiles.values())))
+    for d in DATASETS[:3]:
+        store.write_table(
+            layout.dataset_key(d), to_table([DatasetRecord(d, d, 2, ["a", "b"], 8, 2, "x", "0", 0, 0, "t")])
+        )
+    rng = np.random.default_rng(0)
+    for n in range(120):
+        r = result(DATASETS[int(rng.integers(3))], POOL[int(rng.integers(len(POOL)))], float(rng.uniform()), n)
+        r = dataclasses.replace(
+            r, created_at=f"2026-01-01T00:{n // 60:02d}:{n % 60:02d}", latency_ms=float(rng.uniform(1, 9))
+        )
+        store.write_table(result_key(r), to_table([r]), create_only=True)
+        if n == 59:
+            compact_zoo(store, log=lambda *_: None)  # half sealed, half in files
+    before = zoo_status(store)
+    compact_zoo(store, log=lambda *_: None)
+    import tans.pipeline.commands.status as status_module
+
+    def recomputed(points):
+        raise AssertionError("a dataset's hypervolumes were recomputed although the summaries hold")
+
+    monkeypatch.setattr(status_module, "hypervolume_after", recomputed)
+    after = zoo_status(store)
+    assert dataclasses.replace(after, retriever=None) == dataclasses.replace(before, retriever=None)
+    assert after.finished_jobs == 120
+
+
+def test_the_command_line(tmp_path, capsys):
+    from tans.pipeline.cli.main import main
+
+    store = open_store(str(tmp_path / "zoo"))
+    make_zoo(store)
+    commit(store, 0, 3)
+    assert main(["compact", store.uri, "--dry-run"]) == 0
+    assert "would seal (--dry-run) 3 result(s)" in capsys.readouterr().out
+    assert main(["compact", store.uri, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["sealed_rows"] == 3 and report["files_deleted"] == 3 and report["segments"] == 1
+    assert main(["compact", store.uri]) == 0
+    assert "sealed 0 result(s) into no new segment" in capsys.readouterr().out
+    assert main(["compact", str(tmp_path / "nozoo")]) == 3
+    assert "tans" in capsys.readouterr().err
