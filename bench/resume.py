@@ -36,12 +36,22 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
 
+EMBEDDING = [0.5] * 1280  # every row's functional embedding: full size, one list
+
+
 class FirstDispatch(Exception):
     pass
 
 
-def fill_zoo(store, n_results: int, n_datasets: int = 120) -> None:
-    """A zoo as a long build leaves it: manifest, datasets, pool profiles, result rows."""
+SEAL_CHUNK = 100_000  # rows per sealed segment of `fill_zoo(..., sealed=n)`: one `tans compact` run each
+
+
+def fill_zoo(store, n_results: int, n_datasets: int = 120, sealed: int = 0) -> None:
+    """A zoo as a long build leaves it: manifest, datasets, pool profiles, result rows. With
+    `sealed`, its first `sealed` rows (whole datasets: a multiple of 100) are in sealed
+    segments of SEAL_CHUNK rows, with the status summaries `tans compact` writes, as a zoo
+    compacted every SEAL_CHUNK results holds them (writing them as files first and
+    compacting would take ~100 min for a million); the rest are files committed since."""
     from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
@@ -89,9 +99,9 @@ def fill_zoo(store, n_results: int, n_datasets: int = 120) -> None:
         )
     pairs = [(d, a.id, a.topology()) for d in datasets for a in pool][:n_results]
 
-    def write(i):
+    def record(i):
         d, arch, topo = pairs[i]
-        r = ResultRecord(
+        return ResultRecord(
             job_id=f"{i:024x}",
             dataset_id=d,
             arch=arch,
@@ -101,7 +111,7 @@ def fill_zoo(store, n_results: int, n_datasets: int = 120) -> None:
             flops=8_000_000,
             latency_ms=10.0,
             latency_device="cpu",
-            functional_embedding=[0.5] * 1280,
+            functional_embedding=EMBEDDING,
             checkpoint_uri=store.uri_of(f"checkpoints/{i:024x}/x.safetensors"),
             checkpoint_sha256="0" * 64,
             num_classes=10,
@@ -113,15 +123,30 @@ def fill_zoo(store, n_results: int, n_datasets: int = 120) -> None:
             base_weights="random-seed0",
             created_at=now,
         )
-        store.write_table(f"results/dataset={d}/{r.job_id}.parquet", to_table([r]), create_only=True)
+
+    def write(i):
+        r = record(i)
+        store.write_table(f"results/dataset={r.dataset_id}/{r.job_id}.parquet", to_table([r]), create_only=True)
         return r
 
-    with ThreadPoolExecutor(16) as pool_exec:
-        records = list(pool_exec.map(write, range(len(pairs))))
-    # the driver snapshots its results every SNAPSHOT_MIN_NEW commits: the zoo of a build that
-    # died holds a snapshot a little behind its last commits
     from tans.pipeline.acquisition.hypervolume import summarize_rows
     from tans.pipeline.acquisition.priors import cached_profiles
+
+    sealed = min(sealed, len(pairs)) // 100 * 100
+    for start in range(0, sealed, SEAL_CHUNK):
+        from tans.zoo_schema.results import SUMMARY
+        from tans.zoo_schema.sealed import write_sealed
+
+        chunk = [record(i) for i in range(start, min(start + SEAL_CHUNK, sealed))]
+        table = to_table(chunk)
+        columns = summarize_rows(chunk, cached_profiles(store))(chunk)  # whole datasets: their summaries
+        for name, kind in SUMMARY.items():
+            table = table.append_column(pa.field(name, kind), pa.array(list(columns[name]), kind))
+        write_sealed(store, table)
+    with ThreadPoolExecutor(16) as pool_exec:
+        records = list(pool_exec.map(write, range(sealed, len(pairs))))
+    # the driver snapshots its results every SNAPSHOT_MIN_NEW commits: the zoo of a build that
+    # died holds a snapshot a little behind its last commits
     from tans.zoo_schema.results import SNAPSHOT_MIN_NEW, write_snapshot
     from tans.zoo_schema.shards import cache_datasets, read_datasets
 

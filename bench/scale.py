@@ -33,6 +33,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+import warnings
 from pathlib import Path
 
 import psutil
@@ -45,7 +46,9 @@ TABLE = "import sys, tans; t = tans.open_zoo(sys.argv[1]).results(embeddings=Fal
 
 
 def add_version(store) -> None:
-    """A retriever version over every result of a synthetic zoo, with untrained weights."""
+    """A retriever version over every result of a synthetic zoo, with untrained weights; the
+    inputs come from the zoo's Arrow table (a million rows of 1,280 floats as Python lists
+    would not fit in memory)."""
     import numpy as np
     import torch
 
@@ -54,11 +57,22 @@ def add_version(store) -> None:
     from tans.retriever.train import RetrainSettings, ZooTensors, save_version
     from tans.workers.networks.weights import shipped
     from tans.zoo_schema.manifest import read_manifest
-    from tans.zoo_schema.results import read_results
+    from tans.zoo_schema.records import ResultRecord, from_table
+    from tans.zoo_schema.results import light_rows, results_table
 
     spec = str(shipped()[0])
     backbone = load_backbone(store, read_manifest(store), spec)
-    results = read_results(store)
+    table = results_table(store)
+    n = table.num_rows
+
+    def matrix(name: str, width: int) -> torch.Tensor:
+        values = table[name].combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        with warnings.catch_warnings():  # Arrow's memory is read-only; the tensor is only read
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(values.astype(np.float32, copy=False).reshape(n, width))
+
+    topology, func = matrix("topology", 45), matrix("functional_embedding", 1280)
+    results = from_table(ResultRecord, light_rows(table.drop_columns(["functional_embedding"])))
     datasets = sorted({r.dataset_id for r in results})
     index = {d: i for i, d in enumerate(datasets)}
     torch.manual_seed(0)
@@ -68,8 +82,8 @@ def add_version(store) -> None:
         {},
         results,
         backbone,
-        torch.tensor([r.topology for r in results], dtype=torch.float32),
-        torch.tensor([r.functional_embedding for r in results], dtype=torch.float32),
+        topology,
+        func,
         torch.tensor([r.accuracy for r in results], dtype=torch.float32),
         np.array([index[r.dataset_id] for r in results]),
     )
@@ -202,6 +216,11 @@ def main() -> None:
     ap.add_argument("--sizes", default="64,1000,10000,100000")
     ap.add_argument("--s3-sizes", default="1000,10000")
     ap.add_argument(
+        "--sealed-sizes",
+        default="100000,1000000",
+        help="zoos as `tans compact` leaves them: all but the last 1%% of the results in sealed segments",
+    )
+    ap.add_argument(
         "--work",
         default="",
         help="keep the local zoos here and reuse them in a later run (100,000 result files take ~10 min to write)",
@@ -228,6 +247,22 @@ def main() -> None:
             "zoo_written_seconds": None if reused else round(made, 1),
         }
         print("local", n, figures["local"][str(n)], file=sys.stderr)
+    figures["sealed"] = {}
+    for n in [int(x) for x in args.sealed_sizes.split(",") if x]:
+        zoo = work / f"zoo-sealed-{n}"
+        started = time.perf_counter()
+        reused = (zoo / "results_sealed").exists()
+        if not reused:
+            fill_zoo(open_store(str(zoo)), n, n_datasets=max(1, -(-n // 100)), sealed=n - n // 100)
+        made = time.perf_counter() - started
+        if not warm:
+            measure(commands(str(zoo), query)["status"])
+            warm = True
+        figures["sealed"][str(n)] = {
+            **measure_zoo(open_store(str(zoo)), n, query),
+            "zoo_written_seconds": None if reused else round(made, 1),
+        }
+        print("sealed", n, figures["sealed"][str(n)], file=sys.stderr)
     sizes = [int(x) for x in args.s3_sizes.split(",") if x]
     if sizes:
         import boto3

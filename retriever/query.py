@@ -41,21 +41,21 @@ def rank_query(
             first.append(i)
             counts[c] += 1
     results = CommittedResults.listed(store)  # the live networks; records read only of the hits
-    searcher = Searcher(store, version, live_job_ids=results, results=results)
+    searcher = Searcher(store, version, live_job_ids=results.job_ids(), results=results)
     found = searcher.rank(
         images, labels, constraints, top_k, rerank, recall, per_class, finetune_top, first, budget, losses_of
     )
-    return replace(found, warnings=stale_warnings(store, results.dataset_ids))
+    return replace(found, warnings=stale_warnings(store, results.dataset_counts()))
 
 
-def stale_warnings(store: ZooStore, dataset_ids: list[str]) -> tuple[str, ...]:
+def stale_warnings(store: ZooStore, counts: dict[str, int]) -> tuple[str, ...]:
     """What a search cannot see: the networks of datasets the newest retriever version was
-    not trained on (and how to fix it); `dataset_ids`: each live result's dataset."""
-    state = staleness(store, dataset_ids)
+    not trained on (and how to fix it); `counts`: the live results of each dataset."""
+    state = staleness(store, counts)
     if not state.unknown_datasets:
         return ()
     unknown = set(state.unknown_datasets)
-    n = sum(d in unknown for d in dataset_ids)
+    n = sum(counts[d] for d in unknown)
     return (
         f"the retriever (v{state.version}) is stale: it does not know {len(unknown)} dataset(s) of the zoo "
         f"({', '.join(state.unknown_datasets)}; {n} networks), which this search cannot return; "

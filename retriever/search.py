@@ -11,6 +11,7 @@ whose result has since been quarantined are excluded.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -108,14 +109,22 @@ def numbers(array: pa.Array) -> np.ndarray:
     return np.frombuffer(array.buffers()[1], dtype, len(array), array.offset * dtype.itemsize)
 
 
-def live_rows(table: pa.Table, live: Collection[str]) -> pa.Table:
-    """The rows of `table` whose job_id is in `live`, in their order. The row numbers are
-    handed to Arrow as a buffer: `pa.array` would import pandas, a quarter of a second of
-    every search."""
+def live_rows(table: pa.Table, live: Collection[str] | pa.Array) -> pa.Table:
+    """The rows of `table` whose job_id is in `live` (job ids, or an Arrow array of them), in
+    their order; the table itself when all are. The row numbers are handed to Arrow as a
+    buffer: `pa.array` would import pandas, a quarter of a second of every search."""
+    if isinstance(live, pa.Array):
+        import pyarrow.compute as pc
+
+        kept = pc.is_in(table["job_id"], value_set=live)
+        return table if pc.all(kept).as_py() is not False else table.filter(kept)
     keep = np.fromiter((i for i, j in enumerate(table["job_id"].to_pylist()) if j in live), dtype=np.int64)
+    if len(keep) == table.num_rows:
+        return table
     return table.take(pa.Array.from_buffers(pa.int64(), len(keep), [None, pa.py_buffer(keep)]))
 
 
+PREDICT_CHUNK = 65536  # networks scored at once
 RECALL = 20  # candidates recalled by cosine before ranking; fixed, so --top-k never reorders
 
 
@@ -222,7 +231,7 @@ class Searcher:
         embedding = table["embedding"].combine_chunks()
         if embedding.null_count or len(embedding.flatten()) != 128 * table.num_rows:
             raise TansError("the retriever's table holds a model embedding that is not 128 numbers; run `tans retrain`")
-        self.embeddings = numbers(embedding.flatten()).astype(np.float32).reshape(-1, 128)
+        self.embeddings = numbers(embedding.flatten()).astype(np.float32, copy=False).reshape(-1, 128)
 
         def column(name: str) -> np.ndarray:
             return numbers(table[name].combine_chunks()).astype(np.float64)
@@ -261,10 +270,16 @@ class Searcher:
         return q, top, scores
 
     def _predicted(self, q, top=None) -> np.ndarray:
-        """The predicted accuracy on the query of the networks `top` (all when None)."""
-        m = torch.from_numpy(self.embeddings if top is None else self.embeddings[top])
-        with torch.no_grad():
-            return self.model.predict(q, m).numpy()
+        """The predicted accuracy on the query of the networks `top` (all when None), in
+        chunks (a million networks are never one [n, 256] hidden layer)."""
+        m = self.embeddings if top is None else self.embeddings[top]
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # Arrow's read-only memory: only read
+            parts = [
+                self.model.predict(q, torch.from_numpy(m[i : i + PREDICT_CHUNK])).numpy()
+                for i in range(0, len(m), PREDICT_CHUNK)
+            ]
+        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
     def _imageless(self, q, top, scores, rerank: str) -> list[Hit]:
         predicted = self._predicted(q)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from tans.zoo_schema import layout
@@ -63,15 +64,18 @@ def version_datasets(store: ZooStore, version: int, meta: dict) -> set[str]:
     return set(table["dataset_id"].to_pylist())
 
 
-def staleness(store: ZooStore, dataset_ids: list[str] | None = None, if_grown: float = DEFAULT_IF_GROWN) -> Staleness:
-    """The newest version against the zoo's results (`dataset_ids`: each result's dataset, read
-    when not given): stale when a dataset with networks is unknown to it, or when results
-    grew by `if_grown` (a fraction < 1 of what it was trained on, or a count >= 1)."""
+def staleness(
+    store: ZooStore, dataset_ids: list[str] | Mapping[str, int] | None = None, if_grown: float = DEFAULT_IF_GROWN
+) -> Staleness:
+    """The newest version against the zoo's results (`dataset_ids`: each result's dataset, or
+    how many results each dataset has; read when not given): stale when a dataset with
+    networks is unknown to it, or when results grew by `if_grown` (a fraction < 1 of what it
+    was trained on, or a count >= 1)."""
     if dataset_ids is None:
         from tans.zoo_schema.results import results_table
 
         dataset_ids = results_table(store, embeddings=False)["dataset_id"].to_pylist()
-    n = len(dataset_ids)
+    n = sum(dataset_ids.values()) if isinstance(dataset_ids, Mapping) else len(dataset_ids)
     available = versions(store)
     if not available:
         return Staleness(None, True, [f"no retriever yet ({n} results)"], results=n)

@@ -202,6 +202,9 @@ def evaluate(model: Retriever, t: ZooTensors, s: RetrainSettings, queries_per_da
 # -- versions -----------------------------------------------------------------------------
 
 
+ENCODE_CHUNK = 65536  # networks encoded at once when a version is saved
+
+
 def save_version(
     store: ZooStore, model: Retriever, t: ZooTensors, s: RetrainSettings, metrics: dict, image_size: int
 ) -> int:
@@ -214,8 +217,17 @@ def save_version(
     from safetensors.torch import save
 
     topo, func = _model_inputs(t, s)
-    with torch.no_grad():
-        m = model.encode_models(topo, func).numpy()
+    with torch.no_grad():  # in chunks: a zoo of a million networks is never one [n, 1,325] batch
+        m = (
+            np.concatenate(
+                [
+                    model.encode_models(topo[i : i + ENCODE_CHUNK], func[i : i + ENCODE_CHUNK]).numpy()
+                    for i in range(0, len(topo), ENCODE_CHUNK)
+                ]
+            )
+            if len(topo)
+            else np.zeros((0, 128), np.float32)
+        )
     rows = pa.table(
         {
             "job_id": [r.job_id for r in t.results],
@@ -227,7 +239,9 @@ def save_version(
             "latency_ms": [r.latency_ms for r in t.results],
             "num_classes": [r.num_classes for r in t.results],
             "checkpoint_uri": [r.checkpoint_uri for r in t.results],
-            "embedding": pa.array(m.tolist(), type=pa.list_(pa.float32())),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(m.astype(np.float32).ravel()), m.shape[1]).cast(
+                pa.list_(pa.float32())
+            ),
         }
     )
     sink = io.BytesIO()

@@ -97,9 +97,7 @@ def test_compaction_moves_the_rows_and_every_reader_reads_the_same(store):
     job = rows[7]
     assert find_result(store, job.job_id) == job  # from its row group, with its embedding
     live = CommittedResults.listed(store)
-    assert (
-        len(live) == 40 and live[job.job_id] == job and sorted(live.dataset_ids) == sorted(r.dataset_id for r in rows)
-    )
+    assert len(live) == 40 and live[job.job_id] == job and live.dataset_counts() == {"d0": 14, "d1": 13, "d2": 13}
 
     rows += commit(store, 40, 50)  # the build goes on: new files beside the sealed rows
     write_snapshot(store, rows)  # the driver's refresh caches only the files' rows
@@ -117,6 +115,7 @@ def test_a_dry_run_changes_nothing(tmp_path):
     store = open_store(str(tmp_path / "zoo"))
     make_zoo(store)
     commit(store, 0, 5)
+
     def keys():
         return [k for p in ("results", "results_index", layout.SEALED, "journal", "checkpoints") for k in store.list(p)]
 
@@ -295,3 +294,84 @@ def test_the_command_line(tmp_path, capsys):
     assert "sealed 0 result(s) into no new segment" in capsys.readouterr().out
     assert main(["compact", str(tmp_path / "nozoo")]) == 3
     assert "tans" in capsys.readouterr().err
+
+
+def test_a_job_whose_result_is_sealed_is_not_trained_again(tmp_path):
+    """A worker (a resumed build, `tans finetune` run twice) finds the job's sealed row and
+    returns it: its dataset is not even in this zoo, so training it would fail."""
+    from tans.workers.job import JobSpec, TrainSettings
+    from tans.workers.run import run_job
+
+    store = open_store(str(tmp_path / "zoo"))
+    make_zoo(store)
+    spec = JobSpec("d0", "0" * 64, 2, "arch", TrainSettings(), 1.0, BaseWeights("random", "r0"), 0, (8, 3, 32, 32))
+    (row,) = commit(store, 0, 1)
+    store.delete(result_key(row))
+    row = dataclasses.replace(row, job_id=spec.job_id)
+    store.write_table(result_key(row), to_table([row]), create_only=True)
+    compact_zoo(store, log=lambda *_: None)
+    assert not store.exists(spec.result_key)
+    assert run_job(spec, store.uri) == row
+
+
+def test_a_search_listed_before_a_compaction_still_loads_its_records(tmp_path):
+    store = open_store(str(tmp_path / "zoo"))
+    make_zoo(store)
+    rows = commit(store, 0, 6)
+    live = CommittedResults.listed(store)  # a search begins ...
+    compact_zoo(store, log=lambda *_: None)  # ... and the files go meanwhile
+    assert [live[r.job_id] for r in rows] == rows
+    listed = CommittedResults.listed(store)
+    sealed.replace(store, sealed.manifests(store), results_table(store))  # verify or a merge replaces the segment
+    assert [listed[r.job_id] for r in rows] == rows
+
+
+def test_verify_checks_a_file_of_a_job_whose_sealed_row_it_takes_out(tmp_path):
+    """A compaction cut short leaves a file beside the sealed row; when the row's checkpoint
+    is damaged, the file (same checkpoint) is checked and set aside in the same run."""
+    store = open_store(str(tmp_path / "zoo"))
+    make_zoo(store)
+    rows = commit(store, 0, 4)
+    kept = store.read_bytes(result_key(rows[1]))
+    compact_zoo(store, log=lambda *_: None)
+    store.write_bytes(result_key(rows[1]), kept)  # as if its deletion had not happened
+    store.delete(rows[1].checkpoint_uri)
+    verify_zoo(store, log=lambda *_: None)
+    assert read_results(store) == ordered(r for r in rows if r is not rows[1])
+    assert verify_zoo(store, log=lambda *_: None).problems == []
+    assert store.exists(layout.quarantine_keys(result_key(rows[1]))[0])  # the row, and the file after it
+    assert store.exists(layout.quarantine_keys(result_key(rows[1]) + ".2")[0])
+
+
+def test_setting_a_damaged_segment_aside_never_brings_back_what_it_replaced(tmp_path):
+    store = open_store(str(tmp_path / "zoo"))
+    make_zoo(store)
+    rows = commit(store, 0, 4)
+    compact_zoo(store, log=lambda *_: None)
+    (a,) = sealed.manifests(store)
+    kept = {k: store.read_bytes(k) for k in a.keys}
+    store.delete(rows[2].checkpoint_uri)
+    verify_zoo(store, log=lambda *_: None)  # b replaces a, without rows[2]
+    for key, data in kept.items():  # a's deletion lost
+        store.write_bytes(key, data)
+    (b,) = sealed.live(sealed.manifests(store))
+    store.write_bytes(b.keys[1], b"damaged")
+    report = verify_zoo(store, log=lambda *_: None)
+    assert [p.key for p in report.problems] == [b.keys[0]]
+    assert read_results(store) == []  # a is set aside with b: rows[2] does not come back
+    assert sealed.manifests(store) == []
+
+
+def test_a_manifest_that_is_not_an_object_is_set_aside_with_its_files(tmp_path):
+    store = open_store(str(tmp_path / "zoo"))
+    make_zoo(store)
+    commit(store, 0, 3)
+    compact_zoo(store, log=lambda *_: None)
+    (segment,) = sealed.manifests(store)
+    store.write_bytes(segment.keys[0], b"[]")
+    with pytest.raises(sealed.SealedError, match="tans verify"):
+        find_result(store, "anything")
+    report = verify_zoo(store, clean_orphans=True, min_age_s=0, log=lambda *_: None)
+    assert report.orphans == [] and [p.key for p in report.problems] == [segment.keys[0]]
+    assert all(store.exists(layout.quarantine_keys(k)[0]) for k in segment.keys)  # nothing deleted
+    assert read_results(store) == []

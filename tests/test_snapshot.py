@@ -255,7 +255,7 @@ def test_the_search_reads_only_its_hits_records_and_says_which_is_damaged(tmp_pa
     results = CommittedResults.listed(store)
     assert rows[0].job_id in results and "nope" not in results and len(results) == 5
     assert results.keys[rows[0].job_id] == result_key(rows[0])  # the file that holds its row
-    assert sorted(results.dataset_ids) == sorted(r.dataset_id for r in rows)
+    assert results.dataset_counts() == {"d0": 3, "d1": 2}
     assert results[rows[1].job_id] == rows[1]
     store.write_bytes(result_key(rows[2]), store.read_bytes(result_key(rows[1])))  # another job's row
     with pytest.raises(TansError, match="holds the row of job"):

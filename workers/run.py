@@ -27,8 +27,9 @@ from tans.workers.networks.ofa_space import Arch
 from tans.workers.networks.training import train
 from tans.zoo_schema.errors import StorageError, TansError
 from tans.zoo_schema.journal import record_start
-from tans.zoo_schema.records import ResultRecord, to_table
+from tans.zoo_schema.records import ResultRecord, from_table, to_table
 from tans.zoo_schema.results import find_result, read_result
+from tans.zoo_schema.sealed import find_row
 from tans.zoo_schema.shards import read_dataset
 from tans.zoo_schema.store import S3Settings, ZooStore, open_store
 
@@ -70,6 +71,9 @@ def run_job(
     store = open_store(zoo_uri, s3)
     if store.exists(spec.result_key):  # already committed: writing it again is a no-op
         return committed_result(store, spec)
+    if (row := find_row(store, spec.job_id)) is not None:  # committed, and sealed by `tans compact` since
+        (record,) = from_table(ResultRecord, row)
+        return record
     record_start(store, spec.job_id)
     if threads:
         torch.set_num_threads(threads)

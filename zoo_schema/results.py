@@ -83,32 +83,51 @@ def read_result(store: ZooStore, key: str) -> ResultRecord:
 def find_result(store: ZooStore, job_id: str) -> ResultRecord | None:
     """A job's committed result, wherever its dataset partition is (a sealed row first); None
     if it has none."""
-    for segment in sealed.live(sealed.manifests(store)):
-        try:
-            (record,) = from_table(ResultRecord, sealed.read_row(store, segment.token, job_id))
-            return record
-        except FileNotFoundError:
-            continue
+    if (row := sealed.find_row(store, job_id)) is not None:
+        (record,) = from_table(ResultRecord, row)
+        return record
     keys = [k for k in store.list(layout.RESULTS) if k.endswith(f"/{job_id}.parquet")]
     return read_result(store, keys[0]) if keys else None
 
 
 class CommittedResults(Mapping):
-    """job_id -> ResultRecord over the committed results whose keys are given; each record is
-    read from its file (or its sealed segment's row groups, for the jobs of `sealed`: job_id
-    -> token) when asked for (a search loads a few of 100,000s)."""
+    """job_id -> ResultRecord over the committed results: the files whose keys are given, and
+    the sealed rows of `sealed_rows`; each record is read from its file (or its sealed
+    segment's row group) when asked for (a search loads a few of a million)."""
 
-    def __init__(self, store: ZooStore, keys: dict[str, str], sealed_in: dict[str, str] | None = None):
-        self.store, self.keys, self.sealed = store, keys, sealed_in or {}
+    def __init__(self, store: ZooStore, keys: dict[str, str], sealed_rows: sealed.SealedIndex | None = None):
+        self.store, self.keys = store, keys
+        self.sealed = sealed_rows if sealed_rows is not None else sealed.SealedIndex.empty()
 
     def __getitem__(self, job_id: str) -> ResultRecord:
-        key = self.keys[job_id]
-        if job_id in self.sealed:
-            (record,) = from_table(ResultRecord, sealed.read_row(self.store, self.sealed[job_id], job_id))
+        if job_id not in self.keys:
+            token = self.sealed.token_of(job_id)
+            if token is None:
+                raise KeyError(job_id)
+            try:
+                row = sealed.read_row(self.store, token, job_id)
+            except sealed.SealedError as e:
+                if not e.missing:
+                    raise
+                row = None
+            if row is None:  # its segment replaced since it was listed
+                row = sealed.find_row(self.store, job_id)
+            if row is None:
+                raise TansError(f"the sealed result of job {job_id} is no longer in {self.store.uri}")
+            (record,) = from_table(ResultRecord, row)
             return record
+        key = self.keys[job_id]
         try:
             record = read_result(self.store, key)
-        except (FileNotFoundError, *CORRUPT) as e:
+        except FileNotFoundError as e:
+            if (row := sealed.find_row(self.store, job_id)) is not None:  # `tans compact` sealed it since
+                (record,) = from_table(ResultRecord, row)
+                return record
+            raise TansError(
+                f"the result of job {job_id} ({key}) cannot be read from {self.store.uri} ({type(e).__name__}); "
+                f"run `tans verify {self.store.uri}`"
+            ) from None
+        except CORRUPT as e:
             raise TansError(
                 f"the result of job {job_id} ({key}) cannot be read from {self.store.uri} ({type(e).__name__}); "
                 f"run `tans verify {self.store.uri}`"
@@ -118,32 +137,48 @@ class CommittedResults(Mapping):
         return record
 
     def __contains__(self, job_id: object) -> bool:
-        return job_id in self.keys
+        return job_id in self.keys or (isinstance(job_id, str) and self.sealed.token_of(job_id) is not None)
 
     def __iter__(self):
-        return iter(self.keys)
+        yield from self.keys
+        yield from self.sealed.job_ids.to_pylist()
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self.keys) + len(self.sealed)
 
-    @property
-    def dataset_ids(self) -> list[str]:
-        """Each result's dataset, from its key."""
-        return [layout.result_key_parts(k)[0] for k in self.keys.values()]
+    def job_ids(self) -> pa.Array:
+        """Every committed job id, as one Arrow array (what a search keeps of its table)."""
+        return pa.concat_arrays([pa.array(list(self.keys), pa.string()), self.sealed.job_ids])
+
+    def dataset_counts(self) -> dict[str, int]:
+        """{dataset: how many of its results are committed}."""
+        import pyarrow.compute as pc
+
+        counts: dict[str, int] = {}
+        for key in self.keys.values():
+            dataset = layout.result_key_parts(key)[0]
+            counts[dataset] = counts.get(dataset, 0) + 1
+        for pair in pc.value_counts(self.sealed.dataset_ids).to_pylist() if len(self.sealed) else ():
+            counts[pair["values"]] = counts.get(pair["values"], 0) + pair["counts"]
+        return counts
 
     @classmethod
     def listed(cls, store: ZooStore) -> CommittedResults:
-        """Over the committed results as the listing alone shows them (no file is read: a
-        search over 100,000 results lists them and reads the few it loads); a listed key
-        that is not a result's is left out, and a record is checked against its key when
-        read. A job id listed under two datasets (a planted or misplaced file: a job's id
-        hashes its dataset) is the file that holds its own row, or left out. A sealed job is
-        its sealed row."""
+        """Over the committed results as the listing and the sealed segments' job ids show
+        them (no record is read: a search over a million results reads the few it loads); a
+        listed key that is not a result's is left out, and a record is checked against its
+        key when read. A job id listed under two datasets (a planted or misplaced file: a
+        job's id hashes its dataset) is the file that holds its own row, or left out. A
+        sealed job is its sealed row, whatever file of it is listed."""
         keys: dict[str, str] = {}
         doubled: dict[str, list[str]] = {}
-        jobs = sealed.sealed_jobs(store)
-        for key in result_keys(store):
-            if (parts := layout.result_key_parts(key)) and parts[1] not in jobs:
+        import pyarrow.compute as pc
+
+        index = sealed.sealed_index(store)
+        listed = [(key, parts) for key in result_keys(store) if (parts := layout.result_key_parts(key))]
+        held = pc.is_in(pa.array([p[1] for _, p in listed], pa.string()), value_set=index.job_ids).to_pylist()
+        for (key, parts), is_sealed in zip(listed, held):
+            if not is_sealed:
                 if parts[1] in keys:
                     doubled.setdefault(parts[1], [keys[parts[1]]]).append(key)
                 keys[parts[1]] = key
@@ -156,9 +191,7 @@ class CommittedResults(Mapping):
                         break
                 except (FileNotFoundError, *CORRUPT):
                     pass
-        for job_id, (dataset_id, _) in jobs.items():
-            keys[job_id] = layout.result_key(dataset_id, job_id)
-        return cls(store, keys, {job_id: token for job_id, (_, token) in jobs.items()})
+        return cls(store, keys, index)
 
 
 @dataclass(frozen=True)
@@ -168,6 +201,7 @@ class ResultsRead:
     results: list[ResultRecord]
     outside_snapshot: int  # files read one by one (the snapshot did not hold them)
     unusable: list[tuple[str, str]]  # (key, reason): unreadable, or not its key's job
+    vanished: int = 0  # listed files gone when read
 
 
 # What summaries (`tans status`) do not need: 1,280 floats a row, nine tenths of a row's size.
@@ -192,6 +226,13 @@ def _columns(light: bool) -> list[str] | None:
 
 
 def scan_results(store: ZooStore, light: bool = False) -> ResultsRead:
+    """Every committed result (see `_scan`). A listed file gone when it is read (a `tans
+    compact` sealed it meanwhile) means reading again from a fresh listing, once."""
+    scan = _scan(store, light)
+    return _scan(store, light) if scan.vanished else scan
+
+
+def _scan(store: ZooStore, light: bool = False) -> ResultsRead:
     """Every committed result; unreadable files and files that hold another job's row are
     left out and reported (the driver and `tans verify` quarantine them; reading writes nothing).
 
@@ -216,7 +257,8 @@ def scan_results(store: ZooStore, light: bool = False) -> ResultsRead:
     missing = [k for k in keys if k not in rows]
     found, unusable = _read_files(store, missing, light)
     rows.update(found)
-    return ResultsRead(sorted(rows.values(), key=lambda r: (r.dataset_id, r.job_id)), len(missing), unusable)
+    vanished = len(missing) - len(found) - len(unusable)
+    return ResultsRead(sorted(rows.values(), key=lambda r: (r.dataset_id, r.job_id)), len(missing), unusable, vanished)
 
 
 def result_keys(store: ZooStore) -> list[str]:
@@ -291,28 +333,20 @@ def result_columns(store: ZooStore, names: list[str]) -> pa.Table:
 
 
 def files_rows(store: ZooStore, keys: list[str]) -> tuple[pa.Table, list[tuple[str, str]]]:
-    """The rows of these result files (with embeddings, and the SUMMARY columns the snapshot
-    holds for them), as one table, and the files left out as unusable (key, reason): what
-    `tans compact` seals. Reads the snapshot's cached rows, then the files it lacks."""
+    """The rows of these result files, with embeddings, as one table read from the files (one
+    threaded read), and the files left out as unusable (key, reason): what `tans compact`
+    seals. A file of an older schema is read through its record (its defaults fill in)."""
     schema = arrow_schema(ResultRecord)
-    wanted = pa.schema([*schema, *(pa.field(n, t) for n, t in SUMMARY.items())], metadata=schema.metadata)
-    parts, listed, unusable = [], set(keys), []
-    snapshot = _snapshot_rows(store, keys, light=False) if keys else None
-    if snapshot is not None:
-        parts.append(_with_summary(snapshot[0]).select(wanted.names).cast(wanted))
-        listed = _not_in(keys, snapshot[1])
-    if listed:
-        try:
-            files = _files_table(store, listed, schema)
-            if any(files[name].null_count for name in schema.names):
-                raise ValueError("a file of an older schema: its record's defaults fill in")
-            parts.append(_with_summary(files))
-        except (*CORRUPT, OSError, pa.ArrowException):  # one by one: which file is unusable
-            found, unusable = _read_files(store, sorted(listed))
-            if found:
-                parts.append(_with_summary(to_table(list(found.values()))))
-    table = pa.concat_tables([p.select(wanted.names).cast(wanted) for p in parts]) if parts else wanted.empty_table()
-    return table, unusable
+    if not keys:
+        return schema.empty_table(), []
+    try:
+        table = _files_table(store, set(keys), schema)
+        if any(table[name].null_count for name in schema.names):
+            raise ValueError("a file of an older schema: its record's defaults fill in")
+        return table, []
+    except (*CORRUPT, OSError, pa.ArrowException):  # one by one: which file is unusable
+        found, unusable = _read_files(store, sorted(keys))
+        return (to_table(list(found.values())) if found else schema.empty_table()), unusable
 
 
 def _with_summary(table: pa.Table) -> pa.Table:
@@ -469,6 +503,21 @@ def _current(table: pa.Table, wanted: dict[str, ResultRecord]) -> set[str]:
     }
 
 
+_SEALED_IDS: dict[tuple[str, tuple[str, ...]], set[str]] = {}
+
+
+def _sealed_ids(store: ZooStore) -> set[str]:
+    """The sealed job ids, read again only when the live segments change (the driver
+    refreshes the snapshot every 64 commits; a compaction never runs during a build)."""
+    tokens = tuple(s.token for s in sealed.live(sealed.manifests(store)))
+    if not tokens:
+        return set()
+    if (store.uri, tokens) not in _SEALED_IDS:
+        _SEALED_IDS.clear()
+        _SEALED_IDS[store.uri, tokens] = sealed.sealed_index(store).ids()
+    return _SEALED_IDS[store.uri, tokens]
+
+
 def write_snapshot(
     store: ZooStore, results: list[ResultRecord], summarize: Callable[[list[ResultRecord]], dict] | None = None
 ) -> None:
@@ -482,7 +531,7 @@ def write_snapshot(
 
     import pyarrow.compute as pc
 
-    jobs = sealed.sealed_jobs(store) if results else {}
+    jobs = _sealed_ids(store) if results else set()
     wanted = {result_key(r): r for r in results if r.job_id not in jobs}  # sealed rows are not cached
     if not wanted:
         return
@@ -598,13 +647,9 @@ def read_state(store: ZooStore, max_attempts: int = 1, light: bool = False) -> Z
     return ZooState(read_datasets(store), read_results(store, light), read_failures(store), max_attempts)
 
 
-def quarantine(store: ZooStore, key: str, reason: str) -> None:
-    """Move a damaged object under quarantine/ with its reason; the original key is freed.
-    A second object set aside under the same key keeps the first (its copy gets a suffix)."""
-    try:
-        data = store.read_bytes(key)
-    except FileNotFoundError:
-        return
+def set_aside(store: ZooStore, key: str, data: bytes, reason: str) -> None:
+    """Write `data` under quarantine/ as `key` with its reason, after any copy set aside
+    under that key before (a suffix: nothing set aside is overwritten)."""
     target, reason_key = layout.quarantine_keys(key)
     n = 1
     while store.exists(target):
@@ -612,6 +657,16 @@ def quarantine(store: ZooStore, key: str, reason: str) -> None:
         target, reason_key = layout.quarantine_keys(f"{key}.{n}")
     store.write_bytes(target, data)
     store.write_json(reason_key, {"key": key, "reason": reason, "at": datetime.now(UTC).isoformat()})
+
+
+def quarantine(store: ZooStore, key: str, reason: str) -> None:
+    """Move a damaged object under quarantine/ with its reason; the original key is freed.
+    A second object set aside under the same key keeps the first (its copy gets a suffix)."""
+    try:
+        data = store.read_bytes(key)
+    except FileNotFoundError:
+        return
+    set_aside(store, key, data, reason)
     if key.startswith(f"{layout.DATASETS}/"):
         store.delete(layout.DATASETS_SNAPSHOT)  # the cache must not bring the record back
     if key.startswith(f"{layout.RESULTS}/"):  # nor outvote the job's next commit under this key

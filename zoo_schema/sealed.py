@@ -27,9 +27,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -62,26 +64,32 @@ class Sealed:
 class SealedError(TansError):
     """A sealed segment cannot be read: its rows are committed and have no other copy."""
 
+    def __init__(self, message: str, why: str = "", missing: bool = False):
+        super().__init__(message)
+        self.why, self.missing = why, missing  # what is wrong; whether a file of it is gone
 
-def _unreadable(store: ZooStore, key: str, why: str) -> SealedError:
+
+def _unreadable(store: ZooStore, key: str, why: str, missing: bool = False) -> SealedError:
     return SealedError(
         f"the sealed results segment {key} of {store.uri} is unreadable ({why}); its rows have no other copy: "
-        f"run `tans verify {store.uri}`, which sets it aside (a later build trains those jobs again)"
+        f"run `tans verify {store.uri}`, which sets it aside (a later build trains those jobs again)",
+        why,
+        missing,
     )
 
 
-def parse_manifest(key: str, meta: dict) -> Sealed:
+def parse_manifest(key: str, meta: object) -> Sealed:
     """A manifest's record; ValueError when it is not one tans writes under this key."""
     token = layout.sealed_token(key)
-    if token is None or meta.get("token") != token:
+    if not isinstance(meta, dict) or token is None or meta.get("token") != token:
         raise ValueError(f"{key} is not the manifest of segment {token}")
-    replaces = tuple(str(t) for t in meta.get("replaces", ()))
-    if not all(layout.TOKEN.fullmatch(t) for t in replaces) or token in replaces:
+    replaces = meta.get("replaces", [])
+    if not isinstance(replaces, list) or not all(isinstance(t, str) and layout.TOKEN.fullmatch(t) for t in replaces):
         raise ValueError(f"{key} replaces segments tans does not write")
     rows, digests = int(meta["rows"]), (str(meta["scalars_sha256"]), str(meta["embeddings_sha256"]))
-    if rows < 0 or not all(len(d) == 64 for d in digests):
+    if rows < 0 or token in replaces or not all(len(d) == 64 for d in digests):
         raise ValueError(f"{key} holds impossible values")
-    return Sealed(token, rows, *digests, replaces, str(meta.get("created_at", "")))
+    return Sealed(token, rows, *digests, tuple(replaces), str(meta.get("created_at", "")))
 
 
 def manifests(store: ZooStore) -> list[Sealed]:
@@ -94,7 +102,7 @@ def manifests(store: ZooStore) -> list[Sealed]:
         try:
             out.append(parse_manifest(key, store.read_json(key)))
         except FileNotFoundError:
-            continue  # deleted since the listing: replaced by a merge
+            continue  # deleted since the listing: it was replaced
         except (*_CORRUPT, json.JSONDecodeError) as e:
             raise _unreadable(store, key, f"{type(e).__name__}: {str(e)[:200]}") from None
     return sorted(out, key=lambda s: (s.created_at, s.token))
@@ -106,12 +114,32 @@ def live(segments: list[Sealed]) -> list[Sealed]:
     return [s for s in segments if s.token not in replaced]
 
 
+@contextmanager
+def _reading(store: ZooStore, key: str):
+    """Say what a failed read of a sealed file means: a missing or damaged file is a
+    SealedError; an I/O error (the storage out of reach, a permission) a StorageError."""
+    try:
+        yield
+    except TansError:
+        raise
+    except (FileNotFoundError, IsADirectoryError):
+        raise _unreadable(store, key, "a file of it is missing", missing=True) from None
+    except OSError as e:
+        raise StorageError(
+            f"cannot read {key} of {store.uri} ({type(e).__name__}: {str(e)[:200]}); check that the storage "
+            f"is reachable, then run the same command again (`tans verify {store.uri}` checks the segment)"
+        ) from None
+    except (*_CORRUPT, pa.ArrowException) as e:
+        raise _unreadable(store, key, f"{type(e).__name__}: {str(e)[:200]}") from None
+
+
 def read_segment(store: ZooStore, segment: Sealed, light: bool, columns: list[str] | None = None) -> pa.Table:
     """A sealed segment's rows: the scalar columns (only `columns` when given; then light),
-    with the embeddings beside them unless `light`. SealedError when it cannot be read."""
+    with the embeddings beside them unless `light`. SealedError when it is missing or
+    damaged, StorageError when the storage cannot be read."""
     _, scalars_key, embeddings_key = segment.keys
     fs, base = store.arrow_filesystem()
-    try:
+    with _reading(store, scalars_key):
         with fs.open_input_file(f"{base}/{scalars_key}") as fh:
             scalars = pq.ParquetFile(fh)
             if columns is not None:
@@ -125,15 +153,23 @@ def read_segment(store: ZooStore, segment: Sealed, light: bool, columns: list[st
                 raise ValueError(f"{embeddings_key} is not aligned with {scalars_key}")
             for name in HEAVY:
                 table = table.append_column(heavy.schema.field(name), heavy[name])
-    except (FileNotFoundError, IsADirectoryError):
-        raise _unreadable(store, scalars_key, "a file of it is missing") from None
-    except (*_CORRUPT, OSError, pa.ArrowException) as e:
-        if isinstance(e, StorageError):
-            raise
-        raise _unreadable(store, scalars_key, f"{type(e).__name__}: {str(e)[:200]}") from None
     if table.num_rows != segment.rows:
         raise _unreadable(store, scalars_key, f"{table.num_rows} rows, its manifest says {segment.rows}")
     return table
+
+
+def _live_parts(store: ZooStore, read) -> tuple[list[Sealed], list[pa.Table]]:
+    """`read(segment)` of every live segment. A file gone since the manifests were listed is
+    read again from a fresh listing once (a compaction or verify replaced its segment
+    meanwhile); gone again, it is the SealedError."""
+    for attempt in (1, 2):
+        segments = live(manifests(store))
+        try:
+            return segments, [read(s) for s in segments]
+        except SealedError as e:
+            if not e.missing or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def sealed_table(store: ZooStore, light: bool, columns: list[str] | None = None) -> pa.Table | None:
@@ -141,58 +177,97 @@ def sealed_table(store: ZooStore, light: bool, columns: list[str] | None = None)
     where the zoo has none."""
     import pyarrow.compute as pc
 
-    parts = [read_segment(store, s, light, columns) for s in live(manifests(store))]
+    _, parts = _live_parts(store, lambda s: read_segment(store, s, light, columns))
     if not parts:
         return None
     table = pa.concat_tables(parts, promote_options="default")
-    if pc.count_distinct(table["job_id"]).as_py() != table.num_rows:  # two compactions sealed a file each
-        first: dict[str, int] = {}
-        for i, job in enumerate(table["job_id"].to_pylist()):
-            first.setdefault(job, i)
-        table = table.take(pa.array(sorted(first.values()), pa.int64()))
+    if pc.count_distinct(table["job_id"]).as_py() != table.num_rows:  # a job in two segments
+        table = table.take(_first_of_each(table["job_id"]))
     return table
 
 
-def sealed_jobs(store: ZooStore) -> dict[str, tuple[str, str]]:
-    """{job_id: (dataset_id, token)} of every sealed row (the oldest segment's)."""
-    out: dict[str, tuple[str, str]] = {}
-    for s in live(manifests(store)):
-        t = read_segment(store, s, light=True, columns=["dataset_id", "job_id"])
-        for d, j in zip(t["dataset_id"].to_pylist(), t["job_id"].to_pylist()):
-            out.setdefault(j, (d, s.token))
-    return out
+def _first_of_each(job_ids) -> pa.Array:
+    """The positions of each job id's first occurrence."""
+    first: dict[str, int] = {}
+    for i, job in enumerate(job_ids.to_pylist()):
+        first.setdefault(job, i)
+    return pa.array(sorted(first.values()), pa.int64())
 
 
-def read_row(store: ZooStore, token: str, job_id: str) -> pa.Table:
-    """One job's row (with its embeddings) of a sealed segment: its job_id column, then the
-    one row group that holds the job, not the whole segment."""
-    segment = next((s for s in manifests(store) if s.token == token), None)
-    if segment is None:
-        raise FileNotFoundError(f"sealed segment {token} is not in {store.uri}")
-    _, scalars_key, embeddings_key = segment.keys
+@dataclass(frozen=True)
+class SealedIndex:
+    """Which jobs are sealed and where, as Arrow arrays (a million rows are no million Python
+    objects), oldest segment first. A job sealed twice (two compactions that ran at once,
+    which the lease prevents) is listed twice; `token_of` gives its oldest segment."""
+
+    job_ids: pa.Array
+    dataset_ids: pa.Array
+    segment: pa.Array  # per row: its segment's position in `tokens`
+    tokens: tuple[str, ...]
+
+    @classmethod
+    def empty(cls) -> SealedIndex:
+        none = pa.array([], pa.string())
+        return cls(none, none, pa.array([], pa.int32()), ())
+
+    def __len__(self) -> int:
+        return len(self.job_ids)
+
+    def token_of(self, job_id: str) -> str | None:
+        import pyarrow.compute as pc
+
+        at = pc.index(self.job_ids, job_id).as_py() if len(self.job_ids) else -1
+        return None if at < 0 else self.tokens[self.segment[at].as_py()]
+
+    def ids(self) -> set[str]:
+        return set(self.job_ids.to_pylist())
+
+
+def sealed_index(store: ZooStore) -> SealedIndex:
+    """The sealed jobs of the zoo: two columns of each live segment are read."""
+    segments, parts = _live_parts(store, lambda s: read_segment(store, s, light=True, columns=["dataset_id", "job_id"]))
+    if not parts:
+        return SealedIndex.empty()
+    table = pa.concat_tables(
+        [t.append_column("segment", pa.array(np.full(t.num_rows, k, np.int32))) for k, t in enumerate(parts)]
+    )
+    column = lambda name: table[name].combine_chunks()  # noqa: E731
+    return SealedIndex(column("job_id"), column("dataset_id"), column("segment"), tuple(s.token for s in segments))
+
+
+def read_row(store: ZooStore, token: str, job_id: str) -> pa.Table | None:
+    """One job's row (with its embeddings) of a sealed segment, or None when the segment does
+    not hold it: its job_id column is read, then the one row group that holds the job."""
+    _, scalars_key, embeddings_key = layout.sealed_keys(token)
     fs, base = store.arrow_filesystem()
-    try:
+    with _reading(store, scalars_key):
         with fs.open_input_file(f"{base}/{scalars_key}") as s, fs.open_input_file(f"{base}/{embeddings_key}") as e:
             scalars, heavy = pq.ParquetFile(s), pq.ParquetFile(e)
             found = _locate(scalars, job_id)
             if found is None:
-                raise FileNotFoundError(f"job {job_id} is not in sealed segment {token} of {store.uri}")
+                return None
             group, row = found
             table, embeddings = scalars.read_row_group(group), heavy.read_row_group(group)
-    except (FileNotFoundError, IsADirectoryError) as e:
-        if str(e).startswith("job "):
-            raise
-        raise _unreadable(store, scalars_key, "a file of it is missing") from None
-    except (*_CORRUPT, OSError, pa.ArrowException) as e:
-        if isinstance(e, StorageError):
-            raise
-        raise _unreadable(store, scalars_key, f"{type(e).__name__}: {str(e)[:200]}") from None
-    if not embeddings["job_id"].equals(table["job_id"]):
-        raise _unreadable(store, scalars_key, "its embeddings are not aligned with it")
+        if not embeddings["job_id"].equals(table["job_id"]):
+            raise ValueError(f"{embeddings_key} is not aligned with {scalars_key}")
     table = table.slice(row, 1)
     for name in HEAVY:
         table = table.append_column(embeddings.schema.field(name), embeddings[name].slice(row, 1))
     return table
+
+
+def find_row(store: ZooStore, job_id: str) -> pa.Table | None:
+    """A sealed job's row (the oldest live segment's), or None where it is not sealed."""
+    for attempt in (1, 2):
+        try:
+            for segment in live(manifests(store)):
+                if (row := read_row(store, segment.token, job_id)) is not None:
+                    return row
+            return None
+        except SealedError as e:
+            if not e.missing or attempt == 2:
+                raise
+    return None
 
 
 def _locate(f: pq.ParquetFile, job_id: str) -> tuple[int, int] | None:

@@ -7,10 +7,11 @@ same time):
 1. list the per-job result files; those whose job is sealed already are duplicates (a
    compaction cut short after sealing, or a late second commit of the job: the sealed row
    was first and stays the commit);
-2. read the others' rows (the snapshot's cached rows, then the files it lacks), with the
-   status summaries of each row's dataset computed over all its results;
-3. write them as one sealed segment; its create-only manifest is the commit;
-4. only then delete the per-job files sealed now and the duplicates, and empty the
+2. read the others' rows from their files, in batches of whole datasets (SEAL_ROWS rows:
+   memory stays bounded), with the status summaries of each row's dataset computed over
+   all its results;
+3. write each batch as one sealed segment; its create-only manifest is the commit;
+4. only then delete that batch's files; at the end delete the duplicates and empty the
    snapshot's cache (its rows are sealed now).
 
 A crash before 3 changes nothing; between 3 and 4 leaves files whose rows are sealed, which
@@ -60,37 +61,59 @@ def compact_zoo(store: ZooStore, dry_run: bool = False, wait: bool = False, log=
         return _compact(store, CompactReport(zoo=store.uri))
 
 
+SEAL_ROWS = 250_000  # rows read and sealed at once (whole datasets): ~1.3 GB of embeddings
+
+
 def _compact(store: ZooStore, report: CompactReport) -> CompactReport:
-    jobs = sealed.sealed_jobs(store)
+    index = sealed.sealed_index(store)
+    jobs = index.ids()
     duplicates, fresh = [], []
     for key in result_keys(store):
         parts = layout.result_key_parts(key)
         (duplicates if parts and parts[1] in jobs else fresh).append(key)
     report.duplicates = len(duplicates)
-    table, report.unusable = files_rows(store, fresh)
-    unusable = {k for k, _ in report.unusable}
-    report.sealed_rows = table.num_rows
-    if table.num_rows:
-        table = _summarized(store, table, jobs)
-    if not report.dry_run:
-        if table.num_rows:
-            sealed.write_sealed(store, table)
+    for batch in _batches(fresh):
+        table, unusable = files_rows(store, batch)
+        report.unusable += unusable
+        report.sealed_rows += table.num_rows
+        if report.dry_run or not table.num_rows:
+            continue
+        sealed.write_sealed(store, _summarized(store, table, index))
         ids = zip(table["dataset_id"].to_pylist(), table["job_id"].to_pylist())
-        now_sealed = {layout.result_key(d, j) for d, j in ids}
-        for key in duplicates + [k for k in fresh if k in now_sealed and k not in unusable]:
+        for key in sorted({layout.result_key(d, j) for d, j in ids}):  # the files whose rows are sealed now
             store.delete(key)
             report.files_deleted += 1
-        if table.num_rows:
+    if not report.dry_run:
+        for key in duplicates:
+            store.delete(key)
+            report.files_deleted += 1
+        if report.sealed_rows:
             clear_snapshot(store)  # its rows are sealed now
     segments = sealed.live(sealed.manifests(store))
     report.segments, report.sealed_total = len(segments), sum(s.rows for s in segments)
     if report.dry_run:
-        report.segments += bool(table.num_rows)
-        report.sealed_total += table.num_rows
+        report.segments += len(_batches([k for k in fresh if k not in {u for u, _ in report.unusable}]))
+        report.sealed_total += report.sealed_rows
     return report
 
 
-def _summarized(store: ZooStore, table, jobs: dict[str, tuple[str, str]]):
+def _batches(keys: list[str]) -> list[list[str]]:
+    """The keys in batches of whole datasets, each of at most SEAL_ROWS rows unless one
+    dataset alone has more (so that a dataset's rows, and their status summaries, are sealed
+    together)."""
+    by_dataset: dict[str, list[str]] = {}
+    for key in keys:
+        parts = layout.result_key_parts(key)
+        by_dataset.setdefault(parts[0] if parts else "", []).append(key)
+    batches: list[list[str]] = []
+    for group in by_dataset.values():
+        if not batches or len(batches[-1]) + len(group) > SEAL_ROWS:
+            batches.append([])
+        batches[-1].extend(group)
+    return [b for b in batches if b]
+
+
+def _summarized(store: ZooStore, table, index: sealed.SealedIndex):
     """The rows with their status summaries (each row's rank in its dataset's commit order,
     the dataset's hypervolume and front size after it), computed over all the results of
     the datasets they belong to, sealed ones included: `tans status` then reads them instead
@@ -103,12 +126,13 @@ def _summarized(store: ZooStore, table, jobs: dict[str, tuple[str, str]]):
     touched = set(table["dataset_id"].to_pylist())
     scalars = table.drop_columns([c for c in (*SUMMARY, "functional_embedding") if c in table.column_names])
     records = from_table(ResultRecord, light_rows(scalars))
-    if any(d in touched for d, _ in jobs.values()):
+    import pyarrow.compute as pc
+
+    wanted = pa.array(sorted(touched), pa.string())
+    if len(index) and pc.any(pc.is_in(index.dataset_ids, value_set=wanted)).as_py():
         held = sealed.sealed_table(store, light=True)
         if held is not None:
-            import pyarrow.compute as pc
-
-            held = held.filter(pc.is_in(held["dataset_id"], pa.array(sorted(touched))))
+            held = held.filter(pc.is_in(held["dataset_id"], value_set=wanted))
             held = held.drop_columns([c for c in SUMMARY if c in held.column_names])
             records += from_table(ResultRecord, light_rows(held))
     new = records[: table.num_rows]

@@ -47,7 +47,15 @@ from tans.zoo_schema import layout, sealed
 from tans.zoo_schema.errors import StorageError
 from tans.zoo_schema.manifest import read_manifest
 from tans.zoo_schema.records import DatasetRecord, ResultRecord, from_table
-from tans.zoo_schema.results import CORRUPT, check_result, light_rows, quarantine, read_result, read_segments
+from tans.zoo_schema.results import (
+    CORRUPT,
+    check_result,
+    light_rows,
+    quarantine,
+    read_result,
+    read_segments,
+    set_aside,
+)
 from tans.zoo_schema.shards import reingest_command, shard_keys, shards_digest
 from tans.zoo_schema.store import ZooStore
 
@@ -115,9 +123,16 @@ def _verify(store: ZooStore, report: VerifyReport, clean_orphans: bool, min_age_
             quarantine(store, key, reason)
         for segment, reasons in check.sealed_rows.items():
             _take_out(store, segment, reasons)
+        for segment in check.replaced:  # superseded by a segment that is whole: garbage
+            for key in segment.keys:
+                store.delete(key)
     if clean_orphans:
         for k in report.orphans:
-            if store.age(k) < min_age_s:
+            try:
+                young = store.age(k) < min_age_s
+            except FileNotFoundError:
+                continue  # gone meanwhile
+            if young:
                 report.young.append(k)
             else:
                 store.delete(k)
@@ -136,6 +151,7 @@ class _Check:
         self.store, self.report = store, report
         self.damaged: list[tuple[str, str]] = []  # (key, reason) to quarantine
         self.sealed_rows: dict = {}  # sealed segment -> {job_id: reason}: rows to take out of it
+        self.replaced: list = []  # sealed segments another replaces, still there
         self.jobs_with_results: set[str] = set()
         self.build_again = f"a later build re-trains the job (`tans resume {store.uri}`)"
         self.build_all = f"a later build re-trains its jobs (`tans resume {store.uri}`)"
@@ -170,58 +186,77 @@ class _Check:
     def sealed(self, referenced: set[str]) -> set[str]:
         """Every sealed segment (its manifest, both files' sha256) and each of its rows as a
         result file's; returns the segments' files in use (and adds their checkpoints to
-        `referenced`). A damaged segment is set aside whole (its manifest first); a damaged
-        row is taken out of its segment (`sealed_rows`)."""
+        `referenced`). A damaged segment is set aside whole, with the replaced segments that
+        are still there (they must not come back in its place); a damaged row is taken out of
+        its segment (`sealed_rows`); replaced segments are deleted (`replaced`)."""
         in_use: set[str] = set()
         parsed = []
         for key in self.store.list(layout.SEALED):
-            if layout.sealed_token(key) is None:
+            if (token := layout.sealed_token(key)) is None:
                 continue
             try:
                 parsed.append(sealed.parse_manifest(key, self.store.read_json(key)))
             except (*CORRUPT, TypeError, json.JSONDecodeError) as e:
-                self.problem(
-                    key, f"unreadable sealed segment manifest ({type(e).__name__})", self.build_all, aside=(key,)
-                )
-        for segment in sealed.live(sorted(parsed, key=lambda s: (s.created_at, s.token))):
-            manifest, scalars, embeddings = segment.keys
-            in_use.update(segment.keys)
-            text = None
-            for part, digest in ((scalars, segment.scalars_sha256), (embeddings, segment.embeddings_sha256)):
-                try:
-                    if _sha256(self.store, part) != digest:
-                        text = f"its file {part} does not match the recorded sha256"
-                except FileNotFoundError:
-                    text = f"its file {part} is missing"
-            rows = None
-            if text is None:
-                try:
-                    rows = sealed.read_segment(self.store, segment, light=True)
-                except sealed.SealedError as e:
-                    text = str(e).split(" is unreadable ", 1)[-1].split(";")[0]
+                files = layout.sealed_keys(token)
+                in_use.update(files)
+                text = f"unreadable sealed segment manifest ({type(e).__name__})"
+                self.problem(key, text, self.build_all, aside=tuple(k for k in files if self.store.exists(k)))
+        parsed.sort(key=lambda s: (s.created_at, s.token))
+        in_use.update(k for s in parsed for k in s.keys)  # each is checked, set aside or deleted below
+        present = {s.token: s for s in parsed}
+        live = sealed.live(parsed)
+        self.replaced = [s for s in parsed if s not in live]
+        for segment in live:
+            manifest = segment.keys[0]
+            if segment.rows == 0 and not any(t in present for t in segment.replaces):
+                self.replaced.append(segment)  # empty, and nothing it replaced is left: garbage too
+                continue
+            rows, text = self.segment_rows(segment)
             if text is not None:
-                self.problem(
-                    manifest, f"sealed segment of {segment.rows} results: {text}", self.build_all, aside=segment.keys
-                )
+                older = [present[t] for t in segment.replaces if t in present]
+                aside = segment.keys + tuple(k for s in older for k in s.keys if self.store.exists(k))
+                self.problem(manifest, f"sealed segment of {segment.rows} results: {text}", self.build_all, aside=aside)
+                self.replaced = [s for s in self.replaced if s not in older]
+                continue
+            if rows is None:
                 continue
             for record in from_table(ResultRecord, light_rows(rows)):
                 key = layout.result_key(record.dataset_id, record.job_id)
                 self.report.results_checked += 1
                 if record.job_id in self.jobs_with_results:
-                    continue  # sealed twice (two compactions at once): the first is the commit
+                    continue  # in an older segment too: that row is the commit
                 if wrong := _foreign_checkpoint(record):
                     self.sealed_row(segment, record.job_id, key, f"result row {wrong}")
                     continue
-                self.jobs_with_results.add(record.job_id)
                 if not layout.is_relative_ref(record.checkpoint_uri):
                     self.report.legacy_checkpoint_refs += 1
                 before = len(self.damaged)
                 self.checkpoint(key, record, referenced)
-                for k, reason in self.damaged[before:]:
-                    if k == key:
-                        self.sealed_row(segment, record.job_id, key, reason, problem=False)
+                taken = [reason for k, reason in self.damaged[before:] if k == key]
                 self.damaged[before:] = [(k, r) for k, r in self.damaged[before:] if k != key]
+                if taken:  # its checkpoint is damaged: the row comes out (any file of the job is checked)
+                    self.sealed_row(segment, record.job_id, key, taken[0], problem=False)
+                else:
+                    self.jobs_with_results.add(record.job_id)
         return in_use
+
+    def segment_rows(self, segment):
+        """(its rows' scalar columns, None) when both files match their sha256 and read; else
+        (None, what is wrong); (None, None) when the storage could not be read (a problem
+        with nothing set aside)."""
+        for part, digest in zip(segment.keys[1:], (segment.scalars_sha256, segment.embeddings_sha256)):
+            try:
+                if _sha256(self.store, part) != digest:
+                    return None, f"its file {part} does not match the recorded sha256"
+            except FileNotFoundError:
+                return None, f"its file {part} is missing"
+        try:
+            return sealed.read_segment(self.store, segment, light=True), None
+        except sealed.SealedError as e:
+            return None, e.why
+        except StorageError as e:
+            self.problem(segment.keys[0], str(e), "check that the zoo is reachable, then verify again")
+            return None, None
 
     def sealed_row(self, segment, job_id: str, key: str, reason: str, problem: bool = True) -> None:
         """A sealed row to take out of its segment (set aside under the key its file had)."""
@@ -304,14 +339,13 @@ def _take_out(store: ZooStore, segment, reasons: dict[str, str]) -> None:
     import pyarrow.compute as pc
 
     table = sealed.read_segment(store, segment, light=False)
-    out = pc.is_in(table["job_id"], pa.array(sorted(reasons), pa.string()))
-    for i in range(table.num_rows):
-        if out[i].as_py():
-            row = table.slice(i, 1)
-            key = layout.result_key(row["dataset_id"][0].as_py(), row["job_id"][0].as_py())
-            target, reason_key = layout.quarantine_keys(key)
-            store.write_table(target, row)
-            store.write_json(reason_key, {"key": key, "reason": reasons[row["job_id"][0].as_py()]})
+    out = pc.is_in(table["job_id"], value_set=pa.array(sorted(reasons), pa.string()))
+    for i in pc.indices_nonzero(out).to_pylist():
+        row = table.slice(i, 1)
+        job_id = row["job_id"][0].as_py()
+        sink = io.BytesIO()
+        pq.write_table(row, sink, compression="zstd")
+        set_aside(store, layout.result_key(row["dataset_id"][0].as_py(), job_id), sink.getvalue(), reasons[job_id])
     sealed.replace(store, [segment], table.filter(pc.invert(out)))
     log.warning("took %d damaged row(s) out of sealed segment %s", len(reasons), segment.token)
 
