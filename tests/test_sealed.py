@@ -375,3 +375,17 @@ def test_a_manifest_that_is_not_an_object_is_set_aside_with_its_files(tmp_path):
     assert report.orphans == [] and [p.key for p in report.problems] == [segment.keys[0]]
     assert all(store.exists(layout.quarantine_keys(k)[0]) for k in segment.keys)  # nothing deleted
     assert read_results(store) == []
+
+
+def test_verify_takes_a_row_sealed_twice_out_of_the_newer_segment(tmp_path):
+    """The lease keeps two compactions from sealing one file twice; should it happen (a lease
+    broken by hand), verify keeps the older row and takes the newer out."""
+    store = open_store(str(tmp_path / "zoo"))
+    make_zoo(store)
+    rows = commit(store, 0, 4)
+    sealed.write_sealed(store, to_table(rows[:3]))
+    sealed.write_sealed(store, to_table(rows[2:]))
+    report = verify_zoo(store, log=lambda *_: None)
+    assert [(p.job_id, p.repair) for p in report.problems] == [(rows[2].job_id, "none: the older row stays the commit")]
+    assert sealed.sealed_table(store, light=True).num_rows == 4
+    assert verify_zoo(store, log=lambda *_: None).problems == []

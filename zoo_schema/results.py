@@ -247,7 +247,7 @@ def _scan(store: ZooStore, light: bool = False) -> ResultsRead:
     keys, rows = result_keys(store), {}
     if (held := sealed.sealed_table(store, light)) is not None:
         rows = {result_key(r): r for r in from_table(ResultRecord, light_rows(held) if light else held)}
-        keys = sorted(_not_in(keys, _key_column(held)))
+        keys = _unsealed(keys, held)
     if not keys:
         return ResultsRead(sorted(rows.values(), key=lambda r: (r.dataset_id, r.job_id)), 0, [])
     snapshot = _snapshot_rows(store, keys, light)
@@ -285,7 +285,7 @@ def results_table(store: ZooStore, embeddings: bool = True) -> pa.Table:
     keys, parts = result_keys(store), []
     if (held := sealed.sealed_table(store, light=not embeddings)) is not None:
         parts.append(held.select(wanted.names).cast(wanted))
-        keys = sorted(_not_in(keys, _key_column(held)))
+        keys = _unsealed(keys, held)
     if not keys and not parts:
         return wanted.empty_table()
     try:
@@ -314,7 +314,7 @@ def result_columns(store: ZooStore, names: list[str]) -> pa.Table:
     summary = pa.schema([pa.field(n, t) for n, t in SUMMARY.items()])
     if (held := sealed.sealed_table(store, light=True, columns=names + summary.names)) is not None:
         parts.append(_with_summary(held).select(names + summary.names))
-        keys = sorted(_not_in(keys, _key_column(held)))
+        keys = _unsealed(keys, held)
     try:
         snapshot = _snapshot_rows(store, keys, light=True, columns=names + summary.names) if keys else None
         listed = set(keys)
@@ -467,6 +467,18 @@ def _snapshot_rows(
         take = pa.array(sorted(last.values()))
         table, key = table.take(take), key.take(take)
     return table, key
+
+
+def _unsealed(keys: list[str], held: pa.Table) -> list[str]:
+    """The listed result keys whose job is not among the sealed rows `held` (compared by job
+    id: no key is built for a million sealed rows)."""
+    import pyarrow.compute as pc
+
+    jobs = [parts[1] if (parts := layout.result_key_parts(k)) else "" for k in keys]
+    if not jobs:
+        return []
+    sealed_ = pc.is_in(pa.array(jobs, pa.string()), value_set=held["job_id"].combine_chunks()).to_pylist()
+    return [k for k, s in zip(keys, sealed_) if not s]
 
 
 def _not_in(keys: list[str], held) -> set[str]:

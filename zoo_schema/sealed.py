@@ -173,25 +173,14 @@ def _live_parts(store: ZooStore, read) -> tuple[list[Sealed], list[pa.Table]]:
 
 
 def sealed_table(store: ZooStore, light: bool, columns: list[str] | None = None) -> pa.Table | None:
-    """The rows of every live sealed segment (each job once: the oldest segment's), or None
-    where the zoo has none."""
-    import pyarrow.compute as pc
-
+    """The rows of every live sealed segment, or None where the zoo has none. Each job is in
+    one segment: a compaction seals only jobs not sealed yet, under the zoo's lease, and a
+    replacing segment hides what it replaces (`tans verify` takes a row sealed twice out of
+    the newer segment)."""
     _, parts = _live_parts(store, lambda s: read_segment(store, s, light, columns))
     if not parts:
         return None
-    table = pa.concat_tables(parts, promote_options="default")
-    if pc.count_distinct(table["job_id"]).as_py() != table.num_rows:  # a job in two segments
-        table = table.take(_first_of_each(table["job_id"]))
-    return table
-
-
-def _first_of_each(job_ids) -> pa.Array:
-    """The positions of each job id's first occurrence."""
-    first: dict[str, int] = {}
-    for i, job in enumerate(job_ids.to_pylist()):
-        first.setdefault(job, i)
-    return pa.array(sorted(first.values()), pa.int64())
+    return pa.concat_tables(parts, promote_options="default")
 
 
 @dataclass(frozen=True)

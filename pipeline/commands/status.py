@@ -90,17 +90,28 @@ COLUMNS = ["dataset_id", "job_id", "arch", "accuracy", "latency_ms", "params", "
 ]
 
 
+STRINGS = ("dataset_id", "arch")  # as codes into their distinct values (a million rows: no Python strings)
+
+
 def _columns(table) -> dict[str, np.ndarray]:
-    """A status table's columns as numpy arrays, rows in commit order (created_at, job_id)."""
-    order = np.lexsort(
-        (table["job_id"].to_numpy(zero_copy_only=False), table["created_at"].to_numpy(zero_copy_only=False))
-    )
-    cols = {name: table[name].to_numpy(zero_copy_only=False)[order] for name in table.column_names}
+    """A status table's columns as numpy arrays, rows in commit order (created_at, job_id);
+    `dataset_id` and `arch` as int codes, their values under `dataset_id:values` and
+    `arch:values`. Sorted and encoded by Arrow: no Python object per row."""
+    import pyarrow.compute as pc
+
+    table = table.take(pc.sort_indices(table, [("created_at", "ascending"), ("job_id", "ascending")]))
+    cols: dict = {}
+    for name in STRINGS:
+        encoded = pc.dictionary_encode(table[name]).combine_chunks()
+        cols[name] = encoded.indices.to_numpy(zero_copy_only=False)
+        cols[f"{name}:values"] = encoded.dictionary.to_pylist()
+    for name in ("accuracy", "latency_ms", "params"):
+        cols[name] = table[name].to_numpy(zero_copy_only=False)
     for name in COLUMNS[7:]:  # phase seconds: null (0, not timed) in rows written before those columns
-        cols[name] = table[name].fill_null(0.0).to_numpy(zero_copy_only=False)[order]
+        cols[name] = table[name].fill_null(0.0).to_numpy(zero_copy_only=False)
     for name in SUMMARY:  # nulls (rows read from their files) as -1 / NaN
-        column = table[name].fill_null(-1 if name != "hypervolume_after" else np.nan)
-        cols[name] = column.to_numpy(zero_copy_only=False)[order]
+        cols[name] = table[name].fill_null(-1 if name != "hypervolume_after" else np.nan).to_numpy(zero_copy_only=False)
+    cols["job_id"] = table["job_id"]  # Arrow: only looked up in
     return cols
 
 
@@ -109,7 +120,8 @@ def _per_dataset(cols: dict[str, np.ndarray], profiles: dict | None) -> dict[str
     its front size after the last, from the snapshot's summaries where they hold (each row's
     rank in its dataset is its position now: no row left out, none added since), else
     computed from the rows."""
-    names, inverse = np.unique(cols["dataset_id"], return_inverse=True)
+    names, inverse = cols["dataset_id:values"], cols["dataset_id"]
+    arch_names = cols["arch:values"]
     order = np.argsort(inverse, kind="stable")
     bounds = np.searchsorted(inverse[order], np.arange(len(names) + 1))
     norm, prior = (normalizer_for(profiles), Prior({}, profiles)) if profiles else (None, None)
@@ -122,16 +134,18 @@ def _per_dataset(cols: dict[str, np.ndarray], profiles: dict | None) -> dict[str
             continue
         costs = np.stack([cols["accuracy"][idx], cols["latency_ms"][idx], cols["params"][idx]], axis=1)
         if norm is not None:
-            lat = [
-                prior.profiles[a].latency_ms if a in prior.profiles else x
-                for a, x in zip(cols["arch"][idx], costs[:, 1])
-            ]
-            par = [
-                prior.profiles[a].params if a in prior.profiles else x for a, x in zip(cols["arch"][idx], costs[:, 2])
-            ]
+            archs = [arch_names[c] for c in cols["arch"][idx]]
+            lat = [prior.profiles[a].latency_ms if a in prior.profiles else x for a, x in zip(archs, costs[:, 1])]
+            par = [prior.profiles[a].params if a in prior.profiles else x for a, x in zip(archs, costs[:, 2])]
             hv = hypervolume_after(norm.objectives(costs[:, 0], lat, par).reshape(len(idx), 3))
         out[str(d)] = (idx, hv, int(front_after(costs)[-1]))
     return out
+
+
+def _counts(cols: dict) -> dict[str, int]:
+    """{dataset: its results}."""
+    counts = np.bincount(cols["dataset_id"], minlength=len(cols["dataset_id:values"]))
+    return {d: int(c) for d, c in zip(cols["dataset_id:values"], counts)}
 
 
 def zoo_status(store: ZooStore, state: ZooState | None = None) -> ZooStatus:
@@ -161,8 +175,13 @@ def zoo_status(store: ZooStore, state: ZooState | None = None) -> ZooStatus:
                 first_unknown[idx[0]] = 1
         means = np.cumsum(delta) / np.maximum(len(ids) + np.cumsum(first_unknown), 1)
         points = [HypervolumePoint(i + 1, round(float(means[i]), 5)) for i in history_marks(n)]
-    done = set(cols["job_id"].tolist()) if n else set()
-    failed_ids = {f.job_id for f in state.failures} - done
+    failed_ids = {f.job_id for f in state.failures}
+    if n and failed_ids:
+        import pyarrow.compute as pc
+
+        tried = sorted(failed_ids)
+        done = pc.is_in(pa.array(tried, pa.string()), value_set=cols["job_id"].combine_chunks()).to_pylist()
+        failed_ids = {j for j, d in zip(tried, done) if not d}
     failed_by_dataset: dict[str, set] = {}
     for f in state.failures:
         if f.job_id in failed_ids:
@@ -208,12 +227,12 @@ def zoo_status(store: ZooStore, state: ZooState | None = None) -> ZooStatus:
         datasets=len(state.datasets),
         finished_jobs=n,
         failed_jobs=len(failed_ids),
-        architectures=len(set(cols["arch"].tolist())) if n else 0,
+        architectures=len(cols["arch:values"]) if n else 0,
         base_weights=manifest.base_weights.id if manifest else None,
         mean_hypervolume=round(sum(hv.values()) / len(hv), 5) if hv else None,
         hypervolume_history=points,
         per_dataset=rows,
-        retriever=staleness(store, cols["dataset_id"].tolist() if n else []),
+        retriever=staleness(store, _counts(cols) if n else []),
     )
 
 

@@ -223,8 +223,10 @@ class _Check:
             for record in from_table(ResultRecord, light_rows(rows)):
                 key = layout.result_key(record.dataset_id, record.job_id)
                 self.report.results_checked += 1
-                if record.job_id in self.jobs_with_results:
-                    continue  # in an older segment too: that row is the commit
+                if record.job_id in self.jobs_with_results:  # in an older segment too: that row is the commit
+                    text, repair = "result row sealed in an older segment too", "none: the older row stays the commit"
+                    self.sealed_row(segment, record.job_id, key, text, repair=repair)
+                    continue
                 if wrong := _foreign_checkpoint(record):
                     self.sealed_row(segment, record.job_id, key, f"result row {wrong}")
                     continue
@@ -258,10 +260,10 @@ class _Check:
             self.problem(segment.keys[0], str(e), "check that the zoo is reachable, then verify again")
             return None, None
 
-    def sealed_row(self, segment, job_id: str, key: str, reason: str, problem: bool = True) -> None:
+    def sealed_row(self, segment, job_id: str, key: str, reason: str, problem: bool = True, repair: str = "") -> None:
         """A sealed row to take out of its segment (set aside under the key its file had)."""
         if problem:
-            self.report.problems.append(Problem(key, reason, self.build_again, job_id))
+            self.report.problems.append(Problem(key, reason, repair or self.build_again, job_id))
         self.sealed_rows.setdefault(segment, {})[job_id] = reason
 
     def checkpoint(self, key: str, record, referenced: set[str]) -> None:
