@@ -573,3 +573,31 @@ def test_default_search_names_a_missing_checkpoint_and_a_class_that_does_not_dec
     (copy / find_result(store, first.job_id).checkpoint_uri).unlink()
     with pytest.raises(TansError, match=rf"checkpoint of job {first.job_id} .*could not be loaded.*tans verify"):
         search_dataset(store, str(query), top_k=3, budget=0)
+
+
+def test_above_the_rank_sample_the_source_scores_come_from_a_seeded_sample(monkeypatch):
+    """A search over more networks than RANK_SAMPLE scores the recalled ones and a fixed sample,
+    not the whole table: the same scores whichever others are recalled, within a few
+    hundredths of the exact ones, and exact at or below the sample size."""
+    import torch
+
+    import tans.retriever.search as search_module
+    from tans.retriever.model import Retriever
+    from tans.retriever.search import Searcher, imageless_score
+
+    rng = np.random.default_rng(0)
+    searcher = Searcher.__new__(Searcher)
+    torch.manual_seed(0)
+    searcher.model = Retriever(8, 8).eval()
+    searcher.embeddings = rng.normal(size=(2000, 128)).astype(np.float32)
+    searcher.source_fit = rng.uniform(size=2000)
+    searcher._sample = searcher._source_rank = None
+    q = torch.nn.functional.normalize(torch.randn(128), dim=0)
+    top = np.array([3, 17, 500, 1999])
+    exact = imageless_score("source", searcher._predicted(q), searcher.source_fit)[0][top]
+    assert searcher._scores_at(q, top, "source")[1] == pytest.approx(exact)  # 2,000 <= 65,536: exact
+    monkeypatch.setattr(search_module, "RANK_SAMPLE", 500)
+    sampled = searcher._scores_at(q, top, "source")[1]
+    assert sampled == pytest.approx(exact, abs=0.03) and sampled != pytest.approx(exact, abs=1e-9)
+    assert searcher._scores_at(q, top[1:3], "source")[1] == pytest.approx(sampled[1:3])
+    assert searcher._scores_at(q, top, "none")[1] == pytest.approx(searcher._predicted(q, top))

@@ -125,3 +125,39 @@ def from_table(record_type: type, table: pa.Table) -> list:
     present = [f.name for f in fields if f.name in table.column_names]
     rows = table.select(present).to_pylist()
     return [record_type(**row) for row in rows]
+
+
+def string_array(values: list[str]) -> pa.Array:
+    """Python strings as an Arrow string array, built from its buffers: `pa.array` imports
+    pandas (half a second of a read-only command) whenever it is installed."""
+    import numpy as np
+
+    data = [v.encode() for v in values]
+    offsets = np.zeros(len(data) + 1, np.int32)
+    np.cumsum([len(b) for b in data], out=offsets[1:])
+    return pa.Array.from_buffers(pa.string(), len(data), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(data))])
+
+
+def int_array(values) -> pa.Array:
+    """A numpy int32 array as Arrow, without `pa.array` (see `string_array`)."""
+    import numpy as np
+
+    values = np.ascontiguousarray(values, np.int32)
+    return pa.Array.from_buffers(pa.int32(), len(values), [None, pa.py_buffer(values)])
+
+
+def numpy_of(array, fill=None):
+    """A numeric Arrow array (or chunked array) as numpy, nulls as `fill`, read from its
+    buffer: `to_numpy` imports pandas (see `string_array`)."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks() if array.num_chunks else pa.nulls(0, array.type)
+    dtype = np.dtype({"int32": "int32", "int64": "int64", "float": "float32", "double": "float64"}[str(array.type)])
+    if array.null_count:
+        if fill is None:
+            raise ValueError(f"a column of {array.type} with nulls and nothing to fill them with")
+        filled = np.full(len(array), fill, dtype)
+        array = pc.coalesce(array, pa.Array.from_buffers(array.type, len(array), [None, pa.py_buffer(filled)]))
+    return np.frombuffer(array.buffers()[1], dtype, len(array), array.offset * dtype.itemsize)

@@ -27,7 +27,7 @@ import pyarrow as pa
 from tans.zoo_schema import layout, sealed
 from tans.zoo_schema.errors import TansError
 from tans.zoo_schema.journal import Failure, read_failures
-from tans.zoo_schema.records import DatasetRecord, ResultRecord, arrow_schema, from_table, to_table
+from tans.zoo_schema.records import DatasetRecord, ResultRecord, arrow_schema, from_table, string_array, to_table
 from tans.zoo_schema.shards import read_datasets
 from tans.zoo_schema.store import ZooStore, parquet_table
 
@@ -148,7 +148,7 @@ class CommittedResults(Mapping):
 
     def job_ids(self) -> pa.Array:
         """Every committed job id, as one Arrow array (what a search keeps of its table)."""
-        return pa.concat_arrays([pa.array(list(self.keys), pa.string()), self.sealed.job_ids])
+        return pa.concat_arrays([string_array(list(self.keys)), self.sealed.job_ids])
 
     def dataset_counts(self) -> dict[str, int]:
         """{dataset: how many of its results are committed}."""
@@ -176,7 +176,7 @@ class CommittedResults(Mapping):
 
         index = sealed.sealed_index(store)
         listed = [(key, parts) for key in result_keys(store) if (parts := layout.result_key_parts(key))]
-        held = pc.is_in(pa.array([p[1] for _, p in listed], pa.string()), value_set=index.job_ids).to_pylist()
+        held = pc.is_in(string_array([p[1] for _, p in listed]), value_set=index.job_ids).to_pylist()
         for (key, parts), is_sealed in zip(listed, held):
             if not is_sealed:
                 if parts[1] in keys:
@@ -269,8 +269,11 @@ def result_keys(store: ZooStore) -> list[str]:
 def _key_column(table: pa.Table):
     import pyarrow.compute as pc
 
+    def text(value: str):  # a scalar made without pa.scalar, which imports pandas
+        return string_array([value])[0]
+
     return pc.binary_join_element_wise(
-        f"{layout.RESULTS}/dataset=", table["dataset_id"], "/", table["job_id"], ".parquet", ""
+        text(f"{layout.RESULTS}/dataset="), table["dataset_id"], text("/"), table["job_id"], text(".parquet"), text("")
     )
 
 
@@ -357,15 +360,37 @@ def _with_summary(table: pa.Table) -> pa.Table:
     return table
 
 
-def _files_table(store: ZooStore, keys: set[str], schema: pa.Schema) -> pa.Table:
-    """The rows of these result files, one threaded pyarrow dataset read; raises ValueError
-    when a file does not hold its own key's row (then the records are read one by one)."""
-    import pyarrow.dataset as pads
+FEW_FILES = 1024  # up to this many result files are read by a thread pool, more by a pyarrow dataset
 
+
+def _files_table(store: ZooStore, keys: set[str], schema: pa.Schema) -> pa.Table:
+    """The rows of these result files, one threaded read (a few, the commits since the last
+    snapshot, without importing `pyarrow.dataset`, which imports pandas); raises ValueError
+    when a file does not hold its own key's row (then the records are read one by one)."""
     fs, base = store.arrow_filesystem()
-    files = pads.dataset(
-        [f"{base}/{k}" for k in sorted(keys)], filesystem=fs, format="parquet", schema=arrow_schema(ResultRecord)
-    ).to_table(columns=schema.names)
+    full = arrow_schema(ResultRecord)
+    if len(keys) <= FEW_FILES:
+        from concurrent.futures import ThreadPoolExecutor
+
+        import pyarrow.parquet as pq
+
+        def one(key: str) -> pa.Table:
+            with fs.open_input_file(f"{base}/{key}") as fh:
+                table = pq.ParquetFile(fh).read()
+            missing = [f for f in full if f.name not in table.column_names]  # older files: nulls, as the dataset
+            for f in missing:
+                table = table.append_column(f, pa.nulls(table.num_rows, f.type))
+            return table.select(full.names).cast(full)
+
+        with ThreadPoolExecutor(16) as pool:
+            parts = list(pool.map(one, sorted(keys)))
+        files = pa.concat_tables(parts).select(schema.names) if parts else full.empty_table().select(schema.names)
+    else:
+        import pyarrow.dataset as pads
+
+        files = pads.dataset(
+            [f"{base}/{k}" for k in sorted(keys)], filesystem=fs, format="parquet", schema=full
+        ).to_table(columns=schema.names)
     if files.num_rows != len(keys) or set(_key_column(files).to_pylist()) != keys:
         raise ValueError("a result file holds another job's row")
     return files.cast(schema)
@@ -460,7 +485,7 @@ def _snapshot_rows(
     except (*CORRUPT, pa.ArrowException):
         return None
     key = _key_column(table)
-    listed = pc.is_in(key, pa.array(keys))
+    listed = pc.is_in(key, value_set=string_array(keys))
     table, key = table.filter(listed), key.filter(listed)
     if pc.count_distinct(key).as_py() != table.num_rows:  # a row committed again since: the newest segment's
         last = {k: i for i, k in enumerate(key.to_pylist())}
@@ -477,7 +502,7 @@ def _unsealed(keys: list[str], held: pa.Table) -> list[str]:
     jobs = [parts[1] if (parts := layout.result_key_parts(k)) else "" for k in keys]
     if not jobs:
         return []
-    sealed_ = pc.is_in(pa.array(jobs, pa.string()), value_set=held["job_id"].combine_chunks()).to_pylist()
+    sealed_ = pc.is_in(string_array(jobs), value_set=held["job_id"].combine_chunks()).to_pylist()
     return [k for k, s in zip(keys, sealed_) if not s]
 
 
@@ -487,7 +512,7 @@ def _not_in(keys: list[str], held) -> set[str]:
 
     if not keys:
         return set()
-    listed = pa.array(keys, pa.string())
+    listed = string_array(keys)
     return set(listed.filter(pc.invert(pc.is_in(listed, held))).to_pylist())
 
 

@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 
 from tans.zoo_schema import layout
 from tans.zoo_schema.errors import StorageError, TansError
+from tans.zoo_schema.records import int_array, string_array
 from tans.zoo_schema.store import ZooStore
 
 ROW_GROUP = 8192  # rows per row group: a job's row is read with ~8,000 others, not a million
@@ -196,8 +197,7 @@ class SealedIndex:
 
     @classmethod
     def empty(cls) -> SealedIndex:
-        none = pa.array([], pa.string())
-        return cls(none, none, pa.array([], pa.int32()), ())
+        return cls(string_array([]), string_array([]), int_array([]), ())
 
     def __len__(self) -> int:
         return len(self.job_ids)
@@ -218,7 +218,7 @@ def sealed_index(store: ZooStore) -> SealedIndex:
     if not parts:
         return SealedIndex.empty()
     table = pa.concat_tables(
-        [t.append_column("segment", pa.array(np.full(t.num_rows, k, np.int32))) for k, t in enumerate(parts)]
+        [t.append_column("segment", int_array(np.full(t.num_rows, k, np.int32))) for k, t in enumerate(parts)]
     )
     column = lambda name: table[name].combine_chunks()  # noqa: E731
     return SealedIndex(column("job_id"), column("dataset_id"), column("segment"), tuple(s.token for s in segments))

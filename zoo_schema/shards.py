@@ -26,8 +26,6 @@ def read_datasets(store: ZooStore) -> list[DatasetRecord]:
     `results_index/datasets.parquet` whose file is listed, and the others read as one threaded
     pyarrow dataset (or one by one when that fails: a damaged or older-schema record then
     raises as it does when read alone)."""
-    import pyarrow.dataset as pads
-
     keys = [k for k in store.list(layout.DATASETS) if k.endswith(".parquet")]
     records = {}
     try:
@@ -37,6 +35,10 @@ def read_datasets(store: ZooStore) -> list[DatasetRecord]:
     except (FileNotFoundError, ValueError, KeyError, OSError, pa.ArrowException):
         pass  # no cache, or a damaged one: the records are read
     missing = [k for k in keys if k not in records]
+    if not missing:  # all cached: no `pyarrow.dataset` (it imports pandas)
+        return sorted(records.values(), key=lambda r: r.dataset_id)
+    import pyarrow.dataset as pads
+
     try:
         fs, base = store.arrow_filesystem()
         schema = arrow_schema(DatasetRecord)

@@ -18,7 +18,7 @@ from tans.pipeline.acquisition.priors import Prior, cached_profiles
 from tans.retriever.stale import Staleness, staleness
 from tans.zoo_schema.journal import read_failures
 from tans.zoo_schema.manifest import read_manifest
-from tans.zoo_schema.records import to_table
+from tans.zoo_schema.records import numpy_of, string_array, to_table
 from tans.zoo_schema.results import SUMMARY, ZooState, result_columns
 from tans.zoo_schema.shards import read_datasets
 from tans.zoo_schema.store import ZooStore
@@ -103,14 +103,14 @@ def _columns(table) -> dict[str, np.ndarray]:
     cols: dict = {}
     for name in STRINGS:
         encoded = pc.dictionary_encode(table[name]).combine_chunks()
-        cols[name] = encoded.indices.to_numpy(zero_copy_only=False)
+        cols[name] = numpy_of(encoded.indices)
         cols[f"{name}:values"] = encoded.dictionary.to_pylist()
     for name in ("accuracy", "latency_ms", "params"):
-        cols[name] = table[name].to_numpy(zero_copy_only=False)
+        cols[name] = numpy_of(table[name].cast(pa.float64()), np.nan)
     for name in COLUMNS[7:]:  # phase seconds: null (0, not timed) in rows written before those columns
-        cols[name] = table[name].fill_null(0.0).to_numpy(zero_copy_only=False)
+        cols[name] = numpy_of(table[name], 0.0)
     for name in SUMMARY:  # nulls (rows read from their files) as -1 / NaN
-        cols[name] = table[name].fill_null(-1 if name != "hypervolume_after" else np.nan).to_numpy(zero_copy_only=False)
+        cols[name] = numpy_of(table[name], -1 if name != "hypervolume_after" else np.nan)
     cols["job_id"] = table["job_id"]  # Arrow: only looked up in
     return cols
 
@@ -180,7 +180,7 @@ def zoo_status(store: ZooStore, state: ZooState | None = None) -> ZooStatus:
         import pyarrow.compute as pc
 
         tried = sorted(failed_ids)
-        done = pc.is_in(pa.array(tried, pa.string()), value_set=cols["job_id"].combine_chunks()).to_pylist()
+        done = pc.is_in(string_array(tried), value_set=cols["job_id"].combine_chunks()).to_pylist()
         failed_ids = {j for j, d in zip(tried, done) if not d}
     failed_by_dataset: dict[str, set] = {}
     for f in state.failures:
