@@ -36,6 +36,7 @@ from tans.workers.networks.nets import checkpoint_features, load_checkpoint
 from tans.zoo_schema.errors import TansError
 from tans.zoo_schema.layout import checkpoint_uri
 from tans.zoo_schema.manifest import read_manifest
+from tans.zoo_schema.records import string_array
 from tans.zoo_schema.store import ZooStore, open_store
 
 
@@ -109,19 +110,15 @@ def numbers(array: pa.Array) -> np.ndarray:
     return np.frombuffer(array.buffers()[1], dtype, len(array), array.offset * dtype.itemsize)
 
 
-def live_rows(table: pa.Table, live: Collection[str] | pa.Array) -> pa.Table:
-    """The rows of `table` whose job_id is in `live` (job ids, or an Arrow array of them), in
-    their order; the table itself when all are. The row numbers are handed to Arrow as a
-    buffer: `pa.array` would import pandas, a quarter of a second of every search."""
-    if isinstance(live, pa.Array):
-        import pyarrow.compute as pc
+def live_mask(table: pa.Table, live: Collection[str] | pa.Array) -> pa.Array | None:
+    """Which rows of `table` have their job_id in `live` (job ids, or an Arrow array of them),
+    as an Arrow boolean array; None when all do."""
+    import pyarrow.compute as pc
 
-        kept = pc.is_in(table["job_id"], value_set=live)
-        return table if pc.all(kept).as_py() is not False else table.filter(kept)
-    keep = np.fromiter((i for i, j in enumerate(table["job_id"].to_pylist()) if j in live), dtype=np.int64)
-    if len(keep) == table.num_rows:
-        return table
-    return table.take(pa.Array.from_buffers(pa.int64(), len(keep), [None, pa.py_buffer(keep)]))
+    if not isinstance(live, pa.Array):
+        live = string_array([j for j in table["job_id"].to_pylist() if j in live])
+    kept = pc.is_in(table["job_id"], value_set=live)
+    return None if pc.all(kept).as_py() is not False else kept.combine_chunks()
 
 
 PREDICT_CHUNK = 65536  # networks scored at once
@@ -224,15 +221,15 @@ class Searcher:
         results: dict | None = None,
     ):
         self.store = store
-        loaded = load_version(store, version)
-        self.model, self.meta, table = loaded.model, loaded.meta, loaded.models
-        if live_job_ids is not None:
-            table = live_rows(table, live_job_ids)
-        self.table = table
-        embedding = table["embedding"].combine_chunks()
-        if embedding.null_count or len(embedding.flatten()) != 128 * table.num_rows:
-            raise TansError("the retriever's table holds a model embedding that is not 128 numbers; run `tans retrain`")
-        self.embeddings = numbers(embedding.flatten()).astype(np.float32, copy=False).reshape(-1, 128)
+        loaded = load_version(store, version, embeddings_apart=True)
+        self.model, self.meta, table, embeddings = loaded.model, loaded.meta, loaded.models, loaded.embeddings
+        if live_job_ids is not None and (keep := live_mask(table, live_job_ids)) is not None:
+            import pyarrow.compute as pc
+
+            rows = pc.indices_nonzero(keep)
+            table = table.take(rows)
+            embeddings = embeddings[np.frombuffer(rows.buffers()[1], np.uint64, len(rows), rows.offset * 8)]
+        self.table, self.embeddings = table, embeddings
 
         def column(name: str) -> np.ndarray:
             return numbers(table[name].combine_chunks()).astype(np.float64)

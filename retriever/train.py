@@ -36,7 +36,7 @@ from tans.zoo_schema import layout
 from tans.zoo_schema.errors import TansError
 from tans.zoo_schema.manifest import read_manifest
 from tans.zoo_schema.results import read_state
-from tans.zoo_schema.store import ZooStore, parquet_table
+from tans.zoo_schema.store import ZooStore
 
 
 @dataclass(frozen=True)
@@ -203,6 +203,7 @@ def evaluate(model: Retriever, t: ZooTensors, s: RetrainSettings, queries_per_da
 
 
 ENCODE_CHUNK = 65536  # networks encoded at once when a version is saved
+MODELS_ROW_GROUP = 65536  # rows of a version's models table per Parquet row group (and per batch read)
 
 
 def save_version(
@@ -211,7 +212,6 @@ def save_version(
     """Write a new version: its files under a fresh prefix first, then the create-only meta.json
     that names them with their sha256 (the commit). A crash leaves unreferenced files, never a
     version mixing two trainings; a concurrent retrain that took the number moves us to the next."""
-    import io
     import uuid
 
     from safetensors.torch import save
@@ -245,7 +245,7 @@ def save_version(
         }
     )
     sink = io.BytesIO()
-    pq.write_table(rows, sink, compression="zstd")
+    pq.write_table(rows, sink, compression="zstd", row_group_size=MODELS_ROW_GROUP)
     blobs = {"weights": save({k: v.contiguous() for k, v in model.state_dict().items()}), "models": sink.getvalue()}
     prefix = layout.retriever_files_prefix(uuid.uuid4().hex[:16])
     files = {}
@@ -286,10 +286,13 @@ class RetrieverVersion:
     model: Retriever
     meta: dict
     models: pa.Table
+    embeddings: np.ndarray | None = None  # [networks, 128], with load_version(embeddings_apart=True)
 
 
-def load_version(store: ZooStore, version: int | None = None) -> RetrieverVersion:
-    """A version (the newest by default), every file's sha256 checked."""
+def load_version(store: ZooStore, version: int | None = None, embeddings_apart: bool = False) -> RetrieverVersion:
+    """A version (the newest by default), every file's sha256 checked. With `embeddings_apart`,
+    the models table comes without its `embedding` column, which is in `embeddings` as one
+    numpy array, decoded a batch at a time (a million networks: 0.5 GB, not 1.9 GB at peak)."""
     available = versions(store)
     if not available:
         raise TansError(f"the zoo at {store.uri} has no trained retriever; run `tans retrain {store.uri}`")
@@ -299,6 +302,21 @@ def load_version(store: ZooStore, version: int | None = None) -> RetrieverVersio
     meta = store.read_json(layout.retriever_meta_key(version))
     model = Retriever(meta["image_dim"], meta["func_dim"])
     model.load_state_dict(load(version_blob(store, version, meta, "weights")))
-    return RetrieverVersion(
-        version, model.eval(), meta, parquet_table(io.BytesIO(version_blob(store, version, meta, "models")))
-    )
+    models = pq.ParquetFile(pa.BufferReader(version_blob(store, version, meta, "models")))
+    if not embeddings_apart:
+        return RetrieverVersion(version, model.eval(), meta, models.read())
+    n = models.metadata.num_rows
+    embeddings, batches, at = np.empty((n, 128), np.float32), [], 0
+    for batch in models.iter_batches(batch_size=MODELS_ROW_GROUP):  # decoded a batch at a time
+        column = batch.column("embedding")
+        values = column.flatten()
+        if column.null_count or len(values) != 128 * len(column) or values.type != pa.float32() or values.null_count:
+            raise TansError("the retriever's table holds a model embedding that is not 128 numbers; run `tans retrain`")
+        embeddings[at : at + len(column)] = np.frombuffer(
+            values.buffers()[1], np.float32, len(values), values.offset * 4
+        ).reshape(-1, 128)
+        at += len(column)
+        batches.append(batch.drop_columns(["embedding"]))
+    schema = models.schema_arrow
+    table = pa.Table.from_batches(batches, schema.remove(schema.get_field_index("embedding")))
+    return RetrieverVersion(version, model.eval(), meta, table, embeddings)

@@ -69,8 +69,10 @@ def _compact(store: ZooStore, report: CompactReport) -> CompactReport:
     jobs = index.ids()
     duplicates, fresh = [], []
     for key in result_keys(store):
-        parts = layout.result_key_parts(key)
-        (duplicates if parts and parts[1] in jobs else fresh).append(key)
+        if (parts := layout.result_key_parts(key)) is None:
+            report.unusable.append((key, "not the name of a result file"))
+        else:
+            (duplicates if parts[1] in jobs else fresh).append(key)
     report.duplicates = len(duplicates)
     for batch in _batches(fresh):
         table, unusable = files_rows(store, batch)
