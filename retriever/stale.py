@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from tans.zoo_schema import layout
 from tans.zoo_schema.errors import TansError
-from tans.zoo_schema.store import ZooStore, parquet_table
+from tans.zoo_schema.store import ZooStore, check_key, parquet_table
 
 DEFAULT_IF_GROWN = 0.1  # RetrainSettings.if_grown's default
 
@@ -53,6 +53,29 @@ def version_blob(store: ZooStore, version: int, meta: dict, name: str) -> bytes:
             f"run `tans verify {store.uri}`, then `tans retrain {store.uri}`"
         )
     return data
+
+
+def version_path(store: ZooStore, version: int, meta: dict, name: str):
+    """(Arrow filesystem, path) of one file of a version, its sha256 checked by reading it in
+    chunks first (a million networks' table is 0.5 GB: never held in memory for the check).
+    Version files are written once under a fresh prefix, so what is checked is what is read."""
+    f = layout.retriever_files(layout.retriever_meta_key(version), meta)[name]
+    fs, base = store.arrow_filesystem()
+    path = f"{base}/{check_key(f['key'])}"
+    if f["sha256"]:
+        digest = hashlib.sha256()
+        try:
+            with fs.open_input_stream(path) as fh:
+                while chunk := fh.read(1 << 24):
+                    digest.update(chunk)
+        except (FileNotFoundError, IsADirectoryError):
+            raise FileNotFoundError(f"{f['key']} is not in the zoo at {store.uri}") from None
+        if digest.hexdigest() != f["sha256"]:
+            raise TansError(
+                f"retriever v{version}'s {name} file {f['key']} does not match its recorded sha256; "
+                f"run `tans verify {store.uri}`, then `tans retrain {store.uri}`"
+            )
+    return fs, path
 
 
 def version_datasets(store: ZooStore, version: int, meta: dict) -> set[str]:

@@ -31,7 +31,7 @@ from safetensors.torch import load
 
 from tans.retriever.features import backbone_id, load_backbone, split_features
 from tans.retriever.model import Retriever, retriever_loss
-from tans.retriever.stale import version_blob, versions
+from tans.retriever.stale import version_blob, version_path, versions
 from tans.zoo_schema import layout
 from tans.zoo_schema.errors import TansError
 from tans.zoo_schema.manifest import read_manifest
@@ -245,7 +245,8 @@ def save_version(
         }
     )
     sink = io.BytesIO()
-    pq.write_table(rows, sink, compression="zstd", row_group_size=MODELS_ROW_GROUP)
+    compression = {name: "zstd" for name in rows.column_names} | {"embedding": "none"}  # floats: zstd gains ~0 %
+    pq.write_table(rows, sink, compression=compression, row_group_size=MODELS_ROW_GROUP, use_dictionary=False)
     blobs = {"weights": save({k: v.contiguous() for k, v in model.state_dict().items()}), "models": sink.getvalue()}
     prefix = layout.retriever_files_prefix(uuid.uuid4().hex[:16])
     files = {}
@@ -285,7 +286,7 @@ class RetrieverVersion:
     number: int
     model: Retriever
     meta: dict
-    models: pa.Table
+    models: pa.Table | None
     embeddings: np.ndarray | None = None  # [networks, 128], with load_version(embeddings_apart=True)
 
 
@@ -302,9 +303,17 @@ def load_version(store: ZooStore, version: int | None = None, embeddings_apart: 
     meta = store.read_json(layout.retriever_meta_key(version))
     model = Retriever(meta["image_dim"], meta["func_dim"])
     model.load_state_dict(load(version_blob(store, version, meta, "weights")))
-    models = pq.ParquetFile(pa.BufferReader(version_blob(store, version, meta, "models")))
     if not embeddings_apart:
+        models = pq.ParquetFile(pa.BufferReader(version_blob(store, version, meta, "models")))
         return RetrieverVersion(version, model.eval(), meta, models.read())
+    fs, path = version_path(store, version, meta, "models")  # checked as it streams: no copy in memory
+    with fs.open_input_file(path) as fh:
+        return _with_embeddings_apart(RetrieverVersion(version, model.eval(), meta, None), pq.ParquetFile(fh))
+
+
+def _with_embeddings_apart(loaded: RetrieverVersion, models: pq.ParquetFile) -> RetrieverVersion:
+    """`loaded` with its models table (without embeddings) and its embeddings array."""
+    version, model, meta = loaded.number, loaded.model, loaded.meta
     n = models.metadata.num_rows
     embeddings, batches, at = np.empty((n, 128), np.float32), [], 0
     for batch in models.iter_batches(batch_size=MODELS_ROW_GROUP):  # decoded a batch at a time
