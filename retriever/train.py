@@ -308,7 +308,8 @@ def load_version(store: ZooStore, version: int | None = None, embeddings_apart: 
         return RetrieverVersion(version, model.eval(), meta, models.read())
     fs, path = version_path(store, version, meta, "models")  # checked as it streams: no copy in memory
     with fs.open_input_file(path) as fh:
-        return _with_embeddings_apart(RetrieverVersion(version, model.eval(), meta, None), pq.ParquetFile(fh))
+        models = pq.ParquetFile(fh, pre_buffer=False)  # pre-buffering holds whole row groups: +0.5 GB
+        return _with_embeddings_apart(RetrieverVersion(version, model.eval(), meta, None), models)
 
 
 def _with_embeddings_apart(loaded: RetrieverVersion, models: pq.ParquetFile) -> RetrieverVersion:
