@@ -8,6 +8,8 @@ Checked, wherever the zoo lives (it may have been copied or moved):
   sha256 (records of schema 1 carry no sha256: only the counts are checked);
 - every retriever version's meta parses and names files that exist with their sha256 and
   a models table of the recorded size;
+- every sealed segment (`tans compact`): its manifest, both files' sha256, and each row as a
+  result file's row (its own job's checkpoint, present, with the recorded sha256);
 - temp files left by interrupted writes.
 
 A damaged result (or one whose checkpoint is damaged) is moved under `quarantine/` with
@@ -23,7 +25,8 @@ key is a problem of the record that holds it; the check carries on through the w
 
 Orphans are objects that nothing references: checkpoints of jobs without a result, data of
 interrupted or replaced ingestions, files of interrupted retriever versions, segments of
-the results snapshot that its index no longer names, and temp
+the results snapshot that its index no longer names, files of a sealed segment that no
+manifest names, and temp
 files older than ten minutes. Only names tans writes count as orphans (`layout.OWN_OBJECTS`);
 other files in the zoo's folders are listed as foreign and never deleted, and so are files
 reached through a symlink out of the zoo. Unless --dry-run, verify holds the zoo's lease
