@@ -100,7 +100,7 @@ NUMPY = {pa.float32(): np.dtype(np.float32), pa.float64(): np.dtype(np.float64),
 
 def numbers(array: pa.Array) -> np.ndarray:
     """A numeric Arrow array without nulls as numpy, read from its buffer (`to_numpy` would
-    import pandas: see `live_rows`)."""
+    import pandas: see `tans.zoo_schema.records.string_array`)."""
     dtype = NUMPY.get(array.type)
     if dtype is None or array.null_count:
         raise TansError(
@@ -137,7 +137,8 @@ def imageless_score(rerank: str, predicted: np.ndarray, source_fit: np.ndarray) 
     ("none"), or the mean of its rank and the rank of the network's accuracy on its own zoo
     dataset over chance ("source"), both ranks taken over the whole table, so that a network's
     score does not depend on which others were recalled or met the constraints. Search and the
-    MLflow pyfunc model both order by this."""
+    MLflow pyfunc model both order by this (search, above RANK_SAMPLE networks, by its sampled
+    estimate: `Searcher._scores_at`)."""
     if rerank == "none":
         return predicted, "predicted_accuracy"
     if rerank == "source":
@@ -297,8 +298,12 @@ class Searcher:
         if self._sample is None:
             self._sample = np.sort(np.random.default_rng(0).choice(n, RANK_SAMPLE, replace=False))
             self._source_rank = mean_rank(self.source_fit)
-        reference = np.sort(self._predicted(q, self._sample))
-        below = (np.searchsorted(reference, predicted, "left") + np.searchsorted(reference, predicted, "right")) / 2
+        reference = np.sort(np.nan_to_num(self._predicted(q, self._sample), nan=-np.inf))  # NaN lowest
+        predicted_for_rank = np.nan_to_num(predicted, nan=-np.inf)
+        below = (
+            np.searchsorted(reference, predicted_for_rank, "left")
+            + np.searchsorted(reference, predicted_for_rank, "right")
+        ) / 2
         predicted_rank = np.clip(below / (RANK_SAMPLE - 1), 0.0, 1.0)
         return predicted, (predicted_rank + self._source_rank[top]) / 2, "predicted_accuracy+source_over_chance"
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import io
 from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from tans.zoo_schema import layout
-from tans.zoo_schema.errors import TansError
+from tans.zoo_schema.errors import StorageError, TansError
 from tans.zoo_schema.store import ZooStore, check_key, parquet_table
 
 DEFAULT_IF_GROWN = 0.1  # RetrainSettings.if_grown's default
@@ -55,27 +56,37 @@ def version_blob(store: ZooStore, version: int, meta: dict, name: str) -> bytes:
     return data
 
 
-def version_path(store: ZooStore, version: int, meta: dict, name: str):
-    """(Arrow filesystem, path) of one file of a version, its sha256 checked by reading it in
-    chunks first (a million networks' table is 0.5 GB: never held in memory for the check).
-    Version files are written once under a fresh prefix, so what is checked is what is read."""
+@contextmanager
+def version_file(store: ZooStore, version: int, meta: dict, name: str):
+    """One file of a version as an open Arrow input file, its sha256 checked first by reading
+    it in chunks through the same handle (a million networks' table is 0.5 GB: never held in
+    memory for the check, read once more from the page cache or S3, not twice into memory).
+    Version files are written once under a fresh prefix. An I/O error is a StorageError."""
     f = layout.retriever_files(layout.retriever_meta_key(version), meta)[name]
     fs, base = store.arrow_filesystem()
-    path = f"{base}/{check_key(f['key'])}"
-    if f["sha256"]:
-        digest = hashlib.sha256()
-        try:
-            with fs.open_input_stream(path) as fh:
+    try:
+        with fs.open_input_file(f"{base}/{check_key(f['key'])}") as fh:
+            if f["sha256"]:
+                digest = hashlib.sha256()
                 while chunk := fh.read(1 << 24):
                     digest.update(chunk)
-        except (FileNotFoundError, IsADirectoryError):
-            raise FileNotFoundError(f"{f['key']} is not in the zoo at {store.uri}") from None
-        if digest.hexdigest() != f["sha256"]:
-            raise TansError(
-                f"retriever v{version}'s {name} file {f['key']} does not match its recorded sha256; "
-                f"run `tans verify {store.uri}`, then `tans retrain {store.uri}`"
-            )
-    return fs, path
+                if digest.hexdigest() != f["sha256"]:
+                    raise TansError(
+                        f"retriever v{version}'s {name} file {f['key']} does not match its recorded sha256; "
+                        f"run `tans verify {store.uri}`, then `tans retrain {store.uri}`"
+                    )
+                fh.seek(0)
+            yield fh
+    except (FileNotFoundError, IsADirectoryError):
+        raise TansError(
+            f"retriever v{version}'s {name} file {f['key']} is missing from {store.uri}; "
+            f"run `tans verify {store.uri}`, then `tans retrain {store.uri}`"
+        ) from None
+    except OSError as e:
+        raise StorageError(
+            f"cannot read {f['key']} of {store.uri} ({type(e).__name__}: {str(e)[:200]}); "
+            "check that the storage is reachable, then run the same command again"
+        ) from None
 
 
 def version_datasets(store: ZooStore, version: int, meta: dict) -> set[str]:

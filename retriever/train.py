@@ -31,7 +31,7 @@ from safetensors.torch import load
 
 from tans.retriever.features import backbone_id, load_backbone, split_features
 from tans.retriever.model import Retriever, retriever_loss
-from tans.retriever.stale import version_blob, version_path, versions
+from tans.retriever.stale import version_blob, version_file, versions
 from tans.zoo_schema import layout
 from tans.zoo_schema.errors import TansError
 from tans.zoo_schema.manifest import read_manifest
@@ -306,8 +306,7 @@ def load_version(store: ZooStore, version: int | None = None, embeddings_apart: 
     if not embeddings_apart:
         models = pq.ParquetFile(pa.BufferReader(version_blob(store, version, meta, "models")))
         return RetrieverVersion(version, model.eval(), meta, models.read())
-    fs, path = version_path(store, version, meta, "models")  # checked as it streams: no copy in memory
-    with fs.open_input_file(path) as fh:
+    with version_file(store, version, meta, "models") as fh:  # checked as it streams: no copy in memory
         models = pq.ParquetFile(fh, pre_buffer=False)  # pre-buffering holds whole row groups: +0.5 GB
         return _with_embeddings_apart(RetrieverVersion(version, model.eval(), meta, None), models)
 

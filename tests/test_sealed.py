@@ -387,7 +387,9 @@ def test_verify_takes_a_row_sealed_twice_out_of_the_newer_segment(tmp_path):
     make_zoo(store)
     rows = commit(store, 0, 4)
     sealed.write_sealed(store, to_table(rows[:3]))
-    sealed.write_sealed(store, to_table(rows[2:]))
+    sealed.write_sealed(store, to_table([dataclasses.replace(rows[2], accuracy=0.5), rows[3]]))
+    assert read_results(store) == ordered(rows)  # each job once, the older segment's row
+    assert results_table(store, embeddings=False).num_rows == 4
     report = verify_zoo(store, log=lambda *_: None)
     assert [(p.job_id, p.repair) for p in report.problems] == [(rows[2].job_id, "none: the older row stays the commit")]
     assert sealed.sealed_table(store, light=True).num_rows == 4

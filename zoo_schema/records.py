@@ -133,8 +133,13 @@ def string_array(values: list[str]) -> pa.Array:
     import numpy as np
 
     data = [v.encode() for v in values]
-    offsets = np.zeros(len(data) + 1, np.int32)
+    offsets = np.zeros(len(data) + 1, np.int64)
     np.cumsum([len(b) for b in data], out=offsets[1:])
+    if offsets[-1] >= 2**31:  # past 2 GiB of text: 64-bit offsets
+        return pa.Array.from_buffers(
+            pa.large_string(), len(data), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(data))]
+        ).cast(pa.string())
+    offsets = offsets.astype(np.int32)
     return pa.Array.from_buffers(pa.string(), len(data), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(data))])
 
 
@@ -142,6 +147,9 @@ def int_array(values) -> pa.Array:
     """A numpy int32 array as Arrow, without `pa.array` (see `string_array`)."""
     import numpy as np
 
+    values = np.asarray(values)
+    if values.size and (values.min() < np.iinfo(np.int32).min or values.max() > np.iinfo(np.int32).max):
+        raise ValueError("int_array holds int32 values only")
     values = np.ascontiguousarray(values, np.int32)
     return pa.Array.from_buffers(pa.int32(), len(values), [None, pa.py_buffer(values)])
 

@@ -246,7 +246,9 @@ def _scan(store: ZooStore, light: bool = False) -> ResultsRead:
     """
     keys, rows = result_keys(store), {}
     if (held := sealed.sealed_table(store, light)) is not None:
-        rows = {result_key(r): r for r in from_table(ResultRecord, light_rows(held) if light else held)}
+        rows = {}
+        for r in from_table(ResultRecord, light_rows(held) if light else held):
+            rows.setdefault(result_key(r), r)  # a job sealed twice: the older segment's row
         keys = _unsealed(keys, held)
     if not keys:
         return ResultsRead(sorted(rows.values(), key=lambda r: (r.dataset_id, r.job_id)), 0, [])
@@ -374,17 +376,20 @@ def _files_table(store: ZooStore, keys: set[str], schema: pa.Schema) -> pa.Table
 
         import pyarrow.parquet as pq
 
+        wanted = pa.schema([full.field(name) for name in schema.names])
+
         def one(key: str) -> pa.Table:
             with fs.open_input_file(f"{base}/{key}") as fh:
-                table = pq.ParquetFile(fh).read()
-            missing = [f for f in full if f.name not in table.column_names]  # older files: nulls, as the dataset
-            for f in missing:
-                table = table.append_column(f, pa.nulls(table.num_rows, f.type))
-            return table.select(full.names).cast(full)
+                f = pq.ParquetFile(fh)
+                table = f.read(columns=[n for n in wanted.names if n in f.schema_arrow.names])
+            for field in wanted:  # older files: nulls, as the dataset read gives them
+                if field.name not in table.column_names:
+                    table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+            return table.select(wanted.names).cast(wanted)
 
         with ThreadPoolExecutor(16) as pool:
             parts = list(pool.map(one, sorted(keys)))
-        files = pa.concat_tables(parts).select(schema.names) if parts else full.empty_table().select(schema.names)
+        files = pa.concat_tables(parts) if parts else wanted.empty_table()
     else:
         import pyarrow.dataset as pads
 

@@ -174,14 +174,21 @@ def _live_parts(store: ZooStore, read) -> tuple[list[Sealed], list[pa.Table]]:
 
 
 def sealed_table(store: ZooStore, light: bool, columns: list[str] | None = None) -> pa.Table | None:
-    """The rows of every live sealed segment, or None where the zoo has none. Each job is in
-    one segment: a compaction seals only jobs not sealed yet, under the zoo's lease, and a
-    replacing segment hides what it replaces (`tans verify` takes a row sealed twice out of
-    the newer segment)."""
-    _, parts = _live_parts(store, lambda s: read_segment(store, s, light, columns))
+    """The rows of every live sealed segment, each job once (its oldest segment's row), or
+    None where the zoo has none. A job is in two segments only when two compactions ran at
+    once (a lease broken by hand); `tans verify` then takes it out of the newer one."""
+    import pyarrow.compute as pc
+
+    segments, parts = _live_parts(store, lambda s: read_segment(store, s, light, columns))
     if not parts:
         return None
-    return pa.concat_tables(parts, promote_options="default")
+    table = pa.concat_tables(parts, promote_options="default")
+    if len(segments) > 1 and pc.count_distinct(table["job_id"]).as_py() != table.num_rows:
+        first: dict[str, int] = {}
+        for i, job in enumerate(table["job_id"].to_pylist()):
+            first.setdefault(job, i)
+        table = table.take(int_array(sorted(first.values())))
+    return table
 
 
 @dataclass(frozen=True)
