@@ -12,7 +12,7 @@ A sealed row is committed whether or not its per-job file exists: `tans compact`
 files' rows, then deletes the files. Where a per-job file and a sealed row hold the same job,
 the sealed row is the commit (it was first; the file is a late duplicate or one that
 compaction had not yet deleted). A segment named in another manifest's `replaces` no longer
-counts (a merge, or `tans verify` taking out a damaged row): while both exist, readers take
+counts (`tans verify` taking out a damaged row; merging is not built): while both exist, readers take
 the replacing one only, so a crash between writing it and deleting the replaced one loses
 nothing and doubles nothing.
 
