@@ -37,6 +37,7 @@ from tans.retriever.model import Retriever
 from tans.retriever.query import rank_query
 from tans.retriever.rerank import DEFAULT_RERANK, source_over_chance
 from tans.retriever.search import RECALL, Constraints, imageless_score, top_by_cosine
+from tans.retriever.train import embeddings_of
 from tans.zoo_schema.errors import TansError
 from tans.zoo_schema.manifest import read_manifest
 from tans.zoo_schema.store import open_store
@@ -51,7 +52,7 @@ class RetrieverModel(mlflow.pyfunc.PythonModel):
         self.model.load_state_dict(load_file(context.artifacts["weights"]))
         self.model.eval()
         self.table = pq.read_table(context.artifacts["models"])
-        self.embeddings = np.asarray(self.table["embedding"].to_pylist(), dtype=np.float32).reshape(-1, 128)
+        self.embeddings = embeddings_of(self.table["embedding"]).copy()  # writable, for torch
         self.source_accuracy = np.asarray(self.table["accuracy"].to_pylist(), dtype=np.float64)
         self.source_fit = source_over_chance(self.source_accuracy, self.table["num_classes"].to_pylist())
         config = context.model_config or {}

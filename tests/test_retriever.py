@@ -17,7 +17,7 @@ from tans.pipeline.execution.run import run_build
 from tans.retriever.model import contrastive_loss
 from tans.retriever.search import Constraints, NoModelFits, Searcher
 from tans.retriever.stale import staleness
-from tans.retriever.train import RetrainSettings, load_version, versions
+from tans.retriever.train import RetrainSettings, embeddings_of, load_version, versions
 from tans.zoo_schema.errors import ConfigError
 from tans.zoo_schema.results import read_results
 from tans.zoo_schema.store import S3Settings, open_store
@@ -109,7 +109,59 @@ def test_retrain_threshold_versions_and_registry(built_zoo):
     assert champion.tags["tans.version"] == "2" and champion.tags["tans.zoo"] == store.uri
     loaded = load_version(store, 1)
     meta, table = loaded.meta, loaded.models
-    assert loaded.number == meta["version"] == 1 and table.num_rows == 8 and len(table["embedding"][0]) == 128
+    assert (
+        loaded.number == meta["version"] == 1
+        and table.num_rows == 8
+        and embeddings_of(table["embedding"]).shape == (8, 128)
+    )
+
+
+def test_model_embeddings_read_back_from_every_format_a_version_was_written_in(monkeypatch):
+    """A version's `embedding` column is 512-byte values (128 little-endian float32); versions
+    written before that format hold lists of 128 floats, and load the same. A column that is
+    not 128 float32 per row, or has a gap, is refused by name, whichever the path."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tans.retriever.train import RetrieverVersion, _with_embeddings_apart, embedding_column
+    from tans.zoo_schema.errors import TansError
+
+    m = np.random.default_rng(0).normal(size=(300, 128)).astype(np.float32)
+    flat = pa.array(m.ravel())
+    forms = {
+        "binary": embedding_column(m),
+        "list": pa.FixedSizeListArray.from_arrays(flat, 128).cast(pa.list_(pa.float32())),
+        "fixed list": pa.FixedSizeListArray.from_arrays(flat, 128),
+    }
+    from tans.retriever import train
+
+    for name, column in forms.items():
+        assert np.array_equal(embeddings_of(column), m), name
+        assert np.array_equal(embeddings_of(column.slice(7, 5)), m[7:12]), name
+        sink = io.BytesIO()
+        pq.write_table(
+            pa.table({"job_id": [f"j{i}" for i in range(300)], "embedding": column}), sink, row_group_size=128
+        )
+        for row_group in (train.MODELS_ROW_GROUP, 100):  # row groups of its size, or larger (read in batches)
+            monkeypatch.setattr(train, "MODELS_ROW_GROUP", row_group)
+            loaded = _with_embeddings_apart(
+                RetrieverVersion(1, None, {}, None), pq.ParquetFile(pa.BufferReader(sink.getvalue()))
+            )
+            assert np.array_equal(loaded.embeddings, m) and loaded.models.column_names == ["job_id"], name
+            assert loaded.models["job_id"].to_pylist()[299] == "j299"
+    bad = [
+        pa.FixedSizeListArray.from_arrays(pa.array(m[:, :64].ravel()), 64),  # 64 numbers
+        pa.FixedSizeListArray.from_arrays(pa.array(m.ravel().astype(np.float64)), 128),  # float64
+        pa.array([m[0].tolist(), None], pa.list_(pa.float32())),  # a gap
+        pa.array([m[0, :127].tolist(), m[1].tolist() + [0.0]], pa.list_(pa.float32())),  # ragged: 127 + 129
+        pa.array([b"x" * 256], pa.binary(256)),  # 256 bytes
+        pa.array(["not numbers"]),
+    ]
+    for column in bad:
+        with pytest.raises(TansError, match="not 128 numbers.*tans retrain"):
+            embeddings_of(column)
 
 
 def test_registered_retriever_loads_as_an_mlflow_pyfunc_and_ranks_like_search(built_zoo, tiny_datasets):
@@ -242,6 +294,40 @@ def test_search_ranks_by_predicted_and_source_accuracy(built_zoo, tiny_datasets)
         search_dataset(store, query, top_k=2, recall=2, rerank="source").hits,
     ):
         assert narrow and [h.rank_score for h in narrow] == pytest.approx([score[h.job_id] for h in narrow])
+
+
+def test_a_damaged_or_missing_models_file_stops_search_by_name(built_zoo, tmp_path):
+    """Search checks the version's models file by its sha256 while it parses it: a changed
+    byte, a cut-off footer (a parse error, reported as the mismatch it is) and a missing file
+    each stop it with an error that names the file and the fix."""
+    import shutil
+
+    from tans.zoo_schema import layout
+    from tans.zoo_schema.errors import TansError
+
+    zoo, _ = built_zoo
+    if not versions(open_store(zoo)):
+        run_retrain(open_store(zoo), SETTINGS, 32, None, None, log=lambda *_: None)
+    shutil.copytree(zoo, tmp_path / "zoo")
+    store = open_store(str(tmp_path / "zoo"))
+    version = versions(store)[-1]
+    meta = store.read_json(layout.retriever_meta_key(version))
+    key = meta["files"]["models"]["key"]
+    path = tmp_path / "zoo" / key
+    good = path.read_bytes()
+    assert Searcher(store).table.num_rows == meta["results"]
+    middle = bytearray(good)
+    middle[len(good) // 2] ^= 0xFF
+    for damaged in (bytes(middle), good[:-8]):
+        path.write_bytes(damaged)
+        for load in (Searcher, load_version):
+            with pytest.raises(TansError, match=f"{key} does not match its recorded sha256; run `tans verify"):
+                load(store)
+    path.unlink()
+    with pytest.raises(TansError, match=f"{key} is missing from"):
+        Searcher(store)
+    path.write_bytes(good)
+    assert Searcher(store).embeddings.shape == (meta["results"], 128)
 
 
 def test_retriever_version_loads_back_from_s3(built_zoo, s3_server, s3_bucket):

@@ -25,7 +25,7 @@ from tans.pipeline.commands.report_plots import (
     pt,
 )
 from tans.retriever.features import load_backbone, split_features
-from tans.retriever.train import load_version, versions
+from tans.retriever.train import embeddings_of, load_version, versions
 from tans.zoo_schema.manifest import read_manifest
 from tans.zoo_schema.store import ZooStore
 
@@ -204,7 +204,7 @@ def latent_points(store: ZooStore) -> dict | None:
     model, meta, table = loaded.model, loaded.meta, loaded.models
     if table.num_rows == 0:
         return None
-    models = np.asarray(table["embedding"].to_pylist(), dtype=np.float32).reshape(table.num_rows, -1)
+    models = embeddings_of(table["embedding"])
     owners = table["dataset_id"].to_pylist()
     jobs = table["job_id"].to_pylist() if "job_id" in table.column_names else [""] * len(owners)
     manifest = read_manifest(store)
