@@ -103,12 +103,118 @@ def test_compaction_moves_the_rows_and_every_reader_reads_the_same(store):
     write_snapshot(store, rows)  # the driver's refresh caches only the files' rows
     assert sum(s.rows for s in read_segments(store)) == 10
     assert read_results(store) == ordered(rows)
-    report = compact_zoo(store, log=lambda *_: None)
-    assert (report.sealed_rows, report.segments, report.sealed_total) == (10, 2, 50)
+    report = compact_zoo(store, log=lambda *_: None)  # a second segment, merged with the first
+    assert (report.sealed_rows, report.segments_merged, report.merged_into) == (10, 2, 1)
+    assert (report.segments, report.sealed_total) == (1, 50)
     assert read_results(store) == ordered(rows) and store.list(layout.RESULTS) == []
-    assert compact_zoo(store, log=lambda *_: None).sealed_rows == 0  # nothing new: nothing written
-    assert len(store.list(layout.SEALED)) == 6
+    assert all(a.equals(b) for a, b in zip(everything(store)[2:], (results_table(store), results_table(store, False))))
+    report = compact_zoo(store, log=lambda *_: None)
+    assert (report.sealed_rows, report.segments_merged) == (0, 0)  # nothing new: nothing written
+    assert len(store.list(layout.SEALED)) == 3
     assert verify_zoo(store, log=lambda *_: None).problems == []
+
+
+def test_small_segments_are_merged_in_age_order_and_large_ones_left(tmp_path, monkeypatch):
+    """Each compaction of a few jobs adds a small segment; the next merges the small ones
+    that are neighbours in age (a run of segments below MERGE_BELOW rows, packed up to
+    SEAL_ROWS), and leaves large ones. A job sealed twice keeps its older row through a
+    merge; a merge cut short after its new segments loses and doubles nothing, and `tans
+    verify` deletes what they replaced."""
+    from tans.pipeline.commands import compact
+
+    monkeypatch.setattr(compact, "MERGE_BELOW", 6)
+    monkeypatch.setattr(compact, "SEAL_ROWS", 10)
+    store = open_store(str(tmp_path / "zoo"))
+    make_zoo(store)
+    rows = commit(store, 0, 8)  # large: 8 rows
+    big = sealed.write_sealed(store, to_table(rows))
+    for n in range(8, 20, 2):  # six small segments of two rows each
+        rows += commit(store, n, n + 2)
+        sealed.write_sealed(store, to_table(rows[n : n + 2]))
+    twice = dataclasses.replace(rows[9], accuracy=0.5)  # rows[9] sealed again, later
+    sealed.write_sealed(store, to_table([twice]))
+    for key in store.list(layout.RESULTS):
+        store.delete(key)
+    before = everything(store)
+    assert before[0] == ordered(rows)  # each job once, its oldest segment's row
+
+    assert compact_zoo(store, dry_run=True).as_dict() | {"zoo": ""} == {
+        **compact.CompactReport(zoo="", dry_run=True).as_dict(),
+        "segments_merged": 7,  # the six small ones and the late one: 2+2+2+2+2 | 2+1
+        "merged_into": 2,
+        "segments": 3,
+        "sealed_total": 21,
+    }
+    assert len(sealed.live(sealed.manifests(store))) == 8  # the dry run merged nothing
+    real_delete = store.delete
+
+    def crash(key):  # both merged segments are written, then the process dies
+        if key.startswith(layout.SEALED):
+            raise KeyboardInterrupt
+        real_delete(key)
+
+    monkeypatch.setattr(store, "delete", crash)
+    with pytest.raises(KeyboardInterrupt):
+        compact_zoo(store, log=lambda *_: None)
+    monkeypatch.setattr(store, "delete", real_delete)
+    live = sealed.live(sealed.manifests(store))
+    assert [s.rows for s in live] == [8, 10, 3] and live[0] == big  # the large one untouched
+    assert len(sealed.manifests(store)) == 10  # and what the merges replaced is still there
+    after = everything(store)
+    assert after[0] == before[0] and after[1] == before[1]  # rows[9] still its older row
+    assert all(a.equals(b) for a, b in zip(after[2:], before[2:]))
+    assert find_result(store, rows[9].job_id) == rows[9]
+
+    report = compact_zoo(store, log=lambda *_: None)  # nothing more to merge; the replaced ones stay for verify
+    assert (report.segments_merged, report.segments, report.sealed_total) == (0, 3, 21)
+    report = verify_zoo(store, log=lambda *_: None)  # deletes them; the late row comes out of the newer segment
+    assert [(p.job_id, p.repair) for p in report.problems] == [(rows[9].job_id, "none: the older row stays the commit")]
+    assert [s.rows for s in sealed.live(sealed.manifests(store))] == [8, 10, 2]
+    assert len(sealed.manifests(store)) == 3 and len(store.list(layout.SEALED)) == 9
+    assert compact_zoo(store, log=lambda *_: None).segments_merged == 0  # packed as far as it goes
+    assert everything(store)[0] == before[0]
+
+
+def test_a_damaged_small_segment_is_not_merged_and_a_reader_during_a_merge_reads_every_row(tmp_path, monkeypatch):
+    """A small segment whose file no longer matches its sha256 is left out of the merge (a
+    barrier between its neighbours) and named for `tans verify`: merged, its bad bytes would
+    get a fresh sha256. A reader that listed the segments before a merge deleted them lists
+    again and reads every row once, never a silent gap."""
+    from tans.pipeline.commands import compact
+
+    monkeypatch.setattr(compact, "MERGE_BELOW", 6)
+    store = open_store(str(tmp_path / "zoo"))
+    make_zoo(store)
+    rows = []
+    for n in range(0, 10, 2):  # five small segments
+        rows += commit(store, n, n + 2)
+        sealed.write_sealed(store, to_table(rows[n : n + 2]))
+    for key in store.list(layout.RESULTS):
+        store.delete(key)
+    segments = sealed.live(sealed.manifests(store))
+    damaged = segments[2].keys[2]  # the middle one's embeddings file: flipped bytes, same size
+    data = bytearray(store.read_bytes(damaged))
+    data[len(data) // 2] ^= 0xFF
+    store.write_bytes(damaged, bytes(data))
+
+    real_list, merged = store.list, []
+
+    def list_then_merge(prefix):  # a reader lists; a compaction merges before it reads the manifests
+        keys = real_list(prefix)
+        if prefix == layout.SEALED and not merged:
+            merged.append(None)  # the compaction's own listings pass through
+            merged[0] = compact_zoo(store, log=lambda *_: None)
+        return keys
+
+    monkeypatch.setattr(store, "list", list_then_merge)
+    table = sealed.sealed_table(store, light=True)  # listed before the merge, read after it
+    monkeypatch.setattr(store, "list", real_list)
+    assert sorted(table["job_id"].to_pylist()) == sorted(r.job_id for r in rows)
+    report = merged[0]
+    assert (report.segments_merged, report.merged_into, report.segments) == (4, 2, 3)
+    assert report.unusable == [(segments[2].keys[0], "sealed segment damaged: not merged")]
+    assert [s.rows for s in sealed.live(sealed.manifests(store))] == [4, 2, 4]
+    assert sealed.live(sealed.manifests(store))[1] == segments[2]
 
 
 def test_a_dry_run_changes_nothing(tmp_path):

@@ -12,9 +12,10 @@ A sealed row is committed whether or not its per-job file exists: `tans compact`
 files' rows, then deletes the files. Where a per-job file and a sealed row hold the same job,
 the sealed row is the commit (it was first; the file is a late duplicate or one that
 compaction had not yet deleted). A segment named in another manifest's `replaces` no longer
-counts (`tans verify` taking out a damaged row; merging is not built): while both exist, readers take
-the replacing one only, so a crash between writing it and deleting the replaced one loses
-nothing and doubles nothing.
+counts (`tans compact` merging small segments, `tans verify` taking out a damaged row): while
+both exist, readers take the replacing one only, so a crash between writing it and deleting
+the replaced ones loses nothing and doubles nothing. A merged segment takes the age of its
+oldest part, so "a job's oldest segment" names the same row before and after a merge.
 
 Sealed segments are never refreshed or rewritten in place: unlike the snapshot's segments
 (`results_index/`, a cache of the per-job files that may be lost), they are the only copy of
@@ -95,7 +96,9 @@ def parse_manifest(key: str, meta: object) -> Sealed:
 
 def manifests(store: ZooStore) -> list[Sealed]:
     """Every sealed segment manifest of the zoo, oldest first (replaced ones too); an
-    unreadable manifest is a SealedError."""
+    unreadable manifest is a SealedError. One deleted since the listing is a SealedError
+    with `missing` set: a merge or verify replaced it by a segment the listing may not hold,
+    so the callers list again."""
     out = []
     for key in store.list(layout.SEALED):
         if layout.sealed_token(key) is None:
@@ -103,7 +106,7 @@ def manifests(store: ZooStore) -> list[Sealed]:
         try:
             out.append(parse_manifest(key, store.read_json(key)))
         except FileNotFoundError:
-            continue  # deleted since the listing: it was replaced
+            raise _unreadable(store, key, "deleted since it was listed", missing=True) from None
         except (*_CORRUPT, json.JSONDecodeError) as e:
             raise _unreadable(store, key, f"{type(e).__name__}: {str(e)[:200]}") from None
     return sorted(out, key=lambda s: (s.created_at, s.token))
@@ -126,12 +129,39 @@ def _reading(store: ZooStore, key: str):
     except (FileNotFoundError, IsADirectoryError):
         raise _unreadable(store, key, "a file of it is missing", missing=True) from None
     except OSError as e:
+        if "NO_SUCH_KEY" in str(e).upper().replace("NOSUCHKEY", "NO_SUCH_KEY"):  # S3: deleted after it was opened
+            raise _unreadable(store, key, "a file of it is missing", missing=True) from None
         raise StorageError(
             f"cannot read {key} of {store.uri} ({type(e).__name__}: {str(e)[:200]}); check that the storage "
             f"is reachable, then run the same command again (`tans verify {store.uri}` checks the segment)"
         ) from None
     except (*_CORRUPT, pa.ArrowException) as e:
         raise _unreadable(store, key, f"{type(e).__name__}: {str(e)[:200]}") from None
+
+
+def file_sha256(store: ZooStore, key: str) -> str:
+    """A file's sha256, read in chunks (a segment's embeddings may be gigabytes);
+    FileNotFoundError when it is missing."""
+    fs, base = store.arrow_filesystem()
+    digest = hashlib.sha256()
+    try:
+        with fs.open_input_stream(f"{base}/{key}") as fh:
+            while chunk := fh.read(1 << 24):
+                digest.update(chunk)
+    except (FileNotFoundError, IsADirectoryError):
+        raise FileNotFoundError(key) from None
+    return digest.hexdigest()
+
+
+def intact(store: ZooStore, segment: Sealed) -> bool:
+    """Whether both files of the segment are there and match its manifest's sha256."""
+    _, scalars_key, embeddings_key = segment.keys
+    try:
+        return file_sha256(store, scalars_key) == segment.scalars_sha256 and (
+            file_sha256(store, embeddings_key) == segment.embeddings_sha256
+        )
+    except FileNotFoundError:
+        return False
 
 
 def read_segment(store: ZooStore, segment: Sealed, light: bool, columns: list[str] | None = None) -> pa.Table:
@@ -160,12 +190,13 @@ def read_segment(store: ZooStore, segment: Sealed, light: bool, columns: list[st
 
 
 def _live_parts(store: ZooStore, read) -> tuple[list[Sealed], list[pa.Table]]:
-    """`read(segment)` of every live segment. A file gone since the manifests were listed is
+    """`read(segment)` of every live segment. A manifest or file gone since the listing is
     read again from a fresh listing once (a compaction or verify replaced its segment
-    meanwhile); gone again, it is the SealedError."""
+    meanwhile: a compaction deletes only after all its merges are written); gone again, it
+    is the SealedError."""
     for attempt in (1, 2):
-        segments = live(manifests(store))
         try:
+            segments = live(manifests(store))
             return segments, [read(s) for s in segments]
         except SealedError as e:
             if not e.missing or attempt == 2:
@@ -173,22 +204,27 @@ def _live_parts(store: ZooStore, read) -> tuple[list[Sealed], list[pa.Table]]:
     raise AssertionError("unreachable")
 
 
+def once(table: pa.Table) -> pa.Table:
+    """The rows, each job once: its first row."""
+    import pyarrow.compute as pc
+
+    if pc.count_distinct(table["job_id"]).as_py() == table.num_rows:
+        return table
+    first: dict[str, int] = {}
+    for i, job in enumerate(table["job_id"].to_pylist()):
+        first.setdefault(job, i)
+    return table.take(int_array(sorted(first.values())))
+
+
 def sealed_table(store: ZooStore, light: bool, columns: list[str] | None = None) -> pa.Table | None:
     """The rows of every live sealed segment, each job once (its oldest segment's row), or
     None where the zoo has none. A job is in two segments only when two compactions ran at
     once (a lease broken by hand); `tans verify` then takes it out of the newer one."""
-    import pyarrow.compute as pc
-
     segments, parts = _live_parts(store, lambda s: read_segment(store, s, light, columns))
     if not parts:
         return None
     table = pa.concat_tables(parts, promote_options="default")
-    if len(segments) > 1 and pc.count_distinct(table["job_id"]).as_py() != table.num_rows:
-        first: dict[str, int] = {}
-        for i, job in enumerate(table["job_id"].to_pylist()):
-            first.setdefault(job, i)
-        table = table.take(int_array(sorted(first.values())))
-    return table
+    return once(table) if len(segments) > 1 else table
 
 
 @dataclass(frozen=True)
@@ -282,10 +318,13 @@ def _locate(f: pq.ParquetFile, job_id: str) -> tuple[int, int] | None:
     return None
 
 
-def write_sealed(store: ZooStore, table: pa.Table, replaces: tuple[str, ...] = ()) -> Sealed:
+def write_sealed(
+    store: ZooStore, table: pa.Table, replaces: tuple[str, ...] = (), created_at: str | None = None
+) -> Sealed:
     """Seal these rows (a table of result records, SUMMARY columns allowed): both files
     under a fresh token, then the create-only manifest, the commit. A crash before the
-    manifest leaves two orphans (`tans verify --clean-orphans`), never a partial segment."""
+    manifest leaves two orphans (`tans verify --clean-orphans`), never a partial segment.
+    `created_at` (default: now) orders segments, oldest first."""
     import uuid
 
     token = uuid.uuid4().hex
@@ -300,7 +339,8 @@ def write_sealed(store: ZooStore, table: pa.Table, replaces: tuple[str, ...] = (
         data = sink.getvalue()
         store.write_bytes(key, data, create_only=True)
         digests.append(hashlib.sha256(data).hexdigest())
-    segment = Sealed(token, table.num_rows, digests[1], digests[0], tuple(replaces), datetime.now(UTC).isoformat())
+    created_at = datetime.now(UTC).isoformat() if created_at is None else created_at
+    segment = Sealed(token, table.num_rows, digests[1], digests[0], tuple(replaces), created_at)
     meta = {
         "token": token,
         "rows": segment.rows,
@@ -314,18 +354,25 @@ def write_sealed(store: ZooStore, table: pa.Table, replaces: tuple[str, ...] = (
     return segment
 
 
-def replace(store: ZooStore, old: list[Sealed], table: pa.Table) -> Sealed | None:
+def replace(store: ZooStore, old: list[Sealed], table: pa.Table, delete: bool = True) -> Sealed | None:
     """Replace sealed segments by one of these rows (a merge, or the same rows less some):
-    the new segment names every segment the old ones replaced too (a replaced segment must
-    never come back when its replacer is deleted), then the old ones are deleted, each
-    manifest before its files. None (and nothing deleted) when `table` is empty and there is
-    nothing to replace."""
+    the new segment takes the age of the oldest it replaces and names every segment the old
+    ones replaced too (a replaced segment must never come back when its replacer is
+    deleted), then the old ones are deleted (unless not `delete`: the caller `drop`s them
+    later), each manifest before its files. None (and nothing deleted) when `table` is empty
+    and there is nothing to replace."""
     if not old and not table.num_rows:
         return None
     present = {s.token for s in manifests(store)}  # a deleted segment cannot come back
     replaced = tuple(sorted(({s.token for s in old} | {t for s in old for t in s.replaces}) & present))
-    new = write_sealed(store, table, replaced)
-    for segment in old:
+    new = write_sealed(store, table, replaced, min((s.created_at for s in old), default=None))
+    if delete:
+        drop(store, old)
+    return new
+
+
+def drop(store: ZooStore, segments: list[Sealed]) -> None:
+    """Delete replaced segments, each manifest before its files."""
+    for segment in segments:
         for key in segment.keys:
             store.delete(key)
-    return new

@@ -11,7 +11,8 @@ def add(sub) -> None:
     c = sub.add_parser(
         "compact",
         parents=[parent("zoo", "json", "wait", json_help="print the report as JSON")],
-        help="move the results out of their per-job files into one sealed segment (a zoo of millions reads fast)",
+        help="move the results out of their per-job files into sealed segments and merge small segments "
+        "(a zoo of millions reads fast)",
     )
     c.add_argument("--dry-run", action="store_true", help="only count what would be sealed (takes no lease)")
     c.set_defaults(func=run)
@@ -32,6 +33,12 @@ def text(report) -> str:
         f"{'a new segment' if report.sealed_rows else 'no new segment'}; "
         f"{report.files_deleted} per-job file(s) deleted"
         + (f" ({report.duplicates} of jobs sealed before)" if report.duplicates else "")
+        + (
+            f"; {'would merge' if report.dry_run else 'merged'} {report.segments_merged} small segment(s) "
+            f"into {report.merged_into}"
+            if report.segments_merged
+            else ""
+        )
         + f"; {report.sealed_total} results in {report.segments} sealed segment(s)"
     ]
     lines += [f"  left in place, `tans verify` sets it aside: {k}: {why}" for k, why in report.unusable[:SHOWN]]

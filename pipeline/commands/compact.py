@@ -12,10 +12,16 @@ same time):
    all its results;
 3. write each batch as one sealed segment; its create-only manifest is the commit;
 4. only then delete that batch's files; at the end delete the duplicates and empty the
-   snapshot's cache (its rows are sealed now).
+   snapshot's cache (its rows are sealed now);
+5. merge small segments: runs of live segments of fewer than MERGE_BELOW rows each,
+   adjacent in age, become one segment of at most SEAL_ROWS rows, which replaces them (a
+   zoo compacted after every few hundred jobs keeps a few segments, not thousands: one
+   request each on S3 for every reader); a damaged segment is not merged (`tans verify`).
 
 A crash before 3 changes nothing; between 3 and 4 leaves files whose rows are sealed, which
-readers take as sealed and the next compaction deletes. A file that cannot be read, or holds
+readers take as sealed and the next compaction deletes. A merge is written before the
+segments it replaces are deleted; readers take the replacing segment only, so a crash in 5
+leaves replaced segments, which readers skip and `tans verify` deletes. A file that cannot be read, or holds
 another job's row, is left where it is for `tans verify` to set aside. Checkpoints are not
 touched: they stay where each row names them.
 """
@@ -23,6 +29,8 @@ touched: they stay where each row names them.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+
+import pyarrow as pa
 
 from tans.pipeline.execution.lease import holding
 from tans.zoo_schema import layout, sealed
@@ -44,6 +52,8 @@ class CompactReport:
     files_deleted: int = 0  # per-job files deleted: the rows sealed now, and duplicates
     duplicates: int = 0  # of which files of jobs that were sealed already
     unusable: list[tuple[str, str]] = field(default_factory=list)  # (key, reason): left for `tans verify`
+    segments_merged: int = 0  # small live segments merged (into `merged_into` new ones)
+    merged_into: int = 0
     segments: int = 0  # live sealed segments after the run
     sealed_total: int = 0  # rows in them
     dry_run: bool = False
@@ -62,6 +72,7 @@ def compact_zoo(store: ZooStore, dry_run: bool = False, wait: bool = False, log=
 
 
 SEAL_ROWS = 250_000  # rows read and sealed at once (whole datasets): ~1.3 GB of embeddings
+MERGE_BELOW = SEAL_ROWS // 4  # a live segment of fewer rows is merged with its small neighbours
 
 
 def _compact(store: ZooStore, report: CompactReport) -> CompactReport:
@@ -91,12 +102,61 @@ def _compact(store: ZooStore, report: CompactReport) -> CompactReport:
             report.files_deleted += 1
         if report.sealed_rows:
             clear_snapshot(store)  # its rows are sealed now
+    segments = sealed.live(sealed.manifests(store))  # oldest first
+    if report.dry_run:  # the segments this run would seal are small when they have few rows: count them in
+        batches = _batches([k for k in fresh if k not in {u for u, _ in report.unusable}])
+        groups = merge_groups([s.rows for s in segments] + [len(b) for b in batches])
+        report.segments_merged, report.merged_into = sum(len(g) for g in groups), len(groups)
+        report.segments = len(segments) + len(batches) - report.segments_merged + report.merged_into
+        report.sealed_total = sum(s.rows for s in segments) + report.sealed_rows
+        return report
+    _merge(store, segments, report)
     segments = sealed.live(sealed.manifests(store))
     report.segments, report.sealed_total = len(segments), sum(s.rows for s in segments)
-    if report.dry_run:
-        report.segments += len(_batches([k for k in fresh if k not in {u for u, _ in report.unusable}]))
-        report.sealed_total += report.sealed_rows
     return report
+
+
+def _merge(store: ZooStore, segments: list[sealed.Sealed], report: CompactReport) -> None:
+    """Merge the small live segments (`merge_groups`). Each group's segments are checked
+    against their sha256 first: a damaged one is left out, as a barrier between its
+    neighbours, for `tans verify` (a merge would give its bad bytes a fresh sha256). Every
+    merged segment is written before any replaced one is deleted, so a reader that listed
+    before or during the merge finds at most one set gone and lists once more."""
+    damaged: set[int] = set()
+    while True:
+        rows = [MERGE_BELOW if i in damaged else s.rows for i, s in enumerate(segments)]  # a barrier
+        groups = merge_groups(rows)
+        bad = {i for g in groups for i in g if i not in damaged and not sealed.intact(store, segments[i])}
+        if not bad:
+            break
+        damaged |= bad
+        report.unusable += [(segments[i].keys[0], "sealed segment damaged: not merged") for i in sorted(bad)]
+    replaced = []
+    for group in groups:
+        parts = [segments[i] for i in group]
+        table = pa.concat_tables([sealed.read_segment(store, p, light=False) for p in parts], promote_options="default")
+        sealed.replace(store, parts, sealed.once(table), delete=False)  # a job sealed twice: its older row
+        replaced += parts
+        report.segments_merged += len(parts)
+        report.merged_into += 1
+    sealed.drop(store, replaced)
+
+
+def merge_groups(rows: list[int]) -> list[list[int]]:
+    """Which segments to merge, given their row counts oldest first: each run of adjacent
+    segments of fewer than MERGE_BELOW rows, packed in age order into groups of at most
+    SEAL_ROWS rows; only groups of two or more are merged. Merging only neighbours in age
+    keeps the order of the rows that remain."""
+    groups: list[list[int]] = []
+    run: list[int] = []  # the group being packed
+    for i, n in enumerate([*rows, None]):
+        if n is None or n >= MERGE_BELOW or (run and sum(rows[j] for j in run) + n > SEAL_ROWS):
+            if len(run) > 1:
+                groups.append(run)
+            run = [] if n is None or n >= MERGE_BELOW else [i]
+        else:
+            run.append(i)
+    return groups
 
 
 def _batches(keys: list[str]) -> list[list[str]]:

@@ -251,7 +251,7 @@ class _Check:
         with nothing set aside)."""
         for part, digest in zip(segment.keys[1:], (segment.scalars_sha256, segment.embeddings_sha256)):
             try:
-                if _sha256(self.store, part) != digest:
+                if sealed.file_sha256(self.store, part) != digest:
                     return None, f"its file {part} does not match the recorded sha256"
             except FileNotFoundError:
                 return None, f"its file {part} is missing"
@@ -353,19 +353,6 @@ def _take_out(store: ZooStore, segment, reasons: dict[str, str]) -> None:
         set_aside(store, layout.result_key(row["dataset_id"][0].as_py(), job_id), sink.getvalue(), reasons[job_id])
     sealed.replace(store, [segment], table.filter(pc.invert(out)))
     log.warning("took %d damaged row(s) out of sealed segment %s", len(reasons), segment.token)
-
-
-def _sha256(store: ZooStore, key: str) -> str:
-    """A file's sha256, read in chunks (a sealed segment's embeddings may be gigabytes)."""
-    fs, base = store.arrow_filesystem()
-    digest = hashlib.sha256()
-    try:
-        with fs.open_input_stream(f"{base}/{key}") as fh:
-            while chunk := fh.read(1 << 24):
-                digest.update(chunk)
-    except (FileNotFoundError, IsADirectoryError):
-        raise FileNotFoundError(key) from None
-    return digest.hexdigest()
 
 
 def snapshot_segments(store: ZooStore) -> set[str]:
