@@ -119,6 +119,23 @@ def test_local_build_resume_and_status(ray_cluster, tiny_datasets, tmp_path, cap
     assert "hue-6" in text and "6 finished jobs" in text and "not training" in text
     json.dumps(status.as_dict())
 
+    # compacted, the zoo resumes: the driver holds the sealed rows without their embeddings,
+    # trains only what is new, and the snapshot it writes caches the new files' rows in full
+    from tans.pipeline.commands.compact import compact_zoo
+    from tans.zoo_schema.results import read_segments, scan_results
+
+    before = {r.job_id: r for r in read_results(store)}
+    assert compact_zoo(store, log=lambda *_: None).sealed_rows == 6
+    assert all(not r.functional_embedding for r in scan_results(store, sealed_light=True).results)
+    grown = run_build(config(zoo, tiny_datasets, tmp_path, max_jobs=8, **retrain))
+    assert (grown.finished, grown.zoo_results) == (2, 8) and versions(store) == [1, 2, 3]
+    after = {r.job_id: r for r in read_results(store)}
+    assert len(after) == 8 and all(after[j] == r for j, r in before.items())  # the sealed rows, untouched
+    assert all(len(r.functional_embedding) == 1280 for r in after.values())
+    cached = read_segments(store)
+    assert sum(s.rows for s in cached) == 2  # only the two new files' rows, with their embeddings
+    assert scan_results(store).outside_snapshot == 0 and scan_results(store).results == list(after.values())
+
 
 def test_build_with_zoo_on_s3(ray_cluster, tiny_datasets, tmp_path, s3_server, s3_bucket, monkeypatch, capsys):
     secret = "Sup3rSecretKeyThatMustNeverLeak"

@@ -123,8 +123,8 @@ def from_table(record_type: type, table: pa.Table) -> list:
     if missing:
         raise ValueError(f"table lacks columns {missing} of {record_type.__name__}")
     present = [f.name for f in fields if f.name in table.column_names]
-    rows = table.select(present).to_pylist()
-    return [record_type(**row) for row in rows]
+    columns = [table[name].to_pylist() for name in present]  # column by column: no dict per row from Arrow
+    return [record_type(**dict(zip(present, values))) for values in zip(*columns)]
 
 
 def string_array(values: list[str]) -> pa.Array:

@@ -225,14 +225,14 @@ def _columns(light: bool) -> list[str] | None:
     return [n for n in arrow_schema(ResultRecord).names if n not in HEAVY] if light else None
 
 
-def scan_results(store: ZooStore, light: bool = False) -> ResultsRead:
+def scan_results(store: ZooStore, light: bool = False, sealed_light: bool = False) -> ResultsRead:
     """Every committed result (see `_scan`). A listed file gone when it is read (a `tans
     compact` sealed it meanwhile) means reading again from a fresh listing, once."""
-    scan = _scan(store, light)
-    return _scan(store, light) if scan.vanished else scan
+    scan = _scan(store, light, sealed_light)
+    return _scan(store, light, sealed_light) if scan.vanished else scan
 
 
-def _scan(store: ZooStore, light: bool = False) -> ResultsRead:
+def _scan(store: ZooStore, light: bool = False, sealed_light: bool = False) -> ResultsRead:
     """Every committed result; unreadable files and files that hold another job's row are
     left out and reported (the driver and `tans verify` quarantine them; reading writes nothing).
 
@@ -243,11 +243,14 @@ def _scan(store: ZooStore, light: bool = False) -> ResultsRead:
 
     With `light`, the HEAVY columns (the functional embeddings) are not read: the records
     hold an empty list there. That is for summaries (`tans status`): a tenth of the memory.
+    With `sealed_light`, only the sealed rows come so: the driver's (it never reads a
+    result's embeddings, and writes those of the files' rows to the snapshot, which caches
+    no sealed row), for which a million sealed rows in full would be ~40 GB of Python floats.
     """
     keys, rows = result_keys(store), {}
-    if (held := sealed.sealed_table(store, light)) is not None:
+    if (held := sealed.sealed_table(store, light or sealed_light)) is not None:
         rows = {}
-        for r in from_table(ResultRecord, light_rows(held) if light else held):
+        for r in from_table(ResultRecord, light_rows(held) if light or sealed_light else held):
             rows.setdefault(result_key(r), r)  # a job sealed twice: the older segment's row
         keys = _unsealed(keys, held)
     if not keys:
@@ -577,6 +580,8 @@ def write_snapshot(
     wanted = {result_key(r): r for r in results if r.job_id not in jobs}  # sealed rows are not cached
     if not wanted:
         return
+    if any(not r.functional_embedding for r in wanted.values()):  # a light record: the cache must be whole
+        raise ValueError("write_snapshot takes records in full; one without its functional embedding was given")
     held: list[tuple[Segment, set[str]]] = []
     old = read_segments(store) or []
     for segment in old:

@@ -145,7 +145,7 @@ class Driver:
             log=log,
         )
         self.policy = create_policy(config.strategy, context)
-        scan = scan_results(store)
+        scan = scan_results(store, sealed_light=True)  # sealed rows without embeddings: never read here
         for key, reason in scan.unusable:  # the driver sets them aside; their jobs are trained again
             quarantine(store, key, reason)
         self.datasets: dict[str, DatasetRecord] = {d.dataset_id: d for d in read_datasets(store)}
