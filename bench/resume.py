@@ -10,7 +10,12 @@ on a small warm-up zoo (printed as first_startup_in_process_seconds). The zoo ho
 snapshot a build writes every 64
 commits, 63 commits behind (the worst case). Goal: start-up at most 2x the plain read, and under 10 s.
 
-    python bench/resume.py [--results 10000] [--strategy random]
+With `--sealed-results N`, also a compacted zoo of N results on local disk (all but the last
+1 % in sealed segments of 100,000, 100 results per dataset and one dataset more with none, so
+that there is work left; kept in and reused from `--work`): the start-up and the peak memory
+of a fresh process that resumes it (its own local Ray started first, not timed).
+
+    python bench/resume.py [--results 10000] [--strategy random] [--sealed-results 1000000 --work DIR]
 
 The last line is the figures as one JSON object.
 """
@@ -46,11 +51,11 @@ class FirstDispatch(Exception):
 SEAL_CHUNK = 100_000  # rows per sealed segment of `fill_zoo(..., sealed=n)`: one `tans compact` run each
 
 
-def fill_zoo(store, n_results: int, n_datasets: int = 120, sealed: int = 0) -> None:
+def fill_zoo(store, n_results: int, n_datasets: int = 120, sealed: int = 0, seal_chunk: int = SEAL_CHUNK) -> None:
     """A zoo as a long build leaves it: manifest, datasets, pool profiles, result rows. With
     `sealed`, its first `sealed` rows (whole datasets: a multiple of 100) are in sealed
-    segments of SEAL_CHUNK rows, with the status summaries `tans compact` writes, as a zoo
-    compacted every SEAL_CHUNK results holds them (writing them as files first and
+    segments of `seal_chunk` rows, with the status summaries `tans compact` writes, as a zoo
+    compacted every `seal_chunk` results holds them (writing them as files first and
     compacting would take ~100 min for a million); the rest are files committed since."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -133,11 +138,11 @@ def fill_zoo(store, n_results: int, n_datasets: int = 120, sealed: int = 0) -> N
     from tans.pipeline.acquisition.priors import cached_profiles
 
     sealed = min(sealed, len(pairs)) // 100 * 100
-    for start in range(0, sealed, SEAL_CHUNK):
+    for start in range(0, sealed, seal_chunk):
         from tans.zoo_schema.results import SUMMARY
         from tans.zoo_schema.sealed import write_sealed
 
-        chunk = [record(i) for i in range(start, min(start + SEAL_CHUNK, sealed))]
+        chunk = [record(i) for i in range(start, min(start + seal_chunk, sealed))]
         table = to_table(chunk)
         columns = summarize_rows(chunk, cached_profiles(store))(chunk)  # whole datasets: their summaries
         for name, kind in SUMMARY.items():
@@ -166,7 +171,7 @@ def plain_read_seconds(store) -> float:
     return seconds
 
 
-def startup_seconds(zoo: str, s3, strategy: str, tmp: Path) -> float:
+def startup_seconds(zoo: str, s3, strategy: str, tmp: Path, max_jobs: int = 20000) -> float:
     """From run_build's start to the driver's first dispatch (the submit is intercepted)."""
     from tans.pipeline.execution import run as build
     from tans.pipeline.execution.config import load_config
@@ -179,7 +184,7 @@ def startup_seconds(zoo: str, s3, strategy: str, tmp: Path) -> float:
     overrides = {
         "zoo": zoo,
         "strategy": strategy,
-        "max_jobs": 20000,
+        "max_jobs": max_jobs,
         "arch.pool_size": 100,
         "arch.base_weights": "random",  # fill_zoo's manifest (the default is the shipped supernet)
         "retrain.after_build": False,
@@ -204,7 +209,28 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--results", type=int, default=10_000)
     ap.add_argument("--strategy", default="random")
+    ap.add_argument("--sealed-results", type=int, default=0, help="also resume a compacted zoo of this many results")
+    ap.add_argument("--work", default="", help="where the compacted zoo is kept and reused")
+    ap.add_argument("--child", default="", help=argparse.SUPPRESS)  # ZOO,N: resume it in this process, print JSON
     args = ap.parse_args()
+    if args.child:
+        import resource
+
+        from tans.pipeline.execution.runtime import start_ray
+
+        zoo, n = args.child.rsplit(",", 1)
+        start_ray("", num_cpus=2)  # not timed: cluster start-up is not resume overhead
+        tmp = Path(tempfile.mkdtemp(prefix="tans-bench-resume-"))
+        seconds = startup_seconds(zoo, None, args.strategy, tmp, max_jobs=int(n) + 1000)
+        print(
+            json.dumps(
+                {
+                    "seconds": round(seconds, 2),
+                    "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+                }
+            )
+        )
+        return
     import ray
 
     from tans.pipeline.execution.runtime import start_ray
@@ -248,6 +274,19 @@ def main() -> None:
         server.terminate()
         server.wait()
     ray.shutdown()
+    if args.sealed_results:
+        n = args.sealed_results
+        zoo = Path(args.work or tmp) / f"zoo-resume-sealed-{n}"
+        if not (zoo / "results_index" / "index.json").exists():  # written last
+            fill_zoo(open_store(str(zoo)), n, n_datasets=n // 100 + 1, sealed=n - n // 100)
+        child = subprocess.run(
+            [sys.executable, __file__, "--strategy", args.strategy, "--child", f"{zoo},{n}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        figures["sealed_results"] = n
+        figures["sealed"] = json.loads(child.stdout.strip().splitlines()[-1])
     for where in ("local", "s3"):
         figures[f"{where}_ratio"] = round(
             figures[f"{where}_startup_seconds"] / figures[f"{where}_plain_read_seconds"], 2

@@ -8,6 +8,8 @@ process:
 - compacted zoos (`--sealed-sizes`): all but the last 1 % of the rows in sealed segments of
   100,000 rows, as `tans compact` run every 100,000 results leaves them, the rest files
   committed since: 100,000 / 1,000,000 rows on local disk, 100,000 on S3.
+- a zoo compacted after every 500 results (`--s3-merge-sizes`, on S3): all its rows in
+  sealed segments of 500, measured before and after a `tans compact` that merges them.
 S3 is a moto server on 127.0.0.1; the number of S3 requests each command makes is counted
 by moto's request recorder. The zoos are synthetic (bench/resume.py's `fill_zoo`: real
 manifest, dataset records, pool profiles, result rows with full-size embeddings, the results
@@ -20,7 +22,8 @@ Goals (issue 28): at 100,000 results `status` < 1.5 s and < 500 MB, the table < 
 < 1 GB, `search` < 3 s; at 1,000,000 `status` < 5 s and `search` < 5 s, memory < 2 GB.
 
     python bench/scale.py [--sizes 64,1000,10000,100000] [--s3-sizes 1000,10000]
-                          [--sealed-sizes 100000,1000000] [--s3-sealed-sizes 100000] [--work DIR]
+                          [--sealed-sizes 100000,1000000] [--s3-sealed-sizes 100000]
+                          [--s3-merge-sizes 20000] [--work DIR]
 
 The last line is the figures as one JSON object.
 """
@@ -110,6 +113,16 @@ def query_folder(work: Path) -> Path:
     return work / spec.name
 
 
+def machine_seconds() -> float:
+    """Seconds of a fixed pure-Python loop (30 million additions): how fast this shared
+    machine runs at the moment, printed at the start and the end beside the figures (the
+    same code measured 1.5x slower when other work shared the machine)."""
+    started, total = time.perf_counter(), 0
+    for i in range(30_000_000):
+        total += i
+    return round(time.perf_counter() - started, 2)
+
+
 def measure(cmd: list[str], repeats: int = 1, env: dict | None = None) -> tuple[float, float, str]:
     """(median seconds, peak resident MB, stdout) of `repeats` fresh processes."""
     runs = [_measure_once(cmd, env) for _ in range(repeats)]
@@ -179,6 +192,30 @@ def measure_zoo(store, n: int, query: Path, env: dict | None = None, requests=No
     return out
 
 
+MERGE_CHUNK = 500  # rows per segment of a zoo compacted after every 500 results
+
+
+def measure_merge(n: int, query: Path, moto) -> dict:
+    """A zoo on S3 whose n rows are all in sealed segments of MERGE_CHUNK: each command
+    before, the `tans compact` that merges them (seconds, requests), each command after."""
+    from tans.zoo_schema import sealed
+    from tans.zoo_schema.store import S3Settings, open_store
+
+    store = open_store(f"s3://bench/zoo-merge-{n}", S3Settings(endpoint_url=moto.endpoint))
+    fill_zoo(store, n, n_datasets=max(1, -(-n // 100)), sealed=n, seal_chunk=MERGE_CHUNK)
+    out = {"segments_before": len(sealed.live(sealed.manifests(store)))}
+    out["before"] = measure_zoo(store, n, query, moto.env, moto.requests)
+    compact = [sys.executable, "-m", "tans.pipeline.cli", "compact", store.uri, "--json"]
+    started = time.perf_counter()
+    out["compact_requests"] = moto.requests(compact)  # this run merges
+    out["compact_seconds"] = round(time.perf_counter() - started, 2)
+    out["segments_after"] = len(sealed.live(sealed.manifests(store)))
+    seconds, _, _ = measure(compact, 1, moto.env)  # nothing left to merge: what a compaction costs then
+    out["compact_again_seconds"] = round(seconds, 2)
+    out["after"] = measure_zoo(store, n, query, moto.env, moto.requests)
+    return out
+
+
 class MotoS3:
     """A moto S3 server on 127.0.0.1 whose request recorder counts one command's requests."""
 
@@ -233,6 +270,11 @@ def main() -> None:
         help="zoos as `tans compact` leaves them: all but the last 1%% of the results in sealed segments",
     )
     ap.add_argument(
+        "--s3-merge-sizes",
+        default="20000",
+        help="on S3, zoos whose rows are all in sealed segments of 500, before and after `tans compact` merges them",
+    )
+    ap.add_argument(
         "--work",
         default="",
         help="keep the local zoos here and reuse them in a later run (100,000 result files take ~10 min to write)",
@@ -242,7 +284,7 @@ def main() -> None:
 
     work = Path(args.work or tempfile.mkdtemp(prefix="tans-bench-scale-"))
     query = work / "stripes-frequency" if (work / "stripes-frequency").exists() else query_folder(work)
-    figures: dict = {"local": {}, "s3": {}}
+    figures: dict = {"machine_loop_seconds_before": machine_seconds(), "local": {}, "s3": {}}
     warm = False
     for n in [int(x) for x in args.sizes.split(",") if x]:
         zoo = work / f"zoo-{n}"
@@ -277,7 +319,8 @@ def main() -> None:
         print("sealed", n, figures["sealed"][str(n)], file=sys.stderr)
     sizes = [int(x) for x in args.s3_sizes.split(",") if x]
     sealed_sizes = [int(x) for x in args.s3_sealed_sizes.split(",") if x]
-    if sizes or sealed_sizes:
+    merge_sizes = [int(x) for x in args.s3_merge_sizes.split(",") if x]
+    if sizes or sealed_sizes or merge_sizes:
         import boto3
 
         moto = MotoS3(work)
@@ -304,10 +347,15 @@ def main() -> None:
                     "zoo_written_seconds": round(made, 1),
                 }
                 print("s3 sealed", n, figures["s3_sealed"][str(n)], file=sys.stderr)
+            figures["s3_merge"] = {}
+            for n in merge_sizes:
+                figures["s3_merge"][str(n)] = measure_merge(n, query, moto)
+                print("s3 merge", n, figures["s3_merge"][str(n)], file=sys.stderr)
         finally:
             moto.close()
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
+    figures["machine_loop_seconds_after"] = machine_seconds()
     figures["goal"] = (
         "at 100,000 results: status < 1.5 s and < 500 MB, table < 2 s and < 1 GB, search < 3 s; "
         "at 1,000,000: status < 5 s, search < 5 s, memory < 2 GB"
