@@ -9,7 +9,10 @@ process:
   100,000 rows, as `tans compact` run every 100,000 results leaves them, the rest files
   committed since: 100,000 / 1,000,000 rows on local disk, 100,000 on S3.
 - a zoo compacted after every 500 results (`--s3-merge-sizes`, on S3): all its rows in
-  sealed segments of 500, measured before and after a `tans compact` that merges them.
+  sealed segments of 500, measured before and after a `tans compact` that merges them;
+- the merge rule over a zoo compacted after every 500 results up to 1,000,000 (and every 10
+  up to 100,000): rows rewritten by merges per row, and the most small segments at once,
+  against merging every small segment at each compaction (`merge_rule`, no I/O).
 S3 is a moto server on 127.0.0.1; the number of S3 requests each command makes is counted
 by moto's request recorder. The zoos are synthetic (bench/resume.py's `fill_zoo`: real
 manifest, dataset records, pool profiles, result rows with full-size embeddings, the results
@@ -216,6 +219,39 @@ def measure_merge(n: int, query: Path, moto) -> dict:
     return out
 
 
+def merge_rule(chunk: int, total: int) -> dict:
+    """`tans compact` run after every `chunk` results until `total`: rows written by merges per
+    row sealed and the most small segments a reader met, by the merge rule itself
+    (`merge_groups`, no I/O), against the rule it replaced (each run of small segments merged
+    whole at every compaction)."""
+    from tans.pipeline.commands.compact import MERGE_BELOW, SEAL_ROWS, merge_groups
+
+    def merge_all(rows: list[int]) -> list[list[int]]:
+        groups, run = [], []
+        for i, n in enumerate([*rows, None]):
+            if n is None or n >= MERGE_BELOW or (run and sum(rows[j] for j in run) + n > SEAL_ROWS):
+                groups += [run] if len(run) > 1 else []
+                run = [] if n is None or n >= MERGE_BELOW else [i]
+            else:
+                run.append(i)
+        return groups
+
+    out = {}
+    for name, rule in (("now", merge_groups), ("merging_all_small", merge_all)):
+        rows: list[int] = []
+        written = most = 0
+        for _ in range(total // chunk):
+            rows.append(chunk)
+            groups = rule(rows)
+            written += sum(rows[i] for g in groups for i in g)
+            firsts = {g[0]: sum(rows[i] for i in g) for g in groups}
+            inside = {i for g in groups for i in g}
+            rows = [firsts.get(i, n) for i, n in enumerate(rows) if i in firsts or i not in inside]
+            most = max(most, sum(1 for n in rows if n < MERGE_BELOW))
+        out[name] = {"rows_rewritten_per_row": round(written / total, 2), "most_small_segments": most}
+    return out
+
+
 class MotoS3:
     """A moto S3 server on 127.0.0.1 whose request recorder counts one command's requests."""
 
@@ -285,6 +321,8 @@ def main() -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="tans-bench-scale-"))
     query = work / "stripes-frequency" if (work / "stripes-frequency").exists() else query_folder(work)
     figures: dict = {"machine_loop_seconds_before": machine_seconds(), "local": {}, "s3": {}}
+    figures["merge_rule"] = {f"every_{c}_of_{t}": merge_rule(c, t) for c, t in ((500, 1_000_000), (10, 100_000))}
+    print("merge rule", figures["merge_rule"], file=sys.stderr)
     warm = False
     for n in [int(x) for x in args.sizes.split(",") if x]:
         zoo = work / f"zoo-{n}"

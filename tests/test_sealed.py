@@ -99,13 +99,13 @@ def test_compaction_moves_the_rows_and_every_reader_reads_the_same(store):
     live = CommittedResults.listed(store)
     assert len(live) == 40 and live[job.job_id] == job and live.dataset_counts() == {"d0": 14, "d1": 13, "d2": 13}
 
-    rows += commit(store, 40, 50)  # the build goes on: new files beside the sealed rows
+    rows += commit(store, 40, 60)  # the build goes on: new files beside the sealed rows
     write_snapshot(store, rows)  # the driver's refresh caches only the files' rows
-    assert sum(s.rows for s in read_segments(store)) == 10
+    assert sum(s.rows for s in read_segments(store)) == 20
     assert read_results(store) == ordered(rows)
-    report = compact_zoo(store, log=lambda *_: None)  # a second segment, merged with the first
-    assert (report.sealed_rows, report.segments_merged, report.merged_into) == (10, 2, 1)
-    assert (report.segments, report.sealed_total) == (1, 50)
+    report = compact_zoo(store, log=lambda *_: None)  # a second segment, half the first: merged with it
+    assert (report.sealed_rows, report.segments_merged, report.merged_into) == (20, 2, 1)
+    assert (report.segments, report.sealed_total) == (1, 60)
     assert read_results(store) == ordered(rows) and store.list(layout.RESULTS) == []
     assert all(a.equals(b) for a, b in zip(everything(store)[2:], (results_table(store), results_table(store, False))))
     report = compact_zoo(store, log=lambda *_: None)
@@ -115,8 +115,8 @@ def test_compaction_moves_the_rows_and_every_reader_reads_the_same(store):
 
 
 def test_small_segments_are_merged_in_age_order_and_large_ones_left(tmp_path, monkeypatch):
-    """Each compaction of a few jobs adds a small segment; the next merges the small ones
-    that are neighbours in age (a run of segments below MERGE_BELOW rows, packed up to
+    """Each compaction of a few jobs adds a small segment; the next merges small ones that
+    are neighbours in age (below MERGE_BELOW rows, the newer at least half the older, up to
     SEAL_ROWS), and leaves large ones. A job sealed twice keeps its older row through a
     merge; a merge cut short after its new segments loses and doubles nothing, and `tans
     verify` deletes what they replaced."""
@@ -140,10 +140,10 @@ def test_small_segments_are_merged_in_age_order_and_large_ones_left(tmp_path, mo
 
     assert compact_zoo(store, dry_run=True).as_dict() | {"zoo": ""} == {
         **compact.CompactReport(zoo="", dry_run=True).as_dict(),
-        "segments_merged": 7,  # the six small ones and the late one: 2+2+2+2+2 | 2+1
+        "segments_merged": 6,  # the six small ones: 2+2+2 | 2+2+2; the late one of 1 stays
         "merged_into": 2,
-        "segments": 3,
-        "sealed_total": 21,
+        "segments": 4,
+        "sealed_total": 20,  # rows[9] once
     }
     assert len(sealed.live(sealed.manifests(store))) == 8  # the dry run merged nothing
     real_delete = store.delete
@@ -158,7 +158,7 @@ def test_small_segments_are_merged_in_age_order_and_large_ones_left(tmp_path, mo
         compact_zoo(store, log=lambda *_: None)
     monkeypatch.setattr(store, "delete", real_delete)
     live = sealed.live(sealed.manifests(store))
-    assert [s.rows for s in live] == [8, 10, 3] and live[0] == big  # the large one untouched
+    assert [s.rows for s in live] == [8, 6, 6, 1] and live[0] == big  # the large one untouched
     assert len(sealed.manifests(store)) == 10  # and what the merges replaced is still there
     after = everything(store)
     assert after[0] == before[0] and after[1] == before[1]  # rows[9] still its older row
@@ -166,13 +166,46 @@ def test_small_segments_are_merged_in_age_order_and_large_ones_left(tmp_path, mo
     assert find_result(store, rows[9].job_id) == rows[9]
 
     report = compact_zoo(store, log=lambda *_: None)  # nothing more to merge; the replaced ones stay for verify
-    assert (report.segments_merged, report.segments, report.sealed_total) == (0, 3, 21)
+    assert (report.segments_merged, report.segments, report.sealed_total) == (0, 4, 20)
     report = verify_zoo(store, log=lambda *_: None)  # deletes them; the late row comes out of the newer segment
     assert [(p.job_id, p.repair) for p in report.problems] == [(rows[9].job_id, "none: the older row stays the commit")]
-    assert [s.rows for s in sealed.live(sealed.manifests(store))] == [8, 10, 2]
+    assert [s.rows for s in sealed.live(sealed.manifests(store))] == [8, 6, 6]  # no empty segment left
     assert len(sealed.manifests(store)) == 3 and len(store.list(layout.SEALED)) == 9
     assert compact_zoo(store, log=lambda *_: None).segments_merged == 0  # packed as far as it goes
     assert everything(store)[0] == before[0]
+
+
+@pytest.mark.parametrize("chunk", [1, 500, 20_000])
+def test_compacting_after_every_few_jobs_keeps_few_segments_and_rewrites_each_row_a_few_times(chunk):
+    """The merge rule over many compactions, each adding one segment of `chunk` rows: the
+    small segments stay about log2(MERGE_BELOW / chunk), a row is rewritten at most
+    log1.5(MERGE_BELOW / chunk) + 1 times (merging every small segment at each compaction
+    rewrote a growing one each time: 62,500 / chunk times), and groups are neighbours."""
+    import math
+
+    import numpy as np
+
+    from tans.pipeline.commands.compact import MERGE_BELOW, SEAL_ROWS, merge_groups
+
+    segments: list[tuple[int, int]] = []  # each segment's compactions [first, last + 1), oldest first
+    rewrites = np.zeros(3 * MERGE_BELOW // chunk, np.int64)  # per compaction's rows
+    for n in range(len(rewrites)):
+        segments.append((n, n + 1))
+        groups = merge_groups([(hi - lo) * chunk for lo, hi in segments])
+        for group in groups:
+            assert group == list(range(group[0], group[-1] + 1)) and len(group) > 1
+            lo, hi = segments[group[0]][0], segments[group[-1]][1]
+            assert (hi - lo) * chunk <= SEAL_ROWS
+            rewrites[lo:hi] += 1
+        merged = {g[0]: (segments[g[0]][0], segments[g[-1]][1]) for g in groups}
+        inside = {i for g in groups for i in g}
+        segments = [merged.get(i, s) for i, s in enumerate(segments) if i in merged or i not in inside]
+        assert all(a[1] == b[0] for a, b in zip(segments, segments[1:]))  # neighbours: age order kept
+        small = [s for s in segments if (s[1] - s[0]) * chunk < MERGE_BELOW]
+        assert len(small) <= math.log2(MERGE_BELOW / chunk) + 1
+    assert rewrites.max() <= math.log(MERGE_BELOW / chunk, 1.5) + 1
+    large = [hi - lo for lo, hi in segments if (hi - lo) * chunk >= MERGE_BELOW]
+    assert large and sum(large) * chunk > len(rewrites) * chunk - 2 * MERGE_BELOW  # the old rows are in large ones
 
 
 def test_a_damaged_small_segment_is_not_merged_and_a_reader_during_a_merge_reads_every_row(tmp_path, monkeypatch):

@@ -360,11 +360,16 @@ def replace(store: ZooStore, old: list[Sealed], table: pa.Table, delete: bool = 
     ones replaced too (a replaced segment must never come back when its replacer is
     deleted), then the old ones are deleted (unless not `delete`: the caller `drop`s them
     later), each manifest before its files. None (and nothing deleted) when `table` is empty
-    and there is nothing to replace."""
+    and there is nothing to replace, or when it is empty and the old ones replaced nothing
+    still present (they are deleted: an empty segment is needed only to keep those out)."""
     if not old and not table.num_rows:
         return None
     present = {s.token for s in manifests(store)}  # a deleted segment cannot come back
     replaced = tuple(sorted(({s.token for s in old} | {t for s in old for t in s.replaces}) & present))
+    if not table.num_rows and set(replaced) <= {s.token for s in old}:
+        if delete:
+            drop(store, old)
+        return None
     new = write_sealed(store, table, replaced, min((s.created_at for s in old), default=None))
     if delete:
         drop(store, old)

@@ -13,10 +13,11 @@ same time):
 3. write each batch as one sealed segment; its create-only manifest is the commit;
 4. only then delete that batch's files; at the end delete the duplicates and empty the
    snapshot's cache (its rows are sealed now);
-5. merge small segments: runs of live segments of fewer than MERGE_BELOW rows each,
-   adjacent in age, become one segment of at most SEAL_ROWS rows, which replaces them (a
-   zoo compacted after every few hundred jobs keeps a few segments, not thousands: one
-   request each on S3 for every reader); a damaged segment is not merged (`tans verify`).
+5. merge small segments (fewer than MERGE_BELOW rows), neighbours in age, by the
+   snapshot's size rule (`merge_groups`): a zoo compacted after every few hundred jobs
+   keeps a few segments, not thousands (one request each on S3 for every reader), and a
+   row is rewritten a few times, not by every compaction; a damaged segment is not merged
+   (`tans verify`).
 
 A crash before 3 changes nothing; between 3 and 4 leaves files whose rows are sealed, which
 readers take as sealed and the next compaction deletes. A merge is written before the
@@ -55,7 +56,7 @@ class CompactReport:
     segments_merged: int = 0  # small live segments merged (into `merged_into` new ones)
     merged_into: int = 0
     segments: int = 0  # live sealed segments after the run
-    sealed_total: int = 0  # rows in them
+    sealed_total: int = 0  # jobs in them (a job sealed twice, once)
     dry_run: bool = False
 
     def as_dict(self) -> dict:
@@ -108,11 +109,11 @@ def _compact(store: ZooStore, report: CompactReport) -> CompactReport:
         groups = merge_groups([s.rows for s in segments] + [len(b) for b in batches])
         report.segments_merged, report.merged_into = sum(len(g) for g in groups), len(groups)
         report.segments = len(segments) + len(batches) - report.segments_merged + report.merged_into
-        report.sealed_total = sum(s.rows for s in segments) + report.sealed_rows
+        report.sealed_total = len(jobs) + report.sealed_rows
         return report
     _merge(store, segments, report)
-    segments = sealed.live(sealed.manifests(store))
-    report.segments, report.sealed_total = len(segments), sum(s.rows for s in segments)
+    report.segments = len(sealed.live(sealed.manifests(store)))
+    report.sealed_total = len(jobs) + report.sealed_rows  # a merge keeps every job
     return report
 
 
@@ -143,19 +144,32 @@ def _merge(store: ZooStore, segments: list[sealed.Sealed], report: CompactReport
 
 
 def merge_groups(rows: list[int]) -> list[list[int]]:
-    """Which segments to merge, given their row counts oldest first: each run of adjacent
-    segments of fewer than MERGE_BELOW rows, packed in age order into groups of at most
-    SEAL_ROWS rows; only groups of two or more are merged. Merging only neighbours in age
-    keeps the order of the rows that remain."""
+    """Which segments to merge, given their row counts oldest first. Within each run of
+    adjacent segments of fewer than MERGE_BELOW rows, the newest two are merged while the
+    newer is at least half the size of the older (the snapshot's rule): the run's sizes then
+    fall by more than half from oldest to newest, so a zoo compacted after every k jobs keeps
+    about log2(MERGE_BELOW / k) small segments, and a row is rewritten only when its segment
+    grows at least 1.5-fold: at most log1.5(MERGE_BELOW / k) times, not once per compaction.
+    Only groups of two or more are merged, none over SEAL_ROWS. Merging only neighbours in
+    age keeps the order of the rows that remain."""
     groups: list[list[int]] = []
-    run: list[int] = []  # the group being packed
-    for i, n in enumerate([*rows, None]):
-        if n is None or n >= MERGE_BELOW or (run and sum(rows[j] for j in run) + n > SEAL_ROWS):
-            if len(run) > 1:
-                groups.append(run)
-            run = [] if n is None or n >= MERGE_BELOW else [i]
-        else:
-            run.append(i)
+    run: list[tuple[list[int], int]] = []  # (segments, rows) of the run being packed, oldest first
+
+    def close() -> None:
+        groups.extend(g for g, _ in run if len(g) > 1)
+        run.clear()
+
+    for i, n in enumerate(rows):
+        if n >= MERGE_BELOW:
+            close()
+            continue
+        run.append(([i], n))
+        while len(run) > 1 and run[-1][1] * 2 >= run[-2][1] and run[-1][1] + run[-2][1] <= SEAL_ROWS:
+            (a, x), (b, y) = run[-2:]
+            run[-2:] = [(a + b, x + y)]
+        if run[-1][1] >= MERGE_BELOW:  # large now, and so is every older one of the run
+            close()
+    close()
     return groups
 
 
