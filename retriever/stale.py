@@ -56,6 +56,9 @@ def version_blob(store: ZooStore, version: int, meta: dict, name: str) -> bytes:
     return data
 
 
+HASH_CHUNK = 1 << 24  # bytes the checking thread reads at a time: how long Ctrl-C waits for it
+
+
 @contextmanager
 def version_file(store: ZooStore, version: int, meta: dict, name: str):
     """One file of a version as an open Arrow input file. Its sha256 is computed meanwhile, in
@@ -75,7 +78,7 @@ def version_file(store: ZooStore, version: int, meta: dict, name: str):
     def digest() -> str:
         h = hashlib.sha256()
         with fs.open_input_file(path) as fh:
-            while not stop.is_set() and (chunk := fh.read(1 << 24)):
+            while not stop.is_set() and (chunk := fh.read(HASH_CHUNK)):
                 h.update(chunk)  # releases the GIL: runs beside the parse
         return h.hexdigest()
 

@@ -330,6 +330,60 @@ def test_a_damaged_or_missing_models_file_stops_search_by_name(built_zoo, tmp_pa
     assert Searcher(store).embeddings.shape == (meta["results"], 128)
 
 
+def test_ctrl_c_while_a_version_file_is_read_does_not_wait_for_its_hash(built_zoo, monkeypatch):
+    """The thread that hashes a version file beside the parse stops at its next chunk when
+    the caller is interrupted, instead of reading the rest of the file (0.5 GB for a million
+    networks) before Ctrl-C takes effect; read to the end, every chunk is hashed."""
+    import hashlib
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from tans.retriever import stale
+    from tans.zoo_schema import layout
+
+    zoo, _ = built_zoo
+    store = open_store(zoo)
+    if not versions(store):
+        run_retrain(store, SETTINGS, 32, None, None, log=lambda *_: None)
+    version = versions(store)[-1]
+    meta = store.read_json(layout.retriever_meta_key(version))
+    size = len(store.read_bytes(meta["files"]["models"]["key"]))
+    chunks, hashed = -(-size // 64), threading.Semaphore(0)
+
+    class Slow:  # sha256 whose every chunk takes 10 ms
+        def __init__(self):
+            self.h = hashlib.sha256()
+
+        def update(self, data):
+            time.sleep(0.01)
+            self.h.update(data)
+            hashed.release()
+
+        def hexdigest(self):
+            return self.h.hexdigest()
+
+    monkeypatch.setattr(stale, "HASH_CHUNK", 64)
+    monkeypatch.setattr(stale, "hashlib", SimpleNamespace(sha256=Slow))
+    assert chunks > 50
+    with pytest.raises(KeyboardInterrupt):
+        with stale.version_file(store, version, meta, "models") as fh:
+            fh.read(8)
+            for _ in range(3):
+                assert hashed.acquire(timeout=30)  # the thread is hashing
+            raise KeyboardInterrupt
+    done = 3
+    while hashed.acquire(blocking=False):
+        done += 1
+    assert done <= 5 < chunks  # it stopped at its next chunk
+    with stale.version_file(store, version, meta, "models") as fh:
+        fh.read(8)
+    done = 0
+    while hashed.acquire(blocking=False):
+        done += 1
+    assert done == chunks  # read to the end, the whole file was hashed and checked
+
+
 def test_retriever_version_loads_back_from_s3(built_zoo, s3_server, s3_bucket):
     zoo, _ = built_zoo
     local = open_store(zoo)
