@@ -11,7 +11,8 @@ process:
 - a zoo compacted after every 500 results (`--s3-merge-sizes`, on S3): all its rows in
   sealed segments of 500, measured before and after a `tans compact` that merges them;
 - the merge rule over a zoo compacted after every 500 results up to 1,000,000 (and every 10
-  up to 100,000): rows rewritten by merges per row, and the most small segments at once,
+  up to 100,000, every 20,000 up to 1,000,000): rows rewritten by merges per row and per
+  compaction, and the most small segments at once,
   against merging every small segment at each compaction (`merge_rule`, no I/O).
 S3 is a moto server on 127.0.0.1; the number of S3 requests each command makes is counted
 by moto's request recorder. The zoos are synthetic (bench/resume.py's `fill_zoo`: real
@@ -248,7 +249,11 @@ def merge_rule(chunk: int, total: int) -> dict:
             inside = {i for g in groups for i in g}
             rows = [firsts.get(i, n) for i, n in enumerate(rows) if i in firsts or i not in inside]
             most = max(most, sum(1 for n in rows if n < MERGE_BELOW))
-        out[name] = {"rows_rewritten_per_row": round(written / total, 2), "most_small_segments": most}
+        out[name] = {
+            "rows_rewritten_per_row": round(written / total, 2),
+            "rows_rewritten_per_compaction": round(written / (total // chunk)),
+            "most_small_segments": most,
+        }
     return out
 
 
@@ -321,7 +326,9 @@ def main() -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="tans-bench-scale-"))
     query = work / "stripes-frequency" if (work / "stripes-frequency").exists() else query_folder(work)
     figures: dict = {"machine_loop_seconds_before": machine_seconds(), "local": {}, "s3": {}}
-    figures["merge_rule"] = {f"every_{c}_of_{t}": merge_rule(c, t) for c, t in ((500, 1_000_000), (10, 100_000))}
+    figures["merge_rule"] = {
+        f"every_{c}_of_{t}": merge_rule(c, t) for c, t in ((500, 1_000_000), (10, 100_000), (20_000, 1_000_000))
+    }
     print("merge rule", figures["merge_rule"], file=sys.stderr)
     warm = False
     for n in [int(x) for x in args.sizes.split(",") if x]:

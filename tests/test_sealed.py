@@ -123,6 +123,7 @@ def test_small_segments_are_merged_in_age_order_and_large_ones_left(tmp_path, mo
     from tans.pipeline.commands import compact
 
     monkeypatch.setattr(compact, "MERGE_BELOW", 6)
+    monkeypatch.setattr(compact, "MERGE_FLOOR", 1)
     monkeypatch.setattr(compact, "SEAL_ROWS", 10)
     store = open_store(str(tmp_path / "zoo"))
     make_zoo(store)
@@ -178,14 +179,15 @@ def test_small_segments_are_merged_in_age_order_and_large_ones_left(tmp_path, mo
 @pytest.mark.parametrize("chunk", [1, 500, 20_000])
 def test_compacting_after_every_few_jobs_keeps_few_segments_and_rewrites_each_row_a_few_times(chunk):
     """The merge rule over many compactions, each adding one segment of `chunk` rows: the
-    small segments stay about log2(MERGE_BELOW / chunk), a row is rewritten at most
-    log1.5(MERGE_BELOW / chunk) + 1 times (merging every small segment at each compaction
-    rewrote a growing one each time: 62,500 / chunk times), and groups are neighbours."""
+    small segments stay about log2(MERGE_BELOW / MERGE_FLOOR), a row is rewritten while its
+    segment has at most 2 x MERGE_FLOOR rows, then at most log1.5(MERGE_BELOW / MERGE_FLOOR)
+    + 1 times (merging every small segment at each compaction rewrote a growing one each time:
+    62,500 / chunk times), and groups are neighbours."""
     import math
 
     import numpy as np
 
-    from tans.pipeline.commands.compact import MERGE_BELOW, SEAL_ROWS, merge_groups
+    from tans.pipeline.commands.compact import MERGE_BELOW, MERGE_FLOOR, SEAL_ROWS, merge_groups
 
     segments: list[tuple[int, int]] = []  # each segment's compactions [first, last + 1), oldest first
     rewrites = np.zeros(3 * MERGE_BELOW // chunk, np.int64)  # per compaction's rows
@@ -202,8 +204,8 @@ def test_compacting_after_every_few_jobs_keeps_few_segments_and_rewrites_each_ro
         segments = [merged.get(i, s) for i, s in enumerate(segments) if i in merged or i not in inside]
         assert all(a[1] == b[0] for a, b in zip(segments, segments[1:]))  # neighbours: age order kept
         small = [s for s in segments if (s[1] - s[0]) * chunk < MERGE_BELOW]
-        assert len(small) <= math.log2(MERGE_BELOW / chunk) + 1
-    assert rewrites.max() <= math.log(MERGE_BELOW / chunk, 1.5) + 1
+        assert len(small) <= math.log2(MERGE_BELOW / max(chunk, MERGE_FLOOR)) + 1
+    assert rewrites.max() <= 2 * MERGE_FLOOR / chunk + math.log(MERGE_BELOW / max(chunk, MERGE_FLOOR), 1.5) + 1
     large = [hi - lo for lo, hi in segments if (hi - lo) * chunk >= MERGE_BELOW]
     assert large and sum(large) * chunk > len(rewrites) * chunk - 2 * MERGE_BELOW  # the old rows are in large ones
 
@@ -216,6 +218,7 @@ def test_a_damaged_small_segment_is_not_merged_and_a_reader_during_a_merge_reads
     from tans.pipeline.commands import compact
 
     monkeypatch.setattr(compact, "MERGE_BELOW", 6)
+    monkeypatch.setattr(compact, "MERGE_FLOOR", 1)
     store = open_store(str(tmp_path / "zoo"))
     make_zoo(store)
     rows = []

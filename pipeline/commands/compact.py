@@ -74,6 +74,7 @@ def compact_zoo(store: ZooStore, dry_run: bool = False, wait: bool = False, log=
 
 SEAL_ROWS = 250_000  # rows read and sealed at once (whole datasets): ~1.3 GB of embeddings
 MERGE_BELOW = SEAL_ROWS // 4  # a live segment of fewer rows is merged with its small neighbours
+MERGE_FLOOR = 2_000  # segments of fewer rows (~10 MB of embeddings) are merged as if they had this many
 
 
 def _compact(store: ZooStore, report: CompactReport) -> CompactReport:
@@ -146,14 +147,18 @@ def _merge(store: ZooStore, segments: list[sealed.Sealed], report: CompactReport
 def merge_groups(rows: list[int]) -> list[list[int]]:
     """Which segments to merge, given their row counts oldest first. Within each run of
     adjacent segments of fewer than MERGE_BELOW rows, the newest two are merged while the
-    newer is at least half the size of the older (the snapshot's rule): the run's sizes then
-    fall by more than half from oldest to newest, so a zoo compacted after every k jobs keeps
-    about log2(MERGE_BELOW / k) small segments, and a row is rewritten only when its segment
-    grows at least 1.5-fold: at most log1.5(MERGE_BELOW / k) times, not once per compaction.
-    Only groups of two or more are merged, none over SEAL_ROWS. Merging only neighbours in
-    age keeps the order of the rows that remain."""
+    newer is at least half the size of the older (the snapshot's rule), a segment of fewer
+    than MERGE_FLOOR rows counting as MERGE_FLOOR: a new small segment is merged into one of
+    up to 2 x MERGE_FLOOR rows (rewriting so few rows costs little, and a zoo of a few small
+    builds stays one segment), and above that the run's sizes fall by more than half from
+    oldest to newest. A zoo compacted after every k jobs then keeps at most about
+    log2(MERGE_BELOW / MERGE_FLOOR) + 1 small segments, and a row is rewritten while its
+    segment is that small, then only when it grows at least 1.5-fold: not at every
+    compaction. Only groups of two or more are merged, none over SEAL_ROWS. Merging only
+    neighbours in age keeps the order of the rows that remain."""
     groups: list[list[int]] = []
     run: list[tuple[list[int], int]] = []  # (segments, rows) of the run being packed, oldest first
+    size = lambda n: max(n, MERGE_FLOOR)  # noqa: E731
 
     def close() -> None:
         groups.extend(g for g, _ in run if len(g) > 1)
@@ -164,7 +169,7 @@ def merge_groups(rows: list[int]) -> list[list[int]]:
             close()
             continue
         run.append(([i], n))
-        while len(run) > 1 and run[-1][1] * 2 >= run[-2][1] and run[-1][1] + run[-2][1] <= SEAL_ROWS:
+        while len(run) > 1 and size(run[-1][1]) * 2 >= size(run[-2][1]) and run[-1][1] + run[-2][1] <= SEAL_ROWS:
             (a, x), (b, y) = run[-2:]
             run[-2:] = [(a + b, x + y)]
         if run[-1][1] >= MERGE_BELOW:  # large now, and so is every older one of the run
