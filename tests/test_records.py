@@ -72,6 +72,27 @@ def test_round_trip():
     assert from_table(ResultRecord, pq.read_table(io.BytesIO(sink.getvalue()))) == recs
 
 
+def test_records_from_a_table_are_what_their_constructor_makes():
+    """from_table sets each record's fields at once instead of calling its __init__: the
+    records are equal, and frozen alike, a column added later takes its default,
+    columns it does not know are ignored, and empty lists are each their own."""
+    import dataclasses
+
+    import pytest
+
+    recs = [record(), record(job_id="j2", accuracy=0.9, epoch_losses=[], data_seconds=1.5)]
+    table = to_table(recs).drop_columns(["data_seconds"]).append_column("extra", pa.array([1, 2]))
+    got = from_table(ResultRecord, table)
+    assert got == [dataclasses.replace(r, data_seconds=0.0) for r in recs]
+    assert [type(r) for r in got] == [ResultRecord] * 2
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        got[0].accuracy = 1.0
+    assert got[1].epoch_losses == [] and got[1].epoch_losses is not from_table(ResultRecord, table)[1].epoch_losses
+    with pytest.raises(ValueError, match="lacks columns"):
+        from_table(ResultRecord, table.drop_columns(["accuracy"]))
+    assert from_table(ResultRecord, table.slice(0, 0)) == []
+
+
 def test_job_ids_of_jobs_evaluated_every_epoch_are_those_before_the_setting_existed():
     """`train.evaluate_every_epoch` (default true) does not enter the ids of existing zoos'
     jobs, so their resumes find their results; evaluating only the last epoch is another job.

@@ -27,7 +27,15 @@ import pyarrow as pa
 from tans.zoo_schema import layout, sealed
 from tans.zoo_schema.errors import TansError
 from tans.zoo_schema.journal import Failure, read_failures
-from tans.zoo_schema.records import DatasetRecord, ResultRecord, arrow_schema, from_table, string_array, to_table
+from tans.zoo_schema.records import (
+    DatasetRecord,
+    ResultRecord,
+    arrow_schema,
+    from_table,
+    gc_paused,
+    string_array,
+    to_table,
+)
 from tans.zoo_schema.shards import read_datasets
 from tans.zoo_schema.store import ZooStore, parquet_table
 
@@ -213,11 +221,24 @@ def read_results(store: ZooStore, light: bool = False) -> list[ResultRecord]:
     return scan_results(store, light).results
 
 
-def light_rows(table: pa.Table) -> pa.Table:
-    """A table read without HEAVY columns, with empty values in their place."""
+# What the driver never reads of a sealed row, beside its embeddings: a million rows' lists
+# of numbers made Python lists took 6 of a resume's 20 s.
+DRIVER_SKIPS = ("topology", "epoch_losses", "epoch_accuracies")
+
+
+def light_rows(table: pa.Table, empty: tuple[str, ...] = HEAVY) -> pa.Table:
+    """A table read without HEAVY columns (or the `empty` ones), with empty lists in their place."""
+    import numpy as np
+
     schema = arrow_schema(ResultRecord)
-    for name in HEAVY:
-        table = table.append_column(schema.field(name), pa.array([[]] * table.num_rows, schema.field(name).type))
+    table = table.drop_columns([n for n in empty if n in table.column_names])
+    offsets = pa.py_buffer(np.zeros(table.num_rows + 1, np.int32))
+    for name in empty:
+        kind = schema.field(name).type
+        values = pa.array([], kind.value_type)
+        table = table.append_column(
+            schema.field(name), pa.ListArray.from_buffers(kind, table.num_rows, [None, offsets], children=[values])
+        )
     return table
 
 
@@ -228,8 +249,9 @@ def _columns(light: bool) -> list[str] | None:
 def scan_results(store: ZooStore, light: bool = False, sealed_light: bool = False) -> ResultsRead:
     """Every committed result (see `_scan`). A listed file gone when it is read (a `tans
     compact` sealed it meanwhile) means reading again from a fresh listing, once."""
-    scan = _scan(store, light, sealed_light)
-    return _scan(store, light, sealed_light) if scan.vanished else scan
+    with gc_paused():
+        scan = _scan(store, light, sealed_light)
+        return _scan(store, light, sealed_light) if scan.vanished else scan
 
 
 def _scan(store: ZooStore, light: bool = False, sealed_light: bool = False) -> ResultsRead:
@@ -243,14 +265,16 @@ def _scan(store: ZooStore, light: bool = False, sealed_light: bool = False) -> R
 
     With `light`, the HEAVY columns (the functional embeddings) are not read: the records
     hold an empty list there. That is for summaries (`tans status`): a tenth of the memory.
-    With `sealed_light`, only the sealed rows come so: the driver's (it never reads a
-    result's embeddings, and writes those of the files' rows to the snapshot, which caches
-    no sealed row), for which a million sealed rows in full would be ~40 GB of Python floats.
+    With `sealed_light`, only the sealed rows come so, and without their DRIVER_SKIPS lists
+    too: the driver's (it never reads a result's embeddings, topology or epoch curves, and
+    writes the files' rows to the snapshot, which caches no sealed row), for which a million
+    sealed rows in full would be ~40 GB of Python floats.
     """
     keys, rows = result_keys(store), {}
     if (held := sealed.sealed_table(store, light or sealed_light)) is not None:
         rows = {}
-        for r in from_table(ResultRecord, light_rows(held) if light or sealed_light else held):
+        empty = HEAVY + DRIVER_SKIPS if sealed_light and not light else HEAVY
+        for r in from_table(ResultRecord, light_rows(held, empty) if light or sealed_light else held):
             rows.setdefault(result_key(r), r)  # a job sealed twice: the older segment's row
         keys = _unsealed(keys, held)
     if not keys:
