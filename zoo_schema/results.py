@@ -65,6 +65,8 @@ class ZooState:
 
     def given_up(self) -> set[tuple[str, str]]:
         """(dataset_id, arch) pairs that failed max_attempts times and have no result."""
+        if not self.failures:
+            return set()
         attempts = self.failed_attempts()
         done = self.done_ids
         return {

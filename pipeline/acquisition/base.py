@@ -63,8 +63,9 @@ class Policy(Protocol):
 
 
 def taken_pairs(state: ZooState, pending: Iterable[Pair]) -> set[Pair]:
-    """Pairs not to propose again: finished, in flight, or given up after failing."""
-    return {Pair(r.dataset_id, r.arch) for r in state.results} | set(pending) | state.given_up()
+    """Pairs not to propose again: finished, in flight, or given up after failing. Plain
+    tuples, equal to the Pairs they stand for: making a million Pairs took 3 s of a step."""
+    return {(r.dataset_id, r.arch) for r in state.results} | set(pending) | state.given_up()
 
 
 def first_allowed(
