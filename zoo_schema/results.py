@@ -237,7 +237,7 @@ def light_rows(table: pa.Table, empty: tuple[str, ...] = HEAVY) -> pa.Table:
     offsets = pa.py_buffer(np.zeros(table.num_rows + 1, np.int32))
     for name in empty:
         kind = schema.field(name).type
-        values = pa.array([], kind.value_type)
+        values = pa.Array.from_buffers(kind.value_type, 0, [None, pa.py_buffer(b"")])  # pa.array imports pandas
         table = table.append_column(
             schema.field(name), pa.ListArray.from_buffers(kind, table.num_rows, [None, offsets], children=[values])
         )
