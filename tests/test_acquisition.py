@@ -8,6 +8,7 @@ import pytest
 from tans.pipeline.acquisition.base import ParetoSettings, PolicyContext
 from tans.pipeline.acquisition.hypervolume import (
     REF,
+    SMALL_FRONT,
     Normalizer,
     gains,
     hv_history,
@@ -18,6 +19,26 @@ from tans.pipeline.acquisition.pareto import ParetoPolicy, training_size
 from tans.pipeline.acquisition.predictor import fit, mc_grid, mc_samples
 from tans.zoo_schema.results import ZooState
 from tests.helpers import DATASETS, POOL, make_prior, make_state, result
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 12, SMALL_FRONT, SMALL_FRONT + 6])
+def test_hypervolume_gains_equal_pygmos_volume_with_and_without_each_candidate(size):
+    """The vectorized sweep (and, past SMALL_FRONT, the per-candidate path) against pygmo's
+    HV(front + c) - HV(front) itself: random fronts, grid values with ties, candidates on the
+    front, dominated and dominating ones."""
+    import pygmo
+
+    rng = np.random.default_rng(size)
+    for trial in range(30):
+        front = rng.uniform(0, 1, (size, 3))
+        front[:, 2] = np.clip(1.1 - front[:, 0] - front[:, 1] + rng.normal(0, 0.1, size), 0, 1)  # mostly a front
+        cands = rng.uniform(0, 1, (80, 3))
+        if trial % 3 == 0:  # ties everywhere
+            front, cands = np.round(front * 4) / 4, np.round(cands * 4) / 4
+        cands[:size] = front[: len(cands)]
+        front_hv = pygmo.hypervolume(front).compute(REF)
+        expected = [pygmo.hypervolume(np.vstack([front, c])).compute(REF) - front_hv for c in cands]
+        assert gains(front, cands) == pytest.approx(expected, abs=1e-12)
 
 
 def test_hypervolume_gain_matches_hand_computation():
@@ -34,6 +55,7 @@ def test_hypervolume_gain_matches_hand_computation():
     )
     assert gains(front, cands) == pytest.approx([0.036, 0.0, 1.05**3 - 1.0, 0.0])
     assert gains(np.zeros((0, 3)), cands[:1]) == pytest.approx([0.396])
+    assert gains(front, [[1.5, 0.0, 0.0]]) == pytest.approx([0.0])  # past the reference point: nothing
     # two-point front: union of boxes by inclusion-exclusion
     two = np.array([[0.1, 0.6, 0.1], [0.6, 0.1, 0.1]])
     assert hypervolume(two) == pytest.approx(0.5 + 0.5 - 0.25)  # |A| + |B| - |A and B|
