@@ -26,9 +26,10 @@ the CPU seconds are the driver's own cost. Goal: driver seconds per job below 1 
 GPU fine-tune (60 s assumed:
 one OFA subnet, a few epochs of a small dataset on one GPU), i.e. < 0.6 s, and never above
 the time 64 workers take to finish one job each (60 s / 64 = 0.94 s); the worst step < 1 s.
-The predictor is fitted in a background process (pipeline/acquisition/fitting.py): the
-figures give the step that waited for the first fit, the worst step after it, and the fits'
-own seconds (spent off the loop).
+The predictor is fitted in a background process (pipeline/acquisition/fitting.py), the first
+fit three quarters into the initial phase: the figures give the step where the first fit takes
+over (it waits for it only if the fit is not done by then), the worst step after it, the first
+fit's size, and the fits' own seconds (spent off the loop).
 
     python bench/driver_scale.py [--datasets 140] [--archs 100] [--in-flight 8 64] [--parallel]
 
@@ -298,7 +299,7 @@ def run_child(source_root: str, in_flight: int, seed: int) -> dict:
         before_first_fit = not policy.fit_history
         more = driver.step()
         dt = time.perf_counter() - t0
-        if before_first_fit and policy.fit_history:  # the one step that waits for a fit
+        if before_first_fit and policy.fit_history:  # the step where the first fit takes over
             first_fit_step = dt
         elif policy.fit_history:
             worst_after_first_fit = max(worst_after_first_fit, dt)
@@ -342,6 +343,7 @@ def run_child(source_root: str, in_flight: int, seed: int) -> dict:
         "worst_step_seconds": round(worst_step, 3),
         "first_fit_step_seconds": round(first_fit_step or 0.0, 3),
         "worst_step_after_first_fit_seconds": round(worst_after_first_fit, 3),
+        "first_fit_size": policy.fit_history[0].size if policy.fit_history else None,
         "predictor_fits": len(policy.fit_history),
         "fit_seconds_max": round(max((f.seconds for f in policy.fit_history), default=0.0), 1),
         "fit_seconds_total": round(sum(f.seconds for f in policy.fit_history), 1),

@@ -161,6 +161,47 @@ def test_the_predictor_refits_off_the_loop_and_a_policy_pinned_to_a_fit_proposes
     assert make().propose(grown, 3) == later
 
 
+def test_the_first_fit_starts_during_the_initial_phase_so_the_first_pareto_step_does_not_wait():
+    """Three quarters into the initial design the fit on those results starts in the
+    background; the first predictor-driven step proposes with it (the fit on all initial
+    results starting then), and a policy pinned to it proposes the same."""
+    import time
+
+    from tans.pipeline.acquisition.fitting import Fitter
+    from tans.pipeline.acquisition.pareto import early_fit_size
+
+    def make():
+        settings = ParetoSettings(n_init_per_dataset=3, retrain_every=4)
+        return ParetoPolicy(PolicyContext(0, tuple(POOL), prior=make_prior(), log=lambda line: None, pareto=settings))
+
+    fitter = Fitter.shared()
+
+    def settle():
+        while fitter.running is not None:
+            fitter.poll()
+            time.sleep(0.02)
+
+    settle()  # an earlier test's fit
+    fitter.done.clear()
+    full = make_state(n_per_dataset=3)  # 12 results, in dataset order
+    assert early_fit_size(12) == 9
+    p = make()
+    eight = ZooState(full.datasets, full.results[:8], [])
+    assert len(p.propose(eight, 2)) == 2 and fitter.running is None and not p._fits  # too early
+    nine = ZooState(full.datasets, full.results[:9], [])
+    initial = p.propose(nine, 2)
+    assert {d for d, _ in initial} == {DATASETS[3]} and p._model is None  # still the initial design ...
+    assert fitter.running is not None and fitter.running.size == 9  # ... and the first fit runs
+    settle()  # the rest of the initial design trains meanwhile
+    picks = p.propose(full, 3)
+    assert p._model_size == 9 and p.last_fit_of == dict.fromkeys(picks, 9)  # no wait for a fit on 12
+    assert fitter.running is not None and fitter.running.size == 12
+    fitter.done.clear()  # the pinned policy fits again from nothing
+    pinned = make()
+    pinned.fit_size = 9
+    assert pinned.propose(full, 3) == picks
+
+
 def test_a_script_without_a_main_guard_builds_with_the_background_fitter(tmp_path):
     """A user's plain script (no `if __name__ == "__main__"`) proposes with the predictor: the
     fitting process does not re-run the caller's main module, and it ends with the script."""

@@ -29,7 +29,7 @@ import struct
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -41,12 +41,12 @@ THREADS = max(1, min(4, (os.cpu_count() or 2) // 2))  # the child's torch thread
 @dataclass
 class Fit:
     """One fit of the predictor: on the first `size` results in commit order (`key`: a hash
-    of their job ids), seeded by `seed`; `model` once it is done."""
+    of their job ids), seeded by `seed`; `model` once it is done, and the `seconds` the
+    background process spent fitting it."""
 
     size: int
     key: int
     seed: int
-    started: float = field(default_factory=time.monotonic)
     seconds: float | None = None
     model: object | None = None  # a tans.pipeline.acquisition.predictor.AccuracyPredictor
 
@@ -97,9 +97,11 @@ def main() -> None:
         try:
             a = _arrays(payload)
             d, j = a["d_index"], a["a_index"]
+            started = time.monotonic()
             model = fit(a["data"][d], a["topo"][j], a["func"][j], a["y"], seed=int(a["seed"]))
-            state = {k: v.numpy() for k, v in model.state_dict().items()}
-            _send(sink, b"R", _npz(val_mse=np.float64(model.val_mse), **{f"w.{k}": v for k, v in state.items()}))
+            seconds = np.float64(time.monotonic() - started)
+            state = {f"w.{k}": v.numpy() for k, v in model.state_dict().items()}
+            _send(sink, b"R", _npz(val_mse=np.float64(model.val_mse), seconds=seconds, **state))
         except Exception as e:  # sent back, raised in the driver
             _send(sink, b"E", f"{type(e).__name__}: {e}".encode())
 
@@ -160,7 +162,6 @@ class Fitter:
             y=np.asarray(y, np.float32),
             seed=np.int64(fit.seed),
         )
-        fit.started = time.monotonic()
         try:
             _send(self._process.stdin, b"F", message)
         except (BrokenPipeError, OSError):
@@ -199,7 +200,7 @@ class Fitter:
         model = AccuracyPredictor(state["data_mean"].shape[0], state["func_mean"].shape[0])
         model.load_state_dict(state)
         model.val_mse = float(a["val_mse"])
-        fit.model, fit.seconds = model.eval(), time.monotonic() - fit.started
+        fit.model, fit.seconds = model.eval(), float(a["seconds"])  # the fit's own time, not until it was collected
         self.done[fit.key] = fit
         while len(self.done) > self.KEEP:
             self.done.pop(next(iter(self.done)))

@@ -16,7 +16,11 @@ of fantasies for little difference at these batch sizes.
 The predictor is fitted off the driver's loop (tans.pipeline.acquisition.fitting): when the
 results reach the next `training_size` m, the fit on the first m of them in commit order
 starts in a background process and the policy goes on proposing with the newest finished
-fit, so the driver never waits for a refit except the first (and a resumed build's first).
+fit. The first fit starts before it is needed: once three quarters of the initial phase's
+results are in (`early_fit_size`), the fit on them runs while the rest of the initial
+design is trained, and the first predictor-driven step proposes with it. So the driver
+waits for a fit only when none has finished yet: when the initial design's last quarter
+trains faster than that fit (a replay build), and at a resumed build's first step.
 Each fit is a deterministic function of its rows, their inputs and its seed; given the fit,
 proposals are a deterministic function of the zoo state (results with their commit times),
 the pending set and the seed. Which fit proposed each pair is recorded (`last_fit_of`; the
@@ -56,6 +60,12 @@ def training_size(n_results: int, n_init_total: int, every: int) -> int:
         step *= 2
     m = (n_results // step) * step
     return min(n_results, max(m, n_init_total))
+
+
+def early_fit_size(n_init_total: int) -> int:
+    """The size of the fit started during the initial phase, so the first predictor-driven
+    step need not wait for one: three quarters of the initial phase's results."""
+    return max(4, (3 * n_init_total) // 4)
 
 
 class ParetoPolicy:
@@ -115,26 +125,52 @@ class ParetoPolicy:
             self._prior_token = (id(self.prior), h.hexdigest())
         return hash((self._prior_token[1], self.seed, m, tuple(r.job_id for r in order[:m])))
 
+    def _usable_order(self, results: list[ResultRecord]) -> list[ResultRecord]:
+        """The results a fit can use (arch and dataset in the prior), in commit order."""
+        usable = [r for r in results if r.arch in self.prior.profiles and r.dataset_id in self.prior.features]
+        return sorted(usable, key=lambda r: (r.created_at, r.job_id))
+
+    def _request(self, order: list[ResultRecord], m: int) -> Fit:
+        """The fit on the first m rows of `order`, asked of the background process (started
+        there unless it is done, running, or another fit is running: asked again next step)."""
+        key = self._fit_key(order, m)
+        fit = next((f for f in self._fits if f.key == key), None) or Fit(m, key, self.seed * 1_000_003 + m)
+        if fit not in self._fits:
+            self._fits.append(fit)
+        Fitter.shared().request(fit, lambda: self._fit_inputs(order[:m]))
+        return fit
+
+    def _fit_early(self, state: ZooState, dataset_ids: list[str], n_init_total: int) -> None:
+        """During the initial phase, once `early_fit_size` results are in, start the first fit
+        (see the module docstring); it is a pure function of those rows, like every fit."""
+        m = early_fit_size(n_init_total)
+        if self.fit_size is not None or len(state.results) < m or self._model_size >= m:
+            return  # pinned, too early, or a predictor already proposes (new datasets' initial pairs)
+        self._ensure_prior(dataset_ids)
+        order = self._usable_order(state.results)
+        if len(order) >= m:
+            self._request(order, m)
+
     def _predictor(self, results: list[ResultRecord], n_init_total: int):
         """The predictor to propose with (None: too few results yet): the newest finished fit
         on a prefix of the results in commit order, while the fit on the `training_size` prefix
-        runs in the background; the first fit (and a pinned `fit_size`) is waited for."""
-        usable = [r for r in results if r.arch in self.prior.profiles and r.dataset_id in self.prior.features]
-        m = self.fit_size or training_size(len(usable), n_init_total, self.settings.retrain_every)
-        if m < 4 or m > len(usable):
+        runs in the background. With none finished, the oldest one asked for is waited for (a
+        pinned `fit_size`: that one)."""
+        order = self._usable_order(results)
+        m = self.fit_size or training_size(len(order), n_init_total, self.settings.retrain_every)
+        if m < 4 or m > len(order):
             return None
-        order = sorted(usable, key=lambda r: (r.created_at, r.job_id))
-        key = self._fit_key(order, m)
-        target = next((f for f in self._fits if f.key == key), None) or Fit(m, key, self.seed * 1_000_003 + m)
-        if target not in self._fits:
-            self._fits.append(target)
+        target = self._request(order, m)
         fitter = Fitter.shared()
-        inputs = lambda: self._fit_inputs(order[:m])  # noqa: E731
-        fitter.request(target, inputs)
         # fits on rows that are no longer a prefix (a result set aside) are dropped
         self._fits = [f for f in self._fits if f.size <= len(order) and f.key == self._fit_key(order, f.size)]
         ready = [f for f in self._fits if f.key in fitter.done] if self.fit_size is None else []
-        use = ready[-1] if ready else fitter.wait_for(target, inputs)
+        first = target if self.fit_size is not None else min(self._fits, key=lambda f: f.size)
+        use = (
+            max(ready, key=lambda f: f.size)
+            if ready
+            else fitter.wait_for(first, lambda: self._fit_inputs(order[: first.size]))
+        )
         use = fitter.done.get(use.key, use)
         self._fits = [f for f in self._fits if f.size >= use.size]  # older fits are not needed again
         if use.key != self._model_rows:
@@ -169,6 +205,7 @@ class ParetoPolicy:
             else []
         )
         if len(out) >= n:
+            self._fit_early(state, dataset_ids, k * len(dataset_ids))
             return out
         self._ensure_prior(dataset_ids)
         model = self._predictor(state.results, k * len(dataset_ids))
