@@ -202,6 +202,63 @@ def test_the_first_fit_starts_during_the_initial_phase_so_the_first_pareto_step_
     assert pinned.propose(full, 3) == picks
 
 
+def test_a_build_on_a_zoo_past_its_initial_phase_fits_on_all_results_not_the_oldest():
+    """Datasets added to a grown zoo restart the initial phase for them only: a new build's
+    policy must not start an early fit on the zoo's oldest rows (it would propose with it)."""
+    from tans.pipeline.acquisition.fitting import Fitter
+
+    fitter = Fitter.shared()
+    settings = ParetoSettings(n_init_per_dataset=3, retrain_every=4)
+    p = ParetoPolicy(PolicyContext(0, tuple(POOL), prior=make_prior(), log=lambda line: None, pareto=settings))
+    rows = [
+        result(d, POOL[(i * 7 + j) % len(POOL)], 0.2 + 0.03 * i, j * 10 + i)
+        for j, d in enumerate(DATASETS[:3])
+        for i in range(10)
+    ]
+    datasets = make_state().datasets  # d3 has no results yet
+    initial = p.propose(ZooState(datasets, rows, []), 2)
+    assert {d for d, _ in initial} == {DATASETS[3]} and not p._fits
+    rows += [
+        result(DATASETS[3], a, 0.5, 40 + k) for k, a in enumerate(a for a in POOL if (DATASETS[3], a) not in initial)
+    ][:3]
+    p.propose(ZooState(datasets, rows, []), 2)
+    assert p._model_size == training_size(33, 12, 4) == 32 and fitter.done
+
+
+def test_with_no_fit_finished_a_step_waits_for_the_running_one_not_a_queued_smaller_one():
+    """An early fit whose rows changed (a result set aside) is queued again behind the stale
+    one; the first predictor step then finds the fit on all results running and waits for it,
+    not for the queued smaller one after it."""
+    import time
+
+    from tans.pipeline.acquisition.fitting import Fitter
+
+    fitter = Fitter.shared()
+    full = make_state(n_per_dataset=3)
+    p = ParetoPolicy(
+        PolicyContext(
+            0,
+            tuple(POOL),
+            prior=make_prior(),
+            log=lambda line: None,
+            pareto=ParetoSettings(n_init_per_dataset=3, retrain_every=4),
+        )
+    )
+    while fitter.running is not None:  # an earlier test's fit
+        fitter.poll()
+        time.sleep(0.02)
+    fitter.done.clear()  # and its finished ones
+    p.propose(ZooState(full.datasets, full.results[:9], []), 2)
+    assert fitter.running.size == 9
+    p.propose(ZooState(full.datasets, full.results[1:10], []), 2)  # the first result set aside: asked again
+    while fitter.running is not None:  # the stale fit ends; the new early fit never started
+        fitter.poll()
+        time.sleep(0.02)
+    grown = full.results[1:12] + [result(DATASETS[0], POOL[-1], 0.3, 40)]
+    p.propose(ZooState(full.datasets, grown, []), 2)
+    assert p._model_size == 12
+
+
 def test_a_script_without_a_main_guard_builds_with_the_background_fitter(tmp_path):
     """A user's plain script (no `if __name__ == "__main__"`) proposes with the predictor: the
     fitting process does not re-run the caller's main module, and it ends with the script."""

@@ -16,11 +16,15 @@ of fantasies for little difference at these batch sizes.
 The predictor is fitted off the driver's loop (tans.pipeline.acquisition.fitting): when the
 results reach the next `training_size` m, the fit on the first m of them in commit order
 starts in a background process and the policy goes on proposing with the newest finished
-fit. The first fit starts before it is needed: once three quarters of the initial phase's
-results are in (`early_fit_size`), the fit on them runs while the rest of the initial
-design is trained, and the first predictor-driven step proposes with it. So the driver
-waits for a fit only when none has finished yet: when the initial design's last quarter
-trains faster than that fit (a replay build), and at a resumed build's first step.
+fit. The first fit starts before it is needed: when three quarters of the initial phase's
+results are in (`early_fit_size`) while its last pairs are still being proposed (fewer jobs
+in flight than a quarter of the initial design), the fit on them runs while the rest of the
+initial design trains, and the first predictor-driven step proposes with it as the fit on
+the results in by then starts. The driver waits for a fit only when none has finished: when
+the initial design's last quarter trains faster than that fit (a replay build), when more
+workers than a quarter of the initial design leave no initial step to start it in (then the
+first fit is on the few results in), and at the first step of a build resumed or started on
+a zoo past its initial phase.
 Each fit is a deterministic function of its rows, their inputs and its seed; given the fit,
 proposals are a deterministic function of the zoo state (results with their commit times),
 the pending set and the seed. Which fit proposed each pair is recorded (`last_fit_of`; the
@@ -144,8 +148,8 @@ class ParetoPolicy:
         """During the initial phase, once `early_fit_size` results are in, start the first fit
         (see the module docstring); it is a pure function of those rows, like every fit."""
         m = early_fit_size(n_init_total)
-        if self.fit_size is not None or len(state.results) < m or self._model_size >= m:
-            return  # pinned, too early, or a predictor already proposes (new datasets' initial pairs)
+        if self.fit_size is not None or self._model is not None or not m <= len(state.results) < n_init_total:
+            return  # pinned, a predictor proposes already, too early, or past an initial phase (datasets added later)
         self._ensure_prior(dataset_ids)
         order = self._usable_order(state.results)
         if len(order) >= m:
@@ -154,8 +158,8 @@ class ParetoPolicy:
     def _predictor(self, results: list[ResultRecord], n_init_total: int):
         """The predictor to propose with (None: too few results yet): the newest finished fit
         on a prefix of the results in commit order, while the fit on the `training_size` prefix
-        runs in the background. With none finished, the oldest one asked for is waited for (a
-        pinned `fit_size`: that one)."""
+        runs in the background. With none finished, the one running is waited for (a pinned
+        `fit_size`: that one)."""
         order = self._usable_order(results)
         m = self.fit_size or training_size(len(order), n_init_total, self.settings.retrain_every)
         if m < 4 or m > len(order):
@@ -165,7 +169,8 @@ class ParetoPolicy:
         # fits on rows that are no longer a prefix (a result set aside) are dropped
         self._fits = [f for f in self._fits if f.size <= len(order) and f.key == self._fit_key(order, f.size)]
         ready = [f for f in self._fits if f.key in fitter.done] if self.fit_size is None else []
-        first = target if self.fit_size is not None else min(self._fits, key=lambda f: f.size)
+        running = [f for f in self._fits if fitter.running is not None and f.key == fitter.running.key]
+        first = running[0] if running and self.fit_size is None else target  # none finished: the one nearest done
         use = (
             max(ready, key=lambda f: f.size)
             if ready
