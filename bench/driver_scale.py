@@ -173,7 +173,7 @@ def make_source(root: Path, n_datasets: int, profiles: dict, model: dict, seed: 
                     0,
                     float(profiles[a]["latency_ms"]),
                     "cpu",
-                    [],
+                    [0.0],  # a functional embedding (the snapshot holds records in full); the policy's are in its prior
                     "x",
                     "0",
                     10,
