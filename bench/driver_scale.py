@@ -27,7 +27,9 @@ GPU fine-tune (60 s assumed:
 one OFA subnet, a few epochs of a small dataset on one GPU), i.e. < 0.6 s, and never above
 the time 64 workers take to finish one job each (60 s / 64 = 0.94 s); the worst step < 1 s.
 The predictor is fitted in a background process (pipeline/acquisition/fitting.py), the first
-fit three quarters into the initial phase: the figures give the step where the first fit takes
+fit halfway through the initial phase. Its process imports torch as the policy is made, 2 s
+before it can fit; a real build's first results come a fine-tune later, replayed ones at once,
+so the timed loop starts once it is ready. The figures give the step where the first fit takes
 over (it waits for it only if the fit is not done by then), the worst step after it, the first
 fit's size, and the fits' own seconds (spent off the loop).
 
@@ -288,6 +290,11 @@ def run_child(source_root: str, in_flight: int, seed: int) -> dict:
             clock["proposal_cpu"] += time.process_time() - cpu
 
     driver.policy.propose = timed_propose
+    # the policy has started its fitting process; a real build's first results come a fine-tune
+    # later, by when it has imported torch (2.2 s here). Replayed jobs take no time: wait for it.
+    from tans.pipeline.acquisition.fitting import Fitter
+
+    Fitter.shared().wait_ready()
 
     policy = driver.policy
     timeline, worst_step, rss_peak = [], 0.0, rss_start

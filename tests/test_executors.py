@@ -284,3 +284,26 @@ def test_profiling_on_warm_workers_leaves_them_holding_the_base(ray_cluster, tmp
         assert [(p.arch, p.params, p.flops) for p in again] == [(p.arch, p.params, p.flops) for p in first]
     finally:
         executor.close()
+
+
+def test_the_paper_scale_replay_source_of_the_driver_benchmark_is_a_zoo_it_can_replay(tmp_path, monkeypatch):
+    """bench/driver_scale.py writes its synthetic source zoo through the production writers
+    (result files and their snapshot); a change to what they accept must not leave the
+    benchmark unable to start, as the snapshot's refusal of light records once did."""
+    import importlib.util
+    from pathlib import Path
+
+    from tans.zoo_schema.results import read_results
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)  # the benchmark works from the repository root
+    spec = importlib.util.spec_from_file_location("driver_scale", root / "bench" / "driver_scale.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    profiles = {a.id: {"params": 2_000_000 + 1000 * k, "latency_ms": 5.0 + k} for k, a in enumerate(arch_pool(0, 3))}
+    model = {"fits": [(0.6, 0.05)], "arch_sd": 0.02, "noise_sd": 0.03}
+    source = bench.make_source(tmp_path / "zoo", 2, profiles, model, seed=0)
+    rows = read_results(source)
+    assert len(rows) == 6 and {r.arch for r in rows} == set(profiles)
+    replay = ReplayExecutor(source, open_store(str(tmp_path / "target")))
+    assert len(replay.universe()) == 6

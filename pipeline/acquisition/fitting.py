@@ -91,9 +91,12 @@ def main() -> None:
     sys.stdout = sys.stderr
     while True:
         try:
-            _, payload = _receive(source)
+            kind, payload = _receive(source)
         except EOFError:
             return
+        if kind == b"P":  # a ping: answered once torch is imported
+            _send(sink, b"P", b"")
+            continue
         try:
             a = _arrays(payload)
             d, j = a["d_index"], a["a_index"]
@@ -133,6 +136,21 @@ class Fitter:
         """Start the process (and its torch import) now, so the first fit does not wait for it."""
         if self._process is None or self._process.poll() is not None:
             self._start()
+
+    def wait_ready(self) -> None:
+        """Start the process if need be and wait until it can fit (torch imported: a ping
+        answered); at once while a fit runs. A real build needs no such wait, as its first
+        results come a fine-tune after the policy starts the process; a replay benchmark,
+        whose jobs take no time, waits here before its timed loop."""
+        self.warm()
+        if self.running is None:
+            try:
+                _send(self._process.stdin, b"P", b"")
+                kind, _ = _receive(self._process.stdout)
+            except (BrokenPipeError, EOFError, OSError):
+                raise self._died() from None
+            if kind != b"P":
+                raise TansError(f"the fitting process answered a ping with {kind!r}")
 
     def _start(self) -> None:
         self._process = subprocess.Popen(
