@@ -27,7 +27,7 @@ GPU fine-tune (60 s assumed:
 one OFA subnet, a few epochs of a small dataset on one GPU), i.e. < 0.6 s, and never above
 the time 64 workers take to finish one job each (60 s / 64 = 0.94 s); the worst step < 1 s.
 The predictor is fitted in a background process (pipeline/acquisition/fitting.py), the first
-fit halfway through the initial phase. Its process imports torch as the policy is made, 2 s
+fit a third of the way through the initial phase. Its process imports torch as the policy is made, 2 s
 before it can fit; a real build's first results come a fine-tune later, replayed ones at once,
 so the timed loop starts once it is ready. The figures give the step where the first fit takes
 over (it waits for it only if the fit is not done by then), the worst step after it, the first

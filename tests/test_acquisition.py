@@ -162,7 +162,7 @@ def test_the_predictor_refits_off_the_loop_and_a_policy_pinned_to_a_fit_proposes
 
 
 def test_the_first_fit_starts_during_the_initial_phase_so_the_first_pareto_step_does_not_wait():
-    """Halfway through the initial design the fit on those results starts in the
+    """A third of the way through the initial design the fit on those results starts in the
     background; the first predictor-driven step proposes with it (the fit on all initial
     results starting then), and a policy pinned to it proposes the same."""
     import time
@@ -184,21 +184,21 @@ def test_the_first_fit_starts_during_the_initial_phase_so_the_first_pareto_step_
     settle()  # an earlier test's fit
     fitter.done.clear()
     full = make_state(n_per_dataset=3)  # 12 results, in dataset order
-    assert early_fit_size(12) == 6
+    assert early_fit_size(12) == 4
     p = make()
-    five = ZooState(full.datasets, full.results[:5], [])
-    assert len(p.propose(five, 2)) == 2 and fitter.running is None and not p._fits  # too early
-    six = ZooState(full.datasets, full.results[:6], [])
-    initial = p.propose(six, 2)
-    assert {d for d, _ in initial} <= set(DATASETS[2:]) and p._model is None  # still the initial design ...
-    assert fitter.running is not None and fitter.running.size == 6  # ... and the first fit runs
+    three = ZooState(full.datasets, full.results[:3], [])
+    assert len(p.propose(three, 2)) == 2 and fitter.running is None and not p._fits  # too early
+    four = ZooState(full.datasets, full.results[:4], [])
+    initial = p.propose(four, 2)
+    assert {d for d, _ in initial} <= set(DATASETS[1:]) and p._model is None  # still the initial design ...
+    assert fitter.running is not None and fitter.running.size == 4  # ... and the first fit runs
     settle()  # the rest of the initial design trains meanwhile
     picks = p.propose(full, 3)
-    assert p._model_size == 6 and p.last_fit_of == dict.fromkeys(picks, 6)  # no wait for a fit on 12
+    assert p._model_size == 4 and p.last_fit_of == dict.fromkeys(picks, 4)  # no wait for a fit on 12
     assert fitter.running is not None and fitter.running.size == 12
     fitter.done.clear()  # the pinned policy fits again from nothing
     pinned = make()
-    pinned.fit_size = 6
+    pinned.fit_size = 4
     assert pinned.propose(full, 3) == picks
 
 
@@ -248,9 +248,9 @@ def test_with_no_fit_finished_a_step_waits_for_the_running_one_not_a_queued_smal
         fitter.poll()
         time.sleep(0.02)
     fitter.done.clear()  # and its finished ones
-    p.propose(ZooState(full.datasets, full.results[:6], []), 2)
-    assert fitter.running.size == 6
-    p.propose(ZooState(full.datasets, full.results[1:7], []), 2)  # the first result set aside: asked again
+    p.propose(ZooState(full.datasets, full.results[:4], []), 2)
+    assert fitter.running.size == 4
+    p.propose(ZooState(full.datasets, full.results[1:5], []), 2)  # the first result set aside: asked again
     while fitter.running is not None:  # the stale fit ends; the new early fit never started
         fitter.poll()
         time.sleep(0.02)

@@ -16,13 +16,13 @@ of fantasies for little difference at these batch sizes.
 The predictor is fitted off the driver's loop (tans.pipeline.acquisition.fitting): when the
 results reach the next `training_size` m, the fit on the first m of them in commit order
 starts in a background process and the policy goes on proposing with the newest finished
-fit. The first fit starts before it is needed: when half of the initial phase's
+fit. The first fit starts before it is needed: when a third of the initial phase's
 results are in (`early_fit_size`) while its last pairs are still being proposed (fewer jobs
-in flight than half the initial design), the fit on them runs while the rest of the
+in flight than two thirds of the initial design), the fit on them runs while the rest of the
 initial design trains, and the first predictor-driven step proposes with it as the fit on
 the results in by then starts. The driver waits for a fit only when none has finished: when
-the initial design's second half trains faster than that fit (a replay build), when more
-workers than half the initial design leave no initial step to start it in (then the
+the rest of the initial design trains faster than that fit (a replay build), when more
+workers than two thirds of the initial design leave no initial step to start it in (then the
 first fit is on the few results in), and at the first step of a build resumed or started on
 a zoo past its initial phase.
 Each fit is a deterministic function of its rows, their inputs and its seed; given the fit,
@@ -68,9 +68,11 @@ def training_size(n_results: int, n_init_total: int, every: int) -> int:
 
 def early_fit_size(n_init_total: int) -> int:
     """The size of the fit started during the initial phase, so the first predictor-driven
-    step need not wait for one: half of the initial phase's results (at three quarters, a replay
-    build at paper scale still waited 2.4 s: its last quarter was proposed faster than the fit)."""
-    return max(4, n_init_total // 2)
+    step need not wait for one: a third of the initial phase's results. A replay build at paper
+    scale (jobs that take no time) proposes the rest of its initial design in 2-4 s, and there
+    the fit started at three quarters made the first predictor step wait 2.4 s, at half
+    0.2-0.8 s; a fit on fewer rows proposes only until the fit on all of them is done."""
+    return max(4, n_init_total // 3)
 
 
 class ParetoPolicy:
