@@ -223,6 +223,11 @@ def test_a_build_on_a_zoo_past_its_initial_phase_fits_on_all_results_not_the_old
     ][:3]
     p.propose(ZooState(datasets, rows, []), 2)
     assert p._model_size == training_size(33, 12, 4) == 32 and fitter.done
+    # fewer results than the grown initial design, but some dataset past its initial pairs
+    few = [result(d, POOL[i], 0.3 + 0.02 * i, j * 10 + i) for j, d in enumerate(DATASETS[:2]) for i in range(5)]
+    fresh = ParetoPolicy(PolicyContext(0, tuple(POOL), prior=make_prior(), log=lambda line: None, pareto=settings))
+    assert {d for d, _ in fresh.propose(ZooState(datasets, few, []), 2)} <= set(DATASETS[2:])
+    assert not fresh._fits  # 10 results of the 12 an initial design of 4 datasets has, yet no early fit
 
 
 def test_with_no_fit_finished_a_step_waits_for_the_running_one_not_a_queued_smaller_one():
@@ -259,15 +264,41 @@ def test_with_no_fit_finished_a_step_waits_for_the_running_one_not_a_queued_smal
     assert p._model_size == 12
 
 
-def test_a_fitting_process_answers_a_ping_once_it_can_fit():
-    """`wait_ready` returns once the process has imported torch; it stays up for fits."""
-    from tans.pipeline.acquisition.fitting import Fitter
+def test_a_fitting_process_answers_pings_between_fits_and_times_its_own_fits():
+    """`wait_ready` returns once the process has imported torch, at once while a fit runs, and
+    never takes a fit's reply for its own (nor a fit a ping's); a fit's seconds are the
+    process's, not the time until it was collected; a process killed mid-fit is replaced and
+    the fit asked for again."""
+    import select
+    import time
 
+    from tans.pipeline.acquisition.fitting import Fit, Fitter
+
+    rng = np.random.default_rng(0)
+    data, topo, func = rng.normal(size=(3, 16)), rng.normal(size=(4, 45)), rng.normal(size=(4, 8))
+    rows = [(i % 3, i % 4) for i in range(24)]
+    inputs = lambda: (data, topo, func, [d for d, _ in rows], [a for _, a in rows], rng.uniform(0.2, 0.9, len(rows)))  # noqa: E731
     fitter = Fitter(threads=1)
     try:
         fitter.wait_ready()
         assert fitter._process.poll() is None
-        fitter.wait_ready()  # a second ping, answered as well
+        first = Fit(24, key=1, seed=1)
+        started = time.monotonic()
+        assert fitter.request(first, inputs)
+        fitter.wait_ready()  # a fit runs: returns at once, nothing sent
+        assert select.select([fitter._process.stdout], [], [], 120)[0]  # the fit's reply is there ...
+        time.sleep(1.0)  # ... and collected a second later
+        assert fitter.wait_for(first, inputs).model is not None
+        assert first.seconds <= time.monotonic() - started - 1.0
+        fitter.wait_ready()  # a ping after a fit ...
+        second = fitter.wait_for(Fit(24, key=2, seed=2), inputs)  # ... and a fit after a ping
+        assert second.model is not None and second.model.val_mse != first.model.val_mse
+        third = Fit(24, key=3, seed=3)
+        fitter.request(third, inputs)
+        fitter._process.kill()  # killed mid-fit (out of memory)
+        fitter._process.wait()
+        fitter.warm()  # a new process; the lost fit is no longer running ...
+        assert fitter.running is None and fitter.wait_for(third, inputs).model is not None  # ... and is fitted again
     finally:
         fitter.close()
 

@@ -291,12 +291,14 @@ def test_the_paper_scale_replay_source_of_the_driver_benchmark_is_a_zoo_it_can_r
     (result files and their snapshot); a change to what they accept must not leave the
     benchmark unable to start, as the snapshot's refusal of light records once did."""
     import importlib.util
+    import sys
     from pathlib import Path
 
     from tans.zoo_schema.results import read_results
 
     root = Path(__file__).resolve().parents[1]
-    monkeypatch.chdir(root)  # the benchmark works from the repository root
+    monkeypatch.chdir(root)  # the benchmark works from the repository root ...
+    monkeypatch.setattr(sys, "path", list(sys.path))  # ... and puts it first on the path
     spec = importlib.util.spec_from_file_location("driver_scale", root / "bench" / "driver_scale.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

@@ -135,7 +135,19 @@ class Fitter:
     def warm(self) -> None:
         """Start the process (and its torch import) now, so the first fit does not wait for it."""
         if self._process is None or self._process.poll() is not None:
+            self.close()  # a dead one's pipes, and the fit it held (asked for again by its policy)
             self._start()
+
+    def _talk(self, fn, *args):
+        """One send or receive of the protocol. Its replies carry no id, so one cut short (Ctrl-C
+        while waiting for a fit) ends the process: a later reply is never read as another's."""
+        try:
+            return fn(*args)
+        except (BrokenPipeError, EOFError, OSError):
+            raise self._died() from None
+        except BaseException:
+            self.close()
+            raise
 
     def wait_ready(self) -> None:
         """Start the process if need be and wait until it can fit (torch imported: a ping
@@ -144,12 +156,10 @@ class Fitter:
         whose jobs take no time, waits here before its timed loop."""
         self.warm()
         if self.running is None:
-            try:
-                _send(self._process.stdin, b"P", b"")
-                kind, _ = _receive(self._process.stdout)
-            except (BrokenPipeError, EOFError, OSError):
-                raise self._died() from None
+            self._talk(_send, self._process.stdin, b"P", b"")
+            kind, _ = self._talk(_receive, self._process.stdout)
             if kind != b"P":
+                self.close()
                 raise TansError(f"the fitting process answered a ping with {kind!r}")
 
     def _start(self) -> None:
@@ -180,10 +190,7 @@ class Fitter:
             y=np.asarray(y, np.float32),
             seed=np.int64(fit.seed),
         )
-        try:
-            _send(self._process.stdin, b"F", message)
-        except (BrokenPipeError, OSError):
-            raise self._died() from None
+        self._talk(_send, self._process.stdin, b"F", message)
         self.running = fit
         return True
 
@@ -205,10 +212,10 @@ class Fitter:
         from tans.pipeline.acquisition.predictor import AccuracyPredictor
 
         fit, self.running = self.running, None
-        try:
-            kind, payload = _receive(self._process.stdout)
-        except (EOFError, OSError):
-            raise self._died() from None
+        kind, payload = self._talk(_receive, self._process.stdout)
+        if kind not in (b"R", b"E"):
+            self.close()
+            raise TansError(f"the fitting process answered a fit with {kind!r}")
         if kind == b"E":
             raise TansError(f"fitting the accuracy predictor failed: {payload.decode(errors='replace')}")
         import torch

@@ -153,6 +153,8 @@ class ParetoPolicy:
         m = early_fit_size(n_init_total)
         if self.fit_size is not None or self._model is not None or not m <= len(state.results) < n_init_total:
             return  # pinned, a predictor proposes already, too early, or past an initial phase (datasets added later)
+        if max(Counter(r.dataset_id for r in state.results).values()) > self.settings.n_init_per_dataset:
+            return  # a dataset past its initial pairs: datasets were added to a grown zoo
         self._ensure_prior(dataset_ids)
         order = self._usable_order(state.results)
         if len(order) >= m:
@@ -180,6 +182,7 @@ class ParetoPolicy:
             else fitter.wait_for(first, lambda: self._fit_inputs(order[: first.size]))
         )
         use = fitter.done.get(use.key, use)
+        fitter.request(target, lambda: self._fit_inputs(order[:m]))  # the fitter is free again: start it
         self._fits = [f for f in self._fits if f.size >= use.size]  # older fits are not needed again
         if use.key != self._model_rows:
             self._model, self._model_size, self._model_rows = use.model, use.size, use.key
