@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import replace
+from functools import partial
 
 import numpy as np
 import pytest
@@ -599,6 +600,22 @@ def test_search_finetune_orders_the_first_networks_by_a_short_fine_tune(built_zo
         for a, b in (folds, folds[::-1])
     ]
     assert loss == pytest.approx(sum(halves) / len(labels), rel=1e-4)
+    # the search fine-tuned its two side by side on two threads of one torch thread each: the
+    # same losses as one after the other (up to the sums' order on one torch thread or two),
+    # torch's thread count as it was; an error is raised
+    loaders = [partial(load_checkpoint, store, find_result(store, h.job_id), 1.0) for h in tuned]
+    threads = torch.get_num_threads()
+    alone = proxy.local_losses(loaders, len(set(labels)), x, y, folds, 32, None, workers=1)
+    side_by_side = proxy.local_losses(loaders, len(set(labels)), x, y, folds, 32, None, workers=2)
+    assert side_by_side == pytest.approx(alone, rel=1e-3)
+    assert alone == pytest.approx([h.proxy_loss for h in tuned], rel=1e-4) and torch.get_num_threads() == threads
+
+    def broken():
+        raise OSError("checkpoint unreadable")
+
+    with pytest.raises(OSError, match="unreadable"):
+        proxy.local_losses([loaders[0], broken], len(set(labels)), x, y, folds, 32, None, workers=2)
+    assert torch.get_num_threads() == threads
 
 
 def test_search_budget_stops_the_fine_tunes_and_the_rest_keep_the_source_order(
@@ -621,13 +638,15 @@ def test_search_budget_stops_the_fine_tunes_and_the_rest_keep_the_source_order(
     assert all(h.proxy_loss is None for h in spent.hits) and spent.as_dict()["reranked"] == 0
     # the budget ends during the second network's fine-tune: the cheaper of the first two is
     # fine-tuned, and alone among the fine-tuned it keeps its place: the source order stands
-    real, calls = search.proxy.proxy_loss, []
+    # (one thread: which call is second is then the second network's)
+    real, calls, one_thread = search.proxy.proxy_loss, [], partial(search.proxy.local_losses, workers=1)
 
     def second_runs_late(*args):
         calls.append(1)
         return real(*args[:-1], None if len(calls) == 1 else time.monotonic() - 1)
 
     monkeypatch.setattr(search.proxy, "proxy_loss", second_runs_late)
+    monkeypatch.setattr(search.proxy, "local_losses", one_thread)
     half = search_dataset(store, query, top_k=100, rerank="finetune", finetune_top=2, budget=60)
     assert half.reranked == 1 and len(calls) == 2
     cheaper = min(half.hits[:2], key=lambda h: (h.flops, source.index(h.job_id)))

@@ -53,8 +53,9 @@ def evaluate(model, x, y, device="cpu", batch_size: int = 256) -> float:
 def train(model, x, y, xt, yt, settings: TrainSettings, device, seed: int, on_epoch=None, timings=None, deadline=None):
     """SGD + cosine schedule (paper B.2); returns (per-epoch losses, test accuracies): one
     accuracy per epoch, or with `settings.evaluate_every_epoch` false the last epoch's only
-    (BatchNorm recalibration and the test split cost about a quarter of a CPU epoch). With a
-    dict `timings`, adds the seconds spent evaluating as "eval". With a `deadline`
+    (BatchNorm recalibration and the test split cost about a quarter of a CPU epoch); with `xt`
+    None, BatchNorm is recalibrated and no accuracy is measured (the caller scores the network
+    itself). With a dict `timings`, adds the seconds spent evaluating as "eval". With a `deadline`
     (`time.monotonic()`), raises DeadlineReached at the first batch or evaluation after it."""
     import torch
 
@@ -103,6 +104,8 @@ def train(model, x, y, xt, yt, settings: TrainSettings, device, seed: int, on_ep
         in_time()
         started = time.perf_counter()
         recalibrate_bn(model, x, device)
+        if xt is None:
+            continue
         accs.append(evaluate(model, xt, yt, device))
         if timings is not None:
             timings["eval"] = timings.get("eval", 0.0) + time.perf_counter() - started
