@@ -31,7 +31,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def build_overrides(zoo, data, tmp_path, **kw) -> dict:
-    """Dotted config overrides of a small, fast build (random strategy, 1 epoch, 10 archs)."""
+    """Dotted config overrides of a small, fast build (random strategy, 1 epoch, 10 archs).
+    Its MLflow database in `tmp_path` starts as a copy of an empty one when there is none yet:
+    MLflow makes its tables in about a second, a cost each build would pay again (a build on a
+    fresh database is what `make demo` runs)."""
+    import shutil
+
+    if "mlflow.tracking_uri" not in kw and not (Path(tmp_path) / "mlflow.db").exists():
+        Path(tmp_path).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(mlflow_template(), Path(tmp_path) / "mlflow.db")
     o = {
         "zoo": zoo,
         "datasets": [str(data)],
@@ -46,6 +54,22 @@ def build_overrides(zoo, data, tmp_path, **kw) -> dict:
     }
     o.update(kw)
     return o
+
+
+_TEMPLATE_DIR: list = []  # the TemporaryDirectory of `mlflow_template`, removed at exit
+
+
+def mlflow_template() -> Path:
+    """An empty MLflow database with its tables made, once per test process."""
+    if not _TEMPLATE_DIR:
+        import tempfile
+
+        from mlflow.tracking import MlflowClient
+
+        folder = tempfile.TemporaryDirectory(prefix="tans-tests-mlflow-")
+        MlflowClient(f"sqlite:///{Path(folder.name) / 'mlflow.db'}").search_experiments()
+        _TEMPLATE_DIR.append(folder)
+    return Path(_TEMPLATE_DIR[0].name) / "mlflow.db"
 
 
 def toml(o: dict) -> str:

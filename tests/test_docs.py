@@ -78,10 +78,13 @@ def project(ray_cluster, tiny_datasets, tmp_path_factory):
     return root
 
 
-def run_in(project: Path, argv: list[str]) -> subprocess.CompletedProcess:
+def run_in(project: Path, argv: list[str], ray_address: str) -> subprocess.CompletedProcess:
+    """`argv` in the project, from a shell set up as the docs say for builds: the tracking URI
+    and the Ray address (the module's Ray: `tans finetune` trains there) in the environment."""
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'demo' / 'mlflow.db'}",
+        "RAY_ADDRESS": ray_address,
         "RAY_AUTH_MODE": "token",
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
     }
@@ -100,7 +103,7 @@ def page_blocks(page: Path) -> list[tuple[str, str, str]]:
 
 
 @pytest.mark.parametrize("page", [p for p in PAGES if page_blocks(p)], ids=lambda p: p.name)
-def test_page_snippets_run(project, page):
+def test_page_snippets_run(project, ray_cluster, page):
     """A page's blocks in order (a later one uses what an earlier one made): python blocks run
     whole, sh blocks line by line, JOB_ID standing for the zoo's best network and NEW_JOB_ID for
     the one `tans finetune` made from it."""
@@ -108,7 +111,7 @@ def test_page_snippets_run(project, page):
     ids = {"JOB_ID": max(read_results(store), key=lambda r: r.accuracy).job_id}
     for where, kind, body in page_blocks(page):
         if kind == "python":
-            r = run_in(project, [sys.executable, "-c", body])
+            r = run_in(project, [sys.executable, "-c", body], ray_cluster.address_info["gcs_address"])
             assert r.returncode == 0, f"{where}:\n{body}\n{r.stderr[-3000:]}"
             continue
         for line in sh_lines(body):
@@ -120,7 +123,7 @@ def test_page_snippets_run(project, page):
                 continue
             assert line.startswith("tans "), f"{where}: a shell line this test does not know: {line}"
             before = {r.job_id for r in read_results(store)}
-            r = run_in(project, shlex.split(line))
+            r = run_in(project, shlex.split(line), ray_cluster.address_info["gcs_address"])
             assert r.returncode == 0, f"{where}: {line}\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
             if line.startswith("tans finetune"):
                 (ids["NEW_JOB_ID"],) = {r.job_id for r in read_results(store)} - before
