@@ -478,7 +478,9 @@ def main() -> None:
         acc3, per_seed = np.asarray(acc3), np.asarray(per_seed)
         # `tans search --rerank finetune`'s rule on the set: the `budget_reranked` cheapest networks
         # (as many as the default budget fine-tuned on this machine) re-ordered by their loss among
-        # their places in the source order (tans.retriever.proxy.cheapest_first and slot_score)
+        # their places in the source order (tans.retriever.proxy.cheapest_first and slot_score);
+        # the search's threads may leave a gap (a later network done, an earlier one cut), which
+        # this simulation of the first `budget_reranked` does not
         set_order = sorted(range(len(chosen)), key=lambda i: -source_score[i])
         cheapest = proxy.cheapest_first([results[j].flops for j in chosen], set_order)
 

@@ -87,8 +87,9 @@ def fold_loss(
 ) -> float:
     """The summed cross-entropy on `held_idx` of `net` (a zoo network, modified in place) after
     `EPOCHS` of fine-tuning on `train_idx` of (x [n, 3, s, s] float tensor, y [n] long tensor).
-    Draws nothing from torch's global random state (fine-tunes run side by side on threads: see
-    `local_losses`). Past `deadline` (`time.monotonic()`) raises
+    The fine-tune draws nothing from torch's global random state (fine-tunes run side by side
+    on threads: see `local_losses`), and that state is left as it was (the training loop seeds
+    it, as a zoo job's does). Past `deadline` (`time.monotonic()`) raises
     tans.workers.networks.training.DeadlineReached."""
     import torch
 
@@ -99,7 +100,8 @@ def fold_loss(
     settings = TrainSettings(epochs=EPOCHS, image_size=image_size, evaluate_every_epoch=False)
     net.classifier = new_head(net.classifier.in_features, num_classes, seed)
     on = torch.device(device)
-    train(net, x[tr], y[tr], None, None, settings, on, seed=seed, deadline=deadline)  # ends in eval mode
+    with torch.random.fork_rng(devices=[]):
+        train(net, x[tr], y[tr], None, None, settings, on, seed=seed, deadline=deadline)  # ends in eval mode
     with torch.no_grad():
         xh, yh = x[ho].to(on), y[ho].to(on)
         return sum(
@@ -111,12 +113,12 @@ def fold_loss(
 def new_head(features: int, num_classes: int, seed: int):
     """The new classifier, as a zoo job seeds it: torch.nn.Linear's own initialisation drawn
     from a generator seeded with `seed` (the same numbers `torch.manual_seed(seed)` then
-    `Linear` give), without touching the global random state."""
+    `Linear` give), without drawing from the global random state."""
     import math
 
     import torch
 
-    head = torch.nn.Linear(features, num_classes)
+    head = torch.nn.Linear(features, num_classes, device="meta").to_empty(device="cpu")
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         torch.nn.init.kaiming_uniform_(head.weight, a=math.sqrt(5), generator=g)
@@ -142,13 +144,20 @@ def local_losses(
     loaders, num_classes: int, x, y, folds, image_size: int, deadline, workers: int | None = None
 ) -> list[float | None]:
     """The proxy loss of each network (`loaders`: one callable per network, giving it), in this
-    process, on `workers` threads (default: as many as torch's CPU threads) that take the
-    networks in order, each fine-tune on one torch thread: networks this small keep one core
-    busy each far better than they share two (the same losses up to float rounding, 1.7x as
-    many networks in the same time on 2 cores). None for each the `deadline` cut and each not
-    started by then (they keep the source order). What `tans search` runs without a Ray address."""
+    process, on `workers` threads (default: torch's CPU threads, at most the cores this process
+    may use) that take the networks in order, each fine-tune on one torch thread: networks this
+    small keep one core busy each far better than they share two (the same losses up to float
+    rounding, 1.7x as many networks in the same time on 2 cores). None for each the `deadline`
+    cut and each not started by then (they keep the source order): with several threads those
+    need not be the last ones. What `tans search` runs without a Ray address. torch's thread
+    count and global random state are as they were afterwards; after an interruption (Ctrl-C)
+    each thread ends the network it is on and starts no other. A thread of the caller's that
+    first uses torch while these run keeps one torch thread (torch sets a thread's count at its
+    first use)."""
     import copy
+    import os
     import threading
+    import time
 
     import torch
 
@@ -159,6 +168,9 @@ def local_losses(
     lock, loading, stop = threading.Lock(), threading.Lock(), threading.Event()
     errors: list[BaseException] = []
 
+    def late() -> bool:
+        return stop.is_set() or (deadline is not None and time.monotonic() > deadline)
+
     def work() -> None:
         while not stop.is_set():
             with lock:
@@ -167,6 +179,9 @@ def local_losses(
                 return
             try:
                 with loading:  # one at a time: a store's client is made and read here
+                    if late():  # waited for the lock past the budget: load nothing more
+                        stop.set()
+                        return
                     net = loaders[k]()
                 out[k] = proxy_loss(lambda: copy.deepcopy(net), num_classes, x, y, folds, image_size, deadline)
             except DeadlineReached:
@@ -175,20 +190,26 @@ def local_losses(
                 errors.append(e)
                 stop.set()
 
-    workers = max(1, min(len(loaders), workers or torch.get_num_threads()))
-    if workers == 1:
-        work()
-    else:
-        threads = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = max(1, min(len(loaders), workers or min(torch.get_num_threads(), cores)))
+    threads, random_state = torch.get_num_threads(), torch.random.get_rng_state()
+    if workers > 1:
         torch.set_num_threads(1)
-        try:
+    try:
+        if workers == 1:
+            work()
+        else:
             running = [threading.Thread(target=work, daemon=True) for _ in range(workers)]
             for t in running:
                 t.start()
             for t in running:
                 t.join()
-        finally:
-            torch.set_num_threads(threads)
+    except BaseException:
+        stop.set()  # Ctrl-C: no thread starts another network
+        raise
+    finally:
+        torch.set_num_threads(threads)
+        torch.random.set_rng_state(random_state)  # the threads' seeding raced: the caller's state back
     if errors:
         raise errors[0]
     return out

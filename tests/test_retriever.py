@@ -610,6 +610,20 @@ def test_search_finetune_orders_the_first_networks_by_a_short_fine_tune(built_zo
     assert side_by_side == pytest.approx(alone, rel=1e-3)
     assert alone == pytest.approx([h.proxy_loss for h in tuned], rel=1e-4) and torch.get_num_threads() == threads
 
+    # the caller's random state is left as it was; the new head is the numbers a zoo job's is
+    state = torch.random.get_rng_state()
+    proxy.local_losses(loaders, len(set(labels)), x, y, folds, 32, None, workers=2)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    torch.manual_seed(3)
+    reference = torch.nn.Linear(17, 5)
+    head = proxy.new_head(17, 5, 3)
+    assert torch.equal(head.weight, reference.weight) and torch.equal(head.bias, reference.bias)
+    # a budget already spent loads no network
+    opened = []
+    spent = [lambda load=load: opened.append(1) or load() for load in loaders]
+    assert proxy.local_losses(spent, len(set(labels)), x, y, folds, 32, time.monotonic() - 1, workers=2) == [None] * 2
+    assert opened == []
+
     def broken():
         raise OSError("checkpoint unreadable")
 

@@ -55,8 +55,9 @@ def train(model, x, y, xt, yt, settings: TrainSettings, device, seed: int, on_ep
     accuracy per epoch, or with `settings.evaluate_every_epoch` false the last epoch's only
     (BatchNorm recalibration and the test split cost about a quarter of a CPU epoch); with `xt`
     None, BatchNorm is recalibrated and no accuracy is measured (the caller scores the network
-    itself). With a dict `timings`, adds the seconds spent evaluating as "eval". With a `deadline`
-    (`time.monotonic()`), raises DeadlineReached at the first batch or evaluation after it."""
+    itself; `on_epoch` is not called and `timings` gets no "eval"). With a dict `timings`, adds
+    the seconds spent evaluating as "eval". With a `deadline` (`time.monotonic()`), raises
+    DeadlineReached at the first batch or evaluation after it."""
     import torch
 
     def in_time() -> None:
