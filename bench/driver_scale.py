@@ -33,7 +33,12 @@ so the timed loop starts once it is ready. The figures give the step where the f
 over (it waits for it only if the fit is not done by then), the worst step after it, the first
 fit's size, and the fits' own seconds (spent off the loop).
 
+With `--resume-at N` each build stops at N results, and a resumed build (a fresh driver and
+fitting process on the same zoo) is timed to the end of its first step twice: with the
+predictor fits the build kept in the zoo, and with them deleted (it waits for a fit on all N).
+
     python bench/driver_scale.py [--datasets 140] [--archs 100] [--in-flight 8 64] [--parallel]
+                                 [--resume-at N]
 
 Writes bench/.cache/driver_scale.png; the last line is the figures as one JSON object.
 """
@@ -194,8 +199,9 @@ def make_source(root: Path, n_datasets: int, profiles: dict, model: dict, seed: 
     return store
 
 
-def run_child(source_root: str, in_flight: int, seed: int) -> dict:
-    """One replay build of every pair of the source, timed per step."""
+def run_child(source_root: str, in_flight: int, seed: int, resume_at: int = 0) -> dict:
+    """One replay build of every pair of the source (or of `resume_at` of them, then resumed),
+    timed per step."""
     import psutil
     import pyarrow as pa
     import torch
@@ -266,7 +272,7 @@ def run_child(source_root: str, in_flight: int, seed: int) -> dict:
             "datasets": [],
             "strategy": "pareto",
             "seed": seed,
-            "max_jobs": len(rows),
+            "max_jobs": resume_at or len(rows),
             "executor": f"replay:{source_root}",
             "resources.max_in_flight": in_flight,
             "retrain.after_build": False,
@@ -277,7 +283,7 @@ def run_child(source_root: str, in_flight: int, seed: int) -> dict:
     rss_start = proc.memory_info().rss
     driver = Driver(config, target, manifest, executor, tracker=None, log=lambda line: None)
     driver.policy = ParetoPolicy(
-        PolicyContext(seed, tuple(archs), prior=prior, pareto=config.pareto, log=lambda line: None)
+        PolicyContext(seed, tuple(archs), store=target, prior=prior, pareto=config.pareto, log=lambda line: None)
     )
     propose = driver.policy.propose
 
@@ -362,6 +368,35 @@ def run_child(source_root: str, in_flight: int, seed: int) -> dict:
         "final_mean_hypervolume": round(driver.hypervolume.mean(), 4),
         "timeline": timeline,
     }
+    if resume_at:
+        from dataclasses import replace
+
+        from tans.zoo_schema.layout import PREDICTOR_FITS
+
+        figures["resumed"] = {}
+        for kept in (True, False):  # as the build keeps its fits; then as if it kept none
+            if not kept:
+                for key in target.list(PREDICTOR_FITS):
+                    target.delete(key)
+            fitter = Fitter.shared()  # the resumed build is a new process: no fitting process, no fit in memory
+            fitter.close()
+            fitter.done.clear()
+            more = replace(config, max_jobs=len(driver.results) + in_flight)
+            replay = ReplayExecutor(source, target)
+            resumed = Driver(more, target, manifest, replay, tracker=None, log=lambda line: None)
+            lines: list[str] = []
+            resumed.policy = ParetoPolicy(
+                PolicyContext(seed, tuple(archs), store=target, prior=prior, pareto=config.pareto, log=lines.append)
+            )
+            Fitter.shared().wait_ready()  # as above: the real first results come a fine-tune later
+            t0 = time.perf_counter()
+            resumed.step()
+            figures["resumed"]["fits_kept" if kept else "no_fits_kept"] = {
+                "results": len(resumed.results),
+                "first_step_seconds": round(time.perf_counter() - t0, 3),
+                "proposed_with": [line for line in lines if "accuracy predictor" in line][:1],
+            }
+            resumed.finish()
     shutil.rmtree(target_root, ignore_errors=True)
     return figures
 
@@ -404,10 +439,17 @@ def main() -> None:
     ap.add_argument("--in-flight", type=int, nargs="+", default=[8, 64])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--parallel", action="store_true", help="run the in-flight settings at once, a core each")
+    ap.add_argument(
+        "--resume-at",
+        type=int,
+        default=0,
+        help="stop each build at this many results, then time a resumed build's first step with the fits "
+        "the build kept in the zoo and without them",
+    )
     ap.add_argument("--child", nargs=2, metavar=("SOURCE", "IN_FLIGHT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(run_child(args.child[0], int(args.child[1]), args.seed)))
+        print(json.dumps(run_child(args.child[0], int(args.child[1]), args.seed, args.resume_at)))
         return
 
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -420,6 +462,7 @@ def main() -> None:
     children = []
     for n in args.in_flight:  # one process per run; --parallel runs them at once (one core each)
         cmd = [sys.executable, __file__, "--child", str(source_root), str(n), "--seed", str(args.seed)]
+        cmd += ["--resume-at", str(args.resume_at)]
         children.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True))
         if not args.parallel:
             children[-1].wait()

@@ -161,6 +161,60 @@ def test_the_predictor_refits_off_the_loop_and_a_policy_pinned_to_a_fit_proposes
     assert make().propose(grown, 3) == later
 
 
+def test_a_resumed_build_proposes_at_once_with_the_fit_its_interrupted_run_kept_in_the_zoo(tmp_path):
+    """Each fit that takes over is kept in the zoo (safetensors, the newest few); a resumed
+    build's fresh policy and fitting process find the one the interrupted run proposed with
+    (its rows a prefix of the results, same seed) and propose exactly what it did without
+    waiting, while the fit on all results starts. A damaged kept fit costs a fit, not the build."""
+    from tans.pipeline.acquisition.fitting import Fitter
+    from tans.zoo_schema.layout import PREDICTOR_FITS
+    from tans.zoo_schema.store import open_store
+
+    store = open_store(str(tmp_path / "zoo"))
+    lines: list[str] = []
+
+    def make(seed=0):
+        settings = ParetoSettings(n_init_per_dataset=3, retrain_every=4)
+        context = PolicyContext(seed, tuple(POOL), store=store, prior=make_prior(), log=lines.append, pareto=settings)
+        return ParetoPolicy(context)
+
+    def restart():  # the driver's process dies: its fitting process and its memo of fits with it
+        fitter = Fitter.shared()
+        fitter.close()
+        fitter.done.clear()
+        lines.clear()
+        return fitter
+
+    restart()  # no fit of an earlier test in the memo
+    state = make_state(n_per_dataset=3)  # 12 results: the first fit, waited for, then kept
+    p = make()
+    p.propose(state, 2)
+    assert [k.rsplit("/", 1)[1][:10] for k in store.list(PREDICTOR_FITS)] == ["000000012-"]
+    new = [result(d, POOL[10], 0.5, 20 + k) for k, d in enumerate(DATASETS)]
+    grown = ZooState(state.datasets, state.results + new, [])
+    picks = p.propose(grown, 3)  # the fit on 16 starts; the one on 12 proposes
+    assert p.last_fit_of == dict.fromkeys(picks, 12)
+    fitter = restart()
+    resumed = make()
+    assert resumed.propose(grown, 3) == picks and resumed.last_fit_of == p.last_fit_of
+    assert resumed.last_scores == pytest.approx(p.last_scores)
+    assert any("on 12 results read from the zoo" in line for line in lines)
+    assert fitter.running is not None and fitter.running.size == 16  # the fit on every result runs meanwhile
+    # another seed's fits are other rows' hashes: not used
+    restart()
+    make(seed=1).propose(grown, 3)
+    assert not any("read from the zoo" in line for line in lines)
+    # the newest few are kept; a damaged one is named and fitted again
+    (key,) = [k for k in store.list(PREDICTOR_FITS) if "/000000012-" in k]
+    store.write_bytes(key, b"\x08" + bytes(40))
+    restart()
+    again = make()
+    assert len(again.propose(grown, 3)) == 3
+    assert any("does not load" in line and key in line for line in lines)
+    assert not any("read from the zoo" in line for line in lines)
+    assert 1 <= len(store.list(PREDICTOR_FITS)) <= 3
+
+
 def test_the_first_fit_starts_during_the_initial_phase_so_the_first_pareto_step_does_not_wait():
     """A third of the way through the initial design the fit on those results starts in the
     background; the first predictor-driven step proposes with it (the fit on all initial

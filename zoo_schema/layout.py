@@ -32,6 +32,7 @@ SEGMENTS = "results_index/segments"
 SEALED = "results_sealed"  # sealed segments: committed results out of their per-job files (`sealed`)
 DATASETS_SNAPSHOT = "results_index/datasets.parquet"  # a cache of the dataset records
 POOL_PROFILES = "pool/profiles.parquet"
+PREDICTOR_FITS = "predictor/fits"  # the accuracy predictor's fits that proposed (`predictor_fit_key`)
 RESULTS = "results"  # prefixes listed by readers
 DATASETS = "datasets"
 FAILURES = "journal/failures"
@@ -55,6 +56,16 @@ TOKEN = re.compile(r"[0-9a-f]{32}")
 def is_own_object(key: str) -> bool:
     """Whether `key` has the name of a checkpoint, shard or retriever file tans writes."""
     return OWN_OBJECTS.fullmatch(key) is not None
+
+
+def predictor_fit_key(size: int, rows: int) -> str:
+    """Where a build keeps the predictor's fit on the first `size` results (in commit order)
+    whose rows, inputs and seed hash to `rows` (64 bits): a resumed build reads the largest
+    that still matches its results instead of waiting for a fit."""
+    return f"{PREDICTOR_FITS}/{size:09d}-{rows:016x}.safetensors"
+
+
+PREDICTOR_FIT = re.compile(r"predictor/fits/(\d{9})-([0-9a-f]{16})\.safetensors")
 
 
 def base_weights_key(sha256: str) -> str:

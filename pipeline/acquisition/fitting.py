@@ -49,6 +49,22 @@ class Fit:
     seed: int
     seconds: float | None = None
     model: object | None = None  # a tans.pipeline.acquisition.predictor.AccuracyPredictor
+    weights: bytes | None = None  # the model as the fitting process sent it (an .npz of arrays)
+
+
+def model_of(weights: bytes):
+    """The predictor in `weights` (an .npz of its state, as the fitting process sends it and
+    the zoo keeps it: arrays only, never pickle), in eval mode, with its held-out MSE."""
+    import torch
+
+    from tans.pipeline.acquisition.predictor import AccuracyPredictor
+
+    a = _arrays(weights)
+    state = {k[2:]: torch.from_numpy(v) for k, v in a.items() if k.startswith("w.")}
+    model = AccuracyPredictor(state["data_mean"].shape[0], state["func_mean"].shape[0])
+    model.load_state_dict(state)
+    model.val_mse = float(a["val_mse"])
+    return model.eval()
 
 
 def _send(stream, kind: bytes, payload: bytes) -> None:
@@ -209,8 +225,6 @@ class Fitter:
         return self.done[fit.key]
 
     def _collect(self) -> None:
-        from tans.pipeline.acquisition.predictor import AccuracyPredictor
-
         fit, self.running = self.running, None
         kind, payload = self._talk(_receive, self._process.stdout)
         if kind not in (b"R", b"E"):
@@ -218,14 +232,8 @@ class Fitter:
             raise TansError(f"the fitting process answered a fit with {kind!r}")
         if kind == b"E":
             raise TansError(f"fitting the accuracy predictor failed: {payload.decode(errors='replace')}")
-        import torch
-
-        a = _arrays(payload)
-        state = {k[2:]: torch.from_numpy(v) for k, v in a.items() if k.startswith("w.")}
-        model = AccuracyPredictor(state["data_mean"].shape[0], state["func_mean"].shape[0])
-        model.load_state_dict(state)
-        model.val_mse = float(a["val_mse"])
-        fit.model, fit.seconds = model.eval(), float(a["seconds"])  # the fit's own time, not until it was collected
+        fit.model, fit.weights = model_of(payload), payload
+        fit.seconds = float(_arrays(payload)["seconds"])  # the fit's own time, not until it was collected
         self.done[fit.key] = fit
         while len(self.done) > self.KEEP:
             self.done.pop(next(iter(self.done)))

@@ -24,7 +24,10 @@ the results in by then starts. The driver waits for a fit only when none has fin
 the rest of the initial design trains faster than that fit (a replay build), when more
 workers than two thirds of the initial design leave no initial step to start it in (then the
 first fit is on the few results in), and at the first step of a build resumed or started on
-a zoo past its initial phase.
+a zoo past its initial phase. A resumed build does not wait either: the fits that proposed are
+kept in the zoo (`predictor/fits/`, the newest few), and the largest on a prefix of the
+results (its rows' hash matches) is the one the interrupted run was proposing with, so the
+resumed one proposes with it at once while the fit on all its results starts.
 Each fit is a deterministic function of its rows, their inputs and its seed; given the fit,
 proposals are a deterministic function of the zoo state (results with their commit times),
 the pending set and the seed. Which fit proposed each pair is recorded (`last_fit_of`; the
@@ -46,12 +49,15 @@ import numpy as np
 from tans.pipeline.acquisition import predictor
 from tans.pipeline.acquisition.base import Pair, PolicyContext, first_allowed, taken_pairs
 from tans.pipeline.acquisition.compute_priors import load_prior
-from tans.pipeline.acquisition.fitting import Fit, Fitter
+from tans.pipeline.acquisition.fitting import Fit, Fitter, model_of
 from tans.pipeline.acquisition.hypervolume import Normalizer, gains, point_of
 from tans.pipeline.acquisition.priors import Prior, topology_of
 from tans.pipeline.acquisition.random import RandomPolicy
+from tans.zoo_schema.layout import PREDICTOR_FIT, PREDICTOR_FITS, predictor_fit_key
 from tans.zoo_schema.records import ResultRecord
 from tans.zoo_schema.results import ZooState
+
+KEEP_STORED = 3  # the newest fits kept in the zoo (a result set aside may invalidate the newest)
 
 
 def training_size(n_results: int, n_init_total: int, every: int) -> int:
@@ -75,6 +81,17 @@ def early_fit_size(n_init_total: int) -> int:
     return max(4, n_init_total // 3)
 
 
+def safetensors_metadata(data: bytes) -> dict[str, str]:
+    """The `__metadata__` of a safetensors file's header (8 bytes of length, then JSON)."""
+    import json
+    import struct
+
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > len(data) - 8:
+        raise ValueError("the header runs past the file's end")
+    return json.loads(data[8 : 8 + n]).get("__metadata__", {})
+
+
 class ParetoPolicy:
     """Algorithm 1 (see the module's docstring); random pairs until every dataset has its
     initial ones, and whenever the predictor cannot be trained yet."""
@@ -91,6 +108,7 @@ class ParetoPolicy:
         self._model = None
         self._model_size, self._model_rows = -1, None
         self._fits: list[Fit] = []  # the fits this policy asked for, oldest first
+        self._read_stored = False  # whether the zoo's stored fits were looked at (once, at the first fit)
         self._prior_token: tuple[int, str] | None = None
         self.fit_size: int | None = None  # pinned: propose with the fit on this many results
         self.last_fit_of: dict[Pair, int] = {}  # the last proposals' fit sizes (picks by the predictor)
@@ -130,7 +148,9 @@ class ParetoPolicy:
             for a in sorted(self.prior.profiles):
                 h.update(a.encode() + np.asarray(self.prior.profiles[a].functional_embedding, np.float32).tobytes())
             self._prior_token = (id(self.prior), h.hexdigest())
-        return hash((self._prior_token[1], self.seed, m, tuple(r.job_id for r in order[:m])))
+        h = hashlib.sha256(f"{self._prior_token[1]}:{self.seed}:{m}:".encode())
+        h.update("\0".join(r.job_id for r in order[:m]).encode())
+        return int(h.hexdigest()[:16], 16)  # stable across processes: it names the fits kept in the zoo
 
     def _usable_order(self, results: list[ResultRecord]) -> list[ResultRecord]:
         """The results a fit can use (arch and dataset in the prior), in commit order."""
@@ -169,6 +189,9 @@ class ParetoPolicy:
         m = self.fit_size or training_size(len(order), n_init_total, self.settings.retrain_every)
         if m < 4 or m > len(order):
             return None
+        if self._model is None and not self._read_stored:  # a fresh policy: a resumed build's kept fits
+            self._read_stored = True
+            self._stored_fit(order)
         target = self._request(order, m)
         fitter = Fitter.shared()
         # fits on rows that are no longer a prefix (a result set aside) are dropped
@@ -187,11 +210,66 @@ class ParetoPolicy:
         if use.key != self._model_rows:
             self._model, self._model_size, self._model_rows = use.model, use.size, use.key
             self.fit_history.append(use)
-            self.log(
-                f"accuracy predictor retrained on {use.size} results in {use.seconds:.1f}s off the loop "
-                f"(held-out MSE {use.model.val_mse:.4f}); it proposes from now"
-            )
+            if use.seconds is None:
+                self.log(
+                    f"accuracy predictor on {use.size} results read from the zoo (the fit an earlier run of this "
+                    f"build proposed with; held-out MSE {use.model.val_mse:.4f}); it proposes from now"
+                )
+            else:
+                self.log(
+                    f"accuracy predictor retrained on {use.size} results in {use.seconds:.1f}s off the loop "
+                    f"(held-out MSE {use.model.val_mse:.4f}); it proposes from now"
+                )
+                self._keep(use)
         return self._model
+
+    def _keep(self, fit: Fit) -> None:
+        """Keep the fit that proposes from now in the zoo, as safetensors (the newest
+        `KEEP_STORED`; older ones are deleted), so a resumed build proposes with it at once."""
+        if self.store is None or fit.weights is None:
+            return
+        from safetensors.numpy import save
+
+        from tans.pipeline.acquisition.fitting import _arrays
+
+        a = _arrays(fit.weights)
+        weights = {k: np.ascontiguousarray(v) for k, v in a.items() if k.startswith("w.")}
+        meta = {"val_mse": repr(float(a["val_mse"])), "seconds": repr(float(a["seconds"])), "size": str(fit.size)}
+        self.store.write_bytes(predictor_fit_key(fit.size, fit.key), save(weights, metadata=meta), create_only=True)
+        kept = sorted((k for k in self.store.list(PREDICTOR_FITS) if PREDICTOR_FIT.fullmatch(k)), reverse=True)
+        for key in kept[KEEP_STORED:]:
+            self.store.delete(key)
+
+    def _stored_fit(self, order: list[ResultRecord]) -> None:
+        """The largest fit kept in the zoo whose rows are a prefix of `order` (its key matches
+        theirs; with a pinned `fit_size`, that size only), made ready in the fitting process's
+        memo: what an interrupted run of this build was proposing with. One that does not
+        load is named in the log and fitted again instead."""
+        if self.store is None:
+            return
+        from safetensors.numpy import load
+
+        from tans.pipeline.acquisition.fitting import _npz
+
+        for key in sorted(self.store.list(PREDICTOR_FITS), reverse=True):  # sizes are zero-padded: largest first
+            found = PREDICTOR_FIT.fullmatch(key)
+            size = int(found.group(1)) if found else 0
+            if not 4 <= size <= len(order) or self.fit_size not in (None, size):
+                continue
+            rows = self._fit_key(order, size)
+            if found.group(2) != f"{rows:016x}":
+                continue  # on other rows (a result set aside since, or another seed): not this build's fit
+            try:
+                data = self.store.read_bytes(key)
+                mse = float(safetensors_metadata(data).get("val_mse", "nan"))
+                model = model_of(_npz(val_mse=np.float64(mse), seconds=np.float64(0.0), **load(data)))
+            except Exception as e:  # noqa: BLE001 - a damaged file costs a fit, never the build
+                self.log(f"the predictor fit {key} in the zoo does not load ({type(e).__name__}: {e}); fitting again")
+                continue
+            fit = Fit(size, rows, self.seed * 1_000_003 + size, None, model, None)
+            Fitter.shared().done[rows] = fit
+            self._fits.append(fit)
+            return
 
     # -- proposals --------------------------------------------------------------------------
     def propose(
