@@ -65,7 +65,7 @@ def predictor_fit_key(size: int, rows: int) -> str:
     return f"{PREDICTOR_FITS}/{size:09d}-{rows:016x}.safetensors"
 
 
-PREDICTOR_FIT = re.compile(r"predictor/fits/(\d{9})-([0-9a-f]{16})\.safetensors")
+PREDICTOR_FIT = re.compile(re.escape(PREDICTOR_FITS) + r"/(\d{9})-([0-9a-f]{16})\.safetensors")
 
 
 def base_weights_key(sha256: str) -> str:

@@ -25,7 +25,8 @@ the rest of the initial design trains faster than that fit (a replay build), whe
 workers than two thirds of the initial design leave no initial step to start it in (then the
 first fit is on the few results in), and at the first step of a build resumed or started on
 a zoo past its initial phase. A resumed build does not wait either: the fits that proposed are
-kept in the zoo (`predictor/fits/`, the newest few), and the largest on a prefix of the
+kept in the zoo (`predictor/fits/`: it and the two largest others still on a prefix of the
+results), and the largest on a prefix of the
 results (its rows' hash matches) is the one the interrupted run was proposing with, so the
 resumed one proposes with it at once while the fit on all its results starts.
 Each fit is a deterministic function of its rows, their inputs and its seed; given the fit,
@@ -53,6 +54,7 @@ from tans.pipeline.acquisition.fitting import Fit, Fitter, model_of
 from tans.pipeline.acquisition.hypervolume import Normalizer, gains, point_of
 from tans.pipeline.acquisition.priors import Prior, topology_of
 from tans.pipeline.acquisition.random import RandomPolicy
+from tans.zoo_schema.errors import StorageError
 from tans.zoo_schema.layout import PREDICTOR_FIT, PREDICTOR_FITS, predictor_fit_key
 from tans.zoo_schema.records import ResultRecord
 from tans.zoo_schema.results import ZooState
@@ -148,7 +150,7 @@ class ParetoPolicy:
             for a in sorted(self.prior.profiles):
                 h.update(a.encode() + np.asarray(self.prior.profiles[a].functional_embedding, np.float32).tobytes())
             self._prior_token = (id(self.prior), h.hexdigest())
-        h = hashlib.sha256(f"{self._prior_token[1]}:{self.seed}:{m}:".encode())
+        h = hashlib.sha256(f"{predictor.FIT_VERSION}:{self._prior_token[1]}:{self.seed}:{m}:".encode())
         h.update("\0".join(r.job_id for r in order[:m]).encode())
         return int(h.hexdigest()[:16], 16)  # stable across processes: it names the fits kept in the zoo
 
@@ -220,12 +222,14 @@ class ParetoPolicy:
                     f"accuracy predictor retrained on {use.size} results in {use.seconds:.1f}s off the loop "
                     f"(held-out MSE {use.model.val_mse:.4f}); it proposes from now"
                 )
-                self._keep(use)
+                self._keep(use, order)
         return self._model
 
-    def _keep(self, fit: Fit) -> None:
-        """Keep the fit that proposes from now in the zoo, as safetensors (the newest
-        `KEEP_STORED`; older ones are deleted), so a resumed build proposes with it at once."""
+    def _keep(self, fit: Fit, order: list[ResultRecord]) -> None:
+        """Keep the fit that proposes from now in the zoo, as safetensors, so a resumed build
+        proposes with it at once: it and the largest others still on a prefix of `order`,
+        `KEEP_STORED` in all; the rest are deleted. A cache: a storage error is logged, and the
+        build goes on."""
         if self.store is None or fit.weights is None:
             return
         from safetensors.numpy import save
@@ -235,37 +239,70 @@ class ParetoPolicy:
         a = _arrays(fit.weights)
         weights = {k: np.ascontiguousarray(v) for k, v in a.items() if k.startswith("w.")}
         meta = {"val_mse": repr(float(a["val_mse"])), "seconds": repr(float(a["seconds"])), "size": str(fit.size)}
-        self.store.write_bytes(predictor_fit_key(fit.size, fit.key), save(weights, metadata=meta), create_only=True)
-        kept = sorted((k for k in self.store.list(PREDICTOR_FITS) if PREDICTOR_FIT.fullmatch(k)), reverse=True)
-        for key in kept[KEEP_STORED:]:
-            self.store.delete(key)
+        written = predictor_fit_key(fit.size, fit.key)
+        try:
+            self.store.write_bytes(written, save(weights, metadata=meta))
+            fit.weights = None  # kept: no need to hold it twice
+            listed = [k for k in self.store.list(PREDICTOR_FITS) if k != written]
+            current = [k for k in listed if self._on_prefix(k, order)]
+            keep = set(sorted(current, reverse=True)[: KEEP_STORED - 1])  # zero-padded sizes: largest first
+            for key in listed:
+                if key not in keep:
+                    self.store.delete(key)
+        except (StorageError, OSError) as e:
+            self.log(f"the predictor fit on {fit.size} results was not kept in the zoo ({e}); the build goes on")
+
+    def _on_prefix(self, key: str, order: list[ResultRecord]) -> bool:
+        """Whether the kept fit `key` is on the first rows of `order` (its size and hash match)."""
+        found = PREDICTOR_FIT.fullmatch(key)
+        size = int(found.group(1)) if found else 0
+        return 4 <= size <= len(order) and found.group(2) == f"{self._fit_key(order, size):016x}"
 
     def _stored_fit(self, order: list[ResultRecord]) -> None:
         """The largest fit kept in the zoo whose rows are a prefix of `order` (its key matches
         theirs; with a pinned `fit_size`, that size only), made ready in the fitting process's
         memo: what an interrupted run of this build was proposing with. One that does not
-        load is named in the log and fitted again instead."""
+        load is named in the log and deleted, and the build waits for a fit as without it."""
         if self.store is None:
             return
         from safetensors.numpy import load
 
         from tans.pipeline.acquisition.fitting import _npz
 
-        for key in sorted(self.store.list(PREDICTOR_FITS), reverse=True):  # sizes are zero-padded: largest first
-            found = PREDICTOR_FIT.fullmatch(key)
-            size = int(found.group(1)) if found else 0
-            if not 4 <= size <= len(order) or self.fit_size not in (None, size):
+        try:
+            listed = sorted(self.store.list(PREDICTOR_FITS), reverse=True)  # zero-padded sizes: largest first
+        except (StorageError, OSError) as e:
+            self.log(f"the predictor fits kept in the zoo could not be listed ({e}); fitting again")
+            return
+        for key in listed:
+            if not self._on_prefix(key, order):
+                continue  # on other rows (a result set aside since, another seed or version): not this build's
+            size = int(PREDICTOR_FIT.fullmatch(key).group(1))
+            if self.fit_size not in (None, size):
                 continue
             rows = self._fit_key(order, size)
-            if found.group(2) != f"{rows:016x}":
-                continue  # on other rows (a result set aside since, or another seed): not this build's fit
             try:
                 data = self.store.read_bytes(key)
                 mse = float(safetensors_metadata(data).get("val_mse", "nan"))
                 model = model_of(_npz(val_mse=np.float64(mse), seconds=np.float64(0.0), **load(data)))
+                row = order[0]  # the prior's shapes: a fit for other inputs fails here, not mid-step
+                predictor.mc_samples(
+                    model,
+                    np.asarray(self.prior.features[row.dataset_id], np.float32)[None],
+                    np.asarray([self._topology(row.arch)], np.float32),
+                    np.asarray(self.prior.profiles[row.arch].functional_embedding, np.float32)[None],
+                    samples=1,
+                )
             except Exception as e:  # noqa: BLE001 - a damaged file costs a fit, never the build
-                self.log(f"the predictor fit {key} in the zoo does not load ({type(e).__name__}: {e}); fitting again")
-                continue
+                self.log(
+                    f"the predictor fit {key} in the zoo does not load ({type(e).__name__}: {e}); "
+                    "deleted, fitting again"
+                )
+                try:
+                    self.store.delete(key)
+                except (StorageError, OSError):
+                    pass
+                return
             fit = Fit(size, rows, self.seed * 1_000_003 + size, None, model, None)
             Fitter.shared().done[rows] = fit
             self._fits.append(fit)

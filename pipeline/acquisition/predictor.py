@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
+FIT_VERSION = 1  # part of a fit's name in the zoo: change it with the model or its training recipe
+
 
 class AccuracyPredictor(nn.Module):
     def __init__(self, data_dim: int, func_dim: int, hidden: int = 128, dropout: float = 0.5):
