@@ -24,11 +24,11 @@ the results in by then starts. The driver waits for a fit only when none has fin
 the rest of the initial design trains faster than that fit (a replay build), when more
 workers than two thirds of the initial design leave no initial step to start it in (then the
 first fit is on the few results in), and at the first step of a build resumed or started on
-a zoo past its initial phase. A resumed build does not wait either: the fits that proposed are
-kept in the zoo (`predictor/fits/`: it and the two largest others still on a prefix of the
-results), and the largest on a prefix of the
-results (its rows' hash matches) is the one the interrupted run was proposing with, so the
-resumed one proposes with it at once while the fit on all its results starts.
+a zoo past its initial phase without a kept fit. A resumed build does not wait: each fit that
+takes over is kept in the zoo (`predictor/fits/`, with the two largest others still on a
+prefix of the results), and the largest on a prefix of the results (its rows' hash matches)
+is the one the interrupted run was proposing with, so the resumed one proposes with it at once
+while the fit on all its results starts.
 Each fit is a deterministic function of its rows, their inputs and its seed; given the fit,
 proposals are a deterministic function of the zoo state (results with their commit times),
 the pending set and the seed. Which fit proposed each pair is recorded (`last_fit_of`; the
@@ -59,7 +59,7 @@ from tans.zoo_schema.layout import PREDICTOR_FIT, PREDICTOR_FITS, predictor_fit_
 from tans.zoo_schema.records import ResultRecord
 from tans.zoo_schema.results import ZooState
 
-KEEP_STORED = 3  # the newest fits kept in the zoo (a result set aside may invalidate the newest)
+KEEP_STORED = 3  # fits kept in the zoo: the last that proposed and the two largest others on a prefix
 
 
 def training_size(n_results: int, n_init_total: int, every: int) -> int:
@@ -243,7 +243,7 @@ class ParetoPolicy:
         try:
             self.store.write_bytes(written, save(weights, metadata=meta))
             fit.weights = None  # kept: no need to hold it twice
-            listed = [k for k in self.store.list(PREDICTOR_FITS) if k != written]
+            listed = [k for k in self.store.list(PREDICTOR_FITS) if k != written and PREDICTOR_FIT.fullmatch(k)]
             current = [k for k in listed if self._on_prefix(k, order)]
             keep = set(sorted(current, reverse=True)[: KEEP_STORED - 1])  # zero-padded sizes: largest first
             for key in listed:
