@@ -83,17 +83,6 @@ def early_fit_size(n_init_total: int) -> int:
     return max(4, n_init_total // 3)
 
 
-def safetensors_metadata(data: bytes) -> dict[str, str]:
-    """The `__metadata__` of a safetensors file's header (8 bytes of length, then JSON)."""
-    import json
-    import struct
-
-    (n,) = struct.unpack("<Q", data[:8])
-    if n > len(data) - 8:
-        raise ValueError("the header runs past the file's end")
-    return json.loads(data[8 : 8 + n]).get("__metadata__", {})
-
-
 class ParetoPolicy:
     """Algorithm 1 (see the module's docstring); random pairs until every dataset has its
     initial ones, and whenever the predictor cannot be trained yet."""
@@ -236,12 +225,10 @@ class ParetoPolicy:
 
         from tans.pipeline.acquisition.fitting import _arrays
 
-        a = _arrays(fit.weights)
-        weights = {k: np.ascontiguousarray(v) for k, v in a.items() if k.startswith("w.")}
-        meta = {"val_mse": repr(float(a["val_mse"])), "seconds": repr(float(a["seconds"])), "size": str(fit.size)}
+        arrays = {k: np.array(v, order="C") for k, v in _arrays(fit.weights).items()}  # weights, val_mse, seconds
         written = predictor_fit_key(fit.size, fit.key)
         try:
-            self.store.write_bytes(written, save(weights, metadata=meta))
+            self.store.write_bytes(written, save(arrays))
             fit.weights = None  # kept: no need to hold it twice
             listed = [k for k in self.store.list(PREDICTOR_FITS) if k != written and PREDICTOR_FIT.fullmatch(k)]
             current = [k for k in listed if self._on_prefix(k, order)]
@@ -282,9 +269,7 @@ class ParetoPolicy:
                 continue
             rows = self._fit_key(order, size)
             try:
-                data = self.store.read_bytes(key)
-                mse = float(safetensors_metadata(data).get("val_mse", "nan"))
-                model = model_of(_npz(val_mse=np.float64(mse), seconds=np.float64(0.0), **load(data)))
+                model = model_of(_npz(**load(self.store.read_bytes(key))))
                 row = order[0]  # the prior's shapes: a fit for other inputs fails here, not mid-step
                 predictor.mc_samples(
                     model,
