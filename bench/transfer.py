@@ -29,16 +29,20 @@
    predicted accuracy (TANS), LogME and a k-NN probe on each network's features of the
    query's training images, `finetune`: the cross-fitted held-out loss of a one-epoch
    fine-tune on the query's training images (tans.retriever.proxy: up to 40 per class and about 400
-   in all, in two folds, each trained on and scored by turns; lower ranks first), the network's
+   in all, in two folds, each trained on and scored by turns; lower ranks first), `finetune_first`:
+   the first fold's fine-tune alone (scored on the second fold: what a budget that does not
+   cover every network twice ranks by), the network's
    accuracy on its own zoo dataset (raw: `source`, and from chance
    to 1: `source_over_chance`), TANS + source_over_chance (the score of `tans search --rerank
    source` itself: the mean of the two's ranks over the whole zoo), source + finetune (the score
    of `tans search --rerank finetune`'s rule applied to the set, a simulation: as many of the set's networks
    as the default search's budget fine-tuned on this machine (`budget_reranked`, which a busy machine lowers),
-   the cheapest first, re-ordered by the fine-tune's loss among their places in the source order, the others
+   the cheapest first, re-ordered by the fine-tune's loss (the first fold's, or cross-fitted where the
+   search cross-fitted: `budget_cross_fitted`) among their places in the source order, the others
    in their source places), TANS + LogME and TANS + k-NN (the mean of the two's ranks within
    the set), random (expectation over 1000 shuffles). And `fine_tuned_weighted_tau`: the τ of the
-   search's ordering had its budget fine-tuned 0 (`source`), 1, 2, 3, 4, 8 or all of the set.
+   search's ordering had its budget fine-tuned 0 (`source`), 1, 2, 3, 4, 8 or 12 of the set
+   once, or all of it both ways (`--budget 0`).
    Each τ also as a fraction of the two seeds' own agreement.
 5. The default search's top-1 against the starts a user would otherwise take: a random zoo
    network, the largest network within the constraint (params <= the zoo's median), the
@@ -298,6 +302,7 @@ RANKINGS = [
     "logme",
     "knn",
     "finetune",
+    "finetune_first",
     "source",
     "source_over_chance",
     "tans+logme",
@@ -325,6 +330,7 @@ def rankings(row_set: list[dict]) -> dict[str, np.ndarray]:
             "source_classes",
             "search_source_score",
             "proxy_loss",
+            "proxy_first",
             "search_finetune_score",
         )
     }
@@ -333,6 +339,7 @@ def rankings(row_set: list[dict]) -> dict[str, np.ndarray]:
         "logme": col["logme"],
         "knn": col["knn"],
         "finetune": -col["proxy_loss"],
+        "finetune_first": -col["proxy_first"],
         "source": col["source_accuracy"],
         "source_over_chance": source_over_chance(col["source_accuracy"], col["source_classes"]),
         "tans+source_over_chance": col["search_source_score"],
@@ -458,9 +465,13 @@ def main() -> None:
                 f = penultimate(net, xs).numpy()
             for k, scorer in SCORERS.items():
                 evidence[k].append(scorer(f, ys))
-            evidence.setdefault("proxy_loss", []).append(
-                proxy.proxy_loss(lambda net=net: copy.deepcopy(net), classes, x, y, folds, settings.image_size)
+            sums = tuple(
+                proxy.fold_sum(lambda net=net: copy.deepcopy(net), classes, x, y, folds, k, settings.image_size)
+                for k in (0, 1)
             )
+            evidence.setdefault("proxy_sums", []).append(sums)
+            evidence.setdefault("proxy_loss", []).append(proxy.scores([sums], folds)[0])  # both halves
+            evidence.setdefault("proxy_first", []).append(proxy.scores([(sums[0], None)], folds)[0])
             curves = truth.curves(
                 f"{name}|{job_id}",
                 lambda seed: load_checkpoint(store, results[job_id], manifest.width),
@@ -484,10 +495,18 @@ def main() -> None:
         set_order = sorted(range(len(chosen)), key=lambda i: -source_score[i])
         cheapest = proxy.cheapest_first([results[j].flops for j in chosen], set_order)
 
-        def budget_score(n: int) -> np.ndarray:
-            return proxy.slot_score(set_order, {i: evidence["proxy_loss"][i] for i in cheapest[:n]})
+        def budget_score(n: int, crossed: bool) -> np.ndarray:
+            """The first n cheapest fine-tuned: each once (`proxy_first`), or both ways (`crossed`)."""
+            done = set(cheapest[:n])
+            sums = [
+                (a, b if crossed else None) if i in done else (None, None)
+                for i, (a, b) in enumerate(evidence["proxy_sums"])
+            ]
+            return proxy.slot_score(
+                set_order, {i: loss for i, loss in enumerate(proxy.scores(sums, folds)) if loss is not None}
+            )
 
-        finetune_score = budget_score(budget_reranked)
+        finetune_score = budget_score(budget_reranked, bool(found.cross_fitted))
         row_set = [
             {
                 "job_id": j,
@@ -501,6 +520,7 @@ def main() -> None:
                 "logme": round(float(evidence["logme"][i]), 6),
                 "knn": round(float(evidence["knn"][i]), 6),
                 "proxy_loss": round(float(evidence["proxy_loss"][i]), 6),
+                "proxy_first": round(float(evidence["proxy_first"][i]), 6),
                 "search_finetune_score": round(float(finetune_score[i]), 6),
                 "accuracy_3_epochs": round(float(acc3[i]), 6),
             }
@@ -531,9 +551,10 @@ def main() -> None:
         # the default ordering had a budget fine-tuned n of the set (cheapest first): n = 0 is
         # `source`, n = the set's size the loss alone
         row["budget_reranked"] = budget_reranked
+        row["budget_cross_fitted"] = bool(found.cross_fitted)
         row["fine_tuned_weighted_tau"] = {}
-        for n in sorted({0, 1, 2, 3, 4, 8, len(chosen)}):
-            tau = float(weightedtau(budget_score(min(n, len(chosen))), acc3).correlation)
+        for n in sorted({0, 1, 2, 3, 4, 8, 12, len(chosen)}):  # all of the set: both ways, as `--budget 0`
+            tau = float(weightedtau(budget_score(min(n, len(chosen)), n >= len(chosen)), acc3).correlation)
             sweep.setdefault(n, []).append(tau)
             row["fine_tuned_weighted_tau"][n] = round(tau, 4)
         shuffles = [float(weightedtau(rng.permutation(len(acc3)), acc3).correlation) for _ in range(1000)]

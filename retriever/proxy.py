@@ -2,16 +2,21 @@
 
 `tans search --rerank finetune` orders the recalled networks by `source` (see
 tans.retriever.rerank), then scores as many of them as the search's `--budget` allows by a
-cross-fitted short fine-tune on the query's images, the cheapest (fewest FLOPs) first, so that
-the budget covers as many networks as it can: the query's images are split in two folds (half
-of each class in each); the network is fine-tuned for one epoch with the zoo's recipe (paper
-B.2: SGD with Nesterov momentum, cosine schedule; a new head for the query's classes, seeded)
-on one fold and scored by its cross-entropy on the other, then the same from a fresh copy with
-the folds swapped; the score is the mean loss over every image. The fine-tuned networks are
-re-ordered by that loss (lower first) among the places they held in the `source` order; the
-others keep their places (`slot_score`). With every recalled network fine-tuned the order is
-the loss's alone; with none it is `source`. `--finetune-top N` fine-tunes only among the
-first N of the source order; `--top-k` never reorders.
+short fine-tune on the query's images, the cheapest (fewest FLOPs) first, so that the budget
+covers as many networks as it can: the query's images are split in two folds (half of each
+class in each); each network is fine-tuned for one epoch with the zoo's recipe (paper B.2: SGD
+with Nesterov momentum, cosine schedule; a new head for the query's classes, seeded) on the
+first fold and scored by its cross-entropy on the second. Once every candidate has that score,
+the budget goes on to the swapped fine-tunes (on the second fold from a fresh copy, scored on
+the first); when each network scored so far has both, the score is cross-fitted: the mean loss
+over every image (`scores`). The fine-tuned networks are re-ordered by that loss (lower first)
+among the places they held in the `source` order; the others keep their places
+(`slot_score`). With every recalled network fine-tuned the order is the loss's alone; with
+none it is `source`. `--finetune-top N` fine-tunes only among the first N of the source order;
+`--top-k` never reorders. Why one fold first: on `bench/transfer.py`'s test split the first
+fold's loss alone ranks a whole set nearly as well as the cross-fitted one (weighted tau 0.334
+against 0.358) at half the cost, so a budget that fine-tuned 6.6 of 16 networks both ways
+scores about twice as many.
 
 Why a fine-tune and not only features: on `bench/transfer.py --split validation` the
 held-out loss after one epoch ranks the networks by their 3-epoch fine-tuned accuracy far
@@ -21,7 +26,7 @@ class of the query and about `IMAGES` in all (seeded), so a search's cost does n
 the number of classes. Cross-fitting scores every image once: with a single held-out fifth,
 which fifth it was moved a set's tau by 0.41 on a validation dataset of bench/transfer.py
 (textures-mixed-noisy: 0.47 with the last files of each class held out, 0.06 with a shuffled
-fifth).
+fifth); a held-out half varies less, and is the same half for every network of a search.
 """
 
 from __future__ import annotations
@@ -131,29 +136,53 @@ def proxy_loss(
     make_net, num_classes: int, x, y, folds: tuple[list[int], list[int]], image_size: int, deadline=None, device="cpu"
 ) -> float:
     """Cross-fitted held-out loss: a fresh `make_net()` fine-tuned on each fold and scored on the
-    other; the mean cross-entropy over every image of both folds (DeadlineReached past `deadline`)."""
-    first, second = folds
-    total = sum(
-        fold_loss(make_net(), num_classes, x, y, a, b, image_size, deadline=deadline, device=device)
-        for a, b in ((first, second), (second, first))
-    )
-    return total / (len(first) + len(second))
+    other; the mean cross-entropy over every image of both folds (DeadlineReached past `deadline`):
+    the search's score of a network when it had both fine-tunes (`scores`)."""
+    both = [fold_sum(make_net, num_classes, x, y, folds, k, image_size, deadline, device) for k in (0, 1)]
+    return scores([tuple(both)], folds)[0]
+
+
+def fold_sum(make_net, num_classes: int, x, y, folds, which: int, image_size: int, deadline=None, device="cpu"):
+    """A network's fine-tune number `which`: 0, on the first fold scored on the second (the
+    summed cross-entropy); 1, the swapped one (DeadlineReached past `deadline`)."""
+    train_idx, held_idx = folds if which == 0 else folds[::-1]
+    return fold_loss(make_net(), num_classes, x, y, train_idx, held_idx, image_size, deadline=deadline, device=device)
+
+
+def scores(sums: list[tuple[float | None, float | None]], folds) -> list[float | None]:
+    """Each network's score from its two fine-tunes' summed losses (None: not run): the mean
+    loss over every image (cross-fitted) when every network with the first fine-tune has the
+    second too, else the first's mean loss on the second fold, for each that has it; None for a
+    network without the first. One kind of score for all, so the losses compare."""
+    both = cross_fitted(sums)
+    n1, n2 = len(folds[1]), len(folds[0])  # the images each fine-tune is scored on
+    return [None if a is None else (a + b) / (n1 + n2) if both else a / n1 for a, b in sums]
+
+
+def cross_fitted(sums: list[tuple[float | None, float | None]]) -> bool:
+    """Whether `scores` cross-fits: some network has its first fine-tune, and each that has it
+    has its second too."""
+    started = [s for s in sums if s[0] is not None]
+    return bool(started) and all(s[1] is not None for s in started)
 
 
 def local_losses(
     loaders, num_classes: int, x, y, folds, image_size: int, deadline, workers: int | None = None
 ) -> list[float | None]:
-    """The proxy loss of each network (`loaders`: one callable per network, giving it), in this
-    process, on `workers` threads (default: torch's CPU threads, at most the cores this process
-    may use) that take the networks in order, each fine-tune on one torch thread: networks this
-    small keep one core busy each far better than they share two (the same losses up to float
-    rounding, 1.7x as many networks in the same time on 2 cores). None for each the `deadline`
-    cut and each not started by then (they keep the source order): with several threads those
-    need not be the last ones. What `tans search` runs without a Ray address. torch's thread
-    count and global random state are as they were afterwards; after an interruption (Ctrl-C)
-    each thread ends the network it is on and starts no other. A thread of the caller's that
-    first uses torch while these run keeps one torch thread (torch sets a thread's count at its
-    first use)."""
+    """Each network's two fine-tunes' summed held-out losses (`loaders`: one callable per
+    network, giving it; None where not run; `scores` makes them the networks' scores), in this
+    process, on `workers` threads (default: torch's CPU threads, at most the cores this
+    process may use) that take every network's first fine-tune in order, then every network's
+    second, each fine-tune on one torch thread: networks this small keep one core busy each far
+    better than they share two (the same losses up to float rounding, 1.7x as many networks in
+    the same time on 2 cores). None for each fine-tune the `deadline` cut and each not started
+    by then (a network without its first keeps the source order): with several threads those
+    need not be the last ones. What
+    `tans search` runs without a Ray address. Each network is loaded once and kept for its
+    second fine-tune. torch's thread count and global random state are as they were
+    afterwards; after an interruption (Ctrl-C) each thread ends the fine-tune it is on and starts
+    no other. A thread of the caller's that first uses torch while these run keeps one torch
+    thread (torch sets a thread's count at its first use)."""
     import copy
     import os
     import threading
@@ -163,8 +192,9 @@ def local_losses(
 
     from tans.workers.networks.training import DeadlineReached
 
-    out: list[float | None] = [None] * len(loaders)
-    todo = iter(range(len(loaders)))
+    sums: list[list[float | None]] = [[None, None] for _ in loaders]
+    todo = iter([(0, k) for k in range(len(loaders))] + [(1, k) for k in range(len(loaders))])
+    nets: dict[int, object] = {}  # loaded, kept until the network's second fine-tune starts
     lock, loading, stop = threading.Lock(), threading.Lock(), threading.Event()
     errors: list[BaseException] = []
 
@@ -174,7 +204,7 @@ def local_losses(
     def work() -> None:
         while not stop.is_set():
             with lock:
-                k = next(todo, None)
+                which, k = next(todo, (None, None))
             if k is None:
                 return
             try:
@@ -182,8 +212,11 @@ def local_losses(
                     if late():  # waited for the lock past the budget: load nothing more
                         stop.set()
                         return
-                    net = loaders[k]()
-                out[k] = proxy_loss(lambda: copy.deepcopy(net), num_classes, x, y, folds, image_size, deadline)
+                    if k not in nets:
+                        nets[k] = loaders[k]()
+                    net = nets[k] if which == 0 else nets.pop(k)
+                    start = copy.deepcopy(net)
+                sums[k][which] = fold_sum(lambda: start, num_classes, x, y, folds, which, image_size, deadline)
             except DeadlineReached:
                 stop.set()
             except BaseException as e:  # noqa: BLE001 - raised again in the caller's thread
@@ -191,7 +224,7 @@ def local_losses(
                 stop.set()
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    workers = max(1, min(len(loaders), workers or min(torch.get_num_threads(), cores)))
+    workers = max(1, min(2 * len(loaders), workers or min(torch.get_num_threads(), cores)))
     threads, random_state = torch.get_num_threads(), torch.random.get_rng_state()
     if workers > 1:
         torch.set_num_threads(1)
@@ -205,20 +238,23 @@ def local_losses(
             for t in running:
                 t.join()
     except BaseException:
-        stop.set()  # Ctrl-C: no thread starts another network
+        stop.set()  # Ctrl-C: no thread starts another fine-tune
         raise
     finally:
         torch.set_num_threads(threads)
         torch.random.set_rng_state(random_state)  # the threads' seeding raced: the caller's state back
     if errors:
         raise errors[0]
-    return out
+    return [(a, b) for a, b in sums]
 
 
-def remote_loss(load, num_classes: int, x, y, folds, image_size: int, until: float | None) -> float | None:
-    """One network's proxy loss where it runs (a Ray task): on the GPU when there is one,
-    stopped at `until` (a `time.time()` instant: the caller's budget, whatever the task
-    waited in the queue; None: no bound); None when that cut it."""
+def remote_loss(
+    load, num_classes: int, x, y, folds, image_size: int, until: float | None, which: int = 0
+) -> float | None:
+    """One network's fine-tune number `which` (see `fold_sum`) where it runs (a Ray task): on
+    the GPU when there is one, stopped at `until` (a `time.time()` instant: the caller's budget,
+    whatever the task waited in the queue; None: no bound); the summed held-out loss, None when
+    that cut it."""
     import copy
     import time
 
@@ -230,7 +266,7 @@ def remote_loss(load, num_classes: int, x, y, folds, image_size: int, until: flo
     deadline = time.monotonic() + (until - time.time()) if until is not None else None
     net = load()
     try:
-        return proxy_loss(lambda: copy.deepcopy(net), num_classes, x, y, folds, image_size, deadline, device)
+        return fold_sum(lambda: copy.deepcopy(net), num_classes, x, y, folds, which, image_size, deadline, device)
     except DeadlineReached:
         return None
 

@@ -173,7 +173,7 @@ class Hit:
     # mean of the two's ranks in the zoo), "logme", "knn" or "finetune"
     # (the source order, its fine-tuned networks re-ordered by held-out loss among their places)
     weak_match: bool  # negative cosine: the zoo holds nothing close to the query
-    proxy_loss: float | None = None  # cross-fitted held-out loss of the short fine-tune ("finetune" only)
+    proxy_loss: float | None = None  # held-out loss of the short fine-tune ("finetune" only; see `cross_fitted`)
 
 
 @dataclass(frozen=True)
@@ -188,6 +188,7 @@ class SearchResult:
     warnings: tuple[str, ...] = ()  # e.g. the retriever is stale and does not know some datasets
     reranked: int | None = None  # finetune: how many were fine-tuned within the budget ...
     finetune_candidates: int | None = None  # ... of how many it would fine-tune without one
+    cross_fitted: bool | None = None  # finetune: each loss over every image (both halves), else the second's
 
     def as_dict(self) -> dict:
         return {
@@ -196,6 +197,7 @@ class SearchResult:
             "recalled": self.recalled,
             "reranked": self.reranked,
             "finetune_candidates": self.finetune_candidates,
+            "cross_fitted": self.cross_fitted,
             "seconds": self.seconds,
             "hits": [asdict(h) for h in self.hits],
         }
@@ -358,9 +360,9 @@ class Searcher:
         t1 = time.perf_counter()
         q, top, scores = self._recall(features, constraints, max(recall, top_k))
         t2 = time.perf_counter()
-        reranked = candidates = None
+        reranked = candidates = crossed = None
         if rerank == "finetune":
-            hits, reranked, candidates = self._finetuned(
+            hits, reranked, candidates, crossed = self._finetuned(
                 images, labels, q, top, scores, finetune_top, deadline, losses_of
             )
         elif rerank not in SCORERS:
@@ -385,6 +387,7 @@ class Searcher:
             },
             reranked=reranked,
             finetune_candidates=candidates,
+            cross_fitted=crossed,
         )
 
     def _record(self, i: int):
@@ -402,10 +405,11 @@ class Searcher:
 
     def _finetuned(self, images, labels, q, top, scores, finetune_top: int, deadline, losses_of=None):
         """(The `source` order with as many recalled networks as `deadline` allows re-ordered by
-        the cross-fitted held-out loss of a short fine-tune on the query's images, cheapest
-        first among the first `finetune_top` (0: all; tans.retriever.proxy), how many were
-        fine-tuned, how many could have been). `losses_of` runs the fine-tunes
-        (`proxy.local_losses` by default; tans.pipeline.commands.search has one of Ray tasks)."""
+        the held-out loss of a short fine-tune on the query's images, cheapest first among the
+        first `finetune_top` (0: all; tans.retriever.proxy), how many were fine-tuned, how many
+        could have been, whether the losses are cross-fitted). `losses_of` runs the fine-tunes
+        and gives their summed losses (`proxy.local_losses` by default;
+        tans.pipeline.commands.search has one of Ray tasks)."""
         folds = proxy.proxy_folds(labels)  # checks the query before any fine-tune
         predicted, source, _ = self._scores_at(q, top, "source")
         order = ranked(top, scores, source)  # the source order, as `_hits` shows it
@@ -419,10 +423,12 @@ class Searcher:
         halves = ([at[i] for i in folds[0]], [at[i] for i in folds[1]])
         s3 = getattr(self.store, "settings", None)
         loaders = [partial(checkpoint_of, self.store.uri, s3, self._record(top[j]), width) for j in chosen]
-        found = (losses_of or proxy.local_losses)(loaders, classes, x, y, halves, self.image_size, deadline)
+        sums = (losses_of or proxy.local_losses)(loaders, classes, x, y, halves, self.image_size, deadline)
+        found = proxy.scores(sums, halves)
         losses = {j: loss for j, loss in zip(chosen, found) if loss is not None}  # the rest keep their places
         rank_score = proxy.slot_score(order, losses)
-        return self._hits(top, scores, predicted, rank_score, "finetune", losses), len(losses), len(chosen)
+        hits = self._hits(top, scores, predicted, rank_score, "finetune", losses)
+        return hits, len(losses), len(chosen), proxy.cross_fitted(sums) if losses else None
 
     def evidence(self, images: list[bytes], labels: np.ndarray, top, scorer) -> np.ndarray:
         """`scorer` of each recalled network's penultimate features of the query images."""

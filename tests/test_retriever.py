@@ -607,8 +607,13 @@ def test_search_finetune_orders_the_first_networks_by_a_short_fine_tune(built_zo
     threads = torch.get_num_threads()
     alone = proxy.local_losses(loaders, len(set(labels)), x, y, folds, 32, None, workers=1)
     side_by_side = proxy.local_losses(loaders, len(set(labels)), x, y, folds, 32, None, workers=2)
-    assert side_by_side == pytest.approx(alone, rel=1e-3)
-    assert alone == pytest.approx([h.proxy_loss for h in tuned], rel=1e-4) and torch.get_num_threads() == threads
+    assert [s for pair in side_by_side for s in pair] == pytest.approx([s for pair in alone for s in pair], rel=1e-3)
+    assert proxy.scores(alone, folds) == pytest.approx([h.proxy_loss for h in tuned], rel=1e-4)
+    assert result.cross_fitted and torch.get_num_threads() == threads
+    # one network on two threads: its two fine-tunes side by side, the same sums
+    assert proxy.local_losses(loaders[:1], len(set(labels)), x, y, folds, 32, None, workers=2)[0] == pytest.approx(
+        alone[0], rel=1e-3
+    )
 
     # the caller's random state is left as it was; the new head is the numbers a zoo job's is
     state = torch.random.get_rng_state()
@@ -621,7 +626,8 @@ def test_search_finetune_orders_the_first_networks_by_a_short_fine_tune(built_zo
     # a budget already spent loads no network
     opened = []
     spent = [lambda load=load: opened.append(1) or load() for load in loaders]
-    assert proxy.local_losses(spent, len(set(labels)), x, y, folds, 32, time.monotonic() - 1, workers=2) == [None] * 2
+    spent_sums = proxy.local_losses(spent, len(set(labels)), x, y, folds, 32, time.monotonic() - 1, workers=2)
+    assert spent_sums == [(None, None)] * 2
     assert opened == []
 
     def broken():
@@ -646,26 +652,40 @@ def test_search_budget_stops_the_fine_tunes_and_the_rest_keep_the_source_order(
         run_retrain(store, SETTINGS, 32, None, None, log=lambda *_: None)
     query = str(tiny_datasets / "hue-6")
     source = [h.job_id for h in search_dataset(store, query, top_k=100, rerank="source").hits]
+    crossed = search_dataset(store, query, top_k=100, rerank="finetune", finetune_top=2, budget=0)
     # a budget that ends before the first batch: nothing is fine-tuned, the source order stands
     spent = search_dataset(store, query, top_k=100, rerank="finetune", finetune_top=2, budget=1e-9)
     assert spent.reranked == 0 and [h.job_id for h in spent.hits] == source
     assert all(h.proxy_loss is None for h in spent.hits) and spent.as_dict()["reranked"] == 0
-    # the budget ends during the second network's fine-tune: the cheaper of the first two is
-    # fine-tuned, and alone among the fine-tuned it keeps its place: the source order stands
+    # the budget ends during the second network's first fine-tune: the cheaper of the first two
+    # is fine-tuned, and alone among the fine-tuned it keeps its place: the source order stands
     # (one thread: which call is second is then the second network's)
-    real, calls, one_thread = search.proxy.proxy_loss, [], partial(search.proxy.local_losses, workers=1)
+    real, calls, one_thread = search.proxy.fold_sum, [], partial(search.proxy.local_losses, workers=1)
 
-    def second_runs_late(*args):
-        calls.append(1)
-        return real(*args[:-1], None if len(calls) == 1 else time.monotonic() - 1)
+    def late_from(n):
+        def run(*args):
+            calls.append(args[5])  # which fine-tune: every network's first, then every second
+            return real(*args[:-1], None if len(calls) < n else time.monotonic() - 1)
 
-    monkeypatch.setattr(search.proxy, "proxy_loss", second_runs_late)
+        return run
+
+    monkeypatch.setattr(search.proxy, "fold_sum", late_from(2))
     monkeypatch.setattr(search.proxy, "local_losses", one_thread)
     half = search_dataset(store, query, top_k=100, rerank="finetune", finetune_top=2, budget=60)
-    assert half.reranked == 1 and len(calls) == 2
+    assert half.reranked == 1 and calls == [0, 0]
     cheaper = min(half.hits[:2], key=lambda h: (h.flops, source.index(h.job_id)))
     assert [h.job_id for h in half.hits] == source
     assert [h.job_id for h in half.hits if h.proxy_loss is not None] == [cheaper.job_id]
+    # it ends during the first swapped fine-tune: both are scored by their first fine-tune alone
+    # (the loss on the second fold), not one cross-fitted and one not
+    calls.clear()
+    monkeypatch.setattr(search.proxy, "fold_sum", late_from(3))
+    first_only = search_dataset(store, query, top_k=100, rerank="finetune", finetune_top=2, budget=60)
+    assert first_only.reranked == crossed.reranked == 2 and calls == [0, 0, 1]
+    assert crossed.cross_fitted and not first_only.cross_fitted and first_only.as_dict()["cross_fitted"] is False
+    losses = {h.job_id: h.proxy_loss for h in first_only.hits if h.proxy_loss is not None}
+    assert set(losses) == {h.job_id for h in crossed.hits if h.proxy_loss is not None}
+    assert all(losses[h.job_id] != pytest.approx(h.proxy_loss, rel=1e-6) for h in crossed.hits if h.job_id in losses)
     monkeypatch.undo()
     # by default every recalled network is a candidate, fine-tuned cheapest first; with all of them
     # fine-tuned the order is the loss's alone
@@ -673,7 +693,7 @@ def test_search_budget_stops_the_fine_tunes_and_the_rest_keep_the_source_order(
 
     def by_job(loaders, *args):
         seen.extend(load.args[2] for load in loaders)
-        return [float(len(r.job_id) + r.job_id.count("a")) + k / 1e3 for k, r in enumerate(seen)]
+        return [(float(len(r.job_id) + r.job_id.count("a")) + k / 1e3, None) for k, r in enumerate(seen)]
 
     monkeypatch.setattr(search.proxy, "local_losses", by_job)
     every = search_dataset(store, query, top_k=100, rerank="finetune", budget=0)
@@ -697,6 +717,16 @@ def test_search_budget_stops_the_fine_tunes_and_the_rest_keep_the_source_order(
     with pytest.raises(SystemExit):
         main(["search", zoo, "--dataset", query, "--budget", "-1"])
     assert "--budget: must be 0 or more" in capsys.readouterr().err
+
+
+def test_a_score_is_cross_fitted_only_when_every_network_scored_has_both_fine_tunes():
+    from tans.retriever.proxy import scores
+
+    folds = ([0, 1, 2], [3, 4])  # the first fine-tune is scored on 2 images, the second on 3
+    assert scores([(1.0, 3.0), (2.0, 4.0), (None, None)], folds) == [0.8, 1.2, None]
+    assert scores([(1.0, 3.0), (2.0, None), (None, None)], folds) == [0.5, 1.0, None]
+    assert scores([(None, 3.0), (2.0, None)], folds) == [None, 1.0]  # a second without its first counts for nothing
+    assert scores([(None, None)], folds) == [None]
 
 
 def test_search_fine_tunes_as_ray_tasks_on_the_cluster_and_ranks_as_here(built_zoo, tiny_datasets):

@@ -48,8 +48,9 @@ def add(sub) -> None:
         default=proxy.FINETUNE_TOP,
         metavar="N",
         help="with --rerank finetune: fine-tune only among the first N networks of the source order "
-        f"(default {proxy.FINETUNE_TOP}: among every recalled one; each is fine-tuned twice for one epoch, "
-        f"on each half of about {proxy.IMAGES} of your images)",
+        f"(default {proxy.FINETUNE_TOP}: among every recalled one; each is fine-tuned for one epoch on one "
+        f"half of about {proxy.IMAGES} of your images and scored on the other, and when the budget has done "
+        "that for all of them, again with the halves swapped)",
     )
     q.add_argument(
         "--budget",
@@ -140,6 +141,7 @@ def table(result, zoo: str, dataset: str) -> str:
             lines.append(
                 f"\nre-ranked {done} of {asked} networks: fine-tuned on your images, cheapest first, and ordered "
                 "by held-out loss among the places they held in the source order"
+                + (" (both halves of your images held out in turn)" if result.cross_fitted else "")
                 + ("" if done >= asked else "; the budget ended (raise --budget, 0 for no bound), the rest keep theirs")
             )
     lines.append(

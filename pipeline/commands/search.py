@@ -84,10 +84,11 @@ GRACE = 2.0  # seconds past the budget a Ray task may take to report before it i
 
 
 def ray_losses(address: str):
-    """The finetune ordering's fine-tunes as Ray tasks on the cluster at `address`: one task per
-    network, all at once, each on a GPU when the cluster has one (else a CPU); the images
-    travel once through the object store and each task opens the zoo itself. A task still
-    running when the budget ends (plus `GRACE`) is cancelled, and its network keeps the
+    """The finetune ordering's fine-tunes as Ray tasks on the cluster at `address`: two tasks per
+    network (its first fine-tune, then its swapped one: `proxy.scores`), all submitted at once,
+    the first ones first, each on a GPU when the cluster has one (else a CPU); the images travel
+    once through the object store and each task opens the zoo itself. A task still running when
+    the budget ends (plus `GRACE`) is cancelled; a network without its first fine-tune keeps the
     source order."""
     from tans.pipeline.execution.runtime import start_ray
 
@@ -95,14 +96,18 @@ def ray_losses(address: str):
     gpus = ray.cluster_resources().get("GPU", 0) >= 1
     task = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0, max_retries=0)(proxy.remote_loss)
 
-    def losses(loaders, classes, x, y, folds, image_size, deadline) -> list[float | None]:
+    def losses(loaders, classes, x, y, folds, image_size, deadline) -> list[tuple[float | None, float | None]]:
         left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
         until = None if left is None else time.time() + left
         xs, ys = ray.put(x), ray.put(y)
-        refs = [task.remote(load, classes, xs, ys, folds, image_size, until) for load in loaders]
-        done, late = ray.wait(refs, num_returns=len(refs), timeout=None if left is None else left + GRACE)
+        refs = [
+            [task.remote(load, classes, xs, ys, folds, image_size, until, which) for load in loaders]
+            for which in (0, 1)
+        ]
+        flat = refs[0] + refs[1]
+        done, late = ray.wait(flat, num_returns=len(flat), timeout=None if left is None else left + GRACE)
         for ref in late:
             ray.cancel(ref, force=True)
-        return [ray.get(ref) if ref in done else None for ref in refs]
+        return [tuple(ray.get(ref) if ref in done else None for ref in pair) for pair in zip(*refs)]
 
     return losses
