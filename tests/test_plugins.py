@@ -25,7 +25,9 @@ def fake_driver(n_results: int, train_seconds: float = 60.0, history=(), max_job
         results=results,
         used_budget=n_results,
         config=SimpleNamespace(max_jobs=max_jobs),
-        hypervolume=SimpleNamespace(history=lambda: list(history), profiles=lambda: None),
+        hypervolume=SimpleNamespace(
+            history=lambda at=None: [history[i] for i in at] if at is not None else list(history), profiles=lambda: None
+        ),
         store=store,
     )
 
@@ -62,3 +64,38 @@ def test_the_snapshot_is_rewritten_on_its_cadence_and_at_the_end(tmp_path):
     driver.results.append(result("d0", "a", 0.5, SNAPSHOT_MIN_NEW + 1))
     callback.on_finish(driver, None)
     assert sum(s.rows for s in read_segments(store)) == SNAPSHOT_MIN_NEW + 1
+
+
+def test_the_drivers_hypervolumes_follow_each_commit_as_a_full_recount_does():
+    """The driver's tracker indexes the results by dataset as they come (a commit recounts its
+    own dataset, not the zoo); its mean, and the plateau stopper's gain read at two marks, are
+    what the whole computation over every result gives."""
+    import random
+
+    from tans.pipeline.acquisition.hypervolume import dataset_hypervolumes, hv_history
+    from tans.pipeline.execution.driver import Hypervolumes
+    from tans.zoo_schema.records import ArchProfile
+
+    archs = [f"arch-{k}" for k in range(6)]
+    profiles = {a: ArchProfile(a, 1000 * (k + 1), 1, 1.0 + k, [0.0]) for k, a in enumerate(archs)}
+    rng = random.Random(0)
+    driver = SimpleNamespace(results=[], datasets={f"d{k}": None for k in range(4)})
+    tracker = Hypervolumes(driver)
+    tracker._profiles = profiles  # as the pool's profiling gives them
+    for n in range(40):
+        r = result(rng.choice(sorted(driver.datasets)), rng.choice(archs), rng.random(), n)
+        r = r.__class__(**{**r.__dict__, "created_at": float(n)})
+        driver.results.append(r)
+        if n == 10:
+            assert tracker.mean() >= 0  # read midway: the index catches up with what came before
+        tracker.changed(r.dataset_id)
+        full = dataset_hypervolumes(driver.results, profiles, sorted(driver.datasets))
+        assert tracker.mean() == sum(full.values()) / len(full)
+    history = hv_history(driver.results, profiles, sorted(driver.datasets))
+    assert tracker.history(at=[29, 39]) == [history[29], history[39]]
+    driver.hypervolume = tracker
+    stop = HypervolumePlateauStopper(min_gain=history[39] - history[29] + 1e-9, window=10)
+    assert (
+        stop(driver)
+        == f"hypervolume gain {history[39] - history[29]:.4f} over the last 10 results is below {stop.min_gain}"
+    )

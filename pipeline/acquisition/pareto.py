@@ -51,7 +51,7 @@ from tans.pipeline.acquisition import predictor
 from tans.pipeline.acquisition.base import Pair, PolicyContext, first_allowed, taken_pairs
 from tans.pipeline.acquisition.compute_priors import load_prior
 from tans.pipeline.acquisition.fitting import Fit, Fitter, model_of
-from tans.pipeline.acquisition.hypervolume import Normalizer, gains, point_of
+from tans.pipeline.acquisition.hypervolume import Normalizer, gains, point_of, points_of
 from tans.pipeline.acquisition.priors import Prior, topology_of
 from tans.pipeline.acquisition.random import RandomPolicy
 from tans.zoo_schema.errors import StorageError
@@ -396,6 +396,8 @@ class ParetoPolicy:
         candidates = [c for c in candidates if c.dataset_id in self._d_index and c.arch in self._a_index]
         fronts: dict[str, list] = {}
         done: dict[str, set[str]] = {}
+        new = [r for r in state.results if r.job_id not in self._points]  # all of them in a resumed build's first step
+        self._points.update(zip((r.job_id for r in new), points_of(new, self._norm, self.prior)))
         for r in state.results:
             fronts.setdefault(r.dataset_id, []).append(self._point(r))
             done.setdefault(r.dataset_id, set()).add(r.arch)

@@ -84,6 +84,8 @@ class Hypervolumes:
         self.driver = driver
         self._hv: dict[str, float] = {}
         self._profiles = None
+        self._rows: dict[str, list[ResultRecord]] = {}  # driver.results by dataset (it only appends)
+        self._indexed = 0
 
     def profiles(self) -> dict:
         d = self.driver
@@ -95,7 +97,14 @@ class Hypervolumes:
         self._hv[dataset_id] = self._of(dataset_id)
 
     def _of(self, dataset_id: str) -> float:
-        return dataset_hypervolumes(self.driver.results, self.profiles(), [dataset_id])[dataset_id]
+        """One dataset's hypervolume from its own results: a commit costs the size of its
+        dataset, not of the zoo (at 10,000 results in 140 datasets a resumed build's first
+        commit scanned every result once per dataset: 1 s)."""
+        results = self.driver.results
+        for r in results[self._indexed :]:
+            self._rows.setdefault(r.dataset_id, []).append(r)
+        self._indexed = len(results)
+        return dataset_hypervolumes(self._rows.get(dataset_id, []), self.profiles(), [dataset_id])[dataset_id]
 
     def mean(self) -> float:
         """The mean over the zoo's datasets of their normalized hypervolumes, now."""
@@ -107,8 +116,9 @@ class Hypervolumes:
                 self._hv[d] = self._of(d)
         return sum(self._hv[d] for d in datasets) / len(datasets)
 
-    def history(self) -> list[float]:
-        return hv_history(self.driver.results, self.profiles(), sorted(self.driver.datasets))
+    def history(self, at: list[int] | None = None) -> list[float]:
+        """The mean after each result in commit order (with `at`, after those results only)."""
+        return hv_history(self.driver.results, self.profiles(), sorted(self.driver.datasets), at)
 
 
 class Driver:

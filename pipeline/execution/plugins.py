@@ -52,8 +52,9 @@ class HypervolumePlateauStopper:
     def __call__(self, driver) -> str | None:
         if len(driver.results) <= self.window:
             return None
-        history = driver.hypervolume.history()
-        gain = history[-1] - history[-1 - self.window]
+        n = len(driver.results)
+        before, now = driver.hypervolume.history(at=[n - 1 - self.window, n - 1])  # not every step's
+        gain = now - before
         if gain >= self.min_gain:
             return None
         return f"hypervolume gain {gain:.4f} over the last {self.window} results is below {self.min_gain}"
