@@ -14,9 +14,9 @@ among the places they held in the `source` order; the others keep their places
 (`slot_score`). With every recalled network fine-tuned the order is the loss's alone; with
 none it is `source`. `--finetune-top N` fine-tunes only among the first N of the source order;
 `--top-k` never reorders. Why one fold first: on `bench/transfer.py`'s test split the first
-fold's loss alone ranks a whole set nearly as well as the cross-fitted one (weighted tau 0.334
-against 0.358) at half the cost, so a budget that fine-tuned 6.6 of 16 networks both ways
-scores about twice as many.
+fold's loss alone ranks a whole set nearly as well as the cross-fitted one (weighted tau 0.409
+against 0.430) at half the cost: the 10 s budget scores 12.6 of 20 recalled networks where it
+scored 6.6 both ways, and the default ordering went from 0.40 to 0.83 of two seeds' agreement.
 
 Why a fine-tune and not only features: on `bench/transfer.py --split validation` the
 held-out loss after one epoch ranks the networks by their 3-epoch fine-tuned accuracy far
