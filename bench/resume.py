@@ -13,7 +13,9 @@ commits, 63 commits behind (the worst case). Goal: start-up at most 2x the plain
 With `--sealed-results N`, also a compacted zoo of N results on local disk (all but the last
 1 % in sealed segments of 100,000, 100 results per dataset and one dataset more with none, so
 that there is work left; kept in and reused from `--work`): the start-up and the peak memory
-of a fresh process that resumes it (its own local Ray started first, not timed).
+of a fresh process that resumes it (its own local Ray started first, not timed), and the
+seconds from its first job's result (handed back at once) to the next dispatch: the resumed
+driver's first commit and step.
 
     python bench/resume.py [--results 10000] [--strategy random] [--sealed-results 1000000 --work DIR]
 
@@ -51,6 +53,34 @@ class FirstDispatch(Exception):
 SEAL_CHUNK = 100_000  # rows per sealed segment of `fill_zoo(..., sealed=n)`: one `tans compact` run each
 
 
+def result_row(job_id: str, dataset_id: str, arch: str, topology, accuracy: float, store, now: str):
+    """One result row as `fill_zoo` writes them."""
+    from tans.zoo_schema.records import ResultRecord
+
+    return ResultRecord(
+        job_id=job_id,
+        dataset_id=dataset_id,
+        arch=arch,
+        topology=topology,
+        accuracy=accuracy,
+        params=4_000_000,
+        flops=8_000_000,
+        latency_ms=10.0,
+        latency_device="cpu",
+        functional_embedding=EMBEDDING,
+        checkpoint_uri=store.uri_of(f"checkpoints/{job_id}/x.safetensors"),
+        checkpoint_sha256="0" * 64,
+        num_classes=10,
+        epochs=2,
+        image_size=32,
+        train_seconds=10.0,
+        epoch_losses=[1.0, 0.5],
+        epoch_accuracies=[0.4, 0.5],
+        base_weights="random-seed0",
+        created_at=now,
+    )
+
+
 def fill_zoo(store, n_results: int, n_datasets: int = 120, sealed: int = 0, seal_chunk: int = SEAL_CHUNK) -> None:
     """A zoo as a long build leaves it: manifest, datasets, pool profiles, result rows. With
     `sealed`, its first `sealed` rows (whole datasets: a multiple of 100) are in sealed
@@ -64,7 +94,7 @@ def fill_zoo(store, n_results: int, n_datasets: int = 120, sealed: int = 0, seal
 
     from tans.workers.networks.ofa_space import arch_pool
     from tans.zoo_schema.manifest import BaseWeights, Manifest, ensure_manifest
-    from tans.zoo_schema.records import DatasetRecord, ResultRecord, to_table
+    from tans.zoo_schema.records import DatasetRecord, to_table
 
     rng = np.random.default_rng(0)
     ensure_manifest(
@@ -106,28 +136,7 @@ def fill_zoo(store, n_results: int, n_datasets: int = 120, sealed: int = 0, seal
 
     def record(i):
         d, arch, topo = pairs[i]
-        return ResultRecord(
-            job_id=f"{i:024x}",
-            dataset_id=d,
-            arch=arch,
-            topology=topo,
-            accuracy=float(rng.uniform(0.05, 0.95)),
-            params=4_000_000,
-            flops=8_000_000,
-            latency_ms=10.0,
-            latency_device="cpu",
-            functional_embedding=EMBEDDING,
-            checkpoint_uri=store.uri_of(f"checkpoints/{i:024x}/x.safetensors"),
-            checkpoint_sha256="0" * 64,
-            num_classes=10,
-            epochs=2,
-            image_size=32,
-            train_seconds=10.0,
-            epoch_losses=[1.0, 0.5],
-            epoch_accuracies=[0.4, 0.5],
-            base_weights="random-seed0",
-            created_at=now,
-        )
+        return result_row(f"{i:024x}", d, arch, topo, float(rng.uniform(0.05, 0.95)), store, now)
 
     def write(i):
         r = record(i)
@@ -171,15 +180,48 @@ def plain_read_seconds(store) -> float:
     return seconds
 
 
-def startup_seconds(zoo: str, s3, strategy: str, tmp: Path, max_jobs: int = 20000) -> float:
-    """From run_build's start to the driver's first dispatch (the submit is intercepted)."""
+def startup_seconds(zoo: str, s3, strategy: str, tmp: Path, max_jobs: int = 20000, first_commit: bool = False):
+    """From run_build's start to the driver's first dispatch (the submit is intercepted). With
+    `first_commit`, (that, the seconds from the first job's result, handed back at once as if
+    it had trained, to the next dispatch: the driver's first commit and step of the resumed
+    build)."""
+    import hashlib
+    from dataclasses import replace
+
+    from tans.pipeline.acquisition.priors import topology_of
     from tans.pipeline.execution import run as build
     from tans.pipeline.execution.config import load_config
+    from tans.pipeline.execution.executor import Outcome
     from tans.pipeline.execution.ray_executor import ActorExecutor
+    from tans.zoo_schema.store import open_store
+
+    target = open_store(zoo, s3)
+    marks: list[float] = []
 
     class Probe(ActorExecutor):
+        specs: list = []
+
+        @property
+        def in_flight(self) -> int:
+            return len(self.specs)
+
         def submit(self, spec):
-            raise FirstDispatch(spec.job_id)
+            if not first_commit or len(marks) == 2:
+                marks.append(time.perf_counter())
+                raise FirstDispatch(spec.job_id)
+            if not marks:
+                marks.append(time.perf_counter())
+            self.specs.append(spec)
+
+        def wait(self, timeout=None):
+            spec = self.specs.pop(0)
+            now = datetime.now(UTC).isoformat()
+            result = result_row(spec.job_id, spec.dataset_id, spec.arch, topology_of(spec.arch), 0.5, target, now)
+            data = b"a worker's checkpoint"  # MLflow's child run logs it, its sha256 checked
+            target.write_bytes(f"checkpoints/{spec.job_id}/x.safetensors", data)
+            result = replace(result, checkpoint_sha256=hashlib.sha256(data).hexdigest())
+            marks.append(time.perf_counter())
+            return [Outcome(spec, result=result)]
 
     overrides = {
         "zoo": zoo,
@@ -199,6 +241,8 @@ def startup_seconds(zoo: str, s3, strategy: str, tmp: Path, max_jobs: int = 2000
     try:
         build.run_build(config, log=lambda line: None)
     except FirstDispatch:
+        if first_commit:
+            return marks[0] - started, marks[2] - marks[1]
         return time.perf_counter() - started
     finally:
         build.ray_executor = original
@@ -221,11 +265,12 @@ def main() -> None:
         zoo, n = args.child.rsplit(",", 1)
         start_ray("", num_cpus=2)  # not timed: cluster start-up is not resume overhead
         tmp = Path(tempfile.mkdtemp(prefix="tans-bench-resume-"))
-        seconds = startup_seconds(zoo, None, args.strategy, tmp, max_jobs=int(n) + 1000)
+        seconds, commit = startup_seconds(zoo, None, args.strategy, tmp, max_jobs=int(n) + 1000, first_commit=True)
         print(
             json.dumps(
                 {
                     "seconds": round(seconds, 2),
+                    "first_commit_to_next_dispatch_seconds": round(commit, 2),
                     "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
                 }
             )
@@ -283,8 +328,9 @@ def main() -> None:
             [sys.executable, __file__, "--strategy", args.strategy, "--child", f"{zoo},{n}"],
             capture_output=True,
             text=True,
-            check=True,
         )
+        if child.returncode:
+            raise SystemExit(f"the resumed process failed:\n{child.stderr[-4000:]}")
         figures["sealed_results"] = n
         figures["sealed"] = json.loads(child.stdout.strip().splitlines()[-1])
     for where in ("local", "s3"):
