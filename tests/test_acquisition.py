@@ -447,3 +447,21 @@ def test_incremental_fronts_and_volumes_equal_recomputing_each_prefix(start):
     for k in range(start, 60):
         assert fronts[k] == len(front_indices([tuple(c) for c in costs[: k + 1]]))
         assert volumes[k] == pytest.approx(normalized_hypervolume(points[: k + 1]), abs=1e-12)
+
+
+def test_nondominated_keeps_exactly_the_points_no_other_dominates_once_each():
+    from tans.pipeline.acquisition.hypervolume import nondominated
+
+    rng = np.random.default_rng(0)
+    for n in (0, 1, 2, 7, 60):
+        for _ in range(10):
+            points = np.round(rng.random((n, 3)), 1)  # coarse: ties in some objectives, and duplicates
+            if n > 2:
+                points[1] = points[0]
+            want = {
+                tuple(p)
+                for p in points
+                if not any((q <= p).all() and (q < p).any() for q in points)  # by the definition, one pair at a time
+            }
+            got = nondominated(points)
+            assert len(got) == len(want) and {tuple(p) for p in got} == want
