@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
+
 from tans.pipeline.execution.config import StopSettings
 from tans.pipeline.execution.plugins import (
     BudgetStopper,
@@ -91,11 +93,18 @@ def test_the_drivers_hypervolumes_follow_each_commit_as_a_full_recount_does():
         tracker.changed(r.dataset_id)
         full = dataset_hypervolumes(driver.results, profiles, sorted(driver.datasets))
         assert tracker.mean() == sum(full.values()) / len(full)
+        assert sorted(r.job_id for rows in tracker._rows.values() for r in rows) == sorted(
+            r.job_id for r in driver.results
+        )  # each result indexed once
     history = hv_history(driver.results, profiles, sorted(driver.datasets))
     assert tracker.history(at=[29, 39]) == [history[29], history[39]]
     driver.hypervolume = tracker
-    stop = HypervolumePlateauStopper(min_gain=history[39] - history[29] + 1e-9, window=10)
-    assert (
-        stop(driver)
-        == f"hypervolume gain {history[39] - history[29]:.4f} over the last 10 results is below {stop.min_gain}"
-    )
+    # a window whose gain differs from those of the windows one shorter and one longer, so that a
+    # mark one off would show
+    window = next(w for w in range(1, 38) if len({history[-1] - history[-1 - w + k] for k in (-1, 0, 1)}) == 3)
+    gain = history[-1] - history[-1 - window]
+    said = HypervolumePlateauStopper(min_gain=gain + 1e-12, window=window)(driver)
+    assert said.startswith(f"hypervolume gain {gain:.4f} over the last {window} results")
+    assert HypervolumePlateauStopper(min_gain=gain, window=window)(driver) is None  # the gain itself is not below
+    with pytest.raises(ValueError, match="at least 1"):
+        HypervolumePlateauStopper(min_gain=0.1, window=0)

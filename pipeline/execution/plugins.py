@@ -47,6 +47,8 @@ class HypervolumePlateauStopper:
     """The mean normalized hypervolume gained less than `min_gain` over the last `window` results."""
 
     def __init__(self, min_gain: float, window: int):
+        if window < 1:
+            raise ValueError(f"the plateau window is a number of results, at least 1, not {window}")
         self.min_gain, self.window = min_gain, window
 
     def __call__(self, driver) -> str | None:
