@@ -26,8 +26,7 @@ class of the query and about `IMAGES` in all (seeded), so a search's cost does n
 the number of classes. Cross-fitting scores every image once: with a single held-out fifth,
 which fifth it was moved a set's tau by 0.41 on a validation dataset of bench/transfer.py
 (textures-mixed-noisy: 0.47 with the last files of each class held out, 0.06 with a shuffled
-fifth); a held-out half varies less, and is the same half for every network of a search.
-"""
+fifth); every network of a search is scored on the same half."""
 
 from __future__ import annotations
 
@@ -168,7 +167,7 @@ def cross_fitted(sums: list[tuple[float | None, float | None]]) -> bool:
 
 def local_losses(
     loaders, num_classes: int, x, y, folds, image_size: int, deadline, workers: int | None = None
-) -> list[float | None]:
+) -> list[tuple[float | None, float | None]]:
     """Each network's two fine-tunes' summed held-out losses (`loaders`: one callable per
     network, giving it; None where not run; `scores` makes them the networks' scores), in this
     process, on `workers` threads (default: torch's CPU threads, at most the cores this
@@ -177,13 +176,12 @@ def local_losses(
     better than they share two (the same losses up to float rounding, 1.7x as many networks in
     the same time on 2 cores). None for each fine-tune the `deadline` cut and each not started
     by then (a network without its first keeps the source order): with several threads those
-    need not be the last ones. What
-    `tans search` runs without a Ray address. Each network is loaded once and kept for its
-    second fine-tune. torch's thread count and global random state are as they were
+    need not be the last ones. What `tans search` runs without a Ray address. A network is
+    loaded for each of its fine-tunes (none is kept between them: memory holds one network per
+    thread, however many are recalled). torch's thread count and global random state are as they were
     afterwards; after an interruption (Ctrl-C) each thread ends the fine-tune it is on and starts
     no other. A thread of the caller's that first uses torch while these run keeps one torch
     thread (torch sets a thread's count at its first use)."""
-    import copy
     import os
     import threading
     import time
@@ -194,7 +192,6 @@ def local_losses(
 
     sums: list[list[float | None]] = [[None, None] for _ in loaders]
     todo = iter([(0, k) for k in range(len(loaders))] + [(1, k) for k in range(len(loaders))])
-    nets: dict[int, object] = {}  # loaded, kept until the network's second fine-tune starts
     lock, loading, stop = threading.Lock(), threading.Lock(), threading.Event()
     errors: list[BaseException] = []
 
@@ -212,11 +209,8 @@ def local_losses(
                     if late():  # waited for the lock past the budget: load nothing more
                         stop.set()
                         return
-                    if k not in nets:
-                        nets[k] = loaders[k]()
-                    net = nets[k] if which == 0 else nets.pop(k)
-                    start = copy.deepcopy(net)
-                sums[k][which] = fold_sum(lambda: start, num_classes, x, y, folds, which, image_size, deadline)
+                    net = loaders[k]()
+                sums[k][which] = fold_sum(lambda: net, num_classes, x, y, folds, which, image_size, deadline)
             except DeadlineReached:
                 stop.set()
             except BaseException as e:  # noqa: BLE001 - raised again in the caller's thread

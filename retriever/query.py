@@ -33,8 +33,8 @@ def rank_query(
     encoded images with their labels: what `tans search`, `tans.Zoo.search` and the registered
     MLflow model all run. The query is embedded from each class's first `per_class` images;
     the finetune ordering uses them all, its fine-tunes stopping `budget` seconds after the
-    search began (None or 0: no bound), run by `losses_of` (default: here, one after the
-    other). The result warns when the retriever is stale."""
+    search began (None or 0: no bound), run by `losses_of` (default: in this process, side
+    by side on threads: `proxy.local_losses`). The result warns when the retriever is stale."""
     first, counts = [], Counter()  # each class's first per_class: the images a smaller read returns
     for i, c in enumerate(labels):
         if counts[c] < per_class:

@@ -188,7 +188,8 @@ class SearchResult:
     warnings: tuple[str, ...] = ()  # e.g. the retriever is stale and does not know some datasets
     reranked: int | None = None  # finetune: how many were fine-tuned within the budget ...
     finetune_candidates: int | None = None  # ... of how many it would fine-tune without one
-    cross_fitted: bool | None = None  # finetune: each loss over every image (both halves), else the second's
+    cross_fitted: bool | None = None  # finetune: each loss over every image (both halves), else each
+    # network's first fine-tune's loss on the second half
 
     def as_dict(self) -> dict:
         return {

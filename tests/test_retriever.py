@@ -610,10 +610,14 @@ def test_search_finetune_orders_the_first_networks_by_a_short_fine_tune(built_zo
     assert [s for pair in side_by_side for s in pair] == pytest.approx([s for pair in alone for s in pair], rel=1e-3)
     assert proxy.scores(alone, folds) == pytest.approx([h.proxy_loss for h in tuned], rel=1e-4)
     assert result.cross_fitted and torch.get_num_threads() == threads
-    # one network on two threads: its two fine-tunes side by side, the same sums
-    assert proxy.local_losses(loaders[:1], len(set(labels)), x, y, folds, 32, None, workers=2)[0] == pytest.approx(
+    # one network on two threads: its two fine-tunes side by side, the same sums, the network
+    # loaded for each (none is kept between its fine-tunes)
+    loads = []
+    counted = [lambda: loads.append(1) or loaders[0]()]
+    assert proxy.local_losses(counted, len(set(labels)), x, y, folds, 32, None, workers=2)[0] == pytest.approx(
         alone[0], rel=1e-3
     )
+    assert len(loads) == 2
 
     # the caller's random state is left as it was; the new head is the numbers a zoo job's is
     state = torch.random.get_rng_state()
