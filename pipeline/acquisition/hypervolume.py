@@ -140,9 +140,8 @@ def dataset_hypervolumes(results: list[ResultRecord], profiles: dict, dataset_id
     for i, r in enumerate(results):
         if r.dataset_id in rows:
             rows[r.dataset_id].append(i)
-    kept = [i for idx in rows.values() for i in idx]  # the points of the datasets asked for only
-    points = dict(zip(kept, points_of([results[i] for i in kept], norm, prior)))
-    return {d: normalized_hypervolume(np.stack([points[i] for i in idx])) if idx else 0.0 for d, idx in rows.items()}
+    points = points_of(results, norm, prior)
+    return {d: normalized_hypervolume(points[idx]) if idx else 0.0 for d, idx in rows.items()}
 
 
 def hv_history(
