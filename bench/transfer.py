@@ -358,7 +358,7 @@ def main() -> None:
     from tans.retriever.search import RECALL, Constraints, Searcher, imageless_score
     from tans.workers.job import TrainSettings
     from tans.workers.networks.images import decode_images
-    from tans.workers.networks.nets import load_base_supernet, load_checkpoint, model_for
+    from tans.workers.networks.nets import checkpoint_network, load_base_supernet, load_checkpoint, model_for
     from tans.workers.networks.ofa_space import penultimate
     from tans.zoo_schema.manifest import read_manifest
     from tans.zoo_schema.results import read_results
@@ -465,8 +465,9 @@ def main() -> None:
                 f = penultimate(net, xs).numpy()
             for k, scorer in SCORERS.items():
                 evidence[k].append(scorer(f, ys))
+            tuned = checkpoint_network(store, results[job_id])  # what the search fine-tunes
             sums = tuple(
-                proxy.fold_sum(lambda net=net: copy.deepcopy(net), classes, x, y, folds, k, settings.image_size)
+                proxy.fold_sum(lambda: copy.deepcopy(tuned), classes, x, y, folds, k, settings.image_size)
                 for k in (0, 1)
             )
             evidence.setdefault("proxy_sums", []).append(sums)

@@ -104,6 +104,10 @@ def fold_loss(
     settings = TrainSettings(epochs=EPOCHS, image_size=image_size, evaluate_every_epoch=False)
     net.classifier = new_head(net.classifier.in_features, num_classes, seed)
     on = torch.device(device)
+    # channels-last: oneDNN's convolutions (and cuDNN's) run a third faster in it than in
+    # torch's default layout; the same sums up to float rounding. The network is a throwaway.
+    net.to(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)
     with torch.random.fork_rng(devices=[]):
         train(net, x[tr], y[tr], None, None, settings, on, seed=seed, deadline=deadline)  # ends in eval mode
     with torch.no_grad():

@@ -32,7 +32,7 @@ from tans.retriever.rerank import (
 )
 from tans.retriever.train import load_version
 from tans.workers.networks.images import decode_images
-from tans.workers.networks.nets import checkpoint_features, load_checkpoint
+from tans.workers.networks.nets import checkpoint_features, checkpoint_network
 from tans.zoo_schema.errors import TansError
 from tans.zoo_schema.layout import checkpoint_uri
 from tans.zoo_schema.manifest import read_manifest
@@ -81,10 +81,11 @@ def load_candidate(store: ZooStore, record, load):
         ) from e
 
 
-def checkpoint_of(uri: str, s3, record, width: float):
-    """A recalled network to fine-tune, loaded from the zoo at `uri` wherever this runs (a
-    Ray worker opens the zoo itself: only the URI, its S3 settings and the record travel)."""
-    return load_candidate(open_store(uri, s3), record, lambda store, r: load_checkpoint(store, r, width))
+def checkpoint_of(uri: str, s3, record):
+    """A recalled network to fine-tune (`checkpoint_network`: plain torch, no ofa), loaded from
+    the zoo at `uri` wherever this runs (a Ray worker opens the zoo itself: only the URI, its
+    S3 settings and the record travel)."""
+    return load_candidate(open_store(uri, s3), record, checkpoint_network)
 
 
 def top_by_cosine(embeddings: np.ndarray, q: np.ndarray, ok: np.ndarray, top_k: int):
@@ -419,11 +420,10 @@ class Searcher:
         x = torch.from_numpy(decode_images([images[i] for i in used], self.image_size))
         y = torch.as_tensor([labels[i] for i in used])
         classes = len(set(labels))
-        width = read_manifest(self.store).width
         chosen = proxy.cheapest_first(self.flops[top], order, finetune_top)
         halves = ([at[i] for i in folds[0]], [at[i] for i in folds[1]])
         s3 = getattr(self.store, "settings", None)
-        loaders = [partial(checkpoint_of, self.store.uri, s3, self._record(top[j]), width) for j in chosen]
+        loaders = [partial(checkpoint_of, self.store.uri, s3, self._record(top[j])) for j in chosen]
         sums = (losses_of or proxy.local_losses)(loaders, classes, x, y, halves, self.image_size, deadline)
         found = proxy.scores(sums, halves)
         losses = {j: loss for j, loss in zip(chosen, found) if loss is not None}  # the rest keep their places

@@ -1,5 +1,6 @@
-"""The plain-torch largest subnet (what `tans search` embeds queries with) computes what ofa's
-largest subnet computes, from the same supernet weights."""
+"""The plain-torch networks of `tans search` compute what ofa's compute from the same weights:
+the largest subnet it embeds queries with, the recalled networks' features, and the networks
+its `finetune` ordering fine-tunes."""
 
 from __future__ import annotations
 
@@ -88,3 +89,30 @@ def test_a_checkpoint_of_another_arch_is_refused():
     del state["final_expand_layer.conv.weight"]
     with pytest.raises(RuntimeError, match="final_expand_layer"):
         static_subnet(state, arch.depths)
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_a_static_network_fine_tunes_as_its_ofa_checkpoint_does(seed):
+    """The search's fine-tune of a zoo checkpoint in plain torch (`Network`, the classifier
+    included) gives ofa's logits and, after the proxy's fine-tune (train-mode BatchNorm,
+    squeeze-and-excite, a new head, SGD), ofa's held-out loss: the two networks are one."""
+    import copy
+    import random
+
+    from tans.retriever import proxy
+    from tans.workers.networks.mbv3 import Network, static_subnet
+    from tans.workers.networks.ofa_space import build_subnet, sample_arch
+
+    torch.manual_seed(seed)
+    arch = sample_arch(random.Random(seed))
+    ofa_net = build_subnet(build_supernet(1.0), arch, num_classes=5).eval()
+    plain = static_subnet(ofa_net.state_dict(), arch.depths, classifier=True)
+    assert isinstance(plain, Network) and all(p.requires_grad for p in plain.parameters())
+    x, y = torch.randn(24, 3, 32, 32), torch.arange(24) % 4
+    with torch.no_grad():
+        assert torch.allclose(plain(x), ofa_net(x), rtol=1e-4, atol=1e-5)
+    folds = proxy.proxy_folds(y.tolist())
+    losses = [proxy.fold_sum(lambda n=n: copy.deepcopy(n), 4, x, y, folds, 0, 32) for n in (ofa_net, plain)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+    with pytest.raises(RuntimeError, match="classifier"):
+        static_subnet({k: v for k, v in ofa_net.state_dict().items() if "classifier" not in k}, arch.depths, True)

@@ -1,14 +1,16 @@
-"""OFA MobileNetV3 subnets in plain torch, for feature extraction.
+"""OFA MobileNetV3 subnets in plain torch, for the search's features and short fine-tunes.
 
-`tans search` embeds the query's images with the base supernet's largest subnet, and its
-re-rankers compute each recalled zoo network's penultimate features. Building them with the
+`tans search` embeds the query's images with the base supernet's largest subnet, its
+re-rankers compute each recalled zoo network's penultimate features, and its `finetune`
+ordering fine-tunes recalled networks (`Network`: the subnet with its classifier). Building them with the
 `ofa` package means building its whole supernet and extracting the subnet (and, imported
 plainly rather than through `ofa_space.ofa_module`, ofa pulls in torchvision and
 torch._dynamo: 1.6 s of a search). This module builds the same networks from state dicts
 alone (the same layers, parameter names and arithmetic, up to float rounding, as ofa's static MobileNetV3;
 `tests/test_mbv3.py` checks the features against ofa's own): the largest subnet from a
 supernet's state dict, and any subnet from the state dict ofa's `get_active_subnet` gives (a
-zoo checkpoint). Fine-tuning and sub-network extraction still use ofa.
+zoo checkpoint): built from a checkpoint in about half the time ofa takes. The zoo's jobs and
+sub-network extraction still use ofa.
 """
 
 from __future__ import annotations
@@ -136,11 +138,25 @@ class Subnet(nn.Module):
         return self.feature_mix_layer(x.mean((2, 3), keepdim=True)).flatten(1)
 
 
-def _load(state: dict[str, torch.Tensor], depths: tuple[int, ...]) -> Subnet:
+class Network(Subnet):
+    """A static subnet with its classifier (`classifier`, a torch.nn.Linear, as a zoo
+    checkpoint holds it): forward(x) is the logits, as ofa's network of
+    `nets.load_checkpoint` gives them (up to float rounding). What `tans search` fine-tunes."""
+
+    def __init__(self, state: dict[str, torch.Tensor], depths: tuple[int, ...]):
+        super().__init__(state, depths)
+        out_c, in_c = state["classifier.weight"].shape
+        self.classifier = nn.Linear(in_c, out_c)
+
+    def forward(self, x):
+        return self.classifier(super().forward(x))
+
+
+def _load(state: dict[str, torch.Tensor], depths: tuple[int, ...], kind: type[Subnet] = Subnet) -> Subnet:
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     try:
         with torch.device("meta"):  # no random init of weights that are replaced at once
-            net = Subnet(state, depths)
+            net = kind(state, depths)
     except KeyError as e:
         raise RuntimeError(f"the state dict has no {e.args[0]}: it is not an OFA MobileNetV3 network") from None
     keys = net.state_dict().keys()
@@ -148,17 +164,18 @@ def _load(state: dict[str, torch.Tensor], depths: tuple[int, ...]) -> Subnet:
     return net.eval()
 
 
-def static_subnet(state: dict[str, torch.Tensor], depths: tuple[int, ...]) -> Subnet:
+def static_subnet(state: dict[str, torch.Tensor], depths: tuple[int, ...], classifier: bool = False) -> Subnet:
     """The subnet of a static state dict (what ofa's get_active_subnet holds, as a zoo
     checkpoint stores it) with `depths` blocks per unit (its arch's), in eval mode. The
-    classifier's weights are not used; a missing or misshapen layer raises RuntimeError."""
+    classifier's weights are used only with `classifier` (a `Network`); a missing or
+    misshapen layer raises RuntimeError."""
     blocks = {int(k.split(".")[1]) for k in state if k.startswith("blocks.")}
     if blocks != set(range(1 + sum(depths))):
         raise RuntimeError(
             f"the state dict holds {len(blocks)} blocks but depths {tuple(depths)} "
             f"need {1 + sum(depths)}: the weights are of another arch"
         )
-    return _load(state, tuple(depths))
+    return _load(state, tuple(depths), Network if classifier else Subnet)
 
 
 def largest_subnet(supernet_state: dict[str, torch.Tensor]) -> Subnet:

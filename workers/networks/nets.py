@@ -71,6 +71,19 @@ def checkpoint_features(store: ZooStore, record: ResultRecord):
     return static_subnet(load_safetensors(checkpoint_bytes(store, record)), Arch.parse(record.arch).depths)
 
 
+def checkpoint_network(store: ZooStore, record: ResultRecord):
+    """The fine-tuned network of a result row, its classifier included, in plain torch
+    (`tans.workers.networks.mbv3.Network`; no ofa import), in eval mode: the logits of
+    `load_checkpoint`'s up to float rounding, built in half its time. What `tans search`
+    fine-tunes."""
+    from safetensors.torch import load as load_safetensors
+
+    from tans.workers.networks.mbv3 import static_subnet
+
+    state = load_safetensors(checkpoint_bytes(store, record))
+    return static_subnet(state, Arch.parse(record.arch).depths, classifier=True)
+
+
 def load_checkpoint(store: ZooStore, record: ResultRecord, width: float):
     """The fine-tuned network of a result row, its sha256 verified."""
     from safetensors.torch import load as load_safetensors
