@@ -642,6 +642,30 @@ def test_search_finetune_orders_the_first_networks_by_a_short_fine_tune(built_zo
     assert torch.get_num_threads() == threads
 
 
+@pytest.mark.parametrize(
+    "env,torch_first,expected",
+    [({}, False, "PASSIVE"), ({"OMP_WAIT_POLICY": "ACTIVE"}, False, "ACTIVE"), ({}, True, None)],
+)
+def test_tans_search_lets_openmp_threads_sleep_unless_told_otherwise(env, torch_first, expected):
+    """`tans search` sets OMP_WAIT_POLICY=PASSIVE before torch loads (spinning threads made a
+    busy machine's search spend its budget embedding the query); a value the user set is kept,
+    and a process that already loaded torch is left as it is."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys\n"
+        + ("import torch\n" if torch_first else "")
+        + "from tans.pipeline.cli.search import passive_openmp\n"
+        "passive_openmp()\n"
+        "print(os.environ.get('OMP_WAIT_POLICY'))\n"
+    )
+    clean = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(expected)
+
+
 def test_search_budget_stops_the_fine_tunes_and_the_rest_keep_the_source_order(
     built_zoo, tiny_datasets, monkeypatch, capsys
 ):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 
@@ -82,7 +83,18 @@ def add(sub) -> None:
     q.set_defaults(func=run)
 
 
+def passive_openmp() -> None:
+    """Let torch's OpenMP threads sleep, not spin, while they wait for each other (unless
+    $OMP_WAIT_POLICY is set): on a machine whose cores are busy with other processes, spinning
+    threads made the query's embedding take 7-8 s instead of 1 and left the budget no time for
+    a fine-tune (`bench/search_budget.py`). OpenMP reads it when torch loads, so only a process
+    that has not imported torch yet is changed."""
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def run(args) -> int:
+    passive_openmp()
     from tans.pipeline.commands.search import search_dataset
     from tans.retriever.search import Constraints
     from tans.zoo_schema.store import S3Settings
