@@ -14,9 +14,10 @@ among the places they held in the `source` order; the others keep their places
 (`slot_score`). With every recalled network fine-tuned the order is the loss's alone; with
 none it is `source`. `--finetune-top N` fine-tunes only among the first N of the source order;
 `--top-k` never reorders. Why one fold first: on `bench/transfer.py`'s test split the first
-fold's loss alone ranks a whole set nearly as well as the cross-fitted one (weighted tau 0.409
-against 0.430) at half the cost: the 10 s budget scored 12.6 of 20 recalled networks where it
-scored 6.6 both ways, and the default ordering went from 0.40 to 0.83 of two seeds' agreement.
+fold's loss alone ranked a whole set nearly as well as the cross-fitted one (weighted tau
+0.409 against 0.430 then; 0.418 against 0.455 on the sets since) at half the cost: the 10 s
+budget scored 12.6 of 20 recalled networks where it scored 6.6 both ways, and the default
+ordering went from 0.40 to 0.83 of two seeds' agreement.
 How many networks the budget scores is what limits the ordering (the unscored ones keep the
 `source` order, which anti-correlates on both splits), so each network is built in plain torch
 from its checkpoint (tans.workers.networks.mbv3.Network: no ofa supernet to build) and
@@ -111,7 +112,8 @@ def fold_loss(
     net.classifier = new_head(net.classifier.in_features, num_classes, seed)
     on = torch.device(device)
     # channels-last: oneDNN's convolutions (and cuDNN's) run a third faster in it than in
-    # torch's default layout; the same sums up to float rounding. The network is a throwaway.
+    # torch's default layout; the same sums up to float rounding. The network is a throwaway;
+    # images the caller already gave channels-last are not copied.
     net.to(memory_format=torch.channels_last)
     x = x.contiguous(memory_format=torch.channels_last)
     with torch.random.fork_rng(devices=[]):

@@ -418,6 +418,7 @@ class Searcher:
         used = sorted(set(folds[0]) | set(folds[1]))
         at = {i: k for k, i in enumerate(used)}
         x = torch.from_numpy(decode_images([images[i] for i in used], self.image_size))
+        x = x.contiguous(memory_format=torch.channels_last)  # as proxy.fold_loss trains: converted once
         y = torch.as_tensor([labels[i] for i in used])
         classes = len(set(labels))
         chosen = proxy.cheapest_first(self.flops[top], order, finetune_top)

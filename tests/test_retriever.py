@@ -642,28 +642,41 @@ def test_search_finetune_orders_the_first_networks_by_a_short_fine_tune(built_zo
     assert torch.get_num_threads() == threads
 
 
-@pytest.mark.parametrize(
-    "env,torch_first,expected",
-    [({}, False, "PASSIVE"), ({"OMP_WAIT_POLICY": "ACTIVE"}, False, "ACTIVE"), ({}, True, None)],
-)
-def test_tans_search_lets_openmp_threads_sleep_unless_told_otherwise(env, torch_first, expected):
+@pytest.mark.parametrize("env,expected", [({}, "PASSIVE"), ({"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE")])
+def test_tans_search_lets_openmp_threads_sleep_unless_told_otherwise(env, expected, tmp_path):
     """`tans search` sets OMP_WAIT_POLICY=PASSIVE before torch loads (spinning threads made a
     busy machine's search spend its budget embedding the query); a value the user set is kept,
-    and a process that already loaded torch is left as it is."""
+    and a process that already loaded torch is left as it is. What the variable holds when
+    torch is first imported is recorded by an import hook, in a fresh process."""
     import os
     import subprocess
     import sys
 
-    code = (
+    record = (
         "import os, sys\n"
-        + ("import torch\n" if torch_first else "")
-        + "from tans.pipeline.cli.search import passive_openmp\n"
-        "passive_openmp()\n"
-        "print(os.environ.get('OMP_WAIT_POLICY'))\n"
+        "class Hook:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch':\n"
+        "            print('at torch:', os.environ.get('OMP_WAIT_POLICY'), flush=True)\n"
+        "            sys.meta_path.remove(self)\n"
+        "sys.meta_path.insert(0, Hook())\n"
     )
     clean = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    out = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == str(expected)
+    cli = record + (
+        "from tans.pipeline.cli.main import main\n"
+        f"print('exit', main(['search', {str(tmp_path / 'no-zoo')!r}, '--dataset', {str(tmp_path)!r}]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", cli], env={**clean, **env}, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["at", "torch:", expected, "exit", "3"], out.stdout + out.stderr
+    torch_first = "import torch\nfrom tans.pipeline.cli.search import passive_openmp\npassive_openmp()\n"
+    out = subprocess.run(
+        [sys.executable, "-c", record + torch_first + "print(os.environ.get('OMP_WAIT_POLICY'))"],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.split()[-1] == str(env.get("OMP_WAIT_POLICY"))
 
 
 def test_search_budget_stops_the_fine_tunes_and_the_rest_keep_the_source_order(
