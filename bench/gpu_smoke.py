@@ -14,7 +14,9 @@ CPU, e.g. as the baseline to compare a GPU run with).
 
 On CUDA it first measures the steady-state training images/s of that network in fp32, fp16
 (autocast and a GradScaler, as `train.mixed_precision`) and bf16, each also channels-last
-(`--probe-only`: only that).
+(`--probe-only`: only that). Then the search's short fine-tune (`tans search --rerank finetune`
+with `--address`: its Ray tasks fine-tune on the GPU) on CUDA and on the CPU: the held-out loss
+on both, which agree.
 
 `--evaluate-last-epoch` runs the warm pipeline and the plain loop with
 `train.evaluate_every_epoch = false` (both evaluate once, after the last epoch).
@@ -79,6 +81,38 @@ def precision_probe(arch_id: str, classes: int, image_size: int, batch: int, ste
     return out
 
 
+def search_finetune(arch_id: str, classes: int, devices: list[str]) -> dict:
+    """The search's short fine-tune (tans.retriever.proxy.fold_sum, what `remote_loss` runs in a
+    Ray task on a GPU): the plain-torch network `tans search` fine-tunes (mbv3.Network of the
+    architecture, classifier included), channels-last, on 400 seeded random images at 32 px, on
+    each device: its held-out mean loss (the devices' agree up to float rounding) and seconds
+    (the first device's include its start-up)."""
+    import copy
+
+    import torch
+
+    from tans.retriever import proxy
+    from tans.workers.networks.mbv3 import static_subnet
+    from tans.workers.networks.nets import model_for
+    from tans.workers.networks.ofa_space import Arch
+
+    torch.manual_seed(0)
+    state = model_for(arch_id, classes, 1.0).state_dict()
+    net = static_subnet(state, Arch.parse(arch_id).depths, classifier=True)
+    x = torch.rand(400, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(400) % classes
+    folds = proxy.proxy_folds(y.tolist())
+    out = {}
+    for device in devices:
+        started = time.perf_counter()
+        loss = proxy.fold_sum(lambda: copy.deepcopy(net), classes, x, y, folds, 0, 32, device=device)
+        out[device] = {
+            "held_out_loss": round(loss / len(folds[1]), 5),
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=2)
@@ -140,6 +174,9 @@ def main() -> int:
             if args.probe_only:
                 print(json.dumps(figures))
                 return 0
+        devices = ["cuda", "cpu"] if cuda else ["cpu"]
+        figures["search_finetune"] = search_finetune(largest.id, dataset.num_classes, devices)
+        print(f"search's fine-tune: {figures['search_finetune']}", file=sys.stderr)
         for amp in (None, True, False):  # None: the same job untimed first (CUDA start-up, cuDNN autotuning)
             train = TrainSettings(
                 epochs=args.epochs,
